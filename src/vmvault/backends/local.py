@@ -1,0 +1,129 @@
+"""Local-directory backend: one file per object, written to a temporary name, fsynced, renamed.
+
+The rename is atomic on POSIX file systems, and the directory is fsynced after it, so an
+object either exists whole after a crash or not at all. Temporary files carry a ``.tmp-``
+prefix that ``list`` never returns and that the vault's ``check`` reports as leftovers.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from vmvault.backends.base import validate_key
+from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
+
+TMP_PREFIX = ".tmp-"
+
+
+class BackendFull(VmvaultError):
+    code = "backend_full"
+
+
+class LocalBackend:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.fsync = fsync
+        self._made_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._made_dirs:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._made_dirs.add(directory)
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        path = self._path(key)
+        self._ensure_dir(path.parent)
+        tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BackendFull(f"no space left writing {key} in {self.root}") from exc
+            raise
+        if self.fsync:
+            self._fsync_dir(path.parent)
+
+    def _fsync_dir(self, directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if offset:
+                    f.seek(offset)
+                return f.read() if length is None else _read_exactly(f, length, key)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root)
+            for name in sorted(filenames):
+                if name.startswith(TMP_PREFIX):
+                    continue
+                yield (rel / name).as_posix() if rel.parts else name
+
+    def list_leftovers(self) -> builtins.list[str]:
+        """Temporary files of writes that never finished (a crash mid-put)."""
+        found: builtins.list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root)
+            found += [(rel / n).as_posix() for n in filenames if n.startswith(TMP_PREFIX)]
+        return sorted(found)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+def _read_exactly(f: object, length: int, key: str) -> bytes:
+    data: bytes = f.read(length)  # type: ignore[attr-defined]
+    if len(data) != length:
+        raise CorruptObject(f"object {key} is shorter than expected (truncated)")
+    return data

@@ -1,0 +1,155 @@
+"""Catalog access: record points and jobs, list them, rebuild from a vault."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from vmvault.catalog.models import Base, Job, PointDisk, RecoveryPoint
+
+
+def default_catalog_url() -> str:
+    """``$VMVAULT_CATALOG``, else a SQLite file in the user's data directory."""
+    if url := os.environ.get("VMVAULT_CATALOG"):
+        return url
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return f"sqlite:///{base / 'vmvault' / 'catalog.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for a running backup
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class Catalog:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_catalog_url()
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(self.url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- recovery points ------------------------------------------------------------------
+
+    def record_point(self, vault_id: str, point: dict[str, Any]) -> None:
+        with self.session.begin() as s:
+            self._add_point(s, vault_id, point)
+
+    def _add_point(self, s: Session, vault_id: str, point: dict[str, Any]) -> None:
+        disks = [
+            PointDisk(
+                name=d["name"],
+                source=d.get("source", ""),
+                size=d["size"],
+                manifest_id=d["manifest"],
+                allocated=d["stats"].get("allocated", 0),
+                read=d["stats"].get("read", 0),
+                changed=d["stats"].get("changed", 0),
+                new=d["stats"].get("new", 0),
+                stored=d["stats"].get("stored", 0),
+                seconds=d["stats"].get("seconds", 0.0),
+            )
+            for d in point["disks"]
+        ]
+        s.merge(
+            RecoveryPoint(
+                id=point["id"],
+                vault_id=vault_id,
+                vm=point["vm"],
+                created_at=_parse_time(point["created"]),
+                completed_at=_parse_time(point.get("completed")),
+                parent_id=point.get("parent"),
+                type=point.get("type", "full"),
+                consistency=point["consistency"]["level"],
+                consistency_reason=point["consistency"].get("reason", ""),
+                size=sum(d.size for d in disks),
+                changed=sum(d.changed for d in disks),
+                stored=sum(d.stored for d in disks),
+                disks=disks,
+            )
+        )
+
+    def points(self, vault_id: str, vm: str | None = None) -> list[RecoveryPoint]:
+        with self.session() as s:
+            query = (
+                select(RecoveryPoint)
+                .where(RecoveryPoint.vault_id == vault_id)
+                .options(selectinload(RecoveryPoint.disks))
+                .order_by(RecoveryPoint.id)
+            )
+            if vm is not None:
+                query = query.where(RecoveryPoint.vm == vm)
+            return list(s.scalars(query))
+
+    def rebuild(self, vault_id: str, points: Iterable[dict[str, Any]]) -> int:
+        """Replace this vault's points with those read from the vault itself."""
+        count = 0
+        with self.session.begin() as s:
+            ids = select(RecoveryPoint.id).where(RecoveryPoint.vault_id == vault_id)
+            s.execute(delete(PointDisk).where(PointDisk.point_id.in_(ids)))
+            s.execute(delete(RecoveryPoint).where(RecoveryPoint.vault_id == vault_id))
+            for point in points:
+                self._add_point(s, vault_id, point)
+                count += 1
+        return count
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def start_job(self, vault_id: str, kind: str, vm: str | None = None) -> int:
+        now = datetime.now(UTC)
+        with self.session.begin() as s:
+            job = Job(
+                vault_id=vault_id,
+                kind=kind,
+                vm=vm,
+                state="running",
+                created_at=now,
+                started_at=now,
+                details={},
+            )
+            s.add(job)
+            s.flush()
+            return job.id
+
+    def finish_job(
+        self,
+        job_id: int,
+        state: str,
+        *,
+        point_id: str | None = None,
+        counters: dict[str, int] | None = None,
+        error: tuple[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        with self.session.begin() as s:
+            job = s.get_one(Job, job_id)
+            job.state = state
+            job.finished_at = datetime.now(UTC)
+            job.point_id = point_id
+            for name, value in (counters or {}).items():
+                setattr(job, name, value)
+            if error:
+                job.error_code, job.error_message = error
+            job.details = details or {}
+
+    def jobs(self, vault_id: str, limit: int = 50) -> list[Job]:
+        with self.session() as s:
+            query = select(Job).where(Job.vault_id == vault_id).order_by(Job.id.desc()).limit(limit)
+            return list(s.scalars(query))

@@ -1,0 +1,373 @@
+"""`vmvault`: init a vault, back up disks, list, restore, verify and check recovery points.
+
+Every command prints a human summary, or with ``--json`` exactly one JSON document. Errors
+are one line on stderr (or ``{"error": ...}`` with --json) and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from vmvault import __version__, service
+from vmvault.cli.output import console, emit_json, guarded, human_bytes, progress_bar
+from vmvault.errors import UsageError
+
+app = typer.Typer(
+    help="vmvault: incremental, deduplicated, encrypted backups of VM disks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+vault_app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
+app.add_typer(vault_app, name="vault")
+
+VaultOpt = typer.Option(
+    None, "--vault", "-V", envvar="VMVAULT_VAULT", help="Vault directory [env VMVAULT_VAULT]."
+)
+CatalogOpt = typer.Option(
+    None,
+    "--catalog",
+    envvar="VMVAULT_CATALOG",
+    help="Catalog database URL [env VMVAULT_CATALOG; default: SQLite in ~/.local/share/vmvault].",
+)
+PassFileOpt = typer.Option(
+    None,
+    "--passphrase-file",
+    help="Read the passphrase from this file [or env VMVAULT_PASSPHRASE].",
+)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of text.")
+
+
+def _ctx(vault: str | None, catalog: str | None, passphrase_file: str | None) -> service.Context:
+    if not vault:
+        raise UsageError("no vault given: use --vault DIR or set VMVAULT_VAULT")
+    return service.Context(vault, catalog, passphrase_file)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"vmvault {__version__}")
+
+
+@app.command()
+def init(
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Create a new, empty, encrypted vault."""
+
+    def act() -> dict[str, Any]:
+        v = service.init_vault(_ctx(vault, catalog, passphrase_file))
+        return {
+            "vault": v.backend.describe(),
+            "vault_id": v.config.vault_id,
+            "format_version": v.config.version,
+        }
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+    else:
+        console.print(f"created vault {doc['vault_id']} at {doc['vault']}")
+
+
+def _disk_pairs(images: list[str], names: list[str] | None) -> list[tuple[str, str]]:
+    if names and len(names) != len(images):
+        raise UsageError("give one --disk-name per image, or none")
+    if names:
+        return list(zip(names, images, strict=True))
+    pairs = [(Path(img).stem or f"disk{i}", img) for i, img in enumerate(images)]
+    if len({n for n, _ in pairs}) != len(pairs):
+        pairs = [(f"disk{i}", img) for i, (_, img) in enumerate(pairs)]
+    return pairs
+
+
+@app.command("backup")
+def backup_cmd(
+    images: list[str] = typer.Argument(..., help="Disk images or block devices of one VM."),
+    vm: str = typer.Option(..., "--vm", help="Name of the VM the disks belong to."),
+    disk_name: list[str] | None = typer.Option(None, "--disk-name", help="Name per disk."),
+    full: bool = typer.Option(False, "--full", help="Ignore the parent point: read everything."),
+    limit_rate: float | None = typer.Option(
+        None, "--limit-rate", help="Read at most this many MB/s per disk."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Back up the disks of a VM into a new recovery point (incremental after the first)."""
+
+    def act() -> dict[str, Any]:
+        ctx = _ctx(vault, catalog, passphrase_file)
+        rate = limit_rate * 1e6 if limit_rate else None
+        with progress_bar(not json) as progress:
+            return service.run_backup(
+                ctx,
+                vm,
+                _disk_pairs(images, disk_name),
+                full=full,
+                workers=workers,
+                rate_limit=rate,
+                progress=progress,
+            )
+
+    point = guarded(json, act)
+    if json:
+        emit_json(point)
+        return
+    table = Table(title=f"recovery point {point['id']} ({point['type']}, {point['vm']})")
+    for col in ("disk", "size", "read", "changed", "new", "written", "time", "MB/s"):
+        table.add_column(col, justify="left" if col == "disk" else "right")
+    for d in point["disks"]:
+        st = d["stats"]
+        seconds = max(st["seconds"], 1e-9)
+        table.add_row(
+            d["name"],
+            human_bytes(d["size"]),
+            human_bytes(st["read"]),
+            human_bytes(st["changed"]),
+            human_bytes(st["new"]),
+            human_bytes(st["stored"]),
+            f"{st['seconds']:.2f} s",
+            f"{d['size'] / seconds / 1e6:.0f}",
+        )
+    console.print(table)
+
+
+@app.command("list")
+def list_cmd(
+    vm: str | None = typer.Option(None, "--vm", help="Only this VM's points."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """List recovery points."""
+    points = guarded(json, lambda: service.list_points(_ctx(vault, catalog, passphrase_file), vm))
+    if json:
+        emit_json({"points": points})
+        return
+    table = Table(title="recovery points")
+    for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
+        table.add_column(col)
+    for p in points:
+        table.add_row(
+            p["id"],
+            p["vm"],
+            p["type"],
+            p["consistency"]["level"],
+            ", ".join(d["name"] for d in p["disks"]),
+            human_bytes(sum(d["size"] for d in p["disks"])),
+            human_bytes(sum(d["stats"]["changed"] for d in p["disks"])),
+            human_bytes(sum(d["stats"]["stored"] for d in p["disks"])),
+        )
+    console.print(table)
+
+
+@app.command()
+def restore(
+    point: str = typer.Argument(..., help="Point id (or a unique prefix, or 'latest')."),
+    target: str = typer.Argument(..., help="File (created sparse) or block device."),
+    disk: str | None = typer.Option(None, "--disk", help="Which disk of the point."),
+    vm: str | None = typer.Option(None, "--vm", help="With 'latest': the VM's latest point."),
+    ignore_errors: bool = typer.Option(
+        False, "--ignore-errors", help="Restore all that is readable; list the damaged ranges."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Restore a disk of a recovery point, verifying every chunk."""
+
+    def act() -> dict[str, Any]:
+        ctx = _ctx(vault, catalog, passphrase_file)
+        with progress_bar(not json) as progress:
+            report = service.run_restore(
+                ctx,
+                point,
+                target,
+                disk=disk,
+                vm=vm,
+                ignore_errors=ignore_errors,
+                workers=workers,
+                progress=progress,
+            )
+        return {"target": os.path.abspath(target), **report.to_dict()}
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+        return
+    rate = doc["size"] / max(doc["seconds"], 1e-9) / 1e6
+    console.print(
+        f"restored {doc['disk']} to {doc['target']}: {human_bytes(doc['size'])}, "
+        f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate:.0f} MB/s)"
+    )
+    for d in doc["damaged"]:
+        console.print(f"[red]damaged[/] bytes {d['start']}-{d['end']}: {d['reason']}")
+
+
+@app.command()
+def verify(
+    point: str = typer.Argument("latest", help="Point id (or a unique prefix, or 'latest')."),
+    vm: str | None = typer.Option(None, "--vm", help="With 'latest': the VM's latest point."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Read back every chunk of a point: authenticate, decompress, re-hash."""
+
+    def act() -> dict[str, Any]:
+        ctx = _ctx(vault, catalog, passphrase_file)
+        with progress_bar(not json) as progress:
+            point_id, reports = service.run_verify(ctx, point, vm=vm, progress=progress)
+        disks = [r.to_dict() for r in reports]
+        return {"point": point_id, "ok": not any(d["damaged"] for d in disks), "disks": disks}
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+    else:
+        for d in doc["disks"]:
+            state = "[green]ok[/]" if not d["damaged"] else "[red]DAMAGED[/]"
+            console.print(
+                f"{doc['point']} {d['disk']}: {state}, {d['chunks']} chunks, "
+                f"{human_bytes(d['bytes_verified'])} verified"
+            )
+            for r in d["damaged"]:
+                console.print(f"  [red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
+    if not doc["ok"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+def check(
+    read_data: bool = typer.Option(False, "--read-data", help="Also re-read every pack's bytes."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Check the whole vault: index vs packs, orphans, missing objects, (optionally) data."""
+    report = guarded(
+        json, lambda: service.run_check(_ctx(vault, catalog, passphrase_file), read_data=read_data)
+    )
+    doc = report.to_dict()
+    if json:
+        emit_json(doc)
+    else:
+        console.print(
+            f"{doc['packs']} packs, {doc['chunks']} chunks, {doc['points']} points, "
+            f"{doc['records']} block records checked"
+            + (f", {human_bytes(doc['bytes_read'])} read" if read_data else "")
+        )
+        for p in doc["problems"]:
+            colour = "red" if p["severity"] == "error" else "yellow"
+            console.print(f"[{colour}]{p['severity']}[/] {p['kind']} {p['object']}: {p['message']}")
+        console.print("[green]vault is consistent[/]" if doc["ok"] else "[red]vault has errors[/]")
+    if not doc["ok"]:
+        raise typer.Exit(3)
+
+
+@vault_app.command("reindex")
+def reindex_cmd(
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Rebuild the chunk index from the packs and the catalog from the recovery points."""
+    doc = guarded(json, lambda: service.reindex(_ctx(vault, catalog, passphrase_file)))
+    if json:
+        emit_json(doc)
+    else:
+        console.print(
+            f"indexed {doc['packs']} packs ({doc['chunks']} chunks); "
+            f"catalog holds {doc['points']} points"
+        )
+        for key in doc["unreadable_packs"]:
+            console.print(f"[red]unreadable[/] {key}")
+
+
+@app.command("jobs")
+def jobs_cmd(
+    limit: int = typer.Option(20, "--limit"),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Show the job history recorded in the catalog."""
+
+    def act() -> list[dict[str, Any]]:
+        ctx = _ctx(vault, catalog, passphrase_file)
+        vault_id = ctx.open_vault(load_index=False).config.vault_id
+        return [
+            {
+                c: getattr(j, c)
+                for c in (
+                    "id",
+                    "kind",
+                    "vm",
+                    "state",
+                    "started_at",
+                    "finished_at",
+                    "point_id",
+                    "bytes_read",
+                    "bytes_changed",
+                    "bytes_sent",
+                    "bytes_written",
+                    "error_code",
+                    "error_message",
+                )
+            }
+            for j in ctx.catalog().jobs(vault_id, limit)
+        ]
+
+    jobs = guarded(json, act)
+    if json:
+        emit_json({"jobs": jobs})
+        return
+    table = Table(title="jobs")
+    for col in ("id", "kind", "vm", "state", "started", "point", "read", "written", "error"):
+        table.add_column(col)
+    for j in jobs:
+        table.add_row(
+            str(j["id"]),
+            j["kind"],
+            j["vm"] or "",
+            j["state"],
+            str(j["started_at"])[:19],
+            j["point_id"] or "",
+            human_bytes(j["bytes_read"]),
+            human_bytes(j["bytes_written"]),
+            j["error_message"] or "",
+        )
+    console.print(table)
+
+
+def _register_extra_commands() -> None:
+    from vmvault.cli import demo, testdisk_cmd
+
+    app.command("demo")(demo.demo_cmd)
+    app.add_typer(testdisk_cmd.app, name="testdisk")
+
+
+_register_extra_commands()
+
+
+def run() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Readers and writers of disk images (raw files and block devices)."""

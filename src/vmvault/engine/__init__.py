@@ -1,0 +1,1 @@
+"""Backup and restore pipelines, throttling and progress events."""

@@ -1,0 +1,175 @@
+"""Whole-vault check: structure always, every byte with ``read_data``.
+
+Structure: every index object opens; every pack the index names exists and its own header
+agrees with the index; every point opens, its manifests open, its block records are
+readable and every chunk they name is indexed. Packs no index names are reported as
+orphans (left by an interrupted backup; the next backup adopts them). With ``read_data``
+every blob of every pack is decrypted and re-hashed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmvault.errors import CorruptObject, ObjectMissing
+from vmvault.vault.format import ZERO_ID, PackEntry
+from vmvault.vault.index import Location
+from vmvault.vault.packs import pack_key
+from vmvault.vault.vault import Vault
+
+
+@dataclass
+class Problem:
+    severity: str  # "error": data is damaged or missing; "warning": nothing committed is hurt
+    kind: str
+    object: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "severity": self.severity,
+            "kind": self.kind,
+            "object": self.object,
+            "message": self.message,
+        }
+
+
+@dataclass
+class CheckReport:
+    packs: int = 0
+    index_objects: int = 0
+    chunks: int = 0
+    points: int = 0
+    records: int = 0
+    bytes_read: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "packs": self.packs,
+            "index_objects": self.index_objects,
+            "chunks": self.chunks,
+            "points": self.points,
+            "records": self.records,
+            "bytes_read": self.bytes_read,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
+    report = CheckReport()
+    error = report.problems.append
+    indexed: dict[bytes, list[PackEntry]] = {}
+    for key in vault.backend.list("index/"):
+        report.index_objects += 1
+        try:
+            for pack_id, entries in vault.read_index_object(key):
+                indexed.setdefault(pack_id, []).extend(entries)
+        except (CorruptObject, ObjectMissing) as exc:
+            error(Problem("error", "index_unreadable", key, exc.message))
+    present = set(vault.pack_ids())
+    report.packs = len(present)
+    leftovers = getattr(vault.backend, "list_leftovers", None)
+    for name in leftovers() if leftovers else []:
+        report.problems.append(
+            Problem("warning", "leftover_temp", name, "temporary file of an interrupted write")
+        )
+    for pack_id in sorted(present - set(indexed)):
+        report.problems.append(
+            Problem(
+                "warning",
+                "orphan_pack",
+                pack_key(pack_id),
+                "pack named by no index (an interrupted backup); the next backup adopts it",
+            )
+        )
+    for pack_id, entries in sorted(indexed.items()):
+        key = pack_key(pack_id)
+        if pack_id not in present:
+            error(
+                Problem(
+                    "error",
+                    "pack_missing",
+                    key,
+                    f"pack is missing; {len(entries)} chunks in it are lost",
+                )
+            )
+            continue
+        _check_pack(vault, pack_id, entries, read_data, report)
+    report.chunks = len(vault.index)
+    _check_points(vault, report)
+    return report
+
+
+def _check_pack(
+    vault: Vault, pack_id: bytes, entries: list[PackEntry], read_data: bool, report: CheckReport
+) -> None:
+    key = pack_key(pack_id)
+    try:
+        header = vault.read_pack_header(pack_id)
+    except (CorruptObject, ObjectMissing) as exc:
+        report.problems.append(Problem("error", "pack_header", key, exc.message))
+        return
+    if sorted(header, key=lambda e: e.offset) != sorted(entries, key=lambda e: e.offset):
+        report.problems.append(
+            Problem("error", "index_mismatch", key, "the pack's header disagrees with the index")
+        )
+    if not read_data:
+        return
+    blob = vault.backend.get(key)
+    report.bytes_read += len(blob)
+    import blake3
+
+    if blake3.blake3(blob).digest() != pack_id:
+        report.problems.append(
+            Problem("error", "pack_checksum", key, "pack content does not match its name (damaged)")
+        )
+    view = memoryview(blob)
+    for e in header:
+        loc = Location(pack_id, e.kind, e.offset, e.length, e.raw_length)
+        try:
+            vault.open_blob(e.chunk_id, loc, view[e.offset : e.offset + e.length])
+        except CorruptObject as exc:
+            report.problems.append(Problem("error", "chunk_damaged", key, exc.message))
+
+
+def _check_points(vault: Vault, report: CheckReport) -> None:
+    seen_records: set[bytes] = set()
+    for point_id in vault.point_ids():
+        report.points += 1
+        try:
+            point = vault.get_point(point_id)
+        except (CorruptObject, ObjectMissing) as exc:
+            report.problems.append(Problem("error", "point_unreadable", point_id, exc.message))
+            continue
+        for disk in point["disks"]:
+            what = f"{point_id}/{disk['name']}"
+            try:
+                manifest = vault.get_manifest(disk["manifest"])
+            except (CorruptObject, ObjectMissing) as exc:
+                report.problems.append(Problem("error", "manifest_unreadable", what, exc.message))
+                continue
+            todo = [r for r in dict.fromkeys(manifest.records) if r != ZERO_ID]
+            todo = [r for r in todo if r not in seen_records]
+            seen_records.update(todo)
+            report.records += len(todo)
+            for rid, chunks in vault.records(todo).items():
+                if isinstance(chunks, Exception):
+                    report.problems.append(Problem("error", "record_damaged", what, str(chunks)))
+                    continue
+                missing = [c for c in chunks if c != ZERO_ID and c not in vault.index]
+                if missing:
+                    report.problems.append(
+                        Problem(
+                            "error",
+                            "chunk_missing",
+                            what,
+                            f"{len(missing)} chunk(s) of record {rid.hex()[:16]} are not indexed",
+                        )
+                    )

@@ -1,0 +1,47 @@
+"""Token-bucket rate limiting (bytes per second), shared safely between threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """Allows ``rate`` units per second on average and bursts of up to ``burst`` units.
+
+    ``consume`` blocks until the units are available; a request larger than the burst is
+    allowed to take the bucket into debt, so big reads are paced rather than refused.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = burst if burst is not None else rate
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self.burst
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self, amount: float) -> float:
+        """Take ``amount`` units now and return how long the caller must wait for them."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._tokens -= amount
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def consume(self, amount: float) -> None:
+        wait = self.reserve(amount)
+        if wait > 0:
+            self._sleep(wait)

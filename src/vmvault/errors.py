@@ -1,0 +1,78 @@
+"""The errors a user can act on.
+
+Every failure that comes from input (a path, a passphrase, a vault's contents) is one of
+these; the CLI prints ``error: <message>`` and exits with ``exit_code``, the API returns
+``{"error": {"code": ..., "message": ...}}``. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class VmvaultError(Exception):
+    """Base class: ``code`` is stable (scripts match on it), ``message`` is for people."""
+
+    code = "error"
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(VmvaultError):
+    code = "bad_input"
+    exit_code = 2
+
+
+class VaultNotFound(VmvaultError):
+    code = "vault_not_found"
+
+
+class VaultExists(VmvaultError):
+    code = "vault_exists"
+
+
+class UnsupportedFormat(VmvaultError):
+    code = "unsupported_format"
+
+
+class WrongPassphrase(VmvaultError):
+    code = "wrong_passphrase"
+
+
+class PassphraseMissing(VmvaultError):
+    code = "passphrase_missing"
+
+
+class DiskNotFound(VmvaultError):
+    code = "disk_not_found"
+
+
+class PointNotFound(VmvaultError):
+    code = "point_not_found"
+
+
+class ObjectMissing(VmvaultError):
+    """A vault object the index or a manifest refers to is gone."""
+
+    code = "object_missing"
+
+
+class CorruptObject(VmvaultError):
+    """A vault object failed authentication, its checksum, or its framing."""
+
+    code = "corrupt_object"
+
+
+class VaultLocked(VmvaultError):
+    code = "vault_locked"
+
+
+class RestoreDamaged(VmvaultError):
+    """A restore met damaged or missing chunks; ``ranges`` are the affected byte ranges."""
+
+    code = "restore_damaged"
+
+    def __init__(self, message: str, ranges: list[tuple[int, int]]) -> None:
+        super().__init__(message)
+        self.ranges = ranges

@@ -1,0 +1,213 @@
+"""The service layer: what a user asks for, as one call each, shared by the CLI and the API.
+
+Opens the vault and the catalog, runs the engine, keeps the catalog and the job history
+in step with the vault. No rendering here: results are plain dicts and dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from getpass import getpass
+from pathlib import Path
+from typing import Any
+
+from vmvault.backends.local import LocalBackend
+from vmvault.catalog.store import Catalog
+from vmvault.disks.source import RawDisk
+from vmvault.engine.backup import DiskInput, backup
+from vmvault.engine.check import CheckReport, check_vault
+from vmvault.engine.progress import ProgressCallback, no_progress
+from vmvault.engine.restore import RestoreReport, restore_disk, verify_point
+from vmvault.errors import PassphraseMissing, UsageError, VmvaultError
+from vmvault.vault.vault import Vault
+
+PASSPHRASE_ENV = "VMVAULT_PASSPHRASE"
+PASSPHRASE_FILE_ENV = "VMVAULT_PASSPHRASE_FILE"
+
+
+def resolve_passphrase(passphrase_file: str | None = None, *, confirm: bool = False) -> str:
+    """From a key file, ``$VMVAULT_PASSPHRASE``, ``$VMVAULT_PASSPHRASE_FILE``, or a prompt."""
+    path = passphrase_file or os.environ.get(PASSPHRASE_FILE_ENV)
+    if path:
+        try:
+            text = Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise PassphraseMissing(f"cannot read passphrase file {path}: {exc.strerror}") from None
+        if not text:
+            raise PassphraseMissing(f"passphrase file {path} is empty")
+        return text
+    if env := os.environ.get(PASSPHRASE_ENV):
+        return env
+    if sys.stdin.isatty():
+        first = getpass("Vault passphrase: ")
+        if confirm and getpass("Repeat passphrase: ") != first:
+            raise PassphraseMissing("the passphrases do not match")
+        if not first:
+            raise PassphraseMissing("an empty passphrase is not allowed")
+        return first
+    raise PassphraseMissing(
+        f"no passphrase: set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV}, or use --passphrase-file"
+    )
+
+
+@dataclass
+class Context:
+    """Where things are: the vault's directory, the catalog's URL, how to get the passphrase."""
+
+    vault_path: str
+    catalog_url: str | None = None
+    passphrase_file: str | None = None
+
+    def backend(self) -> LocalBackend:
+        return LocalBackend(self.vault_path)
+
+    def open_vault(self, *, load_index: bool = True) -> Vault:
+        return Vault.open(
+            self.backend(), resolve_passphrase(self.passphrase_file), load_index=load_index
+        )
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.catalog_url)
+
+
+def init_vault(ctx: Context, **options: Any) -> Vault:
+    backend = ctx.backend()
+    if backend.root.exists() and not backend.root.is_dir():
+        raise UsageError(f"{backend.root} exists and is not a directory")
+    if backend.root.is_dir() and any(backend.root.iterdir()) and not backend.exists("config"):
+        raise UsageError(f"{backend.root} is not empty and not a vault; choose an empty directory")
+    return Vault.init(backend, resolve_passphrase(ctx.passphrase_file, confirm=True), **options)
+
+
+@contextmanager
+def _job(catalog: Catalog, vault: Vault, kind: str, vm: str | None) -> Iterator[int]:
+    job_id = catalog.start_job(vault.config.vault_id, kind, vm)
+    try:
+        yield job_id
+    except VmvaultError as exc:
+        catalog.finish_job(job_id, "failed", error=(exc.code, exc.message))
+        raise
+    except BaseException as exc:  # a bug or an interrupt: still never "running" forever
+        catalog.finish_job(job_id, "failed", error=("internal", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def run_backup(
+    ctx: Context,
+    vm: str,
+    disks: Sequence[tuple[str, str]],
+    *,
+    full: bool = False,
+    workers: int | None = None,
+    rate_limit: float | None = None,
+    progress: ProgressCallback = no_progress,
+) -> dict[str, Any]:
+    """Back up ``(name, path)`` disks of ``vm`` into one point; returns the committed point."""
+    vault = ctx.open_vault()
+    catalog = ctx.catalog()
+    with _job(catalog, vault, "backup", vm) as job_id, ExitStack() as stack:
+        inputs = [DiskInput(name, stack.enter_context(RawDisk.open(path))) for name, path in disks]
+        result = backup(
+            vault, vm, inputs, full=full, workers=workers, rate_limit=rate_limit, progress=progress
+        )
+        point = result.point
+        catalog.record_point(vault.config.vault_id, point)
+        totals = {
+            "bytes_read": sum(s.read for s in result.stats.values()),
+            "bytes_changed": sum(s.changed for s in result.stats.values()),
+            "bytes_sent": sum(s.new for s in result.stats.values()),
+            "bytes_written": sum(s.stored for s in result.stats.values()),
+        }
+        catalog.finish_job(job_id, "succeeded", point_id=point["id"], counters=totals)
+    return point
+
+
+def list_points(ctx: Context, vm: str | None = None) -> list[dict[str, Any]]:
+    """Points from the vault itself (the catalog may lag a vault copied from elsewhere)."""
+    vault = ctx.open_vault(load_index=False)
+    points = vault.points()
+    return [p for p in points if vm is None or p["vm"] == vm]
+
+
+def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
+    """A point id, a unique prefix of one, or ``latest`` (of ``vm`` if given)."""
+    ids = vault.point_ids()
+    if ref == "latest":
+        candidates = ids
+        if vm is not None:
+            candidates = [i for i in ids if vault.get_point(i)["vm"] == vm]
+        if not candidates:
+            raise UsageError("the vault has no recovery points" + (f" for {vm}" if vm else ""))
+        return candidates[-1]
+    matches = [i for i in ids if i.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        from vmvault.errors import PointNotFound
+
+        raise PointNotFound(f"no recovery point {ref!r} in this vault")
+    raise UsageError(f"{ref!r} names {len(matches)} points; give more of the id")
+
+
+def run_restore(
+    ctx: Context,
+    point_ref: str,
+    target: str,
+    *,
+    disk: str | None = None,
+    vm: str | None = None,
+    ignore_errors: bool = False,
+    workers: int | None = None,
+    progress: ProgressCallback = no_progress,
+) -> RestoreReport:
+    vault = ctx.open_vault()
+    point_id = resolve_point(vault, point_ref, vm)
+    catalog = ctx.catalog()
+    with _job(catalog, vault, "restore", vault.get_point(point_id)["vm"]) as job_id:
+        report = restore_disk(
+            vault,
+            point_id,
+            target,
+            disk=disk,
+            ignore_errors=ignore_errors,
+            workers=workers,
+            progress=progress,
+        )
+        state = "partially_succeeded" if report.damaged else "succeeded"
+        catalog.finish_job(
+            job_id,
+            state,
+            point_id=point_id,
+            counters={"bytes_written": report.bytes_written},
+            details=report.to_dict(),
+        )
+    return report
+
+
+def run_verify(
+    ctx: Context, point_ref: str, *, vm: str | None = None, progress: ProgressCallback = no_progress
+) -> tuple[str, list[RestoreReport]]:
+    vault = ctx.open_vault()
+    point_id = resolve_point(vault, point_ref, vm)
+    return point_id, verify_point(vault, point_id, progress=progress)
+
+
+def run_check(ctx: Context, *, read_data: bool = False) -> CheckReport:
+    return check_vault(ctx.open_vault(), read_data=read_data)
+
+
+def reindex(ctx: Context) -> dict[str, Any]:
+    """Rebuild the chunk index from the packs' own headers, and the catalog from the points."""
+    vault = ctx.open_vault(load_index=False)
+    packs, unreadable = vault.rebuild_index()
+    count = ctx.catalog().rebuild(vault.config.vault_id, vault.points())
+    return {
+        "packs": packs,
+        "chunks": len(vault.index),
+        "unreadable_packs": unreadable,
+        "points": count,
+    }

@@ -1,0 +1,1 @@
+"""The vault format: keys, chunk encoding, packs, index, block records, manifests, points."""

@@ -1,0 +1,228 @@
+"""The on-disk format, version 1: every byte layout lives here (see docs/FORMAT.md).
+
+Pure functions from values to bytes and back. Encryption is applied by the callers through
+:class:`vmvault.vault.crypto.Cipher`; what is sealed and with which associated data is
+documented next to each encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from vmvault.errors import CorruptObject
+
+FORMAT_NAME = "vmvault-vault"
+FORMAT_VERSION = 1
+ID_SIZE = 32
+ZERO_ID = bytes(ID_SIZE)  # stands for an all-zero chunk or block: never stored, never read
+
+# Chunk plaintext framing: one byte saying how the payload is encoded.
+ENCODING_RAW = 0
+ENCODING_ZSTD = 1
+
+# Blob kinds inside packs.
+KIND_DATA = 1
+KIND_RECORD = 2
+
+PACK_MAGIC = b"VMVP\x01"
+PACK_TRAILER = struct.Struct("<I4s")  # header length, b"VMVP"
+PACK_ENTRY = struct.Struct("<32sBII")  # id, kind, stored length, raw length
+INDEX_ENTRY = struct.Struct("<32sBIII")  # id, kind, offset, stored length, raw length
+INDEX_PACK = struct.Struct("<32sI")  # pack id, number of entries
+
+AAD_PACK_HEADER = b"vmvault-pack-header-v1"
+AAD_INDEX = b"vmvault-index-v1"
+AAD_MANIFEST = b"vmvault-manifest-v1"
+AAD_POINT = b"vmvault-point-v1"
+
+
+def chunk_aad(chunk_id: bytes) -> bytes:
+    """A blob is sealed with its own id as associated data, so blobs cannot be swapped."""
+    return chunk_id
+
+
+# --- chunk payloads -------------------------------------------------------------------
+
+
+def frame_raw(data: bytes | memoryview) -> bytes:
+    return bytes((ENCODING_RAW,)) + data
+
+
+def frame_zstd(compressed: bytes) -> bytes:
+    return bytes((ENCODING_ZSTD,)) + compressed
+
+
+def unframe(payload: bytes, raw_length: int, what: str) -> bytes:
+    """Undo :func:`frame_raw` / :func:`frame_zstd`; the result must be ``raw_length`` long."""
+    if not payload:
+        raise CorruptObject(f"{what}: empty payload")
+    encoding = payload[0]
+    body = memoryview(payload)[1:]
+    if encoding == ENCODING_RAW:
+        data = bytes(body)
+    elif encoding == ENCODING_ZSTD:
+        try:
+            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_length)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(f"{what}: cannot decompress ({exc})") from None
+    else:
+        raise CorruptObject(f"{what}: unknown payload encoding {encoding}")
+    if len(data) != raw_length:
+        raise CorruptObject(f"{what}: decoded to {len(data)} bytes, expected {raw_length}")
+    return data
+
+
+# --- packs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    """One sealed blob in a pack. ``offset`` counts from the start of the pack object."""
+
+    chunk_id: bytes
+    kind: int
+    offset: int
+    length: int
+    raw_length: int
+
+
+def encode_pack_header(entries: Sequence[PackEntry]) -> bytes:
+    """Plaintext of a pack header (sealed with AAD_PACK_HEADER, then placed after the blobs)."""
+    return b"".join(PACK_ENTRY.pack(e.chunk_id, e.kind, e.length, e.raw_length) for e in entries)
+
+
+def decode_pack_header(plain: bytes, what: str) -> list[PackEntry]:
+    if len(plain) % PACK_ENTRY.size:
+        raise CorruptObject(f"{what}: pack header has a partial entry")
+    entries = []
+    offset = len(PACK_MAGIC)
+    for chunk_id, kind, length, raw_length in PACK_ENTRY.iter_unpack(plain):
+        entries.append(PackEntry(chunk_id, kind, offset, length, raw_length))
+        offset += length
+    return entries
+
+
+def split_pack_tail(tail: bytes, pack_size: int, what: str) -> int:
+    """Given the last PACK_TRAILER.size bytes of a pack, return the sealed header's length."""
+    if len(tail) != PACK_TRAILER.size:
+        raise CorruptObject(f"{what}: too short to be a pack")
+    header_length, magic = PACK_TRAILER.unpack(tail)
+    if magic != PACK_MAGIC[:4] or header_length + PACK_TRAILER.size + len(PACK_MAGIC) > pack_size:
+        raise CorruptObject(f"{what}: bad pack trailer")
+    return int(header_length)
+
+
+# --- index ------------------------------------------------------------------------------
+
+
+def encode_index(packs: Iterable[tuple[bytes, Sequence[PackEntry]]]) -> bytes:
+    """Plaintext of an index object: for each pack its id and entries, zstd-compressed."""
+    parts = [bytes((FORMAT_VERSION,))]
+    for pack_id, entries in packs:
+        parts.append(INDEX_PACK.pack(pack_id, len(entries)))
+        parts.extend(
+            INDEX_ENTRY.pack(e.chunk_id, e.kind, e.offset, e.length, e.raw_length) for e in entries
+        )
+    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+
+
+def decode_index(blob: bytes, what: str) -> list[tuple[bytes, list[PackEntry]]]:
+    try:
+        plain = zstandard.ZstdDecompressor().decompress(blob)
+    except zstandard.ZstdError as exc:
+        raise CorruptObject(f"{what}: cannot decompress index ({exc})") from None
+    if not plain or plain[0] != FORMAT_VERSION:
+        raise CorruptObject(f"{what}: unsupported index version")
+    out = []
+    pos = 1
+    try:
+        while pos < len(plain):
+            pack_id, count = INDEX_PACK.unpack_from(plain, pos)
+            pos += INDEX_PACK.size
+            end = pos + count * INDEX_ENTRY.size
+            if end > len(plain):
+                raise CorruptObject(f"{what}: index is truncated")
+            entries = [PackEntry(*f) for f in INDEX_ENTRY.iter_unpack(plain[pos:end])]
+            out.append((pack_id, entries))
+            pos = end
+    except struct.error:
+        raise CorruptObject(f"{what}: index is truncated") from None
+    return out
+
+
+# --- block records ----------------------------------------------------------------------
+
+
+def encode_record(chunk_ids: Sequence[bytes]) -> bytes:
+    """A block record lists the ids of the block's chunks (ZERO_ID for an all-zero chunk).
+
+    Records are stored as KIND_RECORD blobs addressed by their own keyed hash, so an
+    unchanged block costs one id in the next manifest and no new data.
+    """
+    return bytes((FORMAT_VERSION,)) + b"".join(chunk_ids)
+
+
+def decode_record(plain: bytes, what: str) -> list[bytes]:
+    if not plain or plain[0] != FORMAT_VERSION or (len(plain) - 1) % ID_SIZE:
+        raise CorruptObject(f"{what}: malformed block record")
+    return [plain[i : i + ID_SIZE] for i in range(1, len(plain), ID_SIZE)]
+
+
+# --- manifests and points ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiskManifest:
+    """The map of one disk in one recovery point: a record id per block (ZERO_ID: all zero)."""
+
+    size: int
+    block_size: int
+    chunk_size: int
+    records: list[bytes]
+
+    def block_count(self) -> int:
+        return -(-self.size // self.block_size)
+
+
+MANIFEST_HEADER = struct.Struct("<BQII")  # version, disk size, block size, chunk size
+
+
+def encode_manifest(manifest: DiskManifest) -> bytes:
+    header = MANIFEST_HEADER.pack(
+        FORMAT_VERSION, manifest.size, manifest.block_size, manifest.chunk_size
+    )
+    return header + b"".join(manifest.records)
+
+
+def decode_manifest(plain: bytes, what: str) -> DiskManifest:
+    if len(plain) < MANIFEST_HEADER.size:
+        raise CorruptObject(f"{what}: manifest too short")
+    version, size, block_size, chunk_size = MANIFEST_HEADER.unpack_from(plain)
+    body = plain[MANIFEST_HEADER.size :]
+    if version != FORMAT_VERSION or block_size == 0 or chunk_size == 0:
+        raise CorruptObject(f"{what}: unsupported manifest")
+    records = [body[i : i + ID_SIZE] for i in range(0, len(body), ID_SIZE)]
+    manifest = DiskManifest(size, block_size, chunk_size, records)
+    if len(body) % ID_SIZE or len(records) != manifest.block_count():
+        raise CorruptObject(f"{what}: manifest has {len(records)} blocks, expected more or fewer")
+    return manifest
+
+
+def encode_json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_json(plain: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(plain)
+    except ValueError as exc:
+        raise CorruptObject(f"{what}: malformed JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CorruptObject(f"{what}: expected a JSON object")
+    return doc

@@ -1,0 +1,177 @@
+"""Pack writing: many sealed blobs coalesced into one large object.
+
+An object store charges per request and caps requests per second (the seed's storage
+account limits), so chunks travel in packs of ``pack_target`` bytes (16 MiB by default).
+Data blobs and block records go to separate packs, so the records of a backup sit together
+and the next backup reads them back in a few large ranges.
+
+Packs are sealed by the worker thread that fills them and handed to one uploader thread
+through a queue of at most ``max_pending`` packs: that bounds memory whatever the disk
+size. Every ``index_every`` packs (and at ``flush``) an index object covering the uploaded
+packs is written, so a crash loses at most the packs since the last index object, and even
+those are recovered by reading their headers (see ``Vault.adopt_orphan_packs``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import blake3
+
+from vmvault.backends.base import Backend
+from vmvault.vault.crypto import Cipher
+from vmvault.vault.format import (
+    AAD_INDEX,
+    AAD_PACK_HEADER,
+    PACK_MAGIC,
+    PACK_TRAILER,
+    PackEntry,
+    encode_index,
+    encode_pack_header,
+)
+from vmvault.vault.index import ChunkIndex
+
+
+def pack_key(pack_id: bytes) -> str:
+    hex_id = pack_id.hex()
+    return f"packs/{hex_id[:2]}/{hex_id}"
+
+
+def index_key(index_id: bytes) -> str:
+    return f"index/{index_id.hex()}"
+
+
+@dataclass
+class _OpenPack:
+    buffer: bytearray = field(default_factory=lambda: bytearray(PACK_MAGIC))
+    entries: list[PackEntry] = field(default_factory=list)
+
+
+@dataclass
+class WriterStats:
+    packs: int = 0
+    pack_bytes: int = 0
+    index_objects: int = 0
+
+
+_STOP = object()
+SealedPack = tuple[bytes, list[PackEntry], bytes]  # pack id, entries, the object's bytes
+
+
+class PackWriter:
+    def __init__(
+        self,
+        backend: Backend,
+        cipher: Cipher,
+        index: ChunkIndex,
+        *,
+        pack_target: int,
+        max_pending: int = 2,
+        index_every: int = 64,
+    ) -> None:
+        self._backend = backend
+        self._cipher = cipher
+        self._index = index
+        self._target = pack_target
+        self._index_every = index_every
+        self._lock = threading.Lock()
+        self._open: dict[int, _OpenPack] = {}
+        self._claimed: set[bytes] = set()
+        self._uploaded: list[tuple[bytes, list[PackEntry]]] = []  # not yet in an index object
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self.stats = WriterStats()
+        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
+        self._thread.start()
+
+    # -- called by pipeline workers ------------------------------------------------------
+
+    def claim(self, chunk_id: bytes) -> bool:
+        """True if the caller should store this chunk: it is neither in the vault nor claimed."""
+        if chunk_id in self._index:
+            return False
+        with self._lock:
+            if chunk_id in self._claimed:
+                return False
+            self._claimed.add(chunk_id)
+            return True
+
+    def add(self, chunk_id: bytes, kind: int, sealed: bytes, raw_length: int) -> None:
+        self._raise_if_failed()
+        full: SealedPack | None = None
+        with self._lock:
+            pack = self._open.setdefault(kind, _OpenPack())
+            pack.entries.append(
+                PackEntry(chunk_id, kind, len(pack.buffer), len(sealed), raw_length)
+            )
+            pack.buffer += sealed
+            if len(pack.buffer) >= self._target:
+                del self._open[kind]
+                full = self._seal(pack)
+        if full is not None:
+            self._queue.put(full)  # blocks while max_pending packs wait: bounded memory
+
+    # -- called by the pipeline's owner ---------------------------------------------------
+
+    def flush(self) -> None:
+        """Seal open packs, wait until every pack is durable, write the index object."""
+        with self._lock:
+            sealed = [self._seal(p) for p in self._open.values() if p.entries]
+            self._open.clear()
+        for item in sealed:
+            self._queue.put(item)
+        self._queue.join()
+        self._raise_if_failed()
+        self._write_index()
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _seal(self, pack: _OpenPack) -> SealedPack:
+        header = self._cipher.seal(encode_pack_header(pack.entries), AAD_PACK_HEADER)
+        pack.buffer += header
+        pack.buffer += PACK_TRAILER.pack(len(header), PACK_MAGIC[:4])
+        data = bytes(pack.buffer)
+        pack_id = blake3.blake3(data).digest()
+        return pack_id, pack.entries, data
+
+    def _upload_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                if self._error is None:
+                    assert isinstance(item, tuple)
+                    pack_id, entries, data = item
+                    self._backend.put(pack_key(pack_id), data)
+                    self._index.add_pack(pack_id, entries)
+                    with self._lock:
+                        self._uploaded.append((pack_id, entries))
+                        self.stats.packs += 1
+                        self.stats.pack_bytes += len(data)
+                        checkpoint = len(self._uploaded) >= self._index_every
+                    if checkpoint:
+                        self._write_index()
+            except BaseException as exc:  # surfaced to the pipeline on its next call
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _write_index(self) -> None:
+        with self._lock:
+            batch, self._uploaded = self._uploaded, []
+        if not batch:
+            return
+        sealed = self._cipher.seal(encode_index(batch), AAD_INDEX)
+        self._backend.put(index_key(blake3.blake3(sealed).digest()), sealed)
+        self.stats.index_objects += 1
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error

@@ -1,0 +1,355 @@
+"""A vault: a backend plus its configuration, keys and chunk index.
+
+This is the only module that knows which object key holds what; the engine asks it to
+store and fetch chunks, records, manifests and recovery points.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import blake3
+
+from vmvault.backends.base import Backend
+from vmvault.errors import (
+    CorruptObject,
+    ObjectMissing,
+    PointNotFound,
+    UnsupportedFormat,
+    VaultExists,
+    VaultNotFound,
+)
+from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
+from vmvault.vault.format import (
+    AAD_INDEX,
+    AAD_MANIFEST,
+    AAD_PACK_HEADER,
+    AAD_POINT,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    KIND_RECORD,
+    PACK_MAGIC,
+    PACK_TRAILER,
+    ZERO_ID,
+    DiskManifest,
+    PackEntry,
+    chunk_aad,
+    decode_index,
+    decode_json,
+    decode_manifest,
+    decode_pack_header,
+    decode_record,
+    encode_index,
+    encode_json,
+    encode_manifest,
+    encode_record,
+    frame_raw,
+    split_pack_tail,
+    unframe,
+)
+from vmvault.vault.index import ChunkIndex, Location
+from vmvault.vault.packs import PackWriter, index_key, pack_key
+
+CONFIG_KEY = "config"
+DEFAULT_KEY_NAME = "keys/default"
+DEFAULT_CHUNK_SIZE = 64 * 1024
+DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+DEFAULT_PACK_TARGET = 16 * 1024 * 1024
+DEFAULT_COMPRESSION_LEVEL = 3
+# Ranges of one pack closer than this are fetched in one read (fewer requests).
+COALESCE_GAP = 256 * 1024
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    vault_id: str
+    version: int
+    chunk_size: int
+    block_size: int
+    pack_target: int
+    compression_level: int
+    created: str
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": FORMAT_NAME, **asdict(self)}, indent=2).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> VaultConfig:
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != FORMAT_NAME:
+                raise UnsupportedFormat("this directory is not a vmvault vault")
+            if doc.get("version") != FORMAT_VERSION:
+                raise UnsupportedFormat(
+                    f"vault format version {doc.get('version')} is not supported "
+                    f"(this vmvault reads version {FORMAT_VERSION})"
+                )
+            return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptObject(f"vault config is malformed: {exc}") from None
+
+
+def new_point_id(now: datetime | None = None) -> str:
+    """Point ids sort by creation time and are unique without coordination."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(4)}"
+
+
+class Vault:
+    def __init__(self, backend: Backend, config: VaultConfig, keys: MasterKeys) -> None:
+        self.backend = backend
+        self.config = config
+        self.keys = keys
+        self.cipher = keys.cipher()
+        self.index = ChunkIndex()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        passphrase: str,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        pack_target: int = DEFAULT_PACK_TARGET,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+        scrypt: dict[str, int] | None = None,
+    ) -> Vault:
+        if backend.exists(CONFIG_KEY):
+            raise VaultExists(f"a vault already exists at {backend.describe()}")
+        if block_size % chunk_size or chunk_size % 4096:
+            raise ValueError("block size must be a multiple of the chunk size (itself of 4 KiB)")
+        config = VaultConfig(
+            vault_id=secrets.token_hex(16),
+            version=FORMAT_VERSION,
+            chunk_size=chunk_size,
+            block_size=block_size,
+            pack_target=pack_target,
+            compression_level=compression_level,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        keys = new_master_keys(config.vault_id)
+        backend.put(DEFAULT_KEY_NAME, wrap_keys(keys, passphrase, scrypt))
+        backend.put(CONFIG_KEY, config.to_json())  # last: a vault exists once it has a config
+        return cls(backend, config, keys)
+
+    @classmethod
+    def open(cls, backend: Backend, passphrase: str, *, load_index: bool = True) -> Vault:
+        if not backend.exists(CONFIG_KEY):
+            raise VaultNotFound(f"no vault at {backend.describe()} (run `vmvault init` first)")
+        config = VaultConfig.from_json(backend.get(CONFIG_KEY))
+        keys = unwrap_keys(backend.get(DEFAULT_KEY_NAME), passphrase, config.vault_id)
+        vault = cls(backend, config, keys)
+        if load_index:
+            vault.load_index()
+        return vault
+
+    def load_index(self) -> None:
+        self.index = ChunkIndex()
+        for key in self.backend.list("index/"):
+            for pack_id, entries in self.read_index_object(key):
+                self.index.add_pack(pack_id, entries)
+
+    def read_index_object(self, key: str) -> list[tuple[bytes, list[PackEntry]]]:
+        plain = self.cipher.open(self.backend.get(key), AAD_INDEX, key)
+        return decode_index(plain, key)
+
+    def pack_ids(self) -> list[bytes]:
+        return [bytes.fromhex(k.rsplit("/", 1)[1]) for k in self.backend.list("packs/")]
+
+    def read_pack_header(self, pack_id: bytes) -> list[PackEntry]:
+        key = pack_key(pack_id)
+        size = self.backend.size(key)
+        tail = self.backend.get(key, max(size - PACK_TRAILER.size, 0), min(size, PACK_TRAILER.size))
+        header_length = split_pack_tail(tail, size, key)
+        start = size - PACK_TRAILER.size - header_length
+        sealed = self.backend.get(key, start, header_length)
+        entries = decode_pack_header(self.cipher.open(sealed, AAD_PACK_HEADER, key), key)
+        if entries and entries[-1].offset + entries[-1].length != start:
+            raise CorruptObject(f"{key}: header does not match the pack's size")
+        if not entries and start != len(PACK_MAGIC):
+            raise CorruptObject(f"{key}: header does not match the pack's size")
+        return entries
+
+    def adopt_orphan_packs(self) -> int:
+        """Index packs that a crashed backup wrote but never indexed, so a re-run reuses them."""
+        orphans = [p for p in self.pack_ids() if not self.index.has_pack(p)]
+        adopted = []
+        for pack_id in orphans:
+            try:
+                entries = self.read_pack_header(pack_id)
+            except (CorruptObject, ObjectMissing):
+                continue  # `check` reports it; a damaged orphan holds nothing committed
+            self.index.add_pack(pack_id, entries)
+            adopted.append((pack_id, entries))
+        if adopted:
+            self._write_index_object(adopted)
+        return len(adopted)
+
+    def rebuild_index(self) -> tuple[int, list[str]]:
+        """Index every readable pack from its own header; drop the old index objects.
+
+        The new index object is durable before any old one is deleted, so a crash in
+        between leaves two index objects that agree, never none.
+        """
+        old = list(self.backend.list("index/"))
+        self.index = ChunkIndex()
+        found, unreadable = [], []
+        for pack_id in self.pack_ids():
+            try:
+                entries = self.read_pack_header(pack_id)
+            except (CorruptObject, ObjectMissing):
+                unreadable.append(pack_key(pack_id))
+                continue
+            self.index.add_pack(pack_id, entries)
+            found.append((pack_id, entries))
+        new_key = self._write_index_object(found) if found else None
+        for key in old:
+            if key != new_key:
+                self.backend.delete(key)
+        return len(found), unreadable
+
+    def _write_index_object(self, packs: list[tuple[bytes, list[PackEntry]]]) -> str:
+        sealed = self.cipher.seal(encode_index(packs), AAD_INDEX)
+        key = index_key(blake3.blake3(sealed).digest())
+        self.backend.put(key, sealed)
+        return key
+
+    def pack_writer(self) -> PackWriter:
+        return PackWriter(
+            self.backend, self.cipher, self.index, pack_target=self.config.pack_target
+        )
+
+    # -- chunks -------------------------------------------------------------------------
+
+    def fetch(self, chunk_ids: Sequence[bytes]) -> dict[bytes, bytes | Exception]:
+        """Read, authenticate, decompress and re-hash chunks; errors are returned per chunk.
+
+        Chunks of one pack that lie close together are fetched with one ranged read.
+        """
+        results: dict[bytes, bytes | Exception] = {}
+        located: list[tuple[bytes, Location]] = []
+        for cid in dict.fromkeys(chunk_ids):
+            loc = self.index.get(cid)
+            if loc is None:
+                results[cid] = ObjectMissing(f"chunk {cid.hex()[:16]} is not in the vault's index")
+            else:
+                located.append((cid, loc))
+        located.sort(key=lambda item: (item[1].pack_id, item[1].offset))
+        i = 0
+        while i < len(located):
+            j = i + 1
+            pack_id = located[i][1].pack_id
+            end = located[i][1].offset + located[i][1].length
+            while (
+                j < len(located)
+                and located[j][1].pack_id == pack_id
+                and located[j][1].offset - end <= COALESCE_GAP
+            ):
+                end = max(end, located[j][1].offset + located[j][1].length)
+                j += 1
+            start = located[i][1].offset
+            group = located[i:j]
+            try:
+                blob = self.backend.get(pack_key(pack_id), start, end - start)
+            except (ObjectMissing, CorruptObject) as exc:
+                for cid, _ in group:
+                    results[cid] = exc
+            else:
+                view = memoryview(blob)
+                for cid, loc in group:
+                    sealed = view[loc.offset - start : loc.offset - start + loc.length]
+                    try:
+                        results[cid] = self.open_blob(cid, loc, sealed)
+                    except CorruptObject as exc:
+                        results[cid] = exc
+            i = j
+        return results
+
+    def open_blob(self, chunk_id: bytes, loc: Location, sealed: memoryview | bytes) -> bytes:
+        what = f"chunk {chunk_id.hex()[:16]} in pack {loc.pack_id.hex()[:16]}"
+        payload = self.cipher.open(sealed, chunk_aad(chunk_id), what)
+        data = unframe(payload, loc.raw_length, what)
+        if self.keys.chunk_id(data) != chunk_id:
+            raise CorruptObject(f"{what}: content does not match its checksum")
+        return data
+
+    def fetch_one(self, chunk_id: bytes) -> bytes:
+        result = self.fetch([chunk_id])[chunk_id]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    # -- block records ------------------------------------------------------------------
+
+    def seal_chunk(self, chunk_id: bytes, payload: bytes) -> bytes:
+        return self.cipher.seal(payload, chunk_aad(chunk_id))
+
+    def store_record(self, writer: PackWriter, chunk_ids: Sequence[bytes]) -> bytes:
+        plain = encode_record(chunk_ids)
+        record_id = self.keys.chunk_id(plain)
+        if writer.claim(record_id):
+            writer.add(
+                record_id, KIND_RECORD, self.seal_chunk(record_id, frame_raw(plain)), len(plain)
+            )
+        return record_id
+
+    def records(self, record_ids: Iterable[bytes]) -> dict[bytes, list[bytes] | Exception]:
+        """Block records by id (small LRU-less cache: records are read once per block)."""
+        wanted = [r for r in dict.fromkeys(record_ids) if r != ZERO_ID]
+        out: dict[bytes, list[bytes] | Exception] = {}
+        for rid, plain in self.fetch(wanted).items():
+            if isinstance(plain, Exception):
+                out[rid] = plain
+            else:
+                try:
+                    out[rid] = decode_record(plain, f"record {rid.hex()[:16]}")
+                except CorruptObject as exc:
+                    out[rid] = exc
+        return out
+
+    # -- manifests and recovery points ---------------------------------------------------
+
+    def put_manifest(self, manifest: DiskManifest) -> str:
+        plain = encode_manifest(manifest)
+        manifest_id = self.keys.chunk_id(plain).hex()
+        key = f"manifests/{manifest_id}"
+        if not self.backend.exists(key):
+            self.backend.put(key, self.cipher.seal(plain, AAD_MANIFEST + manifest_id.encode()))
+        return manifest_id
+
+    def get_manifest(self, manifest_id: str) -> DiskManifest:
+        key = f"manifests/{manifest_id}"
+        plain = self.cipher.open(self.backend.get(key), AAD_MANIFEST + manifest_id.encode(), key)
+        if self.keys.chunk_id(plain).hex() != manifest_id:
+            raise CorruptObject(f"{key}: content does not match its id")
+        return decode_manifest(plain, key)
+
+    def put_point(self, point: dict[str, Any]) -> None:
+        """Commit a recovery point: called last, after every object it names is durable."""
+        key = f"points/{point['id']}"
+        self.backend.put(key, self.cipher.seal(encode_json(point), AAD_POINT + key.encode()))
+
+    def get_point(self, point_id: str) -> dict[str, Any]:
+        key = f"points/{point_id}"
+        try:
+            sealed = self.backend.get(key)
+        except ObjectMissing:
+            raise PointNotFound(f"no recovery point {point_id!r} in this vault") from None
+        return decode_json(self.cipher.open(sealed, AAD_POINT + key.encode(), key), key)
+
+    def point_ids(self) -> list[str]:
+        return sorted(k.split("/", 1)[1] for k in self.backend.list("points/"))
+
+    def points(self) -> list[dict[str, Any]]:
+        return [self.get_point(pid) for pid in self.point_ids()]
+
+    def delete_point(self, point_id: str) -> None:
+        self.backend.delete(f"points/{point_id}")

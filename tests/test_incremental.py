@@ -1,0 +1,82 @@
+"""Incremental backups send roughly the changed bytes; dedup works across disks and VMs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import same_content
+from vmvault import service, testdisk
+
+MiB = testdisk.MiB
+
+
+def vault_bytes(ctx: service.Context) -> int:
+    return sum(f.stat().st_size for f in Path(ctx.vault_path).rglob("*") if f.is_file())
+
+
+def test_incremental_sends_about_the_changed_bytes(
+    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+) -> None:
+    image = make_image(size=64 * MiB)
+    first = service.run_backup(ctx, "web", [("os", str(image))])
+    before = vault_bytes(ctx)
+    original = tmp_path / "orig.img"
+    os.system(f"cp --sparse=always {image} {original}")
+    mutation = testdisk.mutate_disk(image, 2.0, seed=7, jobs=1)
+    second = service.run_backup(ctx, "web", [("os", str(image))])
+    stats = second["disks"][0]["stats"]
+    assert second["type"] == "incremental" and second["parent"] == first["id"]
+    # only the rewritten 64 KiB chunks are new: never more than what was written
+    assert stats["new"] <= mutation.bytes_written
+    assert stats["unchanged"] > 0
+    growth = vault_bytes(ctx) - before
+    # compressed + encrypted chunks, plus one 2 KiB record per touched 4 MiB block
+    assert growth <= 1.5 * mutation.bytes_written + 64 * 1024, (growth, mutation.bytes_written)
+    for point, reference in ((first, original), (second, image)):
+        out = tmp_path / f"r-{point['id']}.img"
+        service.run_restore(ctx, point["id"], str(out))
+        assert same_content(reference, out)
+
+
+def test_unchanged_disk_costs_almost_nothing(
+    ctx: service.Context, make_image: Callable[..., Path]
+) -> None:
+    image = make_image(size=32 * MiB)
+    service.run_backup(ctx, "web", [("os", str(image))])
+    before = vault_bytes(ctx)
+    again = service.run_backup(ctx, "web", [("os", str(image))])
+    stats = again["disks"][0]["stats"]
+    assert stats["new"] == 0 and stats["records_new"] == 0
+    assert vault_bytes(ctx) - before < 16 * 1024  # one manifest and one point object
+
+
+def test_full_flag_still_deduplicates(
+    ctx: service.Context, make_image: Callable[..., Path]
+) -> None:
+    image = make_image(size=16 * MiB)
+    service.run_backup(ctx, "web", [("os", str(image))])
+    again = service.run_backup(ctx, "web", [("os", str(image))], full=True)
+    stats = again["disks"][0]["stats"]
+    assert again["type"] == "full" and stats["unchanged"] == 0
+    assert stats["new"] == 0 and stats["deduplicated"] > 0
+
+
+def test_dedup_across_disks_and_vms(
+    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+) -> None:
+    image = make_image(size=32 * MiB)
+    clone = tmp_path / "clone.img"
+    os.system(f"cp --sparse=always {image} {clone}")
+    first = service.run_backup(ctx, "web1", [("os", str(image))])
+    before = vault_bytes(ctx)
+    other = service.run_backup(ctx, "web2", [("os", str(clone))])
+    stats = other["disks"][0]["stats"]
+    assert other["type"] == "full"
+    assert stats["new"] == 0
+    assert stats["deduplicated"] == first["disks"][0]["stats"]["new"]
+    assert vault_bytes(ctx) - before < 64 * 1024
+    out = tmp_path / "r.img"
+    service.run_restore(ctx, other["id"], str(out))
+    assert same_content(clone, out)
