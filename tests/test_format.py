@@ -20,6 +20,7 @@ entries = st.builds(
     kind=st.sampled_from([fmt.KIND_DATA, fmt.KIND_RECORD]),
     offset=st.integers(0, 2**32 - 1),
     length=st.integers(0, 2**32 - 1),
+    start=st.integers(0, 2**32 - 1),
     raw_length=st.integers(0, 2**32 - 1),
 )
 
@@ -34,20 +35,30 @@ def test_index_round_trip(packs: list[tuple[bytes, list[fmt.PackEntry]]]) -> Non
     assert fmt.decode_index(fmt.encode_index(packs), "i") == packs
 
 
-@given(
-    st.lists(
-        st.tuples(ids, st.sampled_from([1, 2]), st.integers(1, 2**20), st.integers(0, 2**20)),
-        max_size=32,
-    )
+blobs = st.lists(
+    st.tuples(
+        st.integers(1, 2**20),  # sealed length
+        st.lists(
+            st.tuples(ids, st.sampled_from([1, 2]), st.integers(0, 2**16)), min_size=1, max_size=4
+        ),
+    ),
+    max_size=16,
 )
-def test_pack_header_round_trip(items: list[tuple[bytes, int, int, int]]) -> None:
+
+
+@given(blobs)
+def test_pack_header_round_trip(items: list[tuple[int, list[tuple[bytes, int, int]]]]) -> None:
     offset = len(fmt.PACK_MAGIC)
     expected = []
-    for chunk_id, kind, length, raw in items:
-        expected.append(fmt.PackEntry(chunk_id, kind, offset, length, raw))
+    for length, chunks in items:
+        start = 0
+        for chunk_id, kind, raw in chunks:
+            expected.append(fmt.PackEntry(chunk_id, kind, offset, length, start, raw))
+            start += raw
         offset += length
     plain = fmt.encode_pack_header(expected)
     assert fmt.decode_pack_header(plain, "p") == expected
+    assert fmt.pack_data_end(expected) == offset
 
 
 @given(st.integers(0, 2**40), st.sampled_from([2**20, 2**22]), st.data())
@@ -60,10 +71,19 @@ def test_manifest_round_trip(size: int, block: int, data: st.DataObject) -> None
 
 
 @given(st.binary(max_size=5000))
-def test_chunk_framing_round_trip(data: bytes) -> None:
+def test_blob_framing_round_trip(data: bytes) -> None:
     assert fmt.unframe(fmt.frame_raw(data), len(data), "c") == data
     compressed = zstandard.ZstdCompressor().compress(data)
     assert fmt.unframe(fmt.frame_zstd(compressed), len(data), "c") == data
+
+
+@given(st.lists(st.binary(max_size=3000), max_size=6), st.booleans())
+def test_encode_blob_round_trip(pieces: list[bytes], compress: bool) -> None:
+    from vmvault.engine.backup import _Compressor, encode_blob
+
+    joined = b"".join(pieces)
+    payload = encode_blob([memoryview(p) for p in pieces], compress, _Compressor(3))
+    assert fmt.unframe(payload, len(joined), "b") == joined
 
 
 @given(st.binary(max_size=4096), st.binary(max_size=64))
@@ -89,6 +109,8 @@ def test_decoders_reject_garbage() -> None:
     with pytest.raises(CorruptObject):
         fmt.unframe(b"\x09data", 4, "c")
     with pytest.raises(CorruptObject):
-        fmt.unframe(fmt.frame_raw(b"abc"), 4, "c")
+        fmt.unframe(fmt.frame_raw(b"abcde"), 4, "c")
+    with pytest.raises(CorruptObject):
+        fmt.decode_pack_header(b"\x01\x00", "p")
     with pytest.raises(CorruptObject):
         fmt.split_pack_tail(b"\x00" * 8, 100, "p")

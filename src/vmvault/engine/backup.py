@@ -31,12 +31,12 @@ from vmvault.disks.source import DiskSource
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.throttle import TokenBucket
 from vmvault.errors import CorruptObject, UsageError
-from vmvault.vault.format import KIND_DATA, ZERO_ID, DiskManifest, frame_raw, frame_zstd
+from vmvault.vault.format import ENCODING_RAW, ENCODING_ZSTD, KIND_DATA, ZERO_ID, DiskManifest
 from vmvault.vault.packs import PackWriter
 from vmvault.vault.vault import Vault, new_point_id
 
-# Compression is skipped for chunks whose samples do not shrink: random data, media,
-# encrypted guests. Probing two 4 KiB samples costs ~1/30 of compressing the chunk.
+# Compression is skipped for chunks whose sample does not shrink: random data, media,
+# encrypted guests. Probing a 4 KiB sample costs ~1/30 of compressing the chunk.
 PROBE_SIZE = 4096
 PROBE_KEEP = 0.95
 STORE_RAW_ABOVE = 0.97
@@ -90,20 +90,25 @@ class _Compressor(threading.local):
         self.probe = zstandard.ZstdCompressor(level=1)
 
 
-def encode_chunk(piece: memoryview, compressor: _Compressor) -> bytes:
-    """Frame a chunk's payload, compressed only where compression pays."""
-    n = len(piece)
-    if n > 2 * PROBE_SIZE:
-        limit = PROBE_SIZE * PROBE_KEEP
-        head = compressor.probe.compress(piece[:PROBE_SIZE])
-        if len(head) > limit:
-            middle = n // 2
-            if len(compressor.probe.compress(piece[middle : middle + PROBE_SIZE])) > limit:
-                return frame_raw(piece)
-    compressed = compressor.zstd.compress(piece)
-    if len(compressed) > n * STORE_RAW_ABOVE:
-        return frame_raw(piece)
-    return frame_zstd(compressed)
+def compressible(piece: memoryview, compressor: _Compressor) -> bool:
+    """Whether a chunk is worth compressing, judged from a 4 KiB sample of its middle."""
+    if len(piece) <= PROBE_SIZE:
+        return True
+    middle = (len(piece) - PROBE_SIZE) // 2
+    sample = compressor.probe.compress(piece[middle : middle + PROBE_SIZE])
+    return len(sample) <= PROBE_SIZE * PROBE_KEEP
+
+
+def encode_blob(pieces: Sequence[memoryview], compress: bool, compressor: _Compressor) -> bytes:
+    """Frame a run of chunks as one payload, compressed together where that pays."""
+    if compress:
+        total = sum(len(p) for p in pieces)
+        stream = compressor.zstd.compressobj(size=total)
+        parts = [stream.compress(p) for p in pieces]
+        parts.append(stream.flush())
+        if sum(len(p) for p in parts) <= total * STORE_RAW_ABOVE:
+            return b"".join([bytes((ENCODING_ZSTD,)), *parts])
+    return b"".join([bytes((ENCODING_RAW,)), *pieces])
 
 
 class DiskBackup:
@@ -177,6 +182,16 @@ class DiskBackup:
         manifest = DiskManifest(size, self.block, self.chunk, records)
         return manifest, total
 
+    def _store(self, new: Sequence[tuple[bytes, memoryview]], stats: DiskStats) -> None:
+        """Pack the block's new chunks: runs of compressible ones share one zstd stream."""
+        flags = [compressible(piece, self.compressor) for _, piece in new]
+        for lo, hi, compress in _runs(flags):
+            run = new[lo:hi]
+            payload = encode_blob([p for _, p in run], compress, self.compressor)
+            sealed = self.vault.seal_blob(payload)
+            self.writer.add(KIND_DATA, sealed, [(cid, len(p)) for cid, p in run])
+            stats.stored += len(sealed)
+
     def _parent_chunks(self, b: int) -> tuple[bytes, list[bytes] | None]:
         if self.parent is None or b >= len(self.parent.records):
             return ZERO_ID, None
@@ -237,6 +252,7 @@ class DiskBackup:
             c = run
         parent_record, parent_ids = self._parent_chunks(b)
         ids: list[bytes] = []
+        new: list[tuple[bytes, memoryview]] = []
         keys = self.vault.keys
         for c, data in enumerate(has_data):
             lo = c * chunk
@@ -254,18 +270,30 @@ class DiskBackup:
             if parent_ids is not None and c < len(parent_ids) and parent_ids[c] == cid:
                 stats.unchanged += n
             elif self.writer.claim(cid):
-                sealed = self.vault.seal_chunk(cid, encode_chunk(piece, self.compressor))
-                self.writer.add(cid, KIND_DATA, sealed, n)
+                new.append((cid, piece))
                 stats.new += n
-                stats.stored += len(sealed)
             else:
                 stats.deduplicated += n
+        self._store(new, stats)
         if all(i == ZERO_ID for i in ids):
             return ZERO_ID, stats
         if parent_ids == ids:
             return parent_record, stats
         stats.records_new += 1
         return self.vault.store_record(self.writer, ids), stats
+
+
+def _runs(flags: Sequence[bool]) -> list[tuple[int, int, bool]]:
+    """Split a sequence into maximal runs of equal flags: (start, end, flag)."""
+    runs = []
+    i = 0
+    while i < len(flags):
+        j = i
+        while j < len(flags) and flags[j] == flags[i]:
+            j += 1
+        runs.append((i, j, flags[i]))
+        i = j
+    return runs
 
 
 def find_parent(vault: Vault, vm: str, disk_name: str) -> tuple[str, DiskManifest] | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import blake3
+
 from vmvault.errors import CorruptObject, ObjectMissing
 from vmvault.vault.format import ZERO_ID, PackEntry
 from vmvault.vault.index import Location
@@ -124,19 +126,26 @@ def _check_pack(
         return
     blob = vault.backend.get(key)
     report.bytes_read += len(blob)
-    import blake3
-
     if blake3.blake3(blob).digest() != pack_id:
         report.problems.append(
             Problem("error", "pack_checksum", key, "pack content does not match its name (damaged)")
         )
     view = memoryview(blob)
+    by_blob: dict[int, list[PackEntry]] = {}
     for e in header:
-        loc = Location(pack_id, e.kind, e.offset, e.length, e.raw_length)
-        try:
-            vault.open_blob(e.chunk_id, loc, view[e.offset : e.offset + e.length])
-        except CorruptObject as exc:
-            report.problems.append(Problem("error", "chunk_damaged", key, exc.message))
+        by_blob.setdefault(e.offset, []).append(e)
+    for offset, members in by_blob.items():
+        results: dict[bytes, bytes | Exception] = {}
+        sealed = view[offset : offset + members[0].length]
+        locations = [
+            (e.chunk_id, Location(pack_id, e.kind, e.offset, e.length, e.start, e.raw_length))
+            for e in members
+        ]
+        vault.open_chunks(pack_id, offset, sealed, locations, results)
+        for result in results.values():
+            if isinstance(result, Exception):
+                report.problems.append(Problem("error", "chunk_damaged", key, str(result)))
+                break
 
 
 def _check_points(vault: Vault, report: CheckReport) -> None:

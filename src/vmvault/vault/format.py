@@ -22,35 +22,35 @@ FORMAT_VERSION = 1
 ID_SIZE = 32
 ZERO_ID = bytes(ID_SIZE)  # stands for an all-zero chunk or block: never stored, never read
 
-# Chunk plaintext framing: one byte saying how the payload is encoded.
+# Blob plaintext framing: one byte saying how the payload is encoded.
 ENCODING_RAW = 0
 ENCODING_ZSTD = 1
 
-# Blob kinds inside packs.
+# Chunk kinds.
 KIND_DATA = 1
 KIND_RECORD = 2
 
 PACK_MAGIC = b"VMVP\x01"
 PACK_TRAILER = struct.Struct("<I4s")  # header length, b"VMVP"
-PACK_ENTRY = struct.Struct("<32sBII")  # id, kind, stored length, raw length
-INDEX_ENTRY = struct.Struct("<32sBIII")  # id, kind, offset, stored length, raw length
+HEADER_BLOB = struct.Struct("<IH")  # sealed blob length, number of chunks in it
+HEADER_CHUNK = struct.Struct("<32sBI")  # id, kind, raw length
+INDEX_ENTRY = struct.Struct("<32sBIIII")  # id, kind, blob offset, blob length, start, raw length
 INDEX_PACK = struct.Struct("<32sI")  # pack id, number of entries
 
+AAD_BLOB = b"vmvault-blob-v1"
 AAD_PACK_HEADER = b"vmvault-pack-header-v1"
 AAD_INDEX = b"vmvault-index-v1"
 AAD_MANIFEST = b"vmvault-manifest-v1"
 AAD_POINT = b"vmvault-point-v1"
 
 
-def chunk_aad(chunk_id: bytes) -> bytes:
-    """A blob is sealed with its own id as associated data, so blobs cannot be swapped."""
-    return chunk_id
+# --- blob payloads ----------------------------------------------------------------------
+# A blob holds one or more consecutive chunks of one block, compressed together: zstd
+# finds far more to reuse in a 4 MiB run of text than in 64 KiB pieces (3.9x against 2.8x
+# on log-like data). Each chunk is still addressed and verified on its own.
 
 
-# --- chunk payloads -------------------------------------------------------------------
-
-
-def frame_raw(data: bytes | memoryview) -> bytes:
+def frame_raw(data: bytes | bytearray | memoryview) -> bytes:
     return bytes((ENCODING_RAW,)) + data
 
 
@@ -58,8 +58,8 @@ def frame_zstd(compressed: bytes) -> bytes:
     return bytes((ENCODING_ZSTD,)) + compressed
 
 
-def unframe(payload: bytes, raw_length: int, what: str) -> bytes:
-    """Undo :func:`frame_raw` / :func:`frame_zstd`; the result must be ``raw_length`` long."""
+def unframe(payload: bytes, max_length: int, what: str) -> bytes:
+    """Undo :func:`frame_raw` / :func:`frame_zstd`; refuse output above ``max_length``."""
     if not payload:
         raise CorruptObject(f"{what}: empty payload")
     encoding = payload[0]
@@ -68,13 +68,13 @@ def unframe(payload: bytes, raw_length: int, what: str) -> bytes:
         data = bytes(body)
     elif encoding == ENCODING_ZSTD:
         try:
-            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_length)
+            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=max_length)
         except zstandard.ZstdError as exc:
             raise CorruptObject(f"{what}: cannot decompress ({exc})") from None
     else:
         raise CorruptObject(f"{what}: unknown payload encoding {encoding}")
-    if len(data) != raw_length:
-        raise CorruptObject(f"{what}: decoded to {len(data)} bytes, expected {raw_length}")
+    if len(data) > max_length:
+        raise CorruptObject(f"{what}: decoded to {len(data)} bytes, more than {max_length}")
     return data
 
 
@@ -83,29 +83,57 @@ def unframe(payload: bytes, raw_length: int, what: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class PackEntry:
-    """One sealed blob in a pack. ``offset`` counts from the start of the pack object."""
+    """One chunk in a pack: in the sealed blob at ``offset`` (``length`` bytes) of the pack,
+    at ``start`` of the blob's plaintext, ``raw_length`` bytes long."""
 
     chunk_id: bytes
     kind: int
     offset: int
     length: int
+    start: int
     raw_length: int
 
 
 def encode_pack_header(entries: Sequence[PackEntry]) -> bytes:
-    """Plaintext of a pack header (sealed with AAD_PACK_HEADER, then placed after the blobs)."""
-    return b"".join(PACK_ENTRY.pack(e.chunk_id, e.kind, e.length, e.raw_length) for e in entries)
+    """Plaintext of a pack header (sealed with AAD_PACK_HEADER, then placed after the blobs).
+
+    ``entries`` are in pack order; consecutive entries with the same offset share a blob.
+    """
+    parts = []
+    i = 0
+    while i < len(entries):
+        j = i
+        while j < len(entries) and entries[j].offset == entries[i].offset:
+            j += 1
+        parts.append(HEADER_BLOB.pack(entries[i].length, j - i))
+        parts.extend(HEADER_CHUNK.pack(e.chunk_id, e.kind, e.raw_length) for e in entries[i:j])
+        i = j
+    return b"".join(parts)
 
 
 def decode_pack_header(plain: bytes, what: str) -> list[PackEntry]:
-    if len(plain) % PACK_ENTRY.size:
-        raise CorruptObject(f"{what}: pack header has a partial entry")
     entries = []
     offset = len(PACK_MAGIC)
-    for chunk_id, kind, length, raw_length in PACK_ENTRY.iter_unpack(plain):
-        entries.append(PackEntry(chunk_id, kind, offset, length, raw_length))
-        offset += length
+    pos = 0
+    try:
+        while pos < len(plain):
+            length, count = HEADER_BLOB.unpack_from(plain, pos)
+            pos += HEADER_BLOB.size
+            start = 0
+            for _ in range(count):
+                chunk_id, kind, raw_length = HEADER_CHUNK.unpack_from(plain, pos)
+                pos += HEADER_CHUNK.size
+                entries.append(PackEntry(chunk_id, kind, offset, length, start, raw_length))
+                start += raw_length
+            offset += length
+    except struct.error:
+        raise CorruptObject(f"{what}: pack header is truncated") from None
     return entries
+
+
+def pack_data_end(entries: Sequence[PackEntry]) -> int:
+    """Where the last blob ends: the sealed header must start exactly there."""
+    return max((e.offset + e.length for e in entries), default=len(PACK_MAGIC))
 
 
 def split_pack_tail(tail: bytes, pack_size: int, what: str) -> int:
@@ -127,7 +155,8 @@ def encode_index(packs: Iterable[tuple[bytes, Sequence[PackEntry]]]) -> bytes:
     for pack_id, entries in packs:
         parts.append(INDEX_PACK.pack(pack_id, len(entries)))
         parts.extend(
-            INDEX_ENTRY.pack(e.chunk_id, e.kind, e.offset, e.length, e.raw_length) for e in entries
+            INDEX_ENTRY.pack(e.chunk_id, e.kind, e.offset, e.length, e.start, e.raw_length)
+            for e in entries
         )
     return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
 

@@ -18,8 +18,9 @@ from vmvault.vault.format import PackEntry
 class Location:
     pack_id: bytes
     kind: int
-    offset: int
-    length: int
+    offset: int  # of the sealed blob in the pack
+    length: int  # of the sealed blob
+    start: int  # of the chunk in the blob's plaintext
     raw_length: int
 
 
@@ -36,7 +37,8 @@ class ChunkIndex:
                 # The first location wins: a chunk written twice (two concurrent backups)
                 # is valid in either pack; GC removes the unreferenced copy later.
                 self._entries.setdefault(
-                    e.chunk_id, Location(pack_id, e.kind, e.offset, e.length, e.raw_length)
+                    e.chunk_id,
+                    Location(pack_id, e.kind, e.offset, e.length, e.start, e.raw_length),
                 )
                 count += 1
             self._packs[pack_id] = count

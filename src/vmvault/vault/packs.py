@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -57,7 +58,7 @@ class WriterStats:
 
 
 _STOP = object()
-SealedPack = tuple[bytes, list[PackEntry], bytes]  # pack id, entries, the object's bytes
+SealedPack = tuple[bytes, list[PackEntry], bytearray]  # pack id, entries, the object's bytes
 
 
 class PackWriter:
@@ -98,14 +99,18 @@ class PackWriter:
             self._claimed.add(chunk_id)
             return True
 
-    def add(self, chunk_id: bytes, kind: int, sealed: bytes, raw_length: int) -> None:
+    def add(self, kind: int, sealed: bytes, chunks: Sequence[tuple[bytes, int]]) -> None:
+        """Append one sealed blob holding ``chunks`` (id, raw length), in plaintext order."""
         self._raise_if_failed()
         full: SealedPack | None = None
         with self._lock:
             pack = self._open.setdefault(kind, _OpenPack())
-            pack.entries.append(
-                PackEntry(chunk_id, kind, len(pack.buffer), len(sealed), raw_length)
-            )
+            offset, start = len(pack.buffer), 0
+            for chunk_id, raw_length in chunks:
+                pack.entries.append(
+                    PackEntry(chunk_id, kind, offset, len(sealed), start, raw_length)
+                )
+                start += raw_length
             pack.buffer += sealed
             if len(pack.buffer) >= self._target:
                 del self._open[kind]
@@ -136,9 +141,8 @@ class PackWriter:
         header = self._cipher.seal(encode_pack_header(pack.entries), AAD_PACK_HEADER)
         pack.buffer += header
         pack.buffer += PACK_TRAILER.pack(len(header), PACK_MAGIC[:4])
-        data = bytes(pack.buffer)
-        pack_id = blake3.blake3(data).digest()
-        return pack_id, pack.entries, data
+        pack_id = blake3.blake3(pack.buffer).digest()
+        return pack_id, pack.entries, pack.buffer
 
     def _upload_loop(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from vmvault.errors import (
 )
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
 from vmvault.vault.format import (
+    AAD_BLOB,
     AAD_INDEX,
     AAD_MANIFEST,
     AAD_PACK_HEADER,
@@ -33,12 +34,10 @@ from vmvault.vault.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     KIND_RECORD,
-    PACK_MAGIC,
     PACK_TRAILER,
     ZERO_ID,
     DiskManifest,
     PackEntry,
-    chunk_aad,
     decode_index,
     decode_json,
     decode_manifest,
@@ -49,6 +48,7 @@ from vmvault.vault.format import (
     encode_manifest,
     encode_record,
     frame_raw,
+    pack_data_end,
     split_pack_tail,
     unframe,
 )
@@ -172,9 +172,7 @@ class Vault:
         start = size - PACK_TRAILER.size - header_length
         sealed = self.backend.get(key, start, header_length)
         entries = decode_pack_header(self.cipher.open(sealed, AAD_PACK_HEADER, key), key)
-        if entries and entries[-1].offset + entries[-1].length != start:
-            raise CorruptObject(f"{key}: header does not match the pack's size")
-        if not entries and start != len(PACK_MAGIC):
+        if pack_data_end(entries) != start:
             raise CorruptObject(f"{key}: header does not match the pack's size")
         return entries
 
@@ -232,54 +230,69 @@ class Vault:
     def fetch(self, chunk_ids: Sequence[bytes]) -> dict[bytes, bytes | Exception]:
         """Read, authenticate, decompress and re-hash chunks; errors are returned per chunk.
 
-        Chunks of one pack that lie close together are fetched with one ranged read.
+        Each blob is read and opened once however many of its chunks are wanted, and blobs
+        of one pack that lie close together are fetched with one ranged read.
         """
         results: dict[bytes, bytes | Exception] = {}
-        located: list[tuple[bytes, Location]] = []
+        blobs: dict[tuple[bytes, int], list[tuple[bytes, Location]]] = {}
         for cid in dict.fromkeys(chunk_ids):
             loc = self.index.get(cid)
             if loc is None:
                 results[cid] = ObjectMissing(f"chunk {cid.hex()[:16]} is not in the vault's index")
             else:
-                located.append((cid, loc))
-        located.sort(key=lambda item: (item[1].pack_id, item[1].offset))
+                blobs.setdefault((loc.pack_id, loc.offset), []).append((cid, loc))
+        order = sorted(blobs)
         i = 0
-        while i < len(located):
+        while i < len(order):
+            pack_id, start = order[i]
+            end = start + blobs[order[i]][0][1].length
             j = i + 1
-            pack_id = located[i][1].pack_id
-            end = located[i][1].offset + located[i][1].length
-            while (
-                j < len(located)
-                and located[j][1].pack_id == pack_id
-                and located[j][1].offset - end <= COALESCE_GAP
-            ):
-                end = max(end, located[j][1].offset + located[j][1].length)
+            while j < len(order) and order[j][0] == pack_id and order[j][1] - end <= COALESCE_GAP:
+                end = max(end, order[j][1] + blobs[order[j]][0][1].length)
                 j += 1
-            start = located[i][1].offset
-            group = located[i:j]
+            group = order[i:j]
             try:
-                blob = self.backend.get(pack_key(pack_id), start, end - start)
+                data = self.backend.get(pack_key(pack_id), start, end - start)
             except (ObjectMissing, CorruptObject) as exc:
-                for cid, _ in group:
-                    results[cid] = exc
+                for key in group:
+                    results.update((cid, exc) for cid, _ in blobs[key])
             else:
-                view = memoryview(blob)
-                for cid, loc in group:
-                    sealed = view[loc.offset - start : loc.offset - start + loc.length]
-                    try:
-                        results[cid] = self.open_blob(cid, loc, sealed)
-                    except CorruptObject as exc:
-                        results[cid] = exc
+                view = memoryview(data)
+                for key in group:
+                    members = blobs[key]
+                    length = members[0][1].length
+                    sealed = view[key[1] - start : key[1] - start + length]
+                    self.open_chunks(pack_id, key[1], sealed, members, results)
             i = j
         return results
 
-    def open_blob(self, chunk_id: bytes, loc: Location, sealed: memoryview | bytes) -> bytes:
-        what = f"chunk {chunk_id.hex()[:16]} in pack {loc.pack_id.hex()[:16]}"
-        payload = self.cipher.open(sealed, chunk_aad(chunk_id), what)
-        data = unframe(payload, loc.raw_length, what)
-        if self.keys.chunk_id(data) != chunk_id:
-            raise CorruptObject(f"{what}: content does not match its checksum")
-        return data
+    def open_chunks(
+        self,
+        pack_id: bytes,
+        offset: int,
+        sealed: memoryview,
+        members: Sequence[tuple[bytes, Location]],
+        results: dict[bytes, bytes | Exception],
+    ) -> None:
+        what = f"blob at {offset} of pack {pack_id.hex()[:16]}"
+        try:
+            plain = self.open_blob(sealed, what)
+        except CorruptObject as exc:
+            results.update((cid, exc) for cid, _ in members)
+            return
+        for cid, loc in members:
+            data = plain[loc.start : loc.start + loc.raw_length]
+            if len(data) != loc.raw_length or self.keys.chunk_id(data) != cid:
+                results[cid] = CorruptObject(
+                    f"chunk {cid.hex()[:16]} in {what}: content does not match its checksum"
+                )
+            else:
+                results[cid] = data
+
+    def open_blob(self, sealed: memoryview | bytes, what: str) -> bytes:
+        """Authenticate, decrypt and decompress one blob (a run of chunks)."""
+        payload = self.cipher.open(sealed, AAD_BLOB, what)
+        return unframe(payload, self.config.block_size + 4096, what)
 
     def fetch_one(self, chunk_id: bytes) -> bytes:
         result = self.fetch([chunk_id])[chunk_id]
@@ -289,16 +302,14 @@ class Vault:
 
     # -- block records ------------------------------------------------------------------
 
-    def seal_chunk(self, chunk_id: bytes, payload: bytes) -> bytes:
-        return self.cipher.seal(payload, chunk_aad(chunk_id))
+    def seal_blob(self, payload: bytes) -> bytes:
+        return self.cipher.seal(payload, AAD_BLOB)
 
     def store_record(self, writer: PackWriter, chunk_ids: Sequence[bytes]) -> bytes:
         plain = encode_record(chunk_ids)
         record_id = self.keys.chunk_id(plain)
         if writer.claim(record_id):
-            writer.add(
-                record_id, KIND_RECORD, self.seal_chunk(record_id, frame_raw(plain)), len(plain)
-            )
+            writer.add(KIND_RECORD, self.seal_blob(frame_raw(plain)), [(record_id, len(plain))])
         return record_id
 
     def records(self, record_ids: Iterable[bytes]) -> dict[bytes, list[bytes] | Exception]:
