@@ -71,19 +71,19 @@ def test_manifest_round_trip(size: int, block: int, data: st.DataObject) -> None
 
 
 @given(st.binary(max_size=5000))
-def test_blob_framing_round_trip(data: bytes) -> None:
-    assert fmt.unframe(fmt.frame_raw(data), len(data), "c") == data
+def test_payload_round_trip(data: bytes) -> None:
+    assert fmt.decode_payload(fmt.ENCODING_RAW, data, len(data), "c") == data
     compressed = zstandard.ZstdCompressor().compress(data)
-    assert fmt.unframe(fmt.frame_zstd(compressed), len(data), "c") == data
+    assert fmt.decode_payload(fmt.ENCODING_ZSTD, compressed, len(data), "c") == data
 
 
-@given(st.lists(st.binary(max_size=3000), max_size=6), st.booleans())
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=6), st.booleans())
 def test_encode_blob_round_trip(pieces: list[bytes], compress: bool) -> None:
     from vmvault.engine.backup import _Compressor, encode_blob
 
     joined = b"".join(pieces)
-    payload = encode_blob([memoryview(p) for p in pieces], compress, _Compressor(3))
-    assert fmt.unframe(payload, len(joined), "b") == joined
+    encoding, payload = encode_blob([memoryview(p) for p in pieces], compress, _Compressor(3))
+    assert fmt.decode_payload(encoding, bytes(payload), len(joined), "b") == joined
 
 
 @given(st.binary(max_size=4096), st.binary(max_size=64))
@@ -107,9 +107,11 @@ def test_decoders_reject_garbage() -> None:
     with pytest.raises(CorruptObject):
         fmt.decode_manifest(b"\x01", "m")
     with pytest.raises(CorruptObject):
-        fmt.unframe(b"\x09data", 4, "c")
+        fmt.decode_payload(9, b"data", 4, "c")
     with pytest.raises(CorruptObject):
-        fmt.unframe(fmt.frame_raw(b"abcde"), 4, "c")
+        fmt.decode_payload(fmt.ENCODING_RAW, b"abcde", 4, "c")
+    with pytest.raises(CorruptObject):
+        fmt.decode_payload(fmt.ENCODING_ZSTD, b"not zstd", 4, "c")
     with pytest.raises(CorruptObject):
         fmt.decode_pack_header(b"\x01\x00", "p")
     with pytest.raises(CorruptObject):

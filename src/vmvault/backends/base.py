@@ -8,7 +8,7 @@ object is complete and survives a crash, and a reader never sees half of it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from vmvault.errors import UsageError
@@ -24,10 +24,13 @@ def validate_key(key: str) -> str:
     return key
 
 
+Payload = bytes | bytearray | memoryview | Sequence[bytes]  # one buffer, or parts in order
+
+
 class Backend(Protocol):
     """Immutable-object storage. Implementations must be safe to call from many threads."""
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def put(self, key: str, data: Payload) -> None:
         """Store ``data`` under ``key`` atomically and durably (replacing nothing half-way)."""
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -13,13 +13,14 @@ import errno
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from vmvault.backends.base import validate_key
+from vmvault.backends.base import Payload, validate_key
 from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
 
 TMP_PREFIX = ".tmp-"
+IOV_MAX = 1024
 
 
 class BackendFull(VmvaultError):
@@ -46,17 +47,14 @@ class LocalBackend:
         with self._lock:
             self._made_dirs.add(directory)
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def put(self, key: str, data: Payload) -> None:
         path = self._path(key)
         self._ensure_dir(path.parent)
         tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                _write_all(fd, [data] if isinstance(data, bytes | bytearray | memoryview) else data)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -120,6 +118,19 @@ class LocalBackend:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+
+def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+    """Gathered writes of all parts (no joining copy), resuming after short writes."""
+    pending = [memoryview(p) for p in parts if len(p)]
+    while pending:
+        written = os.writev(fd, pending[:IOV_MAX])
+        while written:
+            if written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][written:]
+                written = 0
 
 
 def _read_exactly(f: object, length: int, key: str) -> bytes:

@@ -60,6 +60,13 @@ class Cipher:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
+    def seal_parts(
+        self, plaintext: bytes | bytearray | memoryview, aad: bytes
+    ) -> tuple[bytes, bytes]:
+        """Like :meth:`seal`, as (nonce, ciphertext) so callers can write them without a copy."""
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce, self._aead.encrypt(nonce, plaintext, aad)
+
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         if len(sealed) < SEAL_OVERHEAD:
             raise CorruptObject(f"{what}: too short to be an encrypted object")

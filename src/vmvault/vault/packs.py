@@ -46,7 +46,10 @@ def index_key(index_id: bytes) -> str:
 
 @dataclass
 class _OpenPack:
-    buffer: bytearray = field(default_factory=lambda: bytearray(PACK_MAGIC))
+    """A pack being filled: its parts are written with one gathered write, never joined."""
+
+    parts: list[bytes] = field(default_factory=lambda: [PACK_MAGIC])
+    size: int = len(PACK_MAGIC)
     entries: list[PackEntry] = field(default_factory=list)
 
 
@@ -58,7 +61,7 @@ class WriterStats:
 
 
 _STOP = object()
-SealedPack = tuple[bytes, list[PackEntry], bytearray]  # pack id, entries, the object's bytes
+SealedPack = tuple[bytes, list[PackEntry], list[bytes]]  # pack id, entries, the object's bytes
 
 
 class PackWriter:
@@ -99,20 +102,20 @@ class PackWriter:
             self._claimed.add(chunk_id)
             return True
 
-    def add(self, kind: int, sealed: bytes, chunks: Sequence[tuple[bytes, int]]) -> None:
-        """Append one sealed blob holding ``chunks`` (id, raw length), in plaintext order."""
+    def add(self, kind: int, sealed: list[bytes], chunks: Sequence[tuple[bytes, int]]) -> None:
+        """Append one sealed blob (its parts) holding ``chunks`` (id, raw length), in order."""
         self._raise_if_failed()
         full: SealedPack | None = None
+        length = sum(len(p) for p in sealed)
         with self._lock:
             pack = self._open.setdefault(kind, _OpenPack())
-            offset, start = len(pack.buffer), 0
+            offset, start = pack.size, 0
             for chunk_id, raw_length in chunks:
-                pack.entries.append(
-                    PackEntry(chunk_id, kind, offset, len(sealed), start, raw_length)
-                )
+                pack.entries.append(PackEntry(chunk_id, kind, offset, length, start, raw_length))
                 start += raw_length
-            pack.buffer += sealed
-            if len(pack.buffer) >= self._target:
+            pack.parts += sealed
+            pack.size += length
+            if pack.size >= self._target:
                 del self._open[kind]
                 full = self._seal(pack)
         if full is not None:
@@ -139,10 +142,11 @@ class PackWriter:
 
     def _seal(self, pack: _OpenPack) -> SealedPack:
         header = self._cipher.seal(encode_pack_header(pack.entries), AAD_PACK_HEADER)
-        pack.buffer += header
-        pack.buffer += PACK_TRAILER.pack(len(header), PACK_MAGIC[:4])
-        pack_id = blake3.blake3(pack.buffer).digest()
-        return pack_id, pack.entries, pack.buffer
+        pack.parts += (header, PACK_TRAILER.pack(len(header), PACK_MAGIC[:4]))
+        hasher = blake3.blake3()
+        for part in pack.parts:
+            hasher.update(part)
+        return hasher.digest(), pack.entries, pack.parts
 
     def _upload_loop(self) -> None:
         while True:
@@ -158,7 +162,7 @@ class PackWriter:
                     with self._lock:
                         self._uploaded.append((pack_id, entries))
                         self.stats.packs += 1
-                        self.stats.pack_bytes += len(data)
+                        self.stats.pack_bytes += sum(len(p) for p in data)
                         checkpoint = len(self._uploaded) >= self._index_every
                     if checkpoint:
                         self._write_index()

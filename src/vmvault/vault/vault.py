@@ -26,11 +26,11 @@ from vmvault.errors import (
 )
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
 from vmvault.vault.format import (
-    AAD_BLOB,
     AAD_INDEX,
     AAD_MANIFEST,
     AAD_PACK_HEADER,
     AAD_POINT,
+    ENCODING_RAW,
     FORMAT_NAME,
     FORMAT_VERSION,
     KIND_RECORD,
@@ -38,19 +38,19 @@ from vmvault.vault.format import (
     ZERO_ID,
     DiskManifest,
     PackEntry,
+    blob_aad,
     decode_index,
     decode_json,
     decode_manifest,
     decode_pack_header,
+    decode_payload,
     decode_record,
     encode_index,
     encode_json,
     encode_manifest,
     encode_record,
-    frame_raw,
     pack_data_end,
     split_pack_tail,
-    unframe,
 )
 from vmvault.vault.index import ChunkIndex, Location
 from vmvault.vault.packs import PackWriter, index_key, pack_key
@@ -291,8 +291,11 @@ class Vault:
 
     def open_blob(self, sealed: memoryview | bytes, what: str) -> bytes:
         """Authenticate, decrypt and decompress one blob (a run of chunks)."""
-        payload = self.cipher.open(sealed, AAD_BLOB, what)
-        return unframe(payload, self.config.block_size + 4096, what)
+        if not sealed:
+            raise CorruptObject(f"{what}: empty blob")
+        encoding = sealed[0]
+        payload = self.cipher.open(sealed[1:], blob_aad(encoding), what)
+        return decode_payload(encoding, payload, self.config.block_size + 4096, what)
 
     def fetch_one(self, chunk_id: bytes) -> bytes:
         result = self.fetch([chunk_id])[chunk_id]
@@ -302,14 +305,17 @@ class Vault:
 
     # -- block records ------------------------------------------------------------------
 
-    def seal_blob(self, payload: bytes) -> bytes:
-        return self.cipher.seal(payload, AAD_BLOB)
+    def seal_blob(self, encoding: int, payload: bytes | memoryview) -> list[bytes]:
+        """A blob as the parts to write one after the other: encoding + nonce, ciphertext."""
+        nonce, ciphertext = self.cipher.seal_parts(payload, blob_aad(encoding))
+        return [bytes((encoding,)) + nonce, ciphertext]
 
     def store_record(self, writer: PackWriter, chunk_ids: Sequence[bytes]) -> bytes:
         plain = encode_record(chunk_ids)
         record_id = self.keys.chunk_id(plain)
         if writer.claim(record_id):
-            writer.add(KIND_RECORD, self.seal_blob(frame_raw(plain)), [(record_id, len(plain))])
+            sealed = self.seal_blob(ENCODING_RAW, plain)
+            writer.add(KIND_RECORD, sealed, [(record_id, len(plain))])
         return record_id
 
     def records(self, record_ids: Iterable[bytes]) -> dict[bytes, list[bytes] | Exception]:
