@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from conftest import same_content
 from vmvault import service, testdisk
 from vmvault.engine.backup import DiskInput, backup
+from vmvault.errors import UsageError
 from vmvault.vault.format import ZERO_ID
 
 MiB = testdisk.MiB
@@ -90,29 +92,38 @@ def test_restore_onto_existing_file_replaces_it(tmp_path: Path, ctx: service.Con
     assert same_content(image, target)
 
 
-def test_restore_to_block_device_style_target_writes_zeros(
-    tmp_path: Path, ctx: service.Context
+@pytest.fixture
+def loop_device() -> Iterator[Callable[[Path], Path]]:
+    """Attach image files as real block devices (loop devices); detached afterwards."""
+    attached: list[str] = []
+
+    def attach(image: Path) -> Path:
+        out = subprocess.run(
+            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+        )
+        attached.append(out.stdout.strip())
+        return Path(attached[-1])
+
+    yield attach
+    for device in attached:
+        subprocess.run(["losetup", "--detach", device], check=False)
+
+
+def test_block_device_backup_and_restore(
+    tmp_path: Path, ctx: service.Context, loop_device: Callable[[Path], Path]
 ) -> None:
-    """A device target keeps old bytes unless zeros are written: the engine writes them."""
-    from vmvault.engine.restore import DiskRestore, _Target
-
-    image = _write(tmp_path / "a.img", [(MiB, os.urandom(MiB))], 4 * MiB)
-    point = service.run_backup(ctx, "vm1", [("d", str(image))])
-    target_path = _write(tmp_path / "dev.img", [(0, b"\xff" * 4 * MiB)], 4 * MiB)
-    vault = ctx.open_vault()
-    manifest = vault.get_manifest(point["disks"][0]["manifest"])
-    target = _Target.__new__(_Target)
-    target.path, target.fd, target.write_zeros = (
-        target_path,
-        os.open(target_path, os.O_WRONLY),
-        True,
-    )
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        DiskRestore(vault, "d", manifest, target, pool, 2).run()
-    target.close()
-    assert same_content(image, target_path)
+    """Devices have no holes and keep old bytes: zeros must be read and written explicitly."""
+    image = _write(tmp_path / "a.img", [(MiB, os.urandom(MiB)), (5 * MiB, _text(MiB))], 8 * MiB)
+    source = loop_device(image)
+    point = service.run_backup(ctx, "vm1", [("d", str(source))])
+    assert point["disks"][0]["size"] == 8 * MiB
+    target_file = _write(tmp_path / "dev.img", [(0, b"\xff" * 8 * MiB)], 8 * MiB)
+    target = loop_device(target_file)
+    service.run_restore(ctx, point["id"], str(target))
+    assert same_content(image, target)
+    small = loop_device(_write(tmp_path / "small.img", [], 4 * MiB))
+    with pytest.raises(UsageError, match="holds"):
+        service.run_restore(ctx, point["id"], str(small))
 
 
 def test_several_disks_in_one_point(tmp_path: Path, ctx: service.Context) -> None:

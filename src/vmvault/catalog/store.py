@@ -112,8 +112,10 @@ class Catalog:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def start_job(self, vault_id: str, kind: str, vm: str | None = None) -> int:
-        now = datetime.now(UTC)
+    def start_job(
+        self, vault_id: str, kind: str, vm: str | None = None, started: datetime | None = None
+    ) -> int:
+        now = started or datetime.now(UTC)
         with self.session.begin() as s:
             job = Job(
                 vault_id=vault_id,

@@ -184,6 +184,7 @@ def restore(
         False, "--ignore-errors", help="Restore all that is readable; list the damaged ranges."
     ),
     workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
+    sync: bool = typer.Option(False, "--sync", help="fsync a file target before finishing."),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -202,6 +203,7 @@ def restore(
                 vm=vm,
                 ignore_errors=ignore_errors,
                 workers=workers,
+                sync=sync,
                 progress=progress,
             )
         return {"target": os.path.abspath(target), **report.to_dict()}
