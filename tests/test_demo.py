@@ -16,3 +16,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.stdout.count("byte-identical") == 2
     assert "demo complete" in result.stdout
     assert (work / "vault" / "config").is_file()
+
+
+def test_demo_json_summary(tmp_path: Path) -> None:
+    import json
+
+    result = run_cli("demo", "--workdir", str(tmp_path / "d"), "--size", "16M", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [p["type"] for p in summary["points"]] == ["full", "incremental"]
+    assert all(r["identical"] for r in summary["restores"])
+    bad = run_cli("demo", "--workdir", str(tmp_path / "e"), "--size", "huge", "--json")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "bad_input"

@@ -50,9 +50,12 @@ def _ctx(vault: str | None, catalog: str | None, passphrase_file: str | None) ->
 
 
 @app.command()
-def version() -> None:
+def version(json: bool = JsonOpt) -> None:
     """Print the version."""
-    console.print(f"vmvault {__version__}")
+    if json:
+        emit_json({"version": __version__})
+    else:
+        console.print(f"vmvault {__version__}")
 
 
 @app.command()
