@@ -135,7 +135,7 @@ def _check_pack(
     for e in header:
         by_blob.setdefault(e.offset, []).append(e)
     for offset, members in by_blob.items():
-        results: dict[bytes, bytes | Exception] = {}
+        results: dict[bytes, memoryview | Exception] = {}
         sealed = view[offset : offset + members[0].length]
         locations = [
             (e.chunk_id, Location(pack_id, e.kind, e.offset, e.length, e.start, e.raw_length))

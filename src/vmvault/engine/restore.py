@@ -95,7 +95,7 @@ class _Target:
             os.ftruncate(self.fd, size)
             self.write_zeros = False
 
-    def write(self, offset: int, pieces: list[bytes]) -> int:
+    def write(self, offset: int, pieces: Sequence[bytes | memoryview]) -> int:
         total = sum(len(p) for p in pieces)
         done = 0
         while done < total:
@@ -179,11 +179,11 @@ class DiskRestore:
         wanted = [cid for cid in record if cid != ZERO_ID]
         fetched = self.vault.fetch(wanted)
         part.chunks = len(wanted)
-        run_start, run = start, list[bytes]()  # consecutive pieces to write with one call
+        run_start, run = start, list[bytes | memoryview]()  # consecutive pieces to write with one call
         for c, cid in enumerate(record):
             lo = start + c * m.chunk_size
             n = min(m.chunk_size, start + length - lo)
-            data: bytes | Exception | None = None if cid == ZERO_ID else fetched[cid]
+            data: memoryview | Exception | None = None if cid == ZERO_ID else fetched[cid]
             if isinstance(data, Exception):
                 part.damaged.append(Damage(lo, lo + n, str(data)))
                 data = None
@@ -201,7 +201,7 @@ class DiskRestore:
             part.bytes_written += self._write(run_start, run)
         return part
 
-    def _write(self, offset: int, pieces: list[bytes]) -> int:
+    def _write(self, offset: int, pieces: Sequence[bytes | memoryview]) -> int:
         assert self.target is not None
         if self.throttle:
             self.throttle.consume(sum(len(p) for p in pieces))

@@ -227,13 +227,13 @@ class Vault:
 
     # -- chunks -------------------------------------------------------------------------
 
-    def fetch(self, chunk_ids: Sequence[bytes]) -> dict[bytes, bytes | Exception]:
+    def fetch(self, chunk_ids: Sequence[bytes]) -> dict[bytes, memoryview | Exception]:
         """Read, authenticate, decompress and re-hash chunks; errors are returned per chunk.
 
         Each blob is read and opened once however many of its chunks are wanted, and blobs
         of one pack that lie close together are fetched with one ranged read.
         """
-        results: dict[bytes, bytes | Exception] = {}
+        results: dict[bytes, memoryview | Exception] = {}
         blobs: dict[tuple[bytes, int], list[tuple[bytes, Location]]] = {}
         for cid in dict.fromkeys(chunk_ids):
             loc = self.index.get(cid)
@@ -272,7 +272,7 @@ class Vault:
         offset: int,
         sealed: memoryview,
         members: Sequence[tuple[bytes, Location]],
-        results: dict[bytes, bytes | Exception],
+        results: dict[bytes, memoryview | Exception],
     ) -> None:
         what = f"blob at {offset} of pack {pack_id.hex()[:16]}"
         try:
@@ -280,8 +280,9 @@ class Vault:
         except CorruptObject as exc:
             results.update((cid, exc) for cid, _ in members)
             return
+        view = memoryview(plain)  # chunks are handed out as views: no copy per chunk
         for cid, loc in members:
-            data = plain[loc.start : loc.start + loc.raw_length]
+            data = view[loc.start : loc.start + loc.raw_length]
             if len(data) != loc.raw_length or self.keys.chunk_id(data) != cid:
                 results[cid] = CorruptObject(
                     f"chunk {cid.hex()[:16]} in {what}: content does not match its checksum"
@@ -301,7 +302,7 @@ class Vault:
         result = self.fetch([chunk_id])[chunk_id]
         if isinstance(result, Exception):
             raise result
-        return result
+        return bytes(result)
 
     # -- block records ------------------------------------------------------------------
 
@@ -327,7 +328,7 @@ class Vault:
                 out[rid] = plain
             else:
                 try:
-                    out[rid] = decode_record(plain, f"record {rid.hex()[:16]}")
+                    out[rid] = decode_record(bytes(plain), f"record {rid.hex()[:16]}")
                 except CorruptObject as exc:
                     out[rid] = exc
         return out
