@@ -179,7 +179,8 @@ class DiskRestore:
         wanted = [cid for cid in record if cid != ZERO_ID]
         fetched = self.vault.fetch(wanted)
         part.chunks = len(wanted)
-        run_start, run = start, list[bytes | memoryview]()  # consecutive pieces to write with one call
+        # consecutive pieces, written with one call
+        run_start, run = start, list[bytes | memoryview]()
         for c, cid in enumerate(record):
             lo = start + c * m.chunk_size
             n = min(m.chunk_size, start + length - lo)
