@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from conftest import PASSPHRASE, same_content
+import pytest
+
+from conftest import PASSPHRASE, run_cli, same_content
 from vmvault import service, testdisk
 
 MiB = testdisk.MiB
@@ -78,3 +80,54 @@ def test_sigkill_midway_then_rerun(tmp_path: Path, make_image: Callable[..., Pat
     # (it died before finishing) or a finished one; the re-run's job succeeded
     jobs = ctx.catalog().jobs(vault.config.vault_id)
     assert jobs[0].state == "succeeded"
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 12 MiB file system (tmpfs) that a backup can fill up."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_full_disk_fails_cleanly_and_keeps_earlier_points(
+    tmp_path: Path, small_filesystem: Path
+) -> None:
+    ctx = service.Context(str(small_filesystem / "vault"), f"sqlite:///{tmp_path / 'c.db'}")
+    service.init_vault(ctx, pack_target=1 * MiB)
+    small = tmp_path / "small.img"
+    small.write_bytes(os.urandom(3 * MiB))
+    first = service.run_backup(ctx, "vm", [("os", str(small))])
+    big = tmp_path / "big.img"
+    big.write_bytes(os.urandom(24 * MiB))
+    result = run_cli(
+        "backup",
+        str(big),
+        "--vm",
+        "vm",
+        "--disk-name",
+        "os",
+        env={
+            "VMVAULT_PASSPHRASE": PASSPHRASE,
+            "VMVAULT_VAULT": ctx.vault_path,
+            "VMVAULT_CATALOG": str(ctx.catalog_url),
+        },
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no space left") and "Traceback" not in result.stderr
+    vault = ctx.open_vault()
+    assert vault.point_ids() == [first["id"]]
+    assert not list(Path(ctx.vault_path).rglob(".tmp-*"))  # no half-written objects left
+    assert service.run_check(ctx, read_data=True).ok
+    out = tmp_path / "restored.img"
+    service.run_restore(ctx, first["id"], str(out))
+    assert same_content(small, out)
+    backups = [j for j in ctx.catalog().jobs(vault.config.vault_id) if j.kind == "backup"]
+    assert [(j.state, j.error_code) for j in backups] == [
+        ("failed", "backend_full"),
+        ("succeeded", None),
+    ]
