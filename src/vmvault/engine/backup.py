@@ -18,9 +18,8 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import zstandard
 
 from vmvault.disks.source import DiskSource
+from vmvault.engine.blocks import map_blocks
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.throttle import TokenBucket
 from vmvault.errors import CorruptObject, UsageError
@@ -156,30 +156,14 @@ class DiskBackup:
         blocks = -(-size // self.block)
         records: list[bytes] = [ZERO_ID] * blocks
         total = DiskStats(size=size)
-        inflight: deque[tuple[int, Future[tuple[bytes, DiskStats]]]] = deque()
-        done = 0
 
-        def collect() -> None:
-            nonlocal done
-            index, future = inflight.popleft()
-            records[index], stats = future.result()
+        def collect(index: int, result: tuple[bytes, DiskStats]) -> None:
+            records[index], stats = result
             total.add(stats)
             done = min(size, (index + 1) * self.block)
             self.progress(ProgressEvent("backup", self.disk.name, done, size))
 
-        try:
-            for b in range(blocks):
-                if len(inflight) >= self.max_inflight:
-                    collect()
-                inflight.append((b, self.executor.submit(self._block, b)))
-            while inflight:
-                collect()
-        finally:
-            for _, future in inflight:
-                future.cancel()
-            for _, future in inflight:
-                if not future.cancelled():
-                    future.exception()  # wait, so no worker touches a closed source
+        map_blocks(self.executor, blocks, self._block, self.max_inflight, collect)
         total.seconds = time.perf_counter() - started
         manifest = DiskManifest(size, self.block, self.chunk, records)
         return manifest, total

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmvault.engine.blocks import map_blocks
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.throttle import TokenBucket
 from vmvault.errors import PointNotFound, RestoreDamaged, UsageError
@@ -141,11 +141,8 @@ class DiskRestore:
         started = time.perf_counter()
         m = self.manifest
         report = RestoreReport(self.name, m.size)
-        inflight: deque[tuple[int, Future[RestoreReport]]] = deque()
 
-        def collect() -> None:
-            index, future = inflight.popleft()
-            part = future.result()
+        def collect(index: int, part: RestoreReport) -> None:
             report.chunks += part.chunks
             report.bytes_verified += part.bytes_verified
             report.bytes_written += part.bytes_written
@@ -153,12 +150,7 @@ class DiskRestore:
             done = min(m.size, (index + 1) * m.block_size)
             self.progress(ProgressEvent(self.operation, self.name, done, m.size))
 
-        for b in range(m.block_count()):
-            if len(inflight) >= self.max_inflight:
-                collect()
-            inflight.append((b, self.executor.submit(self._block, b)))
-        while inflight:
-            collect()
+        map_blocks(self.executor, m.block_count(), self._block, self.max_inflight, collect)
         report.seconds = time.perf_counter() - started
         return report
 
