@@ -5,13 +5,28 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean sysdeps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+# System tools the tests drive for real: loop devices and file systems (util-linux,
+# e2fsprogs, xfsprogs for reflink), qemu-img. Installed from Debian when missing.
+sysdeps:
+	@missing=""; \
+	command -v losetup >/dev/null || missing="$$missing util-linux"; \
+	command -v mkfs.ext4 >/dev/null || missing="$$missing e2fsprogs"; \
+	command -v mkfs.xfs >/dev/null || missing="$$missing xfsprogs"; \
+	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q $$missing >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/vmvault demo
@@ -21,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) sysdeps lint
 	$(BIN)/pytest -n auto -q
 
 bench: $(STAMP)

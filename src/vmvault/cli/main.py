@@ -365,10 +365,11 @@ def jobs_cmd(
 
 
 def _register_extra_commands() -> None:
-    from vmvault.cli import demo, testdisk_cmd
+    from vmvault.cli import demo, testdisk_cmd, vm_cmd
 
     app.command("demo")(demo.demo_cmd)
     app.add_typer(testdisk_cmd.app, name="testdisk")
+    app.add_typer(vm_cmd.app, name="vm")
 
 
 _register_extra_commands()

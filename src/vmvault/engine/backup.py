@@ -72,10 +72,12 @@ class DiskStats:
 
 @dataclass
 class DiskInput:
-    """A disk to back up: its name within the VM and the open source."""
+    """A disk to back up: its name within the VM, the open source, what it is to the VM."""
 
     name: str
     source: DiskSource
+    role: str = "data"
+    format: str = "raw"
 
 
 @dataclass
@@ -282,19 +284,29 @@ def _runs(flags: Sequence[bool]) -> list[tuple[int, int, bool]]:
     return runs
 
 
-def find_parent(vault: Vault, vm: str, disk_name: str) -> tuple[str, DiskManifest] | None:
-    """The newest committed point of ``vm`` that holds ``disk_name``, and that disk's manifest."""
+def parent_manifests(
+    vault: Vault, vm: str, names: Sequence[str]
+) -> dict[str, tuple[str, DiskManifest]]:
+    """For each disk name, the newest committed point of ``vm`` holding it, and its manifest.
+
+    One pass over the points, newest first; a damaged manifest is skipped (the disk then
+    compares against an older point, or none).
+    """
+    found: dict[str, tuple[str, DiskManifest]] = {}
+    wanted = set(names)
     for point_id in reversed(vault.point_ids()):
+        if wanted <= found.keys():
+            break
         point = vault.get_point(point_id)
         if point.get("vm") != vm:
             continue
         for disk in point["disks"]:
-            if disk["name"] == disk_name:
+            if disk["name"] in wanted and disk["name"] not in found:
                 try:
-                    return point_id, vault.get_manifest(disk["manifest"])
+                    found[disk["name"]] = (point_id, vault.get_manifest(disk["manifest"]))
                 except CorruptObject:
                     continue
-    return None
+    return found
 
 
 def backup(
@@ -306,10 +318,12 @@ def backup(
     rate_limit: float | None = None,
     full: bool = False,
     consistency: dict[str, str] | None = None,
+    excluded: Sequence[dict[str, Any]] = (),
+    vm_config: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> BackupResult:
-    """Back up ``disks`` of ``vm`` into one recovery point and commit it.
+    """Back up ``disks`` of ``vm``, all in parallel, into one recovery point and commit it.
 
     The point becomes visible only after every pack, index object and manifest it needs is
     durable: it is written last. Until then a crash leaves only unreferenced packs, which
@@ -321,53 +335,62 @@ def backup(
     workers = workers or os.cpu_count() or 2
     created = datetime.now(UTC)
     vault.adopt_orphan_packs()
+    parents = {} if full else parent_manifests(vault, vm, names)
     writer = vault.pack_writer()
-    result = BackupResult(point={})
-    disk_docs: list[dict[str, Any]] = []
-    manifests: list[DiskManifest] = []
-    parents: set[str] = set()
+    # Disks share the worker pool; each keeps a share of the in-flight bound, so memory
+    # stays flat however many disks a VM has.
+    per_disk = max(1, workers // len(disks))
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup") as executor:
-            for disk in disks:
-                parent = None if full else find_parent(vault, vm, disk.name)
-                if parent:
-                    parents.add(parent[0])
-                job = DiskBackup(
+        with (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup") as executor,
+            ThreadPoolExecutor(max_workers=len(disks), thread_name_prefix="disk") as disk_pool,
+        ):
+            jobs = [
+                DiskBackup(
                     vault,
                     writer,
                     disk,
-                    parent[1] if parent else None,
+                    parents[disk.name][1] if disk.name in parents else None,
                     executor,
-                    workers,
+                    per_disk,
                     rate_limit=rate_limit,
                     progress=progress,
                 )
-                manifest, stats = job.run()
-                manifests.append(manifest)
-                result.stats[disk.name] = stats
-                disk_docs.append(
-                    {
-                        "name": disk.name,
-                        "source": disk.source.path,
-                        "size": manifest.size,
-                        "parent": parent[0] if parent else None,
-                        "stats": stats.to_dict(),
-                    }
-                )
+                for disk in disks
+            ]
+            outcomes = [f.result() for f in [disk_pool.submit(job.run) for job in jobs]]
         writer.flush()  # packs and index durable before anything refers to them
     finally:
         writer.close()
-    for doc, manifest in zip(disk_docs, manifests, strict=True):
-        doc["manifest"] = vault.put_manifest(manifest)
+    result = BackupResult(point={})
+    disk_docs = []
+    for disk, (manifest, stats) in zip(disks, outcomes, strict=True):
+        result.stats[disk.name] = stats
+        parent_id = parents[disk.name][0] if disk.name in parents else None
+        disk_docs.append(
+            {
+                "name": disk.name,
+                "role": disk.role,
+                "format": disk.format,
+                "source": disk.source.path,
+                "size": manifest.size,
+                "parent": parent_id,
+                "manifest": vault.put_manifest(manifest),
+                "stats": stats.to_dict(),
+            }
+        )
+    parent_ids = {p for p, _ in parents.values()}
     point = {
         "id": new_point_id(created),
         "vm": vm,
         "created": created.isoformat(timespec="seconds"),
         "completed": datetime.now(UTC).isoformat(timespec="seconds"),
-        "parent": max(parents) if parents else None,
-        "type": "incremental" if parents else "full",
+        "parent": max(parent_ids) if parent_ids else None,
+        "type": "incremental" if parent_ids else "full",
         "consistency": consistency or {"level": "crash", "reason": "disk images read as they are"},
         "disks": disk_docs,
+        "excluded": list(excluded),
+        "vm_config": vm_config or {},
         "meta": meta or {},
     }
     vault.put_point(point)

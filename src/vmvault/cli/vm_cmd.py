@@ -1,0 +1,84 @@
+"""`vmvault vm`: the VMs of the inventory, and backing one up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from vmvault.cli.output import console, emit_json, guarded
+from vmvault.inventory import Vm, load_inventory
+
+app = typer.Typer(help="VMs declared in the inventory.", no_args_is_help=True)
+
+InventoryOpt = typer.Option(
+    None,
+    "--inventory",
+    "-i",
+    envvar="VMVAULT_INVENTORY",
+    help="Inventory file [env VMVAULT_INVENTORY; default /etc/vmvault/inventory.toml].",
+)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of text.")
+
+
+def vm_doc(vm: Vm) -> dict[str, Any]:
+    return {
+        **vm.model_dump(mode="json"),
+        "protected": [d.name for d in vm.protected_disks()],
+        "excluded": [d.name for d in vm.excluded_disks()],
+    }
+
+
+@app.command("list")
+def list_vms(inventory: str | None = InventoryOpt, json: bool = JsonOpt) -> None:
+    """List the VMs of the inventory with their disks."""
+    inv = guarded(json, lambda: load_inventory(inventory))
+    if json:
+        emit_json({"inventory": inv.source, "vms": [vm_doc(vm) for vm in inv.vms]})
+        return
+    table = Table(title=f"VMs in {inv.source}")
+    for col in ("name", "host", "state", "policy", "protected disks", "excluded", "pools"):
+        table.add_column(col)
+    for vm in inv.vms:
+        table.add_row(
+            vm.name,
+            vm.host,
+            vm.state.value,
+            vm.policy or "-",
+            ", ".join(f"{d.name} ({d.role.value})" for d in vm.protected_disks()),
+            ", ".join(d.name for d in vm.excluded_disks()) or "-",
+            ", ".join(sorted({d.pool for d in vm.disks if d.pool})) or "-",
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show_vm(
+    name: str = typer.Argument(..., help="VM name."),
+    inventory: str | None = InventoryOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Show one VM: its disks, roles, formats, pools and consistency settings."""
+    vm = guarded(json, lambda: load_inventory(inventory).vm(name))
+    doc = vm_doc(vm)
+    if json:
+        emit_json(doc)
+        return
+    console.print(
+        f"[bold]{vm.name}[/] on {vm.host}: {vm.state.value}, policy {vm.policy or '-'}, "
+        f"snapshot {vm.snapshot}, scripts {vm.scripts or '-'}"
+    )
+    table = Table()
+    for col in ("disk", "role", "format", "pool", "path", "backed up"):
+        table.add_column(col)
+    for d in vm.disks:
+        table.add_row(
+            d.name,
+            d.role.value,
+            d.format.value,
+            d.pool or "-",
+            d.path,
+            "no (temporary)" if d.name in doc["excluded"] else "yes",
+        )
+    console.print(table)

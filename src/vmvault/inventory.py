@@ -1,0 +1,182 @@
+"""The inventory: storage pools, VMs and their disks, read from a TOML file.
+
+Validated with pydantic; every error names the file, the field (as a dotted path, with the
+VM's name where there is one) and what is wrong, in one line each. Example:
+
+    [pools.ssd-a]
+    egress_mb_per_s = 480
+    requests_per_second = 20000
+
+    [[vms]]
+    name = "web01"
+    state = "stopped"
+    [[vms.disks]]
+    name = "os"
+    path = "/var/lib/vms/web01-os.img"
+    role = "os"
+    pool = "ssd-a"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vmvault.errors import UsageError
+
+DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
+
+
+class InventoryError(UsageError):
+    code = "bad_inventory"
+
+
+class DiskRole(StrEnum):
+    OS = "os"
+    DATA = "data"
+    TEMPORARY = "temporary"  # the resource disk: never backed up
+
+
+class DiskFormat(StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    VHD = "vpc"
+    VHDX = "vhdx"
+
+
+class VmState(StrEnum):
+    STOPPED = "stopped"
+    RUNNING = "running"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoragePool(_Strict):
+    """A storage account in the seed's terms: shared egress and request-rate budgets."""
+
+    name: str = ""
+    egress_mb_per_s: float = Field(default=500.0, gt=0)
+    requests_per_second: float = Field(default=20000.0, gt=0)
+    max_disks_in_flight: int = Field(default=20, ge=1)
+    premium: bool = False
+
+
+class Disk(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str = Field(min_length=1)
+    format: DiskFormat = DiskFormat.RAW
+    role: DiskRole = DiskRole.DATA
+    pool: str | None = None
+
+
+class Vm(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    host: str = "localhost"
+    state: VmState = VmState.STOPPED
+    policy: str | None = None
+    scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
+    snapshot: str = "auto"  # provider: auto, in-place, reflink, copy
+    tags: dict[str, str] = Field(default_factory=dict)
+    disks: list[Disk] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _disks_distinct(self) -> Vm:
+        names = [d.name for d in self.disks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"disk names repeat: {', '.join(sorted(names))}")
+        if sum(d.role == DiskRole.OS for d in self.disks) > 1:
+            raise ValueError("a VM has at most one os disk")
+        return self
+
+    def protected_disks(self) -> list[Disk]:
+        return [d for d in self.disks if d.role != DiskRole.TEMPORARY]
+
+    def excluded_disks(self) -> list[Disk]:
+        return [d for d in self.disks if d.role == DiskRole.TEMPORARY]
+
+
+class Inventory(_Strict):
+    pools: dict[str, StoragePool] = Field(default_factory=dict)
+    vms: list[Vm] = Field(default_factory=list)
+    source: str = ""
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _name_pools(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({**v, "name": k} if isinstance(v, dict) else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Inventory:
+        names = [vm.name for vm in self.vms]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"VM names repeat: {', '.join(duplicates)}")
+        for vm in self.vms:
+            for disk in vm.disks:
+                if disk.pool is not None and disk.pool not in self.pools:
+                    raise ValueError(
+                        f"VM {vm.name} disk {disk.name}: unknown pool {disk.pool!r} "
+                        f"(declared: {', '.join(sorted(self.pools)) or 'none'})"
+                    )
+        return self
+
+    def vm(self, name: str) -> Vm:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        known = ", ".join(v.name for v in self.vms) or "none"
+        raise InventoryError(f"no VM named {name!r} in {self.source} (known: {known})")
+
+
+def _where(loc: tuple[int | str, ...], doc: dict[str, Any]) -> str:
+    """A pydantic error location as a readable path, naming VMs by name, not index."""
+    parts: list[str] = []
+    node: Any = doc
+    for item in loc:
+        if isinstance(item, int) and isinstance(node, list) and item < len(node):
+            node = node[item]
+            label = node.get("name") if isinstance(node, dict) else None
+            suffix = f"[{label!r}]" if label else f"[{item}]"
+            if parts:
+                parts[-1] += suffix
+            else:
+                parts.append(suffix)
+            continue
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def parse_inventory(text: str, source: str) -> Inventory:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Inventory.model_validate({**doc, "source": source})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        where = _where(tuple(first["loc"]), doc)
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InventoryError(f"{source}: {where}: {message}{more}") from None
+
+
+def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
+    p = Path(path or os.environ.get("VMVAULT_INVENTORY") or DEFAULT_INVENTORY)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise InventoryError(f"inventory {p} does not exist (use --inventory FILE)") from None
+    except OSError as exc:
+        raise InventoryError(f"inventory {p} cannot be read: {exc.strerror}") from None
+    return parse_inventory(text, str(p))

@@ -1,0 +1,100 @@
+"""The inventory file: valid examples load, broken ones give one line naming file and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from vmvault.inventory import DiskRole, InventoryError, load_inventory, parse_inventory
+
+EXAMPLE = """
+[pools.ssd-a]
+egress_mb_per_s = 480
+requests_per_second = 20000
+
+[[vms]]
+name = "web01"
+host = "hv1"
+state = "stopped"
+policy = "daily"
+tags = { cloud_service = "shop" }
+
+  [[vms.disks]]
+  name = "os"
+  path = "/var/lib/vms/web01-os.img"
+  role = "os"
+  pool = "ssd-a"
+
+  [[vms.disks]]
+  name = "data"
+  path = "/var/lib/vms/web01-data.qcow2"
+  format = "qcow2"
+  pool = "ssd-a"
+
+  [[vms.disks]]
+  name = "resource"
+  path = "/mnt/resource.img"
+  role = "temporary"
+"""
+
+
+def test_example_loads_with_defaults() -> None:
+    inv = parse_inventory(EXAMPLE, "inv.toml")
+    pool = inv.pools["ssd-a"]
+    assert (pool.name, pool.egress_mb_per_s, pool.max_disks_in_flight) == ("ssd-a", 480, 20)
+    vm = inv.vm("web01")
+    assert [d.name for d in vm.protected_disks()] == ["os", "data"]
+    assert [d.name for d in vm.excluded_disks()] == ["resource"]
+    assert vm.disks[1].role == DiskRole.DATA and vm.snapshot == "auto"
+    with pytest.raises(InventoryError, match="no VM named 'db01'"):
+        inv.vm("db01")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('role = "os"', 'role = "boot"'), "vms['web01'].disks['os'].role: Input should be"),
+        (
+            (
+                'pool = "ssd-a"\n\n  [[vms.disks]]\n  name = "data"',
+                'pool = "ssd-b"\n\n  [[vms.disks]]\n  name = "data"',
+            ),
+            "unknown pool 'ssd-b'",
+        ),
+        (("egress_mb_per_s = 480", "egress_mb_per_s = -5"), "pools.ssd-a.egress_mb_per_s"),
+        (('name = "resource"', 'name = "os"'), "disk names repeat"),
+        (('host = "hv1"', 'host = "hv1"\ncolour = "red"'), "vms['web01'].colour: Extra inputs"),
+        (("[[vms]]", "[[vms]"), "not valid TOML"),
+        (('role = "temporary"', 'role = "os"'), "at most one os disk"),
+    ],
+)
+def test_broken_inventories_name_the_field(change: tuple[str, str], message: str) -> None:
+    broken = EXAMPLE.replace(*change, 1)
+    with pytest.raises(InventoryError) as exc:
+        parse_inventory(broken, "inv.toml")
+    assert exc.value.message.startswith("inv.toml: ")
+    assert message in exc.value.message
+    assert "\n" not in exc.value.message
+
+
+def test_missing_inventory_file(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="does not exist"):
+        load_inventory(tmp_path / "nope.toml")
+
+
+def test_vm_list_and_show_cli(tmp_path: Path) -> None:
+    path = tmp_path / "inv.toml"
+    path.write_text(EXAMPLE)
+    listed = run_cli("vm", "list", "--inventory", str(path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    [vm] = json.loads(listed.stdout)["vms"]
+    assert vm["protected"] == ["os", "data"] and vm["excluded"] == ["resource"]
+    shown = run_cli("vm", "show", "web01", "--inventory", str(path))
+    assert shown.returncode == 0 and "no (temporary)" in shown.stdout
+    path.write_text(EXAMPLE.replace('role = "os"', 'role = "boot"'))
+    broken = run_cli("vm", "list", "--inventory", str(path))
+    assert broken.returncode == 2
+    assert broken.stderr.startswith(f"error: {path}: vms['web01'].disks['os'].role")
