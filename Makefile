@@ -14,13 +14,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # System tools the tests drive for real: loop devices and file systems (util-linux,
-# e2fsprogs, xfsprogs for reflink), qemu-img. Installed from Debian when missing.
+# e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports).
+# Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
 	command -v losetup >/dev/null || missing="$$missing util-linux"; \
 	command -v mkfs.ext4 >/dev/null || missing="$$missing e2fsprogs"; \
 	command -v mkfs.xfs >/dev/null || missing="$$missing xfsprogs"; \
 	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
+	command -v qemu-storage-daemon >/dev/null || missing="$$missing qemu-system-common"; \
+	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \

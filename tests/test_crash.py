@@ -22,7 +22,7 @@ def test_sigkill_midway_then_rerun(tmp_path: Path, make_image: Callable[..., Pat
     ctx = service.Context(str(tmp_path / "vault"), f"sqlite:///{tmp_path / 'catalog.db'}")
     service.init_vault(ctx, pack_target=1 * MiB)  # small packs: some are durable before the kill
     first_image = make_image("first.img", size=16 * MiB, seed=1)
-    first = service.run_backup(ctx, "vm", [("os", str(first_image))])
+    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(first_image))])
 
     second_image = make_image("second.img", size=64 * MiB, seed=5)
     env = {
@@ -69,7 +69,7 @@ def test_sigkill_midway_then_rerun(tmp_path: Path, make_image: Callable[..., Pat
     service.run_restore(ctx, first["id"], str(out))
     assert same_content(first_image, out)
 
-    rerun = service.run_backup(ctx, "vm", [("os", str(second_image))])
+    rerun = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(second_image))])
     stats = rerun["disks"][0]["stats"]
     assert stats["deduplicated"] > 0  # chunks the killed run wrote are reused
     assert service.run_check(ctx, read_data=True).ok
@@ -101,7 +101,7 @@ def test_full_disk_fails_cleanly_and_keeps_earlier_points(
     service.init_vault(ctx, pack_target=1 * MiB)
     small = tmp_path / "small.img"
     small.write_bytes(os.urandom(3 * MiB))
-    first = service.run_backup(ctx, "vm", [("os", str(small))])
+    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(small))])
     big = tmp_path / "big.img"
     big.write_bytes(os.urandom(24 * MiB))
     result = run_cli(

@@ -32,7 +32,7 @@ def test_flipped_byte_detected_by_verify_restore_and_check(
     tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    service.run_backup(ctx, "vm", [("os", str(image))])
+    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
     _flip_one_data_chunk(ctx)
 
     env = {
@@ -76,7 +76,7 @@ def test_missing_pack_is_reported(
     tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    service.run_backup(ctx, "vm", [("os", str(image))])
+    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
     packs = sorted((Path(ctx.vault_path) / "packs").rglob("*"))
     victim = max((p for p in packs if p.is_file()), key=lambda p: p.stat().st_size)
     victim.unlink()
@@ -91,7 +91,7 @@ def test_reindex_rebuilds_lost_index_and_catalog(
     tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    point = service.run_backup(ctx, "vm", [("os", str(image))])
+    point = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
     for index_object in (Path(ctx.vault_path) / "index").iterdir():
         index_object.unlink()
     Path(str(ctx.catalog_url).removeprefix("sqlite:///")).unlink()

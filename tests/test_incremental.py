@@ -20,12 +20,12 @@ def test_incremental_sends_about_the_changed_bytes(
     tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=64 * MiB)
-    first = service.run_backup(ctx, "web", [("os", str(image))])
+    first = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
     before = vault_bytes(ctx)
     original = tmp_path / "orig.img"
     os.system(f"cp --sparse=always {image} {original}")
     mutation = testdisk.mutate_disk(image, 2.0, seed=7, jobs=1)
-    second = service.run_backup(ctx, "web", [("os", str(image))])
+    second = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
     stats = second["disks"][0]["stats"]
     assert second["type"] == "incremental" and second["parent"] == first["id"]
     # only the rewritten 64 KiB chunks are new: never more than what was written
@@ -44,9 +44,9 @@ def test_unchanged_disk_costs_almost_nothing(
     ctx: service.Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=32 * MiB)
-    service.run_backup(ctx, "web", [("os", str(image))])
+    service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
     before = vault_bytes(ctx)
-    again = service.run_backup(ctx, "web", [("os", str(image))])
+    again = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
     stats = again["disks"][0]["stats"]
     assert stats["new"] == 0 and stats["records_new"] == 0
     assert vault_bytes(ctx) - before < 16 * 1024  # one manifest and one point object
@@ -56,8 +56,8 @@ def test_full_flag_still_deduplicates(
     ctx: service.Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    service.run_backup(ctx, "web", [("os", str(image))])
-    again = service.run_backup(ctx, "web", [("os", str(image))], full=True)
+    service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    again = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))], full=True)
     stats = again["disks"][0]["stats"]
     assert again["type"] == "full" and stats["unchanged"] == 0
     assert stats["new"] == 0 and stats["deduplicated"] > 0
@@ -69,9 +69,9 @@ def test_dedup_across_disks_and_vms(
     image = make_image(size=32 * MiB)
     clone = tmp_path / "clone.img"
     os.system(f"cp --sparse=always {image} {clone}")
-    first = service.run_backup(ctx, "web1", [("os", str(image))])
+    first = service.run_backup(ctx, "web1", [service.DiskSpec("os", str(image))])
     before = vault_bytes(ctx)
-    other = service.run_backup(ctx, "web2", [("os", str(clone))])
+    other = service.run_backup(ctx, "web2", [service.DiskSpec("os", str(clone))])
     stats = other["disks"][0]["stats"]
     assert other["type"] == "full"
     assert stats["new"] == 0

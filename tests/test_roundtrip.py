@@ -49,7 +49,7 @@ IMAGES: dict[str, Callable[[Path], Path]] = {
 @pytest.mark.parametrize("kind", sorted(IMAGES))
 def test_round_trip(kind: str, tmp_path: Path, ctx: service.Context) -> None:
     image = IMAGES[kind](tmp_path)
-    point = service.run_backup(ctx, "vm1", [("d0", str(image))])
+    point = service.run_backup(ctx, "vm1", [service.DiskSpec("d0", str(image))])
     target = tmp_path / "restored.img"
     report = service.run_restore(ctx, point["id"], str(target))
     assert target.stat().st_size == image.stat().st_size
@@ -64,7 +64,7 @@ def test_generated_disk_round_trip_is_sparse(
     tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=40 * MiB + 4096 * 3)
-    point = service.run_backup(ctx, "vm1", [("os", str(image))])
+    point = service.run_backup(ctx, "vm1", [service.DiskSpec("os", str(image))])
     stats = point["disks"][0]["stats"]
     assert stats["read"] <= stats["allocated"] + 64 * 1024 * 64  # holes are not read
     assert stats["stored"] < stats["new"]  # text compresses
@@ -76,7 +76,7 @@ def test_generated_disk_round_trip_is_sparse(
 
 def test_zero_blocks_cost_nothing(tmp_path: Path, ctx: service.Context) -> None:
     image = _write(tmp_path / "z.img", [(0, bytes(16 * MiB))], 16 * MiB)
-    point = service.run_backup(ctx, "vm1", [("d", str(image))])
+    point = service.run_backup(ctx, "vm1", [service.DiskSpec("d", str(image))])
     vault = ctx.open_vault()
     manifest = vault.get_manifest(point["disks"][0]["manifest"])
     assert manifest.records == [ZERO_ID] * 4
@@ -86,7 +86,7 @@ def test_zero_blocks_cost_nothing(tmp_path: Path, ctx: service.Context) -> None:
 
 def test_restore_onto_existing_file_replaces_it(tmp_path: Path, ctx: service.Context) -> None:
     image = _write(tmp_path / "a.img", [(MiB, os.urandom(MiB))], 4 * MiB)
-    service.run_backup(ctx, "vm1", [("d", str(image))])
+    service.run_backup(ctx, "vm1", [service.DiskSpec("d", str(image))])
     target = _write(tmp_path / "t.img", [(0, os.urandom(6 * MiB))], 6 * MiB)
     service.run_restore(ctx, "latest", str(target))
     assert same_content(image, target)
@@ -115,7 +115,7 @@ def test_block_device_backup_and_restore(
     """Devices have no holes and keep old bytes: zeros must be read and written explicitly."""
     image = _write(tmp_path / "a.img", [(MiB, os.urandom(MiB)), (5 * MiB, _text(MiB))], 8 * MiB)
     source = loop_device(image)
-    point = service.run_backup(ctx, "vm1", [("d", str(source))])
+    point = service.run_backup(ctx, "vm1", [service.DiskSpec("d", str(source))])
     assert point["disks"][0]["size"] == 8 * MiB
     target_file = _write(tmp_path / "dev.img", [(0, b"\xff" * 8 * MiB)], 8 * MiB)
     target = loop_device(target_file)

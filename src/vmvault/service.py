@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmvault.backends.local import LocalBackend
+from vmvault.disks.qemu import check_format, fuse_export
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, backup
 from vmvault.engine.check import CheckReport, check_vault
@@ -131,20 +132,40 @@ def _job(ctx: Context, vault: Vault, kind: str, vm: str | None) -> Iterator[_Job
         raise
 
 
+@dataclass(frozen=True)
+class DiskSpec:
+    """A disk to back up: its name in the VM, where it is, its image format and role."""
+
+    name: str
+    path: str
+    format: str = "raw"
+    role: str = "data"
+
+
+def open_disk(stack: ExitStack, spec: DiskSpec) -> DiskInput:
+    """Open a disk for reading; non-raw images are read through a QEMU FUSE export."""
+    path = spec.path
+    if check_format(spec.format) != "raw":
+        path = stack.enter_context(fuse_export(spec.path, spec.format))
+    source = stack.enter_context(RawDisk.open(path))
+    source.path = spec.path  # messages and the point name the disk, not the export
+    return DiskInput(spec.name, source, role=spec.role, format=spec.format)
+
+
 def run_backup(
     ctx: Context,
     vm: str,
-    disks: Sequence[tuple[str, str]],
+    disks: Sequence[DiskSpec],
     *,
     full: bool = False,
     workers: int | None = None,
     rate_limit: float | None = None,
     progress: ProgressCallback = no_progress,
 ) -> dict[str, Any]:
-    """Back up ``(name, path)`` disks of ``vm`` into one point; returns the committed point."""
+    """Back up the disks of ``vm`` into one point; returns the committed point."""
     vault = ctx.open_vault()
     with _job(ctx, vault, "backup", vm) as job, ExitStack() as stack:
-        inputs = [DiskInput(name, stack.enter_context(RawDisk.open(path))) for name, path in disks]
+        inputs = [open_disk(stack, spec) for spec in disks]
         result = backup(
             vault, vm, inputs, full=full, workers=workers, rate_limit=rate_limit, progress=progress
         )
@@ -194,6 +215,7 @@ def run_restore(
     *,
     disk: str | None = None,
     vm: str | None = None,
+    target_format: str = "raw",
     ignore_errors: bool = False,
     workers: int | None = None,
     sync: bool = False,
@@ -208,6 +230,7 @@ def run_restore(
             point_id,
             target,
             disk=disk,
+            target_format=target_format,
             ignore_errors=ignore_errors,
             workers=workers,
             sync=sync,

@@ -100,7 +100,7 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
             say(f"    {mutation.writes} writes, {human_bytes(mutation.bytes_written)}")
             digests.append(file_digest(image))
         t = step("backing up (full)" if round_no == 1 else "backing up again (incremental)")
-        point = service.run_backup(ctx, "web01", [("os", str(image))])
+        point = service.run_backup(ctx, "web01", [service.DiskSpec("os", str(image))])
         seconds = time.perf_counter() - t
         st = point["disks"][0]["stats"]
         summary["points"].append(

@@ -82,15 +82,14 @@ def init(
         console.print(f"created vault {doc['vault_id']} at {doc['vault']}")
 
 
-def _disk_pairs(images: list[str], names: list[str] | None) -> list[tuple[str, str]]:
+def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[service.DiskSpec]:
     if names and len(names) != len(images):
         raise UsageError("give one --disk-name per image, or none")
-    if names:
-        return list(zip(names, images, strict=True))
-    pairs = [(Path(img).stem or f"disk{i}", img) for i, img in enumerate(images)]
-    if len({n for n, _ in pairs}) != len(pairs):
-        pairs = [(f"disk{i}", img) for i, (_, img) in enumerate(pairs)]
-    return pairs
+    if not names:
+        names = [Path(img).stem or f"disk{i}" for i, img in enumerate(images)]
+        if len(set(names)) != len(names):
+            names = [f"disk{i}" for i in range(len(images))]
+    return [service.DiskSpec(n, img, format=fmt) for n, img in zip(names, images, strict=True)]
 
 
 @app.command("backup")
@@ -99,6 +98,9 @@ def backup_cmd(
     vm: str = typer.Option(..., "--vm", help="Name of the VM the disks belong to."),
     disk_name: list[str] | None = typer.Option(None, "--disk-name", help="Name per disk."),
     full: bool = typer.Option(False, "--full", help="Ignore the parent point: read everything."),
+    fmt: str = typer.Option(
+        "raw", "--format", "-f", help="Image format: raw, qcow2, vpc (VHD) or vhdx."
+    ),
     limit_rate: float | None = typer.Option(
         None, "--limit-rate", help="Read at most this many MB/s per disk."
     ),
@@ -117,7 +119,7 @@ def backup_cmd(
             return service.run_backup(
                 ctx,
                 vm,
-                _disk_pairs(images, disk_name),
+                _disk_specs(images, disk_name, fmt),
                 full=full,
                 workers=workers,
                 rate_limit=rate,
@@ -182,6 +184,9 @@ def restore(
     point: str = typer.Argument(..., help="Point id (or a unique prefix, or 'latest')."),
     target: str = typer.Argument(..., help="File (created sparse) or block device."),
     disk: str | None = typer.Option(None, "--disk", help="Which disk of the point."),
+    fmt: str = typer.Option(
+        "raw", "--format", "-f", help="Target format: raw, qcow2, vpc (VHD) or vhdx."
+    ),
     vm: str | None = typer.Option(None, "--vm", help="With 'latest': the VM's latest point."),
     ignore_errors: bool = typer.Option(
         False, "--ignore-errors", help="Restore all that is readable; list the damaged ranges."
@@ -204,6 +209,7 @@ def restore(
                 target,
                 disk=disk,
                 vm=vm,
+                target_format=fmt,
                 ignore_errors=ignore_errors,
                 workers=workers,
                 sync=sync,

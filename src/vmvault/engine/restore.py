@@ -17,10 +17,12 @@ import stat
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmvault.disks.qemu import create_image, fuse_export
 from vmvault.engine.blocks import map_blocks
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.throttle import TokenBucket
@@ -75,10 +77,15 @@ def merge_damage(damage: Sequence[Damage]) -> list[Damage]:
 class _Target:
     """Where restored bytes go: a sparse regular file or a block device."""
 
-    def __init__(self, path: Path, size: int, *, sync: bool = False) -> None:
+    def __init__(self, path: Path, size: int, *, sync: bool = False, fresh: bool = False) -> None:
         self.path = path
         self.sync = sync
-        if path.exists() and stat.S_ISBLK(path.stat().st_mode):
+        if fresh:
+            # A new image exported by QEMU: reads as zeros, has its size; zero chunks are
+            # left unwritten so its clusters stay unallocated.
+            self.fd = os.open(path, os.O_WRONLY)
+            self.write_zeros = False
+        elif path.exists() and stat.S_ISBLK(path.stat().st_mode):
             self.fd = os.open(path, os.O_WRONLY)
             device_size = os.lseek(self.fd, 0, os.SEEK_END)
             if device_size < size:
@@ -220,6 +227,7 @@ def restore_disk(
     target: str | os.PathLike[str],
     *,
     disk: str | None = None,
+    target_format: str = "raw",
     ignore_errors: bool = False,
     workers: int | None = None,
     rate_limit: float | None = None,
@@ -230,21 +238,29 @@ def restore_disk(
     entry = _point_disk(vault, point, disk)
     manifest = vault.get_manifest(entry["manifest"])
     workers = workers or os.cpu_count() or 2
-    out = _Target(Path(target), manifest.size, sync=sync)
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as executor:
-            report = DiskRestore(
-                vault,
-                entry["name"],
-                manifest,
-                out,
-                executor,
-                workers,
-                rate_limit=rate_limit,
-                progress=progress,
-            ).run()
-    finally:
-        out.close()
+    with ExitStack() as stack:
+        path, fresh = Path(target), False
+        if target_format != "raw":
+            if not path.parent.is_dir():
+                raise UsageError(f"directory {path.parent} does not exist")
+            create_image(path, target_format, manifest.size)
+            path = Path(stack.enter_context(fuse_export(path, target_format, writable=True)))
+            fresh = True
+        out = _Target(path, manifest.size, sync=sync, fresh=fresh)
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+                report = DiskRestore(
+                    vault,
+                    entry["name"],
+                    manifest,
+                    out,
+                    pool,
+                    workers,
+                    rate_limit=rate_limit,
+                    progress=progress,
+                ).run()
+        finally:
+            out.close()
     if report.damaged and not ignore_errors:
         ranges = [(d.start, d.end) for d in merge_damage(report.damaged)]
         damaged = sum(e - s for s, e in ranges)

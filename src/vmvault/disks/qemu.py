@@ -1,0 +1,127 @@
+"""Disk images in qcow2, VHD (``vpc``) and VHDX, seen as the guest sees them.
+
+qemu-storage-daemon exports the image through FUSE as a plain file of the guest-visible
+size. Reads of that file go through QEMU's block layer, and SEEK_DATA/SEEK_HOLE on it follow
+QEMU's allocation map, so ``RawDisk`` reads only allocated clusters without knowing any
+image format. The same export, writable, is how a restore fills a new image: zero chunks
+are never written, so they stay unallocated and the image stays compact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vmvault.errors import DiskNotFound, UsageError, VmvaultError
+
+FORMATS = ("raw", "qcow2", "vpc", "vhdx")
+_START_TIMEOUT = 30.0
+
+
+class QemuError(VmvaultError):
+    code = "qemu_failed"
+
+
+def _need(tool: str) -> str:
+    found = shutil.which(tool)
+    if not found:
+        package = "qemu-system-common" if tool == "qemu-storage-daemon" else "qemu-utils"
+        raise QemuError(f"{tool} is not installed (apt-get install {package})")
+    return found
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown disk format {fmt!r} (known: {', '.join(FORMATS)})")
+    return fmt
+
+
+@contextmanager
+def fuse_export(
+    image: str | os.PathLike[str], fmt: str, *, writable: bool = False
+) -> Iterator[str]:
+    """Yield the path of a file showing ``image``'s guest-visible bytes while in the block."""
+    check_format(fmt)
+    source = Path(image)
+    if not source.is_file():
+        raise DiskNotFound(f"disk {source} does not exist")
+    daemon = _need("qemu-storage-daemon")
+    workdir = Path(tempfile.mkdtemp(prefix="vmvault-export-"))
+    mountpoint = workdir / "disk"
+    mountpoint.touch()
+    ro, rw = ("off", "on") if writable else ("on", "off")
+    argv = [
+        daemon,
+        "--blockdev",
+        f"driver=file,node-name=file,filename={source.absolute()},read-only={ro}",
+        "--blockdev",
+        f"driver={fmt},node-name=fmt,file=file,read-only={ro}",
+        "--export",
+        f"type=fuse,id=exp,node-name=fmt,mountpoint={mountpoint},writable={rw}",
+    ]
+    log = workdir / "daemon.log"  # a file, not a pipe: a chatty daemon never blocks
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        _wait_mounted(proc, mountpoint, log, source, fmt)
+        yield str(mountpoint)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the daemon unmounts and flushes on SIGTERM
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_mounted(
+    proc: subprocess.Popen[bytes], mountpoint: Path, log: Path, source: Path, fmt: str
+) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = log.read_text(errors="replace").strip().splitlines()
+            reason = err[-1] if err else f"exit code {proc.returncode}"
+            raise QemuError(f"cannot open {source} as {fmt}: {reason}")
+        if os.path.ismount(mountpoint):
+            return
+        time.sleep(0.02)
+    raise QemuError(f"qemu-storage-daemon did not export {source} within {_START_TIMEOUT:.0f} s")
+
+
+def create_image(path: str | os.PathLike[str], fmt: str, size: int) -> None:
+    """A new, empty image (reads as zeros) of the given format and guest size."""
+    check_format(fmt)
+    result = subprocess.run(
+        [_need("qemu-img"), "create", "-q", "-f", fmt, str(path), str(size)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise QemuError(f"qemu-img create {path}: {result.stderr.strip()}")
+
+
+def image_info(path: str | os.PathLike[str]) -> dict[str, object]:
+    import json
+
+    result = subprocess.run(
+        [_need("qemu-img"), "info", "--output=json", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise QemuError(f"qemu-img info {path}: {result.stderr.strip()}")
+    info: dict[str, object] = json.loads(result.stdout)
+    return info
