@@ -83,6 +83,7 @@ class Vm(_Strict):
     policy: str | None = None
     scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
     snapshot: str = "auto"  # provider: auto, in-place, reflink, copy
+    freeze: list[str] = Field(default_factory=list)  # host mountpoints to fsfreeze
     tags: dict[str, str] = Field(default_factory=dict)
     disks: list[Disk] = Field(min_length=1)
 

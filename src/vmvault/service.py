@@ -30,6 +30,7 @@ from vmvault.vault.vault import Vault
 
 if TYPE_CHECKING:
     from vmvault.catalog.store import Catalog
+    from vmvault.inventory import Inventory
 
 PASSPHRASE_ENV = "VMVAULT_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "VMVAULT_PASSPHRASE_FILE"
@@ -140,6 +141,7 @@ class DiskSpec:
     path: str
     format: str = "raw"
     role: str = "data"
+    origin: str | None = None  # the disk's own path when ``path`` is a snapshot of it
 
 
 def open_disk(stack: ExitStack, spec: DiskSpec) -> DiskInput:
@@ -148,7 +150,7 @@ def open_disk(stack: ExitStack, spec: DiskSpec) -> DiskInput:
     if check_format(spec.format) != "raw":
         path = stack.enter_context(fuse_export(spec.path, spec.format))
     source = stack.enter_context(RawDisk.open(path))
-    source.path = spec.path  # messages and the point name the disk, not the export
+    source.path = spec.origin or spec.path  # the point names the disk, not an export or copy
     return DiskInput(spec.name, source, role=spec.role, format=spec.format)
 
 
@@ -162,23 +164,110 @@ def run_backup(
     rate_limit: float | None = None,
     progress: ProgressCallback = no_progress,
 ) -> dict[str, Any]:
-    """Back up the disks of ``vm`` into one point; returns the committed point."""
+    """Back up disk images of ``vm`` as they are into one point; returns the committed point."""
     vault = ctx.open_vault()
-    with _job(ctx, vault, "backup", vm) as job, ExitStack() as stack:
-        inputs = [open_disk(stack, spec) for spec in disks]
-        result = backup(
-            vault, vm, inputs, full=full, workers=workers, rate_limit=rate_limit, progress=progress
+    with _job(ctx, vault, "backup", vm) as job:
+        return _backup_and_record(
+            vault,
+            job,
+            vm,
+            disks,
+            full=full,
+            workers=workers,
+            rate_limit=rate_limit,
+            progress=progress,
         )
-        point = result.point
-        job.catalog().record_point(vault.config.vault_id, point)
-        totals = {
-            "bytes_read": sum(s.read for s in result.stats.values()),
-            "bytes_changed": sum(s.changed for s in result.stats.values()),
-            "bytes_sent": sum(s.new for s in result.stats.values()),
-            "bytes_written": sum(s.stored for s in result.stats.values()),
-        }
-        job.finish(vault, vm, "succeeded", point_id=point["id"], counters=totals)
+
+
+def _backup_and_record(
+    vault: Vault,
+    job: _JobRecord,
+    vm: str,
+    disks: Sequence[DiskSpec],
+    **options: Any,
+) -> dict[str, Any]:
+    with ExitStack() as stack:
+        inputs = [open_disk(stack, spec) for spec in disks]
+        result = backup(vault, vm, inputs, **options)
+    point = result.point
+    job.catalog().record_point(vault.config.vault_id, point)
+    totals = {
+        "bytes_read": sum(s.read for s in result.stats.values()),
+        "bytes_changed": sum(s.changed for s in result.stats.values()),
+        "bytes_sent": sum(s.new for s in result.stats.values()),
+        "bytes_written": sum(s.stored for s in result.stats.values()),
+    }
+    job.finish(
+        vault,
+        vm,
+        "succeeded",
+        point_id=point["id"],
+        counters=totals,
+        details={"consistency": point["consistency"], **point.get("meta", {})},
+    )
     return point
+
+
+def run_vm_backup(
+    ctx: Context,
+    inventory: Inventory,
+    vm_name: str,
+    *,
+    full: bool = False,
+    workers: int | None = None,
+    rate_limit: float | None = None,
+    progress: ProgressCallback = no_progress,
+) -> dict[str, Any]:
+    """Back up a VM of the inventory the way the seed describes it.
+
+    Pre-script -> file-system freeze -> point-in-time snapshot of every non-temporary disk
+    -> thaw -> post-script; then all disks are transferred in parallel from the snapshot,
+    which is removed afterwards. The point records the consistency level reached and why,
+    the excluded temporary disks, and the VM's configuration.
+    """
+    from vmvault.consistency import Freezer, FsFreezer, NoFreezer, load_script_config, quiesce
+    from vmvault.inventory import VmState
+    from vmvault.snapshot import choose_provider
+
+    vm = inventory.vm(vm_name)
+    disks = vm.protected_disks()
+    running = vm.state == VmState.RUNNING
+    provider = choose_provider(vm.snapshot, running, [d.path for d in disks])
+    scripts = load_script_config(vm.scripts) if vm.scripts and running else None
+    freezer: Freezer = FsFreezer(vm.freeze) if vm.freeze and running else NoFreezer()
+    vault = ctx.open_vault()
+    with _job(ctx, vault, "backup", vm.name) as job:
+        with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
+            images = provider.take([d.path for d in disks])
+        try:
+            specs = [
+                DiskSpec(d.name, image, d.format.value, d.role.value, origin=d.path)
+                for d, image in zip(disks, images, strict=True)
+            ]
+            return _backup_and_record(
+                vault,
+                job,
+                vm.name,
+                specs,
+                full=full,
+                workers=workers,
+                rate_limit=rate_limit,
+                progress=progress,
+                consistency=q.consistency.to_dict(),
+                excluded=[
+                    {
+                        "name": d.name,
+                        "role": d.role.value,
+                        "path": d.path,
+                        "reason": "temporary disk: never backed up",
+                    }
+                    for d in vm.excluded_disks()
+                ],
+                vm_config=vm.model_dump(mode="json"),
+                meta={"snapshot": provider.name, "quiesce": q.to_dict()},
+            )
+        finally:
+            provider.release()
 
 
 def list_points(ctx: Context, vm: str | None = None) -> list[dict[str, Any]]:

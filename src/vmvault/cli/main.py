@@ -129,7 +129,12 @@ def backup_cmd(
     point = guarded(json, act)
     if json:
         emit_json(point)
-        return
+    else:
+        print_point(point)
+
+
+def print_point(point: dict[str, Any]) -> None:
+    """A backup's summary: per disk what was read, changed, new and written, and how fast."""
     table = Table(title=f"recovery point {point['id']} ({point['type']}, {point['vm']})")
     for col in ("disk", "size", "read", "changed", "new", "written", "time", "MB/s"):
         table.add_column(col, justify="left" if col == "disk" else "right")
@@ -147,6 +152,10 @@ def backup_cmd(
             f"{d['size'] / seconds / 1e6:.0f}",
         )
     console.print(table)
+    for d in point.get("excluded", []):
+        console.print(f"excluded: {d['name']} ({d['reason']})")
+    level = point["consistency"]
+    console.print(f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})")
 
 
 @app.command("list")

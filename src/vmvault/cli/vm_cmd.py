@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from vmvault.cli.output import console, emit_json, guarded
-from vmvault.inventory import Vm, load_inventory
+
+if TYPE_CHECKING:
+    from vmvault.inventory import Inventory, Vm
+
+
+def load_inventory(path: str | None) -> Inventory:
+    """The inventory module (pydantic) is imported only by the commands that need it."""
+    from vmvault.inventory import load_inventory as load
+
+    return load(path)
+
 
 app = typer.Typer(help="VMs declared in the inventory.", no_args_is_help=True)
 
@@ -82,3 +92,41 @@ def show_vm(
             "no (temporary)" if d.name in doc["excluded"] else "yes",
         )
     console.print(table)
+
+
+@app.command("backup")
+def backup_vm(
+    name: str = typer.Argument(..., help="VM name."),
+    inventory: str | None = InventoryOpt,
+    full: bool = typer.Option(False, "--full", help="Ignore the parent point: read everything."),
+    limit_rate: float | None = typer.Option(
+        None, "--limit-rate", help="Read at most this many MB/s per disk."
+    ),
+    vault: str | None = typer.Option(None, "--vault", "-V", envvar="VMVAULT_VAULT"),
+    catalog: str | None = typer.Option(None, "--catalog", envvar="VMVAULT_CATALOG"),
+    passphrase_file: str | None = typer.Option(None, "--passphrase-file"),
+    json: bool = JsonOpt,
+) -> None:
+    """Back up a VM: scripts, freeze, snapshot, all non-temporary disks in parallel."""
+    from vmvault import service
+    from vmvault.cli.main import _ctx, print_point
+    from vmvault.cli.output import progress_bar
+
+    def act() -> dict[str, Any]:
+        inv = load_inventory(inventory)
+        ctx = _ctx(vault, catalog, passphrase_file)
+        with progress_bar(not json) as progress:
+            return service.run_vm_backup(
+                ctx,
+                inv,
+                name,
+                full=full,
+                rate_limit=limit_rate * 1e6 if limit_rate else None,
+                progress=progress,
+            )
+
+    point = guarded(json, act)
+    if json:
+        emit_json(point)
+    else:
+        print_point(point)

@@ -1,0 +1,150 @@
+"""Backing up whole VMs from the inventory: parallel disks, excluded temporary disk, stored
+config, snapshot providers and the consistency level reached."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import PASSPHRASE, run_cli, same_content
+from vmvault import service
+from vmvault.inventory import parse_inventory
+
+MiB = 1 << 20
+
+
+def _write(path: Path, size: int, chunks: list[tuple[int, bytes]]) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in chunks:
+            f.seek(offset)
+            f.write(data)
+    return path
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o700)
+    return str(path)
+
+
+def _inventory(tmp_path: Path, state: str, extra: str = "") -> str:
+    os_disk = _write(tmp_path / "os.img", 8 * MiB, [(MiB, os.urandom(2 * MiB))])
+    data = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(data), "16M"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x42 4M 1M", str(data)],
+        check=True,
+        capture_output=True,
+    )
+    temp = _write(tmp_path / "resource.img", 4 * MiB, [(0, b"scratch" * 1000)])
+    return f"""
+[pools.local]
+egress_mb_per_s = 200
+
+[[vms]]
+name = "web01"
+state = "{state}"
+{extra}
+  [[vms.disks]]
+  name = "os"
+  path = "{os_disk}"
+  role = "os"
+  pool = "local"
+  [[vms.disks]]
+  name = "data"
+  path = "{data}"
+  format = "qcow2"
+  pool = "local"
+  [[vms.disks]]
+  name = "resource"
+  path = "{temp}"
+  role = "temporary"
+"""
+
+
+def test_stopped_vm_backup_is_crash_consistent_and_excludes_temp(
+    tmp_path: Path, ctx: service.Context
+) -> None:
+    inv = parse_inventory(_inventory(tmp_path, "stopped"), "inv.toml")
+    point = service.run_vm_backup(ctx, inv, "web01")
+    assert [d["name"] for d in point["disks"]] == ["os", "data"]
+    assert [d["name"] for d in point["excluded"]] == ["resource"]
+    assert point["consistency"]["level"] == "crash"
+    assert "stopped" in point["consistency"]["reason"]
+    assert point["vm_config"]["name"] == "web01" and len(point["vm_config"]["disks"]) == 3
+    assert point["meta"]["snapshot"] == "in-place"
+    assert point["disks"][0]["source"] == str(tmp_path / "os.img")
+    out = tmp_path / "os-restored.img"
+    service.run_restore(ctx, point["id"], str(out), disk="os")
+    assert same_content(tmp_path / "os.img", out)
+    data_out = tmp_path / "data-restored.qcow2"
+    service.run_restore(ctx, point["id"], str(data_out), disk="data", target_format="qcow2")
+    compare = subprocess.run(
+        ["qemu-img", "compare", str(tmp_path / "data.qcow2"), str(data_out)],
+        capture_output=True,
+        check=False,
+    )
+    assert compare.returncode == 0
+
+
+def test_running_vm_with_scripts_is_application_consistent(
+    tmp_path: Path, ctx: service.Context
+) -> None:
+    log = tmp_path / "log"
+    pre = _script(tmp_path / "pre.sh", f"echo pre >> {log}")
+    post = _script(tmp_path / "post.sh", f"echo post >> {log}")
+    config = tmp_path / "VMSnapshotScriptPluginConfig.json"
+    config.write_text(
+        json.dumps(
+            {
+                "pluginName": "ScriptRunner",
+                "preScriptLocation": pre,
+                "postScriptLocation": post,
+                "timeoutInSeconds": 10,
+            }
+        )
+    )
+    config.chmod(0o600)
+    extra = f'snapshot = "copy"\nscripts = "{config}"'
+    inv = parse_inventory(_inventory(tmp_path, "running", extra), "inv.toml")
+    point = service.run_vm_backup(ctx, inv, "web01")
+    assert point["consistency"]["level"] == "application", point["consistency"]
+    assert log.read_text().split() == ["pre", "post"]
+    assert point["meta"]["snapshot"] == "copy"
+    assert not list(tmp_path.glob(".vmvault-snap-*"))  # the snapshot was removed
+
+
+def test_running_vm_failing_prescript_falls_back_and_says_why(
+    tmp_path: Path, ctx: service.Context
+) -> None:
+    pre = _script(tmp_path / "pre.sh", "echo 'database busy' >&2; exit 4")
+    post = _script(tmp_path / "post.sh", "exit 0")
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"preScriptLocation": pre, "postScriptLocation": post}))
+    config.chmod(0o600)
+    extra = f'snapshot = "copy"\nscripts = "{config}"'
+    inv = parse_inventory(_inventory(tmp_path, "running", extra), "inv.toml")
+    point = service.run_vm_backup(ctx, inv, "web01")
+    assert point["consistency"]["level"] in ("file-system", "crash")
+    assert "pre-script" in point["consistency"]["reason"].lower()
+
+
+def test_vm_backup_cli(tmp_path: Path, ctx: service.Context) -> None:
+    inv_path = tmp_path / "inv.toml"
+    inv_path.write_text(_inventory(tmp_path, "stopped"))
+    env = {
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+        "VMVAULT_INVENTORY": str(inv_path),
+    }
+    text = run_cli("vm", "backup", "web01", env=env)
+    assert text.returncode == 0, text.stderr
+    assert (
+        "excluded: resource (temporary disk" in text.stdout and "consistency: crash" in text.stdout
+    )
+    unknown = run_cli("vm", "backup", "db01", env=env)
+    assert unknown.returncode == 2 and "no VM named 'db01'" in unknown.stderr
