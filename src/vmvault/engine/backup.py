@@ -14,6 +14,7 @@ whatever the disk size, plus the chunk index (see vmvault.vault.index).
 
 from __future__ import annotations
 
+import bisect
 import os
 import queue
 import threading
@@ -52,6 +53,7 @@ class DiskStats:
     zero: int = 0  # read but all zero: skipped
     unchanged: int = 0  # same chunk as the parent point
     deduplicated: int = 0  # changed, but the vault already had the chunk
+    skipped: int = 0  # not read at all: unchanged according to change tracking
     new: int = 0  # chunks stored by this backup (before compression)
     stored: int = 0  # bytes those chunks take in the vault (compressed + encrypted)
     records_new: int = 0
@@ -78,6 +80,9 @@ class DiskInput:
     source: DiskSource
     role: str = "data"
     format: str = "raw"
+    # Byte ranges that may differ from the parent point (a dirty bitmap). None: unknown,
+    # read and hash everything. Only a hint: it is used only when the parent is known.
+    changed: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -151,6 +156,7 @@ class DiskBackup:
         self.compressor = _Compressor(vault.config.compression_level)
         self.throttle = TokenBucket(rate_limit, burst=self.block) if rate_limit else None
         self.progress = progress
+        self.changed = merge_ranges(disk.changed) if disk.changed is not None and parent else None
 
     def run(self) -> tuple[DiskManifest, DiskStats]:
         started = time.perf_counter()
@@ -199,27 +205,55 @@ class DiskBackup:
         start = b * self.block
         length = min(self.block, self.source.size - start)
         count = -(-length // chunk)
+        inherit: frozenset[int] = frozenset()
+        parent_record, parent_ids = self._parent_chunks(b)
+        if self.changed is not None and (parent_ids is not None or parent_record == ZERO_ID):
+            dirty = self._changed_chunks(start, length)
+            if not dirty:
+                stats.skipped += length
+                return parent_record, stats
+            inherit = frozenset(range(count)) - dirty
         ranges = self.source.data_ranges(start, start + length)
-        if not ranges:
-            return ZERO_ID, stats
         has_data = [False] * count
         for lo, hi in ranges:
             stats.allocated += hi - lo
             for c in range((lo - start) // chunk, -(-(hi - start) // chunk)):
-                has_data[c] = True
+                has_data[c] = c not in inherit
+        stats.skipped += sum(min(chunk, length - c * chunk) for c in inherit)
+        if not any(has_data) and not inherit:
+            return ZERO_ID, stats
         buffer = self.buffers.get()
         try:
-            return self._chunks(b, buffer, start, length, has_data, stats)
+            return self._chunks(
+                buffer, start, length, has_data, inherit, parent_record, parent_ids, stats
+            )
         finally:
             self.buffers.put(buffer)
 
+    def _changed_chunks(self, start: int, length: int) -> frozenset[int]:
+        """Indices of this block's chunks that touch a changed range."""
+        assert self.changed is not None
+        end = start + length
+        hit: set[int] = set()
+        i = bisect.bisect_right(self.changed, (start, end)) - 1
+        for lo, hi in self.changed[max(i, 0) :]:
+            if lo >= end:
+                break
+            if hi > start:
+                first = (max(lo, start) - start) // self.chunk
+                last = -(-(min(hi, end) - start) // self.chunk)
+                hit.update(range(first, last))
+        return frozenset(hit)
+
     def _chunks(
         self,
-        b: int,
         buffer: bytearray,
         start: int,
         length: int,
         has_data: Sequence[bool],
+        inherit: frozenset[int],
+        parent_record: bytes,
+        parent_ids: list[bytes] | None,
         stats: DiskStats,
     ) -> tuple[bytes, DiskStats]:
         chunk = self.chunk
@@ -238,13 +272,15 @@ class DiskBackup:
             self.source.read_into(view[lo:hi], start + lo)
             stats.read += hi - lo
             c = run
-        parent_record, parent_ids = self._parent_chunks(b)
         ids: list[bytes] = []
         new: list[tuple[bytes, memoryview]] = []
         keys = self.vault.keys
         for c, data in enumerate(has_data):
             lo = c * chunk
             n = min(chunk, length - lo)
+            if c in inherit:  # unchanged per change tracking: the parent's chunk stands
+                ids.append(parent_ids[c] if parent_ids and c < len(parent_ids) else ZERO_ID)
+                continue
             if not data:
                 ids.append(ZERO_ID)
                 continue
@@ -269,6 +305,17 @@ class DiskBackup:
             return parent_record, stats
         stats.records_new += 1
         return self.vault.store_record(self.writer, ids), stats
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-empty ranges covering the same bytes."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _runs(flags: Sequence[bool]) -> list[tuple[int, int, bool]]:
