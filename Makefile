@@ -23,6 +23,7 @@ sysdeps:
 	command -v mkfs.xfs >/dev/null || missing="$$missing xfsprogs"; \
 	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
 	command -v qemu-storage-daemon >/dev/null || missing="$$missing qemu-system-common"; \
+	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
