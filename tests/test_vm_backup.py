@@ -8,8 +8,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import PASSPHRASE, run_cli, same_content
 from vmvault import service
+from vmvault.errors import UsageError
 from vmvault.inventory import parse_inventory
 
 MiB = 1 << 20
@@ -148,3 +151,43 @@ def test_vm_backup_cli(tmp_path: Path, ctx: service.Context) -> None:
     )
     unknown = run_cli("vm", "backup", "db01", env=env)
     assert unknown.returncode == 2 and "no VM named 'db01'" in unknown.stderr
+
+
+def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: service.Context) -> None:
+    text = _inventory(tmp_path, "stopped")
+    inv = parse_inventory(text, "inv.toml")
+    point = service.run_vm_backup(ctx, inv, "web01")
+    original = (tmp_path / "os.img").read_bytes()
+
+    new = service.run_vm_restore(
+        ctx, inv, "web01", new_name="web01-copy", directory=str(tmp_path / "copy")
+    )
+    assert new["point"] == point["id"]
+    paths = {d["name"]: Path(d["path"]) for d in new["disks"]}
+    assert paths["os"].read_bytes() == original
+    assert paths["data"].suffix == ".qcow2"
+    compare = subprocess.run(
+        ["qemu-img", "compare", str(tmp_path / "data.qcow2"), str(paths["data"])],
+        capture_output=True,
+        check=False,
+    )
+    assert compare.returncode == 0
+    both = parse_inventory(text + "\n" + Path(new["inventory"]).read_text(), "both.toml")
+    copy = both.vm("web01-copy")
+    assert [d.path for d in copy.disks] == [str(paths["os"]), str(paths["data"])]
+    assert copy.state.value == "stopped"
+
+    with open(tmp_path / "os.img", "r+b") as f:  # the VM breaks after the backup
+        f.write(b"\xde\xad" * 4096)
+    with pytest.raises(UsageError, match="--yes"):
+        service.run_vm_restore(ctx, inv, "web01", point_ref=point["id"], in_place=True)
+    done = service.run_vm_restore(
+        ctx, inv, "web01", point_ref=point["id"], in_place=True, confirmed=True
+    )
+    assert (tmp_path / "os.img").read_bytes() == original
+    safety = ctx.open_vault().get_point(done["safety_point"])
+    assert safety["vm"] == "web01"  # the broken state was kept before being replaced
+
+    running = parse_inventory(text.replace('state = "stopped"', 'state = "running"'), "i.toml")
+    with pytest.raises(UsageError, match="stop it"):
+        service.run_vm_restore(ctx, running, "web01", in_place=True, confirmed=True)

@@ -360,3 +360,127 @@ def reindex(ctx: Context) -> dict[str, Any]:
         "unreadable_packs": unreadable,
         "points": count,
     }
+
+
+_EXTENSIONS = {"raw": "img", "qcow2": "qcow2", "vpc": "vhd", "vhdx": "vhdx"}
+
+
+def run_vm_restore(
+    ctx: Context,
+    inventory: Inventory,
+    vm_name: str,
+    *,
+    point_ref: str = "latest",
+    new_name: str | None = None,
+    directory: str | None = None,
+    in_place: bool = False,
+    confirmed: bool = False,
+    progress: ProgressCallback = no_progress,
+) -> dict[str, Any]:
+    """Restore every disk of a VM's recovery point, with its configuration.
+
+    As a new VM (``new_name`` in ``directory``): disks in their original formats under new
+    names, and an inventory entry for the new VM written beside them. In place: only for a
+    stopped VM and when ``confirmed``; the current disks are backed up first (as Azure
+    snapshots them before replacing), then each disk is restored to a temporary file and
+    renamed over the original, so a failed restore leaves the original disk as it was.
+    """
+    from vmvault.inventory import VmState
+
+    vm = inventory.vm(vm_name)
+    vault = ctx.open_vault(load_index=False)
+    point_id = resolve_point(vault, point_ref, vm.name)
+    point = vault.get_point(point_id)
+    if point["vm"] != vm.name:
+        raise UsageError(f"point {point_id} belongs to {point['vm']}, not {vm.name}")
+    result: dict[str, Any] = {"point": point_id, "vm": vm.name, "disks": []}
+    if in_place:
+        if vm.state != VmState.STOPPED:
+            raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
+        if not confirmed:
+            raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
+        safety = run_vm_backup(ctx, inventory, vm.name, progress=progress)
+        result["safety_point"] = safety["id"]
+        paths = {d.name: Path(d.path) for d in vm.disks}
+        for disk in point["disks"]:
+            final = paths.get(disk["name"])
+            if final is None:
+                raise UsageError(f"{vm.name} has no disk {disk['name']!r} any more")
+            temp = final.with_name(f".{final.name}.vmvault-restore")
+            report = run_restore(
+                ctx,
+                point_id,
+                str(temp),
+                disk=disk["name"],
+                target_format=disk.get("format", "raw"),
+                sync=True,
+                progress=progress,
+            )
+            os.replace(temp, final)
+            result["disks"].append(
+                {"name": disk["name"], "path": str(final), "bytes_verified": report.bytes_verified}
+            )
+        return result
+    if not new_name or not directory:
+        raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
+    target_dir = Path(directory)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    config = dict(point.get("vm_config") or {"name": vm.name, "disks": []})
+    new_disks = []
+    for disk in point["disks"]:
+        fmt = disk.get("format", "raw")
+        path = target_dir / f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
+        if path.exists():
+            raise UsageError(f"{path} exists: choose another name or directory")
+        report = run_restore(
+            ctx, point_id, str(path), disk=disk["name"], target_format=fmt, progress=progress
+        )
+        result["disks"].append(
+            {
+                "name": disk["name"],
+                "path": str(path),
+                "format": fmt,
+                "bytes_verified": report.bytes_verified,
+            }
+        )
+        old: dict[str, Any] = next(
+            (d for d in config.get("disks", []) if d.get("name") == disk["name"]), {}
+        )
+        new_disks.append(
+            {
+                **old,
+                "name": disk["name"],
+                "path": str(path),
+                "format": fmt,
+                "role": disk.get("role", old.get("role", "data")),
+            }
+        )
+    entry = {**config, "name": new_name, "state": "stopped", "disks": new_disks}
+    inventory_file = target_dir / f"{new_name}.toml"
+    inventory_file.write_text(_vm_toml(entry))
+    result.update(new_vm=new_name, inventory=str(inventory_file))
+    return result
+
+
+def _vm_toml(vm: dict[str, Any]) -> str:
+    """One ``[[vms]]`` entry in TOML, ready to paste into the inventory."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        import json
+
+        return json.dumps(str(v))
+
+    lines = ["[[vms]]"]
+    lines += [f"{k} = {value(v)}" for k, v in vm.items() if k != "disks" and v is not None]
+    for disk in vm.get("disks", []):
+        lines += ["", "  [[vms.disks]]"]
+        lines += [f"  {k} = {value(v)}" for k, v in disk.items() if v is not None]
+    return "\n".join(lines) + "\n"

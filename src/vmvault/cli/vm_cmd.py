@@ -130,3 +130,50 @@ def backup_vm(
         emit_json(point)
     else:
         print_point(point)
+
+
+@app.command("restore")
+def restore_vm(
+    name: str = typer.Argument(..., help="VM name."),
+    point: str = typer.Option("latest", "--point", help="Point id, prefix, or 'latest'."),
+    new_name: str | None = typer.Option(None, "--as", help="Restore as a new VM of this name."),
+    directory: str | None = typer.Option(None, "--to", help="Directory for the new VM's disks."),
+    in_place: bool = typer.Option(False, "--in-place", help="Replace the VM's disks (stopped)."),
+    yes: bool = typer.Option(False, "--yes", help="Confirm replacing disks in place."),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = typer.Option(None, "--vault", "-V", envvar="VMVAULT_VAULT"),
+    catalog: str | None = typer.Option(None, "--catalog", envvar="VMVAULT_CATALOG"),
+    passphrase_file: str | None = typer.Option(None, "--passphrase-file"),
+    json: bool = JsonOpt,
+) -> None:
+    """Restore all disks and the config of a VM: as a new VM beside it, or in place."""
+    from vmvault import service
+    from vmvault.cli.main import _ctx
+    from vmvault.cli.output import progress_bar
+
+    def act() -> dict[str, Any]:
+        inv = load_inventory(inventory)
+        ctx = _ctx(vault, catalog, passphrase_file)
+        with progress_bar(not json) as progress:
+            return service.run_vm_restore(
+                ctx,
+                inv,
+                name,
+                point_ref=point,
+                new_name=new_name,
+                directory=directory,
+                in_place=in_place,
+                confirmed=yes,
+                progress=progress,
+            )
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+        return
+    for d in doc["disks"]:
+        console.print(f"restored {d['name']} -> {d['path']}")
+    if "safety_point" in doc:
+        console.print(f"the disks as they were are kept in point {doc['safety_point']}")
+    if "inventory" in doc:
+        console.print(f"new VM {doc['new_vm']}: inventory entry in {doc['inventory']}")
