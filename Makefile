@@ -32,7 +32,7 @@ sysdeps:
 		{ apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
 	fi
 
-demo: $(STAMP)
+demo: $(STAMP) sysdeps
 	$(BIN)/vmvault demo
 
 lint: $(STAMP)

@@ -1,14 +1,19 @@
-"""`vmvault demo`: the main job end to end on a generated disk, saying what it does.
+"""`vmvault demo`: the main job end to end on a generated VM, saying what it does.
 
-Generate a VM-like disk, back it up, change 1 % of it, back it up again (incremental),
-restore both recovery points and prove each byte-identical to the image it came from.
+Make a VM (a realistic OS disk, a qcow2 data disk, a temporary disk, pre/post scripts),
+back it up with its consistency level, let the guest change 1 % of the OS disk, back it up
+again (incremental), restore the OS disk of both points and the data disk, and prove each
+identical to what the guest had at backup time.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ import typer
 from vmvault import service, testdisk
 from vmvault.cli.output import console, emit_json, guarded, human_bytes
 from vmvault.errors import UsageError, VmvaultError
+from vmvault.inventory import load_inventory
 
 DEMO_PASSPHRASE = "vmvault-demo-passphrase"
 
@@ -61,31 +67,102 @@ def demo_cmd(
         emit_json(summary)
 
 
+def _write_vm(work: Path, size: int, say: Callable[[str], None]) -> Path:
+    """A VM with an OS disk (raw), a data disk (qcow2) and a temporary disk, its pre/post
+    scripts, and the inventory declaring it. Returns the inventory's path."""
+    disks = work / "disks"
+    disks.mkdir()
+    os_disk = disks / "web01-os.img"
+    stats = testdisk.create_disk(os_disk, size, seed=1)
+    say(f"    os disk {os_disk.name}: {human_bytes(size)}, {human_bytes(stats.written)} written")
+    raw_data = disks / "data.raw"
+    testdisk.create_disk(raw_data, max(size // 4, 4 * testdisk.MiB), seed=7)
+    data_disk = disks / "web01-data.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw_data), str(data_disk)],
+        check=True,
+    )
+    raw_data.unlink()
+    say(f"    data disk {data_disk.name}: qcow2")
+    temp_disk = disks / "web01-resource.img"
+    with open(temp_disk, "wb") as f:
+        f.truncate(64 * testdisk.MiB)
+        f.write(b"swap and scratch space " * 4096)
+    say(f"    temporary disk {temp_disk.name}: never backed up")
+    state, scripts = "stopped", ""
+    if os.geteuid() == 0:  # the scripts must be root-owned (they would run as root)
+        log = work / "scripts.log"
+        for name, line in (("pre", "application quiesced"), ("post", "application resumed")):
+            script = work / f"{name}.sh"
+            script.write_text(f"#!/bin/sh\necho '{name}-script: {line}' >> {log}\n")
+            script.chmod(0o700)
+        config = work / "VMSnapshotScriptPluginConfig.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "pluginName": "ScriptRunner",
+                    "preScriptLocation": str(work / "pre.sh"),
+                    "postScriptLocation": str(work / "post.sh"),
+                    "timeoutInSeconds": 30,
+                    "continueBackupOnFailure": True,
+                    "fsFreezeEnabled": True,
+                },
+                indent=2,
+            )
+        )
+        config.chmod(0o600)
+        state, scripts = "running", f'scripts = "{config}"\nsnapshot = "copy"\n'
+    inventory = work / "inventory.toml"
+    inventory.write_text(f"""[pools.local-ssd]
+egress_mb_per_s = 480
+
+[[vms]]
+name = "web01"
+state = "{state}"
+{scripts}
+  [[vms.disks]]
+  name = "os"
+  path = "{os_disk}"
+  role = "os"
+  pool = "local-ssd"
+
+  [[vms.disks]]
+  name = "data"
+  path = "{data_disk}"
+  format = "qcow2"
+  pool = "local-ssd"
+
+  [[vms.disks]]
+  name = "resource"
+  path = "{temp_disk}"
+  role = "temporary"
+""")
+    return inventory
+
+
 def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> dict[str, Any]:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    work = work.absolute()
     if not os.environ.get(service.PASSPHRASE_ENV):
         os.environ[service.PASSPHRASE_ENV] = DEMO_PASSPHRASE
-    ctx = service.Context(str(work / "vault"), f"sqlite:///{(work / 'catalog.db').absolute()}")
-    image = work / "web01-os.img"
-
+    ctx = service.Context(str(work / "vault"), f"sqlite:///{work / 'catalog.db'}")
     summary: dict[str, Any] = {"workdir": str(work), "disk_size": size, "points": []}
 
     def say(text: str) -> None:
         if not quiet:
-            console.print(text)
+            console.print(text, highlight=False)
 
     def step(text: str) -> float:
         say(f"[bold cyan]==>[/] {text}")
         return time.perf_counter()
 
-    t = step(f"generating a {human_bytes(size)} VM disk image at {image}")
-    stats = testdisk.create_disk(image, size)
-    say(
-        f"    {human_bytes(stats.written)} written in {stats.extents} extents "
-        f"(the rest are holes), {time.perf_counter() - t:.1f} s"
-    )
+    step("making a VM: an OS disk, a data disk and a temporary disk, with pre/post scripts")
+    inventory = load_inventory(_write_vm(work, size, say))
+    vm = inventory.vm("web01")
+    image = Path(vm.disks[0].path)
+    data_image = Path(vm.disks[1].path)
     digests = [file_digest(image)]
 
     step(f"creating an encrypted vault at {ctx.vault_path}")
@@ -95,29 +172,42 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
     points = []
     for round_no in (1, 2):
         if round_no == 2:
-            t = step(f"changing {percent} % of the disk in scattered 64 KiB writes")
+            step(f"the guest writes: {percent} % of the OS disk in scattered 64 KiB writes")
             mutation = testdisk.mutate_disk(image, percent)
             say(f"    {mutation.writes} writes, {human_bytes(mutation.bytes_written)}")
             digests.append(file_digest(image))
-        t = step("backing up (full)" if round_no == 1 else "backing up again (incremental)")
-        point = service.run_backup(ctx, "web01", [service.DiskSpec("os", str(image))])
+        t = step("backing up web01 (full)" if round_no == 1 else "backing up web01 again")
+        point = service.run_vm_backup(ctx, inventory, "web01")
         seconds = time.perf_counter() - t
-        st = point["disks"][0]["stats"]
+        level = point["consistency"]
         summary["points"].append(
-            {"id": point["id"], "type": point["type"], "seconds": round(seconds, 3), "stats": st}
+            {
+                "id": point["id"],
+                "type": point["type"],
+                "consistency": level,
+                "seconds": round(seconds, 3),
+                "disks": {d["name"]: d["stats"] for d in point["disks"]},
+            }
         )
         say(
-            f"    point {point['id']} ({point['type']}): read {human_bytes(st['read'])}, "
-            f"changed {human_bytes(st['changed'])}, new {human_bytes(st['new'])}, "
-            f"written {human_bytes(st['stored'])} in {seconds:.2f} s "
-            f"({size / seconds / 1e6:.0f} MB/s of disk)"
+            f"    point {point['id']} ({point['type']}) in {seconds:.2f} s, "
+            f"[bold]{level['level']}-consistent[/]: {level['reason']}"
         )
+        for d in point["disks"]:
+            st = d["stats"]
+            say(
+                f"      {d['name']:4} read {human_bytes(st['read'])}, changed "
+                f"{human_bytes(st['changed'])}, new {human_bytes(st['new'])}, written "
+                f"{human_bytes(st['stored'])}"
+            )
+        for d in point["excluded"]:
+            say(f"      {d['name']} excluded: {d['reason']}")
         points.append(point["id"])
 
     for point_id, digest in zip(points, digests, strict=True):
-        target = work / f"restored-{point_id}.img"
-        t = step(f"restoring {point_id} to {target}")
-        report = service.run_restore(ctx, point_id, str(target))
+        target = work / f"restored-os-{point_id}.img"
+        step(f"restoring the OS disk of {point_id}")
+        report = service.run_restore(ctx, point_id, str(target), disk="os")
         got = file_digest(target)
         say(
             f"    {human_bytes(report.bytes_verified)} verified chunk by chunk in "
@@ -127,9 +217,28 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
         if got != digest:
             raise DemoFailed(f"restored image of {point_id} differs from the original")
         summary.setdefault("restores", []).append(
-            {"point": point_id, "identical": True, "seconds": round(report.seconds, 3)}
+            {
+                "point": point_id,
+                "disk": "os",
+                "identical": True,
+                "seconds": round(report.seconds, 3),
+            }
         )
-        say(f"    [green]byte-identical[/] to the image at backup time (BLAKE3 {got[:16]}…)")
+        say(f"    [green]byte-identical[/] to the disk at backup time (BLAKE3 {got[:16]}…)")
+
+    step(f"restoring the data disk of {points[-1]} as qcow2")
+    data_out = work / "restored-data.qcow2"
+    service.run_restore(ctx, points[-1], str(data_out), disk="data", target_format="qcow2")
+    same = subprocess.run(
+        ["qemu-img", "compare", str(data_image), str(data_out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if same.returncode != 0:
+        raise DemoFailed(f"restored data disk differs: {same.stdout.strip()}")
+    summary["restores"].append({"point": points[-1], "disk": "data", "identical": True})
+    say("    [green]identical[/] as the guest sees it (qemu-img compare)")
 
     step("checking the whole vault")
     check = service.run_check(ctx, read_data=True)
@@ -144,7 +253,7 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
     du = sum(f.stat().st_size for f in (work / "vault").rglob("*") if f.is_file())
     summary["vault_bytes"] = du
     say(
-        f"[bold green]demo complete[/]: vault holds {human_bytes(du)} for "
-        f"2 points of a {human_bytes(size)} disk; files in {work}"
+        f"[bold green]demo complete[/]: the vault holds {human_bytes(du)} for 2 recovery "
+        f"points of web01; files in {work}"
     )
     return summary
