@@ -60,6 +60,13 @@ def version(json: bool = JsonOpt) -> None:
 
 @app.command()
 def init(
+    compression_level: int = typer.Option(
+        3,
+        "--compression-level",
+        min=1,
+        max=19,
+        help="zstd level for new data: 3 is the default balance; 1 is faster, larger.",
+    ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -68,11 +75,14 @@ def init(
     """Create a new, empty, encrypted vault."""
 
     def act() -> dict[str, Any]:
-        v = service.init_vault(_ctx(vault, catalog, passphrase_file))
+        v = service.init_vault(
+            _ctx(vault, catalog, passphrase_file), compression_level=compression_level
+        )
         return {
             "vault": v.backend.describe(),
             "vault_id": v.config.vault_id,
             "format_version": v.config.version,
+            "compression_level": v.config.compression_level,
         }
 
     doc = guarded(json, act)
