@@ -27,18 +27,18 @@ vault_app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
 app.add_typer(vault_app, name="vault")
 
 VaultOpt = typer.Option(
-    None, "--vault", "-V", envvar="VMVAULT_VAULT", help="Vault directory [env VMVAULT_VAULT]."
+    None, "--vault", "-V", envvar="VMVAULT_VAULT", help="Vault directory (env VMVAULT_VAULT)."
 )
 CatalogOpt = typer.Option(
     None,
     "--catalog",
     envvar="VMVAULT_CATALOG",
-    help="Catalog database URL [env VMVAULT_CATALOG; default: SQLite in ~/.local/share/vmvault].",
+    help="Catalog database URL (env VMVAULT_CATALOG; default: SQLite in ~/.local/share/vmvault).",
 )
 PassFileOpt = typer.Option(
     None,
     "--passphrase-file",
-    help="Read the passphrase from this file [or env VMVAULT_PASSPHRASE].",
+    help="Read the passphrase from this file (or env VMVAULT_PASSPHRASE).",
 )
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of text.")
 

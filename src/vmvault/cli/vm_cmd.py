@@ -27,7 +27,7 @@ InventoryOpt = typer.Option(
     "--inventory",
     "-i",
     envvar="VMVAULT_INVENTORY",
-    help="Inventory file [env VMVAULT_INVENTORY; default /etc/vmvault/inventory.toml].",
+    help="Inventory file (env VMVAULT_INVENTORY; default /etc/vmvault/inventory.toml).",
 )
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of text.")
 

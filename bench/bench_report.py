@@ -1,0 +1,414 @@
+"""Turning the individual runs into medians, ratios, a plain-text table, JSON and Markdown.
+
+MB = 10^6 bytes and MB/s = logical image size / wall time, as in the baseline, so the
+numbers compare directly with the project's baseline (BASELINE.md in the shared bench notes).
+MiB is used only for RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import bench_tools
+
+MB, MiB = 1e6, float(1 << 20)
+STEPS = ("backup1", "backup2", "restore")
+TOOL_ORDER = ("vmvault", "restic", "borg", "machine", "limit")
+OTHERS = ("restic", "borg")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers depend on: cores, RAM, kernel, CPU model, OS."""
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    for path, key, label in (
+        ("/proc/meminfo", "MemTotal", "ram_bytes"),
+        ("/proc/cpuinfo", "model name", "cpu"),
+        ("/etc/os-release", "PRETTY_NAME", "os"),
+    ):
+        try:
+            for line in Path(path).read_text().splitlines():
+                name, sep, value = line.partition(":" if ":" in line else "=")
+                if sep and name.strip() == key:
+                    value = value.strip().strip('"')
+                    info[label] = int(value.split()[0]) * 1024 if label == "ram_bytes" else value
+                    break
+        except OSError:
+            pass
+    return info
+
+
+def environment(tools: list[str]) -> dict[str, Any]:
+    """Machine, versions and load, taken before the runs (the code may change while they run)."""
+    return {
+        "machine": machine_info() | {"loadavg_start": list(os.getloadavg())},
+        "versions": versions(tools),
+    }
+
+
+def versions(tools: list[str]) -> dict[str, str]:
+    found = {t: bench_tools.tool_version(t) for t in [*tools, "zstd"]}
+    for lib in ("blake3", "zstandard", "cryptography"):
+        found[lib] = metadata.version(lib)
+    return found
+
+
+def _median(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(runs: list[dict[str, Any]], image_size: int) -> dict[str, dict[str, Any]]:
+    """Median over the successful reps of each (tool, step); failures are counted, not averaged."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["tool"], r["step"]), []).append(r)
+    summary: dict[str, dict[str, Any]] = {}
+    for (tool, step), group in groups.items():
+        ok = [r for r in group if r["ok"]]
+        wall = _median([r["wall"] for r in ok])
+        cell: dict[str, Any] = {
+            "n": len(ok),
+            "failed": len(group) - len(ok),
+            "wall_s": wall,
+            "mb_per_s": image_size / wall / MB if wall else None,
+            "cpu_s": _median([r["user"] + r["sys"] for r in ok]),
+            "rss_mib": _median([r["maxrss"] / MiB for r in ok]),
+            "repo_mb": _median([r["repo_bytes"] / MB for r in ok if r["repo_bytes"] is not None]),
+            "growth_mb": _median(
+                [r["growth_bytes"] / MB for r in ok if r["growth_bytes"] is not None]
+            ),
+            "walls": [r["wall"] if r["ok"] else None for r in group],
+            "errors": [r["error"] for r in group if r["error"]],
+        }
+        if step == "restore":
+            cell["verified"] = bool(ok) and all(r["extra"].get("verified") for r in ok)
+            cell["restored_allocated_mb"] = _median(
+                [r["extra"].get("restored_allocated", 0) / MB for r in ok]
+            )
+        summary.setdefault(tool, {})[step] = cell
+    return summary
+
+
+def add_limits(summary: dict[str, dict[str, Any]], limits: dict[str, Any], size: int) -> None:
+    """The limit of each vmvault step as a pseudo-tool row, so it prints like the others."""
+    for step, lim in limits.items():
+        summary.setdefault("limit", {})[step] = {
+            "n": 1,
+            "failed": 0,
+            "wall_s": lim["wall_s"],
+            "mb_per_s": size / lim["wall_s"] / MB if lim["wall_s"] else None,
+            "cpu_s": lim["cpu_s"],
+            "walls": [lim["wall_s"]],
+            "errors": [],
+        }
+
+
+def _wall(summary: dict[str, dict[str, Any]], tool: str, step: str) -> float | None:
+    wall: float | None = summary.get(tool, {}).get(step, {}).get("wall_s")
+    return wall
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(summary: dict[str, dict[str, Any]], changed_bytes: int) -> dict[str, Any]:
+    """Speedups (other / vmvault time: >1 means vmvault is faster), sizes, growth, limit."""
+    vm = summary.get("vmvault", {})
+    result: dict[str, Any] = {"speedup": {}, "repo_size_after_backup1": {}}
+    for other in (t for t in OTHERS if t in summary):  # tools that ran, even if they failed
+        result["speedup"][f"vmvault vs {other}"] = {
+            step: _div(_wall(summary, other, step), _wall(summary, "vmvault", step))
+            for step in STEPS
+        }
+        result["repo_size_after_backup1"][f"vmvault / {other}"] = _div(
+            vm.get("backup1", {}).get("repo_mb"),
+            summary.get(other, {}).get("backup1", {}).get("repo_mb"),
+        )
+    result["growth_per_changed"] = {
+        tool: _div(summary[tool]["backup2"].get("growth_mb"), changed_bytes / MB)
+        for tool in ("vmvault", *OTHERS)
+        if "backup2" in summary.get(tool, {})
+    }
+    result["vmvault_over_limit"] = {
+        step: _div(_wall(summary, "vmvault", step), _wall(summary, "limit", step)) for step in STEPS
+    }
+    return result
+
+
+def build(
+    *,
+    started: datetime,
+    environment: dict[str, Any],
+    args: dict[str, Any],
+    unavailable: dict[str, str],
+    image: dict[str, Any],
+    runs: list[dict[str, Any]],
+    machine: dict[str, Any],
+    sparse: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Everything the JSON holds; the text and Markdown views are made from this alone."""
+    summary = summarize(runs, image["size"])
+    add_limits(summary, machine.get("limits", {}), image["size"])
+    changed = image.get("mutation", {}).get("bytes_written", 0)
+    # Other work on the machine skews every number: the load average says how much there was.
+    load_end = {"loadavg_end": list(os.getloadavg())}
+    return {
+        "date": started.isoformat(),
+        "finished": utc_now().isoformat(),
+        "machine": environment["machine"] | load_end,
+        "versions": environment["versions"],
+        "args": args,
+        "unavailable": unavailable,
+        "image": image,
+        "summary": summary,
+        "ratios": ratios(summary, changed),
+        "limits": machine,
+        "sparse": sparse,
+        "runs": runs,
+    }
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def main_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per tool and step; failed or unavailable cells say so."""
+    rows = []
+    summary = report["summary"]
+    for tool in TOOL_ORDER:
+        for step, c in summary.get(tool, {}).items():
+            note = []
+            if c["failed"]:
+                note.append(f"FAILED {c['failed']}/{c['failed'] + c['n']}")
+            if step == "restore" and "verified" in c and c["n"]:
+                state = "verified" if c.get("verified") else "NOT VERIFIED"
+                note.append(f"{state}, {c['restored_allocated_mb']:.0f} MB allocated")
+            if tool == "limit":
+                note.append("lower bound for vmvault")
+            rows.append(
+                [
+                    tool,
+                    step,
+                    str(c["n"]),
+                    _fmt(c["wall_s"]),
+                    _fmt(c["mb_per_s"], 0),
+                    _fmt(c["cpu_s"]),
+                    _fmt(c.get("rss_mib"), 0),
+                    _fmt(c.get("repo_mb"), 1),
+                    _fmt(c.get("growth_mb"), 1),
+                    "; ".join(note),
+                ]
+            )
+    for tool, why in report["unavailable"].items():
+        rows.append([tool, "all", "0", "-", "-", "-", "-", "-", "-", why])
+    return rows
+
+
+MAIN_HEADER = [
+    "tool",
+    "step",
+    "n",
+    "wall s",
+    "MB/s",
+    "CPU s",
+    "RSS MiB",
+    "repo MB",
+    "growth MB",
+    "note",
+]
+
+
+def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
+    r = report["ratios"]
+    rows = [
+        [f"speedup {name} (x faster)", *(_times(v[s]) for s in STEPS)]
+        for name, v in r["speedup"].items()
+    ]
+    rows.append(["vmvault time / limit", *(_times(r["vmvault_over_limit"][s]) for s in STEPS)])
+    for name, v in r["repo_size_after_backup1"].items():
+        rows.append([f"repo size after backup1, {name}", _fmt(v), "", ""])
+    for tool, v in r["growth_per_changed"].items():
+        rows.append([f"{tool} growth / bytes changed", "", _fmt(v), ""])
+    return rows
+
+
+RATIO_HEADER = ["ratio", "backup1", "backup2", "restore"]
+
+
+def align(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table; numbers right-aligned, text left-aligned."""
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+
+    def cell(i: int, value: str) -> str:
+        numeric = value.replace(".", "").replace("x", "").replace("-", "").isdigit()
+        return value.rjust(widths[i]) if numeric else value.ljust(widths[i])
+
+    lines = ["  ".join(cell(i, v) for i, v in enumerate(row)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(v.replace("|", "/") for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _load(values: list[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+def _headline(report: dict[str, Any]) -> str:
+    img, args, m = report["image"], report["args"], report["machine"]
+    mutation = img.get("mutation", {})
+    return (
+        f"image {img['size'] / MB:.0f} MB logical ({img['allocated'] / MB:.0f} MB allocated), "
+        f"{args['reps']} rep(s), medians; mutation {args['mutate']} % = "
+        f"{mutation.get('writes', 0)} writes, {mutation.get('bytes_written', 0) / MB:.1f} MB; "
+        f"{m.get('nproc')} CPUs, load average {_load(m['loadavg_start'])} at start"
+    )
+
+
+def sparse_line(report: dict[str, Any]) -> str:
+    s = report["sparse"]
+    if not s:
+        return "sparse image check: skipped"
+    if not s["ok"]:
+        return f"sparse image check FAILED: {s.get('error')}"
+    return (
+        f"sparse image: {s['size'] / MB:.0f} MB logical, {s['allocated'] / MB:.0f} MB allocated: "
+        f"vmvault full backup {s['wall']:.2f} s, CPU {s['cpu']:.2f} s, "
+        f"peak RSS {s['maxrss'] / MiB:.0f} MiB"
+    )
+
+
+def text(report: dict[str, Any]) -> str:
+    """The stdout view: main table, ratios, sparse check."""
+    return "\n\n".join(
+        [
+            _headline(report),
+            align(MAIN_HEADER, main_rows(report)),
+            align(RATIO_HEADER, ratio_rows(report)),
+            sparse_line(report),
+        ]
+    )
+
+
+def _limit_rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
+    speeds = report["limits"].get("speeds", {})
+    speed_rows = [
+        [name, _fmt(v) if name.endswith(("fraction", "ratio")) else _fmt(v / MB, 0)]
+        for name, v in speeds.items()
+    ]
+    part_rows = [
+        [step, *(f"{k}={_fmt(v)}" for k, v in parts.items())]
+        for step, parts in report["limits"].get("limits", {}).items()
+    ]
+    return speed_rows, part_rows
+
+
+def _run_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in report["runs"]:
+        rows.append(
+            [
+                r["tool"],
+                str(r["rep"]),
+                r["step"],
+                "ok" if r["ok"] else "FAILED",
+                _fmt(r["wall"]),
+                _fmt(None if r["user"] is None else r["user"] + r["sys"]),
+                _fmt(None if r["maxrss"] is None else r["maxrss"] / MiB, 0),
+                _fmt(None if r["repo_bytes"] is None else r["repo_bytes"] / MB, 1),
+                _fmt(None if r["growth_bytes"] is None else r["growth_bytes"] / MB, 1),
+                (r["error"] or "").replace("\n", " ")[:120],
+            ]
+        )
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    ram = m.get("ram_bytes", 0) / (1 << 30)
+    speed_rows, part_rows = _limit_rows(report)
+    parts = [
+        "# vmvault benchmark: vmvault vs restic vs borg, and the machine's limits",
+        f"Date: {report['date']} (UTC). Command: `bench/run.py` with {report['args']}.",
+        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu', '?')}), {ram:.1f} GiB RAM, "
+        f"kernel {m.get('kernel')}, {m.get('os', '?')}, Python {m.get('python')}. "
+        f"Load average (1/5/15 min) at start {_load(m['loadavg_start'])}, "
+        f"at end {_load(m['loadavg_end'])}.",
+        "Versions: " + ", ".join(f"{k} `{v}`" for k, v in report["versions"].items()) + ".",
+        _headline(report)
+        + ". Image mix: "
+        + ", ".join(f"{k} {v / MB:.0f} MB" for k, v in report["image"]["by_kind"].items())
+        + ".",
+        "Every source read comes from a warm page cache. MB = 10^6 bytes; MB/s = logical "
+        "image size / wall; CPU = user+sys of the process tree; RSS = largest process.",
+        "## Results (median of successful reps)",
+        markdown_table(MAIN_HEADER, main_rows(report)),
+        "## Ratios",
+        "Speedup = other tool's time / vmvault's time (>1: vmvault is faster). "
+        "vmvault time / limit: how far vmvault is from this machine's lower bound (1.00 = at it). "
+        "Growth / bytes changed: repository growth of backup2 over the bytes the mutation wrote.",
+        markdown_table(RATIO_HEADER, ratio_rows(report)),
+        "## Machine limits",
+        "Speeds (MB/s unless a fraction or ratio), median of reps:",
+        markdown_table(["speed", "value"], speed_rows),
+        "How a limit is computed:\n\n```text\n" + report["limits"].get("formula", "") + "\n```",
+        "Limit parts (CPU seconds before dividing by the cores):",
+        markdown_table(["step", "parts"], [[r[0], ", ".join(r[1:])] for r in part_rows]),
+        "## Sparse image (memory independent of disk size)",
+        sparse_line(report) + ".",
+        "## Every run",
+        markdown_table(
+            [
+                "tool",
+                "rep",
+                "step",
+                "ok",
+                "wall s",
+                "CPU s",
+                "RSS MiB",
+                "repo MB",
+                "growth MB",
+                "error",
+            ],
+            _run_rows(report),
+        ),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write(report: dict[str, Any], out: Path) -> list[Path]:
+    """bench-<UTC timestamp>.json, latest.json and latest.md under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.fromisoformat(report["date"]).strftime("%Y%m%dT%H%M%SZ")
+    doc = json.dumps(report, indent=2, sort_keys=False) + "\n"
+    paths = [out / f"bench-{stamp}.json", out / "latest.json", out / "latest.md"]
+    paths[0].write_text(doc)
+    paths[1].write_text(doc)
+    paths[2].write_text(markdown(report))
+    return paths

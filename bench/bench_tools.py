@@ -1,0 +1,194 @@
+"""How each backup tool is driven: its commands, environment and where its restore lands.
+
+Every tool gets a fresh repository and fresh caches for each repetition, encryption on
+(restic always, borg ``repokey``, vmvault always), and a source directory holding only
+the image, so the three back up exactly the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import bench_proc
+
+PASSPHRASE = "vmvault bench passphrase"
+# Settings from the user's shell must not change what is measured.
+_FOREIGN_ENV_PREFIXES = ("VMVAULT_", "RESTIC_", "BORG_")
+_APT_PACKAGES = {"restic": "restic", "borg": "borgbackup"}
+ALL_TOOLS = ("vmvault", "restic", "borg")
+
+
+def clean_env() -> dict[str, str]:
+    """The current environment without any tool's own configuration variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_ENV_PREFIXES)}
+
+
+def vmvault_command() -> list[str]:
+    """The ``vmvault`` entry point of the Python running this script (the project's venv)."""
+    beside = Path(sys.executable).parent / "vmvault"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("vmvault")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from vmvault.cli.main import run; run()"]
+
+
+@dataclass
+class Tool:
+    """One tool in one repetition: a repository and cache directory under ``home``."""
+
+    name: str
+    home: Path  # everything this run creates: repository, caches, catalog
+
+    @property
+    def repo(self) -> Path:
+        return self.home / "repo"
+
+    @property
+    def catalog(self) -> Path:
+        """vmvault's catalog database, beside the run's directory: catalog-<tool>-<rep>.db."""
+        return self.home.parent / f"catalog-{self.home.name}.db"
+
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def init_cmd(self) -> list[str]:
+        raise NotImplementedError
+
+    def backup_cmd(self, number: int, image: Path) -> list[str]:
+        raise NotImplementedError
+
+    def restore_cmd(self, target_dir: Path, image: Path) -> tuple[list[str], Path]:
+        """(argv, cwd) that restores the latest point into the empty ``target_dir``."""
+        raise NotImplementedError
+
+    def restored_file(self, target_dir: Path, image: Path) -> Path | None:
+        """Where the restore put the image: restic and borg recreate its full path."""
+        found = sorted(target_dir.rglob(image.name))
+        return found[0] if found else None
+
+
+class Vmvault(Tool):
+    def env(self) -> dict[str, str]:
+        return clean_env() | {
+            "VMVAULT_PASSPHRASE": PASSPHRASE,
+            "VMVAULT_VAULT": str(self.repo),
+            "VMVAULT_CATALOG": f"sqlite:///{self.catalog}",
+        }
+
+    def init_cmd(self) -> list[str]:
+        return [*vmvault_command(), "init", "--json"]
+
+    def backup_cmd(self, number: int, image: Path) -> list[str]:
+        return [*vmvault_command(), "backup", str(image), "--vm", "bench", "--json"]
+
+    def restore_cmd(self, target_dir: Path, image: Path) -> tuple[list[str], Path]:
+        target = target_dir / image.name
+        return [*vmvault_command(), "restore", "latest", str(target), "--json"], target_dir
+
+
+class Restic(Tool):
+    def env(self) -> dict[str, str]:
+        return clean_env() | {
+            "RESTIC_PASSWORD": PASSPHRASE,
+            "RESTIC_REPOSITORY": str(self.repo),
+            "RESTIC_CACHE_DIR": str(self.home / "cache"),
+        }
+
+    def init_cmd(self) -> list[str]:
+        return ["restic", "init", "-q"]
+
+    def backup_cmd(self, number: int, image: Path) -> list[str]:
+        return ["restic", "backup", str(image.parent)]
+
+    def restore_cmd(self, target_dir: Path, image: Path) -> tuple[list[str], Path]:
+        return ["restic", "restore", "latest", "--target", str(target_dir)], target_dir
+
+
+class Borg(Tool):
+    def env(self) -> dict[str, str]:
+        return clean_env() | {
+            "BORG_PASSPHRASE": PASSPHRASE,
+            "BORG_REPO": str(self.repo),
+            "BORG_BASE_DIR": str(self.home / "base"),  # cache, config and security dirs
+        }
+
+    def init_cmd(self) -> list[str]:
+        return ["borg", "init", "-e", "repokey"]
+
+    def backup_cmd(self, number: int, image: Path) -> list[str]:
+        return ["borg", "create", "--compression", "zstd,3", f"::b{number}", str(image.parent)]
+
+    def restore_cmd(self, target_dir: Path, image: Path) -> tuple[list[str], Path]:
+        return ["borg", "extract", "::b2"], target_dir  # extracts into the working directory
+
+
+TOOL_CLASSES: dict[str, type[Tool]] = {"vmvault": Vmvault, "restic": Restic, "borg": Borg}
+
+
+def make_tool(name: str, home: Path) -> Tool:
+    return TOOL_CLASSES[name](name, home)
+
+
+def _apt_install(packages: list[str]) -> bool:
+    """``apt-get install``; an ``apt-get update`` only when the first attempt fails."""
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", *packages]
+    for attempt in range(2):
+        if attempt:
+            bench_proc.progress("setup", "apt-get install failed; running apt-get update")
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        done = subprocess.run(install, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
+            return True
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    bench_proc.progress("setup", "apt-get install failed: " + " | ".join(tail))
+    return False
+
+
+def ensure_tools(wanted: list[str]) -> dict[str, str]:
+    """Install missing restic/borg with apt-get when possible.
+
+    Returns {tool: reason} for tools that cannot be used; the benchmark goes on without them.
+    """
+    missing = [t for t in wanted if t in _APT_PACKAGES and shutil.which(t) is None]
+    if missing:
+        packages = [_APT_PACKAGES[t] for t in missing]
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            print(
+                f"bench: {', '.join(missing)} not installed and cannot apt-get install "
+                f"{' '.join(packages)} (needs root and apt); continuing without them",
+                file=sys.stderr,
+            )
+        else:
+            bench_proc.progress("setup", f"apt-get install {' '.join(packages)}")
+            _apt_install(packages)
+    unavailable = {}
+    for t in wanted:
+        if t in _APT_PACKAGES and shutil.which(t) is None:
+            unavailable[t] = "not available"
+    if unavailable:
+        print(f"bench: not available: {', '.join(unavailable)}", file=sys.stderr)
+    return unavailable
+
+
+def tool_version(name: str) -> str:
+    """First line of the tool's version output, for the report."""
+    argv = {
+        "vmvault": [*vmvault_command(), "version"],
+        "restic": ["restic", "version"],
+        "borg": ["borg", "--version"],
+        "zstd": ["zstd", "--version"],
+    }[name]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not available"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if done.returncode == 0 and lines else "not available"

@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""Benchmark vmvault against restic and borgbackup on the same images, and the machine's limits.
+
+    .venv/bin/python bench/run.py [--size 4G] [--mutate 1] [--reps 3] [--tools vmvault,restic,borg]
+
+Per repetition and tool: a fresh repository, the pristine image restored byte for byte,
+a warm page cache, then timed backup1 (full), a mutation of --mutate % of the disk,
+backup2 (incremental) and a restore of the latest point, verified untimed. Then the
+machine's own speeds (page-cache read, zstd, BLAKE3, AES-GCM) give a lower bound for each
+vmvault step. Results: a table on stdout, JSON and Markdown under --out. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bench_limits
+import bench_proc
+import bench_report
+import bench_tools
+from bench_proc import Measured
+
+from vmvault import testdisk
+
+HERE = Path(__file__).resolve().parent
+STEPS = ("backup1", "backup2", "restore")
+QUICK = {"size": "32M", "reps": 1, "sparse_size": "0"}
+DEFAULTS = {"size": "4G", "reps": 3, "sparse_size": "64G"}
+SPARSE_DATA = testdisk.GiB  # the sparse image holds the generator's mix in its first GiB
+
+
+@dataclass
+class StepRun:
+    """One timed step of one tool in one repetition; ``extra`` holds step-specific facts."""
+
+    tool: str
+    rep: int
+    step: str
+    ok: bool
+    wall: float | None = None
+    user: float | None = None
+    sys: float | None = None
+    maxrss: int | None = None
+    repo_bytes: int | None = None
+    growth_bytes: int | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def measured(cls, tool: str, rep: int, step: str, m: Measured) -> StepRun:
+        run = cls(tool, rep, step, m.rc == 0, m.wall, m.user, m.sys, m.maxrss)
+        if m.rc != 0:
+            run.error = f"exit {m.rc}: {m.stderr_tail()}"
+        return run
+
+
+@dataclass
+class Bench:
+    """Settings and shared state of one benchmark run."""
+
+    args: argparse.Namespace
+    workdir: Path
+    out: Path
+    size: int
+    image: Path = field(init=False)
+    pristine: Path = field(init=False)
+    logs: Path = field(init=False)
+    mutated_digest: bytes | None = None
+    mutation: dict[str, Any] = field(default_factory=dict)
+    runs: list[StepRun] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The image sits alone in its directory: restic and borg back up that directory.
+        self.image = self.workdir / "src" / "disk.img"
+        self.pristine = self.workdir / "pristine.img"
+        self.logs = self.workdir / "logs"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", help=f"image size (default {DEFAULTS['size']})")
+    p.add_argument("--mutate", type=float, default=1.0, help="percent changed before backup2")
+    p.add_argument("--reps", type=int, help="repetitions; medians reported (default 3)")
+    p.add_argument("--workdir", type=Path, default=HERE / "work", help="scratch (gitignored)")
+    p.add_argument("--tools", default=",".join(bench_tools.ALL_TOOLS), help="comma-separated")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="JSON and Markdown")
+    p.add_argument(
+        "--sparse-size", help="mostly-sparse image for the memory check, 0 to skip (default 64G)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke-test settings: 32M, 1 rep, no sparse image"
+    )
+    args = p.parse_args(argv)
+    for name, default in DEFAULTS.items():  # explicit options win over --quick
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK[name] if args.quick else default)
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = set(args.tools) - set(bench_tools.ALL_TOOLS)
+    if unknown or not args.tools:
+        p.error(f"--tools takes a subset of {','.join(bench_tools.ALL_TOOLS)}")
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    return args
+
+
+def prepare_image(bench: Bench) -> dict[str, Any]:
+    """Generate the image once (seed 1) as the pristine copy every run starts from."""
+    bench.image.parent.mkdir(parents=True, exist_ok=True)
+    bench_proc.progress("setup", f"creating {bench.args.size} image {bench.pristine}")
+    stats = testdisk.create_disk(bench.pristine, bench.size, seed=1)
+    os.sync()
+    return {
+        "size": stats.size,
+        "allocated": bench_proc.allocated(bench.pristine),
+        "extents": stats.extents,
+        "written": stats.written,
+        "by_kind": stats.by_kind,
+        "create_seconds": round(stats.seconds, 2),
+    }
+
+
+def fresh_image(bench: Bench) -> None:
+    """The pristine bytes in place of the image, synced and in the page cache."""
+    bench_proc.copy_image(bench.pristine, bench.image)
+    os.sync()
+    bench_proc.warm_cache(bench.image)
+
+
+def mutate_image(bench: Bench) -> None:
+    """The simulated day of guest writes (seed 2), then sync and warm cache again."""
+    m = testdisk.mutate_disk(bench.image, bench.args.mutate, seed=2)
+    bench.mutation = {"writes": m.writes, "bytes_written": m.bytes_written, "by_kind": m.by_kind}
+    os.sync()
+    bench_proc.warm_cache(bench.image)
+
+
+def failed_rest(tool: str, rep: int, steps: tuple[str, ...], why: str) -> list[StepRun]:
+    return [StepRun(tool, rep, s, False, error=why) for s in steps]
+
+
+def parse_json(text: str) -> dict[str, Any]:
+    """vmvault's --json output (one document); empty if it printed something else."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def timed_backup(bench: Bench, tool: bench_tools.Tool, rep: int, number: int) -> StepRun:
+    step = f"backup{number}"
+    m = bench_proc.run_timed(
+        tool.backup_cmd(number, bench.image),
+        bench.logs / f"{tool.name}-{rep}-{step}",
+        env=tool.env(),
+    )
+    run = StepRun.measured(tool.name, rep, step, m)
+    run.repo_bytes = bench_proc.tree_size(tool.repo)
+    if tool.name == "vmvault" and run.ok:
+        doc = parse_json(m.stdout)
+        run.extra["stats"] = doc["disks"][0]["stats"] if doc.get("disks") else {}
+    return run
+
+
+def timed_restore(bench: Bench, tool: bench_tools.Tool, rep: int) -> StepRun:
+    """Restore the latest point into an empty directory, then (untimed) verify and measure it."""
+    target = tool.home / "restore"
+    target.mkdir(parents=True)
+    argv, cwd = tool.restore_cmd(target, bench.image)
+    m = bench_proc.run_timed(
+        argv, bench.logs / f"{tool.name}-{rep}-restore", env=tool.env(), cwd=cwd
+    )
+    run = StepRun.measured(tool.name, rep, "restore", m)
+    if tool.name == "vmvault" and run.ok:
+        run.extra["result"] = {
+            k: v for k, v in parse_json(m.stdout).items() if k in ("bytes_verified", "chunks")
+        }
+    if not run.ok:
+        return run
+    os.sync()
+    restored = tool.restored_file(target, bench.image)
+    if bench.mutated_digest is None:
+        bench.mutated_digest = bench_proc.file_digest(bench.image)
+    same = restored is not None and bench_proc.file_digest(restored) == bench.mutated_digest
+    run.extra["verified"] = same
+    if restored is not None:
+        run.extra["restored_allocated"] = bench_proc.allocated(restored)
+    if not same:
+        run.ok = False
+        run.error = "restored file differs from the image" if restored else "no restored file"
+    return run
+
+
+def run_tool(bench: Bench, tool: bench_tools.Tool, rep: int) -> list[StepRun]:
+    """One full sequence for one tool: init, backup1, mutate, backup2, restore, verify."""
+    name, label = tool.name, f"{tool.name} rep {rep}"
+    cleanup_run(tool)
+    tool.home.mkdir(parents=True)
+    fresh_image(bench)
+    init = bench_proc.run_timed(tool.init_cmd(), bench.logs / f"{name}-{rep}-init", env=tool.env())
+    if init.rc != 0:
+        bench_proc.progress(label, f"init FAILED:\n{init.stderr_tail()}")
+        return failed_rest(name, rep, STEPS, f"init failed: {init.stderr_tail()}")
+    runs: list[StepRun] = []
+    for number in (1, 2):
+        if number == 2:
+            mutate_image(bench)
+        run = timed_backup(bench, tool, rep, number)
+        if number == 2 and runs[0].repo_bytes is not None:
+            run.growth_bytes = (run.repo_bytes or 0) - runs[0].repo_bytes
+        runs.append(run)
+        report_step(label, run)
+        if not run.ok:
+            return runs + failed_rest(name, rep, STEPS[number:], f"{run.step} failed")
+    runs.append(timed_restore(bench, tool, rep))
+    report_step(label, runs[-1])
+    return runs
+
+
+def report_step(label: str, run: StepRun) -> None:
+    if run.ok:
+        bench_proc.progress(label, f"{run.step} {run.wall:.1f} s")
+    else:
+        bench_proc.progress(label, f"{run.step} FAILED: {run.error}")
+
+
+def cleanup_run(tool: bench_tools.Tool) -> None:
+    """Drop the repository and restored files: at most one tool's repository exists at a time."""
+    shutil.rmtree(tool.home, ignore_errors=True)
+    tool.catalog.unlink(missing_ok=True)
+
+
+def run_tools(bench: Bench, tools: list[str]) -> None:
+    for rep in range(1, bench.args.reps + 1):
+        for name in tools:
+            tool = bench_tools.make_tool(name, bench.workdir / f"{name}-{rep}")
+            try:
+                bench.runs += run_tool(bench, tool, rep)
+            except Exception as exc:  # one tool's surprise must not end the whole benchmark
+                bench_proc.progress(f"{name} rep {rep}", f"FAILED: {exc!r}")
+                done = {r.step for r in bench.runs if r.tool == name and r.rep == rep}
+                left = tuple(s for s in STEPS if s not in done)
+                bench.runs += failed_rest(name, rep, left, repr(exc))
+            finally:
+                cleanup_run(tool)
+
+
+def measure_machine(bench: Bench) -> dict[str, Any]:
+    """CLI references and in-process speeds on the pristine image, one set per repetition."""
+    quick = bench.args.quick
+    memory = 32 * testdisk.MiB if quick else testdisk.GiB
+    sample = 32 * testdisk.MiB if quick else 256 * testdisk.MiB
+    speeds = []
+    for rep in range(1, bench.args.reps + 1):
+        fresh_image(bench)
+        refs = bench_limits.cli_references(bench.image, bench.logs, rep)
+        for name, m in refs.items():
+            bench.runs.append(StepRun.measured("machine", rep, name, m))
+        cat = refs["cat (page cache)"]
+        speeds.append(bench_limits.measure_speeds(bench.image, cat.wall, memory, sample))
+        bench_proc.progress(f"machine rep {rep}", "in-process speeds measured")
+    return {
+        "speeds": bench_limits.speeds_dict(bench_limits.Speeds.median(speeds)),
+        "speeds_per_rep": [bench_limits.speeds_dict(s) for s in speeds],
+        "memory_bytes": memory,
+        "sample_bytes": sample,
+    }
+
+
+def vmvault_limits(bench: Bench, machine: dict[str, Any]) -> dict[str, Any]:
+    """Limit time per vmvault step from its own byte counts (identical in every rep)."""
+    speeds = bench_limits.Speeds(**machine["speeds"])
+    ok = {r.step: r for r in bench.runs if r.tool == "vmvault" and r.ok}
+    cores = bench_limits.cores()
+    limits: dict[str, Any] = {}
+    for step in ("backup1", "backup2"):
+        if step in ok and ok[step].extra.get("stats"):
+            limits[step] = bench_limits.backup_limit(ok[step].extra["stats"], speeds, cores)
+    if "restore" in ok and ok["restore"].extra.get("result") and "backup1" in ok:
+        full = ok["backup1"].extra.get("stats") or {}
+        ratio = full["stored"] / full["new"] if full.get("new") else 1.0
+        verified = ok["restore"].extra["result"]["bytes_verified"]
+        limits["restore"] = bench_limits.restore_limit(verified, ratio, speeds, cores)
+    return limits
+
+
+def sparse_check(bench: Bench, sparse_size: int) -> dict[str, Any]:
+    """Back up a huge, mostly sparse image once: memory must not grow with the disk's size."""
+    tool = bench_tools.make_tool("vmvault", bench.workdir / "sparse")
+    cleanup_run(tool)
+    image = tool.home / "src" / "sparse.img"
+    image.parent.mkdir(parents=True)
+    bench_proc.progress("sparse", f"creating {bench.args.sparse_size} image, data in first GiB")
+    testdisk.create_disk(image, min(sparse_size, SPARSE_DATA), seed=1)
+    os.truncate(image, sparse_size)  # holes cost nothing
+    os.sync()
+    bench_proc.warm_cache(image, data_only=True)
+    result: dict[str, Any] = {"size": sparse_size, "allocated": bench_proc.allocated(image)}
+    try:
+        init = bench_proc.run_timed(tool.init_cmd(), bench.logs / "sparse-init", env=tool.env())
+        if init.rc != 0:
+            return result | {"ok": False, "error": f"init failed: {init.stderr_tail()}"}
+        m = bench_proc.run_timed(
+            tool.backup_cmd(1, image), bench.logs / "sparse-backup", env=tool.env()
+        )
+        result |= {"ok": m.rc == 0, "wall": m.wall, "cpu": m.cpu, "maxrss": m.maxrss}
+        if m.rc != 0:
+            result["error"] = m.stderr_tail()
+        else:
+            doc = parse_json(m.stdout)
+            result["stats"] = doc["disks"][0]["stats"] if doc.get("disks") else {}
+            result["repo_bytes"] = bench_proc.tree_size(tool.repo)
+        state = f"{m.wall:.1f} s, peak RSS {m.maxrss / testdisk.MiB:.0f} MiB"
+        bench_proc.progress("sparse", state if m.rc == 0 else f"FAILED: {m.stderr_tail()}")
+        return result
+    finally:
+        cleanup_run(tool)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir, out = args.workdir.resolve(), args.out.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, workdir, out, testdisk.parse_size(args.size))
+    shutil.rmtree(bench.logs, ignore_errors=True)  # logs of this run only
+    sparse_size = testdisk.parse_size(args.sparse_size)
+    unavailable = bench_tools.ensure_tools(args.tools)
+    tools = [t for t in args.tools if t not in unavailable]
+    started, environment = bench_report.utc_now(), bench_report.environment(args.tools)
+    image_info = prepare_image(bench)
+    try:
+        run_tools(bench, tools)
+        machine = measure_machine(bench)
+        machine["limits"] = vmvault_limits(bench, machine)
+        machine["formula"] = bench_limits.FORMULA
+        sparse = sparse_check(bench, sparse_size) if sparse_size else None
+    finally:
+        for path in (bench.image, bench.pristine):
+            path.unlink(missing_ok=True)
+    report = bench_report.build(
+        started=started,
+        environment=environment,
+        args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        unavailable=unavailable,
+        image=image_info | {"mutation": bench.mutation},
+        runs=[asdict(r) for r in bench.runs],
+        machine=machine,
+        sparse=sparse,
+    )
+    paths = bench_report.write(report, out)
+    print(bench_report.text(report))
+    bench_proc.progress("done", "wrote " + ", ".join(str(p) for p in paths))
+    # Other tools' failures are only marked in the table; vmvault's own are a bug to see.
+    vmvault_failed = any(not r.ok for r in bench.runs if r.tool == "vmvault")
+    return 1 if vmvault_failed or (sparse and not sparse["ok"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
