@@ -115,3 +115,32 @@ def test_change_hint_reads_only_the_changed_chunks(
     service.run_restore(ctx, hinted.point["id"], str(out))
     assert out.read_bytes() == image.read_bytes()
     assert merge_ranges([(5, 9), (0, 2), (8, 12), (3, 3)]) == [(0, 2), (5, 12)]
+
+
+def test_changes_only_source_needs_a_readable_parent(
+    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+) -> None:
+    """An image holding only the changes must never be read as a whole disk."""
+    import pytest
+
+    from vmvault.disks.source import RawDisk
+    from vmvault.engine.backup import DiskInput, backup
+    from vmvault.errors import CorruptObject, UsageError
+    from vmvault.vault.format import KIND_RECORD
+
+    image = make_image(size=16 * MiB)
+    vault = ctx.open_vault()
+    with RawDisk.open(image) as disk, pytest.raises(UsageError, match="no parent"):
+        backup(vault, "web", [DiskInput("os", disk, changed=[], changes_only=True)])
+    service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    vault = ctx.open_vault()
+    loc = next(loc for _, loc in vault.index.items() if loc.kind == KIND_RECORD)
+    pack = Path(ctx.vault_path) / "packs" / loc.pack_id.hex()[:2] / loc.pack_id.hex()
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + 20] ^= 1  # damage one block record of the parent
+    pack.write_bytes(bytes(data))
+    with RawDisk.open(image) as disk, pytest.raises(CorruptObject, match="unreadable"):
+        backup(vault, "web", [DiskInput("os", disk, changed=[(0, 4096)], changes_only=True)])
+    with RawDisk.open(image) as disk:  # a plain hint falls back to reading that block
+        result = backup(vault, "web", [DiskInput("os", disk, changed=[(0, 4096)])])
+    assert result.stats["os"].read > 0

@@ -82,7 +82,8 @@ class Vm(_Strict):
     state: VmState = VmState.STOPPED
     policy: str | None = None
     scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
-    snapshot: str = "auto"  # provider: auto, in-place, reflink, copy
+    snapshot: str = "auto"  # provider: auto, in-place, reflink, copy, qemu-live
+    qmp: str | None = None  # QMP socket of a live QEMU VM: live snapshots, dirty bitmaps
     freeze: list[str] = Field(default_factory=list)  # host mountpoints to fsfreeze
     tags: dict[str, str] = Field(default_factory=dict)
     disks: list[Disk] = Field(min_length=1)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from getpass import getpass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vmvault.backends.local import LocalBackend
 from vmvault.disks.qemu import check_format, fuse_export
 from vmvault.disks.source import RawDisk
-from vmvault.engine.backup import DiskInput, backup
+from vmvault.engine.backup import DiskInput, backup, parent_manifests
 from vmvault.engine.check import CheckReport, check_vault
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.restore import RestoreReport, restore_disk, verify_point
@@ -30,7 +30,10 @@ from vmvault.vault.vault import Vault
 
 if TYPE_CHECKING:
     from vmvault.catalog.store import Catalog
-    from vmvault.inventory import Inventory
+    from vmvault.inventory import Disk as VmDisk
+    from vmvault.inventory import Inventory, Vm
+    from vmvault.snapshot import SnapshotProvider
+    from vmvault.snapshot.qemu_live import QemuLiveSnapshot
 
 PASSPHRASE_ENV = "VMVAULT_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "VMVAULT_PASSPHRASE_FILE"
@@ -142,16 +145,27 @@ class DiskSpec:
     format: str = "raw"
     role: str = "data"
     origin: str | None = None  # the disk's own path when ``path`` is a snapshot of it
+    read_format: str | None = None  # how to read ``path`` if not ``format`` (a QEMU snapshot)
+    changed: list[tuple[int, int]] | None = None  # change hint from a dirty bitmap
+    changes_only: bool = False  # ``path`` holds only the changed ranges
 
 
 def open_disk(stack: ExitStack, spec: DiskSpec) -> DiskInput:
     """Open a disk for reading; non-raw images are read through a QEMU FUSE export."""
     path = spec.path
-    if check_format(spec.format) != "raw":
-        path = stack.enter_context(fuse_export(spec.path, spec.format))
+    read_format = check_format(spec.read_format or spec.format)
+    if read_format != "raw":
+        path = stack.enter_context(fuse_export(spec.path, read_format))
     source = stack.enter_context(RawDisk.open(path))
     source.path = spec.origin or spec.path  # the point names the disk, not an export or copy
-    return DiskInput(spec.name, source, role=spec.role, format=spec.format)
+    return DiskInput(
+        spec.name,
+        source,
+        role=spec.role,
+        format=spec.format,
+        changed=spec.changed,
+        changes_only=spec.changes_only,
+    )
 
 
 def run_backup(
@@ -227,24 +241,21 @@ def run_vm_backup(
     """
     from vmvault.consistency import Freezer, FsFreezer, NoFreezer, load_script_config, quiesce
     from vmvault.inventory import VmState
-    from vmvault.snapshot import choose_provider
 
     vm = inventory.vm(vm_name)
     disks = vm.protected_disks()
     running = vm.state == VmState.RUNNING
-    provider = choose_provider(vm.snapshot, running, [d.path for d in disks])
     scripts = load_script_config(vm.scripts) if vm.scripts and running else None
     freezer: Freezer = FsFreezer(vm.freeze) if vm.freeze and running else NoFreezer()
     vault = ctx.open_vault()
+    provider = _snapshot_provider(vault, vm, disks, running, full)
     with _job(ctx, vault, "backup", vm.name) as job:
-        with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
-            images = provider.take([d.path for d in disks])
+        meta: dict[str, Any] = {"snapshot": provider.name}
         try:
-            specs = [
-                DiskSpec(d.name, image, d.format.value, d.role.value, origin=d.path)
-                for d, image in zip(disks, images, strict=True)
-            ]
-            return _backup_and_record(
+            with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
+                images = _snapshot_start(provider, [d.path for d in disks])
+            specs = _snapshot_specs(provider, disks, images, meta)
+            point = _backup_and_record(
                 vault,
                 job,
                 vm.name,
@@ -264,10 +275,90 @@ def run_vm_backup(
                     for d in vm.excluded_disks()
                 ],
                 vm_config=vm.model_dump(mode="json"),
-                meta={"snapshot": provider.name, "quiesce": q.to_dict()},
+                meta={**meta, "quiesce": q.to_dict()},
             )
+            if live := _live(provider):
+                live.commit()  # only now may the parent's dirty bitmap go
+            return point
         finally:
             provider.release()
+
+
+def _snapshot_provider(
+    vault: Vault, vm: Vm, disks: Sequence[VmDisk], running: bool, full: bool
+) -> SnapshotProvider:
+    """The inventory's choice; ``auto`` takes QEMU's live snapshot when a QMP socket is set."""
+    from vmvault.snapshot import choose_provider
+    from vmvault.snapshot.qemu_live import QemuLiveSnapshot  # asyncio: imported when needed
+
+    if vm.snapshot == "qemu-live" or (vm.snapshot == "auto" and running and vm.qmp):
+        if not vm.qmp:
+            raise UsageError(f'VM {vm.name}: snapshot = "qemu-live" needs qmp = "SOCKET"')
+        return QemuLiveSnapshot(
+            vm.qmp,
+            bitmap_name=f"vmvault-{vault.config.vault_id[:8]}",
+            parent_generation=None if full else _bitmap_generation(vault, vm.name, disks),
+        )
+    return choose_provider(vm.snapshot, running, [d.path for d in disks])
+
+
+def _bitmap_generation(vault: Vault, vm: str, disks: Sequence[VmDisk]) -> str | None:
+    """The dirty-bitmap generation of the VM's newest point, if every disk's parent is it.
+
+    A bitmap records writes since one point; using it against another parent would miss
+    writes, so anything else means no generation, and the provider reads disks in full.
+    """
+    ids = [i for i in reversed(vault.point_ids())]
+    for point_id in ids:
+        newest = vault.get_point(point_id)
+        if newest.get("vm") != vm:
+            continue
+        generation = newest.get("meta", {}).get("qemu_generation")
+        parents = parent_manifests(vault, vm, [d.name for d in disks])
+        if generation and all(d.name in parents and parents[d.name][0] == point_id for d in disks):
+            return str(generation)
+        return None
+    return None
+
+
+def _live(provider: SnapshotProvider) -> QemuLiveSnapshot | None:
+    """The provider as a live QEMU snapshot (two phases, change hints), or None."""
+    return cast("QemuLiveSnapshot", provider) if provider.name == "qemu-live" else None
+
+
+def _snapshot_start(provider: SnapshotProvider, paths: list[str]) -> list[str]:
+    """While quiesced: only the instant part (QEMU copies after the thaw)."""
+    live = _live(provider)
+    return live.start(paths) if live else provider.take(paths)
+
+
+def _snapshot_specs(
+    provider: SnapshotProvider, disks: Sequence[VmDisk], images: list[str], meta: dict[str, Any]
+) -> list[DiskSpec]:
+    live = _live(provider)
+    if live is None:
+        return [
+            DiskSpec(d.name, image, d.format.value, d.role.value, origin=d.path)
+            for d, image in zip(disks, images, strict=True)
+        ]
+    live.wait()
+    meta["qemu_generation"] = live.generation()
+    meta["qemu_notes"] = dict(zip([d.name for d in disks], live.notes(), strict=True))
+    return [
+        DiskSpec(
+            d.name,
+            image,
+            d.format.value,
+            d.role.value,
+            origin=d.path,
+            read_format=fmt,
+            changed=changed,
+            changes_only=changed is not None,
+        )
+        for d, image, fmt, changed in zip(
+            disks, images, live.formats(), live.changed(), strict=True
+        )
+    ]
 
 
 def list_points(ctx: Context, vm: str | None = None) -> list[dict[str, Any]]:

@@ -83,6 +83,9 @@ class DiskInput:
     # Byte ranges that may differ from the parent point (a dirty bitmap). None: unknown,
     # read and hash everything. Only a hint: it is used only when the parent is known.
     changed: list[tuple[int, int]] | None = None
+    # The source holds only the changed ranges (a QEMU incremental image): reading outside
+    # them would store zeros, so the engine refuses to back it up without a usable parent.
+    changes_only: bool = False
 
 
 @dataclass
@@ -156,6 +159,11 @@ class DiskBackup:
         self.compressor = _Compressor(vault.config.compression_level)
         self.throttle = TokenBucket(rate_limit, burst=self.block) if rate_limit else None
         self.progress = progress
+        if disk.changes_only and (parent is None or disk.changed is None):
+            raise UsageError(
+                f"disk {disk.name}: the snapshot holds only changes, but there is no parent "
+                "point to take the rest from: run a full backup"
+            )
         self.changed = merge_ranges(disk.changed) if disk.changed is not None and parent else None
 
     def run(self) -> tuple[DiskManifest, DiskStats]:
@@ -186,18 +194,24 @@ class DiskBackup:
             self.writer.add(KIND_DATA, sealed, [(cid, len(p)) for cid, p in run])
             stats.stored += sum(len(p) for p in sealed)
 
-    def _parent_chunks(self, b: int) -> tuple[bytes, list[bytes] | None]:
+    def _parent_chunks(self, b: int) -> tuple[bytes, list[bytes] | None, bool]:
+        """The parent's record id and chunk ids for block ``b``, and whether they are known.
+
+        An all-zero parent block is known (its chunks are all ZERO_ID). A damaged parent
+        record is not: that block is then read and hashed in full, and change hints
+        cannot be used for it.
+        """
         if self.parent is None or b >= len(self.parent.records):
-            return ZERO_ID, None
+            return ZERO_ID, None, False
         record_id = self.parent.records[b]
         if record_id == ZERO_ID:
-            return ZERO_ID, None
+            return ZERO_ID, None, True
         found = self.vault.records([record_id])[record_id]
         if isinstance(found, Exception):
             # A damaged parent is no reason to fail tonight's backup: compare against
             # nothing, so every chunk of this block is checked against the index again.
-            return ZERO_ID, None
-        return record_id, found
+            return ZERO_ID, None, False
+        return record_id, found, True
 
     def _block(self, b: int) -> tuple[bytes, DiskStats]:
         stats = DiskStats()
@@ -206,8 +220,13 @@ class DiskBackup:
         length = min(self.block, self.source.size - start)
         count = -(-length // chunk)
         inherit: frozenset[int] = frozenset()
-        parent_record, parent_ids = self._parent_chunks(b)
-        if self.changed is not None and (parent_ids is not None or parent_record == ZERO_ID):
+        parent_record, parent_ids, parent_known = self._parent_chunks(b)
+        if self.changed is not None and not parent_known and self.disk.changes_only:
+            raise CorruptObject(
+                f"disk {self.disk.name}: block {b} of the parent point is unreadable and the "
+                "snapshot holds only the changes since it: run a full backup"
+            )
+        if self.changed is not None and parent_known:
             dirty = self._changed_chunks(start, length)
             if not dirty:
                 stats.skipped += length

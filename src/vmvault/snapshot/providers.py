@@ -171,7 +171,8 @@ def choose_provider(requested: str, running: bool, paths: Sequence[str]) -> Snap
     if requested != "auto":
         if requested not in providers:
             raise SnapshotError(
-                f"unknown snapshot provider {requested!r} (known: auto, {', '.join(providers)})"
+                f"unknown snapshot provider {requested!r} "
+                f"(known: auto, {', '.join(providers)}, qemu-live)"
             )
         if requested == "in-place" and running:
             raise SnapshotError("a running VM's disks change under the reader: in-place refused")
