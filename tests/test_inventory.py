@@ -11,6 +11,10 @@ from conftest import run_cli
 from vmvault.inventory import DiskRole, InventoryError, load_inventory, parse_inventory
 
 EXAMPLE = """
+[policies.daily]
+schedule = { kind = "daily", time = "22:30", timezone = "Europe/Berlin" }
+retention = { daily_days = 30, weekly_weeks = 12 }
+
 [pools.ssd-a]
 egress_mb_per_s = 480
 requests_per_second = 20000
@@ -49,6 +53,9 @@ def test_example_loads_with_defaults() -> None:
     assert [d.name for d in vm.protected_disks()] == ["os", "data"]
     assert [d.name for d in vm.excluded_disks()] == ["resource"]
     assert vm.disks[1].role == DiskRole.DATA and vm.snapshot == "auto"
+    policy = inv.policy("daily")
+    assert policy.retention.daily_days == 30 and policy.schedule.timezone == "Europe/Berlin"
+    assert inv.policy("default").retention.daily_days == 30  # Azure's default policy
     with pytest.raises(InventoryError, match="no VM named 'db01'"):
         inv.vm("db01")
 
@@ -69,6 +76,8 @@ def test_example_loads_with_defaults() -> None:
         (('host = "hv1"', 'host = "hv1"\ncolour = "red"'), "vms['web01'].colour: Extra inputs"),
         (("[[vms]]", "[[vms]"), "not valid TOML"),
         (('role = "temporary"', 'role = "os"'), "at most one os disk"),
+        (('policy = "daily"', 'policy = "hourly"'), "unknown policy 'hourly'"),
+        (('time = "22:30"', 'time = "25:00"'), "policies.daily.schedule.time"),
     ],
 )
 def test_broken_inventories_name_the_field(change: tuple[str, str], message: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vmvault.errors import UsageError
+from vmvault.policy import DEFAULT_POLICY, Policy
 
 DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
 
@@ -106,15 +107,24 @@ class Vm(_Strict):
 
 class Inventory(_Strict):
     pools: dict[str, StoragePool] = Field(default_factory=dict)
+    policies: dict[str, Policy] = Field(default_factory=dict)
     vms: list[Vm] = Field(default_factory=list)
     source: str = ""
 
-    @field_validator("pools", mode="before")
+    @field_validator("pools", "policies", mode="before")
     @classmethod
-    def _name_pools(cls, value: Any) -> Any:
+    def _name_tables(cls, value: Any) -> Any:
         if isinstance(value, dict):
             return {k: ({**v, "name": k} if isinstance(v, dict) else v) for k, v in value.items()}
         return value
+
+    def policy(self, name: str) -> Policy:
+        """A declared policy; ``default`` is Azure's default unless the inventory defines it."""
+        if name in self.policies:
+            return self.policies[name]
+        if name == "default":
+            return DEFAULT_POLICY
+        raise InventoryError(f"no policy named {name!r} in {self.source}")
 
     @model_validator(mode="after")
     def _references(self) -> Inventory:
@@ -123,6 +133,11 @@ class Inventory(_Strict):
         if duplicates:
             raise ValueError(f"VM names repeat: {', '.join(duplicates)}")
         for vm in self.vms:
+            if vm.policy not in (None, "default") and vm.policy not in self.policies:
+                raise ValueError(
+                    f"VM {vm.name}: unknown policy {vm.policy!r} "
+                    f"(declared: {', '.join(sorted(self.policies)) or 'none'}; or 'default')"
+                )
             for disk in vm.disks:
                 if disk.pool is not None and disk.pool not in self.pools:
                     raise ValueError(

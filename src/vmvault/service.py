@@ -23,9 +23,11 @@ from vmvault.disks.qemu import check_format, fuse_export
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, backup, parent_manifests
 from vmvault.engine.check import CheckReport, check_vault
+from vmvault.engine.gc import GcReport, collect_garbage
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.restore import RestoreReport, restore_disk, verify_point
 from vmvault.errors import PassphraseMissing, UsageError, VmvaultError
+from vmvault.vault.locks import VaultLock
 from vmvault.vault.vault import Vault
 
 if TYPE_CHECKING:
@@ -79,6 +81,18 @@ class Context:
         return Vault.open(
             self.backend(), resolve_passphrase(self.passphrase_file), load_index=load_index
         )
+
+    @contextmanager
+    def session(self, kind: str) -> Iterator[Vault]:
+        """The vault with its index, held under a lock of ``kind`` for the whole block.
+
+        Garbage collection sweeps nothing while such a lock lives; the lock is taken before
+        the index is read, so the index shows every announced collection.
+        """
+        vault = self.open_vault(load_index=False)
+        with VaultLock(vault.backend, kind):
+            vault.load_index()
+            yield vault
 
     def catalog(self) -> Catalog:
         from vmvault.catalog.store import Catalog  # SQLAlchemy takes ~0.3 s to import
@@ -179,8 +193,7 @@ def run_backup(
     progress: ProgressCallback = no_progress,
 ) -> dict[str, Any]:
     """Back up disk images of ``vm`` as they are into one point; returns the committed point."""
-    vault = ctx.open_vault()
-    with _job(ctx, vault, "backup", vm) as job:
+    with ctx.session("backup") as vault, _job(ctx, vault, "backup", vm) as job:
         return _backup_and_record(
             vault,
             job,
@@ -247,9 +260,8 @@ def run_vm_backup(
     running = vm.state == VmState.RUNNING
     scripts = load_script_config(vm.scripts) if vm.scripts and running else None
     freezer: Freezer = FsFreezer(vm.freeze) if vm.freeze and running else NoFreezer()
-    vault = ctx.open_vault()
-    provider = _snapshot_provider(vault, vm, disks, running, full)
-    with _job(ctx, vault, "backup", vm.name) as job:
+    with ctx.session("backup") as vault, _job(ctx, vault, "backup", vm.name) as job:
+        provider = _snapshot_provider(vault, vm, disks, running, full)
         meta: dict[str, Any] = {"snapshot": provider.name}
         try:
             with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
@@ -401,13 +413,14 @@ def run_restore(
     sync: bool = False,
     progress: ProgressCallback = no_progress,
 ) -> RestoreReport:
-    vault = ctx.open_vault()
-    point_id = resolve_point(vault, point_ref, vm)
-    vm_name = vault.get_point(point_id)["vm"]
-    with _job(ctx, vault, "restore", vm_name) as job:
-        report = restore_disk(
+    with ctx.session("restore") as vault:
+        point_id = resolve_point(vault, point_ref, vm)
+        vm_name = vault.get_point(point_id)["vm"]
+        return _restore_recorded(
+            ctx,
             vault,
             point_id,
+            vm_name,
             target,
             disk=disk,
             target_format=target_format,
@@ -416,6 +429,13 @@ def run_restore(
             sync=sync,
             progress=progress,
         )
+
+
+def _restore_recorded(
+    ctx: Context, vault: Vault, point_id: str, vm_name: str, target: str, **options: Any
+) -> RestoreReport:
+    with _job(ctx, vault, "restore", vm_name) as job:
+        report = restore_disk(vault, point_id, target, **options)
         state = "partially_succeeded" if report.damaged else "succeeded"
         job.finish(
             vault,
@@ -431,13 +451,30 @@ def run_restore(
 def run_verify(
     ctx: Context, point_ref: str, *, vm: str | None = None, progress: ProgressCallback = no_progress
 ) -> tuple[str, list[RestoreReport]]:
-    vault = ctx.open_vault()
-    point_id = resolve_point(vault, point_ref, vm)
-    return point_id, verify_point(vault, point_id, progress=progress)
+    with ctx.session("verify") as vault:
+        point_id = resolve_point(vault, point_ref, vm)
+        return point_id, verify_point(vault, point_id, progress=progress)
 
 
 def run_check(ctx: Context, *, read_data: bool = False) -> CheckReport:
-    return check_vault(ctx.open_vault(), read_data=read_data)
+    with ctx.session("check") as vault:
+        return check_vault(vault, read_data=read_data)
+
+
+def run_gc(ctx: Context, **options: Any) -> GcReport:
+    """Collect garbage (see engine/gc.py); takes no lock: it looks for them."""
+    return collect_garbage(ctx.open_vault(), **options)
+
+
+def forget_point(ctx: Context, point_ref: str) -> str:
+    """Delete a recovery point; its data goes at the next garbage collection."""
+    vault = ctx.open_vault(load_index=False)
+    point_id = resolve_point(vault, point_ref)
+    vault.delete_point(point_id)
+    from vmvault.catalog.store import Catalog
+
+    Catalog(ctx.catalog_url).rebuild(vault.config.vault_id, vault.points())
+    return point_id
 
 
 def reindex(ctx: Context) -> dict[str, Any]:
@@ -575,3 +612,48 @@ def _vm_toml(vm: dict[str, Any]) -> str:
         lines += ["", "  [[vms.disks]]"]
         lines += [f"  {k} = {value(v)}" for k, v in disk.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def run_prune(
+    ctx: Context,
+    inventory: Inventory,
+    *,
+    vm_name: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Apply each VM's retention policy: delete the points it no longer keeps.
+
+    VMs without a policy are left alone. The data of deleted points is freed by the next
+    garbage collection.
+    """
+    from vmvault.policy import Point, prune_plan
+
+    now = now or datetime.now(UTC)
+    vault = ctx.open_vault(load_index=False)
+    points = vault.points()
+    vms = [inventory.vm(vm_name)] if vm_name else inventory.vms
+    result: dict[str, Any] = {"dry_run": dry_run, "vms": {}}
+    for vm in vms:
+        if vm.policy is None:
+            continue
+        policy = inventory.policy(vm.policy)
+        mine = [
+            Point(p["id"], datetime.fromisoformat(p["created"]), vm.name)
+            for p in points
+            if p["vm"] == vm.name
+        ]
+        plan = prune_plan(mine, policy.retention, now, policy.schedule.timezone)
+        if not dry_run:
+            for point_id in plan.prune:
+                vault.delete_point(point_id)
+        result["vms"][vm.name] = {
+            "policy": policy.name,
+            "keep": {pid: sorted(reasons) for pid, reasons in sorted(plan.keep.items())},
+            "prune": list(plan.prune),
+        }
+    if not dry_run:
+        from vmvault.catalog.store import Catalog
+
+        Catalog(ctx.catalog_url).rebuild(vault.config.vault_id, vault.points())
+    return result

@@ -48,5 +48,8 @@ class Backend(Protocol):
     def size(self, key: str) -> int:
         """The object's size in bytes."""
 
+    def modified(self, key: str) -> float:
+        """When the object was written (seconds since the epoch)."""
+
     def describe(self) -> str:
         """Where the objects live, for messages (never contains secrets)."""

@@ -95,6 +95,12 @@ class LocalBackend:
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from {self.root}") from None
 
+    def modified(self, key: str) -> float:
+        try:
+            return self._path(key).stat().st_mtime
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():

@@ -312,6 +312,96 @@ def check(
         raise typer.Exit(3)
 
 
+@app.command()
+def forget(
+    point: str = typer.Argument(..., help="Point id (or a unique prefix)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Delete a recovery point; its data is freed by the next `vmvault gc`."""
+    point_id = guarded(
+        json, lambda: service.forget_point(_ctx(vault, catalog, passphrase_file), point)
+    )
+    if json:
+        emit_json({"forgotten": point_id})
+    else:
+        console.print(f"forgot {point_id}; run `vmvault gc` to free its data")
+
+
+@app.command()
+def prune(
+    vm: str | None = typer.Option(None, "--vm", help="Only this VM (default: every VM)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
+    inventory: str | None = typer.Option(
+        None, "--inventory", "-i", envvar="VMVAULT_INVENTORY", help="Inventory file."
+    ),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Apply each VM's retention policy (GFS): delete the points it no longer keeps."""
+    from vmvault.inventory import load_inventory
+
+    doc = guarded(
+        json,
+        lambda: service.run_prune(
+            _ctx(vault, catalog, passphrase_file),
+            load_inventory(inventory),
+            vm_name=vm,
+            dry_run=dry_run,
+        ),
+    )
+    if json:
+        emit_json(doc)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for name, plan in doc["vms"].items():
+        console.print(
+            f"{name} (policy {plan['policy']}): keeps {len(plan['keep'])}, "
+            f"{verb} {len(plan['prune'])}"
+        )
+        for point_id, reasons in plan["keep"].items():
+            console.print(f"  keep   {point_id}  {', '.join(reasons)}")
+        for point_id in plan["prune"]:
+            console.print(f"  [red]delete[/] {point_id}")
+
+
+@app.command()
+def gc(
+    grace: float = typer.Option(
+        3600.0, "--grace", help="Never touch packs younger than this many seconds."
+    ),
+    repack_threshold: float = typer.Option(
+        0.25, "--repack-threshold", help="Repack packs at least this dead (0-1)."
+    ),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Free what no recovery point uses; safe while backups run (it defers its sweep)."""
+    report = guarded(
+        json,
+        lambda: service.run_gc(
+            _ctx(vault, catalog, passphrase_file), grace=grace, repack_threshold=repack_threshold
+        ),
+    )
+    doc = report.to_dict()
+    if json:
+        emit_json(doc)
+        return
+    console.print(
+        f"{doc['points']} points, {doc['live_chunks']} live chunks, {doc['packs']} packs: "
+        f"{doc['deleted_packs']} deleted, {doc['repacked_packs']} repacked, "
+        f"{human_bytes(doc['bytes_freed'])} freed"
+    )
+    if doc["deferred"]:
+        console.print(f"[yellow]deferred[/]: {doc['deferred']}")
+
+
 @vault_app.command("reindex")
 def reindex_cmd(
     vault: str | None = VaultOpt,

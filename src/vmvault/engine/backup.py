@@ -94,13 +94,13 @@ class BackupResult:
     stats: dict[str, DiskStats] = field(default_factory=dict)
 
 
-class _Compressor(threading.local):
+class Compressor(threading.local):
     def __init__(self, level: int) -> None:
         self.zstd = zstandard.ZstdCompressor(level=level)
         self.probe = zstandard.ZstdCompressor(level=1)
 
 
-def compressible(piece: memoryview, compressor: _Compressor) -> bool:
+def compressible(piece: memoryview, compressor: Compressor) -> bool:
     """Whether a chunk is worth compressing, judged from a 4 KiB sample of its middle."""
     if len(piece) <= PROBE_SIZE:
         return True
@@ -110,7 +110,7 @@ def compressible(piece: memoryview, compressor: _Compressor) -> bool:
 
 
 def encode_blob(
-    pieces: Sequence[memoryview], compress: bool, compressor: _Compressor
+    pieces: Sequence[memoryview], compress: bool, compressor: Compressor
 ) -> tuple[int, bytes | memoryview]:
     """A run of chunks as one payload, compressed together where that pays."""
     data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -156,7 +156,7 @@ class DiskBackup:
         for _ in range(self.max_inflight):
             self.buffers.put(bytearray(self.block))
         self.zero = bytes(self.chunk)
-        self.compressor = _Compressor(vault.config.compression_level)
+        self.compressor = Compressor(vault.config.compression_level)
         self.throttle = TokenBucket(rate_limit, burst=self.block) if rate_limit else None
         self.progress = progress
         if disk.changes_only and (parent is None or disk.changed is None):
@@ -449,8 +449,8 @@ def backup(
     point = {
         "id": new_point_id(created),
         "vm": vm,
-        "created": created.isoformat(timespec="seconds"),
-        "completed": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created.isoformat(timespec="microseconds"),
+        "completed": datetime.now(UTC).isoformat(timespec="microseconds"),
         "parent": max(parent_ids) if parent_ids else None,
         "type": "incremental" if parent_ids else "full",
         "consistency": consistency or {"level": "crash", "reason": "disk images read as they are"},

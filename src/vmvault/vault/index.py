@@ -28,6 +28,7 @@ class ChunkIndex:
     def __init__(self) -> None:
         self._entries: dict[bytes, Location] = {}
         self._packs: dict[bytes, int] = {}  # pack id -> number of entries
+        self._excluded: frozenset[bytes] = frozenset()
         self._lock = threading.Lock()
 
     def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
@@ -42,6 +43,15 @@ class ChunkIndex:
                 )
                 count += 1
             self._packs[pack_id] = count
+
+    def exclude_packs(self, packs: Iterable[bytes]) -> None:
+        """Packs that garbage collection is about to remove: readable, but not to be reused."""
+        self._excluded = frozenset(packs)
+
+    def claimable(self, chunk_id: bytes) -> bool:
+        """Whether a backup may reference this chunk instead of storing it again."""
+        loc = self._entries.get(chunk_id)
+        return loc is not None and loc.pack_id not in self._excluded
 
     def get(self, chunk_id: bytes) -> Location | None:
         return self._entries.get(chunk_id)

@@ -93,8 +93,11 @@ class PackWriter:
     # -- called by pipeline workers ------------------------------------------------------
 
     def claim(self, chunk_id: bytes) -> bool:
-        """True if the caller should store this chunk: it is neither in the vault nor claimed."""
-        if chunk_id in self._index:
+        """True if the caller should store this chunk: it is neither in the vault nor claimed.
+
+        A chunk that only lives in a pack garbage collection is removing counts as absent.
+        """
+        if self._index.claimable(chunk_id):
             return False
         with self._lock:
             if chunk_id in self._claimed:

@@ -56,6 +56,8 @@ from vmvault.vault.index import ChunkIndex, Location
 from vmvault.vault.packs import PackWriter, index_key, pack_key
 
 CONFIG_KEY = "config"
+GC_PENDING_KEY = "gc/pending"
+AAD_GC = b"vmvault-gc-v1"
 DEFAULT_KEY_NAME = "keys/default"
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
@@ -97,7 +99,8 @@ class VaultConfig:
 def new_point_id(now: datetime | None = None) -> str:
     """Point ids sort by creation time and are unique without coordination."""
     now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(4)}"
+    # Microseconds: points of one second still sort in the order they were made.
+    return f"{now:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(4)}"
 
 
 class Vault:
@@ -156,6 +159,25 @@ class Vault:
         for key in self.backend.list("index/"):
             for pack_id, entries in self.read_index_object(key):
                 self.index.add_pack(pack_id, entries)
+        pending = self.gc_pending()
+        if pending:
+            self.index.exclude_packs(bytes.fromhex(p) for p in pending["packs"])
+
+    # -- garbage collection hand-off ------------------------------------------------------
+
+    def gc_pending(self) -> dict[str, Any] | None:
+        """Packs a garbage collection has decided to remove (see engine/gc.py), if any."""
+        try:
+            sealed = self.backend.get(GC_PENDING_KEY)
+        except ObjectMissing:
+            return None
+        return decode_json(self.cipher.open(sealed, AAD_GC, GC_PENDING_KEY), GC_PENDING_KEY)
+
+    def set_gc_pending(self, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            self.backend.delete(GC_PENDING_KEY)
+        else:
+            self.backend.put(GC_PENDING_KEY, self.cipher.seal(encode_json(doc), AAD_GC))
 
     def read_index_object(self, key: str) -> list[tuple[bytes, list[PackEntry]]]:
         plain = self.cipher.open(self.backend.get(key), AAD_INDEX, key)
@@ -188,7 +210,7 @@ class Vault:
             self.index.add_pack(pack_id, entries)
             adopted.append((pack_id, entries))
         if adopted:
-            self._write_index_object(adopted)
+            self.write_index_object(adopted)
         return len(adopted)
 
     def rebuild_index(self) -> tuple[int, list[str]]:
@@ -208,13 +230,13 @@ class Vault:
                 continue
             self.index.add_pack(pack_id, entries)
             found.append((pack_id, entries))
-        new_key = self._write_index_object(found) if found else None
+        new_key = self.write_index_object(found) if found else None
         for key in old:
             if key != new_key:
                 self.backend.delete(key)
         return len(found), unreadable
 
-    def _write_index_object(self, packs: list[tuple[bytes, list[PackEntry]]]) -> str:
+    def write_index_object(self, packs: list[tuple[bytes, list[PackEntry]]]) -> str:
         sealed = self.cipher.seal(encode_index(packs), AAD_INDEX)
         key = index_key(blake3.blake3(sealed).digest())
         self.backend.put(key, sealed)

@@ -1,0 +1,250 @@
+"""Garbage collection: mark what the recovery points use, then sweep what nothing uses.
+
+Safe while backups run, in the manner of Proxmox Backup Server's mark-and-sweep with a
+grace period, adapted to packs:
+
+1. **Mark**: every chunk and block record reachable from a committed point is live.
+2. **Plan**: packs older than the grace period whose blobs are all dead, or dead beyond
+   ``repack_threshold`` of their bytes, become candidates; they are written to
+   ``gc/pending``. From then on every backup that opens the vault treats the chunks of
+   those packs as absent (it stores them again rather than referencing them), so nothing
+   new can come to depend on them. Packs younger than the grace period are never
+   candidates: they may belong to a backup that has not committed its point yet.
+3. **Sweep**, only when no backup or restore holds a live lock (one that started before
+   the plan may already reference a doomed chunk): live blobs of candidate packs are copied
+   as they are (still sealed) into new packs, then the candidates are deleted and the index
+   is rewritten as one object. Otherwise the sweep is left for the next run.
+
+A blob is live when one of its chunks is live *and* the index locates that chunk in this
+blob: a second copy of a chunk (written by two concurrent backups) is garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmvault.engine.backup import Compressor, encode_blob
+from vmvault.errors import CorruptObject, ObjectMissing
+from vmvault.vault.format import ZERO_ID, PackEntry
+from vmvault.vault.locks import live_locks
+from vmvault.vault.packs import PackWriter, pack_key
+from vmvault.vault.vault import Vault
+
+DEFAULT_GRACE = 3600.0
+DEFAULT_REPACK_THRESHOLD = 0.25
+
+
+@dataclass
+class GcReport:
+    points: int = 0
+    live_chunks: int = 0
+    packs: int = 0
+    candidates: int = 0
+    deleted_packs: int = 0
+    repacked_packs: int = 0
+    bytes_freed: int = 0
+    manifests_deleted: int = 0
+    deferred: str | None = None  # why the sweep did not run
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def mark(vault: Vault) -> tuple[set[bytes], set[str], int]:
+    """Live chunk and record ids, and live manifest ids, of every committed point."""
+    live: set[bytes] = set()
+    manifests: set[str] = set()
+    point_ids = vault.point_ids()
+    for point_id in point_ids:
+        point = vault.get_point(point_id)
+        for disk in point["disks"]:
+            manifests.add(disk["manifest"])
+            manifest = vault.get_manifest(disk["manifest"])
+            todo = [r for r in dict.fromkeys(manifest.records) if r != ZERO_ID and r not in live]
+            live.update(todo)
+            for record_id, chunks in vault.records(todo).items():
+                if isinstance(chunks, Exception):
+                    raise CorruptObject(
+                        f"cannot mark: record {record_id.hex()[:16]} of {point_id} is "
+                        f"unreadable ({chunks}); run `vmvault check` first"
+                    )
+                live.update(c for c in chunks if c != ZERO_ID)
+    return live, manifests, len(point_ids)
+
+
+def _pack_entries(vault: Vault) -> tuple[dict[bytes, list[PackEntry]], list[str]]:
+    """Every entry of every indexed pack (copies included), and the index objects read."""
+    entries: dict[bytes, list[PackEntry]] = {}
+    keys = list(vault.backend.list("index/"))
+    for key in keys:
+        for pack_id, pack_entries in vault.read_index_object(key):
+            entries.setdefault(pack_id, []).extend(pack_entries)
+    return entries, keys
+
+
+def _blobs(entries: list[PackEntry]) -> dict[int, list[PackEntry]]:
+    blobs: dict[int, list[PackEntry]] = {}
+    seen: set[tuple[bytes, int]] = set()
+    for e in entries:
+        if (e.chunk_id, e.offset) not in seen:  # the same pack indexed twice (adoption)
+            seen.add((e.chunk_id, e.offset))
+            blobs.setdefault(e.offset, []).append(e)
+    return blobs
+
+
+def _live_entries(
+    vault: Vault, pack_id: bytes, blob: list[PackEntry], live: set[bytes]
+) -> list[PackEntry]:
+    """The blob's chunks a point uses *here* (the index's copy of a live chunk)."""
+    kept = []
+    for e in blob:
+        if e.chunk_id in live:
+            loc = vault.index.get(e.chunk_id)
+            if loc is not None and loc.pack_id == pack_id and loc.offset == e.offset:
+                kept.append(e)
+    return kept
+
+
+def _dead_bytes(vault: Vault, pack_id: bytes, blob: list[PackEntry], live: set[bytes]) -> float:
+    """Stored bytes of the blob that hold no live chunk (pro rata of the raw sizes)."""
+    raw = sum(e.raw_length for e in blob) or 1
+    live_raw = sum(e.raw_length for e in _live_entries(vault, pack_id, blob, live))
+    return blob[0].length * (raw - live_raw) / raw
+
+
+def collect_garbage(
+    vault: Vault,
+    *,
+    grace: float = DEFAULT_GRACE,
+    repack_threshold: float = DEFAULT_REPACK_THRESHOLD,
+    now: float | None = None,
+) -> GcReport:
+    now = time.time() if now is None else now
+    report = GcReport()
+    vault.adopt_orphan_packs()  # a crashed backup's packs are garbage too, once old enough
+    vault.load_index()
+    live, live_manifests, report.points = mark(vault)
+    report.live_chunks = len(live)
+    entries, index_keys = _pack_entries(vault)
+    report.packs = len(entries)
+    candidates: list[bytes] = []
+    for pack_id, pack_entries in entries.items():
+        try:
+            if now - vault.backend.modified(pack_key(pack_id)) < grace:
+                continue
+        except ObjectMissing:
+            report.problems.append(f"{pack_key(pack_id)} is indexed but missing")
+            continue
+        blobs = _blobs(pack_entries)
+        total = sum(b[0].length for b in blobs.values())
+        dead = sum(_dead_bytes(vault, pack_id, b, live) for b in blobs.values())
+        if dead and dead >= repack_threshold * total:
+            candidates.append(pack_id)
+    report.candidates = len(candidates)
+    if not candidates:
+        vault.set_gc_pending(None)
+        report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace)
+        return report
+    # Announce first, then look for holders: a backup that starts after this line reads
+    # the announcement and will not reference the candidates' chunks.
+    vault.set_gc_pending({"created": now, "packs": [p.hex() for p in candidates]})
+    holders = live_locks(vault.backend)
+    if holders:
+        kinds = ", ".join(sorted({h.kind for h in holders}))
+        report.deferred = f"{len(holders)} job(s) running ({kinds}): sweep left for the next run"
+        return report
+    _sweep(vault, candidates, entries, index_keys, live, report)
+    vault.set_gc_pending(None)
+    report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace)
+    return report
+
+
+def _sweep(
+    vault: Vault,
+    candidates: list[bytes],
+    entries: dict[bytes, list[PackEntry]],
+    index_keys: list[str],
+    live: set[bytes],
+    report: GcReport,
+) -> None:
+    writer = vault.pack_writer()
+    compressor = Compressor(vault.config.compression_level)
+    try:
+        for pack_id in candidates:
+            if _move_live_blobs(vault, writer, compressor, pack_id, entries[pack_id], live):
+                report.repacked_packs += 1
+            else:
+                report.deleted_packs += 1
+        writer.flush()  # the copies are durable and indexed before any original goes
+    finally:
+        writer.close()
+    for pack_id in candidates:
+        key = pack_key(pack_id)
+        with contextlib.suppress(ObjectMissing):
+            report.bytes_freed += vault.backend.size(key)
+        vault.backend.delete(key)
+        entries.pop(pack_id, None)
+    # One index object for what remains (the writer indexed its new packs already); the
+    # index objects read at the start go. Objects written meanwhile are left alone.
+    remaining = [
+        (p, list({(e.chunk_id, e.offset): e for e in es}.values())) for p, es in entries.items()
+    ]
+    if remaining:
+        vault.write_index_object(remaining)
+    for key in index_keys:
+        vault.backend.delete(key)
+    vault.load_index()
+
+
+def _move_live_blobs(
+    vault: Vault,
+    writer: PackWriter,
+    compressor: Compressor,
+    pack_id: bytes,
+    pack_entries: list[PackEntry],
+    live: set[bytes],
+) -> bool:
+    """Copy what is live in a pack into new packs; False when nothing was."""
+    blobs = _blobs(pack_entries)
+    keep = {offset: _live_entries(vault, pack_id, b, live) for offset, b in blobs.items()}
+    if not any(keep.values()):
+        return False
+    data = vault.backend.get(pack_key(pack_id))
+    for offset, kept in keep.items():
+        if not kept:
+            continue
+        blob = blobs[offset]
+        sealed = data[offset : offset + blob[0].length]
+        if len(kept) == len(blob):  # wholly live: moved as it is, still sealed
+            ordered = sorted(blob, key=lambda e: e.start)
+            writer.add(blob[0].kind, [sealed], [(e.chunk_id, e.raw_length) for e in ordered])
+            continue
+        # Partly live: open it and seal only the live chunks again, as a new blob.
+        what = f"blob at {offset} of {pack_key(pack_id)}"
+        plain = memoryview(vault.open_blob(sealed, what))
+        ordered = sorted(kept, key=lambda e: e.start)
+        pieces = [plain[e.start : e.start + e.raw_length] for e in ordered]
+        encoding, payload = encode_blob(pieces, True, compressor)
+        sealed_parts = vault.seal_blob(encoding, payload)
+        writer.add(blob[0].kind, sealed_parts, [(e.chunk_id, e.raw_length) for e in ordered])
+    return True
+
+
+def _drop_manifests(vault: Vault, live: set[str], now: float, grace: float) -> int:
+    """Manifests no point names (an interrupted commit, or deleted points), once old."""
+    dropped = 0
+    for key in list(vault.backend.list("manifests/")):
+        if key.split("/", 1)[1] in live:
+            continue
+        try:
+            if now - vault.backend.modified(key) < grace:
+                continue
+        except ObjectMissing:
+            continue
+        vault.backend.delete(key)
+        dropped += 1
+    return dropped

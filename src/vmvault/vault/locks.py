@@ -1,0 +1,98 @@
+"""Who is using the vault: lock objects with heartbeats.
+
+Backups and restores hold a lock object (``locks/<kind>-<id>``) for as long as they run and
+refresh it every minute. Garbage collection reads them: it deletes nothing while any live
+lock exists. A lock whose heartbeat is older than ``STALE_AFTER`` belongs to a process that
+died (kill -9, host crash) and is ignored, so a crash never blocks collection forever.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from vmvault.backends.base import Backend
+from vmvault.errors import ObjectMissing
+
+LOCK_PREFIX = "locks/"
+HEARTBEAT = 60.0
+STALE_AFTER = 600.0
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    key: str
+    kind: str
+    started: float
+    heartbeat: float
+    host: str
+
+
+class VaultLock:
+    """A shared lock held by one backup or restore; a context manager."""
+
+    def __init__(self, backend: Backend, kind: str, *, heartbeat: float = HEARTBEAT) -> None:
+        self.backend = backend
+        self.kind = kind
+        self.key = f"{LOCK_PREFIX}{kind}-{secrets.token_hex(8)}"
+        self.started = time.time()
+        self._interval = heartbeat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="vault-lock", daemon=True)
+
+    def _write(self) -> None:
+        doc = {
+            "kind": self.kind,
+            "started": self.started,
+            "heartbeat": time.time(),
+            "host": socket.gethostname(),
+        }
+        self.backend.put(self.key, json.dumps(doc).encode())
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._write()
+            except OSError:  # a full disk must not kill the job; the lock may go stale
+                continue
+
+    def __enter__(self) -> VaultLock:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.backend.delete(self.key)
+
+
+def live_locks(backend: Backend, now: float | None = None) -> list[LockInfo]:
+    """Locks whose holder has shown a sign of life within ``STALE_AFTER`` seconds."""
+    now = time.time() if now is None else now
+    found = []
+    for key in backend.list(LOCK_PREFIX):
+        try:
+            doc = json.loads(backend.get(key))
+            info = LockInfo(
+                key,
+                str(doc["kind"]),
+                float(doc["started"]),
+                float(doc["heartbeat"]),
+                str(doc.get("host", "")),
+            )
+        except (ObjectMissing, ValueError, KeyError, TypeError):
+            continue  # released meanwhile, or half-written by a crash: not a live holder
+        if now - info.heartbeat <= STALE_AFTER:
+            found.append(info)
+    return found
