@@ -14,6 +14,14 @@ import typer
 from rich.table import Table
 
 from vmvault import __version__, service
+from vmvault.cli.options import (
+    CatalogOpt,
+    InventoryOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+)
 from vmvault.cli.output import console, emit_json, guarded, human_bytes, progress_bar
 from vmvault.errors import UsageError
 
@@ -25,28 +33,6 @@ app = typer.Typer(
 )
 vault_app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
 app.add_typer(vault_app, name="vault")
-
-VaultOpt = typer.Option(
-    None, "--vault", "-V", envvar="VMVAULT_VAULT", help="Vault directory (env VMVAULT_VAULT)."
-)
-CatalogOpt = typer.Option(
-    None,
-    "--catalog",
-    envvar="VMVAULT_CATALOG",
-    help="Catalog database URL (env VMVAULT_CATALOG; default: SQLite in ~/.local/share/vmvault).",
-)
-PassFileOpt = typer.Option(
-    None,
-    "--passphrase-file",
-    help="Read the passphrase from this file (or env VMVAULT_PASSPHRASE).",
-)
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of text.")
-
-
-def _ctx(vault: str | None, catalog: str | None, passphrase_file: str | None) -> service.Context:
-    if not vault:
-        raise UsageError("no vault given: use --vault DIR or set VMVAULT_VAULT")
-    return service.Context(vault, catalog, passphrase_file)
 
 
 @app.command()
@@ -76,7 +62,7 @@ def init(
 
     def act() -> dict[str, Any]:
         v = service.init_vault(
-            _ctx(vault, catalog, passphrase_file), compression_level=compression_level
+            context(vault, catalog, passphrase_file), compression_level=compression_level
         )
         return {
             "vault": v.backend.describe(),
@@ -123,7 +109,7 @@ def backup_cmd(
     """Back up the disks of a VM into a new recovery point (incremental after the first)."""
 
     def act() -> dict[str, Any]:
-        ctx = _ctx(vault, catalog, passphrase_file)
+        ctx = context(vault, catalog, passphrase_file)
         rate = limit_rate * 1e6 if limit_rate else None
         with progress_bar(not json) as progress:
             return service.run_backup(
@@ -177,7 +163,9 @@ def list_cmd(
     json: bool = JsonOpt,
 ) -> None:
     """List recovery points."""
-    points = guarded(json, lambda: service.list_points(_ctx(vault, catalog, passphrase_file), vm))
+    points = guarded(
+        json, lambda: service.list_points(context(vault, catalog, passphrase_file), vm)
+    )
     if json:
         emit_json({"points": points})
         return
@@ -220,7 +208,7 @@ def restore(
     """Restore a disk of a recovery point, verifying every chunk."""
 
     def act() -> dict[str, Any]:
-        ctx = _ctx(vault, catalog, passphrase_file)
+        ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:
             report = service.run_restore(
                 ctx,
@@ -261,7 +249,7 @@ def verify(
     """Read back every chunk of a point: authenticate, decompress, re-hash."""
 
     def act() -> dict[str, Any]:
-        ctx = _ctx(vault, catalog, passphrase_file)
+        ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:
             point_id, reports = service.run_verify(ctx, point, vm=vm, progress=progress)
         disks = [r.to_dict() for r in reports]
@@ -293,7 +281,8 @@ def check(
 ) -> None:
     """Check the whole vault: index vs packs, orphans, missing objects, (optionally) data."""
     report = guarded(
-        json, lambda: service.run_check(_ctx(vault, catalog, passphrase_file), read_data=read_data)
+        json,
+        lambda: service.run_check(context(vault, catalog, passphrase_file), read_data=read_data),
     )
     doc = report.to_dict()
     if json:
@@ -322,7 +311,7 @@ def forget(
 ) -> None:
     """Delete a recovery point; its data is freed by the next `vmvault gc`."""
     point_id = guarded(
-        json, lambda: service.forget_point(_ctx(vault, catalog, passphrase_file), point)
+        json, lambda: service.forget_point(context(vault, catalog, passphrase_file), point)
     )
     if json:
         emit_json({"forgotten": point_id})
@@ -334,9 +323,7 @@ def forget(
 def prune(
     vm: str | None = typer.Option(None, "--vm", help="Only this VM (default: every VM)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
-    inventory: str | None = typer.Option(
-        None, "--inventory", "-i", envvar="VMVAULT_INVENTORY", help="Inventory file."
-    ),
+    inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -348,7 +335,7 @@ def prune(
     doc = guarded(
         json,
         lambda: service.run_prune(
-            _ctx(vault, catalog, passphrase_file),
+            context(vault, catalog, passphrase_file),
             load_inventory(inventory),
             vm_name=vm,
             dry_run=dry_run,
@@ -386,7 +373,7 @@ def gc(
     report = guarded(
         json,
         lambda: service.run_gc(
-            _ctx(vault, catalog, passphrase_file), grace=grace, repack_threshold=repack_threshold
+            context(vault, catalog, passphrase_file), grace=grace, repack_threshold=repack_threshold
         ),
     )
     doc = report.to_dict()
@@ -410,7 +397,7 @@ def reindex_cmd(
     json: bool = JsonOpt,
 ) -> None:
     """Rebuild the chunk index from the packs and the catalog from the recovery points."""
-    doc = guarded(json, lambda: service.reindex(_ctx(vault, catalog, passphrase_file)))
+    doc = guarded(json, lambda: service.reindex(context(vault, catalog, passphrase_file)))
     if json:
         emit_json(doc)
     else:
@@ -433,7 +420,7 @@ def jobs_cmd(
     """Show the job history recorded in the catalog."""
 
     def act() -> list[dict[str, Any]]:
-        ctx = _ctx(vault, catalog, passphrase_file)
+        ctx = context(vault, catalog, passphrase_file)
         vault_id = ctx.open_vault(load_index=False).config.vault_id
         return [
             {

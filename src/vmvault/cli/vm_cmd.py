@@ -7,6 +7,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from vmvault.cli.options import (
+    CatalogOpt,
+    InventoryOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+)
 from vmvault.cli.output import console, emit_json, guarded
 
 if TYPE_CHECKING:
@@ -21,15 +29,6 @@ def load_inventory(path: str | None) -> Inventory:
 
 
 app = typer.Typer(help="VMs declared in the inventory.", no_args_is_help=True)
-
-InventoryOpt = typer.Option(
-    None,
-    "--inventory",
-    "-i",
-    envvar="VMVAULT_INVENTORY",
-    help="Inventory file (env VMVAULT_INVENTORY; default /etc/vmvault/inventory.toml).",
-)
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of text.")
 
 
 def vm_doc(vm: Vm) -> dict[str, Any]:
@@ -102,19 +101,19 @@ def backup_vm(
     limit_rate: float | None = typer.Option(
         None, "--limit-rate", help="Read at most this many MB/s per disk."
     ),
-    vault: str | None = typer.Option(None, "--vault", "-V", envvar="VMVAULT_VAULT"),
-    catalog: str | None = typer.Option(None, "--catalog", envvar="VMVAULT_CATALOG"),
-    passphrase_file: str | None = typer.Option(None, "--passphrase-file"),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
     """Back up a VM: scripts, freeze, snapshot, all non-temporary disks in parallel."""
     from vmvault import service
-    from vmvault.cli.main import _ctx, print_point
+    from vmvault.cli.main import print_point
     from vmvault.cli.output import progress_bar
 
     def act() -> dict[str, Any]:
         inv = load_inventory(inventory)
-        ctx = _ctx(vault, catalog, passphrase_file)
+        ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:
             return service.run_vm_backup(
                 ctx,
@@ -141,19 +140,18 @@ def restore_vm(
     in_place: bool = typer.Option(False, "--in-place", help="Replace the VM's disks (stopped)."),
     yes: bool = typer.Option(False, "--yes", help="Confirm replacing disks in place."),
     inventory: str | None = InventoryOpt,
-    vault: str | None = typer.Option(None, "--vault", "-V", envvar="VMVAULT_VAULT"),
-    catalog: str | None = typer.Option(None, "--catalog", envvar="VMVAULT_CATALOG"),
-    passphrase_file: str | None = typer.Option(None, "--passphrase-file"),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
     """Restore all disks and the config of a VM: as a new VM beside it, or in place."""
     from vmvault import service
-    from vmvault.cli.main import _ctx
     from vmvault.cli.output import progress_bar
 
     def act() -> dict[str, Any]:
         inv = load_inventory(inventory)
-        ctx = _ctx(vault, catalog, passphrase_file)
+        ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:
             return service.run_vm_restore(
                 ctx,
