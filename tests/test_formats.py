@@ -87,13 +87,16 @@ def test_qcow2_restore_stays_compact(tmp_path: Path, ctx: service.Context) -> No
 def test_wrong_format_is_one_clear_error(tmp_path: Path, ctx: service.Context) -> None:
     image = tmp_path / "disk.qcow2"
     _make(image, "qcow2")
+    scratch = tmp_path / "scratch"  # where the export's mountpoint goes (TMPDIR)
+    scratch.mkdir()
     env = {
         "VMVAULT_PASSPHRASE": PASSPHRASE,
         "VMVAULT_VAULT": ctx.vault_path,
         "VMVAULT_CATALOG": str(ctx.catalog_url),
+        "TMPDIR": str(scratch),
     }
     wrong = run_cli("backup", str(image), "--vm", "x", "--format", "vhdx", env=env)
     assert wrong.returncode == 1 and wrong.stderr.startswith(f"error: cannot open {image} as vhdx")
     unknown = run_cli("backup", str(image), "--vm", "x", "--format", "vmdk9", env=env)
     assert unknown.returncode == 2 and "unknown disk format 'vmdk9'" in unknown.stderr
-    assert not list(Path("/tmp").glob("vmvault-export-*/disk"))  # exports cleaned up
+    assert not list(scratch.iterdir())  # the export (FUSE mount and its directory) is gone
