@@ -191,3 +191,59 @@ def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: service.Context)
     running = parse_inventory(text.replace('state = "stopped"', 'state = "running"'), "i.toml")
     with pytest.raises(UsageError, match="stop it"):
         service.run_vm_restore(ctx, running, "web01", in_place=True, confirmed=True)
+
+
+def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.Context) -> None:
+    import sys
+    import time
+
+    from vmvault.vault.locks import live_locks
+
+    text = _inventory(tmp_path, "stopped")
+    inv_path = tmp_path / "inv.toml"
+    inv_path.write_text(text)
+    inv = parse_inventory(text, str(inv_path))
+    service.run_vm_backup(ctx, inv, "web01")
+    env = {
+        **os.environ,
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+        "VMVAULT_INVENTORY": str(inv_path),
+    }
+    backup = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from vmvault.cli.main import run; run()",
+            "vm",
+            "backup",
+            "web01",
+            "--full",
+            "--limit-rate",
+            "2",
+            "--json",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not live_locks(ctx.backend()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        busy = service.run_vm_restore(
+            ctx, inv, "web01", new_name="copy1", directory=str(tmp_path / "c1"), target_pool="local"
+        )
+        assert backup.poll() is None, "the backup ended before the restore could overlap it"
+        assert busy["warnings"] and "pool local is being backed up" in busy["warnings"][0]
+    finally:
+        _, err = backup.communicate(timeout=120)
+    assert backup.returncode == 0, err
+    calm = service.run_vm_restore(
+        ctx, inv, "web01", new_name="copy2", directory=str(tmp_path / "c2"), target_pool="local"
+    )
+    assert calm["warnings"] == []
+    lock_files = list((Path(ctx.vault_path) / "locks").glob("*"))
+    assert not lock_files  # every lock released

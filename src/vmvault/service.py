@@ -83,14 +83,15 @@ class Context:
         )
 
     @contextmanager
-    def session(self, kind: str) -> Iterator[Vault]:
+    def session(self, kind: str, pools: Sequence[str] = ()) -> Iterator[Vault]:
         """The vault with its index, held under a lock of ``kind`` for the whole block.
 
         Garbage collection sweeps nothing while such a lock lives; the lock is taken before
-        the index is read, so the index shows every announced collection.
+        the index is read, so the index shows every announced collection. ``pools`` are
+        the storage pools the job reads, recorded (as keyed hashes) for restore warnings.
         """
         vault = self.open_vault(load_index=False)
-        with VaultLock(vault.backend, kind):
+        with VaultLock(vault.backend, kind, tags=[pool_tag(vault, p) for p in pools]):
             vault.load_index()
             yield vault
 
@@ -260,7 +261,8 @@ def run_vm_backup(
     running = vm.state == VmState.RUNNING
     scripts = load_script_config(vm.scripts) if vm.scripts and running else None
     freezer: Freezer = FsFreezer(vm.freeze) if vm.freeze and running else NoFreezer()
-    with ctx.session("backup") as vault, _job(ctx, vault, "backup", vm.name) as job:
+    pools = sorted({d.pool for d in disks if d.pool})
+    with ctx.session("backup", pools) as vault, _job(ctx, vault, "backup", vm.name) as job:
         provider = _snapshot_provider(vault, vm, disks, running, full)
         meta: dict[str, Any] = {"snapshot": provider.name}
         try:
@@ -294,6 +296,19 @@ def run_vm_backup(
             return point
         finally:
             provider.release()
+
+
+def pool_tag(vault: Vault, pool: str) -> str:
+    """A pool's name as lock objects carry it: a keyed hash, so locks leak no names."""
+    return vault.keys.chunk_id(b"pool:" + pool.encode()).hex()[:16]
+
+
+def pools_being_backed_up(vault: Vault, pools: Sequence[str]) -> list[str]:
+    """Those of ``pools`` that a running backup is reading right now."""
+    from vmvault.vault.locks import live_locks
+
+    busy = {t for lock in live_locks(vault.backend) if lock.kind == "backup" for t in lock.tags}
+    return [p for p in pools if pool_tag(vault, p) in busy]
 
 
 def _snapshot_provider(
@@ -501,6 +516,7 @@ def run_vm_restore(
     point_ref: str = "latest",
     new_name: str | None = None,
     directory: str | None = None,
+    target_pool: str | None = None,
     in_place: bool = False,
     confirmed: bool = False,
     progress: ProgressCallback = no_progress,
@@ -521,7 +537,15 @@ def run_vm_restore(
     point = vault.get_point(point_id)
     if point["vm"] != vm.name:
         raise UsageError(f"point {point_id} belongs to {point['vm']}, not {vm.name}")
-    result: dict[str, Any] = {"point": point_id, "vm": vm.name, "disks": []}
+    result: dict[str, Any] = {"point": point_id, "vm": vm.name, "disks": [], "warnings": []}
+    targets = sorted({d.pool for d in vm.disks if d.pool}) if in_place else [target_pool or ""]
+    for pool in pools_being_backed_up(vault, [p for p in targets if p]):
+        # The seed's best practice: a restore onto a pool that is being backed up takes
+        # its IOPS from the backup (and the backup's from the restore).
+        result["warnings"].append(
+            f"pool {pool} is being backed up right now: the restore and the backup will "
+            "slow each other down; restore to another pool or later"
+        )
     if in_place:
         if vm.state != VmState.STOPPED:
             raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")

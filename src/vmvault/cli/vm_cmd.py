@@ -137,6 +137,7 @@ def restore_vm(
     point: str = typer.Option("latest", "--point", help="Point id, prefix, or 'latest'."),
     new_name: str | None = typer.Option(None, "--as", help="Restore as a new VM of this name."),
     directory: str | None = typer.Option(None, "--to", help="Directory for the new VM's disks."),
+    pool: str | None = typer.Option(None, "--pool", help="Storage pool of --to (for warnings)."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the VM's disks (stopped)."),
     yes: bool = typer.Option(False, "--yes", help="Confirm replacing disks in place."),
     inventory: str | None = InventoryOpt,
@@ -160,6 +161,7 @@ def restore_vm(
                 point_ref=point,
                 new_name=new_name,
                 directory=directory,
+                target_pool=pool,
                 in_place=in_place,
                 confirmed=yes,
                 progress=progress,
@@ -169,6 +171,8 @@ def restore_vm(
     if json:
         emit_json(doc)
         return
+    for warning in doc["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
     for d in doc["disks"]:
         console.print(f"restored {d['name']} -> {d['path']}")
     if "safety_point" in doc:

@@ -31,14 +31,23 @@ class LockInfo:
     started: float
     heartbeat: float
     host: str
+    tags: tuple[str, ...] = ()
 
 
 class VaultLock:
     """A shared lock held by one backup or restore; a context manager."""
 
-    def __init__(self, backend: Backend, kind: str, *, heartbeat: float = HEARTBEAT) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        kind: str,
+        *,
+        tags: list[str] | None = None,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
         self.backend = backend
         self.kind = kind
+        self.tags = tags or []  # opaque (keyed hashes): what the job touches, e.g. its pools
         self.key = f"{LOCK_PREFIX}{kind}-{secrets.token_hex(8)}"
         self.started = time.time()
         self._interval = heartbeat
@@ -51,6 +60,7 @@ class VaultLock:
             "started": self.started,
             "heartbeat": time.time(),
             "host": socket.gethostname(),
+            "tags": self.tags,
         }
         self.backend.put(self.key, json.dumps(doc).encode())
 
@@ -90,6 +100,7 @@ def live_locks(backend: Backend, now: float | None = None) -> list[LockInfo]:
                 float(doc["started"]),
                 float(doc["heartbeat"]),
                 str(doc.get("host", "")),
+                tuple(str(t) for t in doc.get("tags", [])),
             )
         except (ObjectMissing, ValueError, KeyError, TypeError):
             continue  # released meanwhile, or half-written by a crash: not a live holder
