@@ -221,7 +221,7 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
             "web01",
             "--full",
             "--limit-rate",
-            "2",
+            "1",
             "--json",
         ],
         env=env,
