@@ -105,7 +105,16 @@ class Vm(_Strict):
         return [d for d in self.disks if d.role == DiskRole.TEMPORARY]
 
 
+class Limits(_Strict):
+    """Fleet-wide limits; the seed's figures are the defaults."""
+
+    disk_mb_per_s: float = Field(default=60.0, gt=0)  # "Target Throughput for Single Blob"
+    max_vms: int = Field(default=40, ge=1)  # VMs backing up at once
+    max_disks_per_pool: int = Field(default=20, ge=1)  # disks of one pool in flight
+
+
 class Inventory(_Strict):
+    limits: Limits = Field(default_factory=Limits)
     pools: dict[str, StoragePool] = Field(default_factory=dict)
     policies: dict[str, Policy] = Field(default_factory=dict)
     vms: list[Vm] = Field(default_factory=list)
@@ -117,6 +126,10 @@ class Inventory(_Strict):
         if isinstance(value, dict):
             return {k: ({**v, "name": k} if isinstance(v, dict) else v) for k, v in value.items()}
         return value
+
+    def disks_in_flight(self, pool: str) -> int:
+        """How many disks of ``pool`` may be read at once: the pool's and the fleet's cap."""
+        return min(self.pools[pool].max_disks_in_flight, self.limits.max_disks_per_pool)
 
     def policy(self, name: str) -> Policy:
         """A declared policy; ``default`` is Azure's default unless the inventory defines it."""

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from getpass import getpass
 from pathlib import Path
@@ -27,6 +27,7 @@ from vmvault.engine.gc import GcReport, collect_garbage
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.restore import RestoreReport, restore_disk, verify_point
 from vmvault.errors import PassphraseMissing, UsageError, VmvaultError
+from vmvault.jobs.budgets import DiskBudget, disk_budget
 from vmvault.vault.locks import VaultLock
 from vmvault.vault.vault import Vault
 
@@ -161,6 +162,7 @@ class DiskSpec:
     role: str = "data"
     origin: str | None = None  # the disk's own path when ``path`` is a snapshot of it
     read_format: str | None = None  # how to read ``path`` if not ``format`` (a QEMU snapshot)
+    budget: DiskBudget | None = None  # rate caps and the pool's disks-in-flight slot
     changed: list[tuple[int, int]] | None = None  # change hint from a dirty bitmap
     changes_only: bool = False  # ``path`` holds only the changed ranges
 
@@ -173,6 +175,7 @@ def open_disk(stack: ExitStack, spec: DiskSpec) -> DiskInput:
         path = stack.enter_context(fuse_export(spec.path, read_format))
     source = stack.enter_context(RawDisk.open(path))
     source.path = spec.origin or spec.path  # the point names the disk, not an export or copy
+    budget = spec.budget or DiskBudget()
     return DiskInput(
         spec.name,
         source,
@@ -180,6 +183,9 @@ def open_disk(stack: ExitStack, spec: DiskSpec) -> DiskInput:
         format=spec.format,
         changed=spec.changed,
         changes_only=spec.changes_only,
+        byte_buckets=budget.byte_buckets,
+        request_buckets=budget.request_buckets,
+        slot=budget.slot,
     )
 
 
@@ -268,7 +274,12 @@ def run_vm_backup(
         try:
             with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
                 images = _snapshot_start(provider, [d.path for d in disks])
-            specs = _snapshot_specs(provider, disks, images, meta)
+            specs = [
+                replace(spec, budget=_budget(inventory, d))
+                for spec, d in zip(
+                    _snapshot_specs(provider, disks, images, meta), disks, strict=True
+                )
+            ]
             point = _backup_and_record(
                 vault,
                 job,
@@ -357,6 +368,20 @@ def _snapshot_start(provider: SnapshotProvider, paths: list[str]) -> list[str]:
     """While quiesced: only the instant part (QEMU copies after the thaw)."""
     live = _live(provider)
     return live.start(paths) if live else provider.take(paths)
+
+
+def _budget(inventory: Inventory, disk: VmDisk) -> DiskBudget:
+    """The inventory's limits for one disk: its own cap and its pool's shared budgets."""
+    if disk.pool is None:
+        return disk_budget(inventory.limits.disk_mb_per_s)
+    pool = inventory.pools[disk.pool]
+    return disk_budget(
+        inventory.limits.disk_mb_per_s,
+        disk.pool,
+        egress_mb_per_s=pool.egress_mb_per_s,
+        requests_per_second=pool.requests_per_second,
+        disks_in_flight=inventory.disks_in_flight(disk.pool),
+    )
 
 
 def _snapshot_specs(

@@ -86,6 +86,11 @@ class DiskInput:
     # The source holds only the changed ranges (a QEMU incremental image): reading outside
     # them would store zeros, so the engine refuses to back it up without a usable parent.
     changes_only: bool = False
+    # Shared budgets (a storage pool's egress bytes and requests per second), and the
+    # semaphore of the pool's disks in flight; the engine honours them, the caller owns them.
+    byte_buckets: Sequence[TokenBucket] = ()
+    request_buckets: Sequence[TokenBucket] = ()
+    slot: threading.BoundedSemaphore | None = None
 
 
 @dataclass
@@ -157,7 +162,9 @@ class DiskBackup:
             self.buffers.put(bytearray(self.block))
         self.zero = bytes(self.chunk)
         self.compressor = Compressor(vault.config.compression_level)
-        self.throttle = TokenBucket(rate_limit, burst=self.block) if rate_limit else None
+        own = [TokenBucket(rate_limit, burst=self.block)] if rate_limit else []
+        self.byte_buckets = [*own, *disk.byte_buckets]
+        self.request_buckets = list(disk.request_buckets)
         self.progress = progress
         if disk.changes_only and (parent is None or disk.changed is None):
             raise UsageError(
@@ -167,6 +174,12 @@ class DiskBackup:
         self.changed = merge_ranges(disk.changed) if disk.changed is not None and parent else None
 
     def run(self) -> tuple[DiskManifest, DiskStats]:
+        if self.disk.slot is None:
+            return self._run()
+        with self.disk.slot:  # wait for a free place among the pool's disks in flight
+            return self._run()
+
+    def _run(self) -> tuple[DiskManifest, DiskStats]:
         started = time.perf_counter()
         size = self.source.size
         blocks = -(-size // self.block)
@@ -286,8 +299,10 @@ class DiskBackup:
             while run < len(has_data) and has_data[run]:
                 run += 1
             lo, hi = c * chunk, min(run * chunk, length)
-            if self.throttle:
-                self.throttle.consume(hi - lo)
+            for bucket in self.byte_buckets:
+                bucket.consume(hi - lo)
+            for bucket in self.request_buckets:
+                bucket.consume(1)
             self.source.read_into(view[lo:hi], start + lo)
             stats.read += hi - lo
             c = run

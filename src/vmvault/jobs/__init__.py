@@ -1,0 +1,1 @@
+"""Jobs: admission control and the shared budgets of storage pools."""
