@@ -43,7 +43,7 @@ def test_full_cycle_with_json(tmp_path: Path) -> None:
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
     check = run_cli("check", "--read-data", "--json", env=env)
     assert check.returncode == 0 and json.loads(check.stdout)["ok"] is True
-    jobs = json.loads(run_cli("jobs", "--json", env=env).stdout)["jobs"]
+    jobs = json.loads(run_cli("jobs", "list", "--json", env=env).stdout)["jobs"]
     assert [j["kind"] for j in jobs] == ["restore", "backup"]
     assert all(j["state"] == "succeeded" for j in jobs)
     text = run_cli("backup", str(image), "--vm", "web", env=env)

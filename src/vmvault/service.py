@@ -11,12 +11,12 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from getpass import getpass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from vmvault.backends.local import LocalBackend
 from vmvault.disks.qemu import check_format, fuse_export
@@ -109,6 +109,14 @@ def init_vault(ctx: Context, **options: Any) -> Vault:
     if backend.root.is_dir() and any(backend.root.iterdir()) and not backend.exists("config"):
         raise UsageError(f"{backend.root} is not empty and not a vault; choose an empty directory")
     return Vault.init(backend, resolve_passphrase(ctx.passphrase_file, confirm=True), **options)
+
+
+class JobRecorder(Protocol):
+    """Where a job's outcome goes: a row written at the end (CLI) or a queued job's row."""
+
+    def catalog(self) -> Catalog: ...
+
+    def finish(self, vault: Vault, vm: str | None, state: str, **fields: Any) -> None: ...
 
 
 class _JobRecord:
@@ -215,7 +223,7 @@ def run_backup(
 
 def _backup_and_record(
     vault: Vault,
-    job: _JobRecord,
+    job: JobRecorder,
     vm: str,
     disks: Sequence[DiskSpec],
     **options: Any,
@@ -251,6 +259,7 @@ def run_vm_backup(
     workers: int | None = None,
     rate_limit: float | None = None,
     progress: ProgressCallback = no_progress,
+    recorder: JobRecorder | None = None,
 ) -> dict[str, Any]:
     """Back up a VM of the inventory the way the seed describes it.
 
@@ -268,7 +277,10 @@ def run_vm_backup(
     scripts = load_script_config(vm.scripts) if vm.scripts and running else None
     freezer: Freezer = FsFreezer(vm.freeze) if vm.freeze and running else NoFreezer()
     pools = sorted({d.pool for d in disks if d.pool})
-    with ctx.session("backup", pools) as vault, _job(ctx, vault, "backup", vm.name) as job:
+    with (
+        ctx.session("backup", pools) as vault,
+        _job(ctx, vault, "backup", vm.name) if recorder is None else nullcontext(recorder) as job,
+    ):
         provider = _snapshot_provider(vault, vm, disks, running, full)
         meta: dict[str, Any] = {"snapshot": provider.name}
         try:

@@ -409,69 +409,14 @@ def reindex_cmd(
             console.print(f"[red]unreadable[/] {key}")
 
 
-@app.command("jobs")
-def jobs_cmd(
-    limit: int = typer.Option(20, "--limit"),
-    vault: str | None = VaultOpt,
-    catalog: str | None = CatalogOpt,
-    passphrase_file: str | None = PassFileOpt,
-    json: bool = JsonOpt,
-) -> None:
-    """Show the job history recorded in the catalog."""
-
-    def act() -> list[dict[str, Any]]:
-        ctx = context(vault, catalog, passphrase_file)
-        vault_id = ctx.open_vault(load_index=False).config.vault_id
-        return [
-            {
-                c: getattr(j, c)
-                for c in (
-                    "id",
-                    "kind",
-                    "vm",
-                    "state",
-                    "started_at",
-                    "finished_at",
-                    "point_id",
-                    "bytes_read",
-                    "bytes_changed",
-                    "bytes_sent",
-                    "bytes_written",
-                    "error_code",
-                    "error_message",
-                )
-            }
-            for j in ctx.catalog().jobs(vault_id, limit)
-        ]
-
-    jobs = guarded(json, act)
-    if json:
-        emit_json({"jobs": jobs})
-        return
-    table = Table(title="jobs")
-    for col in ("id", "kind", "vm", "state", "started", "point", "read", "written", "error"):
-        table.add_column(col)
-    for j in jobs:
-        table.add_row(
-            str(j["id"]),
-            j["kind"],
-            j["vm"] or "",
-            j["state"],
-            str(j["started_at"])[:19],
-            j["point_id"] or "",
-            human_bytes(j["bytes_read"]),
-            human_bytes(j["bytes_written"]),
-            j["error_message"] or "",
-        )
-    console.print(table)
-
-
 def _register_extra_commands() -> None:
-    from vmvault.cli import demo, testdisk_cmd, vm_cmd
+    from vmvault.cli import demo, jobs_cmd, testdisk_cmd, vm_cmd
 
     app.command("demo")(demo.demo_cmd)
     app.add_typer(testdisk_cmd.app, name="testdisk")
     app.add_typer(vm_cmd.app, name="vm")
+    app.add_typer(jobs_cmd.app, name="jobs")
+    app.command("worker")(jobs_cmd.worker)
 
 
 _register_extra_commands()

@@ -1,0 +1,169 @@
+"""`vmvault jobs` (the queue and its history) and `vmvault worker` (runs queued jobs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from vmvault.cli.options import CatalogOpt, InventoryOpt, JsonOpt, PassFileOpt, VaultOpt, context
+from vmvault.cli.output import console, emit_json, guarded, human_bytes
+
+app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
+
+FIELDS = (
+    "id",
+    "kind",
+    "vm",
+    "state",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "queue_wait",
+    "attempts",
+    "worker",
+    "point_id",
+    "bytes_read",
+    "bytes_changed",
+    "bytes_sent",
+    "bytes_written",
+    "error_code",
+    "error_message",
+)
+
+
+def _queue(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
+    from vmvault.jobs.queue import JobQueue
+
+    ctx = context(vault, catalog, passphrase_file)
+    return JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
+
+
+def _doc(job: Any) -> dict[str, Any]:
+    doc = {f: getattr(job, f) for f in FIELDS}
+    doc["details"] = job.details
+    return doc
+
+
+@app.command("list")
+def list_jobs(
+    limit: int = typer.Option(20, "--limit"),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Queued, running and finished jobs, newest first."""
+
+    def act() -> list[dict[str, Any]]:
+        queue = _queue(vault, catalog, passphrase_file)
+        return [_doc(j) for j in queue.catalog.jobs(queue.vault_id, limit)]
+
+    jobs = guarded(json, act)
+    if json:
+        emit_json({"jobs": jobs})
+        return
+    table = Table(title="jobs")
+    for col in ("id", "kind", "vm", "state", "queued", "wait", "point", "read", "written", "error"):
+        table.add_column(col)
+    for j in jobs:
+        table.add_row(
+            str(j["id"]),
+            j["kind"],
+            j["vm"] or "",
+            j["state"],
+            str(j["queued_at"] or j["started_at"])[:19],
+            f"{j['queue_wait'] or 0:.0f} s",
+            j["point_id"] or "",
+            human_bytes(j["bytes_read"] or 0),
+            human_bytes(j["bytes_written"] or 0),
+            j["error_message"] or "",
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show_job(
+    job_id: int = typer.Argument(...),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """One job in full."""
+    doc = guarded(json, lambda: _doc(_queue(vault, catalog, passphrase_file).get(job_id)))
+    if json:
+        emit_json(doc)
+        return
+    for key, value in doc.items():
+        console.print(f"{key:14} {value}")
+
+
+@app.command("cancel")
+def cancel_job(
+    job_id: int = typer.Argument(...),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Cancel a queued job, or stop a running one at its next block."""
+    state = guarded(json, lambda: _queue(vault, catalog, passphrase_file).cancel(job_id))
+    if json:
+        emit_json({"id": job_id, "state": state})
+    else:
+        console.print(f"job {job_id}: {state}")
+
+
+@app.command("run-now")
+def run_now(
+    vm: str = typer.Argument(..., help="VM to back up."),
+    full: bool = typer.Option(False, "--full"),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Queue an on-demand backup of a VM (a worker runs it)."""
+
+    def act() -> int:
+        from vmvault.inventory import load_inventory
+
+        load_inventory(inventory).vm(vm)  # refuse unknown VMs now, not in the worker
+        return int(_queue(vault, catalog, passphrase_file).enqueue("backup", vm, {"full": full}))
+
+    job_id = guarded(json, act)
+    if json:
+        emit_json({"id": job_id, "state": "queued"})
+    else:
+        console.print(f"queued job {job_id}: backup of {vm}")
+
+
+def worker(
+    once: bool = typer.Option(False, "--once", help="Stop when the queue is empty."),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Jobs at once."),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Run queued jobs within the inventory's limits (40 VMs, 20 disks per pool)."""
+    from vmvault.inventory import load_inventory
+    from vmvault.jobs.worker import run_worker
+
+    started = guarded(
+        json,
+        lambda: run_worker(
+            context(vault, catalog, passphrase_file),
+            load_inventory(inventory),
+            concurrency=concurrency,
+            once=once,
+        ),
+    )
+    if json:
+        emit_json({"jobs_run": started})
+    else:
+        console.print(f"ran {len(started)} job(s): {', '.join(map(str, started)) or '-'}")

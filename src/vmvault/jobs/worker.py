@@ -1,0 +1,145 @@
+"""Running queued jobs: admission from the inventory's limits, heartbeats, cancel, retries."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vmvault import service
+from vmvault.catalog.models import Job
+from vmvault.catalog.store import Catalog
+from vmvault.engine.progress import ProgressEvent
+from vmvault.errors import VmvaultError
+from vmvault.inventory import Inventory
+from vmvault.jobs.admission import JobLoad, Limits, admit
+from vmvault.jobs.queue import JobQueue
+from vmvault.vault.vault import Vault
+
+# Failures worth another try after a pause: the VM or the hypervisor was busy.
+TRANSIENT = frozenset({"snapshot_failed", "qemu_failed"})
+HEARTBEAT = 10.0
+
+
+class Cancelled(VmvaultError):
+    code = "cancelled"
+
+
+@dataclass
+class QueuedJob:
+    """The recorder of a job that came from the queue: its row exists already."""
+
+    queue: JobQueue
+    job_id: int
+
+    def catalog(self) -> Catalog:
+        return self.queue.catalog
+
+    def finish(self, vault: Vault, vm: str | None, state: str, **fields: Any) -> None:
+        self.queue.finish(self.job_id, state, **fields)
+
+
+def limits_of(inventory: Inventory) -> Limits:
+    return Limits(
+        disk_mb_per_s=inventory.limits.disk_mb_per_s,
+        max_vms=inventory.limits.max_vms,
+        max_disks_per_pool=inventory.limits.max_disks_per_pool,
+        pool_disk_caps={n: p.max_disks_in_flight for n, p in inventory.pools.items()},
+    )
+
+
+def job_load(inventory: Inventory, vm_name: str | None) -> JobLoad:
+    """What a VM's backup occupies: its protected disks, counted per pool."""
+    counts: dict[str, int] = {}
+    if vm_name is not None:
+        for disk in inventory.vm(vm_name).protected_disks():
+            if disk.pool:
+                counts[disk.pool] = counts.get(disk.pool, 0) + 1
+    return JobLoad(vm_name or "", counts)
+
+
+def run_worker(
+    ctx: service.Context,
+    inventory: Inventory,
+    *,
+    name: str | None = None,
+    concurrency: int | None = None,
+    once: bool = True,
+    poll: float = 0.5,
+) -> list[int]:
+    """Run queued jobs, as many at once as admission allows; returns the ids started.
+
+    With ``once`` the worker stops when nothing is queued or running; otherwise it serves
+    the queue until interrupted.
+    """
+    name = name or f"{socket.gethostname()}:{os.getpid()}"
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    queue = JobQueue(ctx.catalog(), vault_id)
+    limits = limits_of(inventory)
+    slots = concurrency or limits.max_vms
+
+    def blocked(running: list[Job], candidate: Job) -> str | None:
+        loads = [job_load(inventory, j.vm) for j in running]
+        return admit(loads, job_load(inventory, candidate.vm), limits)
+
+    threads: dict[int, threading.Thread] = {}
+    started: list[int] = []
+    while True:
+        queue.reap()
+        while len(threads) < slots and (job := queue.claim(name, blocked)) is not None:
+            thread = threading.Thread(
+                target=_run_job,
+                args=(ctx, inventory, queue, job),
+                name=f"job-{job.id}",
+                daemon=True,
+            )
+            threads[job.id] = thread
+            started.append(job.id)
+            thread.start()
+        for job_id in [j for j, t in threads.items() if not t.is_alive()]:
+            threads.pop(job_id).join()
+        if once and not threads and not queue.queued():
+            return started
+        time.sleep(poll)
+
+
+def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: Job) -> None:
+    cancel = threading.Event()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT):
+            if queue.heartbeat(job.id):
+                cancel.set()
+
+    def progress(event: ProgressEvent) -> None:
+        if cancel.is_set():
+            raise Cancelled(f"job {job.id} was cancelled")
+
+    beater = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+    beater.start()
+    try:
+        if queue.heartbeat(job.id):
+            raise Cancelled(f"job {job.id} was cancelled")
+        service.run_vm_backup(
+            ctx,
+            inventory,
+            str(job.vm),
+            full=bool(job.spec.get("full")),
+            progress=progress,
+            recorder=QueuedJob(queue, job.id),
+        )
+    except Cancelled:
+        queue.finish(job.id, "cancelled")
+    except VmvaultError as exc:
+        queue.retry_or_fail(job.id, (exc.code, exc.message), transient=exc.code in TRANSIENT)
+    except Exception as exc:  # a bug or the OS: recorded, never left "running"
+        queue.retry_or_fail(
+            job.id, ("internal", f"{type(exc).__name__}: {exc}"), transient=isinstance(exc, OSError)
+        )
+    finally:
+        stop.set()
+        beater.join()
