@@ -167,3 +167,41 @@ def worker(
         emit_json({"jobs_run": started})
     else:
         console.print(f"ran {len(started)} job(s): {', '.join(map(str, started)) or '-'}")
+
+
+def scheduler(
+    interval: float = typer.Option(30.0, "--interval", help="Seconds between checks."),
+    maintenance_at: str = typer.Option(
+        "12:00", "--maintenance-at", help="UTC time for daily retention and GC."
+    ),
+    once: bool = typer.Option(False, "--once", help="One check, run what is due, stop."),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+) -> None:
+    """Run backups when their policies say, retention and GC daily; logs what it does."""
+    import logging
+    from datetime import time as clock_time
+
+    from vmvault.inventory import load_inventory
+    from vmvault.jobs.scheduler import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    def act() -> None:
+        try:
+            at = clock_time.fromisoformat(maintenance_at)
+        except ValueError:
+            from vmvault.errors import UsageError
+
+            raise UsageError(f"--maintenance-at {maintenance_at!r} is not HH:MM") from None
+        serve(
+            context(vault, catalog, passphrase_file),
+            load_inventory(inventory),
+            interval=interval,
+            maintenance_time=at,
+            once=once,
+        )
+
+    guarded(False, act)

@@ -417,6 +417,7 @@ def _register_extra_commands() -> None:
     app.add_typer(vm_cmd.app, name="vm")
     app.add_typer(jobs_cmd.app, name="jobs")
     app.command("worker")(jobs_cmd.worker)
+    app.command("scheduler")(jobs_cmd.scheduler)
 
 
 _register_extra_commands()

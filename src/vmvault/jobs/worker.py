@@ -82,7 +82,9 @@ def run_worker(
     slots = concurrency or limits.max_vms
 
     def blocked(running: list[Job], candidate: Job) -> str | None:
-        loads = [job_load(inventory, j.vm) for j in running]
+        loads = [job_load(inventory, j.vm) for j in running if j.kind == "backup"]
+        if candidate.kind != "backup":
+            return None  # maintenance reads no VM disk
         return admit(loads, job_load(inventory, candidate.vm), limits)
 
     threads: dict[int, threading.Thread] = {}
@@ -124,14 +126,19 @@ def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: J
     try:
         if queue.heartbeat(job.id):
             raise Cancelled(f"job {job.id} was cancelled")
-        service.run_vm_backup(
-            ctx,
-            inventory,
-            str(job.vm),
-            full=bool(job.spec.get("full")),
-            progress=progress,
-            recorder=QueuedJob(queue, job.id),
-        )
+        if job.kind == "maintenance":
+            from vmvault.jobs.scheduler import run_maintenance
+
+            run_maintenance(ctx, inventory, queue, job.id)
+        else:
+            service.run_vm_backup(
+                ctx,
+                inventory,
+                str(job.vm),
+                full=bool(job.spec.get("full")),
+                progress=progress,
+                recorder=QueuedJob(queue, job.id),
+            )
     except Cancelled:
         queue.finish(job.id, "cancelled")
     except VmvaultError as exc:

@@ -1,0 +1,117 @@
+"""The scheduler: queue each VM's backups when its policy says, then let workers run them.
+
+Each VM with a policy has a "last due" time: the due time of its newest scheduled job, or,
+before its first one, the moment the scheduler first saw it. Every tick, ``missed_runs``
+of the policy gives at most one owed start since then — after downtime that is one job for
+all the missed windows, not a burst. Retention (prune) and garbage collection run once a day
+at ``maintenance_time`` (UTC), as jobs of their own, after the backups have been queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as clock_time
+
+from sqlalchemy import select
+
+from vmvault import service
+from vmvault.catalog.models import Job
+from vmvault.inventory import Inventory
+from vmvault.jobs.queue import JobQueue
+from vmvault.policy import missed_runs
+
+log = logging.getLogger("vmvault.scheduler")
+
+
+@dataclass
+class SchedulerState:
+    """What a running scheduler remembers between ticks (the rest is in the catalog)."""
+
+    first_seen: dict[str, datetime] = field(default_factory=dict)
+    maintenance_done: set[str] = field(default_factory=set)  # dates (UTC) already done
+
+
+def _last_due(queue: JobQueue, vm: str) -> datetime | None:
+    with queue.catalog.session() as s:
+        query = (
+            select(Job)
+            .where(Job.vault_id == queue.vault_id, Job.vm == vm, Job.kind == "backup")
+            .order_by(Job.id.desc())
+        )
+        for job in s.scalars(query):
+            due = (job.spec or {}).get("due")
+            if due:
+                return datetime.fromisoformat(due)
+    return None
+
+
+def tick(
+    queue: JobQueue,
+    inventory: Inventory,
+    state: SchedulerState,
+    now: datetime,
+    *,
+    maintenance_time: clock_time = clock_time(12, 0),
+) -> list[int]:
+    """Queue what is due at ``now``; returns the new job ids."""
+    queued = []
+    for vm in inventory.vms:
+        if vm.policy is None:
+            continue
+        schedule = inventory.policy(vm.policy).schedule
+        last = _last_due(queue, vm.name) or state.first_seen.setdefault(vm.name, now)
+        due = missed_runs(schedule, last, now)
+        if due is not None:
+            job_id = queue.enqueue(
+                "backup", vm.name, {"scheduled": True, "due": due.isoformat()}, now=now
+            )
+            log.info("queued job %d: backup of %s due %s", job_id, vm.name, due.isoformat())
+            queued.append(job_id)
+    today = now.date().isoformat()
+    if now.time() >= maintenance_time and today not in state.maintenance_done:
+        state.maintenance_done.add(today)
+        job_id = queue.enqueue("maintenance", "", {"due": now.isoformat()}, now=now)
+        log.info("queued job %d: retention and garbage collection", job_id)
+        queued.append(job_id)
+    return queued
+
+
+def run_maintenance(
+    ctx: service.Context, inventory: Inventory, queue: JobQueue, job_id: int
+) -> None:
+    """Apply every VM's retention, then collect garbage (it defers while backups run)."""
+    pruned = service.run_prune(ctx, inventory)
+    report = service.run_gc(ctx)
+    deleted = sum(len(v["prune"]) for v in pruned["vms"].values())
+    log.info(
+        "retention deleted %d point(s); gc freed %d bytes%s",
+        deleted,
+        report.bytes_freed,
+        f" ({report.deferred})" if report.deferred else "",
+    )
+    queue.finish(job_id, "succeeded", details={"pruned": deleted, "gc": report.to_dict()})
+
+
+def serve(
+    ctx: service.Context,
+    inventory: Inventory,
+    *,
+    interval: float = 30.0,
+    maintenance_time: clock_time = clock_time(12, 0),
+    once: bool = False,
+) -> None:
+    """Tick every ``interval`` seconds and run what is queued (one process does it all)."""
+    from vmvault.jobs.worker import run_worker
+
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    queue = JobQueue(ctx.catalog(), vault_id)
+    state = SchedulerState()
+    while True:
+        tick(queue, inventory, state, datetime.now(UTC), maintenance_time=maintenance_time)
+        run_worker(ctx, inventory, once=True)
+        if once:
+            return
+        time.sleep(interval)

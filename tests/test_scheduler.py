@@ -1,0 +1,63 @@
+"""The scheduler: due backups queued per policy, one catch-up after downtime, daily
+maintenance (retention + GC) as a job; the worker runs them all."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from vmvault import service
+from vmvault.inventory import parse_inventory
+from vmvault.jobs.queue import JobQueue
+from vmvault.jobs.scheduler import SchedulerState, tick
+from vmvault.jobs.worker import run_worker
+
+
+def test_due_jobs_catch_up_once_and_maintenance_runs_daily(
+    tmp_path: Path, ctx: service.Context
+) -> None:
+    disk = tmp_path / "web.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+        f.write(os.urandom(1 << 20))
+    inv = parse_inventory(
+        f"""
+[policies.nightly]
+schedule = {{ kind = "daily", time = "22:30", timezone = "Europe/Berlin" }}
+
+[[vms]]
+name = "web"
+policy = "nightly"
+  [[vms.disks]]
+  name = "os"
+  path = "{disk}"
+
+[[vms]]
+name = "unprotected"
+  [[vms.disks]]
+  name = "os"
+  path = "{disk}"
+""",
+        "inv.toml",
+    )
+    queue = JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
+    state = SchedulerState()
+    t0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # 22:30 in Berlin is 21:30 UTC in winter
+    assert tick(queue, inv, state, t0) == []  # first sight: nothing owed yet
+    [maintenance] = tick(queue, inv, state, t0 + timedelta(hours=2, minutes=30))
+    assert queue.get(maintenance).kind == "maintenance"  # daily, at 12:00 UTC
+    [first] = tick(queue, inv, state, t0 + timedelta(hours=11, minutes=45))
+    assert queue.get(first).spec["due"] == "2026-11-20T21:30:00+00:00"
+    assert tick(queue, inv, state, t0 + timedelta(hours=12)) == []  # already queued
+    later = t0 + timedelta(days=3, hours=1)  # the scheduler was down for three nights
+    [catch_up] = tick(queue, inv, state, later)  # one backup, not three
+    assert queue.get(catch_up).spec["due"] == "2026-11-22T21:30:00+00:00"
+    [maintenance2] = tick(queue, inv, state, later + timedelta(hours=2))
+    assert tick(queue, inv, state, later + timedelta(hours=3)) == []  # once a day
+    jobs = [maintenance, first, catch_up, maintenance2]
+    ran = run_worker(ctx, inv, once=True, poll=0.05)
+    assert sorted(ran) == sorted(jobs)
+    states = {j: queue.get(j).state for j in ran}
+    assert set(states.values()) == {"succeeded"}, [(j, queue.get(j).error_message) for j in ran]
+    assert len(ctx.open_vault(load_index=False).point_ids()) == 2
