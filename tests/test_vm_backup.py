@@ -200,6 +200,9 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
     from vmvault.vault.locks import live_locks
 
     text = _inventory(tmp_path, "stopped")
+    with open(tmp_path / "os.img", "r+b") as f:  # enough data to outlast a 4 MiB burst
+        f.seek(0)
+        f.write(os.urandom(24 * MiB))
     inv_path = tmp_path / "inv.toml"
     inv_path.write_text(text)
     inv = parse_inventory(text, str(inv_path))
@@ -221,7 +224,7 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
             "web01",
             "--full",
             "--limit-rate",
-            "1",
+            "4",
             "--json",
         ],
         env=env,

@@ -520,8 +520,11 @@ def run_gc(ctx: Context, **options: Any) -> GcReport:
 
 def forget_point(ctx: Context, point_ref: str) -> str:
     """Delete a recovery point; its data goes at the next garbage collection."""
+    from vmvault.protection import check_may_delete
+
     vault = ctx.open_vault(load_index=False)
     point_id = resolve_point(vault, point_ref)
+    check_may_delete(vault)
     vault.delete_point(point_id)
     from vmvault.catalog.store import Catalog
 
@@ -689,9 +692,11 @@ def run_prune(
     garbage collection.
     """
     from vmvault.policy import Point, prune_plan
+    from vmvault.protection import settings, state_of
 
     now = now or datetime.now(UTC)
     vault = ctx.open_vault(load_index=False)
+    immutable = settings(vault)["immutability"]
     points = vault.points()
     vms = [inventory.vm(vm_name)] if vm_name else inventory.vms
     result: dict[str, Any] = {"dry_run": dry_run, "vms": {}}
@@ -704,7 +709,16 @@ def run_prune(
             for p in points
             if p["vm"] == vm.name
         ]
-        plan = prune_plan(mine, policy.retention, now, policy.schedule.timezone)
+        # "stop protection, retain data" (and soft-deleted data) is never pruned.
+        stopped = state_of(vault, vm.name).status != "protected"
+        plan = prune_plan(
+            mine,
+            policy.retention,
+            now,
+            policy.schedule.timezone,
+            stopped_retain=stopped,
+            immutable=immutable,
+        )
         if not dry_run:
             for point_id in plan.prune:
                 vault.delete_point(point_id)

@@ -410,7 +410,7 @@ def reindex_cmd(
 
 
 def _register_extra_commands() -> None:
-    from vmvault.cli import demo, jobs_cmd, testdisk_cmd, vm_cmd
+    from vmvault.cli import demo, jobs_cmd, protection_cmd, testdisk_cmd, vm_cmd
 
     app.command("demo")(demo.demo_cmd)
     app.add_typer(testdisk_cmd.app, name="testdisk")
@@ -418,6 +418,8 @@ def _register_extra_commands() -> None:
     app.add_typer(jobs_cmd.app, name="jobs")
     app.command("worker")(jobs_cmd.worker)
     app.command("scheduler")(jobs_cmd.scheduler)
+    app.add_typer(protection_cmd.app, name="protection")
+    vault_app.command("immutability")(protection_cmd.immutability)
 
 
 _register_extra_commands()

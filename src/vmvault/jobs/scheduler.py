@@ -22,6 +22,7 @@ from vmvault.catalog.models import Job
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.policy import missed_runs
+from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.scheduler")
 
@@ -54,13 +55,18 @@ def tick(
     state: SchedulerState,
     now: datetime,
     *,
+    vault: Vault | None = None,
     maintenance_time: clock_time = clock_time(12, 0),
 ) -> list[int]:
     """Queue what is due at ``now``; returns the new job ids."""
+    from vmvault.protection import state_of
+
     queued = []
     for vm in inventory.vms:
         if vm.policy is None:
             continue
+        if vault is not None and state_of(vault, vm.name).status != "protected":
+            continue  # protection stopped: no new backups
         schedule = inventory.policy(vm.policy).schedule
         last = _last_due(queue, vm.name) or state.first_seen.setdefault(vm.name, now)
         due = missed_runs(schedule, last, now)
@@ -83,6 +89,12 @@ def run_maintenance(
     ctx: service.Context, inventory: Inventory, queue: JobQueue, job_id: int
 ) -> None:
     """Apply every VM's retention, then collect garbage (it defers while backups run)."""
+    from vmvault.protection import purge_due
+
+    vault = ctx.open_vault(load_index=False)
+    purged = purge_due(vault, sorted({p["vm"] for p in vault.points()}))
+    for vm, count in purged.items():
+        log.info("purged %s: soft delete ended, %d point(s) deleted", vm, count)
     pruned = service.run_prune(ctx, inventory)
     report = service.run_gc(ctx)
     deleted = sum(len(v["prune"]) for v in pruned["vms"].values())
@@ -92,7 +104,9 @@ def run_maintenance(
         report.bytes_freed,
         f" ({report.deferred})" if report.deferred else "",
     )
-    queue.finish(job_id, "succeeded", details={"pruned": deleted, "gc": report.to_dict()})
+    queue.finish(
+        job_id, "succeeded", details={"purged": purged, "pruned": deleted, "gc": report.to_dict()}
+    )
 
 
 def serve(
@@ -106,11 +120,18 @@ def serve(
     """Tick every ``interval`` seconds and run what is queued (one process does it all)."""
     from vmvault.jobs.worker import run_worker
 
-    vault_id = ctx.open_vault(load_index=False).config.vault_id
-    queue = JobQueue(ctx.catalog(), vault_id)
+    vault = ctx.open_vault(load_index=False)
+    queue = JobQueue(ctx.catalog(), vault.config.vault_id)
     state = SchedulerState()
     while True:
-        tick(queue, inventory, state, datetime.now(UTC), maintenance_time=maintenance_time)
+        tick(
+            queue,
+            inventory,
+            state,
+            datetime.now(UTC),
+            vault=vault,
+            maintenance_time=maintenance_time,
+        )
         run_worker(ctx, inventory, once=True)
         if once:
             return

@@ -1,0 +1,130 @@
+"""`vmvault protection`: stop/resume protection of a VM, soft delete and undelete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from vmvault.cli.options import CatalogOpt, JsonOpt, PassFileOpt, VaultOpt, context
+from vmvault.cli.output import console, emit_json, guarded
+
+app = typer.Typer(
+    help="Protection of VMs: stop, resume, soft delete, undelete.", no_args_is_help=True
+)
+
+
+def _doc(vm: str, state: Any) -> dict[str, Any]:
+    return {
+        "vm": vm,
+        "status": state.status,
+        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
+        "purge_at": state.purge_at.isoformat() if state.purge_at else None,
+    }
+
+
+def _print(doc: dict[str, Any]) -> None:
+    purge = f", data purged after {doc['purge_at'][:19]}" if doc["purge_at"] else ""
+    console.print(f"{doc['vm']}: {doc['status']}{purge}")
+
+
+def _act(
+    json: bool,
+    vault: str | None,
+    catalog: str | None,
+    passphrase_file: str | None,
+    action: str,
+    vm: str,
+    **options: Any,
+) -> None:
+    from vmvault import protection
+
+    def run() -> dict[str, Any]:
+        v = context(vault, catalog, passphrase_file).open_vault(load_index=False)
+        functions: dict[str, Callable[..., Any]] = {
+            "stop": protection.stop,
+            "resume": protection.resume,
+            "undelete": protection.recover,
+            "show": protection.state_of,
+        }
+        return _doc(vm, functions[action](v, vm, **options))
+
+    doc = guarded(json, run)
+    if json:
+        emit_json(doc)
+    else:
+        _print(doc)
+
+
+@app.command("stop")
+def stop(
+    vm: str = typer.Argument(...),
+    delete_data: bool = typer.Option(
+        False, "--delete-data", help="Soft-delete its backup data (recoverable for a while)."
+    ),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Stop protecting a VM: retain its data (never pruned) or soft-delete it."""
+    _act(json, vault, catalog, passphrase_file, "stop", vm, delete_data=delete_data)
+
+
+@app.command("resume")
+def resume(
+    vm: str = typer.Argument(...),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Protect a VM again (backups and retention resume)."""
+    _act(json, vault, catalog, passphrase_file, "resume", vm)
+
+
+@app.command("undelete")
+def undelete(
+    vm: str = typer.Argument(...),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Recover soft-deleted data: back to "stop protection, retain data"."""
+    _act(json, vault, catalog, passphrase_file, "undelete", vm)
+
+
+@app.command("show")
+def show(
+    vm: str = typer.Argument(...),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """A VM's protection state."""
+    _act(json, vault, catalog, passphrase_file, "show", vm)
+
+
+def immutability(
+    value: str = typer.Argument(..., help="off, on, or locked (cannot be undone)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Make the vault immutable: no backup data deleted, no retention shortened."""
+    from vmvault import protection
+
+    doc = guarded(
+        json,
+        lambda: protection.set_vault_immutability(
+            context(vault, catalog, passphrase_file).open_vault(load_index=False), value
+        ),
+    )
+    if json:
+        emit_json(doc)
+    else:
+        console.print(f"immutability: {doc['immutability']}")
