@@ -117,3 +117,36 @@ def test_a_killed_worker_leaves_a_failed_rerunnable_job(
     assert '"worker_lost"' in shown.stdout
     unknown = run_cli("jobs", "run-now", "nope", env=env)
     assert unknown.returncode == 2 and "no VM named 'nope'" in unknown.stderr
+
+
+def test_fifty_queued_vm_jobs_never_run_more_than_forty_at_once(
+    tmp_path: Path, ctx: service.Context
+) -> None:
+    lines = ["[limits]\ndisk_mb_per_s = 1\nmax_vms = 40\n"]
+    for i in range(50):
+        disk = tmp_path / f"vm{i}.img"
+        disk.write_bytes(os.urandom(5 << 20))  # beyond the 4 MiB burst: each job lasts ~1 s
+        lines.append(f'[[vms]]\nname = "vm{i}"\n[[vms.disks]]\nname = "os"\npath = "{disk}"\n')
+    inv = parse_inventory("\n".join(lines), "inv.toml")
+    queue = _queue(ctx)
+    ids = [queue.enqueue("backup", f"vm{i}") for i in range(50)]
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, len(queue.running()))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        started = run_worker(ctx, inv, once=True, poll=0.05)
+    finally:
+        stop.set()
+        watcher.join()
+    assert sorted(started) == ids
+    assert 30 <= peak <= 40, peak
+    states = {queue.get(i).state for i in ids}
+    assert states == {"succeeded"}, [(i, queue.get(i).error_message) for i in ids][:3]

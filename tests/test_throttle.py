@@ -116,3 +116,18 @@ def test_fifty_queued_vms_never_exceed_forty_at_once() -> None:
                 del running[vm]
                 done += 1
     assert peak == 40 and done == 50
+
+
+def test_a_restore_takes_its_share_of_the_pool(tmp_path: Path, ctx: service.Context) -> None:
+    """Restores draw on the same pool bucket as backups: a restore into a 10 MB/s pool of
+    20 MB of data takes about 2 s."""
+    [path] = _disks(tmp_path, 1, 20 * MB)
+    point = service.run_backup(ctx, "vm", [service.DiskSpec("d", str(path))])
+    budget = disk_budget(
+        None, "pool-t3", egress_mb_per_s=10.0, requests_per_second=1000, disks_in_flight=20
+    )
+    started = time.monotonic()
+    service.run_restore(ctx, point["id"], str(tmp_path / "out.img"), budget=budget)
+    elapsed = time.monotonic() - started
+    expected = (20 * MB - BURST) / (10 * MB)
+    assert 0.7 * expected <= elapsed <= 2.5 * expected + 1, (elapsed, expected)

@@ -463,8 +463,10 @@ def run_restore(
     ignore_errors: bool = False,
     workers: int | None = None,
     sync: bool = False,
+    budget: DiskBudget | None = None,
     progress: ProgressCallback = no_progress,
 ) -> RestoreReport:
+    """Restore one disk of a point; ``budget`` makes it take its share of a pool's budget."""
     with ctx.session("restore") as vault:
         point_id = resolve_point(vault, point_ref, vm)
         vm_name = vault.get_point(point_id)["vm"]
@@ -479,6 +481,7 @@ def run_restore(
             ignore_errors=ignore_errors,
             workers=workers,
             sync=sync,
+            byte_buckets=budget.byte_buckets if budget else (),
             progress=progress,
         )
 
@@ -594,6 +597,7 @@ def run_vm_restore(
         safety = run_vm_backup(ctx, inventory, vm.name, progress=progress)
         result["safety_point"] = safety["id"]
         paths = {d.name: Path(d.path) for d in vm.disks}
+        vm_disks = {d.name: d for d in vm.disks}
         for disk in point["disks"]:
             final = paths.get(disk["name"])
             if final is None:
@@ -606,6 +610,7 @@ def run_vm_restore(
                 disk=disk["name"],
                 target_format=disk.get("format", "raw"),
                 sync=True,
+                budget=_budget(inventory, vm_disks[disk["name"]]),
                 progress=progress,
             )
             os.replace(temp, final)
@@ -617,6 +622,18 @@ def run_vm_restore(
         raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
     target_dir = Path(directory)
     target_dir.mkdir(parents=True, exist_ok=True)
+    budget = None
+    if target_pool:
+        if target_pool not in inventory.pools:
+            raise UsageError(f"no pool named {target_pool!r} in {inventory.source}")
+        pool_conf = inventory.pools[target_pool]
+        budget = disk_budget(  # restores take their share of the pool, as backups do
+            inventory.limits.disk_mb_per_s,
+            target_pool,
+            egress_mb_per_s=pool_conf.egress_mb_per_s,
+            requests_per_second=pool_conf.requests_per_second,
+            disks_in_flight=inventory.disks_in_flight(target_pool),
+        )
     config = dict(point.get("vm_config") or {"name": vm.name, "disks": []})
     new_disks = []
     for disk in point["disks"]:
@@ -625,7 +642,13 @@ def run_vm_restore(
         if path.exists():
             raise UsageError(f"{path} exists: choose another name or directory")
         report = run_restore(
-            ctx, point_id, str(path), disk=disk["name"], target_format=fmt, progress=progress
+            ctx,
+            point_id,
+            str(path),
+            disk=disk["name"],
+            target_format=fmt,
+            budget=budget,
+            progress=progress,
         )
         result["disks"].append(
             {

@@ -138,6 +138,7 @@ class DiskRestore:
         workers: int,
         *,
         rate_limit: float | None = None,
+        byte_buckets: Sequence[TokenBucket] = (),
         progress: ProgressCallback = no_progress,
     ) -> None:
         self.vault = vault
@@ -146,7 +147,9 @@ class DiskRestore:
         self.target = target
         self.executor = executor
         self.max_inflight = 2 * workers
-        self.throttle = TokenBucket(rate_limit, burst=manifest.block_size) if rate_limit else None
+        own = [TokenBucket(rate_limit, burst=manifest.block_size)] if rate_limit else []
+        # a pool's buckets are shared with the backups reading that pool
+        self.byte_buckets = [*own, *byte_buckets]
         self.progress = progress
         self.operation = "restore" if target else "verify"
 
@@ -209,8 +212,8 @@ class DiskRestore:
 
     def _write(self, offset: int, pieces: Sequence[bytes | memoryview]) -> int:
         assert self.target is not None
-        if self.throttle:
-            self.throttle.consume(sum(len(p) for p in pieces))
+        for bucket in self.byte_buckets:
+            bucket.consume(sum(len(p) for p in pieces))
         return self.target.write(offset, pieces)
 
 
@@ -237,6 +240,7 @@ def restore_disk(
     ignore_errors: bool = False,
     workers: int | None = None,
     rate_limit: float | None = None,
+    byte_buckets: Sequence[TokenBucket] = (),
     sync: bool = False,
     progress: ProgressCallback = no_progress,
 ) -> RestoreReport:
@@ -263,6 +267,7 @@ def restore_disk(
                     pool,
                     workers,
                     rate_limit=rate_limit,
+                    byte_buckets=byte_buckets,
                     progress=progress,
                 ).run()
         finally:
