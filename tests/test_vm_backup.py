@@ -250,3 +250,33 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
     assert calm["warnings"] == []
     lock_files = list((Path(ctx.vault_path) / "locks").glob("*"))
     assert not lock_files  # every lock released
+
+
+def test_instant_restore_from_kept_snapshots(tmp_path: Path, ctx: service.Context) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from vmvault.snapshot import instant
+
+    policy = (
+        '[policies.p]\nschedule = { kind = "daily", time = "22:30" }\n'
+        "retention = { instant_restore_days = 2 }\n"
+    )
+    text = policy + _inventory(tmp_path, "running", 'snapshot = "copy"\npolicy = "p"')
+    inv = parse_inventory(text, "inv.toml")
+    point = service.run_vm_backup(ctx, inv, "web01")
+    kept = tmp_path / instant.INSTANT_DIR / point["id"]
+    assert sorted(p.name for p in kept.iterdir()) == ["os"]  # raw disks only
+    before = (tmp_path / "os.img").read_bytes()
+    with open(tmp_path / "os.img", "r+b") as f:  # the VM writes after the backup
+        f.write(b"\x01" * 65536)
+    fast = service.run_restore(ctx, point["id"], str(tmp_path / "a.img"), disk="os")
+    assert fast.source == "instant" and (tmp_path / "a.img").read_bytes() == before
+    with open(kept / "os", "r+b") as f:  # a damaged kept copy is never trusted
+        f.seek(1 << 20)
+        f.write(b"\xff" * 10)
+    safe = service.run_restore(ctx, point["id"], str(tmp_path / "b.img"), disk="os")
+    assert safe.source == "vault" and (tmp_path / "b.img").read_bytes() == before
+    assert instant.expire([str(tmp_path / "os.img")], 2, datetime.now(UTC)) == []
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert instant.expire([str(tmp_path / "os.img")], 2, later) == [point["id"]]
+    assert not kept.exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -316,6 +317,10 @@ def run_vm_backup(
             )
             if live := _live(provider):
                 live.commit()  # only now may the parent's dirty bitmap go
+            elif provider.name in ("reflink", "copy") and _keeps_snapshots(inventory, vm):
+                from vmvault.snapshot import instant
+
+                instant.keep(point, {d.name: d.path for d in disks}, images)
             return point
         finally:
             provider.release()
@@ -466,10 +471,19 @@ def run_restore(
     budget: DiskBudget | None = None,
     progress: ProgressCallback = no_progress,
 ) -> RestoreReport:
-    """Restore one disk of a point; ``budget`` makes it take its share of a pool's budget."""
+    """Restore one disk of a point; ``budget`` makes it take its share of a pool's budget.
+
+    A point whose snapshot is still kept for instant restore is copied from it (and checked
+    against the point's chunk ids) instead of being read from the vault.
+    """
     with ctx.session("restore") as vault:
         point_id = resolve_point(vault, point_ref, vm)
-        vm_name = vault.get_point(point_id)["vm"]
+        point = vault.get_point(point_id)
+        vm_name = point["vm"]
+        if target_format == "raw" and not ignore_errors:
+            report = _instant_restore(vault, point, disk, Path(target))
+            if report is not None:
+                return report
         return _restore_recorded(
             ctx,
             vault,
@@ -484,6 +498,37 @@ def run_restore(
             byte_buckets=budget.byte_buckets if budget else (),
             progress=progress,
         )
+
+
+def _keeps_snapshots(inventory: Inventory, vm: Vm) -> bool:
+    """Whether the VM's policy keeps instant-restore snapshots."""
+    return bool(vm.policy and inventory.policy(vm.policy).retention.instant_restore_days)
+
+
+def _instant_restore(
+    vault: Vault, point: dict[str, Any], disk: str | None, target: Path
+) -> RestoreReport | None:
+    from vmvault.engine.restore import point_disk
+    from vmvault.snapshot import instant
+    from vmvault.snapshot.providers import sparse_copy
+
+    entry = point_disk(vault, point, disk)
+    image = instant.find(point, entry["name"])
+    if image is None or entry.get("format", "raw") != "raw":
+        return None
+    started = time.perf_counter()
+    manifest = vault.get_manifest(entry["manifest"])
+    sparse_copy(image, target)
+    if not instant.matches(vault, manifest, target):
+        return None  # the kept copy changed: the vault decides
+    return RestoreReport(
+        entry["name"],
+        manifest.size,
+        bytes_verified=manifest.size,
+        bytes_written=manifest.size,
+        seconds=time.perf_counter() - started,
+        source="instant",
+    )
 
 
 def _restore_recorded(

@@ -51,6 +51,7 @@ class RestoreReport:
     bytes_written: int = 0
     damaged: list[Damage] = field(default_factory=list)
     seconds: float = 0.0
+    source: str = "vault"  # or "instant": copied from a kept snapshot, checked chunk by chunk
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class RestoreReport:
             "bytes_written": self.bytes_written,
             "damaged": [d.to_dict() for d in merge_damage(self.damaged)],
             "seconds": round(self.seconds, 3),
+            "source": self.source,
         }
 
 
@@ -217,7 +219,7 @@ class DiskRestore:
         return self.target.write(offset, pieces)
 
 
-def _point_disk(vault: Vault, point: dict[str, Any], disk: str | None) -> dict[str, Any]:
+def point_disk(vault: Vault, point: dict[str, Any], disk: str | None) -> dict[str, Any]:
     disks = point["disks"]
     if disk is None:
         if len(disks) != 1:
@@ -245,7 +247,7 @@ def restore_disk(
     progress: ProgressCallback = no_progress,
 ) -> RestoreReport:
     point = vault.get_point(point_id)
-    entry = _point_disk(vault, point, disk)
+    entry = point_disk(vault, point, disk)
     manifest = vault.get_manifest(entry["manifest"])
     workers = workers or os.cpu_count() or 2
     with ExitStack() as stack:

@@ -93,8 +93,15 @@ def run_maintenance(
 
     vault = ctx.open_vault(load_index=False)
     purged = purge_due(vault, sorted({p["vm"] for p in vault.points()}))
-    for vm, count in purged.items():
-        log.info("purged %s: soft delete ended, %d point(s) deleted", vm, count)
+    for name, count in purged.items():
+        log.info("purged %s: soft delete ended, %d point(s) deleted", name, count)
+    from vmvault.snapshot import instant
+
+    now = datetime.now(UTC)
+    for vm in inventory.vms:
+        if vm.policy:
+            days = inventory.policy(vm.policy).retention.instant_restore_days or 0
+            instant.expire([d.path for d in vm.disks], days, now)
     pruned = service.run_prune(ctx, inventory)
     report = service.run_gc(ctx)
     deleted = sum(len(v["prune"]) for v in pruned["vms"].values())

@@ -112,14 +112,19 @@ class FullCopy(_CopyingProvider):
     name = "copy"
 
     def _copy(self, source: Path, target: Path) -> None:
-        try:
-            with open(source, "rb") as src, open(target, "wb") as dst:
-                size = os.fstat(src.fileno()).st_size
-                dst.truncate(size)
-                for start, end in _data_extents(src.fileno(), size):
-                    _copy_range(src.fileno(), dst.fileno(), start, end)
-        except OSError as exc:
-            raise SnapshotError(f"copy of {source} failed: {exc.strerror}") from None
+        sparse_copy(source, target)
+
+
+def sparse_copy(source: Path, target: Path) -> None:
+    """Copy data extents as data and holes as holes (copy_file_range: no user-space copy)."""
+    try:
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            size = os.fstat(src.fileno()).st_size
+            dst.truncate(size)
+            for start, end in _data_extents(src.fileno(), size):
+                _copy_range(src.fileno(), dst.fileno(), start, end)
+    except OSError as exc:
+        raise SnapshotError(f"copy of {source} failed: {exc.strerror}") from None
 
 
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
