@@ -17,13 +17,8 @@ from vmvault.jobs.scheduler import SchedulerState, tick
 from vmvault.policy.errors import ImmutableVaultError, ProtectionStateError
 
 
-def _setup(tmp_path: Path, ctx: service.Context) -> tuple[Inventory, list[str]]:
-    disk = tmp_path / "web.img"
-    with open(disk, "wb") as f:
-        f.truncate(4 << 20)
-        f.write(os.urandom(1 << 20))
-    inv = parse_inventory(
-        f"""
+def _text(tmp_path: Path) -> str:
+    return f"""
 [policies.nightly]
 schedule = {{ kind = "daily", time = "22:30" }}
 [[vms]]
@@ -31,10 +26,16 @@ name = "web"
 policy = "nightly"
   [[vms.disks]]
   name = "os"
-  path = "{disk}"
-""",
-        "inv.toml",
-    )
+  path = "{tmp_path / "web.img"}"
+"""
+
+
+def _setup(tmp_path: Path, ctx: service.Context) -> tuple[Inventory, list[str]]:
+    disk = tmp_path / "web.img"
+    with open(disk, "wb") as f:
+        f.truncate(4 << 20)
+        f.write(os.urandom(1 << 20))
+    inv = parse_inventory(_text(tmp_path), "inv.toml")
     ids = [service.run_vm_backup(ctx, inv, "web")["id"] for _ in range(2)]
     return inv, ids
 
@@ -98,3 +99,21 @@ def test_immutable_vault_refuses_deletes(tmp_path: Path, ctx: service.Context) -
     assert ctx.open_vault(load_index=False).point_ids() == ids
     shown = run_cli("protection", "show", "web", env=env)
     assert shown.returncode == 0 and "web: protected" in shown.stdout
+
+
+def test_immutable_vault_refuses_shortened_retention(tmp_path: Path, ctx: service.Context) -> None:
+    inv, _ = _setup(tmp_path, ctx)
+    assert service.run_prune(ctx, inv)["vms"]["web"]["retention_shortened"] == []
+    shorter = parse_inventory(
+        _text(tmp_path).replace(
+            'time = "22:30" }', 'time = "22:30" }\nretention = { daily_days = 7 }'
+        ),
+        "inv.toml",
+    )
+    vault = ctx.open_vault(load_index=False)
+    protection.set_vault_immutability(vault, "on")
+    with pytest.raises(ImmutableVaultError, match="daily_days"):
+        service.run_prune(ctx, shorter)
+    protection.set_vault_immutability(vault, "off")
+    done = service.run_prune(ctx, shorter)
+    assert done["vms"]["web"]["retention_shortened"] == ["daily_days"]

@@ -133,3 +133,21 @@ def purge_due(vault: Vault, vms: list[str], now: datetime | None = None) -> dict
             _save(vault, vm, purge(state))
             purged[vm] = len(ids)
     return purged
+
+
+def accept_retention(vault: Vault, policy_name: str, retention: Any) -> list[str]:
+    """Record the retention a prune applies; refuse a shortened one in an immutable vault.
+
+    Returns the shortened fields (empty if none): the caller raises the security alert.
+    """
+    from vmvault.policy import Retention, check_retention_change
+
+    doc = settings(vault)
+    applied = doc.setdefault("retention", {})
+    shortened: list[str] = []
+    if policy_name in applied:
+        old = Retention.model_validate(applied[policy_name])
+        shortened = check_retention_change(old, retention, doc["immutability"])
+    applied[policy_name] = retention.model_dump(mode="json")
+    _save_settings(vault, doc)
+    return shortened

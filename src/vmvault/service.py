@@ -760,7 +760,7 @@ def run_prune(
     garbage collection.
     """
     from vmvault.policy import Point, prune_plan
-    from vmvault.protection import settings, state_of
+    from vmvault.protection import accept_retention, settings, state_of
 
     now = now or datetime.now(UTC)
     vault = ctx.open_vault(load_index=False)
@@ -772,6 +772,7 @@ def run_prune(
         if vm.policy is None:
             continue
         policy = inventory.policy(vm.policy)
+        shortened = accept_retention(vault, policy.name, policy.retention) if not dry_run else []
         mine = [
             Point(p["id"], datetime.fromisoformat(p["created"]), vm.name)
             for p in points
@@ -794,6 +795,7 @@ def run_prune(
             "policy": policy.name,
             "keep": {pid: sorted(reasons) for pid, reasons in sorted(plan.keep.items())},
             "prune": list(plan.prune),
+            "retention_shortened": shortened,
         }
     if not dry_run:
         from vmvault.catalog.store import Catalog
