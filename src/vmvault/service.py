@@ -802,3 +802,42 @@ def run_prune(
 
         Catalog(ctx.catalog_url).rebuild(vault.config.vault_id, vault.points())
     return result
+
+
+def cost_report(ctx: Context, *, currency: str = "USD") -> Any:
+    """This month's bill from the vault's own facts (see vmvault.planning.cost for the rules).
+
+    A VM's protected-instance size is the data its latest full read found on its
+    non-temporary disks (allocated bytes that are not zeros); its storage is what its
+    backups wrote into the vault.
+    """
+    from vmvault.planning import DiskUsage, PointUsage, PriceTable, VmUsage, monthly_report
+    from vmvault.protection import state_of
+
+    vault = ctx.open_vault(load_index=False)
+    by_vm: dict[str, list[dict[str, Any]]] = {}
+    for point in vault.points():
+        by_vm.setdefault(point["vm"], []).append(point)
+    usages = []
+    for vm, points in sorted(by_vm.items()):
+        measured = [p for p in points if all(d["stats"].get("skipped", 0) == 0 for d in p["disks"])]
+        latest = (measured or points)[-1]
+        disks = [
+            DiskUsage(
+                max(d["stats"]["read"] - d["stats"]["zero"], 0), d.get("role", "data"), d["name"]
+            )
+            for d in latest["disks"]
+        ]
+        usages.append(
+            VmUsage(
+                vm,
+                disks,
+                [
+                    PointUsage(vm, {d["name"]: d["stats"]["stored"] for d in p["disks"]})
+                    for p in points
+                ],
+                datetime.fromisoformat(points[0]["completed"]),
+                state_of(vault, vm).status,
+            )
+        )
+    return monthly_report(usages, PriceTable(currency=currency))

@@ -357,6 +357,53 @@ def prune(
 
 
 @app.command()
+def cost(
+    currency: str = typer.Option("USD", "--currency"),
+    csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """This month's bill: protected instances (by size tier) and vault storage, per VM."""
+    report = guarded(
+        json,
+        lambda: service.cost_report(context(vault, catalog, passphrase_file), currency=currency),
+    )
+    if json:
+        emit_json(report.to_dict())
+        return
+    if csv:
+        typer.echo(report.to_csv(), nl=False)
+        return
+    table = Table(title=f"monthly cost ({report.currency})")
+    for col in (
+        "vm",
+        "protected",
+        "instances",
+        "instance cost",
+        "storage",
+        "storage cost",
+        "total",
+        "billed",
+    ):
+        table.add_column(col)
+    for row in report.rows:
+        table.add_row(
+            row.vm,
+            human_bytes(row.protected_instance_bytes),
+            str(row.instances),
+            str(row.instance_cost),
+            human_bytes(row.storage_bytes),
+            str(row.storage_cost),
+            str(row.total),
+            "yes" if row.billed else f"no ({row.reason})",
+        )
+    console.print(table)
+    console.print(f"total: {report.total} {report.currency}")
+
+
+@app.command()
 def gc(
     grace: float = typer.Option(
         3600.0, "--grace", help="Never touch packs younger than this many seconds."
