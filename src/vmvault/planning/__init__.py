@@ -1,4 +1,4 @@
-"""Planning aids that answer "what will this cost?" without touching a vault.
+"""Planning aids: what will this cost (``cost``), how long will it take (``estimate``).
 
 Everything here is a pure function over plain data: no I/O, no clock. Callers gather the
 facts (disk usage, recovery points, protection status) and pass them in.
