@@ -1,0 +1,74 @@
+"""The day simulation (shared admission rules) and the seed's best-practice findings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from vmvault.inventory import parse_inventory
+from vmvault.jobs.admission import Limits
+from vmvault.planning.findings import findings
+from vmvault.planning.simulate import PlannedDisk, PlannedJob, simulate
+
+MB = 10**6
+GB = 10**9
+
+
+def test_forty_vms_at_once_the_rest_wait() -> None:
+    jobs = [
+        PlannedJob(f"vm{i:02d}", 0.0, [PlannedDisk(f"p{i % 3}", 20 * GB, 20 * MB)], 1500.0)
+        for i in range(50)
+    ]
+    sim = simulate(jobs, Limits(max_vms=40), {f"p{i}": 10_000 * MB for i in range(3)})
+    started_at_once = [t for t in sim.timings if t.start == 0.0]
+    assert len(started_at_once) == 40
+    waiting = [t for t in sim.timings if t.start != 0.0]
+    assert len(waiting) == 10 and all(t.wait == pytest.approx(1020, abs=60) for t in waiting)
+    assert sum(sim.pool_load[f"p{i}"][0] for i in range(3)) == pytest.approx(40 * 20 * MB)
+    assert {t.vm for t in sim.late} == {t.vm for t in waiting}  # they miss the window
+
+
+def test_twenty_disks_of_a_pool_at_once() -> None:
+    jobs = [PlannedJob(f"vm{i:02d}", 0.0, [PlannedDisk("p", 20 * GB, 20 * MB)]) for i in range(30)]
+    sim = simulate(jobs, Limits(), {"p": 10_000 * MB})
+    assert len([t for t in sim.timings if t.start == 0.0]) == 20  # the seed's 20 per pool
+
+
+def test_a_pool_budget_slows_everyone_on_it() -> None:
+    jobs = [PlannedJob(f"vm{i}", 0.0, [PlannedDisk("p", 10 * GB, 50 * MB)]) for i in range(4)]
+    sim = simulate(jobs, Limits(), {"p": 100 * MB})
+    assert sim.peak("p") == pytest.approx(100 * MB)  # 4 x 50 MB/s wanted, 100 allowed
+    assert all(t.end == pytest.approx(400, abs=60) for t in sim.timings)  # 10 GB at 25 MB/s
+
+
+def test_best_practice_findings() -> None:
+    vms = []
+    for i in range(45):
+        tags = ['cloud_service = "shop"'] if i < 12 else []
+        if i == 0:
+            tags.append('app_write_kb = "4"')
+        pool = "prem" if i < 2 else "std"
+        vms.append(
+            f'[[vms]]\nname = "vm{i}"\npolicy = "night"\ntags = {{ {", ".join(tags)} }}\n'
+            f'[[vms.disks]]\nname = "os"\npath = "/d/vm{i}"\npool = "{pool}"\n'
+        )
+    inv = parse_inventory(
+        '[policies.night]\nschedule = { kind = "daily", time = "10:00" }\n'
+        "[pools.std]\n[pools.prem]\npremium = true\n" + "\n".join(vms),
+        "inv.toml",
+    )
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    found = findings(inv, {f"vm{i}": [at] for i in range(45)})
+    codes = {f.code for f in found}
+    assert codes == {
+        "too_many_vms_at_once",
+        "too_many_disks_per_pool",
+        "too_many_classic_vms",
+        "peak_hours",
+        "small_app_writes",
+        "premium_pool_shared",
+    }
+    crowd = next(f for f in found if f.code == "too_many_vms_at_once")
+    assert len(crowd.subjects) == 45 and "45 VMs start at 10:00" in crowd.message
+    assert next(f for f in found if f.code == "premium_pool_shared").subjects == ("vm0", "vm1")
