@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,41 @@ def test_best_practice_findings() -> None:
     crowd = next(f for f in found if f.code == "too_many_vms_at_once")
     assert len(crowd.subjects) == 45 and "45 VMs start at 10:00" in crowd.message
     assert next(f for f in found if f.code == "premium_pool_shared").subjects == ("vm0", "vm1")
+
+
+def test_plan_command_from_the_inventory(tmp_path: Path) -> None:
+    import json
+
+    from conftest import run_cli
+
+    for name in ("web", "db"):
+        (tmp_path / f"{name}.img").write_bytes(os.urandom(2 << 20))
+    inv = tmp_path / "inv.toml"
+    inv.write_text(f"""
+[pools.a]
+egress_mb_per_s = 30
+[policies.day]
+schedule = {{ kind = "daily", time = "10:00" }}
+[[vms]]
+name = "web"
+policy = "day"
+[[vms.disks]]
+name = "os"
+path = "{tmp_path / "web.img"}"
+pool = "a"
+[[vms]]
+name = "db"
+policy = "day"
+[[vms.disks]]
+name = "os"
+path = "{tmp_path / "db.img"}"
+pool = "a"
+""")
+    result = run_cli("plan", "--inventory", str(inv), "--day", "2026-12-01", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [j["due"] for j in doc["jobs"]] == ["2026-12-01T10:00+00:00"] * 2
+    assert doc["pools"]["a"]["peak_mb_s"] == 30.0  # two disks at 20 MB/s, the pool allows 30
+    assert {f["code"] for f in doc["findings"]} == {"peak_hours"}
+    bad = run_cli("plan", "--inventory", str(inv), "--day", "tomorrow")
+    assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from getpass import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -841,3 +841,84 @@ def cost_report(ctx: Context, *, currency: str = "USD") -> Any:
             )
         )
     return monthly_report(usages, PriceTable(currency=currency))
+
+
+def run_plan(
+    ctx: Context | None, inventory: Inventory, day: datetime, *, daily_change: float = 0.05
+) -> dict[str, Any]:
+    """Tonight's schedule, simulated: when each backup starts and ends, each pool's load,
+    which jobs miss their window, and the best-practice findings.
+
+    Sizes come from the vault's history where there is one (the data the last full read
+    found, the last incremental's changed bytes); before that from the disks themselves
+    (their allocated bytes) and the initial-backup rate of the seed's table.
+    """
+    from vmvault.jobs.worker import limits_of
+    from vmvault.planning.estimate import INCREMENTAL_MBPS, INITIAL_MBPS, disk_rate
+    from vmvault.planning.findings import findings
+    from vmvault.planning.simulate import PlannedDisk, PlannedJob, simulate
+    from vmvault.policy import due_times
+
+    start = day.replace(hour=0, minute=0, second=0, microsecond=0)
+    history: dict[str, list[dict[str, Any]]] = {}
+    if ctx is not None:
+        for point in ctx.open_vault(load_index=False).points():
+            history.setdefault(point["vm"], []).append(point)
+    jobs, starts = [], {}
+    cap = inventory.limits.disk_mb_per_s
+    for vm in inventory.vms:
+        if not vm.policy:
+            continue
+        schedule = inventory.policy(vm.policy).schedule
+        times = due_times(schedule, start - timedelta(seconds=1), start + timedelta(days=1))
+        times = [t for t in times if t < start + timedelta(days=1)]
+        starts[vm.name] = times
+        points = history.get(vm.name, [])
+        last = {d["name"]: d for d in points[-1]["disks"]} if points else {}
+        planned = []
+        for disk in vm.protected_disks():
+            if disk.name in last:
+                stats = last[disk.name]["stats"]
+                used = max(stats["read"] - stats["zero"], 0)
+                changed = stats["changed"] if points[-1]["type"] == "incremental" else None
+                size = changed if changed is not None else round(used * daily_change)
+                rate = disk_rate(INCREMENTAL_MBPS, cap)
+            else:
+                path = Path(disk.path)
+                size = path.stat().st_blocks * 512 if path.exists() else 0
+                rate = disk_rate(INITIAL_MBPS, cap)
+            planned.append(PlannedDisk(disk.pool or "(none)", int(size), rate))
+        window = (schedule.window_hours or 24) * 3600.0
+        for t in times:
+            due = (t - start).total_seconds()
+            jobs.append(PlannedJob(vm.name, due, planned, deadline=due + window))
+    egress = {name: pool.egress_mb_per_s * 1e6 for name, pool in inventory.pools.items()}
+    sim = simulate(jobs, limits_of(inventory), egress)
+    return {
+        "day": start.date().isoformat(),
+        "jobs": [
+            {
+                "vm": t.vm,
+                "due": _clock(start, t.due),
+                "start": _clock(start, t.start),
+                "end": _clock(start, t.end),
+                "wait_s": round(t.wait),
+                "late": t.late,
+            }
+            for t in sim.timings
+        ],
+        "pools": {
+            p: {
+                "peak_mb_s": round(sim.peak(p) / 1e6, 1),
+                "load_mb_s": [round(x / 1e6, 1) for x in sim.pool_load[p]],
+            }
+            for p in sim.pool_load
+        },
+        "findings": [f.to_dict() for f in findings(inventory, starts)],
+    }
+
+
+def _clock(day: datetime, seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return (day + timedelta(seconds=seconds)).isoformat(timespec="minutes")

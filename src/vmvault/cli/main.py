@@ -357,6 +357,55 @@ def prune(
 
 
 @app.command()
+def plan(
+    day: str | None = typer.Option(None, "--day", help="YYYY-MM-DD (UTC); default: tomorrow."),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Will the schedule fit? Simulate a day: starts, ends, waits, pool load, findings."""
+    from datetime import UTC, datetime, timedelta
+
+    from vmvault.inventory import load_inventory
+
+    def act() -> dict[str, Any]:
+        try:
+            when = (
+                datetime.fromisoformat(day).replace(tzinfo=UTC)
+                if day
+                else datetime.now(UTC) + timedelta(days=1)
+            )
+        except ValueError:
+            raise UsageError(f"--day {day!r} is not YYYY-MM-DD") from None
+        ctx = context(vault, catalog, passphrase_file) if vault else None
+        return service.run_plan(ctx, load_inventory(inventory), when)
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+        return
+    table = Table(title=f"backups on {doc['day']} (UTC)")
+    for col in ("vm", "due", "start", "end", "wait", "in window"):
+        table.add_column(col)
+    for j in doc["jobs"]:
+        table.add_row(
+            j["vm"],
+            (j["due"] or "")[11:],
+            (j["start"] or "-")[11:],
+            (j["end"] or "-")[11:],
+            f"{j['wait_s']} s",
+            "[red]no[/]" if j["late"] else "yes",
+        )
+    console.print(table)
+    for pool, load in doc["pools"].items():
+        console.print(f"pool {pool}: peak {load['peak_mb_s']} MB/s")
+    for f in doc["findings"]:
+        console.print(f"[yellow]{f['code']}[/]: {f['message']}")
+
+
+@app.command()
 def cost(
     currency: str = typer.Option("USD", "--currency"),
     csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
