@@ -110,5 +110,9 @@ pool = "a"
     assert [j["due"] for j in doc["jobs"]] == ["2026-12-01T10:00+00:00"] * 2
     assert doc["pools"]["a"]["peak_mb_s"] == 30.0  # two disks at 20 MB/s, the pool allows 30
     assert {f["code"] for f in doc["findings"]} == {"peak_hours"}
+    chart = tmp_path / "load.png"
+    drawn = run_cli("plan", "--inventory", str(inv), "--day", "2026-12-01", "--chart", str(chart))
+    assert drawn.returncode == 0, drawn.stderr
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
     bad = run_cli("plan", "--inventory", str(inv), "--day", "tomorrow")
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr

@@ -896,6 +896,7 @@ def run_plan(
     sim = simulate(jobs, limits_of(inventory), egress)
     return {
         "day": start.date().isoformat(),
+        "step_s": sim.step,
         "jobs": [
             {
                 "vm": t.vm,

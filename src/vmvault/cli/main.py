@@ -359,6 +359,7 @@ def prune(
 @app.command()
 def plan(
     day: str | None = typer.Option(None, "--day", help="YYYY-MM-DD (UTC); default: tomorrow."),
+    chart: str | None = typer.Option(None, "--chart", help="Write each pool's load (PNG/SVG)."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -380,7 +381,14 @@ def plan(
         except ValueError:
             raise UsageError(f"--day {day!r} is not YYYY-MM-DD") from None
         ctx = context(vault, catalog, passphrase_file) if vault else None
-        return service.run_plan(ctx, load_inventory(inventory), when)
+        inv = load_inventory(inventory)
+        result = service.run_plan(ctx, inv, when)
+        if chart:
+            from vmvault.planning.chart import render_load_chart
+
+            budgets = {name: p.egress_mb_per_s for name, p in inv.pools.items()}
+            result["chart"] = str(render_load_chart(result, chart, budgets))
+        return result
 
     doc = guarded(json, act)
     if json:
@@ -403,6 +411,8 @@ def plan(
         console.print(f"pool {pool}: peak {load['peak_mb_s']} MB/s")
     for f in doc["findings"]:
         console.print(f"[yellow]{f['code']}[/]: {f['message']}")
+    if "chart" in doc:
+        console.print(f"chart: {doc['chart']}")
 
 
 @app.command()

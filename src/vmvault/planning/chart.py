@@ -1,0 +1,35 @@
+"""The planner's chart: each storage pool's backup load over the simulated day (PNG/SVG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def render_load_chart(plan: dict[str, Any], path: str | Path, egress: dict[str, float]) -> Path:
+    """Draw ``plan["pools"]`` (MB/s per simulation step) against each pool's egress budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
+    pools = plan["pools"]
+    fig, axes = plt.subplots(
+        max(len(pools), 1), 1, figsize=(10, 2.4 * max(len(pools), 1)), squeeze=False
+    )
+    step_h = plan.get("step_s", 60) / 3600
+    for ax, (pool, load) in zip(axes[:, 0], sorted(pools.items()), strict=False):
+        hours = [i * step_h for i in range(len(load["load_mb_s"]))]
+        ax.fill_between(hours, load["load_mb_s"], step="post", alpha=0.6, label="backup load")
+        if pool in egress:
+            ax.axhline(egress[pool], color="red", linestyle="--", label="egress budget")
+        ax.set_xlim(0, max(24.0, hours[-1] if hours else 24.0))
+        ax.set_ylabel("MB/s")
+        ax.set_title(f"pool {pool}: peak {load['peak_mb_s']} MB/s")
+        ax.legend(loc="upper left")
+    axes[-1, 0].set_xlabel(f"hours from {plan['day']} 00:00 UTC")
+    fig.tight_layout()
+    fig.savefig(target)
+    plt.close(fig)
+    return target
