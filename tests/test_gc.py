@@ -79,7 +79,7 @@ def test_gc_during_a_backup_never_removes_what_it_needs(
     """A backup that dedups against chunks of a forgotten point runs while GC runs: GC
     announces, sees the backup's lock, and defers; the backup's point stays whole."""
     ctx = _ctx(tmp_path)
-    image = make_image("a.img", size=32 * MiB)
+    image = make_image("a.img", size=96 * MiB)  # ~58 MB of data: the backup below lasts ~10 s
     old = service.run_backup(ctx, "vm-old", [service.DiskSpec("os", str(image))])
     service.forget_point(ctx, old["id"])  # its chunks are garbage now...
     clone = tmp_path / "clone.img"
@@ -102,7 +102,7 @@ def test_gc_during_a_backup_never_removes_what_it_needs(
             "--disk-name",
             "os",
             "--limit-rate",
-            "8",
+            "6",
             "--json",
         ],
         env=env,

@@ -83,6 +83,8 @@ def test_a_killed_worker_leaves_a_failed_rerunnable_job(
 ) -> None:
     inv_path = tmp_path / "inv.toml"
     inv_path.write_text(_inventory(tmp_path, 1, disk_mb_per_s=0.5))
+    with open(tmp_path / "vm0.img", "r+b") as f:  # more than the 4 MiB a bucket lets through
+        f.write(os.urandom(7 * MiB))
     env = {
         **os.environ,
         "VMVAULT_PASSPHRASE": PASSPHRASE,
