@@ -110,9 +110,29 @@ pool = "a"
     assert [j["due"] for j in doc["jobs"]] == ["2026-12-01T10:00+00:00"] * 2
     assert doc["pools"]["a"]["peak_mb_s"] == 30.0  # two disks at 20 MB/s, the pool allows 30
     assert {f["code"] for f in doc["findings"]} == {"peak_hours"}
+    proposed = run_cli(
+        "plan", "--inventory", str(inv), "--day", "2026-12-01", "--stagger", "--json"
+    )
+    stagger = json.loads(proposed.stdout)["stagger"]
+    assert sorted(stagger["starts"].values()) == [
+        "2026-12-01T10:00+00:00",
+        "2026-12-01T10:30+00:00",
+    ]
+    assert stagger["peak_before_mb_s"]["a"] == 30.0 and stagger["peak_after_mb_s"]["a"] == 20.0
     chart = tmp_path / "load.png"
     drawn = run_cli("plan", "--inventory", str(inv), "--day", "2026-12-01", "--chart", str(chart))
     assert drawn.returncode == 0, drawn.stderr
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
     bad = run_cli("plan", "--inventory", str(inv), "--day", "tomorrow")
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+
+
+def test_stagger_lowers_the_peak_within_the_rules() -> None:
+    from vmvault.planning.stagger import stagger
+
+    jobs = [PlannedJob(f"vm{i}", 0.0, [PlannedDisk("p", 36 * GB, 20 * MB)]) for i in range(6)]
+    proposal = stagger(jobs, Limits(), {"p": 10_000 * MB}, step_minutes=30, spread_hours=3)
+    assert proposal.peak_before["p"] == pytest.approx(6 * 20 * MB)  # all six at once
+    assert proposal.peak_after["p"] <= 2 * 20 * MB + 1  # 30-minute jobs spread over 3 hours
+    assert sorted(proposal.starts.values())[0] == 0.0
+    assert max(proposal.starts.values()) <= 3 * 3600

@@ -844,7 +844,12 @@ def cost_report(ctx: Context, *, currency: str = "USD") -> Any:
 
 
 def run_plan(
-    ctx: Context | None, inventory: Inventory, day: datetime, *, daily_change: float = 0.05
+    ctx: Context | None,
+    inventory: Inventory,
+    day: datetime,
+    *,
+    daily_change: float = 0.05,
+    stagger: bool = False,
 ) -> dict[str, Any]:
     """Tonight's schedule, simulated: when each backup starts and ends, each pool's load,
     which jobs miss their window, and the best-practice findings.
@@ -894,7 +899,18 @@ def run_plan(
             jobs.append(PlannedJob(vm.name, due, planned, deadline=due + window))
     egress = {name: pool.egress_mb_per_s * 1e6 for name, pool in inventory.pools.items()}
     sim = simulate(jobs, limits_of(inventory), egress)
+    proposal = None
+    if stagger:
+        from vmvault.planning.stagger import stagger as propose
+
+        found = propose(jobs, limits_of(inventory), egress)
+        proposal = {
+            "starts": {vm: _clock(start, due) for vm, due in sorted(found.starts.items())},
+            "peak_before_mb_s": {p: round(v / 1e6, 1) for p, v in found.peak_before.items()},
+            "peak_after_mb_s": {p: round(v / 1e6, 1) for p, v in found.peak_after.items()},
+        }
     return {
+        "stagger": proposal,
         "day": start.date().isoformat(),
         "step_s": sim.step,
         "jobs": [

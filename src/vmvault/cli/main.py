@@ -360,6 +360,7 @@ def prune(
 def plan(
     day: str | None = typer.Option(None, "--day", help="YYYY-MM-DD (UTC); default: tomorrow."),
     chart: str | None = typer.Option(None, "--chart", help="Write each pool's load (PNG/SVG)."),
+    stagger: bool = typer.Option(False, "--stagger", help="Propose staggered start times."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -382,7 +383,7 @@ def plan(
             raise UsageError(f"--day {day!r} is not YYYY-MM-DD") from None
         ctx = context(vault, catalog, passphrase_file) if vault else None
         inv = load_inventory(inventory)
-        result = service.run_plan(ctx, inv, when)
+        result = service.run_plan(ctx, inv, when, stagger=stagger)
         if chart:
             from vmvault.planning.chart import render_load_chart
 
@@ -413,6 +414,13 @@ def plan(
         console.print(f"[yellow]{f['code']}[/]: {f['message']}")
     if "chart" in doc:
         console.print(f"chart: {doc['chart']}")
+    if doc["stagger"]:
+        proposal = doc["stagger"]
+        for vm, start in proposal["starts"].items():
+            console.print(f"proposed start for {vm}: {start[11:16]} UTC")
+        for pool, before in proposal["peak_before_mb_s"].items():
+            after = proposal["peak_after_mb_s"].get(pool)
+            console.print(f"pool {pool}: peak {before} MB/s -> {after} MB/s")
 
 
 @app.command()
