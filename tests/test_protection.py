@@ -97,6 +97,10 @@ def test_immutable_vault_refuses_deletes(tmp_path: Path, ctx: service.Context) -
     unlock = run_cli("vault", "immutability", "off", env=env)
     assert unlock.returncode == 2 and "locked" in unlock.stderr
     assert ctx.open_vault(load_index=False).point_ids() == ids
+    assert run_cli("vault", "soft-delete", "30", env=env).returncode == 0
+    assert protection.settings(vault)["soft_delete_days"] == 30
+    too_short = run_cli("vault", "soft-delete", "7", env=env)
+    assert too_short.returncode == 2 and "14 to 180" in too_short.stderr
     shown = run_cli("protection", "show", "web", env=env)
     assert shown.returncode == 0 and "web: protected" in shown.stdout
 

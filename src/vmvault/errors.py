@@ -64,10 +64,6 @@ class CorruptObject(VmvaultError):
     code = "corrupt_object"
 
 
-class VaultLocked(VmvaultError):
-    code = "vault_locked"
-
-
 class RestoreDamaged(VmvaultError):
     """A restore met damaged or missing chunks; ``ranges`` are the affected byte ranges."""
 

@@ -534,6 +534,7 @@ def _register_extra_commands() -> None:
     app.command("scheduler")(jobs_cmd.scheduler)
     app.add_typer(protection_cmd.app, name="protection")
     vault_app.command("immutability")(protection_cmd.immutability)
+    vault_app.command("soft-delete")(protection_cmd.soft_delete)
 
 
 _register_extra_commands()

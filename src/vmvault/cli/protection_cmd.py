@@ -128,3 +128,25 @@ def immutability(
         emit_json(doc)
     else:
         console.print(f"immutability: {doc['immutability']}")
+
+
+def soft_delete(
+    days: int = typer.Argument(..., help="How long deleted backup data stays recoverable."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Keep soft-deleted backup data this many days (14 to 180) before purging it."""
+    from vmvault import protection
+
+    doc = guarded(
+        json,
+        lambda: protection.set_soft_delete_days(
+            context(vault, catalog, passphrase_file).open_vault(load_index=False), days
+        ),
+    )
+    if json:
+        emit_json(doc)
+    else:
+        console.print(f"soft delete keeps data {doc['soft_delete_days']} days")

@@ -110,18 +110,3 @@ def create_image(path: str | os.PathLike[str], fmt: str, size: int) -> None:
     )
     if result.returncode != 0:
         raise QemuError(f"qemu-img create {path}: {result.stderr.strip()}")
-
-
-def image_info(path: str | os.PathLike[str]) -> dict[str, object]:
-    import json
-
-    result = subprocess.run(
-        [_need("qemu-img"), "info", "--output=json", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise QemuError(f"qemu-img info {path}: {result.stderr.strip()}")
-    info: dict[str, object] = json.loads(result.stdout)
-    return info

@@ -53,13 +53,6 @@ class _OpenPack:
     entries: list[PackEntry] = field(default_factory=list)
 
 
-@dataclass
-class WriterStats:
-    packs: int = 0
-    pack_bytes: int = 0
-    index_objects: int = 0
-
-
 _STOP = object()
 SealedPack = tuple[bytes, list[PackEntry], list[bytes]]  # pack id, entries, the object's bytes
 
@@ -86,7 +79,6 @@ class PackWriter:
         self._uploaded: list[tuple[bytes, list[PackEntry]]] = []  # not yet in an index object
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
-        self.stats = WriterStats()
         self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
         self._thread.start()
 
@@ -164,8 +156,6 @@ class PackWriter:
                     self._index.add_pack(pack_id, entries)
                     with self._lock:
                         self._uploaded.append((pack_id, entries))
-                        self.stats.packs += 1
-                        self.stats.pack_bytes += sum(len(p) for p in data)
                         checkpoint = len(self._uploaded) >= self._index_every
                     if checkpoint:
                         self._write_index()
@@ -181,7 +171,6 @@ class PackWriter:
             return
         sealed = self._cipher.seal(encode_index(batch), AAD_INDEX)
         self._backend.put(index_key(blake3.blake3(sealed).digest()), sealed)
-        self.stats.index_objects += 1
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -320,12 +320,6 @@ class Vault:
         payload = self.cipher.open(sealed[1:], blob_aad(encoding), what)
         return decode_payload(encoding, payload, self.config.block_size + 4096, what)
 
-    def fetch_one(self, chunk_id: bytes) -> bytes:
-        result = self.fetch([chunk_id])[chunk_id]
-        if isinstance(result, Exception):
-            raise result
-        return bytes(result)
-
     # -- block records ------------------------------------------------------------------
 
     def seal_blob(self, encoding: int, payload: bytes | memoryview) -> list[bytes]:
