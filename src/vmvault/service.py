@@ -208,17 +208,16 @@ def run_backup(
     rate_limit: float | None = None,
     progress: ProgressCallback = no_progress,
 ) -> dict[str, Any]:
-    """Back up disk images of ``vm`` as they are into one point; returns the committed point."""
+    """Back up disk images of ``vm`` as they are into one point; returns the committed point.
+
+    ``rate_limit`` (bytes/s) caps each disk, through the same budgets the inventory's
+    limits use.
+    """
+    if rate_limit:
+        disks = [replace(d, budget=disk_budget(rate_limit / 1e6)) for d in disks]
     with ctx.session("backup") as vault, _job(ctx, vault, "backup", vm) as job:
         return _backup_and_record(
-            vault,
-            job,
-            vm,
-            disks,
-            full=full,
-            workers=workers,
-            rate_limit=rate_limit,
-            progress=progress,
+            vault, job, vm, disks, full=full, workers=workers, progress=progress
         )
 
 
@@ -288,7 +287,7 @@ def run_vm_backup(
             with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
                 images = _snapshot_start(provider, [d.path for d in disks])
             specs = [
-                replace(spec, budget=_budget(inventory, d))
+                replace(spec, budget=_budget(inventory, d, rate_limit))
                 for spec, d in zip(
                     _snapshot_specs(provider, disks, images, meta), disks, strict=True
                 )
@@ -300,7 +299,6 @@ def run_vm_backup(
                 specs,
                 full=full,
                 workers=workers,
-                rate_limit=rate_limit,
                 progress=progress,
                 consistency=q.consistency.to_dict(),
                 excluded=[
@@ -387,13 +385,15 @@ def _snapshot_start(provider: SnapshotProvider, paths: list[str]) -> list[str]:
     return live.start(paths) if live else provider.take(paths)
 
 
-def _budget(inventory: Inventory, disk: VmDisk) -> DiskBudget:
-    """The inventory's limits for one disk: its own cap and its pool's shared budgets."""
+def _budget(inventory: Inventory, disk: VmDisk, rate_limit: float | None = None) -> DiskBudget:
+    """The inventory's limits for one disk: its own cap (``rate_limit`` in bytes/s, if
+    given, overrides the inventory's) and its pool's shared budgets."""
+    disk_cap = rate_limit / 1e6 if rate_limit else inventory.limits.disk_mb_per_s
     if disk.pool is None:
-        return disk_budget(inventory.limits.disk_mb_per_s)
+        return disk_budget(disk_cap)
     pool = inventory.pools[disk.pool]
     return disk_budget(
-        inventory.limits.disk_mb_per_s,
+        disk_cap,
         disk.pool,
         egress_mb_per_s=pool.egress_mb_per_s,
         requests_per_second=pool.requests_per_second,

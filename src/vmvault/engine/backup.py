@@ -140,7 +140,6 @@ class DiskBackup:
         executor: ThreadPoolExecutor,
         workers: int,
         *,
-        rate_limit: float | None = None,
         progress: ProgressCallback = no_progress,
     ) -> None:
         self.vault = vault
@@ -162,8 +161,7 @@ class DiskBackup:
             self.buffers.put(bytearray(self.block))
         self.zero = bytes(self.chunk)
         self.compressor = Compressor(vault.config.compression_level)
-        own = [TokenBucket(rate_limit, burst=self.block)] if rate_limit else []
-        self.byte_buckets = [*own, *disk.byte_buckets]
+        self.byte_buckets = list(disk.byte_buckets)
         self.request_buckets = list(disk.request_buckets)
         self.progress = progress
         if disk.changes_only and (parent is None or disk.changed is None):
@@ -396,7 +394,6 @@ def backup(
     disks: Sequence[DiskInput],
     *,
     workers: int | None = None,
-    rate_limit: float | None = None,
     full: bool = False,
     consistency: dict[str, str] | None = None,
     excluded: Sequence[dict[str, Any]] = (),
@@ -434,7 +431,6 @@ def backup(
                     parents[disk.name][1] if disk.name in parents else None,
                     executor,
                     per_disk,
-                    rate_limit=rate_limit,
                     progress=progress,
                 )
                 for disk in disks

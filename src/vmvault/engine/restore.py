@@ -139,7 +139,6 @@ class DiskRestore:
         executor: ThreadPoolExecutor,
         workers: int,
         *,
-        rate_limit: float | None = None,
         byte_buckets: Sequence[TokenBucket] = (),
         progress: ProgressCallback = no_progress,
     ) -> None:
@@ -149,9 +148,8 @@ class DiskRestore:
         self.target = target
         self.executor = executor
         self.max_inflight = 2 * workers
-        own = [TokenBucket(rate_limit, burst=manifest.block_size)] if rate_limit else []
         # a pool's buckets are shared with the backups reading that pool
-        self.byte_buckets = [*own, *byte_buckets]
+        self.byte_buckets = list(byte_buckets)
         self.progress = progress
         self.operation = "restore" if target else "verify"
 
@@ -241,7 +239,6 @@ def restore_disk(
     target_format: str = "raw",
     ignore_errors: bool = False,
     workers: int | None = None,
-    rate_limit: float | None = None,
     byte_buckets: Sequence[TokenBucket] = (),
     sync: bool = False,
     progress: ProgressCallback = no_progress,
@@ -268,7 +265,6 @@ def restore_disk(
                     out,
                     pool,
                     workers,
-                    rate_limit=rate_limit,
                     byte_buckets=byte_buckets,
                     progress=progress,
                 ).run()
