@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from vmvault.catalog.store import Catalog
     from vmvault.inventory import Disk as VmDisk
     from vmvault.inventory import Inventory, Vm
+    from vmvault.planning.estimate import DiskLoad
     from vmvault.snapshot import SnapshotProvider
     from vmvault.snapshot.qemu_live import QemuLiveSnapshot
 
@@ -859,7 +860,7 @@ def run_plan(
     (their allocated bytes) and the initial-backup rate of the seed's table.
     """
     from vmvault.jobs.worker import limits_of
-    from vmvault.planning.estimate import INCREMENTAL_MBPS, INITIAL_MBPS, disk_rate
+    from vmvault.planning.estimate import disk_transfers
     from vmvault.planning.findings import findings
     from vmvault.planning.simulate import PlannedDisk, PlannedJob, simulate
     from vmvault.policy import due_times
@@ -870,7 +871,6 @@ def run_plan(
         for point in ctx.open_vault(load_index=False).points():
             history.setdefault(point["vm"], []).append(point)
     jobs, starts = [], {}
-    cap = inventory.limits.disk_mb_per_s
     for vm in inventory.vms:
         if not vm.policy:
             continue
@@ -879,20 +879,15 @@ def run_plan(
         times = [t for t in times if t < start + timedelta(days=1)]
         starts[vm.name] = times
         points = history.get(vm.name, [])
-        last = {d["name"]: d for d in points[-1]["disks"]} if points else {}
-        planned = []
-        for disk in vm.protected_disks():
-            if disk.name in last:
-                stats = last[disk.name]["stats"]
-                used = max(stats["read"] - stats["zero"], 0)
-                changed = stats["changed"] if points[-1]["type"] == "incremental" else None
-                size = changed if changed is not None else round(used * daily_change)
-                rate = disk_rate(INCREMENTAL_MBPS, cap)
-            else:
-                path = Path(disk.path)
-                size = path.stat().st_blocks * 512 if path.exists() else 0
-                rate = disk_rate(INITIAL_MBPS, cap)
-            planned.append(PlannedDisk(disk.pool or "(none)", int(size), rate))
+        share, rate = disk_transfers(
+            _disk_loads(vm, points[-1] if points else None),
+            initial=not points,
+            measured_changed_bytes=_changed(points[-1]) if points else None,
+            daily_change=daily_change,
+            cap_mb_s=inventory.limits.disk_mb_per_s,
+        )
+        pools = {d.name: d.pool or "(none)" for d in vm.disks}
+        planned = [PlannedDisk(pools[d.name], int(size), rate) for d, size in share]
         window = (schedule.window_hours or 24) * 3600.0
         for t in times:
             due = (t - start).total_seconds()
@@ -933,6 +928,30 @@ def run_plan(
         },
         "findings": [f.to_dict() for f in findings(inventory, starts)],
     }
+
+
+def _disk_loads(vm: Vm, point: dict[str, Any] | None) -> list[DiskLoad]:
+    """A VM's disks as the planner sees them: the data its last backup read, or before any
+    backup the bytes allocated on the host."""
+    from vmvault.planning.estimate import DiskLoad
+
+    seen = {d["name"]: d["stats"] for d in point["disks"]} if point else {}
+    loads = []
+    for disk in vm.protected_disks():
+        if disk.name in seen:
+            used = max(seen[disk.name]["read"] - seen[disk.name]["zero"], 0)
+        else:
+            path = Path(disk.path)
+            used = path.stat().st_blocks * 512 if path.exists() else 0
+        loads.append(DiskLoad(disk.name, used, disk.role.value))
+    return loads
+
+
+def _changed(point: dict[str, Any]) -> int | None:
+    """What the point's backup found changed, if it was an incremental one."""
+    if point["type"] != "incremental":
+        return None
+    return sum(int(d["stats"]["changed"]) for d in point["disks"])
 
 
 def _clock(day: datetime, seconds: float | None) -> str | None:

@@ -48,6 +48,33 @@ def disk_rate(mbps: float, cap_mb_s: float = DISK_CAP_MB_S) -> float:
     return min(mbps * 1e6 / 8, cap_mb_s * 1e6)
 
 
+def disk_transfers(
+    disks: Sequence[DiskLoad],
+    *,
+    initial: bool,
+    measured_mbps: float | None = None,
+    measured_changed_bytes: int | None = None,
+    daily_change: float = DEFAULT_DAILY_CHANGE,
+    cap_mb_s: float = DISK_CAP_MB_S,
+) -> tuple[list[tuple[DiskLoad, float]], float]:
+    """Bytes each non-temporary disk transfers, and the per-disk rate (bytes/s).
+
+    Changes are spread over the disks in proportion to their data.
+    """
+    protected = [d for d in disks if d.role != "temporary"]
+    used = sum(d.used_bytes for d in protected)
+    if initial:
+        changed_total: float = used
+    elif measured_changed_bytes is not None:
+        changed_total = measured_changed_bytes
+    else:
+        changed_total = used * daily_change
+    table = INITIAL_MBPS if initial else INCREMENTAL_MBPS
+    rate = disk_rate(measured_mbps if measured_mbps else table, cap_mb_s)
+    share = [(d, changed_total * d.used_bytes / used if used else 0.0) for d in protected]
+    return share, rate
+
+
 def estimate_backup(
     disks: Sequence[DiskLoad],
     *,
@@ -59,25 +86,20 @@ def estimate_backup(
     snapshot_seconds: float = DEFAULT_SNAPSHOT_SECONDS,
     queue_wait_seconds: float = 0.0,
 ) -> Estimate:
-    """Estimate one backup of a VM's non-temporary disks."""
-    protected = [d for d in disks if d.role != "temporary"]
-    used = sum(d.used_bytes for d in protected)
-    if initial:
-        changed_total = used
-    elif measured_changed_bytes is not None:
-        changed_total = measured_changed_bytes
-    else:
-        changed_total = round(used * daily_change)
-    table = INITIAL_MBPS if initial else INCREMENTAL_MBPS
-    rate = disk_rate(measured_mbps if measured_mbps else table, cap_mb_s)
-    # Changes are spread over the disks in proportion to their data; the slowest disk decides.
-    per_disk = [changed_total * d.used_bytes / used if used else 0.0 for d in protected]
-    transfer = max(per_disk, default=0.0) / rate
+    """Estimate one backup of a VM's non-temporary disks: the slowest disk decides."""
+    share, rate = disk_transfers(
+        disks,
+        initial=initial,
+        measured_mbps=measured_mbps,
+        measured_changed_bytes=measured_changed_bytes,
+        daily_change=daily_change,
+        cap_mb_s=cap_mb_s,
+    )
     return Estimate(
         "initial" if initial else "incremental",
-        used,
-        changed_total,
-        transfer,
+        sum(d.used_bytes for d, _ in share),
+        round(sum(b for _, b in share)),
+        max((b for _, b in share), default=0.0) / rate,
         snapshot_seconds,
         queue_wait_seconds,
         "measured" if measured_mbps else "seed table",

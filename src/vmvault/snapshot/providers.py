@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from vmvault.disks.source import RawDisk
 from vmvault.errors import VmvaultError
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -118,29 +119,12 @@ class FullCopy(_CopyingProvider):
 def sparse_copy(source: Path, target: Path) -> None:
     """Copy data extents as data and holes as holes (copy_file_range: no user-space copy)."""
     try:
-        with open(source, "rb") as src, open(target, "wb") as dst:
-            size = os.fstat(src.fileno()).st_size
-            dst.truncate(size)
-            for start, end in _data_extents(src.fileno(), size):
-                _copy_range(src.fileno(), dst.fileno(), start, end)
+        with RawDisk.open(source) as src, open(target, "wb") as dst:
+            dst.truncate(src.size)
+            for start, end in src.data_ranges(0, src.size):
+                _copy_range(src.fd, dst.fileno(), start, end)
     except OSError as exc:
         raise SnapshotError(f"copy of {source} failed: {exc.strerror}") from None
-
-
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    extents = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break
-            return [(pos, size)]
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, end))
-        pos = end
-    return extents
 
 
 def _copy_range(src: int, dst: int, start: int, end: int) -> None:
