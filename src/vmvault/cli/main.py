@@ -371,6 +371,7 @@ def plan(
     from datetime import UTC, datetime, timedelta
 
     from vmvault.inventory import load_inventory
+    from vmvault.planning.runner import run_plan
 
     def act() -> dict[str, Any]:
         try:
@@ -383,7 +384,7 @@ def plan(
             raise UsageError(f"--day {day!r} is not YYYY-MM-DD") from None
         ctx = context(vault, catalog, passphrase_file) if vault else None
         inv = load_inventory(inventory)
-        result = service.run_plan(ctx, inv, when, stagger=stagger)
+        result = run_plan(ctx, inv, when, stagger=stagger)
         if chart:
             from vmvault.planning.chart import render_load_chart
 
@@ -433,9 +434,11 @@ def cost(
     json: bool = JsonOpt,
 ) -> None:
     """This month's bill: protected instances (by size tier) and vault storage, per VM."""
+    from vmvault.planning.runner import cost_report
+
     report = guarded(
         json,
-        lambda: service.cost_report(context(vault, catalog, passphrase_file), currency=currency),
+        lambda: cost_report(context(vault, catalog, passphrase_file), currency=currency),
     )
     if json:
         emit_json(report.to_dict())
