@@ -13,6 +13,7 @@ class VmvaultError(Exception):
 
     code = "error"
     exit_code = 1
+    http_status = 500  # what the API answers: the server or its vault could not do it
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,6 +23,21 @@ class VmvaultError(Exception):
 class UsageError(VmvaultError):
     code = "bad_input"
     exit_code = 2
+    http_status = 400
+
+
+class NotFound(UsageError):
+    """A name or id that is not there (a VM, a job, a point, a token)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(UsageError):
+    """The request is valid but the state forbids it now (immutable vault, job finished)."""
+
+    code = "conflict"
+    http_status = 409
 
 
 class VaultNotFound(VmvaultError):
@@ -46,10 +62,12 @@ class PassphraseMissing(VmvaultError):
 
 class DiskNotFound(VmvaultError):
     code = "disk_not_found"
+    http_status = 404
 
 
 class PointNotFound(VmvaultError):
     code = "point_not_found"
+    http_status = 404
 
 
 class ObjectMissing(VmvaultError):

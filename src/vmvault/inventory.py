@@ -27,7 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vmvault.errors import UsageError
+from vmvault.alerts.settings import AlertSettings
+from vmvault.errors import NotFound, UsageError
 from vmvault.policy import DEFAULT_POLICY, Policy
 
 DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
@@ -35,6 +36,10 @@ DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
 
 class InventoryError(UsageError):
     code = "bad_inventory"
+
+
+class VmNotFound(InventoryError, NotFound):
+    code = "vm_not_found"
 
 
 class DiskRole(StrEnum):
@@ -118,6 +123,7 @@ class Inventory(_Strict):
     pools: dict[str, StoragePool] = Field(default_factory=dict)
     policies: dict[str, Policy] = Field(default_factory=dict)
     vms: list[Vm] = Field(default_factory=list)
+    alerts: AlertSettings = AlertSettings()
     source: str = ""
 
     @field_validator("pools", "policies", mode="before")
@@ -164,7 +170,7 @@ class Inventory(_Strict):
             if vm.name == name:
                 return vm
         known = ", ".join(v.name for v in self.vms) or "none"
-        raise InventoryError(f"no VM named {name!r} in {self.source} (known: {known})")
+        raise VmNotFound(f"no VM named {name!r} in {self.source} (known: {known})")
 
 
 def _where(loc: tuple[int | str, ...], doc: dict[str, Any]) -> str:

@@ -566,6 +566,13 @@ def run_gc(ctx: Context, **options: Any) -> GcReport:
     return collect_garbage(ctx.open_vault(), **options)
 
 
+def raise_alert(ctx: Context, vault: Vault, kind: str, message: str, **fields: Any) -> int | None:
+    """Record an alert in the catalog; the server or scheduler delivers it."""
+    from vmvault.alerts.store import raise_alert as store
+
+    return store(ctx.catalog(), vault.config.vault_id, kind, message, **fields)
+
+
 def forget_point(ctx: Context, point_ref: str) -> str:
     """Delete a recovery point; its data goes at the next garbage collection."""
     from vmvault.protection import check_may_delete
@@ -573,10 +580,17 @@ def forget_point(ctx: Context, point_ref: str) -> str:
     vault = ctx.open_vault(load_index=False)
     point_id = resolve_point(vault, point_ref)
     check_may_delete(vault)
+    vm = vault.get_point(point_id)["vm"]
     vault.delete_point(point_id)
-    from vmvault.catalog.store import Catalog
-
-    Catalog(ctx.catalog_url).rebuild(vault.config.vault_id, vault.points())
+    ctx.catalog().rebuild(vault.config.vault_id, vault.points())
+    raise_alert(
+        ctx,
+        vault,
+        "backup_data_deleted",
+        f"recovery point {point_id} of {vm} was deleted",
+        vm=vm,
+        details={"point": point_id},
+    )
     return point_id
 
 
@@ -791,6 +805,14 @@ def run_prune(
         if not dry_run:
             for point_id in plan.prune:
                 vault.delete_point(point_id)
+        if shortened:
+            raise_alert(
+                ctx,
+                vault,
+                "retention_shortened",
+                f"policy {policy.name} now keeps less: {', '.join(shortened)}",
+                details={"policy": policy.name, "shortened": shortened},
+            )
         result["vms"][vm.name] = {
             "policy": policy.name,
             "keep": {pid: sorted(reasons) for pid, reasons in sorted(plan.keep.items())},

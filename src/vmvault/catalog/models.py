@@ -90,3 +90,65 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     queue_wait: Mapped[float] = mapped_column(Float, default=0.0)  # seconds queued
+    # Live progress of a running job, per disk: {"disk": {"done": n, "total": n, "op": ...}}.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class ApiToken(Base):
+    """An API token: only its SHA-256 is kept, so a stolen catalog reveals no token."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(255), default="")
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebSession(Base):
+    """A dashboard login: the cookie's SHA-256, the token it was opened with, a CSRF secret."""
+
+    __tablename__ = "web_sessions"
+
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Who did what, when: every write through the API, allowed or refused."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="")
+    action: Mapped[str] = mapped_column(String(255))
+    target: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[int] = mapped_column(Integer)
+    remote: Mapped[str] = mapped_column(String(255), default="")
+
+
+class Alert(Base):
+    """A job failure or a security event, and where it was delivered."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vault_id: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    vm: Mapped[str | None] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Raised once per key (e.g. one "purge upcoming" per VM and purge date).
+    dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    deliveries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

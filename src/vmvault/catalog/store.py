@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -35,6 +35,20 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _add_new_columns(engine: Engine) -> None:
+    """Columns added after a table first shipped: a catalog made by an older version gets
+    them (nullable, so old rows stay valid); create_all only creates missing tables."""
+    present = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in present.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as conn:
+                    add = f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'
+                    conn.execute(text(add))
+
+
 class Catalog:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_catalog_url()
@@ -44,6 +58,7 @@ class Catalog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_new_columns(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- recovery points ------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -13,15 +12,6 @@ from vmvault.cli.output import console, emit_json, guarded
 app = typer.Typer(
     help="Protection of VMs: stop, resume, soft delete, undelete.", no_args_is_help=True
 )
-
-
-def _doc(vm: str, state: Any) -> dict[str, Any]:
-    return {
-        "vm": vm,
-        "status": state.status,
-        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
-        "purge_at": state.purge_at.isoformat() if state.purge_at else None,
-    }
 
 
 def _print(doc: dict[str, Any]) -> None:
@@ -38,19 +28,10 @@ def _act(
     vm: str,
     **options: Any,
 ) -> None:
-    from vmvault import protection
+    from vmvault.governance import change_protection
 
-    def run() -> dict[str, Any]:
-        v = context(vault, catalog, passphrase_file).open_vault(load_index=False)
-        functions: dict[str, Callable[..., Any]] = {
-            "stop": protection.stop,
-            "resume": protection.resume,
-            "undelete": protection.recover,
-            "show": protection.state_of,
-        }
-        return _doc(vm, functions[action](v, vm, **options))
-
-    doc = guarded(json, run)
+    ctx = guarded(json, lambda: context(vault, catalog, passphrase_file))
+    doc = guarded(json, lambda: change_protection(ctx, vm, action, **options))
     if json:
         emit_json(doc)
     else:
@@ -116,14 +97,9 @@ def immutability(
     json: bool = JsonOpt,
 ) -> None:
     """Make the vault immutable: no backup data deleted, no retention shortened."""
-    from vmvault import protection
+    from vmvault.governance import set_immutability
 
-    doc = guarded(
-        json,
-        lambda: protection.set_vault_immutability(
-            context(vault, catalog, passphrase_file).open_vault(load_index=False), value
-        ),
-    )
+    doc = guarded(json, lambda: set_immutability(context(vault, catalog, passphrase_file), value))
     if json:
         emit_json(doc)
     else:
@@ -138,14 +114,9 @@ def soft_delete(
     json: bool = JsonOpt,
 ) -> None:
     """Keep soft-deleted backup data this many days (14 to 180) before purging it."""
-    from vmvault import protection
+    from vmvault.governance import set_soft_delete
 
-    doc = guarded(
-        json,
-        lambda: protection.set_soft_delete_days(
-            context(vault, catalog, passphrase_file).open_vault(load_index=False), days
-        ),
-    )
+    doc = guarded(json, lambda: set_soft_delete(context(vault, catalog, passphrase_file), days))
     if json:
         emit_json(doc)
     else:

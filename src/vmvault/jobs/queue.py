@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from vmvault.catalog.models import Job
 from vmvault.catalog.store import Catalog
-from vmvault.errors import UsageError
+from vmvault.errors import Conflict, NotFound
 
 STALE_AFTER = timedelta(seconds=120)
 BACKOFF = timedelta(seconds=30)
@@ -66,7 +66,7 @@ class JobQueue:
         with self.catalog.session() as s:
             job = s.get(Job, job_id)
             if job is None or job.vault_id != self.vault_id:
-                raise UsageError(f"no job {job_id}")
+                raise NotFound(f"no job {job_id}")
             return job
 
     def running(self) -> list[Job]:
@@ -132,6 +132,14 @@ class JobQueue:
             job = s.get(Job, job_id)
             return bool(job and job.cancel_requested)
 
+    def report_progress(self, job_id: int, progress: dict[str, Any]) -> None:
+        with self.catalog.session.begin() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "running")
+                .values(progress=progress)
+            )
+
     def finish(self, job_id: int, state: str, **fields: Any) -> None:
         assert state in FINAL_STATES
         self.catalog.finish_job(job_id, state, **fields)
@@ -180,7 +188,7 @@ class JobQueue:
         """A queued job is cancelled at once; a running one at its next block."""
         job = self.get(job_id)
         if job.state in FINAL_STATES:
-            raise UsageError(f"job {job_id} is already {job.state}")
+            raise Conflict(f"job {job_id} is already {job.state}")
         with self.catalog.session.begin() as s:
             if job.state == "queued":
                 s.execute(

@@ -92,9 +92,19 @@ def run_maintenance(
     from vmvault.protection import purge_due
 
     vault = ctx.open_vault(load_index=False)
-    purged = purge_due(vault, sorted({p["vm"] for p in vault.points()}))
+    vms = sorted({p["vm"] for p in vault.points()})
+    purged = purge_due(vault, vms)
     for name, count in purged.items():
         log.info("purged %s: soft delete ended, %d point(s) deleted", name, count)
+        service.raise_alert(
+            ctx,
+            vault,
+            "purge_done",
+            f"soft-deleted backup data of {name} was purged: {count} point(s) are gone",
+            vm=name,
+            details={"points": count},
+        )
+    _alert_upcoming_purges(ctx, vault, vms)
     from vmvault.snapshot import instant
 
     now = datetime.now(UTC)
@@ -116,6 +126,27 @@ def run_maintenance(
     )
 
 
+def _alert_upcoming_purges(ctx: service.Context, vault: Vault, vms: list[str]) -> None:
+    """Azure's "upcoming purge" alert: once per VM and purge date, in its last 2 days."""
+    from vmvault.policy import upcoming_purge_alert
+    from vmvault.protection import state_of
+
+    now = datetime.now(UTC)
+    for name in vms:
+        state = state_of(vault, name)
+        if state.purge_at is not None and upcoming_purge_alert(state, now):
+            service.raise_alert(
+                ctx,
+                vault,
+                "purge_upcoming",
+                f"soft-deleted backup data of {name} will be purged at "
+                f"{state.purge_at.isoformat()}; undelete it before then to keep it",
+                vm=name,
+                details={"purge_at": state.purge_at.isoformat()},
+                dedupe_key=f"purge_upcoming:{vault.config.vault_id}:{name}:{state.purge_at}",
+            )
+
+
 def serve(
     ctx: service.Context,
     inventory: Inventory,
@@ -125,6 +156,7 @@ def serve(
     once: bool = False,
 ) -> None:
     """Tick every ``interval`` seconds and run what is queued (one process does it all)."""
+    from vmvault.alerts.deliver import deliver_pending
     from vmvault.jobs.worker import run_worker
 
     vault = ctx.open_vault(load_index=False)
@@ -140,6 +172,7 @@ def serve(
             maintenance_time=maintenance_time,
         )
         run_worker(ctx, inventory, once=True)
+        deliver_pending(queue.catalog, vault.config.vault_id, inventory.alerts)
         if once:
             return
         time.sleep(interval)

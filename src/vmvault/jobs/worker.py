@@ -22,6 +22,7 @@ from vmvault.vault.vault import Vault
 # Failures worth another try after a pause: the VM or the hypervisor was busy.
 TRANSIENT = frozenset({"snapshot_failed", "qemu_failed"})
 HEARTBEAT = 10.0
+PROGRESS_EVERY = 0.5  # seconds between progress writes to the catalog
 
 
 class Cancelled(VmvaultError):
@@ -108,6 +109,79 @@ def run_worker(
         time.sleep(poll)
 
 
+class _Progress:
+    """A running job's progress per disk, written to its row at most once a second."""
+
+    def __init__(self, queue: JobQueue, job_id: int, cancel: threading.Event) -> None:
+        self.queue, self.job_id, self.cancel = queue, job_id, cancel
+        self.disks: dict[str, dict[str, Any]] = {}
+        self.written = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.cancel.is_set():
+            raise Cancelled(f"job {self.job_id} was cancelled")
+        with self.lock:
+            self.disks[event.disk] = {
+                "operation": event.operation,
+                "done": event.done,
+                "total": event.total,
+            }
+            now = time.monotonic()
+            if now - self.written < PROGRESS_EVERY and event.done < event.total:
+                return
+            self.written = now
+            snapshot = dict(self.disks)
+        self.queue.report_progress(self.job_id, snapshot)
+
+
+def _run(
+    ctx: service.Context, inventory: Inventory, queue: JobQueue, job: Job, progress: _Progress
+) -> None:
+    """Run one claimed job by its kind; the service records its outcome on the job's row."""
+    recorder = QueuedJob(queue, job.id)
+    spec = job.spec or {}
+    if job.kind == "maintenance":
+        from vmvault.jobs.scheduler import run_maintenance
+
+        run_maintenance(ctx, inventory, queue, job.id)
+    elif job.kind == "backup":
+        service.run_vm_backup(
+            ctx,
+            inventory,
+            str(job.vm),
+            full=bool(spec.get("full")),
+            progress=progress,
+            recorder=recorder,
+        )
+    elif job.kind == "restore":
+        result = service.run_vm_restore(
+            ctx,
+            inventory,
+            str(job.vm),
+            point_ref=str(spec.get("point", "latest")),
+            new_name=spec.get("new_name"),
+            directory=spec.get("directory"),
+            target_pool=spec.get("pool"),
+            progress=progress,
+        )
+        queue.finish(job.id, "succeeded", point_id=result["point"], details=result)
+    elif job.kind == "verify":
+        point_id, reports = service.run_verify(
+            ctx, str(spec.get("point", "latest")), vm=job.vm or None, progress=progress
+        )
+        damaged = [r.to_dict() for r in reports if r.damaged]
+        queue.finish(
+            job.id,
+            "failed" if damaged else "succeeded",
+            point_id=point_id,
+            error=("restore_damaged", f"{len(damaged)} disk(s) damaged") if damaged else None,
+            details={"disks": [r.to_dict() for r in reports]},
+        )
+    else:
+        raise VmvaultError(f"unknown job kind {job.kind!r}")
+
+
 def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: Job) -> None:
     cancel = threading.Event()
     stop = threading.Event()
@@ -117,36 +191,37 @@ def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: J
             if queue.heartbeat(job.id):
                 cancel.set()
 
-    def progress(event: ProgressEvent) -> None:
-        if cancel.is_set():
-            raise Cancelled(f"job {job.id} was cancelled")
-
     beater = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
     beater.start()
+    outcome = None
     try:
         if queue.heartbeat(job.id):
             raise Cancelled(f"job {job.id} was cancelled")
-        if job.kind == "maintenance":
-            from vmvault.jobs.scheduler import run_maintenance
-
-            run_maintenance(ctx, inventory, queue, job.id)
-        else:
-            service.run_vm_backup(
-                ctx,
-                inventory,
-                str(job.vm),
-                full=bool(job.spec.get("full")),
-                progress=progress,
-                recorder=QueuedJob(queue, job.id),
-            )
+        _run(ctx, inventory, queue, job, _Progress(queue, job.id, cancel))
     except Cancelled:
         queue.finish(job.id, "cancelled")
     except VmvaultError as exc:
-        queue.retry_or_fail(job.id, (exc.code, exc.message), transient=exc.code in TRANSIENT)
+        error = (exc.code, exc.message)
+        outcome = queue.retry_or_fail(job.id, error, transient=exc.code in TRANSIENT)
     except Exception as exc:  # a bug or the OS: recorded, never left "running"
-        queue.retry_or_fail(
-            job.id, ("internal", f"{type(exc).__name__}: {exc}"), transient=isinstance(exc, OSError)
-        )
+        error = ("internal", f"{type(exc).__name__}: {exc}")
+        outcome = queue.retry_or_fail(job.id, error, transient=isinstance(exc, OSError))
     finally:
         stop.set()
         beater.join()
+    if outcome == "failed":
+        _alert_failure(ctx, queue, job, error)
+
+
+def _alert_failure(ctx: service.Context, queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
+    from vmvault.alerts.store import raise_alert
+
+    what = f"{job.kind} of {job.vm}" if job.vm else job.kind
+    raise_alert(
+        queue.catalog,
+        queue.vault_id,
+        "job_failed",
+        f"job {job.id} ({what}) failed: {error[1]}",
+        vm=job.vm or None,
+        details={"job": job.id, "code": error[0]},
+    )

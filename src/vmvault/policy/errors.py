@@ -19,6 +19,7 @@ class ImmutableVaultError(PolicyError):
     """Refused because the vault is immutable: no deleting backup data, no shorter retention."""
 
     code = "immutable_vault"
+    http_status = 409
 
 
 class ProtectionStateError(PolicyError):
@@ -26,3 +27,4 @@ class ProtectionStateError(PolicyError):
     the purge date)."""
 
     code = "protection_state"
+    http_status = 409
