@@ -527,7 +527,7 @@ def reindex_cmd(
 
 
 def _register_extra_commands() -> None:
-    from vmvault.cli import demo, jobs_cmd, protection_cmd, testdisk_cmd, vm_cmd
+    from vmvault.cli import demo, jobs_cmd, protection_cmd, server_cmd, testdisk_cmd, vm_cmd
 
     app.command("demo")(demo.demo_cmd)
     app.add_typer(testdisk_cmd.app, name="testdisk")
@@ -538,6 +538,8 @@ def _register_extra_commands() -> None:
     app.add_typer(protection_cmd.app, name="protection")
     vault_app.command("immutability")(protection_cmd.immutability)
     vault_app.command("soft-delete")(protection_cmd.soft_delete)
+    app.command("serve")(server_cmd.serve)
+    app.add_typer(server_cmd.token_app, name="token")
 
 
 _register_extra_commands()

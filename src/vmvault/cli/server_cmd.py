@@ -1,0 +1,158 @@
+"""`vmvault serve` (API, dashboard, scheduler in one process) and `vmvault token` (API tokens)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from vmvault.cli.options import CatalogOpt, InventoryOpt, JsonOpt, PassFileOpt, VaultOpt, context
+from vmvault.cli.output import console, emit_json, guarded
+from vmvault.errors import UsageError
+
+token_app = typer.Typer(
+    help="API tokens for the server (created here, shown once).", no_args_is_help=True
+)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8400, "--port", min=1, max=65535),
+    tls_cert: str | None = typer.Option(None, "--tls-cert", help="PEM certificate (enables TLS)."),
+    tls_key: str | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    restore_root: str | None = typer.Option(
+        None, "--restore-root", help="Directory where API restores create new VMs."
+    ),
+    no_scheduler: bool = typer.Option(
+        False, "--no-scheduler", help="Serve only: run no scheduler, worker or alert delivery."
+    ),
+    tick: float = typer.Option(30.0, "--tick", min=0.1, help="Seconds between scheduler ticks."),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+) -> None:
+    """Serve the REST API (/api/v1) and the dashboard, with the scheduler and a worker."""
+    import logging
+
+    import uvicorn
+
+    from vmvault.server.app import create_app
+    from vmvault.server.state import ServerConfig
+
+    def build() -> Any:
+        if bool(tls_cert) != bool(tls_key):
+            raise UsageError("give both --tls-cert and --tls-key, or neither")
+        ctx = context(vault, catalog, passphrase_file)
+        config = ServerConfig(
+            vault=ctx.vault_path,
+            catalog_url=ctx.catalog_url,
+            passphrase_file=passphrase_file,
+            inventory=inventory,
+            restore_root=restore_root,
+            scheduler=not no_scheduler,
+            worker=not no_scheduler,
+            alerts=not no_scheduler,
+            tick_seconds=tick,
+            secure_cookies=bool(tls_cert),
+        )
+        return create_app(config)
+
+    app = guarded(False, build)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    scheme = "https" if tls_cert else "http"
+    console.print(f"vmvault serving on {scheme}://{host}:{port}/ (API under /api/v1)")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        log_level="info",
+        # Access logs carry query strings and never the Authorization header: safe to keep.
+        access_log=True,
+    )
+
+
+def _accounts(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
+    from vmvault.server.accounts import Accounts
+
+    return Accounts(context(vault, catalog, passphrase_file).catalog())
+
+
+@token_app.command("create")
+def create_token(
+    name: str = typer.Argument(..., help="Who or what uses the token."),
+    role: str = typer.Option("reader", "--role", help="reader, operator or admin."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Create a token and print it once (the catalog keeps only its hash)."""
+    from vmvault.server.accounts import token_doc
+
+    def act() -> dict[str, Any]:
+        secret, row = _accounts(vault, catalog, passphrase_file).create_token(
+            name, role, created_by="cli"
+        )
+        return {**token_doc(row), "token": secret}
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+    else:
+        console.print(f"token {doc['id']} ({doc['name']}, {doc['role']}): shown once, keep it safe")
+        typer.echo(doc["token"])
+
+
+@token_app.command("list")
+def list_tokens(
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """List tokens (never their secrets)."""
+    from vmvault.server.accounts import token_doc
+
+    rows = guarded(
+        json, lambda: [token_doc(t) for t in _accounts(vault, catalog, passphrase_file).tokens()]
+    )
+    if json:
+        emit_json({"tokens": rows})
+        return
+    table = Table(title="API tokens")
+    for col in ("id", "name", "role", "created", "last used", "revoked"):
+        table.add_column(col)
+    for t in rows:
+        table.add_row(
+            str(t["id"]),
+            t["name"],
+            t["role"],
+            t["created_at"][:19],
+            (t["last_used_at"] or "-")[:19],
+            "yes" if t["revoked"] else "no",
+        )
+    console.print(table)
+
+
+@token_app.command("revoke")
+def revoke_token(
+    token_id: int = typer.Argument(...),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Revoke a token at once (its dashboard sessions end too)."""
+    from vmvault.server.accounts import token_doc
+
+    doc = guarded(
+        json, lambda: token_doc(_accounts(vault, catalog, passphrase_file).revoke(token_id))
+    )
+    if json:
+        emit_json(doc)
+    else:
+        console.print(f"token {doc['id']} ({doc['name']}) revoked")

@@ -1,0 +1,99 @@
+"""The fleet at a glance: each VM's protection state, last backup, consistency and next run.
+
+A read model shared by the API, the dashboard and ``vmvault vm list --status``: it joins
+the inventory (what should be protected, on which schedule) with the vault (which points
+exist, at what consistency) and the job queue (what is running). Pure apart from its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmvault.catalog.models import Job
+    from vmvault.inventory import Inventory, Vm
+
+
+def point_summary(point: dict[str, Any]) -> dict[str, Any]:
+    """A recovery point as lists show it: when, what kind, how consistent, how big."""
+    disks = point["disks"]
+    return {
+        "id": point["id"],
+        "vm": point["vm"],
+        "created": point["created"],
+        "completed": point.get("completed"),
+        "type": point["type"],
+        "parent": point.get("parent"),
+        "consistency": point["consistency"]["level"],
+        "consistency_reason": point["consistency"].get("reason", ""),
+        "disks": [d["name"] for d in disks],
+        "size": sum(d["size"] for d in disks),
+        "changed": sum(d["stats"]["changed"] for d in disks),
+        "stored": sum(d["stats"]["stored"] for d in disks),
+    }
+
+
+def vm_status(
+    vm: Vm,
+    inventory: Inventory,
+    points: list[dict[str, Any]],
+    protection: str,
+    active_jobs: list[Job],
+    now: datetime,
+) -> dict[str, Any]:
+    """One VM's row of the fleet overview; ``points`` are its own, oldest first."""
+    from vmvault.policy import next_due
+
+    last = points[-1] if points else None
+    next_run = None
+    if vm.policy and protection == "protected":
+        next_run = next_due(inventory.policy(vm.policy).schedule, now).isoformat()
+    return {
+        "name": vm.name,
+        "host": vm.host,
+        "state": vm.state.value,
+        "policy": vm.policy,
+        "protection": protection,
+        "points": len(points),
+        "last_backup": last["completed"] if last else None,
+        "last_point": last["id"] if last else None,
+        "consistency": last["consistency"]["level"] if last else None,
+        "next_run": next_run,
+        "active_job": active_jobs[0].id if active_jobs else None,
+        "disks": [
+            {
+                "name": d.name,
+                "role": d.role.value,
+                "format": d.format.value,
+                "pool": d.pool,
+                "protected": d in vm.protected_disks(),
+            }
+            for d in vm.disks
+        ],
+    }
+
+
+def fleet(
+    inventory: Inventory,
+    points: list[dict[str, Any]],
+    protection: Mapping[str, str],
+    jobs: list[Job],
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    now = now or datetime.now(UTC)
+    by_vm: dict[str, list[dict[str, Any]]] = {}
+    for point in points:
+        by_vm.setdefault(point["vm"], []).append(point)
+    return [
+        vm_status(
+            vm,
+            inventory,
+            by_vm.get(vm.name, []),
+            protection.get(vm.name, "protected"),
+            [j for j in jobs if j.vm == vm.name and j.state in ("queued", "running")],
+            now,
+        )
+        for vm in inventory.vms
+    ]

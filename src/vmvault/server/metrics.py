@@ -1,0 +1,78 @@
+"""Prometheus metrics, collected from the catalog and the vault at each scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from vmvault.catalog.models import Alert, Job
+
+if TYPE_CHECKING:
+    from vmvault.server.state import ServerState
+
+
+class _Collector(Collector):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state
+        jobs = GaugeMetricFamily(
+            "vmvault_jobs", "Jobs by kind and state.", labels=["kind", "state"]
+        )
+        alerts = GaugeMetricFamily("vmvault_alerts", "Alerts raised, by kind.", labels=["kind"])
+        with state.catalog.session() as s:
+            query = (
+                select(Job.kind, Job.state, func.count())
+                .where(Job.vault_id == state.vault_id)
+                .group_by(Job.kind, Job.state)
+            )
+            for kind, job_state, count in s.execute(query):
+                jobs.add_metric([kind, job_state], count)
+            by_kind = (
+                select(Alert.kind, func.count())
+                .where(Alert.vault_id == state.vault_id)
+                .group_by(Alert.kind)
+            )
+            for kind, count in s.execute(by_kind):
+                alerts.add_metric([kind], count)
+        yield jobs
+        yield alerts
+        points = GaugeMetricFamily(
+            "vmvault_recovery_points", "Recovery points per VM.", labels=["vm"]
+        )
+        last = GaugeMetricFamily(
+            "vmvault_last_backup_timestamp_seconds",
+            "When the VM's newest recovery point completed (Unix time).",
+            labels=["vm"],
+        )
+        stored = GaugeMetricFamily(
+            "vmvault_stored_bytes", "Bytes the VM's backups wrote into the vault.", labels=["vm"]
+        )
+        per_vm: dict[str, list[dict[str, object]]] = {}
+        for point in state.vault.points():
+            per_vm.setdefault(str(point["vm"]), []).append(point)
+        for vm, rows in sorted(per_vm.items()):
+            points.add_metric([vm], len(rows))
+            last.add_metric([vm], datetime.fromisoformat(str(rows[-1]["completed"])).timestamp())
+            total = sum(
+                d["stats"]["stored"]
+                for p in rows
+                for d in p["disks"]  # type: ignore[attr-defined]
+            )
+            stored.add_metric([vm], total)
+        yield points
+        yield last
+        yield stored
+
+
+def render(state: ServerState) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(state))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
