@@ -197,6 +197,10 @@ def test_verify_and_restore_as_a_new_vm(client: TestClient, site: Site) -> None:
     assert queued.status_code == 202, queued.text
     job = _wait(client, site, queued.json()["id"])
     assert job["state"] == "succeeded", job
+    restores = client.get("/api/v1/jobs?vm=web01&limit=500", headers=operator).json()["items"]
+    # One job per VM restore: no extra rows for its disks.
+    assert all("new_vm" in j["details"] for j in restores if j["kind"] == "restore")
+    assert job["bytes_written"] > 0 and job["details"]["new_vm"] == "web01-copy"
     restored = site.root / "restores" / "web01-copy"
     assert same_content(restored / "web01-copy-os.img", site.root / "disks" / "web01-os.img")
     assert same_content(restored / "web01-copy-data.img", site.root / "disks" / "web01-data.img")

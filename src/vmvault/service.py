@@ -470,8 +470,11 @@ def run_restore(
     sync: bool = False,
     budget: DiskBudget | None = None,
     progress: ProgressCallback = no_progress,
+    record: bool = True,
 ) -> RestoreReport:
     """Restore one disk of a point; ``budget`` makes it take its share of a pool's budget.
+
+    ``record=False`` leaves the job history to the caller (a VM restore is one job).
 
     A point whose snapshot is still kept for instant restore is copied from it (and checked
     against the point's chunk ids) instead of being read from the vault.
@@ -484,6 +487,19 @@ def run_restore(
             report = _instant_restore(vault, point, disk, Path(target))
             if report is not None:
                 return report
+        if not record:
+            return restore_disk(
+                vault,
+                point_id,
+                target,
+                disk=disk,
+                target_format=target_format,
+                ignore_errors=ignore_errors,
+                workers=workers,
+                sync=sync,
+                byte_buckets=budget.byte_buckets if budget else (),
+                progress=progress,
+            )
         return _restore_recorded(
             ctx,
             vault,
@@ -622,8 +638,9 @@ def run_vm_restore(
     in_place: bool = False,
     confirmed: bool = False,
     progress: ProgressCallback = no_progress,
+    recorder: JobRecorder | None = None,
 ) -> dict[str, Any]:
-    """Restore every disk of a VM's recovery point, with its configuration.
+    """Restore every disk of a VM's recovery point, with its configuration: one job.
 
     As a new VM (``new_name`` in ``directory``): disks in their original formats under new
     names, and an inventory entry for the new VM written beside them. In place: only for a
@@ -631,10 +648,49 @@ def run_vm_restore(
     snapshots them before replacing), then each disk is restored to a temporary file and
     renamed over the original, so a failed restore leaves the original disk as it was.
     """
-    from vmvault.inventory import VmState
-
     vm = inventory.vm(vm_name)
     vault = ctx.open_vault(load_index=False)
+    with _job(ctx, vault, "restore", vm.name) if recorder is None else nullcontext(recorder) as job:
+        result = _vm_restore(
+            ctx,
+            inventory,
+            vault,
+            vm,
+            point_ref=point_ref,
+            new_name=new_name,
+            directory=directory,
+            target_pool=target_pool,
+            in_place=in_place,
+            confirmed=confirmed,
+            progress=progress,
+        )
+        job.finish(
+            vault,
+            vm.name,
+            "succeeded",
+            point_id=result["point"],
+            counters={"bytes_written": sum(d["bytes_written"] for d in result["disks"])},
+            details=result,
+        )
+    return result
+
+
+def _vm_restore(
+    ctx: Context,
+    inventory: Inventory,
+    vault: Vault,
+    vm: Vm,
+    *,
+    point_ref: str,
+    new_name: str | None,
+    directory: str | None,
+    target_pool: str | None,
+    in_place: bool,
+    confirmed: bool,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    from vmvault.inventory import VmState
+
     point_id = resolve_point(vault, point_ref, vm.name)
     point = vault.get_point(point_id)
     if point["vm"] != vm.name:
@@ -671,10 +727,16 @@ def run_vm_restore(
                 sync=True,
                 budget=_budget(inventory, vm_disks[disk["name"]]),
                 progress=progress,
+                record=False,
             )
             os.replace(temp, final)
             result["disks"].append(
-                {"name": disk["name"], "path": str(final), "bytes_verified": report.bytes_verified}
+                {
+                    "name": disk["name"],
+                    "path": str(final),
+                    "bytes_verified": report.bytes_verified,
+                    "bytes_written": report.bytes_written,
+                }
             )
         return result
     if not new_name or not directory:
@@ -708,6 +770,7 @@ def run_vm_restore(
             target_format=fmt,
             budget=budget,
             progress=progress,
+            record=False,
         )
         result["disks"].append(
             {
@@ -715,6 +778,7 @@ def run_vm_restore(
                 "path": str(path),
                 "format": fmt,
                 "bytes_verified": report.bytes_verified,
+                "bytes_written": report.bytes_written,
             }
         )
         old: dict[str, Any] = next(

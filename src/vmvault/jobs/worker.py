@@ -155,7 +155,7 @@ def _run(
             recorder=recorder,
         )
     elif job.kind == "restore":
-        result = service.run_vm_restore(
+        service.run_vm_restore(
             ctx,
             inventory,
             str(job.vm),
@@ -164,8 +164,8 @@ def _run(
             directory=spec.get("directory"),
             target_pool=spec.get("pool"),
             progress=progress,
+            recorder=recorder,
         )
-        queue.finish(job.id, "succeeded", point_id=result["point"], details=result)
     elif job.kind == "verify":
         point_id, reports = service.run_verify(
             ctx, str(spec.get("point", "latest")), vm=job.vm or None, progress=progress
