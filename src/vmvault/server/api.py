@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmvault import __version__, service
@@ -27,6 +28,8 @@ Operator = Annotated[Principal, Depends(require(Role.operator))]
 Admin = Annotated[Principal, Depends(require(Role.admin))]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+# Row ids: beyond 2**53 no database (nor JavaScript) keeps them exact.
+RowId = Annotated[int, PathParam(ge=1, le=2**53)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 JOB_FIELDS = (
     "id",
@@ -269,12 +272,12 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
-def get_job(job_id: int, state: State, _: Reader) -> dict[str, Any]:
+def get_job(job_id: RowId, state: State, _: Reader) -> dict[str, Any]:
     return job_doc(state.queue.get(job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
-def cancel_job(job_id: int, state: State, _: Operator) -> dict[str, Any]:
+def cancel_job(job_id: RowId, state: State, _: Operator) -> dict[str, Any]:
     outcome = state.queue.cancel(job_id)
     return {**job_doc(state.queue.get(job_id)), "outcome": outcome}
 
@@ -476,7 +479,7 @@ def create_token(body: TokenRequest, state: State, who: Admin) -> dict[str, Any]
 
 
 @router.delete("/tokens/{token_id}", tags=["admin"])
-def revoke_token(token_id: int, state: State, who: Admin) -> dict[str, Any]:
+def revoke_token(token_id: RowId, state: State, who: Admin) -> dict[str, Any]:
     if token_id == who.token_id:
         raise Conflict("a token cannot revoke itself; use another admin token")
     return token_doc(state.accounts.revoke(token_id))
