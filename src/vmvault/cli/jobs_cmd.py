@@ -7,7 +7,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from vmvault.cli.options import CatalogOpt, InventoryOpt, JsonOpt, PassFileOpt, VaultOpt, context
+from vmvault.cli.options import (
+    CatalogOpt,
+    InventoryOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+    remote,
+)
 from vmvault.cli.output import console, emit_json, guarded, human_bytes
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
@@ -57,6 +65,8 @@ def list_jobs(
     """Queued, running and finished jobs, newest first."""
 
     def act() -> list[dict[str, Any]]:
+        if (server := remote()) is not None:
+            return list(server.get("/api/v1/jobs", limit=limit)["items"])
         queue = _queue(vault, catalog, passphrase_file)
         return [_doc(j) for j in queue.catalog.jobs(queue.vault_id, limit)]
 
@@ -92,7 +102,13 @@ def show_job(
     json: bool = JsonOpt,
 ) -> None:
     """One job in full."""
-    doc = guarded(json, lambda: _doc(_queue(vault, catalog, passphrase_file).get(job_id)))
+
+    def act() -> dict[str, Any]:
+        if (server := remote()) is not None:
+            return dict(server.get(f"/api/v1/jobs/{job_id}"))
+        return _doc(_queue(vault, catalog, passphrase_file).get(job_id))
+
+    doc = guarded(json, act)
     if json:
         emit_json(doc)
         return
@@ -109,7 +125,13 @@ def cancel_job(
     json: bool = JsonOpt,
 ) -> None:
     """Cancel a queued job, or stop a running one at its next block."""
-    state = guarded(json, lambda: _queue(vault, catalog, passphrase_file).cancel(job_id))
+
+    def act() -> str:
+        if (server := remote()) is not None:
+            return str(server.post(f"/api/v1/jobs/{job_id}/cancel")["outcome"])
+        return str(_queue(vault, catalog, passphrase_file).cancel(job_id))
+
+    state = guarded(json, act)
     if json:
         emit_json({"id": job_id, "state": state})
     else:
@@ -129,6 +151,8 @@ def run_now(
     """Queue an on-demand backup of a VM (a worker runs it)."""
 
     def act() -> int:
+        if (server := remote()) is not None:
+            return int(server.post(f"/api/v1/vms/{vm}/backup", {"full": full})["id"])
         from vmvault.inventory import load_inventory
 
         load_inventory(inventory).vm(vm)  # refuse unknown VMs now, not in the worker

@@ -21,8 +21,9 @@ from vmvault.cli.options import (
     PassFileOpt,
     VaultOpt,
     context,
+    remote,
 )
-from vmvault.cli.output import console, emit_json, guarded, human_bytes, progress_bar
+from vmvault.cli.output import console, emit_json, fail, guarded, human_bytes, progress_bar
 from vmvault.errors import UsageError
 
 app = typer.Typer(
@@ -32,6 +33,36 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 vault_app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
+
+
+@app.callback()
+def main(
+    server: str | None = typer.Option(
+        None,
+        "--server",
+        envvar="VMVAULT_SERVER",
+        help="Talk to this vmvault server (env VMVAULT_SERVER) for read and run commands.",
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="VMVAULT_TOKEN", help="API token for --server (env VMVAULT_TOKEN)."
+    ),
+    ca_cert: str | None = typer.Option(
+        None, "--ca-cert", envvar="VMVAULT_CA_CERT", help="CA bundle to trust for an https server."
+    ),
+) -> None:
+    """vmvault: incremental, deduplicated, encrypted backups of VM disks."""
+    from vmvault.cli.options import use_remote
+
+    if server is None:
+        use_remote(None)
+        return
+    if not token:
+        fail(UsageError("--server needs --token (or VMVAULT_TOKEN)"), False)
+    from vmvault.cli.remote import Remote
+
+    use_remote(Remote(server, token, ca_cert))
+
+
 app.add_typer(vault_app, name="vault")
 
 
@@ -163,25 +194,33 @@ def list_cmd(
     json: bool = JsonOpt,
 ) -> None:
     """List recovery points."""
-    points = guarded(
-        json, lambda: service.list_points(context(vault, catalog, passphrase_file), vm)
-    )
+    from vmvault.fleet import point_summary
+
+    if (server := remote()) is not None:
+        points = guarded(json, lambda: server.get("/api/v1/points", vm=vm, limit=500)["items"])
+        points.reverse()  # oldest first, as locally
+        summaries = points
+    else:
+        points = guarded(
+            json, lambda: service.list_points(context(vault, catalog, passphrase_file), vm)
+        )
+        summaries = [point_summary(p) for p in points]
     if json:
         emit_json({"points": points})
         return
     table = Table(title="recovery points")
     for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
         table.add_column(col)
-    for p in points:
+    for p in summaries:
         table.add_row(
             p["id"],
             p["vm"],
             p["type"],
-            p["consistency"]["level"],
-            ", ".join(d["name"] for d in p["disks"]),
-            human_bytes(sum(d["size"] for d in p["disks"])),
-            human_bytes(sum(d["stats"]["changed"] for d in p["disks"])),
-            human_bytes(sum(d["stats"]["stored"] for d in p["disks"])),
+            p["consistency"],
+            ", ".join(p["disks"]),
+            human_bytes(p["size"]),
+            human_bytes(p["changed"]),
+            human_bytes(p["stored"]),
         )
     console.print(table)
 
@@ -249,10 +288,19 @@ def verify(
     """Read back every chunk of a point: authenticate, decompress, re-hash."""
 
     def act() -> dict[str, Any]:
-        ctx = context(vault, catalog, passphrase_file)
-        with progress_bar(not json) as progress:
-            point_id, reports = service.run_verify(ctx, point, vm=vm, progress=progress)
-        disks = [r.to_dict() for r in reports]
+        if (server := remote()) is not None:
+            from vmvault.cli.remote import RemoteError
+
+            point_id = server.point_id(point, vm)
+            job = server.wait(server.post(f"/api/v1/points/{point_id}/verify")["id"])
+            if job["state"] != "succeeded" and not job["details"].get("disks"):
+                raise RemoteError(str(job["error_code"]), f"server: {job['error_message']}")
+            disks = job["details"]["disks"]
+        else:
+            ctx = context(vault, catalog, passphrase_file)
+            with progress_bar(not json) as progress:
+                point_id, reports = service.run_verify(ctx, point, vm=vm, progress=progress)
+            disks = [r.to_dict() for r in reports]
         return {"point": point_id, "ok": not any(d["damaged"] for d in disks), "disks": disks}
 
     doc = guarded(json, act)
@@ -382,6 +430,16 @@ def plan(
             )
         except ValueError:
             raise UsageError(f"--day {day!r} is not YYYY-MM-DD") from None
+        if (server := remote()) is not None:
+            day_text = when.date().isoformat()
+            result: dict[str, Any] = server.get("/api/v1/plan", day=day_text, stagger=stagger)
+            if chart:
+                if not chart.endswith(".svg"):
+                    raise UsageError("with --server the chart comes as SVG: name it *.svg")
+                svg = server.request_bytes("GET", "/api/v1/plan/chart.svg", day=day_text)
+                Path(chart).write_bytes(svg)
+                result["chart"] = chart
+            return result
         ctx = context(vault, catalog, passphrase_file) if vault else None
         inv = load_inventory(inventory)
         result = run_plan(ctx, inv, when, stagger=stagger)
@@ -434,19 +492,22 @@ def cost(
     json: bool = JsonOpt,
 ) -> None:
     """This month's bill: protected instances (by size tier) and vault storage, per VM."""
+    from vmvault.planning.cost import rows_to_csv
     from vmvault.planning.runner import cost_report
 
-    report = guarded(
-        json,
-        lambda: cost_report(context(vault, catalog, passphrase_file), currency=currency),
-    )
+    def act() -> dict[str, Any]:
+        if (server := remote()) is not None:
+            return dict(server.get("/api/v1/cost", currency=currency))
+        return cost_report(context(vault, catalog, passphrase_file), currency=currency).to_dict()
+
+    report = guarded(json, act)
     if json:
-        emit_json(report.to_dict())
+        emit_json(report)
         return
     if csv:
-        typer.echo(report.to_csv(), nl=False)
+        typer.echo(rows_to_csv(report["rows"]), nl=False)
         return
-    table = Table(title=f"monthly cost ({report.currency})")
+    table = Table(title=f"monthly cost ({report['currency']})")
     for col in (
         "vm",
         "protected",
@@ -458,19 +519,19 @@ def cost(
         "billed",
     ):
         table.add_column(col)
-    for row in report.rows:
+    for row in report["rows"]:
         table.add_row(
-            row.vm,
-            human_bytes(row.protected_instance_bytes),
-            str(row.instances),
-            str(row.instance_cost),
-            human_bytes(row.storage_bytes),
-            str(row.storage_cost),
-            str(row.total),
-            "yes" if row.billed else f"no ({row.reason})",
+            row["vm"],
+            human_bytes(row["protected_instance_bytes"]),
+            str(row["instances"]),
+            row["instance_cost"],
+            human_bytes(row["storage_bytes"]),
+            row["storage_cost"],
+            row["total"],
+            "yes" if row["billed"] else f"no ({row['reason']})",
         )
     console.print(table)
-    console.print(f"total: {report.total} {report.currency}")
+    console.print(f"total: {report['totals']['total']} {report['currency']}")
 
 
 @app.command()

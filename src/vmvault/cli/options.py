@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from vmvault import service
+
+if TYPE_CHECKING:
+    from vmvault.cli.remote import Remote
 from vmvault.errors import UsageError
 
 VaultOpt = typer.Option(
@@ -31,7 +36,23 @@ InventoryOpt = typer.Option(
 )
 
 
+_remote: list[Remote] = []  # set by the root command's --server / --token
+
+
+def use_remote(remote: Remote | None) -> None:
+    _remote.clear()
+    if remote is not None:
+        _remote.append(remote)
+
+
+def remote() -> Remote | None:
+    """The server to talk to, when ``--server`` was given; otherwise None (work locally)."""
+    return _remote[0] if _remote else None
+
+
 def context(vault: str | None, catalog: str | None, passphrase_file: str | None) -> service.Context:
+    if remote() is not None:
+        raise UsageError("this command works on a local vault only, not with --server")
     if not vault:
         raise UsageError("no vault given: use --vault DIR or set VMVAULT_VAULT")
     return service.Context(vault, catalog, passphrase_file)

@@ -14,8 +14,10 @@ from vmvault.cli.options import (
     PassFileOpt,
     VaultOpt,
     context,
+    remote,
 )
-from vmvault.cli.output import console, emit_json, guarded
+from vmvault.cli.output import console, emit_json, fail, guarded
+from vmvault.errors import UsageError
 
 if TYPE_CHECKING:
     from vmvault.inventory import Inventory, Vm
@@ -41,7 +43,11 @@ def vm_doc(vm: Vm) -> dict[str, Any]:
 
 @app.command("list")
 def list_vms(inventory: str | None = InventoryOpt, json: bool = JsonOpt) -> None:
-    """List the VMs of the inventory with their disks."""
+    """List the VMs of the inventory with their disks (with --server: the fleet's state)."""
+    if (server := remote()) is not None:
+        rows = guarded(json, lambda: server.get("/api/v1/vms", limit=500)["items"])
+        _print_fleet(rows, json)
+        return
     inv = guarded(json, lambda: load_inventory(inventory))
     if json:
         emit_json({"inventory": inv.source, "vms": [vm_doc(vm) for vm in inv.vms]})
@@ -69,6 +75,10 @@ def show_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Show one VM: its disks, roles, formats, pools and consistency settings."""
+    if (server := remote()) is not None:
+        row = guarded(json, lambda: server.get(f"/api/v1/vms/{name}"))
+        _print_fleet([row], json, single=True)
+        return
     vm = guarded(json, lambda: load_inventory(inventory).vm(name))
     doc = vm_doc(vm)
     if json:
@@ -101,6 +111,7 @@ def backup_vm(
     limit_rate: float | None = typer.Option(
         None, "--limit-rate", help="Read at most this many MB/s per disk."
     ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="With --server: follow the job."),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -110,6 +121,10 @@ def backup_vm(
     from vmvault import service
     from vmvault.cli.main import print_point
     from vmvault.cli.output import progress_bar
+
+    if remote() is not None:
+        _run_remote(json, f"/api/v1/vms/{name}/backup", {"full": full}, wait)
+        return
 
     def act() -> dict[str, Any]:
         inv = load_inventory(inventory)
@@ -150,6 +165,16 @@ def restore_vm(
     from vmvault import service
     from vmvault.cli.output import progress_bar
 
+    if remote() is not None:
+        if in_place or directory or not new_name:
+            fail(
+                UsageError("with --server, restore as a new VM: --as NAME (no --to, --in-place)"),
+                json,
+            )
+        body = {"vm": name, "point": point, "new_name": new_name, "pool": pool}
+        _run_remote(json, "/api/v1/restores", body, True)
+        return
+
     def act() -> dict[str, Any]:
         inv = load_inventory(inventory)
         ctx = context(vault, catalog, passphrase_file)
@@ -179,3 +204,41 @@ def restore_vm(
         console.print(f"the disks as they were are kept in point {doc['safety_point']}")
     if "inventory" in doc:
         console.print(f"new VM {doc['new_vm']}: inventory entry in {doc['inventory']}")
+
+
+def _print_fleet(rows: list[dict[str, Any]], json: bool, single: bool = False) -> None:
+    if json:
+        emit_json(rows[0] if single else {"vms": rows})
+        return
+    table = Table(title="VMs")
+    for col in ("name", "state", "policy", "protection", "last backup", "consistency", "next run"):
+        table.add_column(col)
+    for vm in rows:
+        table.add_row(
+            vm["name"],
+            vm["state"],
+            vm["policy"] or "-",
+            vm["protection"],
+            (vm["last_backup"] or "-")[:19],
+            vm["consistency"] or "-",
+            (vm["next_run"] or "-")[:16],
+        )
+    console.print(table)
+
+
+def _run_remote(json: bool, path: str, body: dict[str, Any], wait: bool) -> None:
+    """Queue a job on the server; with ``wait``, follow it and fail as it fails."""
+    server = remote()
+    assert server is not None
+    job = guarded(json, lambda: server.post(path, body))
+    if wait:
+        job = guarded(json, lambda: server.wait(job["id"]))
+    if json:
+        emit_json(job)
+    else:
+        point = f", point {job['point_id']}" if job.get("point_id") else ""
+        console.print(f"job {job['id']} ({job['kind']} of {job['vm']}): {job['state']}{point}")
+        if job.get("error_message"):
+            console.print(f"[red]error:[/] {job['error_message']}")
+    if job["state"] in ("failed", "cancelled"):
+        raise typer.Exit(1)

@@ -301,13 +301,18 @@ class Report:
         }
 
     def to_csv(self) -> str:
-        """CSV with a header and one line per VM (totals are left to the spreadsheet)."""
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow(row.to_dict())
-        return out.getvalue()
+        return rows_to_csv([row.to_dict() for row in self.rows])
+
+
+def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """CSV with a header and one line per VM (totals are left to the spreadsheet); takes
+    the rows of ``Report.to_dict()``, so a report fetched from a server prints the same."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({field: row[field] for field in CSV_FIELDS})
+    return out.getvalue()
 
 
 def monthly_report(vms: Iterable[VmUsage], table: PriceTable | None = None) -> Report:
