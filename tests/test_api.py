@@ -49,6 +49,7 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     ("POST", "/api/v1/tokens", "admin", {"name": "made-by-test", "role": "reader"}),
     ("DELETE", "/api/v1/tokens/999999", "admin", None),
     ("GET", "/metrics", "reader", None),
+    ("GET", "/api/openapi.json", "reader", None),
 ]
 RANK = {"reader": 1, "operator": 2, "admin": 3}
 

@@ -48,8 +48,9 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         title="vmvault",
         version=__version__,
         description="Backups of VM disks: VMs, jobs, recovery points, restores, planner, cost.",
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        # Served below behind a reader token: only health and the login page are public.
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -97,6 +98,10 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
 
         body, content_type = render(server)
         return Response(body, media_type=content_type)
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(_: Principal = Depends(require(Role.reader))) -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     from vmvault.server.dashboard import mount
 
