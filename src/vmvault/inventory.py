@@ -88,7 +88,7 @@ class Vm(_Strict):
     state: VmState = VmState.STOPPED
     policy: str | None = None
     scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
-    snapshot: str = "auto"  # provider: auto, in-place, reflink, copy, qemu-live
+    snapshot: str = "auto"  # provider: auto, in-place, reflink, copy, lvm, qemu-live
     qmp: str | None = None  # QMP socket of a live QEMU VM: live snapshots, dirty bitmaps
     freeze: list[str] = Field(default_factory=list)  # host mountpoints to fsfreeze
     tags: dict[str, str] = Field(default_factory=dict)

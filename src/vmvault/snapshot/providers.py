@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -150,24 +151,48 @@ def reflink_supported(directory: str) -> bool:
     return False
 
 
+def _is_block_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def choose_provider(requested: str, running: bool, paths: Sequence[str]) -> SnapshotProvider:
-    """The inventory's choice, or for ``auto``: stopped -> in place; running -> reflink."""
+    """The inventory's choice, or for ``auto``: stopped -> in place; running -> an LVM
+    snapshot for logical volumes, a reflink clone for image files."""
     providers: dict[str, type[SnapshotProvider]] = {
         "in-place": InPlace,
         "reflink": ReflinkCopy,
         "copy": FullCopy,
     }
+    if requested == "lvm":
+        from vmvault.snapshot.lvm import LvmSnapshot
+
+        return LvmSnapshot()
     if requested != "auto":
         if requested not in providers:
             raise SnapshotError(
                 f"unknown snapshot provider {requested!r} "
-                f"(known: auto, {', '.join(providers)}, qemu-live)"
+                f"(known: auto, {', '.join(providers)}, lvm, qemu-live)"
             )
         if requested == "in-place" and running:
             raise SnapshotError("a running VM's disks change under the reader: in-place refused")
         return providers[requested]()
     if not running:
         return InPlace()
+    if paths and all(_is_block_device(p) for p in paths):
+        from vmvault.snapshot.lvm import LvmSnapshot, logical_volume
+
+        try:
+            for path in paths:
+                logical_volume(path)
+        except SnapshotError as exc:
+            raise SnapshotError(
+                f"the VM is running on block devices that LVM cannot snapshot ({exc.message}): "
+                "stop the VM, or give it a live QEMU socket (qmp)"
+            ) from None
+        return LvmSnapshot()
     directories = {str(Path(p).parent) for p in paths}
     if all(reflink_supported(d) for d in directories):
         return ReflinkCopy()
