@@ -90,6 +90,7 @@ def test_example_loads_with_defaults() -> None:
         ),
         (('policy = "daily"', 'start = "01:30"'), "start needs a policy"),
         (('"daily"\ntags', '"daily"\nstart = 01:30:15\ntags'), "give the time as HH:MM"),
+        (('path = "/mnt/resource.img"', 'path = "/r"\n  used_gb = -1'), "used_gb"),
     ],
 )
 def test_broken_inventories_name_the_field(change: tuple[str, str], message: str) -> None:

@@ -79,6 +79,10 @@ class Disk(_Strict):
     format: DiskFormat = DiskFormat.RAW
     role: DiskRole = DiskRole.DATA
     pool: str | None = None
+    # The data on the disk (used, not provisioned) for planning before its first backup,
+    # where the planner cannot see the disk (another host); the host's allocated bytes
+    # otherwise.
+    used_gb: float | None = Field(default=None, ge=0)
 
 
 class Vm(_Strict):
