@@ -61,7 +61,7 @@ policy = "night"
     service.run_vm_backup(ctx, inventory, "web")  # the first backup: full
     wall, rate, first = _last_job(ctx)
     estimate = run_plan(ctx, inventory, DAY)["estimates"]["web"]
-    assert estimate["tonight"] == "incremental" and estimate["data_source"] == "backups"
+    assert estimate["tonight"] == "incremental" and estimate["data_source"] == "last backup"
     initial = estimate["initial"]
     assert initial["rate_source"] == "measured (1 backup)"
     assert initial["rate_mb_s"] == round(rate / 1e6, 2)  # that job's bytes read over seconds

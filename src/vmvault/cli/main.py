@@ -428,12 +428,13 @@ def _print_plan(doc: dict[str, Any]) -> None:
         initial, incremental = e["initial"], e["incremental"]
         estimates.add_row(
             vm,
-            f"{initial['data_bytes'] / 1e9:.1f} GB ({e['data_source']})",
+            f"{_decimal_bytes(initial['data_bytes'])}\n[dim]{e['data_source']}[/]",
             _duration(initial["total_s"]),
-            f"{initial['rate_mb_s']:g} MB/s ({initial['rate_source']})",
+            f"{initial['rate_mb_s']:g} MB/s\n[dim]{initial['rate_source']}[/]",
             _duration(incremental["total_s"]),
-            f"{incremental['rate_mb_s']:g} MB/s ({incremental['rate_source']})",
-            f"{incremental['changed_bytes'] / 1e9:.1f} GB ({incremental['changed_source']})",
+            f"{incremental['rate_mb_s']:g} MB/s\n[dim]{incremental['rate_source']}[/]",
+            f"{_decimal_bytes(incremental['changed_bytes'])}\n"
+            f"[dim]{incremental['changed_source']}[/]",
         )
     console.print(estimates)
     for pool, load in doc["pools"].items():
@@ -450,7 +451,9 @@ def _print_plan(doc: dict[str, Any]) -> None:
     if doc["stagger"]:
         proposal = doc["stagger"]
         for vm, start in proposal["start"].items():
-            console.print(f"proposed start for {vm}: {start} ({proposal['starts'][vm][11:16]} UTC)")
+            console.print(
+                f'proposed for {vm}: start = "{start}" ({proposal["starts"][vm][11:16]} UTC)'
+            )
         for pool, before in proposal["demand_before_mb_s"].items():
             after = proposal["demand_after_mb_s"].get(pool)
             console.print(f"pool {pool}: demand up to {before} MB/s -> {after} MB/s")
@@ -484,6 +487,11 @@ def _fit(summary: dict[str, Any]) -> str:
     if summary["jobs_late"]:
         problems.append(f"{summary['jobs_late']} job(s) end after their window")
     return "[red]over-subscribed[/]: " + "; ".join(problems)
+
+
+def _decimal_bytes(count: int) -> str:
+    """GB and MB as the seed counts them (10^9, 10^6)."""
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def _duration(seconds: float) -> str:

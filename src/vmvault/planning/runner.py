@@ -256,7 +256,7 @@ def _disk_loads(vm: Vm, seen: dict[str, int]) -> tuple[list[DiskLoad], str]:
     loads, sources = [], set()
     for disk in vm.protected_disks():
         if disk.name in seen:
-            used, source = seen[disk.name], "backups"
+            used, source = seen[disk.name], "last backup"
         elif disk.used_gb is not None:
             used, source = round(disk.used_gb * 1e9), "inventory"
         else:
