@@ -229,3 +229,13 @@ def test_an_oversubscribed_fleet_staggered_applied_and_replayed(
     hours, minutes = map(int, start.split(":"))
     new_time = datetime(2026, 12, 2, hours, minutes, tzinfo=UTC)
     assert vm in {queue.get(j).vm for j in tick(queue, inventory, state, new_time)}
+
+
+def test_the_readme_example_fleet_is_oversubscribed_until_staggered() -> None:
+    from vmvault.inventory import load_inventory
+    from vmvault.planning.runner import run_plan
+
+    inv = load_inventory(Path(__file__).parent.parent / "docs" / "examples" / "fleet.toml")
+    plan = run_plan(None, inv, datetime(2026, 12, 1, tzinfo=UTC), stagger=True)
+    assert plan["summary"]["pools_over_budget"] == ["hdd", "ssd-a", "ssd-b"]
+    assert plan["stagger"]["summary_after"]["fits"]
