@@ -1,10 +1,10 @@
-"""The seed's throughput table, reproduced exactly."""
+"""The seed's throughput table, reproduced exactly; measured history replacing it."""
 
 from __future__ import annotations
 
 import pytest
 
-from vmvault.planning.estimate import DiskLoad, estimate_backup
+from vmvault.planning.estimate import DiskLoad, DiskRun, PastBackup, estimate_backup, measure
 
 TB = 10**12
 GB = 10**9
@@ -20,11 +20,7 @@ def test_incremental_at_640_mbps_and_default_churn() -> None:
     estimate = estimate_backup([DiskLoad("os", TB, "os")], initial=False, snapshot_seconds=0)
     assert estimate.changed_bytes == 50 * GB  # 5 % of the data
     assert estimate.transfer_seconds == pytest.approx(50 * GB / 60e6)  # 80 MB/s capped at 60
-    measured = estimate_backup(
-        [DiskLoad("os", TB, "os")], initial=False, measured_changed_bytes=10 * GB, measured_mbps=80
-    )
-    assert measured.transfer_seconds == pytest.approx(10 * GB / 10e6)
-    assert measured.rate_source == "measured"
+    assert estimate.changed_source == "daily change 5%" and estimate.snapshot_source == "given"
 
 
 def test_disks_run_in_parallel_and_temporary_disks_are_excluded() -> None:
@@ -38,3 +34,35 @@ def test_disks_run_in_parallel_and_temporary_disks_are_excluded() -> None:
     assert estimate.read_bytes == 47 * GB  # the seed's example
     assert estimate.transfer_seconds == pytest.approx(30 * GB / 20e6)  # the largest disk
     assert estimate.total_seconds == pytest.approx(30 * GB / 20e6 + 90)
+
+
+def test_measured_history_replaces_the_table_per_kind_and_disk() -> None:
+    history = [
+        PastBackup(True, [DiskRun("os", 40 * GB, 40 * GB, 1000.0)], 1100.0),  # 40 MB/s
+        *(
+            PastBackup(False, [DiskRun("os", 40 * GB, changed * GB, 400.0)], 420.0)  # 100 MB/s
+            for changed in (9, 1, 2, 3)
+        ),
+    ]
+    disks = [DiskLoad("os", 40 * GB, "os"), DiskLoad("data", 20 * GB)]  # data: a new disk
+    initial = estimate_backup(disks, initial=True, measured=measure(history, initial=True))
+    assert initial.rate_source == "measured (1 backup)"
+    assert initial.disks[0].rate == pytest.approx(40e6)
+    assert initial.disks[1].rate == pytest.approx(40e6)  # the VM's rate for a disk it lacks
+    assert initial.transfer_seconds == pytest.approx(1000.0)
+    assert initial.snapshot_seconds == pytest.approx(100.0)  # the job beyond its slowest disk
+    assert initial.snapshot_source == "measured (1 backup)"
+    incremental = estimate_backup(
+        disks, initial=False, measured=measure(history, initial=False), cap_mb_s=1000
+    )
+    assert incremental.rate_source == "measured (3 backups)"  # the last three of the kind
+    assert incremental.changed_source == "measured (3 backups)"
+    assert incremental.changed_bytes == 2 * GB + 20 * GB // 20  # mean of 1, 2, 3 + 5 % of data
+    assert incremental.disks[0].rate == pytest.approx(100e6)
+    # no change tracking: incrementals read the whole disk, and so does the estimate
+    assert incremental.disks[0].seconds == pytest.approx(400.0)
+    assert incremental.disks[1].seconds == pytest.approx(200.0)  # never read: read in full
+    capped = estimate_backup(disks, initial=False, measured=measure(history, initial=False))
+    assert capped.disks[0].rate == pytest.approx(60e6)  # the per-disk cap still holds
+    assert measure(history[:1], initial=False) is None
+    assert estimate_backup(disks, initial=False, measured=None).rate_source == "seed table"

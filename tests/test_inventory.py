@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from vmvault.inventory import DiskRole, InventoryError, load_inventory, parse_inventory
+from vmvault.inventory import (
+    DiskRole,
+    InventoryError,
+    load_inventory,
+    parse_inventory,
+    write_starts,
+)
 
 EXAMPLE = """
 [policies.daily]
@@ -78,6 +84,13 @@ def test_example_loads_with_defaults() -> None:
         (('role = "temporary"', 'role = "os"'), "at most one os disk"),
         (('policy = "daily"', 'policy = "hourly"'), "unknown policy 'hourly'"),
         (('time = "22:30"', 'time = "25:00"'), "policies.daily.schedule.time"),
+        (
+            ('policy = "daily"', 'policy = "daily"\nstart = "1:30"'),
+            "vms['web01'].start: '1:30' is not a time of day",
+        ),
+        (('policy = "daily"', 'start = "01:30"'), "start needs a policy"),
+        (('"daily"\ntags', '"daily"\nstart = 01:30:15\ntags'), "give the time as HH:MM"),
+        (('path = "/mnt/resource.img"', 'path = "/r"\n  used_gb = -1'), "used_gb"),
     ],
 )
 def test_broken_inventories_name_the_field(change: tuple[str, str], message: str) -> None:
@@ -107,3 +120,45 @@ def test_vm_list_and_show_cli(tmp_path: Path) -> None:
     broken = run_cli("vm", "list", "--inventory", str(path))
     assert broken.returncode == 2
     assert broken.stderr.startswith(f"error: {path}: vms['web01'].disks['os'].role")
+
+
+def test_hourly_start_must_keep_the_runs_inside_the_window() -> None:
+    hourly = EXAMPLE.replace(
+        'schedule = { kind = "daily", time = "22:30", timezone = "Europe/Berlin" }\n'
+        "retention = { daily_days = 30, weekly_weeks = 12 }",
+        'schedule = { kind = "hourly", time = "08:00", every_hours = 4, window_hours = 12 }',
+    )
+    inv = parse_inventory(
+        hourly.replace('policy = "daily"', 'policy = "daily"\nstart = 11:30:00'), "i"
+    )
+    assert inv.vm("web01").start == "11:30"  # TOML's local time is accepted
+    with pytest.raises(InventoryError, match="VM web01: start 12:00 is outside the window"):
+        parse_inventory(
+            hourly.replace('policy = "daily"', 'policy = "daily"\nstart = "12:00"'), "i"
+        )
+
+
+def test_write_starts_keeps_the_file_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "inv.toml"
+    commented = EXAMPLE.replace('policy = "daily"', 'policy = "daily"   # nightly')
+    commented += '\n[[vms]]\nname = "db01"\npolicy = "daily"\nstart = "23:00"\n'
+    commented += '  # its disk\n  [[vms.disks]]\n  name = "os"\n  path = "/d"\n'
+    path.write_text(commented)
+    path.chmod(0o640)
+    inv = load_inventory(path)
+    written = write_starts(path, {"web01": "01:30", "db01": None}, expected=inv)
+    assert written.vm("web01").start == "01:30" and written.vm("db01").start is None
+    text = path.read_text()
+    # one line added right after the policy it delays, one removed, the rest as it was
+    assert text == commented.replace(
+        'policy = "daily"   # nightly', 'policy = "daily"   # nightly\nstart = "01:30"'
+    ).replace('start = "23:00"\n', "")
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert load_inventory(path) == written
+    # the file changed since the plan was made: nothing written
+    with pytest.raises(InventoryError, match="changed since it was read"):
+        write_starts(path, {"web01": "02:00"}, expected=inv)
+    with pytest.raises(InventoryError, match="no VM named 'nope'"):
+        write_starts(path, {"nope": "02:00"})
+    assert path.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.toml"]  # no temporary left

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
+from vmvault import service
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.admission import Limits
 from vmvault.planning.findings import findings
@@ -77,10 +81,6 @@ def test_best_practice_findings() -> None:
 
 
 def test_plan_command_from_the_inventory(tmp_path: Path) -> None:
-    import json
-
-    from conftest import run_cli
-
     for name in ("web", "db"):
         (tmp_path / f"{name}.img").write_bytes(os.urandom(2 << 20))
     inv = tmp_path / "inv.toml"
@@ -125,6 +125,8 @@ pool = "a"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
     bad = run_cli("plan", "--inventory", str(inv), "--day", "tomorrow")
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+    alone = run_cli("plan", "--inventory", str(inv), "--apply")
+    assert alone.returncode == 2 and "give both" in alone.stderr
 
 
 def test_stagger_lowers_the_peak_within_the_rules() -> None:
@@ -136,3 +138,104 @@ def test_stagger_lowers_the_peak_within_the_rules() -> None:
     assert proposal.peak_after["p"] <= 2 * 20 * MB + 1  # 30-minute jobs spread over 3 hours
     assert sorted(proposal.starts.values())[0] == 0.0
     assert max(proposal.starts.values()) <= 3 * 3600
+
+
+def test_stagger_moves_all_runs_of_a_vm_and_stays_in_the_window() -> None:
+    from vmvault.planning.stagger import stagger
+
+    disk = [PlannedDisk("p", 36 * GB, 20 * MB)]  # 30 minutes each
+    # an hourly VM whose runs at 0 h and 4 h may move less than an hour (its window)
+    hourly = [PlannedJob("h", due, disk, latest_start=due + 3600) for due in (0.0, 4 * 3600.0)]
+    daily = [PlannedJob(f"d{i}", 0.0, disk) for i in range(3)]
+    proposal = stagger([*hourly, *daily], Limits(), {"p": 30 * MB}, spread_hours=3)
+    assert proposal.delays["h"] in (0.0, 1800.0)  # never to 1 h or later
+    assert proposal.starts["h"] == proposal.delays["h"]  # its first run; the second moved alike
+    after = sorted(t.start for t in proposal.after.timings if t.vm == "h")
+    assert after[1] - after[0] == 4 * 3600
+    assert proposal.after.demand_peak("p") <= 30 * MB  # one disk at a time fits the budget
+    assert not proposal.after.waited and proposal.before.demand_peak("p") == 4 * 20 * MB
+
+
+def fleet_inventory(path: Path) -> Path:
+    """200 VMs with 600 disks on 6 pools, every one scheduled at 22:00: too much at once."""
+    rnd = random.Random(6)
+    parts = [
+        "# the whole fleet in one nightly policy\n"
+        '[policies.night]\nschedule = { kind = "daily", time = "22:00" }\n'
+    ]
+    parts += [f"[pools.pool{p}]\negress_mb_per_s = 250\n" for p in range(6)]
+    for i in range(200):
+        parts.append(f'[[vms]]\nname = "vm{i:03d}"\npolicy = "night"  # as all others\n')
+        for k in range(3):
+            parts.append(
+                f'  [[vms.disks]]\n  name = "disk{k}"\n  path = "/srv/vm{i:03d}-{k}.img"\n'
+                f'  role = "{"os" if k == 0 else "data"}"\n  pool = "pool{(i + k) % 6}"\n'
+                f"  used_gb = {rnd.randint(10, 50)}\n"
+            )
+    path.write_text("".join(parts))
+    return path
+
+
+def test_an_oversubscribed_fleet_staggered_applied_and_replayed(
+    tmp_path: Path, ctx: service.Context
+) -> None:
+    path = fleet_inventory(tmp_path / "fleet.toml")
+    args = ("plan", "--inventory", str(path), "--day", "2026-12-01", "--json")
+    before = json.loads(run_cli(*args, check=True).stdout)
+    assert len(before["jobs"]) == 200
+    summary = before["summary"]
+    assert not summary["fits"] and summary["jobs_waiting"] == 160  # 40 VMs at once
+    assert summary["pools_over_budget"] == [f"pool{p}" for p in range(6)]
+    assert all(p["demand_peak_mb_s"] == 400 for p in before["pools"].values())  # 20 disks x 20
+    codes = {f["code"] for f in before["findings"]}
+    assert {"too_many_vms_at_once", "too_many_disks_per_pool"} <= codes
+
+    applied = json.loads(run_cli(*args, "--stagger", "--apply", check=True).stdout)["stagger"]
+    assert applied["applied"] == str(path) and applied["summary_after"]["fits"]
+    moved = applied["start"]
+    assert 100 < len(moved) < 200  # most VMs move, those that fit at 22:00 stay
+    text = path.read_text()
+    assert text.startswith("# the whole fleet in one nightly policy\n")
+    assert text.count('policy = "night"  # as all others\nstart = "') == len(moved)
+
+    # Re-plan from the written file: the scheduler's rules replayed over the new starts.
+    after = json.loads(run_cli(*args, check=True).stdout)
+    assert after["summary"] == {
+        "fits": True,
+        "pools_over_budget": [],
+        "jobs_waiting": 0,
+        "jobs_late": 0,
+    }
+    for pool in after["pools"].values():
+        assert pool["demand_peak_mb_s"] <= pool["egress_mb_s"] == 250
+    for job in after["jobs"]:
+        assert job["start"] == job["due"] == applied["starts"][job["vm"]]  # no wait
+        assert job["end"] is not None and not job["late"]  # inside its window
+    assert "too_many_vms_at_once" not in {f["code"] for f in after["findings"]}
+
+    # The scheduler starts a moved VM at its new time, not at the policy's.
+    from vmvault.inventory import load_inventory
+    from vmvault.jobs.queue import JobQueue
+    from vmvault.jobs.scheduler import SchedulerState, tick
+
+    inventory = load_inventory(path)
+    vm, start = next((v, s) for v, s in sorted(moved.items()) if s < "22:00")
+    queue = JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
+    state = SchedulerState()
+    night = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
+    tick(queue, inventory, state, night - timedelta(hours=1))  # first sight
+    at_22 = {queue.get(j).vm for j in tick(queue, inventory, state, night)}
+    assert vm not in at_22 and len(at_22) == 200 - len(moved)
+    hours, minutes = map(int, start.split(":"))
+    new_time = datetime(2026, 12, 2, hours, minutes, tzinfo=UTC)
+    assert vm in {queue.get(j).vm for j in tick(queue, inventory, state, new_time)}
+
+
+def test_the_readme_example_fleet_is_oversubscribed_until_staggered() -> None:
+    from vmvault.inventory import load_inventory
+    from vmvault.planning.runner import run_plan
+
+    inv = load_inventory(Path(__file__).parent.parent / "docs" / "examples" / "fleet.toml")
+    plan = run_plan(None, inv, datetime(2026, 12, 1, tzinfo=UTC), stagger=True)
+    assert plan["summary"]["pools_over_budget"] == ["hdd", "ssd-a", "ssd-b"]
+    assert plan["stagger"]["summary_after"]["fits"]

@@ -26,9 +26,11 @@ from vmvault.policy import (
     ProtectionStateError,
     Retention,
     Schedule,
+    Timetable,
     check_retention_change,
     due_for_purge,
     due_times,
+    max_delay,
     missed_runs,
     next_due,
     parse_policy,
@@ -156,6 +158,44 @@ def test_hourly_starts_are_wall_clock_across_dst() -> None:
     assert times == [utc(2026, 3, 28, 23), utc(2026, 3, 29, 2), utc(2026, 3, 29, 6)]
 
 
+def test_a_vms_own_start_delays_every_slot_forwards() -> None:
+    night = Timetable.of(daily("22:00", "Europe/Berlin"), "01:30")
+    assert night.delay == timedelta(hours=3, minutes=30) and night.start == "01:30"
+    # tonight's slot (22:00 CET = 21:00 UTC) starts at 01:30 CET the next morning
+    [run] = night.runs(utc(2026, 1, 5), utc(2026, 1, 6))
+    assert (run.slot, run.start) == (utc(2026, 1, 5, 21), utc(2026, 1, 6, 0, 30))
+    assert run.deadline == run.start + timedelta(hours=24)
+    assert night.due_times(utc(2026, 1, 6), utc(2026, 1, 7)) == [utc(2026, 1, 6, 0, 30)]
+    assert night.missed_runs(utc(2026, 1, 5, 21), utc(2026, 1, 6, 0, 29)) is None
+    assert night.missed_runs(utc(2026, 1, 5, 21), utc(2026, 1, 6, 0, 30)) == run.start
+    assert night.next_due(utc(2026, 1, 5, 21)) == run.start
+    # a weekly Monday slot delayed past midnight runs on Tuesday
+    weekly = Timetable.of(Schedule(kind="weekly", time="22:00", days=("mon",)), "02:00")
+    assert weekly.due_times(utc(2026, 1, 1), utc(2026, 1, 15)) == [
+        utc(2026, 1, 6, 2),
+        utc(2026, 1, 13, 2),
+    ]
+    # the delay is wall-clock: on the night clocks jump, 02:30 becomes 03:00 local
+    dst = Timetable.of(daily("01:30", "Europe/Berlin"), "02:30")
+    assert dst.due_times(utc(2026, 3, 28, 12), utc(2026, 3, 29, 12)) == [utc(2026, 3, 29, 1)]
+    assert Timetable.of(daily("22:00")).delay == timedelta(0)
+
+
+def test_hourly_starts_may_move_only_as_far_as_the_window_allows() -> None:
+    s = hourly("08:00", 4, 12)
+    assert max_delay(s) == timedelta(hours=4)  # 16:00 + 4 h is the window's end
+    late = Timetable.of(s, "11:30")
+    runs = late.runs(utc(2026, 5, 4), utc(2026, 5, 5))
+    assert [r.start.hour for r in runs] == [11, 15, 19]
+    assert {r.deadline for r in runs} == {utc(2026, 5, 4, 20)}  # the window still ends at 20:00
+    with pytest.raises(PolicyError, match="outside the window"):
+        Timetable.of(s, "12:00")
+    with pytest.raises(PolicyError, match="outside the window"):
+        Timetable.of(s, "07:59")  # a day later, not a minute earlier
+    assert max_delay(hourly("19:30", 4, 23)) == timedelta(hours=3)
+    assert max_delay(daily("22:00")) == timedelta(hours=24)
+
+
 def test_next_due() -> None:
     s = daily("02:30", "Europe/Berlin")
     assert next_due(s, utc(2026, 3, 28, 2)) == utc(2026, 3, 29, 1)
@@ -214,6 +254,21 @@ def test_schedule_functions_agree(s: Schedule, a: datetime, gap1: int, gap2: int
     assert whole == sorted(set(whole))
     assert next_due(s, a) == due_times(s, a, a + timedelta(days=8))[0]
     assert missed_runs(s, a, c) == (whole[-1] if whole else None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(s=schedules, a=instants, gap=st.integers(0, 9 * 24 * 60), data=st.data())
+def test_delayed_schedules_agree(s: Schedule, a: datetime, gap: int, data: st.DataObject) -> None:
+    minutes = data.draw(st.integers(0, int(max_delay(s).total_seconds()) // 60 - 1))
+    t = Timetable(s, timedelta(minutes=minutes))
+    b = a + timedelta(minutes=gap)
+    starts = t.due_times(a, b)
+    assert starts == sorted(set(starts))
+    assert t.next_due(a) == t.due_times(a, a + timedelta(days=9))[0]
+    # every slot of the undelayed schedule has exactly one delayed run
+    slots = due_times(s, a, b)
+    assert sorted(r.slot for r in t.runs(a, b)) == slots
+    assert all(r.start >= r.slot and r.start < r.deadline for r in t.runs(a, b))
 
 
 # --- model validation ------------------------------------------------------------------------

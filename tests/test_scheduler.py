@@ -61,3 +61,35 @@ name = "unprotected"
     states = {j: queue.get(j).state for j in ran}
     assert set(states.values()) == {"succeeded"}, [(j, queue.get(j).error_message) for j in ran]
     assert len(ctx.open_vault(load_index=False).point_ids()) == 2
+
+
+def test_a_vms_own_start_moves_its_scheduled_backup(tmp_path: Path, ctx: service.Context) -> None:
+    from vmvault.inventory import load_inventory, write_starts
+
+    path = tmp_path / "inv.toml"
+    path.write_text(
+        '[policies.night]\nschedule = { kind = "daily", time = "22:00" }\n'
+        + "".join(
+            f'[[vms]]\nname = "{name}"\npolicy = "night"\n'
+            f'[[vms.disks]]\nname = "os"\npath = "{tmp_path / name}"\n'
+            for name in ("early", "late")
+        )
+    )
+    write_starts(path, {"late": "01:30"})  # what `plan --stagger --apply` writes
+    inv = load_inventory(path)
+    queue = JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
+    state = SchedulerState()
+    day = datetime(2026, 11, 20, tzinfo=UTC)
+    [maintenance] = tick(queue, inv, state, day + timedelta(hours=12))  # first sight of the VMs
+    assert queue.get(maintenance).kind == "maintenance"
+    [early] = tick(queue, inv, state, day + timedelta(hours=22))  # the policy's time
+    assert queue.get(early).vm == "early"
+    assert tick(queue, inv, state, day + timedelta(hours=25, minutes=29)) == []
+    [late] = tick(queue, inv, state, day + timedelta(hours=25, minutes=30))
+    assert (queue.get(late).vm, queue.get(late).spec["due"]) == (
+        "late",
+        "2026-11-21T01:30:00+00:00",
+    )
+    assert tick(queue, inv, state, day + timedelta(hours=36)) != []  # the next day's maintenance
+    assert tick(queue, inv, state, day + timedelta(hours=46)) == [early + 3]  # only "early"
+    assert queue.get(early + 3).vm == "early"

@@ -20,7 +20,10 @@ VM's name where there is one) and what is wrong, in one line each. Example:
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 import tomllib
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vmvault.alerts.settings import AlertSettings
 from vmvault.errors import NotFound, UsageError
-from vmvault.policy import DEFAULT_POLICY, Policy
+from vmvault.policy import DEFAULT_POLICY, Policy, PolicyError, Timetable, start_delay
+from vmvault.policy.model import as_hhmm
 
 DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
 
@@ -80,6 +84,10 @@ class Disk(_Strict):
     format: DiskFormat = DiskFormat.RAW
     role: DiskRole = DiskRole.DATA
     pool: str | None = None
+    # The data on the disk (used, not provisioned) for planning before its first backup,
+    # where the planner cannot see the disk (another host); the host's allocated bytes
+    # otherwise.
+    used_gb: float | None = Field(default=None, ge=0)
 
 
 class Vm(_Strict):
@@ -87,12 +95,20 @@ class Vm(_Strict):
     host: str = "localhost"
     state: VmState = VmState.STOPPED
     policy: str | None = None
+    # This VM's own first start of the day (HH:MM in the policy's time zone), later than the
+    # policy's: staggers VMs of one policy (see vmvault.policy.schedule.Timetable).
+    start: str | None = None
     scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
     snapshot: str = "auto"  # provider: auto, in-place, reflink, copy, lvm, qemu-live
     qmp: str | None = None  # QMP socket of a live QEMU VM: live snapshots, dirty bitmaps
     freeze: list[str] = Field(default_factory=list)  # host mountpoints to fsfreeze
     tags: dict[str, str] = Field(default_factory=dict)
     disks: list[Disk] = Field(min_length=1)
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> Any:
+        return None if value is None else as_hhmm(value)
 
     @model_validator(mode="after")
     def _disks_distinct(self) -> Vm:
@@ -145,6 +161,16 @@ class Inventory(_Strict):
             return DEFAULT_POLICY
         raise InventoryError(f"no policy named {name!r} in {self.source}")
 
+    def timetable(self, vm: Vm) -> Timetable | None:
+        """When ``vm``'s backups start: its policy's schedule, delayed to its own ``start``;
+        None without a policy. The scheduler and the planner both ask this."""
+        if vm.policy is None:
+            return None
+        try:
+            return Timetable.of(self.policy(vm.policy).schedule, vm.start)
+        except PolicyError as exc:
+            raise InventoryError(f"{self.source}: vms[{vm.name!r}].start: {exc}") from None
+
     @model_validator(mode="after")
     def _references(self) -> Inventory:
         names = [vm.name for vm in self.vms]
@@ -157,6 +183,14 @@ class Inventory(_Strict):
                     f"VM {vm.name}: unknown policy {vm.policy!r} "
                     f"(declared: {', '.join(sorted(self.policies)) or 'none'}; or 'default')"
                 )
+            if vm.start is not None:
+                if vm.policy is None:
+                    raise ValueError(f"VM {vm.name}: start needs a policy to delay")
+                schedule = self.policy(vm.policy).schedule
+                try:
+                    start_delay(schedule, vm.start)
+                except PolicyError as exc:
+                    raise ValueError(f"VM {vm.name}: {exc}") from None
             for disk in vm.disks:
                 if disk.pool is not None and disk.pool not in self.pools:
                     raise ValueError(
@@ -216,3 +250,71 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     except OSError as exc:
         raise InventoryError(f"inventory {p} cannot be read: {exc.strerror}") from None
     return parse_inventory(text, str(p))
+
+
+def write_starts(
+    path: str | os.PathLike[str],
+    starts: Mapping[str, str | None],
+    *,
+    expected: Inventory | None = None,
+) -> Inventory:
+    """Set each named VM's own ``start`` (None removes it) in the inventory file and return the
+    inventory it now holds.
+
+    Only those keys change: comments, order and layout stay as written (tomlkit), a new
+    ``start`` goes right after the VM's ``policy``. The new text must load before it replaces
+    the file, and it replaces it atomically (temporary file, fsync, rename, directory fsync),
+    keeping its mode, so a reader sees the old inventory or the new one, never a mix.
+    ``expected`` is the inventory the caller planned from: if the file no longer holds it
+    (comments aside), nothing is written.
+    """
+    import tomlkit
+    from tomlkit.items import AoT, Array, InlineTable, Table
+
+    p = Path(path).resolve()  # a symlinked inventory stays a symlink
+    text = p.read_text()
+    if expected is not None and parse_inventory(text, expected.source) != expected:
+        raise InventoryError(f"{p} changed since it was read; plan again")
+    doc = tomlkit.parse(text)
+    vms = doc.get("vms")
+    tables: dict[str, Table | InlineTable] = {}
+    if isinstance(vms, AoT | Array):
+        for item in vms:
+            if isinstance(item, Table | InlineTable):
+                tables[str(item.get("name"))] = item
+    unknown = sorted(set(starts) - set(tables))
+    if unknown:
+        raise InventoryError(f"no VM named {', '.join(map(repr, unknown))} in {p}")
+    for name, start in starts.items():
+        table = tables[name]
+        if start is None:
+            table.pop("start", None)
+        elif "start" in table or "policy" not in table:
+            table["start"] = start
+        else:
+            # Beside the policy it delays, not after the VM's last key (often a comment that
+            # introduces its disks). tomlkit has no public "insert after".
+            table.value._insert_after("policy", "start", start)
+    new = tomlkit.dumps(doc)
+    inventory = parse_inventory(new, str(p))
+    _replace(p, new)
+    return inventory
+
+
+def _replace(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), stat.S_IMODE(path.stat().st_mode))
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,6 +1,8 @@
 """The scheduler: queue each VM's backups when its policy says, then let workers run them.
 
-Each VM with a policy has a "last due" time: the due time of its newest scheduled job, or,
+A VM's backups start when its timetable says (its policy's schedule, delayed to the VM's own
+``start`` if it has one; the planner asks the same timetable). Each VM with a policy has a
+"last due" time: the due time of its newest scheduled job, or,
 before its first one, the moment the scheduler first saw it. Every tick, ``missed_runs``
 of the policy gives at most one owed start since then — after downtime that is one job for
 all the missed windows, not a burst. Retention (prune) and garbage collection run once a day
@@ -21,7 +23,6 @@ from vmvault import service
 from vmvault.catalog.models import Job
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
-from vmvault.policy import missed_runs
 from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.scheduler")
@@ -63,13 +64,13 @@ def tick(
 
     queued = []
     for vm in inventory.vms:
-        if vm.policy is None:
+        timetable = inventory.timetable(vm)
+        if timetable is None:
             continue
         if vault is not None and state_of(vault, vm.name).status != "protected":
             continue  # protection stopped: no new backups
-        schedule = inventory.policy(vm.policy).schedule
         last = _last_due(queue, vm.name) or state.first_seen.setdefault(vm.name, now)
-        due = missed_runs(schedule, last, now)
+        due = timetable.missed_runs(last, now)
         if due is not None:
             job_id = queue.enqueue(
                 "backup", vm.name, {"scheduled": True, "due": due.isoformat()}, now=now

@@ -7,7 +7,8 @@ from typing import Any
 
 
 def render_load_chart(plan: dict[str, Any], path: str | Path, egress: dict[str, float]) -> Path:
-    """Draw ``plan["pools"]`` (MB/s per simulation step) against each pool's egress budget."""
+    """Draw ``plan["pools"]`` (MB/s per simulation step) against each pool's egress budget,
+    and with a stagger proposal the staggered load too."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -19,14 +20,23 @@ def render_load_chart(plan: dict[str, Any], path: str | Path, egress: dict[str, 
         max(len(pools), 1), 1, figsize=(10, 2.4 * max(len(pools), 1)), squeeze=False
     )
     step_h = plan.get("step_s", 60) / 3600
+    staggered = (plan.get("stagger") or {}).get("load_after_mb_s", {})
     for ax, (pool, load) in zip(axes[:, 0], sorted(pools.items()), strict=False):
         hours = [i * step_h for i in range(len(load["load_mb_s"]))]
         ax.fill_between(hours, load["load_mb_s"], step="post", alpha=0.6, label="backup load")
+        title = f"pool {pool}: peak {load['peak_mb_s']} MB/s"
+        if pool in staggered:
+            after = [*staggered[pool], 0.0]  # back to idle once the last job is done
+            after_hours = [i * step_h for i in range(len(after))]
+            hours += after_hours[len(hours) :]
+            ax.step(after_hours, after, where="post", color="green", label="staggered")
+            title += f", staggered {max(after)} MB/s"
         if pool in egress:
             ax.axhline(egress[pool], color="red", linestyle="--", label="egress budget")
         ax.set_xlim(0, max(24.0, hours[-1] if hours else 24.0))
         ax.set_ylabel("MB/s")
-        ax.set_title(f"pool {pool}: peak {load['peak_mb_s']} MB/s")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
         ax.legend(loc="upper left")
     axes[-1, 0].set_xlabel(f"hours from {plan['day']} 00:00 UTC")
     fig.tight_layout()

@@ -58,21 +58,22 @@ def _crowds(starts: Mapping[str, Sequence[datetime]]) -> list[Finding]:
 
 
 def _pool_disks(inventory: Inventory, starts: Mapping[str, Sequence[datetime]]) -> list[Finding]:
-    disks: dict[tuple[str, str], list[str]] = defaultdict(list)
+    # Disks that start together, whatever policy (or VM's own start) put them there.
+    disks: dict[tuple[datetime, str], list[str]] = defaultdict(list)
     for vm in inventory.vms:
-        if vm.policy and vm.name in starts:
+        for t in starts.get(vm.name, ()):
             for d in vm.protected_disks():
                 if d.pool:
-                    disks[(vm.policy, d.pool)].append(f"{vm.name}/{d.name}")
+                    disks[(t, d.pool)].append(f"{vm.name}/{d.name}")
     return [
         Finding(
             "too_many_disks_per_pool",
-            f"policy {policy} backs up {len(names)} disks of "
-            f"pool {pool} at once (at most {MAX_DISKS_PER_POOL_PER_SCHEDULE}): spread the "
-            "VMs over several policies",
+            f"{len(names)} disks of pool {pool} start at {t:%H:%M} UTC (at most "
+            f"{MAX_DISKS_PER_POOL_PER_SCHEDULE}): stagger the VMs or spread them over several "
+            "policies",
             tuple(names),
         )
-        for (policy, pool), names in sorted(disks.items())
+        for (t, pool), names in sorted(disks.items())
         if len(names) > MAX_DISKS_PER_POOL_PER_SCHEDULE
     ]
 

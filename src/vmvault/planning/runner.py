@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from vmvault.inventory import Inventory, Vm
     from vmvault.planning.cost import Report
-    from vmvault.planning.estimate import DiskLoad
+    from vmvault.planning.estimate import DiskLoad, PastBackup
+    from vmvault.planning.simulate import Simulation
     from vmvault.service import Context
 
 
@@ -61,46 +62,65 @@ def run_plan(
     daily_change: float = 0.05,
     stagger: bool = False,
 ) -> dict[str, Any]:
-    """Tonight's schedule, simulated: when each backup starts and ends, each pool's load,
-    which jobs miss their window, and the best-practice findings.
+    """Tonight's schedule, simulated: when each backup starts and ends, each pool's load and
+    demand, which jobs wait or miss their window, the best-practice findings, and per VM the
+    estimate of an initial and of an incremental backup with the source of every figure.
 
-    Sizes come from the vault's history where there is one (the data the last full read
-    found, the last incremental's changed bytes); before that from the disks themselves
-    (their allocated bytes) and the initial-backup rate of the seed's table.
+    Each VM's runs are its policy's slots of ``day`` (UTC), as its timetable starts them
+    (its own ``start`` if it has one, as the scheduler does). Sizes come from the vault's
+    history where there is one (the data its last full read found), else from the
+    inventory's ``used_gb``, else from the disks themselves (their allocated bytes). Rates,
+    reads, changes and snapshot time come from the VM's recent backups of the same kind
+    once there are some (``planning.estimate.measure``), else from the seed's table.
     """
     from vmvault.jobs.worker import limits_of
-    from vmvault.planning.estimate import disk_transfers
+    from vmvault.planning.estimate import estimate_backup, measure
     from vmvault.planning.findings import findings
     from vmvault.planning.simulate import PlannedDisk, PlannedJob, simulate
-    from vmvault.policy import due_times
 
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
-    history: dict[str, list[dict[str, Any]]] = {}
-    if ctx is not None:
-        for point in ctx.open_vault(load_index=False).points():
-            history.setdefault(point["vm"], []).append(point)
-    jobs, starts = [], {}
+    history, seen = _history(ctx) if ctx is not None else ({}, {})
+    jobs, starts, estimates, timetables = [], {}, {}, {}
     for vm in inventory.vms:
-        if not vm.policy:
+        timetable = inventory.timetable(vm)
+        if timetable is None:
             continue
-        schedule = inventory.policy(vm.policy).schedule
-        times = due_times(schedule, start - timedelta(seconds=1), start + timedelta(days=1))
-        times = [t for t in times if t < start + timedelta(days=1)]
-        starts[vm.name] = times
-        points = history.get(vm.name, [])
-        share, rate = disk_transfers(
-            _disk_loads(vm, points[-1] if points else None),
-            initial=not points,
-            measured_changed_bytes=_changed(points[-1]) if points else None,
-            daily_change=daily_change,
-            cap_mb_s=inventory.limits.disk_mb_per_s,
+        timetables[vm.name] = timetable
+        runs = timetable.runs(start, start + timedelta(days=1))
+        starts[vm.name] = [r.start for r in runs]
+        past = history.get(vm.name, [])
+        disks, data_source = _disk_loads(vm, seen.get(vm.name, {}))
+        initial, incremental = (
+            estimate_backup(
+                disks,
+                initial=kind,
+                measured=measure(past, initial=kind),
+                daily_change=daily_change,
+                cap_mb_s=inventory.limits.disk_mb_per_s,
+            )
+            for kind in (True, False)
         )
+        tonight = incremental if past else initial
+        estimates[vm.name] = {
+            "tonight": tonight.kind,
+            "data_source": data_source,
+            "initial": initial.to_dict(),
+            "incremental": incremental.to_dict(),
+        }
         pools = {d.name: d.pool or "(none)" for d in vm.disks}
-        planned = [PlannedDisk(pools[d.name], int(size), rate) for d, size in share]
-        window = (schedule.window_hours or 24) * 3600.0
-        for t in times:
-            due = (t - start).total_seconds()
-            jobs.append(PlannedJob(vm.name, due, planned, deadline=due + window))
+        planned = [
+            PlannedDisk(pools[d.name], round(d.transfer_bytes), d.rate) for d in tonight.disks
+        ]
+        for run in runs:
+            jobs.append(
+                PlannedJob(
+                    vm.name,
+                    _seconds(start, run.start),
+                    planned,
+                    deadline=_seconds(start, run.deadline),
+                    latest_start=_seconds(start, run.slot + timetable.latest_delay),
+                )
+            )
     egress = {name: pool.egress_mb_per_s * 1e6 for name, pool in inventory.pools.items()}
     sim = simulate(jobs, limits_of(inventory), egress)
     proposal = None
@@ -108,15 +128,30 @@ def run_plan(
         from vmvault.planning.stagger import stagger as propose
 
         found = propose(jobs, limits_of(inventory), egress)
+        after = found.after
         proposal = {
             "starts": {vm: _clock(start, due) for vm, due in sorted(found.starts.items())},
-            "peak_before_mb_s": {p: round(v / 1e6, 1) for p, v in found.peak_before.items()},
-            "peak_after_mb_s": {p: round(v / 1e6, 1) for p, v in found.peak_after.items()},
+            # the inventory's ``start`` of each VM the proposal moves (`plan --apply`)
+            "start": {
+                vm: timetables[vm].delayed(timedelta(seconds=delay)).start
+                for vm, delay in sorted(found.delays.items())
+                if delay > 0
+            },
+            "peak_before_mb_s": _mb(found.peak_before),
+            "peak_after_mb_s": _mb(found.peak_after),
+            "demand_before_mb_s": _mb({p: sim.demand_peak(p) for p in sim.pool_demand}),
+            "demand_after_mb_s": _mb({p: after.demand_peak(p) for p in after.pool_demand}),
+            "summary_after": _summary(after, egress),
+            "load_after_mb_s": {
+                p: [round(x / 1e6, 1) for x in v] for p, v in after.pool_load.items()
+            },
+            "applied": None,
         }
     return {
         "stagger": proposal,
         "day": start.date().isoformat(),
         "step_s": sim.step,
+        "summary": _summary(sim, egress),
         "jobs": [
             {
                 "vm": t.vm,
@@ -128,9 +163,12 @@ def run_plan(
             }
             for t in sim.timings
         ],
+        "estimates": estimates,
         "pools": {
             p: {
                 "peak_mb_s": round(sim.peak(p) / 1e6, 1),
+                "demand_peak_mb_s": round(sim.demand_peak(p) / 1e6, 1),
+                "egress_mb_s": round(egress[p] / 1e6, 1) if p in egress else None,
                 "load_mb_s": [round(x / 1e6, 1) for x in sim.pool_load[p]],
             }
             for p in sim.pool_load
@@ -139,28 +177,102 @@ def run_plan(
     }
 
 
-def _disk_loads(vm: Vm, point: dict[str, Any] | None) -> list[DiskLoad]:
-    """A VM's disks as the planner sees them: the data its last backup read, or before any
-    backup the bytes allocated on the host."""
+def apply_stagger(inventory: Inventory, plan: dict[str, Any]) -> Inventory | None:
+    """Write the plan's proposed starts into the inventory file the plan was made from (each
+    moved VM's ``start``); refused if that file no longer holds the same inventory. None
+    when no VM moves: the file is left alone."""
+    from vmvault.inventory import write_starts
+
+    proposal = plan["stagger"]
+    if not proposal["start"]:
+        return None
+    written = write_starts(inventory.source, proposal["start"], expected=inventory)
+    proposal["applied"] = inventory.source
+    return written
+
+
+def _summary(sim: Simulation, egress: dict[str, float]) -> dict[str, Any]:
+    """Does the day fit: no pool asked for more than its egress budget, no job waited for
+    the admission limits, none ended after its window."""
+    over = sorted(p for p in sim.pool_demand if p in egress and sim.demand_peak(p) > egress[p])
+    late, waited = len(sim.late), len(sim.waited)
+    return {
+        "fits": not (over or late or waited),
+        "pools_over_budget": over,
+        "jobs_waiting": waited,
+        "jobs_late": late,
+    }
+
+
+def _history(
+    ctx: Context,
+) -> tuple[dict[str, list[PastBackup]], dict[str, dict[str, int]]]:
+    """Each VM's backups, oldest first, and the data each of its disks held when last read
+    in full. Per disk from the recovery points; the whole job's wall time from the catalog."""
+    from sqlalchemy import select
+
+    from vmvault.catalog.models import Job
+    from vmvault.planning.estimate import DiskRun, PastBackup
+
+    vault = ctx.open_vault(load_index=False)
+    catalog = ctx.catalog()
+    with catalog.session() as s:
+        query = select(Job.point_id, Job.started_at, Job.finished_at).where(
+            Job.vault_id == vault.config.vault_id,
+            Job.kind == "backup",
+            Job.state == "succeeded",
+            Job.point_id.is_not(None),
+        )
+        wall = {
+            point_id: (finished - started).total_seconds()
+            for point_id, started, finished in s.execute(query)
+            if started is not None and finished is not None
+        }
+    history: dict[str, list[PastBackup]] = {}
+    seen: dict[str, dict[str, int]] = {}
+    for point in vault.points():
+        disks = []
+        for d in point["disks"]:
+            stats = d["stats"]
+            disks.append(
+                DiskRun(
+                    d["name"], int(stats["read"]), int(stats["changed"]), stats.get("seconds", 0.0)
+                )
+            )
+            if stats.get("skipped", 0) == 0:  # read in full: the data it holds
+                seen.setdefault(point["vm"], {})[d["name"]] = max(stats["read"] - stats["zero"], 0)
+        history.setdefault(point["vm"], []).append(
+            PastBackup(point["type"] != "incremental", disks, wall.get(point["id"]))
+        )
+    return history, seen
+
+
+def _disk_loads(vm: Vm, seen: dict[str, int]) -> tuple[list[DiskLoad], str]:
+    """A VM's disks as the planner sees them, and where their sizes came from: the data its
+    last full read found, or the inventory's ``used_gb``, or the bytes allocated on this
+    host."""
     from vmvault.planning.estimate import DiskLoad
 
-    seen = {d["name"]: d["stats"] for d in point["disks"]} if point else {}
-    loads = []
+    loads, sources = [], set()
     for disk in vm.protected_disks():
         if disk.name in seen:
-            used = max(seen[disk.name]["read"] - seen[disk.name]["zero"], 0)
+            used, source = seen[disk.name], "last backup"
+        elif disk.used_gb is not None:
+            used, source = round(disk.used_gb * 1e9), "inventory"
         else:
             path = Path(disk.path)
-            used = path.stat().st_blocks * 512 if path.exists() else 0
+            used, source = (path.stat().st_blocks * 512 if path.exists() else 0), "host"
+        sources.add(source)
         loads.append(DiskLoad(disk.name, used, disk.role.value))
-    return loads
+    return loads, "+".join(sorted(sources))
 
 
-def _changed(point: dict[str, Any]) -> int | None:
-    """What the point's backup found changed, if it was an incremental one."""
-    if point["type"] != "incremental":
-        return None
-    return sum(int(d["stats"]["changed"]) for d in point["disks"])
+def _seconds(day: datetime, moment: datetime) -> float:
+    return (moment - day).total_seconds()
+
+
+def _mb(values: dict[str, float]) -> dict[str, float]:
+    return {p: round(v / 1e6, 1) for p, v in values.items()}
 
 
 def _clock(day: datetime, seconds: float | None) -> str | None:

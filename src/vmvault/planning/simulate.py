@@ -4,7 +4,11 @@ Pure: jobs in, timings and per-pool load out. Time advances in fixed steps (60 s
 default). At each step queued jobs that are due start if `jobs.admission.admit` lets them
 (the same function the worker uses: 40 VMs, 20 disks per pool); every running disk moves
 up to its own rate, and a pool's disks together never exceed the pool's egress (shared
-pro rata). A job ends when all its disks are done.
+pro rata). A job ends when all its disks are done. Each pool's load (what it carries) and
+demand (what its running disks would move unthrottled) are recorded at every step: demand
+above the egress budget means the pool is over-subscribed and the jobs on it run slower.
+Admission is asked again only when something changed (a job ended or became due): with the
+same jobs running its answer cannot change.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class PlannedJob:
     due: float  # seconds from the start of the simulated day
     disks: Sequence[PlannedDisk]
     deadline: float | None = None  # the end of its window, or due + 24 h for daily policies
+    latest_start: float | None = None  # how late it may be moved (exclusive): its window
 
 
 @dataclass
@@ -54,13 +59,22 @@ class Simulation:
     step: float
     timings: list[JobTiming] = field(default_factory=list)
     pool_load: dict[str, list[float]] = field(default_factory=dict)  # bytes/s at each step
+    pool_demand: dict[str, list[float]] = field(default_factory=dict)  # bytes/s wanted
 
     @property
     def late(self) -> list[JobTiming]:
         return [t for t in self.timings if t.late]
 
+    @property
+    def waited(self) -> list[JobTiming]:
+        """Jobs that had to wait for admission (the fleet's or a pool's limits)."""
+        return [t for t in self.timings if t.wait > 0]
+
     def peak(self, pool: str) -> float:
         return max(self.pool_load.get(pool, [0.0]), default=0.0)
+
+    def demand_peak(self, pool: str) -> float:
+        return max(self.pool_demand.get(pool, [0.0]), default=0.0)
 
 
 def simulate(
@@ -75,20 +89,25 @@ def simulate(
     order = sorted(range(len(jobs)), key=lambda i: (jobs[i].due, jobs[i].vm))
     timings = {i: JobTiming(jobs[i].vm, jobs[i].due, deadline=jobs[i].deadline) for i in order}
     remaining = {i: [float(d.transfer_bytes) for d in jobs[i].disks] for i in order}
+    loads = {i: _load(jobs[i]) for i in order}
     queued = list(order)
     running: list[int] = []
     pools = sorted({d.pool for j in jobs for d in j.disks} | set(pool_egress))
     sim.pool_load = {p: [] for p in pools}
+    sim.pool_demand = {p: [] for p in pools}
     t = 0.0
+    changed = True
     while (queued or running) and t < horizon:
-        for i in list(queued):  # admission, in due order, as the worker claims
+        if not changed:
+            changed = any(t - step < jobs[i].due <= t for i in queued)
+        for i in list(queued) if changed else ():  # admission, in due order, as workers claim
             if jobs[i].due > t:
                 continue
-            loads = [_load(jobs[r]) for r in running]
-            if admit(loads, _load(jobs[i]), limits) is None:
+            if admit([loads[r] for r in running], loads[i], limits) is None:
                 queued.remove(i)
                 running.append(i)
                 timings[i].start = t
+        changed = False
         # each disk's wish, then each pool's share of its egress
         wish: dict[str, float] = {p: 0.0 for p in pools}
         for i in running:
@@ -100,12 +119,14 @@ def simulate(
         }
         for p in pools:
             sim.pool_load[p].append(wish[p] * factor[p])
+            sim.pool_demand[p].append(wish[p])
         for i in list(running):
             for k, d in enumerate(jobs[i].disks):
                 remaining[i][k] = max(0.0, remaining[i][k] - d.rate * factor[d.pool] * step)
             if all(left <= 0 for left in remaining[i]):
                 running.remove(i)
                 timings[i].end = t + step
+                changed = True
         t += step
     sim.timings = [timings[i] for i in order]
     return sim

@@ -44,7 +44,17 @@ from vmvault.policy.retention import (
     retention_shortened,
     select_kept,
 )
-from vmvault.policy.schedule import due_times, local_to_utc, missed_runs, next_due
+from vmvault.policy.schedule import (
+    Run,
+    Timetable,
+    due_times,
+    local_to_utc,
+    max_delay,
+    missed_runs,
+    next_due,
+    slot_runs,
+    start_delay,
+)
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -66,13 +76,16 @@ __all__ = [
     "PrunePlan",
     "Reason",
     "Retention",
+    "Run",
     "Schedule",
     "ScheduleKind",
+    "Timetable",
     "Weekday",
     "check_retention_change",
     "due_for_purge",
     "due_times",
     "local_to_utc",
+    "max_delay",
     "missed_runs",
     "next_due",
     "parse_policy",
@@ -82,6 +95,8 @@ __all__ = [
     "retention_shortened",
     "select_kept",
     "set_immutability",
+    "slot_runs",
+    "start_delay",
     "stop_protection",
     "undelete",
     "upcoming_purge_alert",

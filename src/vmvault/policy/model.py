@@ -98,6 +98,14 @@ def _hhmm(value: Any) -> Any:
     return value
 
 
+def as_hhmm(value: Any) -> str:
+    """A time of day as ``"HH:MM"`` (a string or TOML's local time); ``ValueError`` if not."""
+    value = _hhmm(value)
+    if not isinstance(value, str) or not _TIME.match(value):
+        raise ValueError(f"{value!r} is not a time of day as HH:MM (00:00 to 23:59)")
+    return value
+
+
 class Schedule(_Strict):
     """When backups start, as local wall-clock times in ``timezone``.
 
