@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from vmvault.catalog.models import Base, Job, PointDisk, RecoveryPoint
@@ -64,8 +65,18 @@ class Catalog:
     # -- recovery points ------------------------------------------------------------------
 
     def record_point(self, vault_id: str, point: dict[str, Any]) -> None:
-        with self.session.begin() as s:
-            self._add_point(s, vault_id, point)
+        """Add (or replace) a point's row. Idempotent: a catalog rebuild running at the same
+        time may already have copied the just-committed point from the vault."""
+        for attempt in range(2):
+            try:
+                with self.session.begin() as s:
+                    s.execute(delete(PointDisk).where(PointDisk.point_id == point["id"]))
+                    s.execute(delete(RecoveryPoint).where(RecoveryPoint.id == point["id"]))
+                    self._add_point(s, vault_id, point)
+                return
+            except IntegrityError:
+                if attempt:
+                    raise
 
     def _add_point(self, s: Session, vault_id: str, point: dict[str, Any]) -> None:
         disks = [
