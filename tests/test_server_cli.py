@@ -234,3 +234,14 @@ def test_remote_errors_are_one_line(served: tuple[Site, str, Path]) -> None:
 def test_serve_refuses_half_a_tls_setup(tmp_path: Path) -> None:
     done = run_cli("serve", "--tls-cert", str(tmp_path / "c.pem"), "--vault", str(tmp_path))
     assert done.returncode == 2 and "both --tls-cert and --tls-key" in done.stderr
+
+
+def test_security_alert_from_the_cli_is_listed(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", backup=False)
+    stopped = run_cli("protection", "stop", "db01", "--delete-data", "--json", *_local(site))
+    assert stopped.returncode == 0, stopped.stderr
+    alerts = _json(run_cli("alerts", "list", "--json", *_local(site)))["alerts"]
+    assert [a["kind"] for a in alerts] == ["backup_data_deleted"] and alerts[0]["vm"] == "db01"
+    assert alerts[0]["deliveries"] == []  # a server or scheduler delivers it
+    human = run_cli("alerts", "list", *_local(site), env={"COLUMNS": "200"})
+    assert human.returncode == 0 and "backup_data_deleted" in human.stdout

@@ -680,6 +680,7 @@ def _register_extra_commands() -> None:
     vault_app.command("soft-delete")(protection_cmd.soft_delete)
     app.command("serve")(server_cmd.serve)
     app.add_typer(server_cmd.token_app, name="token")
+    app.add_typer(server_cmd.alerts_app, name="alerts")
 
 
 _register_extra_commands()

@@ -156,3 +156,59 @@ def revoke_token(
         emit_json(doc)
     else:
         console.print(f"token {doc['id']} ({doc['name']}) revoked")
+
+
+alerts_app = typer.Typer(help="Alerts: job failures and security events.", no_args_is_help=True)
+
+
+@alerts_app.command("list")
+def list_alerts(
+    limit: int = typer.Option(50, "--limit", min=1, max=500),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Alerts, newest first, with where each was delivered (works with --server too)."""
+    from vmvault.cli.options import remote
+
+    def act() -> list[dict[str, Any]]:
+        if (server := remote()) is not None:
+            return list(server.get("/api/v1/alerts", limit=limit)["items"])
+        from vmvault.alerts.store import list_alerts as stored
+
+        ctx = context(vault, catalog, passphrase_file)
+        vault_id = ctx.open_vault(load_index=False).config.vault_id
+        _, rows = stored(ctx.catalog(), vault_id, limit=limit)
+        return [
+            {
+                "id": a.id,
+                "at": a.at.isoformat(),
+                "kind": a.kind,
+                "severity": a.severity,
+                "vm": a.vm,
+                "message": a.message,
+                "deliveries": a.deliveries,
+            }
+            for a in rows
+        ]
+
+    rows = guarded(json, act)
+    if json:
+        emit_json({"alerts": rows})
+        return
+    table = Table(title="alerts")
+    for col in ("id", "at", "severity", "kind", "vm", "message", "delivered"):
+        table.add_column(col)
+    for a in rows:
+        sent = sum(1 for d in a["deliveries"] if d["ok"])
+        table.add_row(
+            str(a["id"]),
+            a["at"][:19],
+            a["severity"],
+            a["kind"],
+            a["vm"] or "-",
+            a["message"],
+            f"{sent}/{len(a['deliveries'])}" if a["deliveries"] else "-",
+        )
+    console.print(table)
