@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # System tools the tests drive for real: loop devices and file systems (util-linux,
-# e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports).
+# e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports),
+# Chromium for the dashboard's browser tests (Playwright drives it; it downloads no browser).
 # Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
@@ -25,6 +26,7 @@ sysdeps:
 	command -v qemu-storage-daemon >/dev/null || missing="$$missing qemu-system-common"; \
 	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
