@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 # System tools the tests drive for real: loop devices and file systems (util-linux,
 # e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports),
-# LVM's tools (snapshots of logical volumes).
+# LVM's tools (snapshots of logical volumes),
+# Chromium for the dashboard's browser tests (Playwright drives it; it downloads no browser).
 # Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
@@ -27,6 +28,7 @@ sysdeps:
 	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	command -v lvs >/dev/null || missing="$$missing lvm2"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \

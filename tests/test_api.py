@@ -275,6 +275,16 @@ def test_inventory_replaced_only_when_valid(client: TestClient, site: Site) -> N
     assert client.put("/api/v1/inventory", headers=admin, json={"toml": current}).status_code == 200
 
 
+def test_plan_gives_each_pool_its_budget_beside_its_load(client: TestClient, site: Site) -> None:
+    plan = client.get("/api/v1/plan?day=2026-12-01", headers=site.auth("reader")).json()
+    fast = plan["pools"]["fast"]
+    assert fast["budget_mb_s"] == 200.0  # the inventory's egress_mb_per_s
+    assert 0 < fast["peak_mb_s"] <= fast["budget_mb_s"] and max(fast["load_mb_s"]) > 0
+    assert {j["vm"] for j in plan["jobs"]} == {"web01", "db01"}
+    chart = client.get("/api/v1/plan/chart.svg?day=2026-12-01", headers=site.auth("reader"))
+    assert chart.headers["content-type"] == "image/svg+xml" and b"<svg" in chart.content
+
+
 def test_metrics_in_prometheus_format(client: TestClient, site: Site) -> None:
     answer = client.get("/metrics", headers=site.auth("reader"))
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")

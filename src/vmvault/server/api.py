@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
@@ -21,6 +21,9 @@ from vmvault.fleet import fleet, point_summary
 from vmvault.server.accounts import Principal, Role, token_doc
 from vmvault.server.auth import require
 from vmvault.server.state import ServerState
+
+if TYPE_CHECKING:
+    from vmvault.inventory import Inventory
 
 router = APIRouter(prefix="/api/v1")
 Reader = Annotated[Principal, Depends(require(Role.reader))]
@@ -381,12 +384,23 @@ DayQuery = Annotated[
 ]
 
 
+def _budgets(inventory: Inventory) -> dict[str, float]:
+    """Each pool's egress budget (MB/s): what the planner's load is measured against."""
+    return {name: p.egress_mb_per_s for name, p in inventory.pools.items()}
+
+
 @router.get("/plan", tags=["planner"])
 def plan(state: State, _: Reader, day: DayQuery = None, stagger: bool = False) -> dict[str, Any]:
-    """Tomorrow's (or ``day``'s) schedule simulated: starts, ends, pool load, findings."""
+    """Tomorrow's (or ``day``'s) schedule simulated: starts, ends, pool load against the
+    pool's budget (``budget_mb_s``, null for disks without a pool), findings."""
     from vmvault.planning.runner import run_plan
 
-    return run_plan(state.ctx, state.inventory(), _plan_day(day), stagger=stagger)
+    inventory = state.inventory()
+    result = run_plan(state.ctx, inventory, _plan_day(day), stagger=stagger)
+    budgets = _budgets(inventory)
+    for name, pool in result["pools"].items():
+        pool["budget_mb_s"] = budgets.get(name)
+    return result
 
 
 @router.get(
@@ -404,9 +418,8 @@ def plan_chart(state: State, _: Reader, day: DayQuery = None) -> Response:
 
     inventory = state.inventory()
     result = run_plan(state.ctx, inventory, _plan_day(day))
-    budgets = {name: p.egress_mb_per_s for name, p in inventory.pools.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        path = render_load_chart(result, Path(tmp) / "load.svg", budgets)
+        path = render_load_chart(result, Path(tmp) / "load.svg", _budgets(inventory))
         return Response(path.read_bytes(), media_type="image/svg+xml")
 
 

@@ -1,62 +1,185 @@
 """The dashboard: server-rendered pages (Jinja2) with a little JavaScript that calls the API.
 
-Pages read through the same functions as the API; actions (back up now, restore) are API
-calls made by the page with the session cookie and its CSRF token. Everything it needs is
-served from ``static/``: no CDN.
+Pages read through the same functions as the API (``vmvault.server.api``); what changes while
+a page is open (the fleet, jobs) is drawn by ``static/app.js`` from the API, and actions
+(back up now, verify, restore, cancel) are API calls made by the page with the session
+cookie and its CSRF token. Everything it needs is served from ``static/``: no CDN.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from vmvault import __version__
-from vmvault.server.accounts import Principal
+from vmvault.errors import VmvaultError
+from vmvault.server import api
+from vmvault.server.accounts import Principal, Role
 from vmvault.server.auth import SESSION_COOKIE, principal_of
 from vmvault.server.state import ServerState
 
 HERE = Path(__file__).parent
+PAGE_SIZE = 50
+# Pages load scripts, styles and images from this server only and cannot be framed: an
+# escaping mistake somewhere cannot pull in or run code from elsewhere.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+T = TypeVar("T")
+NOTHING = "\N{EN DASH}"  # what a table shows for a missing value
+
+
+def human_bytes(value: float | None) -> str:
+    """1536 -> '1.5 KiB' (app.js's ``bytes`` writes the same)."""
+    if value is None:
+        return NOTHING
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    size, unit = float(value), 0
+    while size >= 1024 and unit < len(units) - 1:
+        size, unit = size / 1024, unit + 1
+    return f"{int(size)} B" if unit == 0 else f"{size:.1f} {units[unit]}"
+
+
+def when(value: str | None) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM:SS UTC' (app.js's ``when`` writes the same)."""
+    if not value:
+        return NOTHING
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def segment(value: object) -> str:
+    """A value as one URL path segment (names and ids go into links)."""
+    return quote(str(value), safe="")
+
+
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters.update(bytes=human_bytes, when=when, segment=segment)
+
+
+class LoginFirst(Exception):
+    """A page was asked for without a session: the browser goes to the login page."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
+class PageMissing(Exception):
+    """A page about something that is not there (a VM, a point, a job): the 404 page."""
+
+    def __init__(self, principal: Principal, message: str) -> None:
+        super().__init__(message)
+        self.principal, self.message = principal, message
+
+
+def local_path(target: str) -> str:
+    """``target`` if it is a path on this server, else '/': the login page's ``next`` can
+    only lead back here, never to another site."""
+    ok = target.startswith("/") and not target.startswith(("//", "/\\")) and target.isprintable()
+    return target if ok else "/"
+
+
+def bounded(offset: int) -> int:
+    """A page's offset within what the API accepts (pages call its functions directly)."""
+    return min(max(offset, 0), 10_000_000)
 
 
 def mount(app: FastAPI, server: ServerState) -> None:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
-    def page(request: Request, name: str, principal: Principal, **context: Any) -> Response:
-        return templates.TemplateResponse(
+    def render(
+        request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
+    ) -> Response:
+        response = templates.TemplateResponse(
             request,
             name,
-            {"user": principal, "csrf": principal.csrf or "", "version": __version__, **context},
+            {
+                "user": principal,
+                "csrf": (principal.csrf or "") if principal else "",
+                "can_operate": principal is not None and principal.may(Role.operator),
+                "version": __version__,
+                **context,
+            },
+            status_code=status,
+        )
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def session(request: Request) -> Principal:
+        """The page's viewer, logged in through the login page (a bearer token opens the
+        API, not the pages: they need the session's CSRF secret for their actions)."""
+        principal = principal_of(request)
+        if principal is None or principal.csrf is None:
+            query = f"?{request.url.query}" if request.url.query else ""
+            raise LoginFirst(request.url.path + query)
+        return principal
+
+    def found(principal: Principal, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, with the API's 'not found' turned into the 404 page."""
+        try:
+            return call(*args)
+        except VmvaultError as exc:
+            if exc.http_status == 404:
+                raise PageMissing(principal, exc.message) from exc
+            raise
+
+    @app.exception_handler(LoginFirst)
+    async def login_first(_: Request, exc: LoginFirst) -> Response:
+        target = "/login" if exc.target == "/" else "/login?" + urlencode({"next": exc.target})
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(PageMissing)
+    async def page_missing(request: Request, exc: PageMissing) -> Response:
+        return render(
+            request, "missing.html", exc.principal, 404, title="Not found", message=exc.message
         )
 
-    def session(request: Request) -> Principal | None:
-        principal = principal_of(request)
-        return principal if principal is not None and principal.csrf is not None else None
+    # -- login -----------------------------------------------------------------------------
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    def login_form(request: Request, error: str = "") -> Response:
-        return templates.TemplateResponse(
-            request, "login.html", {"error": error[:200], "version": __version__}
-        )
+    def login_form(
+        request: Request, error: str = "", target: str = Query("/", alias="next")
+    ) -> Response:
+        return render(request, "login.html", None, error=error[:200], next=local_path(target))
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, token: str = Form(..., max_length=200)) -> Response:
+    def login(
+        request: Request,
+        token: str = Form(..., max_length=200),
+        target: str = Form("/", alias="next", max_length=2000),
+    ) -> Response:
         principal = server.accounts.authenticate(token.strip())
         remote = request.client.host if request.client else ""
         server.accounts.audit(principal, "POST /login", "/login", 303 if principal else 401, remote)
         if principal is None:
-            return templates.TemplateResponse(
+            return render(
                 request,
                 "login.html",
-                {"error": "That token is not valid.", "version": __version__},
-                status_code=401,
+                None,
+                401,
+                error="That token is not valid.",
+                next=local_path(target),
             )
-        response = RedirectResponse("/", status_code=303)
+        response = RedirectResponse(local_path(target), status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
             server.accounts.open_session(principal),
@@ -77,9 +200,86 @@ def mount(app: FastAPI, server: ServerState) -> None:
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
+    # -- pages -----------------------------------------------------------------------------
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview(request: Request) -> Response:
         principal = session(request)
-        if principal is None:
-            return RedirectResponse("/login", status_code=303)
-        return page(request, "fleet.html", principal, title="Fleet")
+        return render(request, "fleet.html", principal, title="Fleet", nav="fleet")
+
+    @app.get("/vms/{name}", response_class=HTMLResponse, include_in_schema=False)
+    def vm_page(request: Request, name: str, offset: int = 0) -> Response:
+        principal = session(request)
+        vm = found(principal, api.get_vm, name, server, principal)
+        points = api.vm_points(name, server, principal, bounded(offset), PAGE_SIZE)
+        return render(request, "vm.html", principal, title=name, nav="fleet", vm=vm, points=points)
+
+    @app.get("/points/{point_id}", response_class=HTMLResponse, include_in_schema=False)
+    def point_page(request: Request, point_id: str) -> Response:
+        principal = session(request)
+        point = found(principal, api.get_point, point_id, server, principal)
+        return render(
+            request, "point.html", principal, title=f"Point {point_id}", nav="fleet", point=point
+        )
+
+    @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
+    def jobs_page(request: Request, offset: int = 0, vm: str = "") -> Response:
+        principal = session(request)
+        query = {"limit": PAGE_SIZE, "offset": bounded(offset), **({"vm": vm[:255]} if vm else {})}
+        return render(
+            request,
+            "jobs.html",
+            principal,
+            title="Jobs",
+            nav="jobs",
+            vm=vm,
+            offset=query["offset"],
+            source="/api/v1/jobs?" + urlencode(query),
+        )
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def job_page(request: Request, job_id: str) -> Response:
+        principal = session(request)
+        if not job_id.isdigit() or len(job_id) > 18:
+            raise PageMissing(principal, f"no job {job_id!r}")
+        job = found(principal, api.get_job, int(job_id), server, principal)
+        return render(request, "job.html", principal, title=f"Job {job_id}", nav="jobs", job=job)
+
+    @app.get("/plan", response_class=HTMLResponse, include_in_schema=False)
+    def plan_page(request: Request, day: str = "") -> Response:
+        principal = session(request)
+        chosen = day[:10] or None
+        try:
+            plan = api.plan(server, principal, chosen)
+        except VmvaultError as exc:
+            if exc.http_status != 400:
+                raise
+            plan, chosen = api.plan(server, principal, None), None
+            error = exc.message
+        else:
+            error = ""
+        chart = "/api/v1/plan/chart.svg" + (f"?{urlencode({'day': chosen})}" if chosen else "")
+        return render(
+            request,
+            "plan.html",
+            principal,
+            title="Planner",
+            nav="plan",
+            plan=plan,
+            chart=chart,
+            error=error,
+        )
+
+    @app.get("/cost", response_class=HTMLResponse, include_in_schema=False)
+    def cost_page(request: Request) -> Response:
+        principal = session(request)
+        report = api.cost(server, principal)
+        return render(request, "cost.html", principal, title="Cost", nav="cost", report=report)
+
+    @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
+    def alerts_page(request: Request, offset: int = 0) -> Response:
+        principal = session(request)
+        alerts = api.alerts(server, principal, bounded(offset), PAGE_SIZE)
+        return render(
+            request, "alerts.html", principal, title="Alerts", nav="alerts", alerts=alerts
+        )
