@@ -24,6 +24,8 @@ def render_load_chart(plan: dict[str, Any], path: str | Path, egress: dict[str, 
     for ax, (pool, load) in zip(axes[:, 0], sorted(pools.items()), strict=False):
         hours = [i * step_h for i in range(len(load["load_mb_s"]))]
         ax.fill_between(hours, load["load_mb_s"], step="post", alpha=0.6, label="backup load")
+        # The outline keeps a short burst (a few minutes of a 24 h axis) visible as a line.
+        ax.step(hours, load["load_mb_s"], where="post", color="C0", linewidth=1.2)
         title = f"pool {pool}: peak {load['peak_mb_s']} MB/s"
         if pool in staggered:
             after = [*staggered[pool], 0.0]  # back to idle once the last job is done
