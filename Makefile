@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # System tools the tests drive for real: loop devices and file systems (util-linux,
-# e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports).
-# Installed from Debian when missing.
+# e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports),
+# the QEMU guest agent (file-system freeze inside a guest). Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
 	command -v losetup >/dev/null || missing="$$missing util-linux"; \
@@ -25,6 +25,7 @@ sysdeps:
 	command -v qemu-storage-daemon >/dev/null || missing="$$missing qemu-system-common"; \
 	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
+	command -v qemu-ga >/dev/null || missing="$$missing qemu-guest-agent"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \

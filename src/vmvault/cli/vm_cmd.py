@@ -77,6 +77,7 @@ def show_vm(
     console.print(
         f"[bold]{vm.name}[/] on {vm.host}: {vm.state.value}, policy {vm.policy or '-'}, "
         f"snapshot {vm.snapshot}, scripts {vm.scripts or '-'}"
+        + (f", guest agent {vm.guest_agent}" if vm.guest_agent else "")
     )
     table = Table()
     for col in ("disk", "role", "format", "pool", "path", "backed up"):
