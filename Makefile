@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 # System tools the tests drive for real: loop devices and file systems (util-linux,
 # e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports),
-# the QEMU guest agent (file-system freeze inside a guest). Installed from Debian when missing.
+# the QEMU guest agent (file-system freeze inside a guest), virsh (libvirt discovery, against
+# libvirt's daemonless test driver). Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
 	command -v losetup >/dev/null || missing="$$missing util-linux"; \
@@ -26,6 +27,7 @@ sysdeps:
 	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	command -v qemu-ga >/dev/null || missing="$$missing qemu-guest-agent"; \
+	command -v virsh >/dev/null || missing="$$missing libvirt-clients"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
