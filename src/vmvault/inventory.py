@@ -101,7 +101,10 @@ class Vm(_Strict):
     scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
     snapshot: str = "auto"  # provider: auto, in-place, reflink, copy, lvm, qemu-live
     qmp: str | None = None  # QMP socket of a live QEMU VM: live snapshots, dirty bitmaps
-    freeze: list[str] = Field(default_factory=list)  # host mountpoints to fsfreeze
+    # Mount points to freeze while the snapshot is taken: the host's, frozen with fsfreeze;
+    # or, with guest_agent set, the guest's (none: all of the guest's file systems).
+    freeze: list[str] = Field(default_factory=list)
+    guest_agent: str | None = None  # host end (unix socket) of a live guest's qemu-ga channel
     tags: dict[str, str] = Field(default_factory=dict)
     disks: list[Disk] = Field(min_length=1)
 
@@ -117,6 +120,16 @@ class Vm(_Strict):
             raise ValueError(f"disk names repeat: {', '.join(sorted(names))}")
         if sum(d.role == DiskRole.OS for d in self.disks) > 1:
             raise ValueError("a VM has at most one os disk")
+        return self
+
+    @model_validator(mode="after")
+    def _guest_mountpoints(self) -> Vm:
+        # The guest agent matches paths against the guest's mount table as strings.
+        relative = [p for p in self.freeze if not p.startswith("/")]
+        if self.guest_agent and relative:
+            raise ValueError(
+                f"freeze: guest mount points must be absolute paths: {', '.join(relative)}"
+            )
         return self
 
     def protected_disks(self) -> list[Disk]:

@@ -268,14 +268,25 @@ def run_vm_backup(
     which is removed afterwards. The point records the consistency level reached and why,
     the excluded temporary disks, and the VM's configuration.
     """
-    from vmvault.consistency import Freezer, FsFreezer, NoFreezer, load_script_config, quiesce
+    from vmvault.consistency import (
+        Freezer,
+        FsFreezer,
+        GuestAgentFreezer,
+        NoFreezer,
+        load_script_config,
+        quiesce,
+    )
     from vmvault.inventory import VmState
 
     vm = inventory.vm(vm_name)
     disks = vm.protected_disks()
     running = vm.state == VmState.RUNNING
     scripts = load_script_config(vm.scripts) if vm.scripts and running else None
-    freezer: Freezer = FsFreezer(vm.freeze) if vm.freeze and running else NoFreezer()
+    freezer: Freezer = NoFreezer()
+    if running and vm.guest_agent:
+        freezer = GuestAgentFreezer(vm.guest_agent, vm.freeze)  # inside the guest
+    elif running and vm.freeze:
+        freezer = FsFreezer(vm.freeze)
     pools = sorted({d.pool for d in disks if d.pool})
     with (
         ctx.session("backup", pools) as vault,

@@ -1,7 +1,8 @@
-"""`vmvault vm`: the VMs of the inventory, and backing one up."""
+"""`vmvault vm`: the VMs of the inventory, backing one up, and discovering libvirt's."""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -87,6 +88,7 @@ def show_vm(
     console.print(
         f"[bold]{vm.name}[/] on {vm.host}: {vm.state.value}, policy {vm.policy or '-'}, "
         f"snapshot {vm.snapshot}, scripts {vm.scripts or '-'}"
+        + (f", guest agent {vm.guest_agent}" if vm.guest_agent else "")
     )
     table = Table()
     for col in ("disk", "role", "format", "pool", "path", "backed up"):
@@ -101,6 +103,27 @@ def show_vm(
             "no (temporary)" if d.name in doc["excluded"] else "yes",
         )
     console.print(table)
+
+
+@app.command("discover")
+def discover_vms(
+    connect: str | None = typer.Option(
+        None,
+        "--connect",
+        "-c",
+        help="libvirt connection URI (default: virsh's own, e.g. qemu:///system).",
+    ),
+    json: bool = JsonOpt,
+) -> None:
+    """Print inventory entries for libvirt's domains (read with virsh), to review and paste."""
+    from vmvault.discovery import discover
+
+    found = guarded(json, lambda: discover(connect))
+    if json:
+        emit_json(found.to_dict())
+        return
+    # Plain text, not rich: TOML's [[tables]] would be taken for markup.
+    sys.stdout.write(found.to_toml())
 
 
 @app.command("backup")

@@ -1,4 +1,5 @@
-"""Consistency of a VM backup: Azure-compatible pre/post scripts and file-system freeze.
+"""Consistency of a VM backup: Azure-compatible pre/post scripts and file-system freeze
+(``fsfreeze`` on the host's mount points, or the QEMU guest agent inside a live guest).
 
 `quiesce` wraps the snapshot step and reports the level the recovery point reached
 (application, file-system or crash) with a reason; `decide_level` is the same decision
@@ -8,6 +9,7 @@ as a pure function of plain data.
 from vmvault.consistency.config import ScriptConfig, load_script_config
 from vmvault.consistency.errors import ConsistencyError, FreezeError, ScriptConfigError
 from vmvault.consistency.freeze import Freezer, FsFreezer, NoFreezer
+from vmvault.consistency.guest_agent import GuestAgent, GuestAgentError, GuestAgentFreezer
 from vmvault.consistency.level import (
     STOPPED_REASON,
     Consistency,
@@ -27,6 +29,9 @@ __all__ = [
     "FreezeState",
     "Freezer",
     "FsFreezer",
+    "GuestAgent",
+    "GuestAgentError",
+    "GuestAgentFreezer",
     "Level",
     "NoFreezer",
     "Phase",

@@ -25,12 +25,13 @@ _COMMAND_TIMEOUT = 60.0
 class Freezer(Protocol):
     """Something that can hold a VM's file systems still while its disks are snapshotted.
 
-    ``freeze`` raises `FreezeError` if it cannot freeze (and leaves nothing frozen);
+    ``freeze`` raises `FreezeError` if it cannot freeze (and leaves nothing frozen); it
+    may return a note on how it froze, which the recorded consistency reason then carries;
     ``thaw`` undoes what ``freeze`` did, is safe to call twice, and raises `FreezeError`
     (code ``FsThawFailed``) only after having tried every file system.
     """
 
-    def freeze(self) -> None: ...
+    def freeze(self) -> str | None: ...
 
     def thaw(self) -> None: ...
 

@@ -119,7 +119,7 @@ def _script_parts(
 
 def _freeze_part(freeze: FreezeState, detail: str) -> str:
     if freeze == "frozen":
-        return "file systems frozen"
+        return f"file systems frozen ({detail})" if detail else "file systems frozen"
     if freeze == "disabled":
         return "file-system freeze disabled (fsFreezeEnabled=false)"
     if freeze == "unavailable":

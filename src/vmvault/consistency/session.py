@@ -10,7 +10,7 @@ The order and the guarantees are what matter here:
   single-disk VM where Azure takes a crash-consistent point instead.
 
 SIGKILL cannot be caught; a frozen file system then stays frozen until someone runs
-``fsfreeze --unfreeze``.
+``fsfreeze --unfreeze`` (or, for a guest frozen through its agent, ``guest-fsfreeze-thaw``).
 """
 
 from __future__ import annotations
@@ -73,12 +73,12 @@ class _FreezeHold:
     def freeze(self) -> None:
         self.frozen = True  # set first: a failed freeze may have frozen part of the set
         try:
-            self.freezer.freeze()
+            note = self.freezer.freeze()
         except (VmvaultError, OSError) as exc:
             self.state, self.detail = "failed", _text(exc)
             self.thaw()  # a freezer undoes its own partial work; this only makes sure
             return
-        self.state = "frozen"
+        self.state, self.detail = "frozen", note or ""
 
     def thaw(self) -> None:
         if not self.frozen:
