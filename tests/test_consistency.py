@@ -6,7 +6,6 @@ root, which is what makes root-owned scripts and configs possible to create here
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 import vmvault
+from freezekit import blocked, reap_writers, unfreeze, writable
 from vmvault.consistency import (
     STOPPED_REASON,
     Consistency,
@@ -482,10 +482,6 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
 
 
-def _unfreeze(mnt: Path) -> None:
-    subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def loop_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
     """Two small ext4 file systems, loop-mounted; always unfrozen and unmounted at the end."""
@@ -503,47 +499,18 @@ def loop_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]
         yield mounts
     finally:
         for mnt in mounts:
-            _unfreeze(mnt)
+            unfreeze(mnt)
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
 @pytest.fixture
 def mnts(loop_mounts: list[Path]) -> Iterator[list[Path]]:
     """The module's mounts, unfrozen after each test whatever it did; blocked writers reaped."""
-    writers.clear()
+    reap_writers()
     yield loop_mounts
     for mnt in loop_mounts:
-        _unfreeze(mnt)
-    for proc in writers:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-
-
-writers: list[subprocess.Popen[bytes]] = []
-
-
-def start_writer(mnt: Path, name: str = "probe") -> subprocess.Popen[bytes]:
-    """A child process writing into mnt; on a frozen file system it blocks (in D state)."""
-    proc = subprocess.Popen(["sh", "-c", f"echo x > {mnt / name}"])
-    writers.append(proc)
-    return proc
-
-
-def writable(mnt: Path, wait: float = 3.0) -> bool:
-    """Whether a write into mnt from another process completes within ``wait`` seconds."""
-    proc = start_writer(mnt, "check")
-    try:
-        return proc.wait(timeout=wait) == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def blocked(mnt: Path) -> subprocess.Popen[bytes]:
-    """Start a writer and check it is still blocked after half a second."""
-    proc = start_writer(mnt)
-    time.sleep(0.5)
-    assert proc.poll() is None, "a write went through a frozen file system"
-    return proc
+        unfreeze(mnt)
+    reap_writers()
 
 
 def test_freeze_blocks_writes_until_thaw(mnts: list[Path]) -> None:
@@ -630,7 +597,7 @@ def test_thaw_goes_on_after_a_failure_and_reports_it(mnts: list[Path], tmp_path:
         pytest.raises(FreezeError) as err,
         quiesce(config(postScriptLocation=post), FsFreezer([a, b]), vm_running=True),
     ):
-        _unfreeze(b)  # someone else thaws b: our unfreeze of b (done first) fails
+        unfreeze(b)  # someone else thaws b: our unfreeze of b (done first) fails
     assert err.value.code == "FsThawFailed" and str(b) in err.value.message
     assert str(a) not in err.value.message
     assert writable(a) and writable(b)

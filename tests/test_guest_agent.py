@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import vmvault
+from freezekit import blocked, reap_writers, unfreeze, writable
 from vmvault import service
 from vmvault.consistency import (
     Consistency,
@@ -73,10 +74,6 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
 
 
-def _unfreeze(mnt: Path) -> None:
-    subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A small loop-mounted ext4 file system; unfrozen and unmounted at the end."""
@@ -90,7 +87,7 @@ def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        _unfreeze(mnt)
+        unfreeze(mnt)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
@@ -152,7 +149,7 @@ class Agent:
 @pytest.fixture
 def agent(tmp_path: Path, mount: Path) -> Iterator[Agent]:
     """A fresh agent per test; the mount is unfrozen and blocked writers reaped after it."""
-    writers.clear()
+    reap_writers()
     ga = Agent(tmp_path, mount)
     ga.start()
     try:
@@ -163,36 +160,9 @@ def agent(tmp_path: Path, mount: Path) -> Iterator[Agent]:
             # A frozen agent ignores SIGTERM: thaw through it first.
             with contextlib.suppress(GuestAgentError):
                 GuestAgent(ga.socket, timeout=2).execute("guest-fsfreeze-thaw")
-        _unfreeze(mount)
+        unfreeze(mount)
         ga.stop()
-        for proc in writers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-
-
-writers: list[subprocess.Popen[bytes]] = []
-
-
-def start_writer(directory: Path, name: str = "probe") -> subprocess.Popen[bytes]:
-    """A child process writing into directory; on a frozen file system it blocks."""
-    proc = subprocess.Popen(["sh", "-c", f"echo x > {directory / name}"])
-    writers.append(proc)
-    return proc
-
-
-def writable(directory: Path, wait: float = 3.0) -> bool:
-    proc = start_writer(directory, "check")
-    try:
-        return proc.wait(timeout=wait) == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def blocked(directory: Path) -> subprocess.Popen[bytes]:
-    proc = start_writer(directory)
-    time.sleep(0.5)
-    assert proc.poll() is None, "a write went through a frozen file system"
-    return proc
+        reap_writers()
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
