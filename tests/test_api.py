@@ -311,6 +311,10 @@ def test_session_cookie_login_csrf_and_logout(client: TestClient, site: Site) ->
         _wait(client, site, with_csrf.json()["id"])
         browser.post("/logout")
         assert browser.get("/api/v1/vms").status_code == 401
+    entries = client.get("/api/v1/audit", headers=site.auth("admin")).json()["items"]
+    actions = [(e["actor"], e["action"]) for e in entries]
+    assert ("operator-token", "POST /logout") in actions
+    assert ("operator-token", "POST /login") in actions
 
 
 class _Hook(BaseHTTPRequestHandler):

@@ -17,8 +17,9 @@ from vmvault.server.accounts import Principal, Role
 from vmvault.server.auth import SAFE_METHODS, Unauthorized, require
 from vmvault.server.state import ServerConfig, ServerState
 
-# Paths whose writes are not audited: logging in is audited by the login route itself.
-UNAUDITED = ("/login",)
+# Paths whose writes the middleware leaves alone: login and logout audit themselves (they
+# know who, the middleware does not).
+UNAUDITED = ("/login", "/logout")
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:

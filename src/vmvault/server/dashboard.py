@@ -195,6 +195,10 @@ def mount(app: FastAPI, server: ServerState) -> None:
     def logout(request: Request) -> Response:
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
+            # Audited here, while the session still names who is leaving.
+            who = server.accounts.session_principal(cookie)
+            remote = request.client.host if request.client else ""
+            server.accounts.audit(who, "POST /logout", "/logout", 303, remote)
             server.accounts.close_session(cookie)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
