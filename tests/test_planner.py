@@ -239,3 +239,16 @@ def test_the_readme_example_fleet_is_oversubscribed_until_staggered() -> None:
     plan = run_plan(None, inv, datetime(2026, 12, 1, tzinfo=UTC), stagger=True)
     assert plan["summary"]["pools_over_budget"] == ["hdd", "ssd-a", "ssd-b"]
     assert plan["stagger"]["summary_after"]["fits"]
+
+
+def test_disks_on_no_pool_are_not_held_by_a_pool_cap() -> None:
+    """As in the worker's admission: 30 single-disk VMs on no pool start together."""
+    from vmvault.jobs.admission import Limits
+    from vmvault.planning.simulate import NO_POOL, PlannedDisk, PlannedJob, simulate
+
+    jobs = [
+        PlannedJob(f"vm{i}", 0.0, [PlannedDisk(NO_POOL, 60_000_000, 60e6)], deadline=3600.0)
+        for i in range(30)
+    ]
+    sim = simulate(jobs, Limits(max_disks_per_pool=20), {})
+    assert all(t.start == 0.0 for t in sim.timings) and not any(t.late for t in sim.timings)

@@ -76,7 +76,7 @@ def run_plan(
     from vmvault.jobs.worker import limits_of
     from vmvault.planning.estimate import estimate_backup, measure
     from vmvault.planning.findings import findings
-    from vmvault.planning.simulate import PlannedDisk, PlannedJob, simulate
+    from vmvault.planning.simulate import NO_POOL, PlannedDisk, PlannedJob, simulate
 
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
     history, seen = _history(ctx) if ctx is not None else ({}, {})
@@ -107,7 +107,7 @@ def run_plan(
             "initial": initial.to_dict(),
             "incremental": incremental.to_dict(),
         }
-        pools = {d.name: d.pool or "(none)" for d in vm.disks}
+        pools = {d.name: d.pool or NO_POOL for d in vm.disks}
         planned = [
             PlannedDisk(pools[d.name], round(d.transfer_bytes), d.rate) for d in tonight.disks
         ]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from vmvault.jobs.admission import JobLoad, Limits, admit
 
+NO_POOL = "(none)"  # the pool name the planner gives disks the inventory puts on no pool
+
 
 @dataclass(frozen=True)
 class PlannedDisk:
@@ -133,7 +135,10 @@ def simulate(
 
 
 def _load(job: PlannedJob) -> JobLoad:
+    """What admission counts, as the worker's ``job_load`` does: disks on a declared pool
+    (a disk on no pool shares no pool's disk cap)."""
     counts: dict[str, int] = {}
     for d in job.disks:
-        counts[d.pool] = counts.get(d.pool, 0) + 1
+        if d.pool != NO_POOL:
+            counts[d.pool] = counts.get(d.pool, 0) + 1
     return JobLoad(job.vm, counts)
