@@ -252,3 +252,14 @@ def test_disks_on_no_pool_are_not_held_by_a_pool_cap() -> None:
     ]
     sim = simulate(jobs, Limits(max_disks_per_pool=20), {})
     assert all(t.start == 0.0 for t in sim.timings) and not any(t.late for t in sim.timings)
+
+
+def test_snapshot_time_delays_the_transfer_in_the_simulated_day() -> None:
+    from vmvault.jobs.admission import Limits
+    from vmvault.planning.simulate import PlannedDisk, PlannedJob, simulate
+
+    job = PlannedJob("vm", 0.0, [PlannedDisk("p", 60_000_000, 1e6)], deadline=3600.0, setup=120.0)
+    sim = simulate([job], Limits(), {"p": 10e6})
+    [timing] = sim.timings
+    assert timing.start == 0.0 and timing.end == 180.0  # 2 steps of snapshot, 1 of transfer
+    assert sim.pool_load["p"][:3] == [0.0, 0.0, 1e6]

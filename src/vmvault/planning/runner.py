@@ -119,6 +119,7 @@ def run_plan(
                     planned,
                     deadline=_seconds(start, run.deadline),
                     latest_start=_seconds(start, run.slot + timetable.latest_delay),
+                    setup=tonight.snapshot_seconds,
                 )
             )
     egress = {name: pool.egress_mb_per_s * 1e6 for name, pool in inventory.pools.items()}

@@ -35,6 +35,7 @@ class PlannedJob:
     disks: Sequence[PlannedDisk]
     deadline: float | None = None  # the end of its window, or due + 24 h for daily policies
     latest_start: float | None = None  # how late it may be moved (exclusive): its window
+    setup: float = 0.0  # seconds before its disks transfer (snapshot): admitted, reading none
 
 
 @dataclass
@@ -112,7 +113,8 @@ def simulate(
         changed = False
         # each disk's wish, then each pool's share of its egress
         wish: dict[str, float] = {p: 0.0 for p in pools}
-        for i in running:
+        transferring = [i for i in running if t >= (timings[i].start or 0.0) + jobs[i].setup]
+        for i in transferring:
             for d, left in zip(jobs[i].disks, remaining[i], strict=True):
                 if left > 0:
                     wish[d.pool] += d.rate
@@ -122,7 +124,7 @@ def simulate(
         for p in pools:
             sim.pool_load[p].append(wish[p] * factor[p])
             sim.pool_demand[p].append(wish[p])
-        for i in list(running):
+        for i in transferring:
             for k, d in enumerate(jobs[i].disks):
                 remaining[i][k] = max(0.0, remaining[i][k] - d.rate * factor[d.pool] * step)
             if all(left <= 0 for left in remaining[i]):
