@@ -245,3 +245,18 @@ def test_security_alert_from_the_cli_is_listed(tmp_path: Path) -> None:
     assert alerts[0]["deliveries"] == []  # a server or scheduler delivers it
     human = run_cli("alerts", "list", *_local(site), env={"COLUMNS": "200"})
     assert human.returncode == 0 and "backup_data_deleted" in human.stdout
+
+
+def test_following_a_job_passes_on_its_progress(served: tuple[Site, str, Path]) -> None:
+    from vmvault.cli.remote import Remote
+    from vmvault.engine.progress import ProgressEvent
+
+    site, url, cert = served
+    remote = Remote(url, site.tokens["operator"], str(cert))
+    job = remote.post("/api/v1/vms/web01/backup", {"full": True})
+    events: list[ProgressEvent] = []
+    done = remote.wait(job["id"], events.append, poll=0.05)
+    assert done["state"] == "succeeded"
+    last = {e.disk: e for e in events}
+    assert set(last) == {"os", "data"}  # the temporary disk is never backed up
+    assert all(e.operation == "backup" and e.done == e.total > 0 for e in last.values()), last

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.errors import VmvaultError
 
 FINAL = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
@@ -88,10 +89,16 @@ class Remote:
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body)
 
-    def wait(self, job_id: int, poll: float = 0.5) -> dict[str, Any]:
-        """Follow a job until it ends; returns its last state."""
+    def wait(
+        self, job_id: int, progress: ProgressCallback = no_progress, poll: float = 0.5
+    ) -> dict[str, Any]:
+        """Follow a job until it ends, passing on its per-disk progress; returns its end."""
         while True:
             job: dict[str, Any] = self.get(f"/api/v1/jobs/{job_id}")
+            for disk, p in sorted((job.get("progress") or {}).items()):
+                progress(
+                    ProgressEvent(p.get("operation", job["kind"]), disk, p["done"], p["total"])
+                )
             if job["state"] in FINAL:
                 return job
             time.sleep(poll)

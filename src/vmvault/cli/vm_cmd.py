@@ -253,9 +253,12 @@ def _run_remote(json: bool, path: str, body: dict[str, Any], wait: bool) -> None
     """Queue a job on the server; with ``wait``, follow it and fail as it fails."""
     server = remote()
     assert server is not None
+    from vmvault.cli.output import progress_bar
+
     job = guarded(json, lambda: server.post(path, body))
     if wait:
-        job = guarded(json, lambda: server.wait(job["id"]))
+        with progress_bar(not json) as progress:  # the server's per-disk progress, live
+            job = guarded(json, lambda: server.wait(job["id"], progress))
     if json:
         emit_json(job)
     else:

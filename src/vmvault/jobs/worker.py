@@ -131,8 +131,9 @@ class _Progress:
             if now - self.written < PROGRESS_EVERY and event.done < event.total:
                 return
             self.written = now
-            snapshot = dict(self.disks)
-        self.queue.report_progress(self.job_id, snapshot)
+            # Written under the lock: two disks' writes must land in the order they were
+            # taken, or an older snapshot could overwrite a disk's final 100 %.
+            self.queue.report_progress(self.job_id, dict(self.disks))
 
 
 def _run(
