@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 
 # System tools the tests drive for real: loop devices and file systems (util-linux,
 # e2fsprogs, xfsprogs for reflink), QEMU's image tools and storage daemon (FUSE exports),
-# LVM's tools (snapshots of logical volumes), Chromium for the dashboard's browser tests
-# (Playwright drives it; it downloads no browser), the QEMU guest agent (file-system freeze
-# inside a guest), virsh (libvirt discovery, against libvirt's daemonless test driver).
+# LVM's tools (snapshots of logical volumes; busybox and kmod build the small VM whose
+# kernel has the device-mapper LVM needs, where the host's has none), Chromium for the
+# dashboard's browser tests (Playwright drives it; it downloads no browser), the QEMU guest
+# agent (file-system freeze inside a guest), virsh (libvirt discovery, against libvirt's
+# daemonless test driver).
 # Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
@@ -29,6 +31,8 @@ sysdeps:
 	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	command -v lvs >/dev/null || missing="$$missing lvm2"; \
+	command -v busybox >/dev/null || missing="$$missing busybox-static"; \
+	command -v depmod >/dev/null || [ -x /sbin/depmod ] || missing="$$missing kmod"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v qemu-ga >/dev/null || missing="$$missing qemu-guest-agent"; \
 	command -v virsh >/dev/null || missing="$$missing libvirt-clients"; \

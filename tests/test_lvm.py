@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,24 @@ def test_running_vm_on_a_logical_volume_is_backed_up_from_a_snapshot(
         subprocess.run(["vgremove", "-f", "-y", vg], capture_output=True)
         subprocess.run(["pvremove", "-y", loop], capture_output=True)
         subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+
+@pytest.mark.skipif(HAS_DM, reason="device-mapper is here: the test above runs on this host")
+def test_lvm_in_a_vm_whose_kernel_has_device_mapper(tmp_path: Path) -> None:
+    """Where this kernel lacks device-mapper, the test above runs in a VM that has it."""
+    import dmvm
+
+    try:
+        dmvm.assets()
+    except dmvm.Unavailable as exc:
+        pytest.skip(f"no VM with device-mapper: {exc}")
+    status, output = dmvm.run(
+        f"""
+        cd {Path(__file__).resolve().parents[1]}
+        {sys.executable} -m pytest -q -p no:cacheprovider -rA tests/test_lvm.py \\
+            -k running_vm_on_a_logical_volume
+        """,
+        tmp_path / "vm",
+    )
+    assert status == 0, output
+    assert "PASSED tests/test_lvm.py::test_running_vm_on_a_logical_volume" in output, output
