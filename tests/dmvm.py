@@ -12,6 +12,7 @@ The kernel package is fetched with ``apt-get download`` once and kept under ``bu
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import textwrap
@@ -31,12 +32,11 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
-mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
-mkdir -p /host/tmp/work
-mount -t 9p -o trans=virtio,version=9p2000.L work /host/tmp/work
-chroot /host /bin/sh /tmp/work/run.sh > /host/tmp/work/out.txt 2>&1
-echo "EXIT=$?" >> /host/tmp/work/out.txt
+mkdir -p /host/run/vmvault-work /host/run/vmvault-tmp
+mount -t 9p -o trans=virtio,version=9p2000.L work /host/run/vmvault-work
+chroot /host /bin/sh /run/vmvault-work/run.sh > /host/run/vmvault-work/out.txt 2>&1
+echo "EXIT=$?" >> /host/run/vmvault-work/out.txt
 sync
 poweroff -f
 """
@@ -44,10 +44,12 @@ poweroff -f
 # No udev in the guest: device-mapper makes its own /dev nodes; LVM keeps no archives
 # (the host's /etc is read-only in the guest).
 GUEST_ENV = """set -e
-export DM_DISABLE_UDEV=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp LVM_SYSTEM_DIR=/tmp/lvm
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mkdir -p /tmp/lvm
-cat > /tmp/lvm/lvm.conf <<'CONF'
+export DM_DISABLE_UDEV=1 PYTHONDONTWRITEBYTECODE=1 PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# The host's tree (its /tmp too, where a checkout may live) is read-only here: scratch
+# space is a tmpfs under /run.
+export TMPDIR=/run/vmvault-tmp HOME=/run/vmvault-tmp LVM_SYSTEM_DIR=/run/vmvault-tmp/lvm
+mkdir -p "$LVM_SYSTEM_DIR"
+cat > "$LVM_SYSTEM_DIR/lvm.conf" <<'CONF'
 activation {
     udev_sync = 0
     udev_rules = 0
@@ -97,7 +99,9 @@ def assets() -> tuple[Path, Path]:
     depmod = shutil.which("depmod") or "/sbin/depmod"
     package = _kernel_package()
     version = package.removeprefix("linux-image-")
-    base = CACHE / version
+    # A changed init or module list makes a new initramfs, not a stale one from the cache.
+    recipe = hashlib.sha256((INIT + " ".join(MODULES)).encode()).hexdigest()[:12]
+    base = CACHE / f"{version}-{recipe}"
     kernel, initrd = base / "vmlinuz", base / "initrd.gz"
     if kernel.exists() and initrd.exists():
         return kernel, initrd
