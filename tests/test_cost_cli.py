@@ -32,3 +32,27 @@ def test_cost_report_from_the_vault(tmp_path: Path, ctx: service.Context) -> Non
     assert not rows["db"]["billed"] and float(rows["db"]["total"]) == 0  # soft-deleted
     csv = run_cli("cost", "--csv", env=env)
     assert csv.stdout.splitlines()[0].startswith("vm,") and len(csv.stdout.splitlines()) == 3
+
+
+def test_the_inventory_sets_the_price_table(tmp_path: Path, ctx: service.Context) -> None:
+    disk = tmp_path / "web.img"
+    with open(disk, "wb") as f:
+        f.truncate(16 << 20)
+        f.write(os.urandom(1 << 20))
+    service.run_backup(ctx, "web", [service.DiskSpec("os", str(disk), role="os")])
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        '[pricing]\ncurrency = "EUR"\nsmall_price = 4.5\ninstance_price = 9\n'
+        "storage_per_gb_month = 0\n"
+    )
+    env = {
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+    }
+    report = json.loads(run_cli("cost", "--json", "-i", str(inventory), env=env).stdout)
+    assert report["currency"] == "EUR" and report["rows"][0]["total"] == "4.50"
+    inventory.write_text("[pricing]\nsmall_price = 20\ninstance_price = 10\n")
+    refused = run_cli("cost", "-i", str(inventory), env=env)
+    assert refused.returncode == 2 and "pricing" in refused.stderr
+    assert "small_price cannot exceed instance_price" in refused.stderr

@@ -24,9 +24,10 @@ import stat
 import tempfile
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,6 +35,9 @@ from vmvault.alerts.settings import AlertSettings
 from vmvault.errors import NotFound, UsageError
 from vmvault.policy import DEFAULT_POLICY, Policy, PolicyError, Timetable, start_delay
 from vmvault.policy.model import as_hhmm
+
+if TYPE_CHECKING:
+    from vmvault.planning.cost import PriceTable
 
 DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
 
@@ -147,12 +151,45 @@ class Limits(_Strict):
     max_disks_per_pool: int = Field(default=20, ge=1)  # disks of one pool in flight
 
 
+class Pricing(_Strict):
+    """The cost report's price table (``[pricing]``); the defaults are Azure's list prices.
+
+    Sizes are decimal GB, as Azure bills them. The storage rate depends on region and
+    redundancy: set your own.
+    """
+
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    small_limit_gb: float = Field(default=50, gt=0)  # up to this: one small instance
+    small_price: Decimal = Field(default=Decimal("5"), ge=0)
+    instance_unit_gb: float = Field(default=500, gt=0)  # above: per started unit
+    instance_price: Decimal = Field(default=Decimal("10"), ge=0)
+    storage_per_gb_month: Decimal = Field(default=Decimal("0.0224"), ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Pricing:
+        self.table()  # the price table's own rules (tiers in order, small never dearer)
+        return self
+
+    def table(self, currency: str | None = None) -> PriceTable:
+        from vmvault.planning.cost import GB, PriceTable
+
+        return PriceTable(
+            currency=currency or self.currency,
+            small_limit_bytes=round(self.small_limit_gb * GB),
+            small_price=self.small_price,
+            instance_unit_bytes=round(self.instance_unit_gb * GB),
+            instance_price=self.instance_price,
+            storage_per_gb_month=self.storage_per_gb_month,
+        )
+
+
 class Inventory(_Strict):
     limits: Limits = Field(default_factory=Limits)
     pools: dict[str, StoragePool] = Field(default_factory=dict)
     policies: dict[str, Policy] = Field(default_factory=dict)
     vms: list[Vm] = Field(default_factory=list)
     alerts: AlertSettings = AlertSettings()
+    pricing: Pricing = Pricing()
     source: str = ""
 
     @field_validator("pools", "policies", mode="before")

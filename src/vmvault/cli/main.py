@@ -563,8 +563,17 @@ def _duration(seconds: float) -> str:
 
 @app.command()
 def cost(
-    currency: str = typer.Option("USD", "--currency"),
+    currency: str | None = typer.Option(
+        None, "--currency", help="Label of the prices (default: the inventory's, else USD)."
+    ),
     csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    inventory: str | None = typer.Option(
+        None,
+        "--inventory",
+        "-i",
+        envvar="VMVAULT_INVENTORY",
+        help="Inventory whose [pricing] table to use (default: Azure's list prices).",
+    ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -577,7 +586,13 @@ def cost(
     def act() -> dict[str, Any]:
         if (server := remote()) is not None:
             return dict(server.get("/api/v1/cost", currency=currency))
-        return cost_report(context(vault, catalog, passphrase_file), currency=currency).to_dict()
+        prices = None
+        if inventory:
+            from vmvault.inventory import load_inventory
+
+            prices = load_inventory(inventory).pricing.table()
+        ctx = context(vault, catalog, passphrase_file)
+        return cost_report(ctx, currency=currency, prices=prices).to_dict()
 
     report = guarded(json, act)
     if json:

@@ -3,19 +3,22 @@ the pure planning functions on them. The CLI (and the API) call these."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vmvault.inventory import Inventory, Vm
-    from vmvault.planning.cost import Report
+    from vmvault.planning.cost import PriceTable, Report
     from vmvault.planning.estimate import DiskLoad, PastBackup
     from vmvault.planning.simulate import Simulation
     from vmvault.service import Context
 
 
-def cost_report(ctx: Context, *, currency: str = "USD") -> Report:
+def cost_report(
+    ctx: Context, *, currency: str | None = None, prices: PriceTable | None = None
+) -> Report:
     """This month's bill from the vault's own facts (see vmvault.planning.cost for the rules).
 
     A VM's protected-instance size is the data its latest full read found on its
@@ -51,7 +54,10 @@ def cost_report(ctx: Context, *, currency: str = "USD") -> Report:
                 state_of(vault, vm).status,
             )
         )
-    return monthly_report(usages, PriceTable(currency=currency))
+    table = prices or PriceTable()
+    if currency is not None:
+        table = replace(table, currency=currency)
+    return monthly_report(usages, table)
 
 
 def run_plan(

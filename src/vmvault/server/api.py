@@ -427,12 +427,14 @@ def plan_chart(state: State, _: Reader, day: DayQuery = None) -> Response:
 def cost(
     state: State,
     _: Reader,
-    currency: Annotated[str, Query(pattern=r"^[A-Z]{3}$")] = "USD",
+    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
 ) -> dict[str, Any]:
-    """This month's bill per VM: protected instances by size tier, and vault storage."""
+    """This month's bill per VM: protected instances by size tier, and vault storage, with
+    the inventory's ``[pricing]`` table."""
     from vmvault.planning.runner import cost_report
 
-    return cost_report(state.ctx, currency=currency).to_dict()
+    prices = state.inventory().pricing.table()
+    return cost_report(state.ctx, currency=currency, prices=prices).to_dict()
 
 
 # -- alerts, audit, tokens ---------------------------------------------------------------
