@@ -81,14 +81,17 @@ policy = "nightly"
 """
 
 
-def make_site(root: Path, *, backup: bool = True, extra_inventory: str = "") -> Site:
+def make_site(
+    root: Path, *, backup: bool = True, extra_inventory: str = "", catalog_url: str | None = None
+) -> Site:
     root.mkdir(parents=True, exist_ok=True)
     passfile = root / "passphrase"
     passfile.write_text(PASSPHRASE)
     passfile.chmod(0o600)
     inventory = root / "inventory.toml"
     inventory.write_text(inventory_text(root, extra_inventory))
-    ctx = service.Context(str(root / "vault"), f"sqlite:///{root / 'catalog.db'}", str(passfile))
+    catalog_url = catalog_url or f"sqlite:///{root / 'catalog.db'}"
+    ctx = service.Context(str(root / "vault"), catalog_url, str(passfile))
     service.init_vault(ctx)
     if backup:
         service.run_vm_backup(ctx, load_inventory(inventory), "web01")
