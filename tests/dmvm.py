@@ -66,7 +66,8 @@ HOST_SHARE = "security_model=passthrough,readonly=on,multidevs=remap"
 
 
 class Unavailable(Exception):
-    """What the VM needs is missing here (a tool, or the kernel package)."""
+    """What the VM needs is missing here (a tool from ``make sysdeps``, or the kernel
+    package from Debian's archive)."""
 
 
 def _run(*argv: str, cwd: Path | None = None) -> str:

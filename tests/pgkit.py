@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 
 class Unavailable(Exception):
-    pass
+    """PostgreSQL is not installed (``make sysdeps`` installs it)."""
 
 
 def _bin(name: str) -> str:
