@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from getpass import getpass
 from pathlib import Path
@@ -75,6 +75,11 @@ class Context:
     vault_path: str
     catalog_url: str | None = None
     passphrase_file: str | None = None
+    # One catalog (engine and connection pool) per context, opened on first use.
+    _catalog: Catalog | None = field(default=None, init=False, repr=False, compare=False)
+    _catalog_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def backend(self) -> LocalBackend:
         return LocalBackend(self.vault_path)
@@ -98,9 +103,12 @@ class Context:
             yield vault
 
     def catalog(self) -> Catalog:
-        from vmvault.catalog.store import Catalog  # SQLAlchemy takes ~0.3 s to import
+        with self._catalog_lock:
+            if self._catalog is None:
+                from vmvault.catalog.store import Catalog  # SQLAlchemy: ~0.3 s to import
 
-        return Catalog(self.catalog_url)
+                self._catalog = Catalog(self.catalog_url)
+            return self._catalog
 
 
 def init_vault(ctx: Context, **options: Any) -> Vault:
@@ -895,7 +903,5 @@ def run_prune(
             "retention_shortened": shortened,
         }
     if not dry_run:
-        from vmvault.catalog.store import Catalog
-
-        Catalog(ctx.catalog_url).rebuild(vault.config.vault_id, vault.points())
+        ctx.catalog().rebuild(vault.config.vault_id, vault.points())
     return result

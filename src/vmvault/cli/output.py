@@ -21,18 +21,13 @@ from rich.progress import (
 
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.errors import VmvaultError
+from vmvault.units import human_bytes
+
+__all__ = ["human_bytes"]  # the CLI's commands take it from here
 
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def emit_json(doc: Any) -> None:

@@ -25,6 +25,7 @@ from vmvault.server import api
 from vmvault.server.accounts import Principal, Role
 from vmvault.server.auth import SESSION_COOKIE, principal_of
 from vmvault.server.state import ServerState
+from vmvault.units import human_bytes
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -42,15 +43,9 @@ T = TypeVar("T")
 NOTHING = "\N{EN DASH}"  # what a table shows for a missing value
 
 
-def human_bytes(value: float | None) -> str:
-    """1536 -> '1.5 KiB' (app.js's ``bytes`` writes the same)."""
-    if value is None:
-        return NOTHING
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    size, unit = float(value), 0
-    while size >= 1024 and unit < len(units) - 1:
-        size, unit = size / 1024, unit + 1
-    return f"{int(size)} B" if unit == 0 else f"{size:.1f} {units[unit]}"
+def size(value: float | None) -> str:
+    """A size as the CLI writes it (app.js's ``bytes`` writes the same), or a dash."""
+    return NOTHING if value is None else human_bytes(value)
 
 
 def when(value: str | None) -> str:
@@ -72,7 +67,7 @@ def segment(value: object) -> str:
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(bytes=human_bytes, when=when, segment=segment)
+templates.env.filters.update(bytes=size, when=when, segment=segment)
 
 
 class LoginFirst(Exception):
