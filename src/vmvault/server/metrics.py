@@ -56,7 +56,7 @@ class _Collector(Collector):
             "vmvault_stored_bytes", "Bytes the VM's backups wrote into the vault.", labels=["vm"]
         )
         per_vm: dict[str, list[dict[str, object]]] = {}
-        for point in state.vault.points():
+        for point in state.points():
             per_vm.setdefault(str(point["vm"]), []).append(point)
         for vm, rows in sorted(per_vm.items()):
             points.add_metric([vm], len(rows))

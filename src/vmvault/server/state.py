@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmvault import service
 from vmvault.errors import Conflict
@@ -53,6 +53,8 @@ class ServerState:
     _inventory: Inventory | None = field(default=None, init=False)
     _inventory_mtime: float = field(default=-1.0, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _points: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
+    _points_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
 
@@ -71,6 +73,32 @@ class ServerState:
     @property
     def vault_id(self) -> str:
         return self.vault.config.vault_id
+
+    def points(self) -> list[dict[str, Any]]:
+        """The vault's recovery points, oldest first. A point object never changes once
+        written, so each is read and decrypted once; the listing says which still exist."""
+        from vmvault.errors import PointNotFound
+
+        ids = self.vault.point_ids()
+        with self._points_lock:
+            for gone in self._points.keys() - set(ids):
+                del self._points[gone]
+            for point_id in ids:
+                if point_id not in self._points:
+                    try:
+                        self._points[point_id] = self.vault.get_point(point_id)
+                    except PointNotFound:  # forgotten since the listing
+                        continue
+            return [self._points[i] for i in ids if i in self._points]
+
+    def point(self, point_id: str) -> dict[str, Any]:
+        """One point by its full id, or NotFound."""
+        from vmvault.errors import NotFound
+
+        for point in self.points():
+            if point["id"] == point_id:
+                return point
+        raise NotFound(f"no recovery point {point_id!r}")
 
     def inventory(self) -> Inventory:
         """The inventory, reloaded when its file changes."""
