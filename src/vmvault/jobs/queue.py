@@ -24,13 +24,6 @@ BACKOFF = timedelta(seconds=30)
 FINAL_STATES = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; everything here is UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
-
-
 class JobQueue:
     def __init__(self, catalog: Catalog, vault_id: str) -> None:
         self.catalog = catalog
@@ -85,7 +78,7 @@ class JobQueue:
             return [
                 j
                 for j in s.scalars(query)
-                if (_aware(j.not_before) or now) <= now and not j.cancel_requested
+                if (j.not_before or now) <= now and not j.cancel_requested
             ]
 
     def claim(
@@ -114,7 +107,7 @@ class JobQueue:
                         started_at=now,
                         heartbeat_at=now,
                         attempts=Job.attempts + 1,
-                        queue_wait=(now - (_aware(job.queued_at) or now)).total_seconds(),
+                        queue_wait=(now - (job.queued_at or now)).total_seconds(),
                     )
                 )
             if claimed.rowcount == 1:  # type: ignore[attr-defined]
@@ -172,7 +165,7 @@ class JobQueue:
         now = now or datetime.now(UTC)
         reaped = []
         for job in self.running():
-            if now - (_aware(job.heartbeat_at) or now) > stale_after:
+            if now - (job.heartbeat_at or now) > stale_after:
                 self.finish(
                     job.id,
                     "failed",

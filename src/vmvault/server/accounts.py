@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 TOKEN_PREFIX = "vmv_"
 SESSION_LIFETIME = timedelta(hours=12)
+LAST_USED_EVERY = timedelta(minutes=1)  # how fresh a token's "last used" is kept
 
 
 class Role(IntEnum):
@@ -117,7 +118,10 @@ class Accounts:
             # compare_digest: the lookup found a row by hash; compare anyway in constant time
             if row is None or row.revoked_at or not hmac.compare_digest(row.token_hash, digest):
                 return None
-            row.last_used_at = datetime.now(UTC)
+            now = datetime.now(UTC)
+            last = row.last_used_at
+            if last is None or now - last > LAST_USED_EVERY:  # not a write per request
+                row.last_used_at = now
             return Principal(row.id, row.name, Role[row.role])
 
     # -- dashboard sessions ---------------------------------------------------------------
@@ -144,11 +148,8 @@ class Accounts:
             row = s.get(WebSession, _hash(cookie))
             if row is None:
                 return None
-            expires = row.expires_at
-            if expires.tzinfo is None:  # SQLite gives naive datetimes back
-                expires = expires.replace(tzinfo=UTC)
             token = s.get(ApiToken, row.token_id)
-            if expires < now or token is None or token.revoked_at is not None:
+            if row.expires_at < now or token is None or token.revoked_at is not None:
                 return None
             return Principal(token.id, token.name, Role[token.role], csrf=row.csrf)
 

@@ -107,7 +107,7 @@ def page(items: list[Any], total: int, offset: int, limit: int) -> dict[str, Any
 
 def _iso(value: Any) -> Any:
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+        return value.isoformat()
     return value
 
 
@@ -144,7 +144,7 @@ def vault_info(state: State, _: Reader) -> dict[str, Any]:
         "format_version": state.vault.config.version,
         "immutability": doc["immutability"],
         "soft_delete_days": doc["soft_delete_days"],
-        "points": len(state.vault.point_ids()),
+        "points": len(state.points()),
     }
 
 
@@ -166,7 +166,7 @@ def _fleet(state: ServerState) -> list[dict[str, Any]]:
     from vmvault.protection import state_of
 
     inventory = state.inventory()
-    points = state.vault.points()
+    points = state.points()
     protection = {vm.name: state_of(state.vault, vm.name).status for vm in inventory.vms}
     active = state.queue.running() + state.queue.queued()
     return fleet(inventory, points, protection, active)
@@ -289,17 +289,11 @@ def cancel_job(job_id: RowId, state: State, _: Operator) -> dict[str, Any]:
 
 
 def _points(state: ServerState, vm: str | None, offset: int, limit: int) -> dict[str, Any]:
-    points = [p for p in state.vault.points() if vm is None or p["vm"] == vm]
+    points = [p for p in state.points() if vm is None or p["vm"] == vm]
     points.reverse()  # newest first
     return page(
         [point_summary(p) for p in points[offset : offset + limit]], len(points), offset, limit
     )
-
-
-def _point(state: ServerState, point_id: str) -> dict[str, Any]:
-    if point_id not in state.vault.point_ids():
-        raise NotFound(f"no recovery point {point_id!r}")
-    return state.vault.get_point(point_id)
 
 
 @router.get("/points", tags=["points"])
@@ -317,20 +311,20 @@ def list_points(
 def get_point(point_id: str, state: State, _: Reader) -> dict[str, Any]:
     """A point whole: per disk its size, what was read, changed and stored, its checksums'
     manifest, and the consistency level reached with its reason."""
-    point = _point(state, point_id)
+    point = state.point(point_id)
     return {**point_summary(point), "detail": point}
 
 
 @router.delete("/points/{point_id}", tags=["points"])
 def delete_point(point_id: str, state: State, _: Admin) -> dict[str, Any]:
-    _point(state, point_id)
+    state.point(point_id)
     return {"deleted": service.forget_point(state.ctx, point_id)}
 
 
 @router.post("/points/{point_id}/verify", tags=["points"], status_code=202)
 def verify_point(point_id: str, state: State, _: Operator) -> dict[str, Any]:
     """Queue a verify: every chunk of the point read, authenticated and re-hashed."""
-    point = _point(state, point_id)
+    point = state.point(point_id)
     job_id = state.queue.enqueue("verify", point["vm"], {"point": point_id}, max_attempts=1)
     return job_doc(state.queue.get(job_id))
 
@@ -347,7 +341,7 @@ def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
     if any(v.name == body.new_name for v in inventory.vms):
         raise Conflict(f"a VM named {body.new_name!r} exists already; choose another name")
     point_id = service.resolve_point(state.vault, body.point, vm.name)
-    if state.vault.get_point(point_id)["vm"] != vm.name:
+    if state.point(point_id)["vm"] != vm.name:
         raise UsageError(f"point {point_id} is not a point of {vm.name}")
     if body.pool is not None and body.pool not in inventory.pools:
         raise NotFound(f"no pool {body.pool!r}")
