@@ -14,6 +14,7 @@ import httpx
 from sqlalchemy import select
 
 from vmvault.alerts.settings import AlertSettings, SmtpSettings
+from vmvault.alerts.store import alert_doc
 from vmvault.catalog.models import Alert
 
 if TYPE_CHECKING:
@@ -23,21 +24,8 @@ log = logging.getLogger("vmvault.alerts")
 MAX_ATTEMPTS = 5  # per destination; then the alert stays listed but is no longer sent
 
 
-def payload(alert: Alert) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "vault_id": alert.vault_id,
-        "at": alert.at.isoformat(),
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "vm": alert.vm,
-        "message": alert.message,
-        "details": alert.details,
-    }
-
-
 def _post(url: str, alert: Alert, timeout: float) -> None:
-    response = httpx.post(url, json=payload(alert), timeout=timeout)
+    response = httpx.post(url, json=alert_doc(alert, deliveries=False), timeout=timeout)
     response.raise_for_status()
 
 
@@ -73,8 +61,15 @@ def label(destination: str) -> str:
     return f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}/…#{digest}"
 
 
+def _settled(history: list[dict[str, Any]], name: str) -> bool:
+    """Delivered to ``name``, or tried there as often as it will be."""
+    tries = [d for d in history if d["to"] == name]
+    return any(d["ok"] for d in tries) or len(tries) >= MAX_ATTEMPTS
+
+
 def deliver_pending(catalog: Catalog, vault_id: str, settings: AlertSettings) -> int:
-    """Send every alert not yet delivered to each destination; returns how many sends worked.
+    """Send every pending alert to each destination not yet reached; returns how many sends
+    worked.
 
     Each attempt is recorded on the alert (destination, ok, error, time), so the dashboard
     shows where an alert went and why it did not.
@@ -84,14 +79,13 @@ def deliver_pending(catalog: Catalog, vault_id: str, settings: AlertSettings) ->
         return 0
     sent = 0
     with catalog.session() as s:
-        alerts = list(s.scalars(select(Alert).where(Alert.vault_id == vault_id).order_by(Alert.id)))
+        query = select(Alert).where(Alert.vault_id == vault_id, Alert.pending).order_by(Alert.id)
+        alerts = list(s.scalars(query))
     for alert in alerts:
         history: list[dict[str, Any]] = list(alert.deliveries or [])
-        changed = False
         for destination in destinations:
             name = label(destination)
-            tries = [d for d in history if d["to"] == name]
-            if any(d["ok"] for d in tries) or len(tries) >= MAX_ATTEMPTS:
+            if _settled(history, name):
                 continue
             try:
                 if destination == "smtp":
@@ -105,10 +99,11 @@ def deliver_pending(catalog: Catalog, vault_id: str, settings: AlertSettings) ->
                 outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
                 log.warning("alert %d to %s failed: %s", alert.id, name, outcome["error"])
             history.append({"to": name, "at": datetime.now(UTC).isoformat(), **outcome})
-            changed = True
-        if changed:
-            with catalog.session.begin() as s:
-                row = s.get(Alert, alert.id)
-                if row is not None:
-                    row.deliveries = history
+        with catalog.session.begin() as s:
+            row = s.get(Alert, alert.id)
+            if row is not None:
+                row.deliveries = history
+                # Sent everywhere it can be: later passes skip it. A destination added
+                # afterwards gets the alerts raised from then on, not the whole history.
+                row.pending = not all(_settled(history, label(d)) for d in destinations)
     return sent

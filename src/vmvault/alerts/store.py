@@ -59,6 +59,23 @@ def raise_alert(
         return None  # the same event (dedupe_key) is already recorded
 
 
+def alert_doc(alert: Alert, *, deliveries: bool = True) -> dict[str, Any]:
+    """An alert as the API lists it and a webhook receives it (without its deliveries)."""
+    doc = {
+        "id": alert.id,
+        "vault_id": alert.vault_id,
+        "at": alert.at.isoformat(),
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "vm": alert.vm,
+        "message": alert.message,
+        "details": alert.details,
+    }
+    if deliveries:
+        doc["deliveries"] = alert.deliveries
+    return doc
+
+
 def list_alerts(
     catalog: Catalog, vault_id: str, *, offset: int = 0, limit: int = 50
 ) -> tuple[int, list[Alert]]:

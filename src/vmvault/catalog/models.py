@@ -172,3 +172,5 @@ class Alert(Base):
     # Raised once per key (e.g. one "purge upcoming" per VM and purge date).
     dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     deliveries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Still to be sent somewhere (the delivery loop reads only these).
+    pending: Mapped[bool] = mapped_column(Boolean, default=True, index=True)

@@ -175,23 +175,13 @@ def list_alerts(
     def act() -> list[dict[str, Any]]:
         if (server := remote()) is not None:
             return list(server.get("/api/v1/alerts", limit=limit)["items"])
+        from vmvault.alerts.store import alert_doc
         from vmvault.alerts.store import list_alerts as stored
 
         ctx = context(vault, catalog, passphrase_file)
         vault_id = ctx.open_vault(load_index=False).config.vault_id
         _, rows = stored(ctx.catalog(), vault_id, limit=limit)
-        return [
-            {
-                "id": a.id,
-                "at": a.at.isoformat(),
-                "kind": a.kind,
-                "severity": a.severity,
-                "vm": a.vm,
-                "message": a.message,
-                "deliveries": a.deliveries,
-            }
-            for a in rows
-        ]
+        return [alert_doc(a) for a in rows]
 
     rows = guarded(json, act)
     if json:

@@ -436,23 +436,10 @@ def cost(
 
 @router.get("/alerts", tags=["alerts"])
 def alerts(state: State, _: Reader, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
-    from vmvault.alerts.store import list_alerts
+    from vmvault.alerts.store import alert_doc, list_alerts
 
     total, rows = list_alerts(state.catalog, state.vault_id, offset=offset, limit=limit)
-    items = [
-        {
-            "id": a.id,
-            "at": _iso(a.at),
-            "kind": a.kind,
-            "severity": a.severity,
-            "vm": a.vm,
-            "message": a.message,
-            "details": a.details,
-            "deliveries": a.deliveries,
-        }
-        for a in rows
-    ]
-    return page(items, total, offset, limit)
+    return page([alert_doc(a) for a in rows], total, offset, limit)
 
 
 @router.get("/audit", tags=["admin"])
