@@ -20,25 +20,11 @@ from vmvault.cli.output import console, emit_json, guarded, human_bytes
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
 
-FIELDS = (
-    "id",
-    "kind",
-    "vm",
-    "state",
-    "queued_at",
-    "started_at",
-    "finished_at",
-    "queue_wait",
-    "attempts",
-    "worker",
-    "point_id",
-    "bytes_read",
-    "bytes_changed",
-    "bytes_sent",
-    "bytes_written",
-    "error_code",
-    "error_message",
-)
+
+def job_doc(job: Any) -> dict[str, Any]:
+    from vmvault.jobs.queue import job_doc as doc  # SQLAlchemy: imported when needed
+
+    return doc(job)
 
 
 def _queue(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
@@ -46,12 +32,6 @@ def _queue(vault: str | None, catalog: str | None, passphrase_file: str | None) 
 
     ctx = context(vault, catalog, passphrase_file)
     return JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
-
-
-def _doc(job: Any) -> dict[str, Any]:
-    doc = {f: getattr(job, f) for f in FIELDS}
-    doc["details"] = job.details
-    return doc
 
 
 @app.command("list")
@@ -68,7 +48,7 @@ def list_jobs(
         if (server := remote()) is not None:
             return list(server.get("/api/v1/jobs", limit=limit)["items"])
         queue = _queue(vault, catalog, passphrase_file)
-        return [_doc(j) for j in queue.catalog.jobs(queue.vault_id, limit)]
+        return [job_doc(j) for j in queue.catalog.jobs(queue.vault_id, limit)]
 
     jobs = guarded(json, act)
     if json:
@@ -106,7 +86,7 @@ def show_job(
     def act() -> dict[str, Any]:
         if (server := remote()) is not None:
             return dict(server.get(f"/api/v1/jobs/{job_id}"))
-        return _doc(_queue(vault, catalog, passphrase_file).get(job_id))
+        return job_doc(_queue(vault, catalog, passphrase_file).get(job_id))
 
     doc = guarded(json, act)
     if json:

@@ -24,6 +24,45 @@ BACKOFF = timedelta(seconds=30)
 FINAL_STATES = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
+JOB_FIELDS = (
+    "id",
+    "kind",
+    "vm",
+    "state",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "queue_wait",
+    "attempts",
+    "worker",
+    "point_id",
+    "bytes_read",
+    "bytes_changed",
+    "bytes_sent",
+    "bytes_written",
+    "error_code",
+    "error_message",
+    "cancel_requested",
+)
+
+
+def job_doc(job: Job) -> dict[str, Any]:
+    """A job as the CLI and the API show it, with its progress over all disks in percent."""
+    doc: dict[str, Any] = {f: getattr(job, f) for f in JOB_FIELDS}
+    for name, value in doc.items():
+        if isinstance(value, datetime):
+            doc[name] = value.isoformat()
+    doc["details"] = job.details or {}
+    doc["progress"] = job.progress or {}
+    done = sum(d.get("done", 0) for d in doc["progress"].values())
+    total = sum(d.get("total", 0) for d in doc["progress"].values())
+    doc["percent"] = (
+        100.0 if job.state == "succeeded" else round(100 * done / total, 1) if total else 0.0
+    )
+    return doc
+
+
 class JobQueue:
     def __init__(self, catalog: Catalog, vault_id: str) -> None:
         self.catalog = catalog

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmvault import __version__, service
 from vmvault.errors import Conflict, NotFound, UsageError
 from vmvault.fleet import fleet, point_summary
+from vmvault.jobs.queue import job_doc
 from vmvault.server.accounts import Principal, Role, token_doc
 from vmvault.server.auth import require
 from vmvault.server.state import ServerState
@@ -34,27 +35,6 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 # Row ids: beyond 2**53 no database (nor JavaScript) keeps them exact.
 RowId = Annotated[int, PathParam(ge=1, le=2**53)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-JOB_FIELDS = (
-    "id",
-    "kind",
-    "vm",
-    "state",
-    "created_at",
-    "queued_at",
-    "started_at",
-    "finished_at",
-    "queue_wait",
-    "attempts",
-    "worker",
-    "point_id",
-    "bytes_read",
-    "bytes_changed",
-    "bytes_sent",
-    "bytes_written",
-    "error_code",
-    "error_message",
-    "cancel_requested",
-)
 
 
 class _Body(BaseModel):
@@ -103,24 +83,6 @@ State = Annotated[ServerState, Depends(server)]
 
 def page(items: list[Any], total: int, offset: int, limit: int) -> dict[str, Any]:
     return {"items": items, "total": total, "offset": offset, "limit": limit}
-
-
-def _iso(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def job_doc(job: Any) -> dict[str, Any]:
-    doc = {f: _iso(getattr(job, f)) for f in JOB_FIELDS}
-    doc["details"] = job.details or {}
-    doc["progress"] = job.progress or {}
-    done = sum(d.get("done", 0) for d in doc["progress"].values())
-    total = sum(d.get("total", 0) for d in doc["progress"].values())
-    doc["percent"] = (
-        100.0 if job.state == "succeeded" else round(100 * done / total, 1) if total else 0.0
-    )
-    return doc
 
 
 # -- health and the vault ----------------------------------------------------------------
@@ -448,7 +410,7 @@ def audit(state: State, _: Admin, offset: Offset = 0, limit: Limit = 50) -> dict
     items = [
         {
             "id": e.id,
-            "at": _iso(e.at),
+            "at": e.at.isoformat(),
             "actor": e.actor,
             "role": e.role,
             "action": e.action,
