@@ -1,6 +1,6 @@
 """The fleet at a glance: each VM's protection state, last backup, consistency and next run.
 
-A read model shared by the API, the dashboard and ``vmvault vm list --status``: it joins
+A read model shared by the API, the dashboard and ``vmvault vm list --server``: it joins
 the inventory (what should be protected, on which schedule) with the vault (which points
 exist, at what consistency) and the job queue (what is running). Pure apart from its inputs.
 """
@@ -44,12 +44,12 @@ def vm_status(
     now: datetime,
 ) -> dict[str, Any]:
     """One VM's row of the fleet overview; ``points`` are its own, oldest first."""
-    from vmvault.policy import next_due
-
     last = points[-1] if points else None
+    timetable = inventory.timetable(vm)  # the policy's slots, moved to the VM's own start
     next_run = None
-    if vm.policy and protection == "protected":
-        next_run = next_due(inventory.policy(vm.policy).schedule, now).isoformat()
+    if timetable is not None and protection == "protected":
+        next_run = timetable.next_due(now).isoformat()
+    protected = vm.protected_disks()
     return {
         "name": vm.name,
         "host": vm.host,
@@ -68,7 +68,7 @@ def vm_status(
                 "role": d.role.value,
                 "format": d.format.value,
                 "pool": d.pool,
-                "protected": d in vm.protected_disks(),
+                "protected": d in protected,
             }
             for d in vm.disks
         ],

@@ -110,7 +110,8 @@ def run_worker(
 
 
 class _Progress:
-    """A running job's progress per disk, written to its row at most once a second."""
+    """A running job's progress per disk, written to its row every ``PROGRESS_EVERY``
+    seconds at most, and whenever a disk is done."""
 
     def __init__(self, queue: JobQueue, job_id: int, cancel: threading.Event) -> None:
         self.queue, self.job_id, self.cancel = queue, job_id, cancel
@@ -171,12 +172,12 @@ def _run(
         point_id, reports = service.run_verify(
             ctx, str(spec.get("point", "latest")), vm=job.vm or None, progress=progress
         )
-        damaged = [r.to_dict() for r in reports if r.damaged]
+        damaged = sum(1 for r in reports if r.damaged)
         queue.finish(
             job.id,
             "failed" if damaged else "succeeded",
             point_id=point_id,
-            error=("restore_damaged", f"{len(damaged)} disk(s) damaged") if damaged else None,
+            error=("restore_damaged", f"{damaged} disk(s) damaged") if damaged else None,
             details={"disks": [r.to_dict() for r in reports]},
         )
     else:
@@ -211,10 +212,10 @@ def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: J
         stop.set()
         beater.join()
     if outcome == "failed":
-        _alert_failure(ctx, queue, job, error)
+        _alert_failure(queue, job, error)
 
 
-def _alert_failure(ctx: service.Context, queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
+def _alert_failure(queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
     from vmvault.alerts.store import raise_alert
 
     what = f"{job.kind} of {job.vm}" if job.vm else job.kind
