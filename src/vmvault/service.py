@@ -506,33 +506,18 @@ def run_restore(
             report = _instant_restore(vault, point, disk, Path(target))
             if report is not None:
                 return report
+        options: dict[str, Any] = {
+            "disk": disk,
+            "target_format": target_format,
+            "ignore_errors": ignore_errors,
+            "workers": workers,
+            "sync": sync,
+            "byte_buckets": budget.byte_buckets if budget else (),
+            "progress": progress,
+        }
         if not record:
-            return restore_disk(
-                vault,
-                point_id,
-                target,
-                disk=disk,
-                target_format=target_format,
-                ignore_errors=ignore_errors,
-                workers=workers,
-                sync=sync,
-                byte_buckets=budget.byte_buckets if budget else (),
-                progress=progress,
-            )
-        return _restore_recorded(
-            ctx,
-            vault,
-            point_id,
-            vm_name,
-            target,
-            disk=disk,
-            target_format=target_format,
-            ignore_errors=ignore_errors,
-            workers=workers,
-            sync=sync,
-            byte_buckets=budget.byte_buckets if budget else (),
-            progress=progress,
-        )
+            return restore_disk(vault, point_id, target, **options)
+        return _restore_recorded(ctx, vault, point_id, vm_name, target, **options)
 
 
 def _keeps_snapshots(inventory: Inventory, vm: Vm) -> bool:
