@@ -345,9 +345,15 @@ def write_starts(
             # Beside the policy it delays, not after the VM's last key (often a comment that
             # introduces its disks). tomlkit has no public "insert after".
             table.value._insert_after("policy", "start", start)
-    new = tomlkit.dumps(doc)
-    inventory = parse_inventory(new, str(p))
-    _replace(p, new)
+    return write_inventory(p, tomlkit.dumps(doc))
+
+
+def write_inventory(path: str | os.PathLike[str], text: str) -> Inventory:
+    """Replace the inventory file with ``text`` once it loads (else raise naming the field):
+    atomically, keeping the file's mode, so a reader sees the old one or the new one."""
+    p = Path(path).resolve()
+    inventory = parse_inventory(text, str(p))
+    _replace(p, text)
     return inventory
 
 

@@ -8,6 +8,7 @@ logged-in browser act.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from fastapi import Request
@@ -54,8 +55,6 @@ def require(role: Role) -> Callable[[Request], Principal]:
             raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
         if principal.csrf is not None and request.method not in SAFE_METHODS:
             sent = request.headers.get("x-csrf-token", "")
-            import hmac
-
             if not hmac.compare_digest(sent, principal.csrf):
                 raise Forbidden("missing or wrong X-CSRF-Token for a session request")
         if not principal.may(role):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmvault import service
@@ -118,23 +116,12 @@ class ServerState:
 
     def replace_inventory(self, text: str) -> Inventory:
         """Validate a new inventory and put it in place atomically (then it is live)."""
-        from vmvault.inventory import parse_inventory
+        from vmvault.inventory import write_inventory
 
         path = self.config.inventory
         if path is None:
             raise Conflict("the server was started without --inventory: nothing to replace")
-        parsed = parse_inventory(text, path)  # raises with the field at fault
-        target = Path(path)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        parsed = write_inventory(path, text)  # raises with the field at fault
         with self._lock:
             self._inventory, self._inventory_mtime = parsed, os.stat(path).st_mtime
         return parsed
