@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+import vmvault
 
 writers: list[subprocess.Popen[bytes]] = []
 
@@ -44,3 +49,24 @@ def blocked(mnt: Path) -> subprocess.Popen[bytes]:
     time.sleep(0.5)
     assert proc.poll() is None, "a write went through a frozen file system"
     return proc
+
+
+def sigterm_while_frozen(child_code: str, *args: str, mnt: Path) -> None:
+    """Run ``child_code`` in a child Python that prints "frozen" once ``mnt`` is frozen;
+    check a write blocks, SIGTERM the child, and check it died of the signal (its thaw and
+    post-script handlers having run on the way out)."""
+    src = str(Path(vmvault.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", child_code, *args], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "frozen"
+        blocked(mnt)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=15) == 128 + signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -9,9 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +17,7 @@ from typing import Any
 
 import pytest
 
-import vmvault
-from freezekit import blocked, reap_writers, unfreeze, writable
+from freezekit import blocked, reap_writers, sigterm_while_frozen, unfreeze, writable
 from vmvault.consistency import (
     STOPPED_REASON,
     Consistency,
@@ -616,23 +613,6 @@ def test_sigterm_while_frozen_thaws(mnts: list[Path], tmp_path: Path) -> None:
         "    print('frozen', flush=True)\n"
         "    time.sleep(30)\n"
     )
-    src = str(Path(vmvault.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen(
-        [sys.executable, "-c", child_code, str(mnt), str(post)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "frozen"
-        blocked(mnt)
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=10) == 128 + signal.SIGTERM
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    sigterm_while_frozen(child_code, str(mnt), str(post), mnt=mnt)
     assert writable(mnt)
     assert marker.exists()  # the post-script ran on the way out

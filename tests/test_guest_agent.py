@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-import vmvault
-from freezekit import blocked, reap_writers, unfreeze, writable
+from freezekit import blocked, reap_writers, sigterm_while_frozen, unfreeze, writable
 from vmvault import service
 from vmvault.consistency import (
     Consistency,
@@ -237,24 +236,7 @@ def test_sigterm_while_frozen_thaws(agent: Agent, mount: Path) -> None:
         "    print('frozen', flush=True)\n"
         "    time.sleep(30)\n"
     )
-    src = str(Path(vmvault.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen(
-        [sys.executable, "-c", child_code, agent.socket, str(mount)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "frozen"
-        blocked(mount)
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=15) == 128 + signal.SIGTERM
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    sigterm_while_frozen(child_code, agent.socket, str(mount), mnt=mount)
     assert writable(mount) and agent.status() == "thawed"
 
 
