@@ -82,6 +82,13 @@ class CorruptObject(VmvaultError):
     code = "corrupt_object"
 
 
+class DamageFound(CorruptObject):
+    """``verify`` found the point object itself damaged: the exit code of found damage."""
+
+    code = "point_damaged"
+    exit_code = 3
+
+
 class RestoreDamaged(VmvaultError):
     """A restore met damaged or missing chunks; ``ranges`` are the affected byte ranges."""
 

@@ -27,7 +27,15 @@ from vmvault.engine.check import CheckReport, check_vault
 from vmvault.engine.gc import GcReport, collect_garbage
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.restore import RestoreReport, restore_disk, verify_point
-from vmvault.errors import PassphraseMissing, UsageError, VmvaultError
+from vmvault.errors import (
+    CorruptObject,
+    DamageFound,
+    ObjectMissing,
+    PassphraseMissing,
+    PointNotFound,
+    UsageError,
+    VmvaultError,
+)
 from vmvault.jobs.budgets import DiskBudget, disk_budget
 from vmvault.vault.locks import VaultLock
 from vmvault.vault.vault import Vault
@@ -241,6 +249,7 @@ def _backup_and_record(
         result = backup(vault, vm, inputs, **options)
     point = result.point
     job.catalog().record_point(vault.config.vault_id, point)
+    lost = report_lost_packs(job.catalog(), vault)
     totals = {
         "bytes_read": sum(s.read for s in result.stats.values()),
         "bytes_changed": sum(s.changed for s in result.stats.values()),
@@ -253,7 +262,11 @@ def _backup_and_record(
         "succeeded",
         point_id=point["id"],
         counters=totals,
-        details={"consistency": point["consistency"], **point.get("meta", {})},
+        details={
+            "consistency": point["consistency"],
+            **point.get("meta", {}),
+            **({"missing_packs": lost} if lost else {}),
+        },
     )
     return point
 
@@ -382,8 +395,8 @@ def _bitmap_generation(vault: Vault, vm: str, disks: Sequence[VmDisk]) -> str | 
     """
     ids = [i for i in reversed(vault.point_ids())]
     for point_id in ids:
-        newest = vault.get_point(point_id)
-        if newest.get("vm") != vm:
+        newest = readable_point(vault, point_id)
+        if newest is None or newest.get("vm") != vm:
             continue
         generation = newest.get("meta", {}).get("qemu_generation")
         parents = parent_manifests(vault, vm, [d.name for d in disks])
@@ -449,20 +462,84 @@ def _snapshot_specs(
     ]
 
 
-def list_points(ctx: Context, vm: str | None = None) -> list[dict[str, Any]]:
-    """Points from the vault itself (the catalog may lag a vault copied from elsewhere)."""
+def readable_point(vault: Vault, point_id: str) -> dict[str, Any] | None:
+    """The point, or None when its object is damaged or gone (it costs that point only)."""
+    try:
+        return vault.get_point(point_id)
+    except (CorruptObject, ObjectMissing, PointNotFound):
+        return None
+
+
+@dataclass
+class PointListing:
+    """The readable points of a vault (oldest first) and the damaged ones, with why."""
+
+    points: list[dict[str, Any]]
+    damaged: dict[str, str]
+
+    def damaged_docs(self) -> list[dict[str, str]]:
+        return [{"id": pid, "error": message} for pid, message in sorted(self.damaged.items())]
+
+
+def read_points(vault: Vault) -> PointListing:
+    points, damaged = vault.read_points()
+    return PointListing(points, {pid: exc.message for pid, exc in damaged.items()})
+
+
+def list_points(ctx: Context, vm: str | None = None) -> PointListing:
+    """Points from the vault itself (the catalog may lag a vault copied from elsewhere).
+
+    Damaged point objects are listed apart (their VM is unknown) and raise an alert."""
     vault = ctx.open_vault(load_index=False)
-    points = vault.points()
-    return [p for p in points if vm is None or p["vm"] == vm]
+    listing = read_points(vault)
+    report_damaged_points(ctx.catalog(), vault, listing.damaged)
+    return PointListing([p for p in listing.points if vm is None or p["vm"] == vm], listing.damaged)
+
+
+def report_damaged_points(catalog: Catalog, vault: Vault, damaged: dict[str, str]) -> None:
+    """One ``point_damaged`` alert per damaged point object (raised once)."""
+    from vmvault.alerts.store import raise_alert as store
+
+    for point_id, message in damaged.items():
+        store(
+            catalog,
+            vault.config.vault_id,
+            "point_damaged",
+            f"recovery point {point_id} is damaged: {message}",
+            details={"point": point_id, "error": message},
+            dedupe_key=f"point_damaged:{point_id}",
+        )
+
+
+def report_lost_packs(catalog: Catalog, vault: Vault) -> list[str]:
+    """A ``vault_damaged`` alert for packs the index names but the backend lacks."""
+    from vmvault.alerts.store import raise_alert as store
+    from vmvault.vault.packs import pack_key
+
+    lost = [pack_key(p) for p in vault.index.missing_packs()]
+    if lost:
+        store(
+            catalog,
+            vault.config.vault_id,
+            "vault_damaged",
+            f"{len(lost)} pack(s) of the vault are missing; backups store their chunks "
+            "again, older points that used them are damaged (run `vmvault check`)",
+            details={"missing_packs": lost},
+            dedupe_key="packs_missing:" + ",".join(sorted(lost)),
+        )
+    return lost
 
 
 def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
-    """A point id, a unique prefix of one, or ``latest`` (of ``vm`` if given)."""
+    """A point id, a unique prefix of one, or ``latest`` (of ``vm`` if given; a damaged
+    point is nobody's latest)."""
     ids = vault.point_ids()
     if ref == "latest":
         candidates = ids
         if vm is not None:
-            candidates = [i for i in ids if vault.get_point(i)["vm"] == vm]
+            candidates = [
+                i for i in ids if (p := readable_point(vault, i)) is not None and p["vm"] == vm
+            ]
         if not candidates:
             raise UsageError("the vault has no recovery points" + (f" for {vm}" if vm else ""))
         return candidates[-1]
@@ -470,8 +547,6 @@ def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        from vmvault.errors import PointNotFound
-
         raise PointNotFound(f"no recovery point {ref!r} in this vault")
     raise UsageError(f"{ref!r} names {len(matches)} points; give more of the id")
 
@@ -573,16 +648,30 @@ def run_verify(
 ) -> tuple[str, list[RestoreReport]]:
     with ctx.session("verify") as vault:
         point_id = resolve_point(vault, point_ref, vm)
+        try:
+            vault.get_point(point_id)
+        except (CorruptObject, ObjectMissing) as exc:
+            report_damaged_points(ctx.catalog(), vault, {point_id: exc.message})
+            raise DamageFound(f"recovery point {point_id} is damaged: {exc.message}") from None
         return point_id, verify_point(vault, point_id, progress=progress)
 
 
 def run_check(ctx: Context, *, read_data: bool = False) -> CheckReport:
+    """Check the whole vault; damaged points and lost packs also raise their alerts."""
     with ctx.session("check") as vault:
-        return check_vault(vault, read_data=read_data)
+        report = check_vault(vault, read_data=read_data)
+        damaged = {p.object: p.message for p in report.problems if p.kind == "point_unreadable"}
+        catalog = ctx.catalog()
+        report_damaged_points(catalog, vault, damaged)
+        report_lost_packs(catalog, vault)
+        return report
 
 
 def run_gc(ctx: Context, **options: Any) -> GcReport:
-    """Collect garbage (see engine/gc.py); takes no lock: it looks for them."""
+    """Collect garbage (see engine/gc.py); takes no lock: it looks for them.
+
+    ``force=True`` collects even when a point or block record is damaged: what only the
+    damaged objects used is then freed too."""
     return collect_garbage(ctx.open_vault(), **options)
 
 
@@ -600,14 +689,15 @@ def forget_point(ctx: Context, point_ref: str) -> str:
     vault = ctx.open_vault(load_index=False)
     point_id = resolve_point(vault, point_ref)
     check_may_delete(vault)
-    vm = vault.get_point(point_id)["vm"]
+    point = readable_point(vault, point_id)
+    vm = point["vm"] if point is not None else None  # a damaged point can be forgotten too
     vault.delete_point(point_id)
     ctx.catalog().rebuild(vault.config.vault_id, vault.points())
     raise_alert(
         ctx,
         vault,
         "backup_data_deleted",
-        f"recovery point {point_id} of {vm} was deleted",
+        f"recovery point {point_id} of {vm or 'an unknown VM (damaged)'} was deleted",
         vm=vm,
         details={"point": point_id},
     )
@@ -618,12 +708,15 @@ def reindex(ctx: Context) -> dict[str, Any]:
     """Rebuild the chunk index from the packs' own headers, and the catalog from the points."""
     vault = ctx.open_vault(load_index=False)
     packs, unreadable = vault.rebuild_index()
-    count = ctx.catalog().rebuild(vault.config.vault_id, vault.points())
+    listing = read_points(vault)
+    count = ctx.catalog().rebuild(vault.config.vault_id, listing.points)
+    report_damaged_points(ctx.catalog(), vault, listing.damaged)
     return {
         "packs": packs,
         "chunks": len(vault.index),
         "unreadable_packs": unreadable,
         "points": count,
+        "damaged_points": sorted(listing.damaged),
     }
 
 

@@ -22,6 +22,8 @@ KINDS: dict[str, str] = {
     "immutability_disabled": "critical",
     "soft_delete_shortened": "warning",
     "retention_shortened": "warning",
+    "point_damaged": "critical",
+    "vault_damaged": "critical",
 }
 
 

@@ -197,16 +197,20 @@ def list_cmd(
     from vmvault.fleet import point_summary
 
     if (server := remote()) is not None:
-        points = guarded(json, lambda: server.get("/api/v1/points", vm=vm, limit=500)["items"])
+        page = guarded(json, lambda: server.get("/api/v1/points", vm=vm, limit=500))
+        points = page["items"]
         points.reverse()  # oldest first, as locally
         summaries = points
+        damaged = page.get("damaged", [])
     else:
-        points = guarded(
+        listing = guarded(
             json, lambda: service.list_points(context(vault, catalog, passphrase_file), vm)
         )
+        points = listing.points
         summaries = [point_summary(p) for p in points]
+        damaged = listing.damaged_docs()
     if json:
-        emit_json({"points": points})
+        emit_json({"points": points, "damaged": damaged})
         return
     table = Table(title="recovery points")
     for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
@@ -223,6 +227,8 @@ def list_cmd(
             human_bytes(p["stored"]),
         )
     console.print(table)
+    for d in damaged:
+        console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
 
 
 @app.command()
@@ -636,6 +642,11 @@ def gc(
     repack_threshold: float = typer.Option(
         0.25, "--repack-threshold", help="Repack packs at least this dead (0-1)."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Collect even with damaged points or records (what only they used is freed).",
+    ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -645,7 +656,10 @@ def gc(
     report = guarded(
         json,
         lambda: service.run_gc(
-            context(vault, catalog, passphrase_file), grace=grace, repack_threshold=repack_threshold
+            context(vault, catalog, passphrase_file),
+            grace=grace,
+            repack_threshold=repack_threshold,
+            force=force,
         ),
     )
     doc = report.to_dict()
@@ -659,6 +673,8 @@ def gc(
     )
     if doc["deferred"]:
         console.print(f"[yellow]deferred[/]: {doc['deferred']}")
+    for what in doc["damaged"]:
+        console.print(f"[red]damaged[/] {what}: skipped (--force)")
 
 
 @vault_app.command("reindex")
@@ -679,6 +695,8 @@ def reindex_cmd(
         )
         for key in doc["unreadable_packs"]:
             console.print(f"[red]unreadable[/] {key}")
+        for point_id in doc["damaged_points"]:
+            console.print(f"[red]damaged point[/] {point_id} (`vmvault forget` removes it)")
 
 
 def _register_extra_commands() -> None:

@@ -31,7 +31,7 @@ from vmvault.disks.source import DiskSource
 from vmvault.engine.blocks import map_blocks
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.throttle import TokenBucket
-from vmvault.errors import CorruptObject, UsageError
+from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, UsageError
 from vmvault.vault.format import ENCODING_RAW, ENCODING_ZSTD, KIND_DATA, ZERO_ID, DiskManifest
 from vmvault.vault.packs import PackWriter
 from vmvault.vault.vault import Vault, new_point_id
@@ -238,7 +238,15 @@ class DiskBackup:
                 "snapshot holds only the changes since it: run a full backup"
             )
         if self.changed is not None and parent_known:
-            dirty = self._changed_chunks(start, length)
+            changed = self._changed_chunks(start, length)
+            lost = self._lost_chunks(parent_ids) - changed
+            if lost and self.disk.changes_only:
+                raise CorruptObject(
+                    f"disk {self.disk.name}: chunks of block {b} of the parent point are "
+                    "missing from the vault and the snapshot holds only the changes since "
+                    "it: run a full backup"
+                )
+            dirty = changed | lost
             if not dirty:
                 stats.skipped += length
                 return parent_record, stats
@@ -259,6 +267,16 @@ class DiskBackup:
             )
         finally:
             self.buffers.put(buffer)
+
+    def _lost_chunks(self, parent_ids: list[bytes] | None) -> frozenset[int]:
+        """Indices of the parent's chunks that live in no pack the vault has (a lost pack):
+        they must be read and stored again, never inherited."""
+        if not parent_ids:
+            return frozenset()
+        available = self.vault.index.available
+        return frozenset(
+            c for c, cid in enumerate(parent_ids) if cid != ZERO_ID and not available(cid)
+        )
 
     def _changed_chunks(self, start: int, length: int) -> frozenset[int]:
         """Indices of this block's chunks that touch a changed range."""
@@ -323,7 +341,12 @@ class DiskBackup:
             piece = view[lo : lo + n]
             cid = keys.chunk_id(piece)
             ids.append(cid)
-            if parent_ids is not None and c < len(parent_ids) and parent_ids[c] == cid:
+            if (
+                parent_ids is not None
+                and c < len(parent_ids)
+                and parent_ids[c] == cid
+                and self.vault.index.available(cid)  # never reference a lost chunk
+            ):
                 stats.unchanged += n
             elif self.writer.claim(cid):
                 new.append((cid, piece))
@@ -376,7 +399,10 @@ def parent_manifests(
     for point_id in reversed(vault.point_ids()):
         if wanted <= found.keys():
             break
-        point = vault.get_point(point_id)
+        try:
+            point = vault.get_point(point_id)
+        except (CorruptObject, ObjectMissing, PointNotFound):
+            continue  # a damaged point is no parent; `check` and the listing name it
         if point.get("vm") != vm:
             continue
         for disk in point["disks"]:

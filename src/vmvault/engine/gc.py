@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmvault.engine.backup import Compressor, encode_blob
-from vmvault.errors import CorruptObject, ObjectMissing
+from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, VmvaultError
 from vmvault.vault.format import ZERO_ID, PackEntry
 from vmvault.vault.locks import live_locks
 from vmvault.vault.packs import PackWriter, pack_key
@@ -48,32 +48,66 @@ class GcReport:
     bytes_freed: int = 0
     manifests_deleted: int = 0
     deferred: str | None = None  # why the sweep did not run
+    damaged_points: list[str] = field(default_factory=list)  # skipped under --force
+    damaged: list[str] = field(default_factory=list)  # every damaged object skipped
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def mark(vault: Vault) -> tuple[set[bytes], set[str], int]:
-    """Live chunk and record ids, and live manifest ids, of every committed point."""
+class DamagedVault(VmvaultError):
+    """GC cannot tell what a damaged point or record used, so it frees nothing."""
+
+    code = "vault_damaged"
+
+
+def mark(
+    vault: Vault, *, force: bool = False
+) -> tuple[set[bytes], set[str], int, list[tuple[str, str]]]:
+    """Live chunk and record ids and live manifest ids of every committed point, the number
+    of points, and the damaged objects (points, manifests, records) whose use is unknown.
+
+    Without ``force`` a damaged object stops the collection: what only it referenced must
+    not become garbage behind the operator's back (it may be repaired from a copy).
+    """
     live: set[bytes] = set()
     manifests: set[str] = set()
+    damaged: list[tuple[str, str]] = []  # (kind, name)
+
+    def unknown(kind: str, name: str, exc: Exception) -> None:
+        if not force:
+            raise DamagedVault(
+                f"cannot collect garbage: {kind} {name} is damaged ({exc}); what only it "
+                "uses cannot be told from garbage: forget it, or run `vmvault gc --force` "
+                "to free it too"
+            )
+        damaged.append((kind, name))
+
     point_ids = vault.point_ids()
     for point_id in point_ids:
-        point = vault.get_point(point_id)
+        try:
+            point = vault.get_point(point_id)
+        except PointNotFound:
+            continue
+        except (CorruptObject, ObjectMissing) as exc:
+            unknown("recovery point", point_id, exc)
+            continue
         for disk in point["disks"]:
             manifests.add(disk["manifest"])
-            manifest = vault.get_manifest(disk["manifest"])
+            try:
+                manifest = vault.get_manifest(disk["manifest"])
+            except (CorruptObject, ObjectMissing) as exc:
+                unknown("manifest", f"{disk['manifest'][:16]} of {point_id}", exc)
+                continue
             todo = [r for r in dict.fromkeys(manifest.records) if r != ZERO_ID and r not in live]
             live.update(todo)
             for record_id, chunks in vault.records(todo).items():
                 if isinstance(chunks, Exception):
-                    raise CorruptObject(
-                        f"cannot mark: record {record_id.hex()[:16]} of {point_id} is "
-                        f"unreadable ({chunks}); run `vmvault check` first"
-                    )
+                    unknown("block record", f"{record_id.hex()[:16]} of {point_id}", chunks)
+                    continue
                 live.update(c for c in chunks if c != ZERO_ID)
-    return live, manifests, len(point_ids)
+    return live, manifests, len(point_ids), damaged
 
 
 def _pack_entries(vault: Vault) -> tuple[dict[bytes, list[PackEntry]], list[str]]:
@@ -81,7 +115,13 @@ def _pack_entries(vault: Vault) -> tuple[dict[bytes, list[PackEntry]], list[str]
     entries: dict[bytes, list[PackEntry]] = {}
     keys = list(vault.backend.list("index/"))
     for key in keys:
-        for pack_id, pack_entries in vault.read_index_object(key):
+        try:
+            objects = vault.read_index_object(key)
+        except (CorruptObject, ObjectMissing):
+            # Skipped, and replaced at the sweep: the packs it named were adopted as
+            # orphans from their own headers when this collection began.
+            continue
+        for pack_id, pack_entries in objects:
             entries.setdefault(pack_id, []).extend(pack_entries)
     return entries, keys
 
@@ -122,12 +162,15 @@ def collect_garbage(
     grace: float = DEFAULT_GRACE,
     repack_threshold: float = DEFAULT_REPACK_THRESHOLD,
     now: float | None = None,
+    force: bool = False,
 ) -> GcReport:
     now = time.time() if now is None else now
     report = GcReport()
     vault.adopt_orphan_packs()  # a crashed backup's packs are garbage too, once old enough
     vault.load_index()
-    live, live_manifests, report.points = mark(vault)
+    live, live_manifests, report.points, damaged = mark(vault, force=force)
+    report.damaged = [f"{kind} {name}" for kind, name in damaged]
+    report.damaged_points = [name for kind, name in damaged if kind == "recovery point"]
     report.live_chunks = len(live)
     entries, index_keys = _pack_entries(vault)
     report.packs = len(entries)
@@ -137,7 +180,13 @@ def collect_garbage(
             if now - vault.backend.modified(pack_key(pack_id)) < grace:
                 continue
         except ObjectMissing:
-            report.problems.append(f"{pack_key(pack_id)} is indexed but missing")
+            # A lost pack: once no point uses what it held, it leaves the index (and
+            # `check` stops naming it); while one does, that point stays damaged.
+            blobs = _blobs(pack_entries)
+            if any(_live_entries(vault, pack_id, b, live) for b in blobs.values()):
+                report.problems.append(f"{pack_key(pack_id)} is indexed but missing")
+            else:
+                candidates.append(pack_id)
             continue
         blobs = _blobs(pack_entries)
         total = sum(b[0].length for b in blobs.values())
@@ -145,13 +194,16 @@ def collect_garbage(
         if dead and dead >= repack_threshold * total:
             candidates.append(pack_id)
     report.candidates = len(candidates)
-    if not candidates:
+    # A damaged index object is replaced by the sweep's rewrite of the index (its packs
+    # were adopted from their own headers above), even when nothing else is garbage.
+    if not candidates and not vault.index_problems:
         vault.set_gc_pending(None)
         report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace)
         return report
     # Announce first, then look for holders: a backup that starts after this line reads
     # the announcement and will not reference the candidates' chunks.
-    vault.set_gc_pending({"created": now, "packs": [p.hex() for p in candidates]})
+    if candidates:
+        vault.set_gc_pending({"created": now, "packs": [p.hex() for p in candidates]})
     holders = live_locks(vault.backend)
     if holders:
         kinds = ", ".join(sorted({h.kind for h in holders}))

@@ -107,6 +107,7 @@ def vault_info(state: State, _: Reader) -> dict[str, Any]:
         "immutability": doc["immutability"],
         "soft_delete_days": doc["soft_delete_days"],
         "points": len(state.points()),
+        "damaged_points": sorted(state.damaged_points()),
     }
 
 
@@ -253,9 +254,13 @@ def cancel_job(job_id: RowId, state: State, _: Operator) -> dict[str, Any]:
 def _points(state: ServerState, vm: str | None, offset: int, limit: int) -> dict[str, Any]:
     points = [p for p in state.points() if vm is None or p["vm"] == vm]
     points.reverse()  # newest first
-    return page(
-        [point_summary(p) for p in points[offset : offset + limit]], len(points), offset, limit
-    )
+    damaged = [{"id": i, "error": e} for i, e in sorted(state.damaged_points().items())]
+    return {
+        **page(
+            [point_summary(p) for p in points[offset : offset + limit]], len(points), offset, limit
+        ),
+        "damaged": damaged,  # unreadable point objects: their VM is unknown
+    }
 
 
 @router.get("/points", tags=["points"])
@@ -279,7 +284,8 @@ def get_point(point_id: str, state: State, _: Reader) -> dict[str, Any]:
 
 @router.delete("/points/{point_id}", tags=["points"])
 def delete_point(point_id: str, state: State, _: Admin) -> dict[str, Any]:
-    state.point(point_id)
+    if point_id not in state.damaged_points():  # a damaged point can be deleted too
+        state.point(point_id)
     return {"deleted": service.forget_point(state.ctx, point_id)}
 
 

@@ -53,6 +53,7 @@ class ServerState:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _points: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
     _points_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _damaged: dict[str, str] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
 
@@ -75,9 +76,10 @@ class ServerState:
     def points(self) -> list[dict[str, Any]]:
         """The vault's recovery points, oldest first. A point object never changes once
         written, so each is read and decrypted once; the listing says which still exist."""
-        from vmvault.errors import PointNotFound
+        from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound
 
         ids = self.vault.point_ids()
+        damaged: dict[str, str] = {}
         with self._points_lock:
             for gone in self._points.keys() - set(ids):
                 del self._points[gone]
@@ -87,7 +89,19 @@ class ServerState:
                         self._points[point_id] = self.vault.get_point(point_id)
                     except PointNotFound:  # forgotten since the listing
                         continue
+                    except (CorruptObject, ObjectMissing) as exc:
+                        # Costs this point only; read again next time (it may be repaired).
+                        damaged[point_id] = exc.message
+            if damaged.keys() != self._damaged.keys():
+                service.report_damaged_points(self.catalog, self.vault, damaged)
+            self._damaged = damaged
             return [self._points[i] for i in ids if i in self._points]
+
+    def damaged_points(self) -> dict[str, str]:
+        """Point objects that could not be read at the last listing, with why."""
+        self.points()
+        with self._points_lock:
+            return dict(self._damaged)
 
     def point(self, point_id: str) -> dict[str, Any]:
         """One point by its full id, or NotFound."""

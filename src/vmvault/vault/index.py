@@ -29,18 +29,29 @@ class ChunkIndex:
         self._entries: dict[bytes, Location] = {}
         self._packs: dict[bytes, int] = {}  # pack id -> number of entries
         self._excluded: frozenset[bytes] = frozenset()
+        self._missing: set[bytes] = set()  # indexed, but the backend does not have them
         self._lock = threading.Lock()
 
-    def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
+    def add_pack(
+        self, pack_id: bytes, entries: Iterable[PackEntry], *, present: bool = True
+    ) -> None:
+        """Index a pack's entries; ``present=False`` for a pack the backend lacks.
+
+        The first location wins: a chunk written twice (two concurrent backups) is valid in
+        either pack; GC removes the unreferenced copy later. A location in a missing pack
+        is only a placeholder: any location in a present pack replaces it, so a chunk a
+        backup stored again after the loss is found where it now lives.
+        """
         with self._lock:
+            if not present:
+                self._missing.add(pack_id)
             count = 0
             for e in entries:
-                # The first location wins: a chunk written twice (two concurrent backups)
-                # is valid in either pack; GC removes the unreferenced copy later.
-                self._entries.setdefault(
-                    e.chunk_id,
-                    Location(pack_id, e.kind, e.offset, e.length, e.start, e.raw_length),
-                )
+                current = self._entries.get(e.chunk_id)
+                if current is None or (present and current.pack_id in self._missing):
+                    self._entries[e.chunk_id] = Location(
+                        pack_id, e.kind, e.offset, e.length, e.start, e.raw_length
+                    )
                 count += 1
             self._packs[pack_id] = count
 
@@ -51,7 +62,21 @@ class ChunkIndex:
     def claimable(self, chunk_id: bytes) -> bool:
         """Whether a backup may reference this chunk instead of storing it again."""
         loc = self._entries.get(chunk_id)
-        return loc is not None and loc.pack_id not in self._excluded
+        return (
+            loc is not None
+            and loc.pack_id not in self._excluded
+            and loc.pack_id not in self._missing
+        )
+
+    def available(self, chunk_id: bytes) -> bool:
+        """Whether the chunk lives in a pack the backend has (a parent's unchanged chunk may
+        be referenced again only then)."""
+        loc = self._entries.get(chunk_id)
+        return loc is not None and loc.pack_id not in self._missing
+
+    def missing_packs(self) -> list[bytes]:
+        """Packs an index object names that the backend did not list."""
+        return sorted(self._missing)
 
     def get(self, chunk_id: bytes) -> Location | None:
         return self._entries.get(chunk_id)

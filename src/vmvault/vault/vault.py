@@ -23,6 +23,7 @@ from vmvault.errors import (
     UnsupportedFormat,
     VaultExists,
     VaultNotFound,
+    VmvaultError,
 )
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
 from vmvault.vault.format import (
@@ -110,6 +111,9 @@ class Vault:
         self.keys = keys
         self.cipher = keys.cipher()
         self.index = ChunkIndex()
+        # Filled by load_index: the packs the backend listed, and unreadable index objects.
+        self.listed_packs: set[bytes] | None = None
+        self.index_problems: dict[str, VmvaultError] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -155,10 +159,24 @@ class Vault:
         return vault
 
     def load_index(self) -> None:
+        """Read every index object, then list the packs once.
+
+        Packs are listed after the index objects are read: a pack is durable before any
+        index object names it, so a pack named but not listed is lost, not merely new.
+        Its chunks count as absent (a backup stores them again). A damaged index object is
+        skipped (``index_problems``); the packs it named are orphans the next backup adopts.
+        """
         self.index = ChunkIndex()
+        self.index_problems = {}
+        indexed: list[tuple[bytes, list[PackEntry]]] = []
         for key in self.backend.list("index/"):
-            for pack_id, entries in self.read_index_object(key):
-                self.index.add_pack(pack_id, entries)
+            try:
+                indexed += self.read_index_object(key)
+            except (CorruptObject, ObjectMissing) as exc:
+                self.index_problems[key] = exc
+        self.listed_packs = set(self.pack_ids())
+        for pack_id, entries in indexed:
+            self.index.add_pack(pack_id, entries, present=pack_id in self.listed_packs)
         pending = self.gc_pending()
         if pending:
             self.index.exclude_packs(bytes.fromhex(p) for p in pending["packs"])
@@ -200,7 +218,8 @@ class Vault:
 
     def adopt_orphan_packs(self) -> int:
         """Index packs that a crashed backup wrote but never indexed, so a re-run reuses them."""
-        orphans = [p for p in self.pack_ids() if not self.index.has_pack(p)]
+        listed = self.pack_ids() if self.listed_packs is None else self.listed_packs
+        orphans = [p for p in listed if not self.index.has_pack(p)]
         adopted = []
         for pack_id in orphans:
             try:
@@ -382,8 +401,25 @@ class Vault:
     def point_ids(self) -> list[str]:
         return sorted(k.split("/", 1)[1] for k in self.backend.list("points/"))
 
+    def read_points(self) -> tuple[list[dict[str, Any]], dict[str, VmvaultError]]:
+        """Every readable point, oldest first, and the damaged ones with what is wrong.
+
+        A damaged point object costs that point only: callers list it as damaged and go on.
+        """
+        points: list[dict[str, Any]] = []
+        damaged: dict[str, VmvaultError] = {}
+        for point_id in self.point_ids():
+            try:
+                points.append(self.get_point(point_id))
+            except PointNotFound:
+                continue  # deleted since the listing
+            except (CorruptObject, ObjectMissing) as exc:
+                damaged[point_id] = exc
+        return points, damaged
+
     def points(self) -> list[dict[str, Any]]:
-        return [self.get_point(pid) for pid in self.point_ids()]
+        """The readable points, oldest first (see ``read_points`` for the damaged ones)."""
+        return self.read_points()[0]
 
     def delete_point(self, point_id: str) -> None:
         self.backend.delete(f"points/{point_id}")
