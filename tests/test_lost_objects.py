@@ -11,8 +11,11 @@ import pytest
 from conftest import PASSPHRASE, run_cli, same_content
 from vmvault import service, testdisk
 from vmvault.alerts.store import list_alerts
+from vmvault.backends.local import LocalBackend
+from vmvault.engine.gc import collect_garbage
 from vmvault.errors import VmvaultError
 from vmvault.vault.format import KIND_DATA
+from vmvault.vault.vault import Vault
 
 MiB = testdisk.MiB
 
@@ -217,3 +220,40 @@ def test_a_damaged_index_object_is_named_and_its_packs_adopted(
     assert same_content(image, restored)
     assert service.run_gc(ctx, grace=0).deleted_packs == 0
     assert run_cli("check", "--read-data", env=env).returncode == 0  # GC replaced the index
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: nothing after it runs."""
+
+
+class _DiesAfterOnePackDelete(LocalBackend):
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        if key.startswith("packs/"):
+            raise _Crash
+
+
+def test_an_interrupted_sweep_is_no_lost_pack(
+    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+) -> None:
+    image = make_image(size=16 * MiB)
+    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    testdisk.mutate_disk(image, 30, seed=4)
+    second = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    service.forget_point(ctx, first["id"])
+    crashing = Vault.open(_DiesAfterOnePackDelete(ctx.vault_path), PASSPHRASE)
+    with pytest.raises(_Crash):
+        collect_garbage(crashing, grace=0, repack_threshold=0.01)
+
+    report = service.run_check(ctx, read_data=True)
+    assert report.ok, [p.to_dict() for p in report.problems]
+    assert "sweep_interrupted" in {p.kind for p in report.problems}
+    third = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    assert "vault_damaged" not in _alert_kinds(ctx)  # deleted on purpose, not lost
+    assert service.run_gc(ctx, grace=0).deleted_packs >= 1
+    after = service.run_check(ctx, read_data=True)
+    assert after.ok and not after.problems, [p.to_dict() for p in after.problems]
+    for point in (second, third):
+        restored = tmp_path / f"{point['id']}.img"
+        service.run_restore(ctx, point["id"], str(restored))
+        assert same_content(image, restored)

@@ -91,8 +91,26 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
                 "pack named by no index (an interrupted backup); the next backup adopts it",
             )
         )
+    try:
+        vault.gc_pending()
+    except CorruptObject as exc:
+        report.problems.append(
+            Problem("warning", "gc_pending_unreadable", "gc/pending", exc.message)
+        )
+    pending = vault.gc_pending_packs()
     for pack_id, entries in sorted(indexed.items()):
         key = pack_key(pack_id)
+        if pack_id not in present and pack_id in pending:
+            report.problems.append(
+                Problem(
+                    "warning",
+                    "sweep_interrupted",
+                    key,
+                    "garbage collection deleted this pack (after copying what was live) and "
+                    "was interrupted before rewriting the index; the next `gc` finishes it",
+                )
+            )
+            continue
         if pack_id not in present:
             error(
                 Problem(

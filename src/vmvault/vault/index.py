@@ -75,8 +75,12 @@ class ChunkIndex:
         return loc is not None and loc.pack_id not in self._missing
 
     def missing_packs(self) -> list[bytes]:
-        """Packs an index object names that the backend did not list."""
-        return sorted(self._missing)
+        """Packs an index object names that the backend did not list: lost.
+
+        Not those a garbage collection announced: an interrupted sweep deletes them only
+        after their live blobs were copied, and the next collection drops them from the
+        index."""
+        return sorted(self._missing - self._excluded)
 
     def get(self, chunk_id: bytes) -> Location | None:
         return self._entries.get(chunk_id)

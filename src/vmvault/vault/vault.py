@@ -177,9 +177,7 @@ class Vault:
         self.listed_packs = set(self.pack_ids())
         for pack_id, entries in indexed:
             self.index.add_pack(pack_id, entries, present=pack_id in self.listed_packs)
-        pending = self.gc_pending()
-        if pending:
-            self.index.exclude_packs(bytes.fromhex(p) for p in pending["packs"])
+        self.index.exclude_packs(self.gc_pending_packs())
 
     # -- garbage collection hand-off ------------------------------------------------------
 
@@ -190,6 +188,17 @@ class Vault:
         except ObjectMissing:
             return None
         return decode_json(self.cipher.open(sealed, AAD_GC, GC_PENDING_KEY), GC_PENDING_KEY)
+
+    def gc_pending_packs(self) -> set[bytes]:
+        """The packs an unfinished garbage collection announced it will remove.
+
+        A damaged announcement counts as none (`check` names it): the next collection
+        writes a new one, and its sweep waits for every job holding the vault anyway."""
+        try:
+            pending = self.gc_pending()
+        except CorruptObject:
+            return set()
+        return {bytes.fromhex(p) for p in pending["packs"]} if pending else set()
 
     def set_gc_pending(self, doc: dict[str, Any] | None) -> None:
         if doc is None:
