@@ -108,6 +108,9 @@ class Context:
         vault = self.open_vault(load_index=False)
         with VaultLock(vault.backend, kind, tags=[pool_tag(vault, p) for p in pools]):
             vault.load_index()
+            if kind in ("restore", "verify", "check"):
+                # Packs no readable index object names still hold data a point may need.
+                vault.adopt_orphan_packs(write=False)
             yield vault
 
     def catalog(self) -> Catalog:
@@ -522,8 +525,9 @@ def report_lost_packs(catalog: Catalog, vault: Vault) -> list[str]:
             catalog,
             vault.config.vault_id,
             "vault_damaged",
-            f"{len(lost)} pack(s) of the vault are missing; backups store their chunks "
-            "again, older points that used them are damaged (run `vmvault check`)",
+            f"{len(lost)} pack(s) of the vault are missing or damaged; backups store "
+            "their chunks again, older points that used them are damaged (run `vmvault "
+            "check`)",
             details={"missing_packs": lost},
             dedupe_key="packs_missing:" + ",".join(sorted(lost)),
         )
@@ -653,7 +657,10 @@ def run_verify(
         except (CorruptObject, ObjectMissing) as exc:
             report_damaged_points(ctx.catalog(), vault, {point_id: exc.message})
             raise DamageFound(f"recovery point {point_id} is damaged: {exc.message}") from None
-        return point_id, verify_point(vault, point_id, progress=progress)
+        try:
+            return point_id, verify_point(vault, point_id, progress=progress)
+        except (CorruptObject, ObjectMissing) as exc:  # a manifest: the whole disk is lost
+            raise DamageFound(f"recovery point {point_id} is damaged: {exc.message}") from None
 
 
 def run_check(ctx: Context, *, read_data: bool = False) -> CheckReport:
@@ -662,9 +669,33 @@ def run_check(ctx: Context, *, read_data: bool = False) -> CheckReport:
         report = check_vault(vault, read_data=read_data)
         damaged = {p.object: p.message for p in report.problems if p.kind == "point_unreadable"}
         catalog = ctx.catalog()
+        _check_catalog(catalog, vault, report)
         report_damaged_points(catalog, vault, damaged)
         report_lost_packs(catalog, vault)
         return report
+
+
+def _check_catalog(catalog: Catalog, vault: Vault, report: CheckReport) -> None:
+    """Points the catalog recorded that the vault no longer has: deleted behind vmvault's
+    back (vmvault's own deletions update the catalog)."""
+    from vmvault.engine.check import Problem
+
+    rows = catalog.points(vault.config.vault_id)  # before the vault's listing: a point is
+    present = set(vault.point_ids())  # committed to the vault before it is recorded
+    gone = {row.id for row in rows} - present
+    if gone:  # still recorded? A deletion updates the vault first, then the catalog
+        gone &= {row.id for row in catalog.points(vault.config.vault_id)}
+    for row in rows:
+        if row.id in gone:
+            report.problems.append(
+                Problem(
+                    "error",
+                    "point_missing",
+                    row.id,
+                    f"recovery point of {row.vm} is recorded but missing from the vault "
+                    "(if it was deleted on purpose, `vmvault vault reindex` forgets it)",
+                )
+            )
 
 
 def run_gc(ctx: Context, **options: Any) -> GcReport:

@@ -409,8 +409,8 @@ def parent_manifests(
             if disk["name"] in wanted and disk["name"] not in found:
                 try:
                     found[disk["name"]] = (point_id, vault.get_manifest(disk["manifest"]))
-                except CorruptObject:
-                    continue
+                except (CorruptObject, ObjectMissing):
+                    continue  # damaged or lost: compare with an older point, or none
     return found
 
 

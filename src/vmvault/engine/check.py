@@ -67,12 +67,16 @@ class CheckReport:
 def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
     report = CheckReport()
     error = report.problems.append
-    indexed: dict[bytes, list[PackEntry]] = {}
+    indexed: dict[bytes, dict[tuple[int, bytes], PackEntry]] = {}
     for key in vault.backend.list("index/"):
         report.index_objects += 1
         try:
             for pack_id, entries in vault.read_index_object(key):
-                indexed.setdefault(pack_id, []).extend(entries)
+                # The same pack in two index objects (an adoption after a crash) is fine.
+                known = indexed.setdefault(pack_id, {})
+                known.update(((e.offset, e.chunk_id), e) for e in entries)
+            if blake3.blake3(vault.backend.get(key)).digest().hex() != key.rsplit("/", 1)[1]:
+                error(Problem("error", "index_checksum", key, "content does not match its name"))
         except (CorruptObject, ObjectMissing) as exc:
             error(Problem("error", "index_unreadable", key, exc.message))
     present = set(vault.pack_ids())
@@ -98,8 +102,9 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
             Problem("warning", "gc_pending_unreadable", "gc/pending", exc.message)
         )
     pending = vault.gc_pending_packs()
-    for pack_id, entries in sorted(indexed.items()):
+    for pack_id, by_place in sorted(indexed.items()):
         key = pack_key(pack_id)
+        entries = list(by_place.values())
         if pack_id not in present and pack_id in pending:
             report.problems.append(
                 Problem(
@@ -124,7 +129,37 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
         _check_pack(vault, pack_id, entries, read_data, report)
     report.chunks = len(vault.index)
     _check_points(vault, report)
+    _check_state(vault, report)
     return report
+
+
+def _check_state(vault: Vault, report: CheckReport) -> None:
+    """The vault's settings and each VM's protection record open and parse."""
+    from vmvault.protection import AAD_PROTECTION, SETTINGS_KEY, settings
+    from vmvault.protection import _key as protection_key
+    from vmvault.vault.format import decode_json
+
+    try:
+        settings(vault)
+    except (CorruptObject, ObjectMissing) as exc:
+        report.problems.append(
+            Problem(
+                "error",
+                "settings_unreadable",
+                SETTINGS_KEY,
+                f"{exc.message}; deletions are refused until `vmvault vault immutability` "
+                "and `vmvault vault soft-delete` write it again",
+            )
+        )
+    for key in vault.backend.list("protection/"):
+        try:
+            doc = decode_json(vault.cipher.open(vault.backend.get(key), AAD_PROTECTION, key), key)
+            if protection_key(vault, str(doc.get("vm"))) != key:
+                # Sealed with the vault's key but filed under another VM's name: a record
+                # moved (or copied) over another one.
+                raise CorruptObject(f"{key}: holds the record of another VM")
+        except (CorruptObject, ObjectMissing) as exc:
+            report.problems.append(Problem("error", "protection_unreadable", key, exc.message))
 
 
 def _check_pack(
@@ -135,11 +170,13 @@ def _check_pack(
         header = vault.read_pack_header(pack_id)
     except (CorruptObject, ObjectMissing) as exc:
         report.problems.append(Problem("error", "pack_header", key, exc.message))
+        vault.mark_damaged(pack_id, exc.message)
         return
     if sorted(header, key=lambda e: e.offset) != sorted(entries, key=lambda e: e.offset):
         report.problems.append(
             Problem("error", "index_mismatch", key, "the pack's header disagrees with the index")
         )
+        vault.mark_damaged(pack_id, "the pack's header disagrees with the index")
     if not read_data:
         return
     blob = vault.backend.get(key)
@@ -148,6 +185,7 @@ def _check_pack(
         report.problems.append(
             Problem("error", "pack_checksum", key, "pack content does not match its name (damaged)")
         )
+        vault.mark_damaged(pack_id, "pack content does not match its name")
     view = memoryview(blob)
     by_blob: dict[int, list[PackEntry]] = {}
     for e in header:

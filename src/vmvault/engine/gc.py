@@ -191,9 +191,17 @@ def collect_garbage(
         blobs = _blobs(pack_entries)
         total = sum(b[0].length for b in blobs.values())
         dead = sum(_dead_bytes(vault, pack_id, b, live) for b in blobs.values())
+        if pack_id in vault.damaged_packs and dead < total:
+            # Never repack a damaged pack: its blobs would be copied as they are and the
+            # damage would hide in a pack nobody marked. It goes once backups have stored
+            # again everything of it that points use.
+            report.problems.append(f"{pack_key(pack_id)} is marked damaged and still used")
+            continue
         if dead and dead >= repack_threshold * total:
             candidates.append(pack_id)
     report.candidates = len(candidates)
+    for pack_id in vault.damaged_packs - set(entries) - (vault.listed_packs or set()):
+        vault.clear_damaged(pack_id)  # the marked pack is gone from the vault and its index
     # A damaged index object is replaced by the sweep's rewrite of the index (its packs
     # were adopted from their own headers above), even when nothing else is garbage.
     if not candidates and not vault.index_problems:
@@ -240,6 +248,8 @@ def _sweep(
             report.bytes_freed += vault.backend.size(key)
         vault.backend.delete(key)
         entries.pop(pack_id, None)
+        if pack_id in vault.damaged_packs:
+            vault.clear_damaged(pack_id)
     # One index object for what remains (the writer indexed its new packs already); the
     # index objects read at the start go. Objects written meanwhile are left alone.
     remaining = [

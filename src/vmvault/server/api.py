@@ -97,9 +97,13 @@ def health(state: State) -> dict[str, Any]:
 
 @router.get("/vault", tags=["vault"])
 def vault_info(state: State, _: Reader) -> dict[str, Any]:
+    from vmvault.errors import CorruptObject
     from vmvault.protection import settings
 
-    doc = settings(state.vault)
+    try:
+        doc = settings(state.vault)
+    except CorruptObject as exc:  # the rest of the vault still answers; `check` names it
+        doc = {"immutability": f"unknown ({exc.message})", "soft_delete_days": None}
     return {
         "vault_id": state.vault_id,
         "location": state.vault.backend.describe(),
@@ -126,11 +130,19 @@ def vault_settings(body: VaultSettingsRequest, state: State, _: Admin) -> dict[s
 
 
 def _fleet(state: ServerState) -> list[dict[str, Any]]:
+    from vmvault.errors import CorruptObject
     from vmvault.protection import state_of
 
     inventory = state.inventory()
     points = state.points()
-    protection = {vm.name: state_of(state.vault, vm.name).status for vm in inventory.vms}
+
+    def status(vm: str) -> str:
+        try:
+            return state_of(state.vault, vm).status
+        except CorruptObject:
+            return "unknown"  # a damaged protection record: `check` names it
+
+    protection = {vm.name: status(vm.name) for vm in inventory.vms}
     active = state.queue.running() + state.queue.queued()
     return fleet(inventory, points, protection, active)
 

@@ -102,8 +102,16 @@ def live_locks(backend: Backend, now: float | None = None) -> list[LockInfo]:
                 str(doc.get("host", "")),
                 tuple(str(t) for t in doc.get("tags", [])),
             )
-        except (ObjectMissing, ValueError, KeyError, TypeError):
-            continue  # released meanwhile, or half-written by a crash: not a live holder
+        except ObjectMissing:
+            continue  # released meanwhile
+        except (ValueError, KeyError, TypeError):
+            # Unreadable (damaged, or a foreign writer): its holder may well be running, so
+            # it counts as live until its object is as old as a stale heartbeat would be.
+            try:
+                written = backend.modified(key)
+            except ObjectMissing:
+                continue
+            info = LockInfo(key, "unknown", written, written, "")
         if now - info.heartbeat <= STALE_AFTER:
             found.append(info)
     return found

@@ -6,8 +6,10 @@ store and fetch chunks, records, manifests and recovery points.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -57,6 +59,7 @@ from vmvault.vault.index import ChunkIndex, Location
 from vmvault.vault.packs import PackWriter, index_key, pack_key
 
 CONFIG_KEY = "config"
+DAMAGED_PREFIX = "damaged/"  # damaged/<pack hex>: a pack a read found damaged
 GC_PENDING_KEY = "gc/pending"
 AAD_GC = b"vmvault-gc-v1"
 DEFAULT_KEY_NAME = "keys/default"
@@ -114,6 +117,8 @@ class Vault:
         # Filled by load_index: the packs the backend listed, and unreadable index objects.
         self.listed_packs: set[bytes] | None = None
         self.index_problems: dict[str, VmvaultError] = {}
+        self.damaged_packs: set[bytes] = set()  # marked by a read that failed on them
+        self._marks_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -175,8 +180,10 @@ class Vault:
             except (CorruptObject, ObjectMissing) as exc:
                 self.index_problems[key] = exc
         self.listed_packs = set(self.pack_ids())
+        self.damaged_packs = self.marked_damaged()
+        usable = self.listed_packs - self.damaged_packs
         for pack_id, entries in indexed:
-            self.index.add_pack(pack_id, entries, present=pack_id in self.listed_packs)
+            self.index.add_pack(pack_id, entries, present=pack_id in usable)
         self.index.exclude_packs(self.gc_pending_packs())
 
     # -- garbage collection hand-off ------------------------------------------------------
@@ -213,6 +220,37 @@ class Vault:
     def pack_ids(self) -> list[bytes]:
         return [bytes.fromhex(k.rsplit("/", 1)[1]) for k in self.backend.list("packs/")]
 
+    def marked_damaged(self) -> set[bytes]:
+        """Packs a restore, verify or check found damaged (``damaged/<pack>`` markers).
+
+        Their chunks count as absent for backups, which store them again (the new copies
+        are then where reads go), and garbage collection never repacks them."""
+        found = set()
+        for key in self.backend.list(DAMAGED_PREFIX):
+            try:
+                found.add(bytes.fromhex(key.rsplit("/", 1)[1]))
+            except ValueError:
+                continue  # not a marker of ours
+        return found
+
+    def mark_damaged(self, pack_id: bytes, reason: str) -> None:
+        """Record that a read found this pack damaged, so the next backup re-stores its
+        chunks (Proxmox Backup Server's verify does the same with bad chunks).
+
+        Best effort: a read-only or full vault keeps the finding in the report only."""
+        with self._marks_lock:
+            if pack_id in self.damaged_packs:
+                return
+            self.damaged_packs.add(pack_id)
+        doc = {"pack": pack_id.hex(), "found": datetime.now(UTC).isoformat(), "reason": reason}
+        with contextlib.suppress(OSError, VmvaultError):
+            self.backend.put(DAMAGED_PREFIX + pack_id.hex(), json.dumps(doc).encode())
+
+    def clear_damaged(self, pack_id: bytes) -> None:
+        """Drop the marker of a pack that is gone (garbage collection deleted it)."""
+        self.backend.delete(DAMAGED_PREFIX + pack_id.hex())
+        self.damaged_packs.discard(pack_id)
+
     def read_pack_header(self, pack_id: bytes) -> list[PackEntry]:
         key = pack_key(pack_id)
         size = self.backend.size(key)
@@ -225,8 +263,11 @@ class Vault:
             raise CorruptObject(f"{key}: header does not match the pack's size")
         return entries
 
-    def adopt_orphan_packs(self) -> int:
-        """Index packs that a crashed backup wrote but never indexed, so a re-run reuses them."""
+    def adopt_orphan_packs(self, *, write: bool = True) -> int:
+        """Index packs that a crashed backup wrote but never indexed, so a re-run reuses them.
+
+        ``write=False`` indexes them in memory only: a restore or verify reads chunks of
+        packs whose index object is lost or damaged, and writes nothing to the vault."""
         listed = self.pack_ids() if self.listed_packs is None else self.listed_packs
         orphans = [p for p in listed if not self.index.has_pack(p)]
         adopted = []
@@ -237,7 +278,7 @@ class Vault:
                 continue  # `check` reports it; a damaged orphan holds nothing committed
             self.index.add_pack(pack_id, entries)
             adopted.append((pack_id, entries))
-        if adopted:
+        if adopted and write:
             self.write_index_object(adopted)
         return len(adopted)
 
@@ -304,6 +345,7 @@ class Vault:
             try:
                 data = self.backend.get(pack_key(pack_id), start, end - start)
             except (ObjectMissing, CorruptObject) as exc:
+                self.mark_damaged(pack_id, exc.message)
                 for key in group:
                     results.update((cid, exc) for cid, _ in blobs[key])
             else:
@@ -328,15 +370,18 @@ class Vault:
         try:
             plain = self.open_blob(sealed, what)
         except CorruptObject as exc:
+            self.mark_damaged(pack_id, exc.message)
             results.update((cid, exc) for cid, _ in members)
             return
         view = memoryview(plain)  # chunks are handed out as views: no copy per chunk
         for cid, loc in members:
             data = view[loc.start : loc.start + loc.raw_length]
             if len(data) != loc.raw_length or self.keys.chunk_id(data) != cid:
-                results[cid] = CorruptObject(
+                mismatch = CorruptObject(
                     f"chunk {cid.hex()[:16]} in {what}: content does not match its checksum"
                 )
+                self.mark_damaged(pack_id, mismatch.message)
+                results[cid] = mismatch
             else:
                 results[cid] = data
 
