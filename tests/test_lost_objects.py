@@ -194,6 +194,15 @@ def test_server_answers_with_a_damaged_point(
         assert "too short" in points["damaged"][0]["error"]
         vault_doc = client.get("/api/v1/vault", headers=headers).json()
         assert vault_doc["damaged_points"] == [first["id"]]
+        login = client.post(
+            "/login",
+            data={"token": token},
+            headers={"Origin": str(client.base_url)},
+            follow_redirects=True,
+        )
+        assert login.status_code == 200, login.text
+        page = client.get("/")
+        assert "Damaged recovery points" in page.text and first["id"] in page.text
         deleted = client.delete(f"/api/v1/points/{first['id']}", headers=headers)
         assert deleted.status_code == 200, deleted.text
 
