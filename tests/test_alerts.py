@@ -88,7 +88,7 @@ def test_shortened_retention_and_soft_delete_raise_alerts(
     service.run_prune(ctx, _inventory(tmp_path, "daily_days = 30"))  # unchanged: no alert
     assert "retention_shortened" not in _kinds(ctx)
     service.run_prune(ctx, _inventory(tmp_path, "daily_days = 7"))
-    assert _kinds(ctx).count("retention_shortened") == 1
+    assert _kinds(ctx).count("retention_shortened") == 2  # one per VM ("soon", "gone")
     governance.set_soft_delete(ctx, 30)
     assert "soft_delete_shortened" not in _kinds(ctx)  # longer is safer: no alert
     governance.set_soft_delete(ctx, 14)

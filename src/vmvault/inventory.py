@@ -299,6 +299,10 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
         raise InventoryError(f"inventory {p} does not exist (use --inventory FILE)") from None
     except OSError as exc:
         raise InventoryError(f"inventory {p} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InventoryError(
+            f"inventory {p} is not UTF-8 text (byte {exc.start} cannot be decoded)"
+        ) from None
     return parse_inventory(text, str(p))
 
 

@@ -135,19 +135,39 @@ def purge_due(vault: Vault, vms: list[str], now: datetime | None = None) -> dict
     return purged
 
 
-def accept_retention(vault: Vault, policy_name: str, retention: Any) -> list[str]:
-    """Record the retention a prune applies; refuse a shortened one in an immutable vault.
+def accept_retentions(
+    vault: Vault, wanted: dict[str, tuple[str, Any]], *, record: bool = True
+) -> dict[str, list[str]]:
+    """Check, and record, what each VM's points are kept for; ``wanted`` maps a VM to its
+    policy's (name, retention).
 
-    Returns the shortened fields (empty if none): the caller raises the security alert.
+    The guard holds per VM, whatever its policy is called: the retention last applied to a
+    VM's points is sealed in the vault's settings (``retention_by_vm``), and a new one is
+    compared with it (vaults written before per-VM records fall back to the record of the
+    VM's policy name). In an immutable vault a shorter one is refused for every VM at once,
+    before anything is recorded or deleted. Returns the shortened fields per VM (the caller
+    raises the security alert).
     """
-    from vmvault.policy import Retention, check_retention_change
+    from vmvault.policy import Retention, retention_shortened
 
     doc = settings(vault)
-    applied = doc.setdefault("retention", {})
-    shortened: list[str] = []
-    if policy_name in applied:
-        old = Retention.model_validate(applied[policy_name])
-        shortened = check_retention_change(old, retention, doc["immutability"])
-    applied[policy_name] = retention.model_dump(mode="json")
-    _save_settings(vault, doc)
+    by_vm: dict[str, Any] = doc.setdefault("retention_by_vm", {})
+    by_policy: dict[str, Any] = doc.get("retention", {})  # the records of older versions
+    shortened: dict[str, list[str]] = {}
+    for vm, (policy_name, retention) in sorted(wanted.items()):
+        old = by_vm.get(vm) or by_policy.get(policy_name)
+        if old is not None:
+            fields = retention_shortened(Retention.model_validate(old), retention)
+            if fields:
+                shortened[vm] = fields
+    if shortened and doc["immutability"] != "off":
+        which = "; ".join(f"{vm} ({', '.join(f)})" for vm, f in shortened.items())
+        raise ImmutableVaultError(
+            f"the vault is immutable ({doc['immutability']}): the retention of its points "
+            f"cannot be shortened, whatever the policy is called: {which}"
+        )
+    if record and wanted:
+        for vm, (_, retention) in wanted.items():
+            by_vm[vm] = retention.model_dump(mode="json")
+        _save_settings(vault, doc)
     return shortened

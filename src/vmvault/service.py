@@ -966,19 +966,35 @@ def run_prune(
     garbage collection.
     """
     from vmvault.policy import Point, prune_plan
-    from vmvault.protection import accept_retention, settings, state_of
+    from vmvault.policy.errors import ImmutableVaultError
+    from vmvault.protection import accept_retentions, settings, state_of
 
     now = now or datetime.now(UTC)
     vault = ctx.open_vault(load_index=False)
     immutable = settings(vault)["immutability"]
     points = vault.points()
-    vms = [inventory.vm(vm_name)] if vm_name else inventory.vms
+    policies = {
+        vm.name: inventory.policy(vm.policy)
+        for vm in ([inventory.vm(vm_name)] if vm_name else inventory.vms)
+        if vm.policy is not None  # VMs without a policy are left alone
+    }
+    wanted = {name: (policy.name, policy.retention) for name, policy in policies.items()}
+    try:  # every VM's retention is accepted before anything is deleted
+        shortened_by_vm = accept_retentions(vault, wanted, record=not dry_run)
+    except ImmutableVaultError as exc:
+        if not dry_run:
+            raise_alert(
+                ctx,
+                vault,
+                "retention_shortened",
+                f"prune refused: {exc.message}",
+                details={"refused": True},
+            )
+        raise
     result: dict[str, Any] = {"dry_run": dry_run, "vms": {}}
-    for vm in vms:
-        if vm.policy is None:
-            continue
-        policy = inventory.policy(vm.policy)
-        shortened = accept_retention(vault, policy.name, policy.retention) if not dry_run else []
+    for name, policy in policies.items():
+        vm = inventory.vm(name)
+        shortened = shortened_by_vm.get(vm.name, [])
         mine = [
             Point(p["id"], datetime.fromisoformat(p["created"]), vm.name)
             for p in points
@@ -997,12 +1013,13 @@ def run_prune(
         if not dry_run:
             for point_id in plan.prune:
                 vault.delete_point(point_id)
-        if shortened:
+        if shortened and not dry_run:
             raise_alert(
                 ctx,
                 vault,
                 "retention_shortened",
-                f"policy {policy.name} now keeps less: {', '.join(shortened)}",
+                f"{vm.name}'s points are now kept for less ({policy.name}): {', '.join(shortened)}",
+                vm=vm.name,
                 details={"policy": policy.name, "shortened": shortened},
             )
         result["vms"][vm.name] = {

@@ -205,9 +205,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
     def overview(request: Request) -> Response:
         principal = session(request)
         damaged = sorted(server.damaged_points().items())
-        return render(
-            request, "fleet.html", principal, title="Fleet", nav="fleet", damaged=damaged
-        )
+        return render(request, "fleet.html", principal, title="Fleet", nav="fleet", damaged=damaged)
 
     @app.get("/vms/{name}", response_class=HTMLResponse, include_in_schema=False)
     def vm_page(request: Request, name: str, offset: int = 0) -> Response:

@@ -130,12 +130,25 @@ class ServerState:
 
     def replace_inventory(self, text: str) -> Inventory:
         """Validate a new inventory and put it in place atomically (then it is live)."""
-        from vmvault.inventory import write_inventory
+        from vmvault.inventory import parse_inventory, write_inventory
+        from vmvault.protection import accept_retentions
 
         path = self.config.inventory
         if path is None:
             raise Conflict("the server was started without --inventory: nothing to replace")
-        parsed = write_inventory(path, text)  # raises with the field at fault
+        # An immutable vault refuses an inventory that keeps any VM's points for less,
+        # whatever its policy is called (409, naming the VMs); prune would refuse it too.
+        candidate = parse_inventory(text, path)  # raises with the field at fault
+        accept_retentions(
+            self.vault,
+            {
+                vm.name: (vm.policy, candidate.policy(vm.policy).retention)
+                for vm in candidate.vms
+                if vm.policy is not None
+            },
+            record=False,
+        )
+        parsed = write_inventory(path, text)
         with self._lock:
             self._inventory, self._inventory_mtime = parsed, os.stat(path).st_mtime
         return parsed
