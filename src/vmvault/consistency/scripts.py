@@ -1,7 +1,9 @@
 """Running one pre- or post-script the way Azure's ScriptRunner does.
 
 A script runs as root before (or after) the snapshot, so it is refused unless it is owned
-by root and has mode 0700 exactly: anyone else able to change it could run code as root.
+by root and has mode 0700 exactly, and every folder above it is root's and writable by no
+one else: anyone able to change or swap it could run code as root. The check is made on
+the opened file before every attempt, and the opened file is what runs.
 It runs without a shell (its params are passed as they are), in a session and process
 group of its own, so that on timeout the whole tree it started can be killed, not only
 its first process. Its output goes to temporary files rather than pipes: a background
@@ -18,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import IO, Any, Literal
 
 from vmvault.consistency.config import ScriptConfig
@@ -65,28 +67,89 @@ def codes(phase: Phase) -> dict[str, str]:
 
 
 def check_script(phase: Phase, location: str) -> ScriptResult | None:
-    """Refuse a script that is missing, not a file, not root's, or not mode 0700.
+    """Refuse a script that is missing, not a file, not root's, not mode 0700, or that
+    sits in a folder someone else could change. Returns the failed result, or ``None``."""
+    opened = open_script(phase, location)
+    if isinstance(opened, ScriptResult):
+        return opened
+    os.close(opened)
+    return None
 
-    Returns the failed result, or ``None`` when the script may run.
+
+def open_script(phase: Phase, location: str) -> int | ScriptResult:
+    """Open the script for running, checking what is opened, not a path checked earlier.
+
+    The real path is walked from ``/`` one component at a time (``O_NOFOLLOW``, each
+    directory opened relative to its parent): every folder must belong to root (or to the
+    user running vmvault) and be writable by no one else (a sticky folder like /tmp holds
+    other users' files safely), and the script itself must be such a user's, mode 0700.
+    Each check is made on the opened descriptor, so a file or folder swapped in between
+    is either what was checked or refused. Returns the open descriptor (the caller runs
+    that very file) or the refusal.
     """
     code = codes(phase)
     label = f"{phase}-script {location}"
-    try:
-        st = os.stat(location)
-    except (FileNotFoundError, NotADirectoryError):
-        return _refused(phase, code["not_found"], f"{label} not found")
-    except OSError as exc:
-        return _refused(phase, code["not_found"], f"{label} cannot be read: {exc.strerror}")
-    if not stat.S_ISREG(st.st_mode):
+    trusted = {0, os.geteuid()}
+    real = os.path.realpath(location)
+    parts = [p for p in real.split("/") if p]
+    if not parts:
         return _refused(phase, code["not_found"], f"{label} is not a regular file")
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        where = "/"
+        for name in parts[:-1]:
+            problem = _unsafe_folder(os.fstat(fd), trusted)
+            if problem:
+                return _refused(phase, code["permission"], f"{label}: folder {where} {problem}")
+            try:
+                child = os.open(
+                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except (FileNotFoundError, NotADirectoryError):
+                return _refused(phase, code["not_found"], f"{label} not found")
+            except OSError as exc:  # ELOOP: a symlink appeared since the path was resolved
+                return _refused(phase, code["permission"], f"{label}: {where}{name}: {exc}")
+            os.close(fd)
+            fd = child
+            where = f"{where}{name}/"
+        problem = _unsafe_folder(os.fstat(fd), trusted)
+        if problem:
+            return _refused(phase, code["permission"], f"{label}: folder {where} {problem}")
+        try:
+            script = os.open(
+                parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd
+            )
+        except FileNotFoundError:
+            return _refused(phase, code["not_found"], f"{label} not found")
+        except OSError as exc:
+            return _refused(phase, code["not_found"], f"{label} cannot be opened: {exc.strerror}")
+    finally:
+        os.close(fd)
+    st = os.fstat(script)
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != 0 or mode != SCRIPT_MODE:
-        return _refused(
+    refusal = None
+    if not stat.S_ISREG(st.st_mode):
+        refusal = _refused(phase, code["not_found"], f"{label} is not a regular file")
+    elif st.st_uid not in trusted or mode != SCRIPT_MODE:
+        refusal = _refused(
             phase,
             code["permission"],
             f"{label} must be owned by root with mode 0700, found uid {st.st_uid}"
             f" and mode {mode:04o}",
         )
+    if refusal is not None:
+        os.close(script)
+        return refusal
+    return script
+
+
+def _unsafe_folder(st: os.stat_result, trusted: set[int]) -> str | None:
+    """Why a folder on the script's path lets someone else swap the script, or None."""
+    if st.st_uid not in trusted:
+        return f"belongs to uid {st.st_uid}, not root: its owner could swap the script"
+    writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable_by_others and not st.st_mode & stat.S_ISVTX:
+        return f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 
@@ -106,9 +169,6 @@ def run_script(
     is polled every ``poll`` seconds up to ``timeout`` seconds per attempt; on timeout its
     whole process group gets SIGTERM, then SIGKILL after `KILL_GRACE_SECONDS`.
     """
-    refused = check_script(phase, location)
-    if refused is not None:
-        return refused
     code = codes(phase)
     label = f"{phase}-script {location}"
     started = time.monotonic()
@@ -117,8 +177,23 @@ def run_script(
     failure = code["failed"]
     exit_code: int | None = None
     for _ in range(1 + max(0, retries)):
+        # Checked again before every attempt, and the checked file is the one that runs:
+        # nothing can be swapped in between two tries, nor between a check and its use.
+        opened = open_script(phase, location)
+        if isinstance(opened, ScriptResult):
+            if attempts:
+                return replace(
+                    opened,
+                    message=f"{opened.message} (before attempt {attempts + 1})",
+                    attempts=attempts,
+                    seconds=_since(started),
+                )
+            return opened
         attempts += 1
-        outcome, exit_code, detail = _attempt([location, *params], timeout, poll)
+        try:
+            outcome, exit_code, detail = _attempt([location, *params], opened, timeout, poll)
+        finally:
+            os.close(opened)
         if outcome == "ok":
             tries = f" on attempt {attempts}" if attempts > 1 else ""
             return ScriptResult(
@@ -171,13 +246,20 @@ def _since(started: float) -> float:
 
 
 def _attempt(
-    argv: list[str], timeout: float, poll: float
+    argv: list[str], script: int, timeout: float, poll: float
 ) -> tuple[Literal["ok", "failed", "timeout"], int | None, str]:
-    """One run: (outcome, exit code, last line of stderr or of stdout, or why it did not start)."""
+    """One run of the opened ``script`` (argv[0] is its name for the script's ``$0``):
+    (outcome, exit code, last line of stderr or of stdout, or why it did not start)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(
                 argv,
+                # The descriptor that was checked: /proc/self/fd/N in the child is that very
+                # file (an interpreter named by "#!" reads it through the same path).
+                executable=f"/proc/self/fd/{script}",
+                pass_fds=(script,),
+                # $0 is /proc/self/fd/N then: the script's own path is given here.
+                env={**os.environ, "VMVAULT_SCRIPT": argv[0]},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -209,13 +291,66 @@ def _attempt(
 
 
 def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_SECONDS) -> None:
-    """SIGTERM the process group led by ``proc``; SIGKILL what is left after ``grace`` s."""
+    """SIGTERM the process group led by ``proc`` and every descendant of the script (one
+    that left the group with setsid too); SIGKILL what is left after ``grace`` s."""
     pgid = proc.pid  # start_new_session=True: the script leads its own group
+    escaped = _descendants(proc.pid)
     _signal_group(pgid, signal.SIGTERM)
-    if not _wait_group(proc, grace):
+    _signal_all(escaped, signal.SIGTERM)
+    if not _wait_group(proc, grace) or _alive(escaped):
+        escaped |= _descendants(proc.pid)  # forked meanwhile
         _signal_group(pgid, signal.SIGKILL)
+        _signal_all(escaped, signal.SIGKILL)
         _wait_group(proc, 1.0)  # SIGKILL is delivered asynchronously: see it done
     proc.wait()
+
+
+_GONE = (b"Z", b"X")  # zombie or dead: ended, only not yet reaped
+
+
+def _proc_table() -> dict[int, tuple[int, int, bytes]]:
+    """pid -> (parent pid, process group, state) of every process, read from /proc."""
+    table: dict[int, tuple[int, int, bytes]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            table[int(entry)] = (int(fields[1]), int(fields[2]), fields[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for child, (parent, _, _) in _proc_table().items():
+        children.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    todo = list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        if p not in found:
+            found.add(p)
+            todo += children.get(p, [])
+    return found
+
+
+def _signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pids: set[int]) -> bool:
+    table = _proc_table()
+    return any(pid in table and table[pid][2] not in _GONE for pid in pids)
 
 
 def _wait_group(proc: subprocess.Popen[bytes], seconds: float) -> bool:
@@ -247,21 +382,10 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
+    table = _proc_table()
+    if not table:
+        return True  # no /proc: trust killpg
+    return any(group == pgid and state not in _GONE for _, group, state in table.values())
 
 
 def _last_line(fh: IO[bytes]) -> str:
