@@ -6,6 +6,7 @@ in step with the vault. No rendering here: results are plain dicts and dataclass
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -19,7 +20,7 @@ from getpass import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from vmvault.backends.local import LocalBackend
+from vmvault.backends.local import BackendReadOnly, LocalBackend
 from vmvault.disks.qemu import check_format, fuse_export
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, backup, parent_manifests
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from vmvault.snapshot.qemu_live import QemuLiveSnapshot
 
 PASSPHRASE_ENV = "VMVAULT_PASSPHRASE"
+READ_ONLY_KINDS = ("restore", "verify", "check")  # jobs that never write to the vault
+log = logging.getLogger("vmvault")
 PASSPHRASE_FILE_ENV = "VMVAULT_PASSPHRASE_FILE"
 
 
@@ -106,7 +109,16 @@ class Context:
         the storage pools the job reads, recorded (as keyed hashes) for restore warnings.
         """
         vault = self.open_vault(load_index=False)
-        with VaultLock(vault.backend, kind, tags=[pool_tag(vault, p) for p in pools]):
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(
+                    VaultLock(vault.backend, kind, tags=[pool_tag(vault, p) for p in pools])
+                )
+            except BackendReadOnly as exc:
+                if kind not in READ_ONLY_KINDS:
+                    raise
+                # Nothing can be swept from a vault nobody can write: reading needs no lock.
+                log.warning("warning: %s; reading without a lock", exc.message)
             vault.load_index()
             if kind in ("restore", "verify", "check"):
                 # Packs no readable index object names still hold data a point may need.

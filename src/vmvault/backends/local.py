@@ -27,6 +27,26 @@ class BackendFull(VmvaultError):
     code = "backend_full"
 
 
+class BackendReadOnly(VmvaultError):
+    """The vault's storage refuses writes (a read-only mount, a snapshot, permissions)."""
+
+    code = "vault_read_only"
+
+
+class BackendDenied(VmvaultError):
+    """The vault's objects may not be read by this user."""
+
+    code = "permission_denied"
+
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _read_only(key: str, root: Path, exc: OSError) -> BackendReadOnly:
+    why = "is read-only" if exc.errno == errno.EROFS else "may not be written (permission denied)"
+    return BackendReadOnly(f"the vault at {root} {why}: cannot write {key}")
+
+
 class LocalBackend:
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root).absolute()
@@ -49,7 +69,12 @@ class LocalBackend:
 
     def put(self, key: str, data: Payload) -> None:
         path = self._path(key)
-        self._ensure_dir(path.parent)
+        try:
+            self._ensure_dir(path.parent)
+        except OSError as exc:
+            if exc.errno in _READ_ONLY:
+                raise _read_only(key, self.root, exc) from None
+            raise
         tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -65,6 +90,8 @@ class LocalBackend:
                 tmp.unlink()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise BackendFull(f"no space left writing {key} in {self.root}") from exc
+            if exc.errno in _READ_ONLY:
+                raise _read_only(key, self.root, exc) from None
             raise
         if self.fsync:
             self._fsync_dir(path.parent)
@@ -85,6 +112,8 @@ class LocalBackend:
                 return f.read() if length is None else _read_exactly(f, length, key)
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+        except PermissionError:
+            raise BackendDenied(f"the vault at {self.root} may not be read: {key}") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -122,8 +151,14 @@ class LocalBackend:
         return sorted(found)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in _READ_ONLY:
+                raise _read_only(key, self.root, exc) from None
+            raise
 
 
 def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
