@@ -21,6 +21,7 @@ from vmvault.cli.options import (
     PassFileOpt,
     VaultOpt,
     context,
+    rate_limit_bytes,
     remote,
 )
 from vmvault.cli.output import console, emit_json, fail, guarded, human_bytes, progress_bar
@@ -141,7 +142,7 @@ def backup_cmd(
 
     def act() -> dict[str, Any]:
         ctx = context(vault, catalog, passphrase_file)
-        rate = limit_rate * 1e6 if limit_rate else None
+        rate = rate_limit_bytes(limit_rate)
         with progress_bar(not json) as progress:
             return service.run_backup(
                 ctx,

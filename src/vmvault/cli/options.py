@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import typer
@@ -56,3 +57,15 @@ def context(vault: str | None, catalog: str | None, passphrase_file: str | None)
     if not vault:
         raise UsageError("no vault given: use --vault DIR or set VMVAULT_VAULT")
     return service.Context(vault, catalog, passphrase_file)
+
+
+MIN_RATE_MB_S = 0.1  # slower than this, a 4 MiB block would take minutes: surely a typo
+
+
+def rate_limit_bytes(limit_rate: float | None) -> float | None:
+    """``--limit-rate`` (MB/s) as bytes per second, or None when not given."""
+    if limit_rate is None:
+        return None
+    if not math.isfinite(limit_rate) or limit_rate < MIN_RATE_MB_S:
+        raise UsageError(f"--limit-rate must be at least {MIN_RATE_MB_S} MB/s, not {limit_rate:g}")
+    return limit_rate * 1e6

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -19,7 +21,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
+from vmvault.engine.progress import (
+    SHUTDOWN,
+    Interrupted,
+    ProgressCallback,
+    ProgressEvent,
+    no_progress,
+)
 from vmvault.errors import VmvaultError
 from vmvault.units import human_bytes
 
@@ -42,15 +50,26 @@ def fail(exc: VmvaultError, as_json: bool) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: locks are released, partial files removed."""
+    SHUTDOWN.set()
+    raise KeyboardInterrupt
+
+
 def guarded(as_json: bool, action: Callable[[], T]) -> T:
-    """Run ``action``; a VmvaultError becomes one line (or one JSON document) and an exit code."""
+    """Run ``action``; a VmvaultError becomes one line (or one JSON document) and an exit code.
+
+    SIGTERM and Ctrl-C stop it cleanly: waiting threads give up (``SHUTDOWN``), context
+    managers run, and the exit code is 130."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return action()
     except VmvaultError as exc:
-        fail(exc, as_json)
+        fail(Interrupted("interrupted by a signal") if SHUTDOWN.is_set() else exc, as_json)
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        raise typer.Exit(130) from None
+        SHUTDOWN.set()
+        fail(Interrupted("interrupted"), as_json)
 
 
 @contextmanager

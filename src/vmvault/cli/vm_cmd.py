@@ -15,6 +15,7 @@ from vmvault.cli.options import (
     PassFileOpt,
     VaultOpt,
     context,
+    rate_limit_bytes,
     remote,
 )
 from vmvault.cli.output import console, emit_json, fail, guarded
@@ -158,7 +159,7 @@ def backup_vm(
                 inv,
                 name,
                 full=full,
-                rate_limit=limit_rate * 1e6 if limit_rate else None,
+                rate_limit=rate_limit_bytes(limit_rate),
                 progress=progress,
             )
 

@@ -45,13 +45,17 @@ class RawDisk:
     def open(cls, path: str | os.PathLike[str]) -> RawDisk:
         p = Path(path)
         try:
-            fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO (or a tty) must not wait for a writer; the type
+            # is checked on what was opened, and only files and block devices are read.
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise DiskNotFound(f"disk {p} does not exist") from None
         except IsADirectoryError:
             raise DiskNotFound(f"disk {p} is a directory, not a disk image") from None
         except PermissionError:
             raise DiskNotFound(f"disk {p} cannot be read (permission denied)") from None
+        except OSError as exc:  # ENXIO: a socket, a device without a driver
+            raise UsageError(f"disk {p} cannot be opened as a disk: {exc.strerror}") from None
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
@@ -59,7 +63,13 @@ class RawDisk:
         is_block = stat.S_ISBLK(st.st_mode)
         if not (is_block or stat.S_ISREG(st.st_mode)):
             os.close(fd)
-            raise UsageError(f"disk {p} is neither a regular file nor a block device")
+            kind = {
+                stat.S_IFIFO: "a FIFO",
+                stat.S_IFCHR: "a character device",
+                stat.S_IFSOCK: "a socket",
+            }.get(stat.S_IFMT(st.st_mode), "not a disk")
+            raise UsageError(f"disk {p} is {kind}, neither a regular file nor a block device")
+        os.set_blocking(fd, True)
         size = os.lseek(fd, 0, os.SEEK_END) if is_block else st.st_size
         return cls(str(p), size, fd, is_block)
 

@@ -29,8 +29,13 @@ import zstandard
 
 from vmvault.disks.source import DiskSource
 from vmvault.engine.blocks import map_blocks
-from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
-from vmvault.engine.throttle import TokenBucket
+from vmvault.engine.progress import (
+    ProgressCallback,
+    ProgressEvent,
+    interrupt_check,
+    no_progress,
+)
+from vmvault.engine.throttle import INTERRUPT_EVERY, TokenBucket
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, UsageError
 from vmvault.vault.format import ENCODING_RAW, ENCODING_ZSTD, KIND_DATA, ZERO_ID, DiskManifest
 from vmvault.vault.packs import PackWriter
@@ -164,6 +169,7 @@ class DiskBackup:
         self.byte_buckets = list(disk.byte_buckets)
         self.request_buckets = list(disk.request_buckets)
         self.progress = progress
+        self.interrupt = interrupt_check(progress)
         if disk.changes_only and (parent is None or disk.changed is None):
             raise UsageError(
                 f"disk {disk.name}: the snapshot holds only changes, but there is no parent "
@@ -172,10 +178,15 @@ class DiskBackup:
         self.changed = merge_ranges(disk.changed) if disk.changed is not None and parent else None
 
     def run(self) -> tuple[DiskManifest, DiskStats]:
-        if self.disk.slot is None:
+        slot = self.disk.slot
+        if slot is None:
             return self._run()
-        with self.disk.slot:  # wait for a free place among the pool's disks in flight
+        while not slot.acquire(timeout=INTERRUPT_EVERY):  # a free place among the pool's
+            self.interrupt()  # disks in flight; a cancel ends the wait
+        try:
             return self._run()
+        finally:
+            slot.release()
 
     def _run(self) -> tuple[DiskManifest, DiskStats]:
         started = time.perf_counter()
@@ -225,6 +236,7 @@ class DiskBackup:
         return record_id, found, True
 
     def _block(self, b: int) -> tuple[bytes, DiskStats]:
+        self.interrupt()  # a cancelled or signalled job stops at its next block
         stats = DiskStats()
         chunk = self.chunk
         start = b * self.block
@@ -316,9 +328,9 @@ class DiskBackup:
                 run += 1
             lo, hi = c * chunk, min(run * chunk, length)
             for bucket in self.byte_buckets:
-                bucket.consume(hi - lo)
+                bucket.consume(hi - lo, self.interrupt)
             for bucket in self.request_buckets:
-                bucket.consume(1)
+                bucket.consume(1, self.interrupt)
             self.source.read_into(view[lo:hi], start + lo)
             stats.read += hi - lo
             c = run

@@ -6,6 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
+INTERRUPT_EVERY = 0.2  # seconds between looks for a cancel while a wait lasts
+
 
 class TokenBucket:
     """Allows ``rate`` units per second on average and bursts of up to ``burst`` units.
@@ -41,7 +43,13 @@ class TokenBucket:
             self._tokens -= amount
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
-    def consume(self, amount: float) -> None:
+    def consume(self, amount: float, interrupt: Callable[[], None] | None = None) -> None:
+        """Take ``amount`` units, waiting for them; ``interrupt`` is called every
+        ``INTERRUPT_EVERY`` seconds of the wait and may raise to abandon it (a cancel)."""
         wait = self.reserve(amount)
-        if wait > 0:
-            self._sleep(wait)
+        while wait > 0:
+            step = min(wait, INTERRUPT_EVERY) if interrupt is not None else wait
+            self._sleep(step)
+            wait -= step
+            if interrupt is not None and wait > 0:
+                interrupt()

@@ -199,21 +199,18 @@ class JobQueue:
         self.finish(job_id, "failed", error=error)
         return "failed"
 
-    def reap(self, now: datetime | None = None, stale_after: timedelta = STALE_AFTER) -> list[int]:
-        """Running jobs whose worker stopped beating: failed (and rerunnable)."""
+    def reap(
+        self, now: datetime | None = None, stale_after: timedelta = STALE_AFTER
+    ) -> list[tuple[Job, str]]:
+        """Running jobs whose worker stopped beating (killed, host lost): a transient
+        failure, so retried with backoff while attempts remain, else failed. Returns each
+        reaped job with its outcome ("queued" or "failed"); the caller alerts the failed."""
         now = now or datetime.now(UTC)
         reaped = []
         for job in self.running():
             if now - (job.heartbeat_at or now) > stale_after:
-                self.finish(
-                    job.id,
-                    "failed",
-                    error=(
-                        "worker_lost",
-                        f"worker {job.worker} stopped answering; run the job again",
-                    ),
-                )
-                reaped.append(job.id)
+                error = ("worker_lost", f"worker {job.worker} stopped answering")
+                reaped.append((job, self.retry_or_fail(job.id, error, transient=True, now=now)))
         return reaped
 
     def cancel(self, job_id: int) -> str:

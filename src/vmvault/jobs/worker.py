@@ -91,7 +91,9 @@ def run_worker(
     threads: dict[int, threading.Thread] = {}
     started: list[int] = []
     while True:
-        queue.reap()
+        for lost, outcome in queue.reap():
+            if outcome == "failed":  # attempts spent; otherwise it was queued again
+                _alert_failure(queue, lost, ("worker_lost", "its worker stopped answering"))
         while len(threads) < slots and (job := queue.claim(name, blocked)) is not None:
             thread = threading.Thread(
                 target=_run_job,
@@ -119,9 +121,13 @@ class _Progress:
         self.written = 0.0
         self.lock = threading.Lock()
 
-    def __call__(self, event: ProgressEvent) -> None:
+    def check_cancelled(self) -> None:
+        """Called by the engine while it waits (throttled reads, a pool's turn) too."""
         if self.cancel.is_set():
             raise Cancelled(f"job {self.job_id} was cancelled")
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.check_cancelled()
         with self.lock:
             self.disks[event.disk] = {
                 "operation": event.operation,
