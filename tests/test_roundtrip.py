@@ -12,6 +12,7 @@ import pytest
 from conftest import same_content
 from vmvault import service, testdisk
 from vmvault.engine.backup import DiskInput, backup
+from vmvault.engine.targets import TargetExists
 from vmvault.errors import UsageError
 from vmvault.vault.format import ZERO_ID
 
@@ -84,11 +85,17 @@ def test_zero_blocks_cost_nothing(tmp_path: Path, ctx: service.Context) -> None:
     assert len(vault.index) == 0
 
 
-def test_restore_onto_existing_file_replaces_it(tmp_path: Path, ctx: service.Context) -> None:
+def test_restore_onto_existing_file_replaces_it_only_with_force(
+    tmp_path: Path, ctx: service.Context
+) -> None:
     image = _write(tmp_path / "a.img", [(MiB, os.urandom(MiB))], 4 * MiB)
     service.run_backup(ctx, "vm1", [service.DiskSpec("d", str(image))])
     target = _write(tmp_path / "t.img", [(0, os.urandom(6 * MiB))], 6 * MiB)
-    service.run_restore(ctx, "latest", str(target))
+    before = target.read_bytes()
+    with pytest.raises(TargetExists, match="--force"):
+        service.run_restore(ctx, "latest", str(target))
+    assert target.read_bytes() == before  # untouched
+    service.run_restore(ctx, "latest", str(target), force=True)
     assert same_content(image, target)
 
 

@@ -20,6 +20,7 @@ VM's name where there is one) and what is wrong, in one line each. Example:
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 import tomllib
@@ -274,6 +275,20 @@ def _where(loc: tuple[int | str, ...], doc: dict[str, Any]) -> str:
         parts.append(str(item))
         node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts) or "(top level)"
+
+
+# A new VM's name becomes a folder and file names (restores as a new VM): no separators.
+NEW_VM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def check_new_vm_name(name: str) -> str:
+    """``name`` if it may name a new VM (and its files), else one clear error."""
+    if not re.fullmatch(NEW_VM_NAME_PATTERN, name):
+        raise InventoryError(
+            f"{name!r} cannot name a VM: 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 def parse_inventory(text: str, source: str) -> Inventory:

@@ -28,6 +28,7 @@ from vmvault.engine.check import CheckReport, check_vault
 from vmvault.engine.gc import GcReport, collect_garbage
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.restore import RestoreReport, restore_disk, verify_point
+from vmvault.engine.targets import restore_target
 from vmvault.errors import (
     CorruptObject,
     DamageFound,
@@ -578,6 +579,7 @@ def run_restore(
     ignore_errors: bool = False,
     workers: int | None = None,
     sync: bool = False,
+    force: bool = False,
     budget: DiskBudget | None = None,
     progress: ProgressCallback = no_progress,
     record: bool = True,
@@ -594,7 +596,7 @@ def run_restore(
         point = vault.get_point(point_id)
         vm_name = point["vm"]
         if target_format == "raw" and not ignore_errors:
-            report = _instant_restore(vault, point, disk, Path(target))
+            report = _instant_restore(vault, point, disk, Path(target), force=force)
             if report is not None:
                 return report
         options: dict[str, Any] = {
@@ -603,6 +605,7 @@ def run_restore(
             "ignore_errors": ignore_errors,
             "workers": workers,
             "sync": sync,
+            "force": force,
             "byte_buckets": budget.byte_buckets if budget else (),
             "progress": progress,
         }
@@ -617,7 +620,7 @@ def _keeps_snapshots(inventory: Inventory, vm: Vm) -> bool:
 
 
 def _instant_restore(
-    vault: Vault, point: dict[str, Any], disk: str | None, target: Path
+    vault: Vault, point: dict[str, Any], disk: str | None, target: Path, *, force: bool
 ) -> RestoreReport | None:
     from vmvault.engine.restore import point_disk
     from vmvault.snapshot import instant
@@ -629,9 +632,15 @@ def _instant_restore(
         return None
     started = time.perf_counter()
     manifest = vault.get_manifest(entry["manifest"])
-    sparse_copy(image, target)
-    if not instant.matches(vault, manifest, target):
-        return None  # the kept copy changed: the vault decides
+    with restore_target(target, force=force) as prepared:
+        if prepared.is_device:
+            prepared.abandon()
+            return None  # a device gets its explicit zeros from the vault's restore
+        copy = Path(prepared.path)
+        sparse_copy(image, copy)
+        if not instant.matches(vault, manifest, copy):
+            prepared.abandon()
+            return None  # the kept copy changed: the vault decides
     return RestoreReport(
         entry["name"],
         manifest.size,
@@ -777,10 +786,15 @@ def run_vm_restore(
     target_pool: str | None = None,
     in_place: bool = False,
     confirmed: bool = False,
+    force: bool = False,
+    confine_to: str | None = None,
     progress: ProgressCallback = no_progress,
     recorder: JobRecorder | None = None,
 ) -> dict[str, Any]:
     """Restore every disk of a VM's recovery point, with its configuration: one job.
+
+    ``force`` replaces files of the same names; ``confine_to`` (the server's restore
+    root) makes ``directory`` a new folder directly inside it, made at write time.
 
     As a new VM (``new_name`` in ``directory``): disks in their original formats under new
     names, and an inventory entry for the new VM written beside them. In place: only for a
@@ -802,6 +816,8 @@ def run_vm_restore(
             target_pool=target_pool,
             in_place=in_place,
             confirmed=confirmed,
+            force=force,
+            confine_to=confine_to,
             progress=progress,
         )
         job.finish(
@@ -827,6 +843,8 @@ def _vm_restore(
     target_pool: str | None,
     in_place: bool,
     confirmed: bool,
+    force: bool,
+    confine_to: str | None,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
     from vmvault.inventory import VmState
@@ -865,6 +883,7 @@ def _vm_restore(
                 disk=disk["name"],
                 target_format=disk.get("format", "raw"),
                 sync=True,
+                force=True,  # its own temporary name, left by an earlier interrupted run
                 budget=_budget(inventory, vm_disks[disk["name"]]),
                 progress=progress,
                 record=False,
@@ -881,8 +900,11 @@ def _vm_restore(
         return result
     if not new_name or not directory:
         raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
-    target_dir = Path(directory)
-    target_dir.mkdir(parents=True, exist_ok=True)
+    from vmvault.engine.targets import new_files_folder
+    from vmvault.inventory import check_new_vm_name
+
+    check_new_vm_name(new_name)
+    target_dir = Path(directory).absolute()
     budget = None
     if target_pool:
         if target_pool not in inventory.pools:
@@ -897,46 +919,48 @@ def _vm_restore(
         )
     config = dict(point.get("vm_config") or {"name": vm.name, "disks": []})
     new_disks = []
-    for disk in point["disks"]:
-        fmt = disk.get("format", "raw")
-        path = target_dir / f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
-        if path.exists():
-            raise UsageError(f"{path} exists: choose another name or directory")
-        report = run_restore(
-            ctx,
-            point_id,
-            str(path),
-            disk=disk["name"],
-            target_format=fmt,
-            budget=budget,
-            progress=progress,
-            record=False,
-        )
-        result["disks"].append(
-            {
-                "name": disk["name"],
-                "path": str(path),
-                "format": fmt,
-                "bytes_verified": report.bytes_verified,
-                "bytes_written": report.bytes_written,
-            }
-        )
-        old: dict[str, Any] = next(
-            (d for d in config.get("disks", []) if d.get("name") == disk["name"]), {}
-        )
-        new_disks.append(
-            {
-                **old,
-                "name": disk["name"],
-                "path": str(path),
-                "format": fmt,
-                "role": disk.get("role", old.get("role", "data")),
-            }
-        )
-    entry = {**config, "name": new_name, "state": "stopped", "disks": new_disks}
-    inventory_file = target_dir / f"{new_name}.toml"
-    inventory_file.write_text(_vm_toml(entry))
-    result.update(new_vm=new_name, inventory=str(inventory_file))
+    confined = Path(confine_to) if confine_to else None
+    with new_files_folder(target_dir, confine_to=confined) as folder:
+        for disk in point["disks"]:
+            fmt = disk.get("format", "raw")
+            name = f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
+            path = target_dir / name
+            report = run_restore(
+                ctx,
+                point_id,
+                str(folder / name),  # through the folder's descriptor
+                disk=disk["name"],
+                target_format=fmt,
+                force=force,
+                budget=budget,
+                progress=progress,
+                record=False,
+            )
+            result["disks"].append(
+                {
+                    "name": disk["name"],
+                    "path": str(path),
+                    "format": fmt,
+                    "bytes_verified": report.bytes_verified,
+                    "bytes_written": report.bytes_written,
+                }
+            )
+            old: dict[str, Any] = next(
+                (d for d in config.get("disks", []) if d.get("name") == disk["name"]), {}
+            )
+            new_disks.append(
+                {
+                    **old,
+                    "name": disk["name"],
+                    "path": str(path),
+                    "format": fmt,
+                    "role": disk.get("role", old.get("role", "data")),
+                }
+            )
+        entry = {**config, "name": new_name, "state": "stopped", "disks": new_disks}
+        with restore_target(folder / f"{new_name}.toml", force=force) as prepared:
+            Path(prepared.path).write_text(_vm_toml(entry))
+    result.update(new_vm=new_name, inventory=str(target_dir / f"{new_name}.toml"))
     return result
 
 

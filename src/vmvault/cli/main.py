@@ -246,6 +246,9 @@ def restore(
     ),
     workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
     sync: bool = typer.Option(False, "--sync", help="fsync a file target before finishing."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing file (never written through a symlink)."
+    ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -266,6 +269,7 @@ def restore(
                 ignore_errors=ignore_errors,
                 workers=workers,
                 sync=sync,
+                force=force,
                 progress=progress,
             )
         return {"target": os.path.abspath(target), **report.to_dict()}

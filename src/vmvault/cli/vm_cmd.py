@@ -179,6 +179,9 @@ def restore_vm(
     pool: str | None = typer.Option(None, "--pool", help="Storage pool of --to (for warnings)."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the VM's disks (stopped)."),
     yes: bool = typer.Option(False, "--yes", help="Confirm replacing disks in place."),
+    force: bool = typer.Option(
+        False, "--force", help="With --as: replace files of the same names in --to."
+    ),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -213,6 +216,7 @@ def restore_vm(
                 target_pool=pool,
                 in_place=in_place,
                 confirmed=yes,
+                force=force,
                 progress=progress,
             )
 

@@ -26,6 +26,7 @@ from typing import Any
 from vmvault.disks.qemu import create_image, fuse_export
 from vmvault.engine.blocks import map_blocks
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
+from vmvault.engine.targets import restore_target, target_failure
 from vmvault.engine.throttle import TokenBucket
 from vmvault.errors import PointNotFound, RestoreDamaged, UsageError
 from vmvault.vault.format import ZERO_ID, DiskManifest
@@ -80,17 +81,23 @@ def merge_damage(damage: Sequence[Damage]) -> list[Damage]:
 class _Target:
     """Where restored bytes go: a sparse regular file or a block device."""
 
-    def __init__(self, path: Path, size: int, *, sync: bool = False, fresh: bool = False) -> None:
+    def __init__(
+        self, path: Path, size: int, *, sync: bool = False, fresh: bool = False, device: bool
+    ) -> None:
+        """``path`` comes from ``targets.restore_target``: a device, or a new empty file."""
         self.path = path
         self.sync = sync
         self._lock = threading.Lock()
         if fresh:
             # A new image exported by QEMU: reads as zeros, has its size; zero chunks are
             # left unwritten so its clusters stay unallocated.
-            self.fd = os.open(path, os.O_WRONLY)
+            self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             self.write_zeros = False
-        elif path.exists() and stat.S_ISBLK(path.stat().st_mode):
-            self.fd = os.open(path, os.O_WRONLY)
+        elif device:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            if not stat.S_ISBLK(os.fstat(self.fd).st_mode):
+                os.close(self.fd)
+                raise UsageError(f"restore target {path} is no longer a block device")
             device_size = os.lseek(self.fd, 0, os.SEEK_END)
             if device_size < size:
                 os.close(self.fd)
@@ -98,11 +105,7 @@ class _Target:
             self.write_zeros = True
             self.sync = True  # a device restore is done when the device has the bytes
         else:
-            if path.exists() and not path.is_file():
-                raise UsageError(f"restore target {path} is neither a file nor a block device")
-            if not path.parent.is_dir():
-                raise UsageError(f"directory {path.parent} does not exist")
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self.fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             os.ftruncate(self.fd, size)
             self.write_zeros = False
 
@@ -241,44 +244,51 @@ def restore_disk(
     workers: int | None = None,
     byte_buckets: Sequence[TokenBucket] = (),
     sync: bool = False,
+    force: bool = False,
     progress: ProgressCallback = no_progress,
 ) -> RestoreReport:
+    """Restore one disk of a point to ``target`` (see ``targets``: a file appears only
+    whole, an existing one is replaced only with ``force``; a device is written in place)."""
     point = vault.get_point(point_id)
     entry = point_disk(vault, point, disk)
     manifest = vault.get_manifest(entry["manifest"])
     workers = workers or os.cpu_count() or 2
-    with ExitStack() as stack:
-        path, fresh = Path(target), False
-        if target_format != "raw":
-            if not path.parent.is_dir():
-                raise UsageError(f"directory {path.parent} does not exist")
-            create_image(path, target_format, manifest.size)
-            path = Path(stack.enter_context(fuse_export(path, target_format, writable=True)))
-            fresh = True
-        out = _Target(path, manifest.size, sync=sync, fresh=fresh)
-        try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-                report = DiskRestore(
-                    vault,
-                    entry["name"],
-                    manifest,
-                    out,
-                    pool,
-                    workers,
-                    byte_buckets=byte_buckets,
-                    progress=progress,
-                ).run()
-        finally:
-            out.close()
-    if report.damaged and not ignore_errors:
-        ranges = [(d.start, d.end) for d in merge_damage(report.damaged)]
-        damaged = sum(e - s for s, e in ranges)
-        raise RestoreDamaged(
-            f"restore of {entry['name']} from {point_id} is incomplete: {damaged} bytes in "
-            f"{len(ranges)} range(s) are damaged or missing (first at byte {ranges[0][0]}); "
-            "rerun with --ignore-errors to restore everything else",
-            ranges,
-        )
+    try:
+        with ExitStack() as stack:
+            prepared = stack.enter_context(restore_target(Path(target), force=force))
+            path, fresh = Path(prepared.path), False
+            if target_format != "raw":
+                if prepared.is_device:
+                    raise UsageError(f"{target} is a block device: restore it as raw")
+                create_image(path, target_format, manifest.size)
+                path = Path(stack.enter_context(fuse_export(path, target_format, writable=True)))
+                fresh = True
+            out = _Target(path, manifest.size, sync=sync, fresh=fresh, device=prepared.is_device)
+            try:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+                    report = DiskRestore(
+                        vault,
+                        entry["name"],
+                        manifest,
+                        out,
+                        pool,
+                        workers,
+                        byte_buckets=byte_buckets,
+                        progress=progress,
+                    ).run()
+            finally:
+                out.close()
+            if report.damaged and not ignore_errors:
+                ranges = [(d.start, d.end) for d in merge_damage(report.damaged)]
+                damaged = sum(e - s for s, e in ranges)
+                raise RestoreDamaged(
+                    f"restore of {entry['name']} from {point_id} is incomplete: {damaged} "
+                    f"bytes in {len(ranges)} range(s) are damaged or missing (first at byte "
+                    f"{ranges[0][0]}); rerun with --ignore-errors to restore everything else",
+                    ranges,
+                )
+    except OSError as exc:  # the target's file system: full, read-only, gone
+        raise target_failure(target, exc) from None
     return report
 
 

@@ -171,6 +171,7 @@ def _run(
             new_name=spec.get("new_name"),
             directory=spec.get("directory"),
             target_pool=spec.get("pool"),
+            confine_to=spec.get("root"),
             progress=progress,
             recorder=recorder,
         )

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmvault import __version__, service
 from vmvault.errors import Conflict, NotFound, UsageError
 from vmvault.fleet import fleet, point_summary
+from vmvault.inventory import NEW_VM_NAME_PATTERN
 from vmvault.jobs.queue import job_doc
 from vmvault.server.accounts import Principal, Role, token_doc
 from vmvault.server.auth import require
@@ -34,7 +35,7 @@ Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 # Row ids: beyond 2**53 no database (nor JavaScript) keeps them exact.
 RowId = Annotated[int, PathParam(ge=1, le=2**53)]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_PATTERN = NEW_VM_NAME_PATTERN
 
 
 class _Body(BaseModel):
@@ -333,6 +334,7 @@ def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
         "point": point_id,
         "new_name": body.new_name,
         "directory": str(directory),
+        "root": str(Path(root).resolve()),  # the folder is made inside it when the job runs
         "pool": body.pool,
     }
     job_id = state.queue.enqueue("restore", vm.name, spec, max_attempts=1)
