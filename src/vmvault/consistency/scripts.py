@@ -1,29 +1,39 @@
 """Running one pre- or post-script the way Azure's ScriptRunner does.
 
 A script runs as root before (or after) the snapshot, so it is refused unless it is owned
-by root and has mode 0700 exactly, and every folder above it is root's and writable by no
-one else: anyone able to change or swap it could run code as root. The check is made on
-the opened file before every attempt, and the opened file is what runs.
-It runs without a shell (its params are passed as they are), in a session and process
-group of its own, so that on timeout the whole tree it started can be killed, not only
-its first process. Its output goes to temporary files rather than pipes: a background
-child that keeps a pipe open cannot then block us, and a chatty script cannot fill one.
+by root and has mode 0700 exactly, and every folder on the way to it (those holding a
+symlink included) is root's and writable by no one else: anyone able to change, swap or
+redirect it could run code as root. The check is made on the opened file before every
+attempt, and the opened file is what runs.
+
+It runs without a shell (its params are passed as they are) under a small supervisor: a
+fresh interpreter running this very file, in a session of its own, that makes itself the
+"child subreaper" of everything the script starts. A process that leaves the script's
+group (``setsid``) or is orphaned on purpose (a double-forked daemon) is handed to the
+supervisor rather than to init, so on timeout the supervisor finds and kills all of them.
+Output goes to temporary files rather than pipes: a background child that keeps a pipe
+open cannot then block us, and a chatty script cannot fill one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-from vmvault.consistency.config import ScriptConfig
+if TYPE_CHECKING:
+    # Only for annotations: the supervisor runs this file with the standard library alone.
+    from vmvault.consistency.config import ScriptConfig
 
 Phase = Literal["pre", "post"]
 
@@ -31,6 +41,12 @@ SCRIPT_MODE = 0o700
 KILL_GRACE_SECONDS = 2.0
 _TAIL_BYTES = 4096
 _MAX_LINE = 200
+_MAX_SYMLINKS = 40  # as the kernel's own path walk (ELOOP beyond)
+_SUPERVISOR = os.path.abspath(__file__)
+# How long past its grace the supervisor may take to report the tree gone before we
+# fall back to killing what we can see ourselves.
+_SUPERVISOR_SLACK_SECONDS = 3.0
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,8 @@ def codes(phase: Phase) -> dict[str, str]:
 
 def check_script(phase: Phase, location: str) -> ScriptResult | None:
     """Refuse a script that is missing, not a file, not root's, not mode 0700, or that
-    sits in a folder someone else could change. Returns the failed result, or ``None``."""
+    sits behind a folder or symlink someone else could change. Returns the failed result,
+    or ``None``."""
     opened = open_script(phase, location)
     if isinstance(opened, ScriptResult):
         return opened
@@ -79,52 +96,96 @@ def check_script(phase: Phase, location: str) -> ScriptResult | None:
 def open_script(phase: Phase, location: str) -> int | ScriptResult:
     """Open the script for running, checking what is opened, not a path checked earlier.
 
-    The real path is walked from ``/`` one component at a time (``O_NOFOLLOW``, each
-    directory opened relative to its parent): every folder must belong to root (or to the
+    The path is walked from ``/`` one component at a time, each opened relative to the
+    folder before it with ``O_NOFOLLOW``; a symlink met on the way is read from its folder
+    and its target walked the same way (so the folders holding links are checked too, and
+    the link must be a trusted user's). Every folder walked must belong to root (or to the
     user running vmvault) and be writable by no one else (a sticky folder like /tmp holds
     other users' files safely), and the script itself must be such a user's, mode 0700.
-    Each check is made on the opened descriptor, so a file or folder swapped in between
-    is either what was checked or refused. Returns the open descriptor (the caller runs
-    that very file) or the refusal.
+    Each check is made on the opened descriptor or on the entry of an opened folder, so a
+    file, folder or link swapped in between is either what was checked or refused.
+    Returns the open descriptor (the caller runs that very file) or the refusal.
     """
     code = codes(phase)
     label = f"{phase}-script {location}"
     trusted = {0, os.geteuid()}
-    real = os.path.realpath(location)
-    parts = [p for p in real.split("/") if p]
-    if not parts:
-        return _refused(phase, code["not_found"], f"{label} is not a regular file")
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    path = location if location.startswith("/") else os.path.join(os.getcwd(), location)
+    pending = deque(_components(path))
+    # The folders from / down to the one being read, each open: ".." goes back up the
+    # folders actually walked, as the kernel does after a symlink.
+    folders: list[tuple[int, str]] = [
+        (os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), "/")
+    ]
+    links = 0
+    script: int | None = None
     try:
-        where = "/"
-        for name in parts[:-1]:
-            problem = _unsafe_folder(os.fstat(fd), trusted)
+        while pending:
+            name = pending.popleft()
+            if name == "..":
+                if len(folders) > 1:
+                    os.close(folders.pop()[0])
+                continue
+            folder, where = folders[-1]
+            problem = _unsafe_folder(os.fstat(folder), trusted)
             if problem:
                 return _refused(phase, code["permission"], f"{label}: folder {where} {problem}")
             try:
-                child = os.open(
-                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                )
+                entry = os.stat(name, dir_fd=folder, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return _refused(phase, code["not_found"], f"{label} not found")
-            except OSError as exc:  # ELOOP: a symlink appeared since the path was resolved
+            except OSError as exc:
                 return _refused(phase, code["permission"], f"{label}: {where}{name}: {exc}")
-            os.close(fd)
-            fd = child
-            where = f"{where}{name}/"
-        problem = _unsafe_folder(os.fstat(fd), trusted)
-        if problem:
-            return _refused(phase, code["permission"], f"{label}: folder {where} {problem}")
-        try:
-            script = os.open(
-                parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd
-            )
-        except FileNotFoundError:
-            return _refused(phase, code["not_found"], f"{label} not found")
-        except OSError as exc:
-            return _refused(phase, code["not_found"], f"{label} cannot be opened: {exc.strerror}")
+            if stat.S_ISLNK(entry.st_mode):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    return _refused(
+                        phase, code["not_found"], f"{label}: too many levels of symbolic links"
+                    )
+                if entry.st_uid not in trusted:
+                    # In a sticky folder the owner of a link may replace it at any time.
+                    return _refused(
+                        phase,
+                        code["permission"],
+                        f"{label}: {where}{name} is a symlink of uid {entry.st_uid}, not"
+                        " root: its owner could point it at another file",
+                    )
+                try:
+                    target = os.readlink(name, dir_fd=folder)
+                except OSError as exc:  # replaced since it was looked at: by a trusted user
+                    return _refused(phase, code["permission"], f"{label}: {where}{name}: {exc}")
+                if target.startswith("/"):
+                    while len(folders) > 1:
+                        os.close(folders.pop()[0])
+                pending.extendleft(reversed(_components(target)))
+                continue
+            if pending:  # a folder on the way
+                try:
+                    child = os.open(
+                        name,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=folder,
+                    )
+                except (FileNotFoundError, NotADirectoryError):
+                    return _refused(phase, code["not_found"], f"{label} not found")
+                except OSError as exc:  # ELOOP: became a symlink since it was looked at
+                    return _refused(phase, code["permission"], f"{label}: {where}{name}: {exc}")
+                folders.append((child, f"{where}{name}/"))
+                continue
+            try:
+                script = os.open(
+                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder
+                )
+            except FileNotFoundError:
+                return _refused(phase, code["not_found"], f"{label} not found")
+            except OSError as exc:
+                return _refused(
+                    phase, code["not_found"], f"{label} cannot be opened: {exc.strerror}"
+                )
     finally:
-        os.close(fd)
+        for fd, _ in folders:
+            os.close(fd)
+    if script is None:  # the path ended on a folder ("/", "x/..")
+        return _refused(phase, code["not_found"], f"{label} is not a regular file")
     st = os.fstat(script)
     mode = stat.S_IMODE(st.st_mode)
     refusal = None
@@ -141,6 +202,11 @@ def open_script(phase: Phase, location: str) -> int | ScriptResult:
         os.close(script)
         return refusal
     return script
+
+
+def _components(path: str) -> list[str]:
+    """A path's names, without the empty and "." ones ("//a/./b" -> ["a", "b"])."""
+    return [name for name in path.split("/") if name not in ("", ".")]
 
 
 def _unsafe_folder(st: os.stat_result, trusted: set[int]) -> str | None:
@@ -166,8 +232,8 @@ def run_script(
 
     Any failed attempt (non-zero exit, cannot start, timeout) is retried; a missing or
     unsafe script is not, since trying again cannot change the answer. The script's state
-    is polled every ``poll`` seconds up to ``timeout`` seconds per attempt; on timeout its
-    whole process group gets SIGTERM, then SIGKILL after `KILL_GRACE_SECONDS`.
+    is polled every ``poll`` seconds up to ``timeout`` seconds per attempt; on timeout
+    everything it started gets SIGTERM, then SIGKILL after `KILL_GRACE_SECONDS`.
     """
     code = codes(phase)
     label = f"{phase}-script {location}"
@@ -202,6 +268,9 @@ def run_script(
         if outcome == "timeout":
             failure = code["timeout"]
             message = f"{label} timed out after {timeout:g} s and was killed"
+        elif outcome == "lost":
+            failure = code["failed"]
+            message = f"{label} was lost: the process supervising it ended with {detail}"
         elif exit_code is None:
             failure = code["failed"]
             message = f"{label} could not be started: {detail}"
@@ -247,20 +316,39 @@ def _since(started: float) -> float:
 
 def _attempt(
     argv: list[str], script: int, timeout: float, poll: float
-) -> tuple[Literal["ok", "failed", "timeout"], int | None, str]:
+) -> tuple[Literal["ok", "failed", "timeout", "lost"], int | None, str]:
     """One run of the opened ``script`` (argv[0] is its name for the script's ``$0``):
-    (outcome, exit code, last line of stderr or of stdout, or why it did not start)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    (outcome, exit code, last line of stderr or of stdout, or why it did not start).
+    ``lost``: the supervisor was killed from outside, so how the script ended is unknown."""
+    if not sys.executable:
+        return "failed", None, "no Python interpreter found to supervise it"
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as order,
+        tempfile.TemporaryFile() as report,
+    ):
+        # What the supervisor is to run, given on its stdin: the environment is passed as
+        # bytes, as we have it (the supervisor's own interpreter may adjust its locale).
+        marshal.dump(
+            {
+                "argv": [os.fsencode(arg) for arg in argv],
+                # $0 is /proc/self/fd/N: the script's own path is given here.
+                "env": {**os.environb, b"VMVAULT_SCRIPT": os.fsencode(argv[0])},
+                "script_fd": script,
+                "report_fd": report.fileno(),
+                "grace": KILL_GRACE_SECONDS,
+            },
+            order,
+        )
+        order.flush()
+        order.seek(0)
         try:
             proc = subprocess.Popen(
-                argv,
-                # The descriptor that was checked: /proc/self/fd/N in the child is that very
-                # file (an interpreter named by "#!" reads it through the same path).
-                executable=f"/proc/self/fd/{script}",
-                pass_fds=(script,),
-                # $0 is /proc/self/fd/N then: the script's own path is given here.
-                env={**os.environ, "VMVAULT_SCRIPT": argv[0]},
-                stdin=subprocess.DEVNULL,
+                # -I -S: no site, no PYTHON* variables, nothing from the current folder.
+                [sys.executable, "-I", "-S", _SUPERVISOR],
+                pass_fds=(script, report.fileno()),
+                stdin=order,
                 stdout=out,
                 stderr=err,
                 cwd="/",
@@ -268,32 +356,62 @@ def _attempt(
                 close_fds=True,
             )
         except OSError as exc:
-            return "failed", None, exc.strerror or str(exc)
+            return "failed", None, f"its supervisor: {exc.strerror or exc}"
         deadline = time.monotonic() + timeout
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    kill_group(proc)
+                    stop_script(proc)
                     return "timeout", None, ""
                 try:
-                    rc = proc.wait(timeout=min(poll, remaining))
+                    proc.wait(timeout=min(poll, remaining))
                     break
                 except subprocess.TimeoutExpired:
                     continue
         except BaseException:
             # Interrupted (SIGINT, SIGTERM turned into SystemExit...): leave nothing behind.
-            kill_group(proc)
+            stop_script(proc)
             raise
+        report.seek(0)
+        said = dict(
+            line.split(" ", 1) for line in report.read().decode().splitlines() if " " in line
+        )
+        if "exec" in said:
+            return "failed", None, os.strerror(int(said["exec"]))
+        if "exit" in said:
+            rc = int(said["exit"])
+        elif "signal" in said:
+            rc = -int(said["signal"])  # as subprocess says it
+        else:  # the supervisor itself was killed: end what is left of the script's group
+            kill_group(proc)
+            detail = _last_line(err)
+            return "lost", None, f"status {proc.returncode}" + (f": {detail}" if detail else "")
         if rc == 0:
             return "ok", 0, ""
         return "failed", rc, _last_line(err) or _last_line(out)
 
 
+def stop_script(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_SECONDS) -> None:
+    """End a running script and everything it started, then reap its supervisor.
+
+    The supervisor, asked with SIGTERM, sends SIGTERM to every process below it and
+    SIGKILL to what is left after its grace, then exits 0. Should it not manage in time,
+    or end otherwise (killed before it could act), what we can see from here (the group,
+    the descendants in /proc) is killed instead.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace + _SUPERVISOR_SLACK_SECONDS)
+    if proc.returncode != 0:
+        kill_group(proc, grace=0)
+
+
 def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_SECONDS) -> None:
-    """SIGTERM the process group led by ``proc`` and every descendant of the script (one
-    that left the group with setsid too); SIGKILL what is left after ``grace`` s."""
-    pgid = proc.pid  # start_new_session=True: the script leads its own group
+    """SIGTERM the process group led by ``proc`` and every descendant of it (one that left
+    the group with setsid too); SIGKILL what is left after ``grace`` s."""
+    pgid = proc.pid  # start_new_session=True: it leads its own group
     escaped = _descendants(proc.pid)
     _signal_group(pgid, signal.SIGTERM)
     _signal_all(escaped, signal.SIGTERM)
@@ -328,7 +446,7 @@ def _proc_table() -> dict[int, tuple[int, int, bytes]]:
 
 
 def _descendants(pid: int) -> set[int]:
-    """Every living process below ``pid`` in the process tree."""
+    """Every process below ``pid`` in the process tree (zombies included)."""
     children: dict[int, list[int]] = {}
     for child, (parent, _, _) in _proc_table().items():
         children.setdefault(parent, []).append(child)
@@ -398,3 +516,116 @@ def _last_line(fh: IO[bytes]) -> str:
         return ""
     line = lines[-1]
     return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
+
+
+# ---------------------------------------------------------------------------- supervisor
+# What runs in the supervisor process (this file run by `python -I -S`): standard library
+# only, single-threaded, so forking there is safe, unlike in vmvault's threaded process.
+
+
+class _EndRequested(Exception):
+    """SIGTERM (or SIGINT) reached the supervisor: end the script and all it started."""
+
+
+def _end_requested(signum: int, frame: object) -> None:
+    raise _EndRequested
+
+
+def _become_subreaper() -> None:
+    """Make orphans below this process its children rather than init's (Linux >= 3.4).
+
+    Where that fails, the descendants still in our tree are found all the same; only
+    a daemon that double-forked away could then escape.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _supervise() -> int:
+    """Run the script described on stdin; report how it ended; on SIGTERM end its tree.
+
+    The report (one line each, to the report descriptor): ``exec <errno>`` when the script
+    could not be executed, ``exit <code>`` or ``signal <number>`` when it ended, ``ended
+    <count>`` when it was stopped on request.
+    """
+    with open(0, "rb", closefd=False) as stdin:
+        order: dict[str, Any] = marshal.loads(stdin.read())
+    report: int = order["report_fd"]
+    os.set_inheritable(report, False)  # the script gets only its own descriptor
+    _become_subreaper()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _end_requested)
+    try:
+        return _run_and_report(order, report)
+    except _EndRequested:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        ended = _end_descendants(float(order["grace"]))
+        os.write(report, f"ended {ended}\n".encode())
+        return 0
+
+
+def _run_and_report(order: dict[str, Any], report: int) -> int:
+    """Fork and exec the script, reap orphans handed to us meanwhile, report its end."""
+    script_fd: int = order["script_fd"]
+    blocked = {signal.SIGTERM, signal.SIGINT}
+    # A stop request between fork and exec must not run our handler in the child.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            # What subprocess's restore_signals does: Python ignores these, exec keeps that.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            # The descriptor that was checked: /proc/self/fd/N in the script is that very
+            # file (an interpreter named by "#!" reads it through the same path).
+            os.execve(f"/proc/self/fd/{script_fd}", order["argv"], order["env"])
+        except OSError as exc:
+            os.write(report, f"exec {exc.errno}\n".encode())
+        finally:
+            os._exit(127)
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    while True:
+        # Reaps the orphans handed to us while the script runs, until the script ends.
+        child, status = os.waitpid(-1, 0)
+        if child == pid:
+            break
+    if os.WIFSIGNALED(status):
+        os.write(report, f"signal {os.WTERMSIG(status)}\n".encode())
+    else:
+        os.write(report, f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
+    return 0
+
+
+def _end_descendants(grace: float) -> int:
+    """SIGTERM every process below us, SIGKILL what is left after ``grace`` s; reap all.
+
+    Being the subreaper, every descendant ends up our child once its parents are gone,
+    so "no child left" means nothing the script started still runs. Returns how many
+    processes were reaped.
+    """
+    me = os.getpid()
+    reaped = 0
+    _signal_all(_descendants(me), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    hard_stop = deadline + 5.0  # a fork bomb racing SIGKILL: give up at some point
+    while time.monotonic() < hard_stop:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                reaped += 1
+        except ChildProcessError:
+            return reaped
+        if time.monotonic() >= deadline:
+            _signal_all(_descendants(me), signal.SIGKILL)
+        time.sleep(0.02)
+    return reaped
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise())
