@@ -1002,8 +1002,12 @@ def run_prune(
     garbage collection.
     """
     from vmvault.policy import Point, prune_plan
-    from vmvault.policy.errors import ImmutableVaultError
-    from vmvault.protection import accept_retentions, settings, state_of
+    from vmvault.protection import (
+        RetentionShortenedError,
+        accept_retentions,
+        settings,
+        state_of,
+    )
 
     now = now or datetime.now(UTC)
     vault = ctx.open_vault(load_index=False)
@@ -1014,17 +1018,18 @@ def run_prune(
         for vm in ([inventory.vm(vm_name)] if vm_name else inventory.vms)
         if vm.policy is not None  # VMs without a policy are left alone
     }
-    wanted = {name: (policy.name, policy.retention) for name, policy in policies.items()}
     try:  # every VM's retention is accepted before anything is deleted
-        shortened_by_vm = accept_retentions(vault, wanted, record=not dry_run)
-    except ImmutableVaultError as exc:
-        if not dry_run:
+        shortened_by_vm = accept_retentions(vault, inventory, vm_name=vm_name, record=not dry_run)
+    except RetentionShortenedError as exc:
+        for refused_vm, (policy_name, fields) in [] if dry_run else exc.refused.items():
             raise_alert(
                 ctx,
                 vault,
                 "retention_shortened",
-                f"prune refused: {exc.message}",
-                details={"refused": True},
+                f"prune refused to keep {refused_vm}'s points for less ({policy_name}): "
+                f"{', '.join(fields)}; the vault is immutable ({immutable})",
+                vm=refused_vm,
+                details={"policy": policy_name, "shortened": fields, "refused": True},
             )
         raise
     result: dict[str, Any] = {"dry_run": dry_run, "vms": {}}

@@ -108,12 +108,14 @@ def run_maintenance(
     _alert_upcoming_purges(ctx, vault, vms)
     from vmvault.snapshot import instant
 
+    # Prune first: it is where an immutable vault refuses a shorter retention, and
+    # instant_restore_days is part of it, so nothing may expire before it agreed.
+    pruned = service.run_prune(ctx, inventory)
     now = datetime.now(UTC)
     for vm in inventory.vms:
         if vm.policy:
             days = inventory.policy(vm.policy).retention.instant_restore_days or 0
             instant.expire([d.path for d in vm.disks], days, now)
-    pruned = service.run_prune(ctx, inventory)
     report = service.run_gc(ctx)
     deleted = sum(len(v["prune"]) for v in pruned["vms"].values())
     log.info(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from vmvault import service
-from vmvault.errors import Conflict
+from vmvault.errors import Conflict, VmvaultError
 
 if TYPE_CHECKING:
     from vmvault.catalog.store import Catalog
@@ -131,7 +131,7 @@ class ServerState:
     def replace_inventory(self, text: str) -> Inventory:
         """Validate a new inventory and put it in place atomically (then it is live)."""
         from vmvault.inventory import parse_inventory, write_inventory
-        from vmvault.protection import accept_retentions
+        from vmvault.protection import accept_retentions, record_accepted_retentions
 
         path = self.config.inventory
         if path is None:
@@ -139,16 +139,17 @@ class ServerState:
         # An immutable vault refuses an inventory that keeps any VM's points for less,
         # whatever its policy is called (409, naming the VMs); prune would refuse it too.
         candidate = parse_inventory(text, path)  # raises with the field at fault
-        accept_retentions(
-            self.vault,
-            {
-                vm.name: (vm.policy, candidate.policy(vm.policy).retention)
-                for vm in candidate.vms
-                if vm.policy is not None
-            },
-            record=False,
-        )
+        accept_retentions(self.vault, candidate, record=False)
         parsed = write_inventory(path, text)
+        # Live now: the points are kept for what it says, even before the next prune. If the
+        # vault cannot take the record (read-only, store down), the next prune records it;
+        # the inventory, already in place, is not undone for that.
+        try:
+            record_accepted_retentions(self.vault, parsed)
+        except VmvaultError as exc:
+            log.warning(
+                "inventory replaced; its retentions are recorded at the next prune: %s", exc
+            )
         with self._lock:
             self._inventory, self._inventory_mtime = parsed, os.stat(path).st_mtime
         return parsed
