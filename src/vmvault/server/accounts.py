@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 TOKEN_PREFIX = "vmv_"
 SESSION_LIFETIME = timedelta(hours=12)
 LAST_USED_EVERY = timedelta(minutes=1)  # how fresh a token's "last used" is kept
+AUDIT_TARGET_MAX = 2000  # characters of an audit row's target
 
 
 class Role(IntEnum):
@@ -166,22 +171,113 @@ class Accounts:
         target: str,
         status: int,
         remote: str = "",
-    ) -> None:
+    ) -> int:
+        """Write one row; its id."""
         with self.catalog.session.begin() as s:
-            s.add(
-                AuditEntry(
-                    at=datetime.now(UTC),
-                    actor=principal.name if principal else "anonymous",
-                    role=principal.role.name if principal else "",
-                    action=action,
-                    target=target[:2000],
-                    status=status,
-                    remote=remote,
-                )
+            row = AuditEntry(
+                at=datetime.now(UTC),
+                actor=principal.name if principal else "anonymous",
+                role=principal.role.name if principal else "",
+                action=action,
+                target=target[:AUDIT_TARGET_MAX],
+                status=status,
+                remote=remote,
             )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def amend_audit(self, entry_id: int, target: str, status: int) -> None:
+        """Rewrite a row's target and status (the count of an aggregated refusal row)."""
+        with self.catalog.session.begin() as s:
+            row = s.get(AuditEntry, entry_id)
+            if row is not None:
+                row.target, row.status = target[:AUDIT_TARGET_MAX], status
 
     def audit_log(self, offset: int = 0, limit: int = 50) -> tuple[int, list[AuditEntry]]:
         with self.catalog.session() as s:
             total = s.scalar(select(func.count()).select_from(AuditEntry)) or 0
             query = select(AuditEntry).order_by(AuditEntry.id.desc()).offset(offset).limit(limit)
             return total, list(s.scalars(query))
+
+
+@dataclass
+class _Window:
+    """The refusals of one remote address in one window, and its audit row."""
+
+    opened: float  # clock time of the first refusal
+    started_at: datetime
+    target: str
+    status: int
+    count: int = 1
+    written: int = 0  # the count the row says
+    entry_id: int | None = None  # None while the first refusal's row is being written
+
+
+class RefusalLog:
+    """Anonymous refusals (no or a wrong token, a throttled address, a body too big) in the
+    audit log as one row per remote address and window.
+
+    The first refusal of a window is written as it happens; the ones after it are only
+    counted, and ``flush`` (the server calls it every second, and at shutdown) rewrites the
+    row to say how many were refused. A flood of anonymous requests thus adds one row a
+    minute per address, not one per request, and one database write a second at most.
+    """
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        *,
+        window: float = 60.0,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.accounts, self.window, self.max_addresses = accounts, window, max_addresses
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._windows: OrderedDict[str, _Window] = OrderedDict()
+
+    def refused(self, action: str, target: str, status: int, remote: str) -> None:
+        now = self.clock()
+        with self._lock:
+            current = self._windows.get(remote)
+            if current is not None and now - current.opened < self.window:
+                current.count += 1
+                current.status = status
+                return
+            closed = self._windows.pop(remote, None)
+            window = _Window(now, datetime.now(UTC), target, status)
+            self._windows[remote] = window
+        if closed is not None:
+            self._write(closed)
+        window.entry_id = self.accounts.audit(None, action, target, status, remote)
+        window.written = 1
+        if len(self._windows) > self.max_addresses:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the counts not yet written; forget the windows that are over."""
+        now = self.clock()
+        with self._lock:
+            pending = [w for w in self._windows.values() if w.entry_id and w.count > w.written]
+            written = [r for r, w in self._windows.items() if w.entry_id is not None]
+            over = [r for r in written if now - self._windows[r].opened >= self.window]
+            # Too many addresses at once: the oldest windows end early (their rows are
+            # written; a later refusal from one of them starts a new row).
+            surplus = len(self._windows) - len(over) - self.max_addresses
+            ended = set(over)
+            over += [r for r in written if r not in ended][: max(surplus, 0)]
+            for remote in over:
+                del self._windows[remote]
+        for window in pending:
+            self._write(window)
+
+    def _write(self, window: _Window) -> None:
+        count = window.count
+        if window.entry_id is None or count <= window.written:
+            return
+        since = window.started_at.strftime("%H:%M:%S")
+        text = window.target[:1800]
+        summary = f"{text} [refused {count} anonymous requests from this address since {since} UTC]"
+        self.accounts.amend_audit(window.entry_id, summary, window.status)
+        window.written = count

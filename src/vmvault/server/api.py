@@ -344,15 +344,30 @@ def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
 # -- planner and cost --------------------------------------------------------------------
 
 
+class InvalidDay(UsageError):
+    """A ``day`` the planner cannot simulate: as FastAPI's own validation errors, 422."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
+# The planner simulates days this close to today: far enough for any schedule, near enough
+# that the day's arithmetic (a day after it, timetables, charts) stays within datetime's range.
+PLAN_RANGE = timedelta(days=3653)  # ten years
+
+
 def _plan_day(day: str | None) -> datetime:
     if day is None:
         return datetime.now(UTC) + timedelta(days=1)
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
-        raise UsageError(f"day {day!r} is not YYYY-MM-DD")
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
+        raise InvalidDay(f"day: {day!r} is not YYYY-MM-DD")
     try:
-        return datetime.fromisoformat(day).replace(tzinfo=UTC)
+        chosen = datetime.fromisoformat(day).replace(tzinfo=UTC)
     except ValueError:
-        raise UsageError(f"day {day!r} is not a date") from None
+        raise InvalidDay(f"day: {day!r} is not a date") from None
+    if abs(chosen.date() - datetime.now(UTC).date()) > PLAN_RANGE:
+        raise InvalidDay(f"day: {day} is out of range: choose a day within 10 years of today")
+    return chosen
 
 
 DayQuery = Annotated[

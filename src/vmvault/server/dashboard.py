@@ -8,6 +8,7 @@ cookie and its CSRF token. Everything it needs is served from ``static/``: no CD
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +23,15 @@ from fastapi.templating import Jinja2Templates
 from vmvault import __version__
 from vmvault.errors import VmvaultError
 from vmvault.server import api
-from vmvault.server.accounts import Principal, Role
-from vmvault.server.auth import SESSION_COOKIE, principal_of
+from vmvault.server.accounts import Principal, RefusalLog, Role
+from vmvault.server.auth import (
+    SESSION_COOKIE,
+    Forbidden,
+    Throttle,
+    principal_of,
+    remote_address,
+    same_origin,
+)
 from vmvault.server.state import ServerState
 from vmvault.units import human_bytes
 
@@ -40,6 +48,17 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 T = TypeVar("T")
+# What the login page may say, by code: ``/login?error=CODE`` shows one of these or nothing,
+# never text from the address (a link could otherwise put any message on this server's page).
+LOGIN_MESSAGES = {
+    "invalid": "That token is not valid.",
+    "session": "Your session has ended: log in again.",
+    "origin": "This form was sent from another site: log in from this server's own page.",
+}
+JOB_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() also takes '²', int() not
+# The catalog's job ids are Integer columns: int4 on PostgreSQL, where a bigger number in a
+# query is an error (a 500), not a miss.
+MAX_ROW_ID = 2**31 - 1
 NOTHING = "\N{EN DASH}"  # what a table shows for a missing value
 
 
@@ -150,11 +169,15 @@ def mount(app: FastAPI, server: ServerState) -> None:
 
     # -- login -----------------------------------------------------------------------------
 
+    throttle: Throttle = app.state.throttle
+    refusals: RefusalLog = app.state.refusals
+
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(
         request: Request, error: str = "", target: str = Query("/", alias="next")
     ) -> Response:
-        return render(request, "login.html", None, error=error[:200], next=local_path(target))
+        message = LOGIN_MESSAGES.get(error, "")
+        return render(request, "login.html", None, error=message, next=local_path(target))
 
     @app.post("/login", include_in_schema=False)
     def login(
@@ -162,18 +185,28 @@ def mount(app: FastAPI, server: ServerState) -> None:
         token: str = Form(..., max_length=200),
         target: str = Form("/", alias="next", max_length=2000),
     ) -> Response:
-        principal = server.accounts.authenticate(token.strip())
-        remote = request.client.host if request.client else ""
-        server.accounts.audit(principal, "POST /login", "/login", 303 if principal else 401, remote)
-        if principal is None:
-            return render(
-                request,
-                "login.html",
-                None,
-                401,
-                error="That token is not valid.",
-                next=local_path(target),
+        remote = remote_address(request)
+
+        def refuse(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+            refusals.refused("POST /login", "/login", status, remote)
+            page = render(
+                request, "login.html", None, status, error=message, next=local_path(target)
             )
+            page.headers.update(headers or {})
+            return page
+
+        # Login CSRF: another site's page must not log a browser in (with the attacker's
+        # token, so that what the victim does next lands in the attacker's account).
+        if not same_origin(request):
+            return refuse(403, LOGIN_MESSAGES["origin"])
+        if wait := throttle.blocked_for(remote):  # checked before the token: no guessing on
+            message = f"Too many failed attempts from your address: try again in {wait} s."
+            return refuse(429, message, {"Retry-After": str(wait)})
+        principal = server.accounts.authenticate(token.strip())
+        if principal is None:
+            throttle.failure(remote)
+            return refuse(401, LOGIN_MESSAGES["invalid"])
+        server.accounts.audit(principal, "POST /login", "/login", 303, remote)
         response = RedirectResponse(local_path(target), status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -188,11 +221,13 @@ def mount(app: FastAPI, server: ServerState) -> None:
 
     @app.post("/logout", include_in_schema=False)
     def logout(request: Request) -> Response:
+        if not same_origin(request):  # another site's page must not end the session either
+            raise Forbidden("a logout from another site (Origin/Referer) is refused")
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
             # Audited here, while the session still names who is leaving.
             who = server.accounts.session_principal(cookie)
-            remote = request.client.host if request.client else ""
+            remote = remote_address(request)
             server.accounts.audit(who, "POST /logout", "/logout", 303, remote)
             server.accounts.close_session(cookie)
         response = RedirectResponse("/login", status_code=303)
@@ -240,7 +275,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     def job_page(request: Request, job_id: str) -> Response:
         principal = session(request)
-        if not job_id.isdigit() or len(job_id) > 18:
+        if not JOB_ID.fullmatch(job_id) or int(job_id) > MAX_ROW_ID:
             raise PageMissing(principal, f"no job {job_id!r}")
         job = found(principal, api.get_job, int(job_id), server, principal)
         return render(request, "job.html", principal, title=f"Job {job_id}", nav="jobs", job=job)
@@ -252,7 +287,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
         try:
             plan = api.plan(server, principal, chosen)
         except VmvaultError as exc:
-            if exc.http_status != 400:
+            if exc.http_status not in (400, 422):  # a day not understood or out of range
                 raise
             plan, chosen = api.plan(server, principal, None), None
             error = exc.message

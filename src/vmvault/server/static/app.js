@@ -19,7 +19,7 @@ async function api(method, path, body) {
   } catch {
     // not JSON (a proxy's error page): fall back to the status line below
   }
-  if (response.status === 401) window.location.assign("/login"); // the session ended
+  if (response.status === 401) window.location.assign("/login?error=session"); // the session ended
   if (!response.ok) throw new Error(doc?.error ? doc.error.message : `${response.status} ${response.statusText}`);
   return doc;
 }
