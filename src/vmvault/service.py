@@ -11,16 +11,18 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from getpass import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from vmvault.backends.base import Backend
 from vmvault.backends.local import BackendReadOnly, LocalBackend
+from vmvault.backends.retry import RetryingBackend
 from vmvault.disks.qemu import check_format, fuse_export
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, backup, parent_manifests
@@ -87,14 +89,21 @@ class Context:
     vault_path: str
     catalog_url: str | None = None
     passphrase_file: str | None = None
+    # The backend for ``vault_path`` (tests give a fault-injecting one); by default the
+    # local directory behind the retry layer.
+    backend_factory: Callable[[str], Backend] | None = field(
+        default=None, repr=False, compare=False
+    )
     # One catalog (engine and connection pool) per context, opened on first use.
     _catalog: Catalog | None = field(default=None, init=False, repr=False, compare=False)
     _catalog_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
-    def backend(self) -> LocalBackend:
-        return LocalBackend(self.vault_path)
+    def backend(self) -> Backend:
+        if self.backend_factory is not None:
+            return self.backend_factory(self.vault_path)
+        return RetryingBackend(LocalBackend(self.vault_path))
 
     def open_vault(self, *, load_index: bool = True) -> Vault:
         return Vault.open(
@@ -137,10 +146,11 @@ class Context:
 
 def init_vault(ctx: Context, **options: Any) -> Vault:
     backend = ctx.backend()
-    if backend.root.exists() and not backend.root.is_dir():
-        raise UsageError(f"{backend.root} exists and is not a directory")
-    if backend.root.is_dir() and any(backend.root.iterdir()) and not backend.exists("config"):
-        raise UsageError(f"{backend.root} is not empty and not a vault; choose an empty directory")
+    root = Path(ctx.vault_path).absolute()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()) and not backend.exists("config"):
+        raise UsageError(f"{root} is not empty and not a vault; choose an empty directory")
     return Vault.init(backend, resolve_passphrase(ctx.passphrase_file, confirm=True), **options)
 
 
@@ -1052,8 +1062,15 @@ def run_prune(
             immutable=immutable,
         )
         if not dry_run:
-            for point_id in plan.prune:
-                vault.delete_point(point_id)
+            try:
+                for point_id in plan.prune:
+                    vault.delete_point(point_id)
+            except BaseException:
+                # The points deleted so far leave the catalog too, or `check` would call
+                # them deleted behind vmvault's back (best effort: the store may be down).
+                with suppress(VmvaultError):
+                    ctx.catalog().rebuild(vault.config.vault_id, vault.points())
+                raise
         if shortened and not dry_run:
             raise_alert(
                 ctx,

@@ -7,11 +7,12 @@ object is complete and survives a crash, and a reader never sees half of it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from vmvault.errors import UsageError
+from vmvault.errors import UsageError, VmvaultError
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -24,11 +25,26 @@ def validate_key(key: str) -> str:
     return key
 
 
+class TransientBackendError(VmvaultError):
+    """A failure the store calls temporary: a throttled, dropped or timed-out request.
+
+    Backends raise it for what their protocol marks retryable (HTTP 408, 429, 5xx, a reset
+    connection); ``backends.retry.RetryingBackend`` repeats the call. It may come before or
+    after the operation took effect, so every operation must be safe to repeat."""
+
+    code = "backend_transient"
+
+
 Payload = bytes | bytearray | memoryview | Sequence[bytes]  # one buffer, or parts in order
 
 
 class Backend(Protocol):
-    """Immutable-object storage. Implementations must be safe to call from many threads."""
+    """Immutable-object storage. Implementations must be safe to call from many threads.
+
+    Every call may be repeated after a failure (see ``backends.retry``): a put of the same
+    bytes again, a delete of what is already gone. ``put`` must be atomic: a put that fails
+    leaves the old object or none, never a prefix under the key (the objects vmvault
+    rewrites in place, settings and protection records, depend on it)."""
 
     def put(self, key: str, data: Payload) -> None:
         """Store ``data`` under ``key`` atomically and durably (replacing nothing half-way)."""
@@ -53,3 +69,18 @@ class Backend(Protocol):
 
     def describe(self) -> str:
         """Where the objects live, for messages (never contains secrets)."""
+
+
+def put_new(backend: Backend, key: str, data: Payload) -> None:
+    """Put an object under a key nobody else writes (a pack, an index object, a point).
+
+    When the put fails, whatever it may have left under the key is removed at once (best
+    effort): a prefix from a store without atomic puts, or the whole object of a put whose
+    success was never reported. Nothing can rely on it yet, and an unreadable leftover
+    would be reported by ``check`` (or, for a point, be a damaged point) for ever."""
+    try:
+        backend.put(key, data)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            backend.delete(key)
+        raise

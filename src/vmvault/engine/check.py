@@ -14,7 +14,7 @@ from typing import Any
 
 import blake3
 
-from vmvault.errors import CorruptObject, ObjectMissing
+from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound
 from vmvault.vault.format import ZERO_ID, PackEntry
 from vmvault.vault.index import Location
 from vmvault.vault.packs import pack_key
@@ -77,7 +77,9 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
                 known.update(((e.offset, e.chunk_id), e) for e in entries)
             if blake3.blake3(vault.backend.get(key)).digest().hex() != key.rsplit("/", 1)[1]:
                 error(Problem("error", "index_checksum", key, "content does not match its name"))
-        except (CorruptObject, ObjectMissing) as exc:
+        except ObjectMissing:  # deleted since the listing: a collection rewrote the index
+            report.index_objects -= 1
+        except CorruptObject as exc:
             error(Problem("error", "index_unreadable", key, exc.message))
     present = set(vault.pack_ids())
     report.packs = len(present)
@@ -158,7 +160,9 @@ def _check_state(vault: Vault, report: CheckReport) -> None:
                 # Sealed with the vault's key but filed under another VM's name: a record
                 # moved (or copied) over another one.
                 raise CorruptObject(f"{key}: holds the record of another VM")
-        except (CorruptObject, ObjectMissing) as exc:
+        except ObjectMissing:
+            continue  # deleted since the listing
+        except CorruptObject as exc:
             report.problems.append(Problem("error", "protection_unreadable", key, exc.message))
 
 
@@ -210,6 +214,9 @@ def _check_points(vault: Vault, report: CheckReport) -> None:
         report.points += 1
         try:
             point = vault.get_point(point_id)
+        except PointNotFound:  # forgotten or pruned since the listing
+            report.points -= 1
+            continue
         except (CorruptObject, ObjectMissing) as exc:
             report.problems.append(Problem("error", "point_unreadable", point_id, exc.message))
             continue

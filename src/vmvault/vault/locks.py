@@ -8,7 +8,9 @@ died (kill -9, host crash) and is ignored, so a crash never blocks collection fo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import secrets
 import socket
 import threading
@@ -17,11 +19,12 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from vmvault.backends.base import Backend
-from vmvault.errors import ObjectMissing
+from vmvault.errors import ObjectMissing, VmvaultError
 
 LOCK_PREFIX = "locks/"
 HEARTBEAT = 60.0
 STALE_AFTER = 600.0
+log = logging.getLogger("vmvault")
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,18 @@ class VaultLock:
         while not self._stop.wait(self._interval):
             try:
                 self._write()
-            except OSError:  # a full disk must not kill the job; the lock may go stale
-                continue
+            except (OSError, VmvaultError):  # a full or failing store must not stop the
+                continue  # heartbeat for good: the next beat tries again
 
     def __enter__(self) -> VaultLock:
-        self._write()
+        try:
+            self._write()
+        except BaseException:
+            # The object may be stored all the same (the answer was lost): a lock nobody
+            # holds would hold off garbage collection until it went stale.
+            with contextlib.suppress(Exception):
+                self.backend.delete(self.key)
+            raise
         self._thread.start()
         return self
 
@@ -84,7 +94,17 @@ class VaultLock:
     ) -> None:
         self._stop.set()
         self._thread.join()
-        self.backend.delete(self.key)
+        try:
+            self.backend.delete(self.key)
+        except (OSError, VmvaultError) as failure:
+            # The job's work is done (or its own error is on its way): a lock left behind
+            # only holds off garbage collection until it goes stale.
+            log.warning(
+                "warning: could not release the lock %s (%s); it goes stale in %d minutes",
+                self.key,
+                getattr(failure, "message", failure),
+                STALE_AFTER // 60,
+            )
 
 
 def live_locks(backend: Backend, now: float | None = None) -> list[LockInfo]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from vmvault.backends.base import Backend
+from vmvault.backends.base import Backend, put_new
 from vmvault.vault.crypto import Cipher
 from vmvault.vault.format import (
     AAD_INDEX,
@@ -152,7 +152,7 @@ class PackWriter:
                 if self._error is None:
                     assert isinstance(item, tuple)
                     pack_id, entries, data = item
-                    self._backend.put(pack_key(pack_id), data)
+                    put_new(self._backend, pack_key(pack_id), data)  # no torn leftover
                     self._index.add_pack(pack_id, entries)
                     with self._lock:
                         self._uploaded.append((pack_id, entries))
@@ -170,7 +170,7 @@ class PackWriter:
         if not batch:
             return
         sealed = self._cipher.seal(encode_index(batch), AAD_INDEX)
-        self._backend.put(index_key(blake3.blake3(sealed).digest()), sealed)
+        put_new(self._backend, index_key(blake3.blake3(sealed).digest()), sealed)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import blake3
 
-from vmvault.backends.base import Backend
+from vmvault.backends.base import Backend, put_new
 from vmvault.errors import (
     CorruptObject,
     ObjectMissing,
@@ -308,7 +308,7 @@ class Vault:
     def write_index_object(self, packs: list[tuple[bytes, list[PackEntry]]]) -> str:
         sealed = self.cipher.seal(encode_index(packs), AAD_INDEX)
         key = index_key(blake3.blake3(sealed).digest())
-        self.backend.put(key, sealed)
+        put_new(self.backend, key, sealed)
         return key
 
     def pack_writer(self) -> PackWriter:
@@ -428,8 +428,15 @@ class Vault:
         plain = encode_manifest(manifest)
         manifest_id = self.keys.chunk_id(plain).hex()
         key = f"manifests/{manifest_id}"
-        if not self.backend.exists(key):
-            self.backend.put(key, self.cipher.seal(plain, AAD_MANIFEST + manifest_id.encode()))
+        sealed = self.cipher.seal(plain, AAD_MANIFEST + manifest_id.encode())
+        try:
+            # Already stored by an earlier backup of the same disk state; one whose put
+            # failed may have left a prefix (a store without atomic puts): written again.
+            stored = self.backend.size(key) == len(sealed)
+        except ObjectMissing:
+            stored = False
+        if not stored:
+            self.backend.put(key, sealed)
         return manifest_id
 
     def get_manifest(self, manifest_id: str) -> DiskManifest:
@@ -442,7 +449,9 @@ class Vault:
     def put_point(self, point: dict[str, Any]) -> None:
         """Commit a recovery point: called last, after every object it names is durable."""
         key = f"points/{point['id']}"
-        self.backend.put(key, self.cipher.seal(encode_json(point), AAD_POINT + key.encode()))
+        # A failed commit leaves no point: neither a torn one (a damaged point) nor a whole
+        # one whose success was never reported (the backup is reported failed).
+        put_new(self.backend, key, self.cipher.seal(encode_json(point), AAD_POINT + key.encode()))
 
     def get_point(self, point_id: str) -> dict[str, Any]:
         key = f"points/{point_id}"
