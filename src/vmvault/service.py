@@ -590,6 +590,7 @@ def run_restore(
     workers: int | None = None,
     sync: bool = False,
     force: bool = False,
+    new_file: bool = False,
     budget: DiskBudget | None = None,
     progress: ProgressCallback = no_progress,
     record: bool = True,
@@ -597,6 +598,8 @@ def run_restore(
     """Restore one disk of a point; ``budget`` makes it take its share of a pool's budget.
 
     ``record=False`` leaves the job history to the caller (a VM restore is one job).
+    ``new_file``: vmvault chose the target's name, so even a device found there is refused
+    (see ``targets.restore_target``).
 
     A point whose snapshot is still kept for instant restore is copied from it (and checked
     against the point's chunk ids) instead of being read from the vault.
@@ -606,7 +609,9 @@ def run_restore(
         point = vault.get_point(point_id)
         vm_name = point["vm"]
         if target_format == "raw" and not ignore_errors:
-            report = _instant_restore(vault, point, disk, Path(target), force=force)
+            report = _instant_restore(
+                vault, point, disk, Path(target), force=force, new_file=new_file
+            )
             if report is not None:
                 return report
         options: dict[str, Any] = {
@@ -616,6 +621,7 @@ def run_restore(
             "workers": workers,
             "sync": sync,
             "force": force,
+            "new_file": new_file,
             "byte_buckets": budget.byte_buckets if budget else (),
             "progress": progress,
         }
@@ -630,11 +636,17 @@ def _keeps_snapshots(inventory: Inventory, vm: Vm) -> bool:
 
 
 def _instant_restore(
-    vault: Vault, point: dict[str, Any], disk: str | None, target: Path, *, force: bool
+    vault: Vault,
+    point: dict[str, Any],
+    disk: str | None,
+    target: Path,
+    *,
+    force: bool,
+    new_file: bool,
 ) -> RestoreReport | None:
     from vmvault.engine.restore import point_disk
     from vmvault.snapshot import instant
-    from vmvault.snapshot.providers import sparse_copy
+    from vmvault.snapshot.providers import SnapshotError, sparse_copy
 
     entry = point_disk(vault, point, disk)
     image = instant.find(point, entry["name"])
@@ -642,12 +654,18 @@ def _instant_restore(
         return None
     started = time.perf_counter()
     manifest = vault.get_manifest(entry["manifest"])
-    with restore_target(target, force=force) as prepared:
+    with restore_target(target, force=force, new_file=new_file) as prepared:
         if prepared.is_device:
             prepared.abandon()
             return None  # a device gets its explicit zeros from the vault's restore
         copy = Path(prepared.path)
-        sparse_copy(image, copy)
+        try:
+            sparse_copy(image, copy)
+        except SnapshotError:
+            # The kept copy cannot be read, or the target cannot take it (full): the vault's
+            # restore decides, and names a failure of the target as such (target_error).
+            prepared.abandon()
+            return None
         if not instant.matches(vault, manifest, copy):
             prepared.abandon()
             return None  # the kept copy changed: the vault decides
@@ -810,7 +828,8 @@ def run_vm_restore(
     names, and an inventory entry for the new VM written beside them. In place: only for a
     stopped VM and when ``confirmed``; the current disks are backed up first (as Azure
     snapshots them before replacing), then each disk is restored to a temporary file and
-    renamed over the original, so a failed restore leaves the original disk as it was.
+    renamed over the original, so a failed restore leaves the original disk as it was (a
+    disk on a block device, or a symlink to one such as /dev/vg/lv, is written in place).
     """
     vm = inventory.vm(vm_name)
     vault = ctx.open_vault(load_index=False)
@@ -885,20 +904,21 @@ def _vm_restore(
             final = paths.get(disk["name"])
             if final is None:
                 raise UsageError(f"{vm.name} has no disk {disk['name']!r} any more")
-            temp = final.with_name(f".{final.name}.vmvault-restore")
+            # A file disk is restored under a temporary name and renamed over the original
+            # only when whole (``restore_target`` with force); a device is written in place
+            # (a temporary file beside /dev/vg/lv would replace the link, not the volume).
             report = run_restore(
                 ctx,
                 point_id,
-                str(temp),
+                str(final),
                 disk=disk["name"],
                 target_format=disk.get("format", "raw"),
                 sync=True,
-                force=True,  # its own temporary name, left by an earlier interrupted run
+                force=True,
                 budget=_budget(inventory, vm_disks[disk["name"]]),
                 progress=progress,
                 record=False,
             )
-            os.replace(temp, final)
             result["disks"].append(
                 {
                     "name": disk["name"],
@@ -910,7 +930,9 @@ def _vm_restore(
         return result
     if not new_name or not directory:
         raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
-    from vmvault.engine.targets import new_files_folder
+    import contextlib
+
+    from vmvault.engine.targets import new_files_folder, target_failure
     from vmvault.inventory import check_new_vm_name
 
     check_new_vm_name(new_name)
@@ -930,46 +952,63 @@ def _vm_restore(
     config = dict(point.get("vm_config") or {"name": vm.name, "disks": []})
     new_disks = []
     confined = Path(confine_to) if confine_to else None
+    created: list[Path] = []  # files this restore added, removed again if it fails
     with new_files_folder(target_dir, confine_to=confined) as folder:
-        for disk in point["disks"]:
-            fmt = disk.get("format", "raw")
-            name = f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
-            path = target_dir / name
-            report = run_restore(
-                ctx,
-                point_id,
-                str(folder / name),  # through the folder's descriptor
-                disk=disk["name"],
-                target_format=fmt,
-                force=force,
-                budget=budget,
-                progress=progress,
-                record=False,
-            )
-            result["disks"].append(
-                {
-                    "name": disk["name"],
-                    "path": str(path),
-                    "format": fmt,
-                    "bytes_verified": report.bytes_verified,
-                    "bytes_written": report.bytes_written,
-                }
-            )
-            old: dict[str, Any] = next(
-                (d for d in config.get("disks", []) if d.get("name") == disk["name"]), {}
-            )
-            new_disks.append(
-                {
-                    **old,
-                    "name": disk["name"],
-                    "path": str(path),
-                    "format": fmt,
-                    "role": disk.get("role", old.get("role", "data")),
-                }
-            )
-        entry = {**config, "name": new_name, "state": "stopped", "disks": new_disks}
-        with restore_target(folder / f"{new_name}.toml", force=force) as prepared:
-            Path(prepared.path).write_text(_vm_toml(entry))
+        try:
+            for disk in point["disks"]:
+                fmt = disk.get("format", "raw")
+                name = f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
+                path = target_dir / name
+                existed = os.path.lexists(folder / name)
+                report = run_restore(
+                    ctx,
+                    point_id,
+                    str(folder / name),  # through the folder's descriptor
+                    disk=disk["name"],
+                    target_format=fmt,
+                    force=force,
+                    new_file=True,
+                    budget=budget,
+                    progress=progress,
+                    record=False,
+                )
+                if not existed:
+                    created.append(folder / name)
+                result["disks"].append(
+                    {
+                        "name": disk["name"],
+                        "path": str(path),
+                        "format": fmt,
+                        "bytes_verified": report.bytes_verified,
+                        "bytes_written": report.bytes_written,
+                    }
+                )
+                old: dict[str, Any] = next(
+                    (d for d in config.get("disks", []) if d.get("name") == disk["name"]), {}
+                )
+                new_disks.append(
+                    {
+                        **old,
+                        "name": disk["name"],
+                        "path": str(path),
+                        "format": fmt,
+                        "role": disk.get("role", old.get("role", "data")),
+                    }
+                )
+            entry = {**config, "name": new_name, "state": "stopped", "disks": new_disks}
+            toml = folder / f"{new_name}.toml"
+            try:
+                with restore_target(toml, force=force, new_file=True) as prepared:
+                    Path(prepared.path).write_text(_vm_toml(entry))
+            except OSError as exc:
+                raise target_failure(target_dir / toml.name, exc) from None
+        except BaseException:
+            # Half a VM is of no use and would stand in the way of the next attempt: the
+            # files this restore added go (those --force replaced are whole and stay).
+            for added in created:
+                with contextlib.suppress(OSError):  # gone already: nothing more to do
+                    os.unlink(added)
+            raise
     result.update(new_vm=new_name, inventory=str(target_dir / f"{new_name}.toml"))
     return result
 

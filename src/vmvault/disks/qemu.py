@@ -99,8 +99,19 @@ def _wait_mounted(
     raise QemuError(f"qemu-storage-daemon did not export {source} within {_START_TIMEOUT:.0f} s")
 
 
-def create_image(path: str | os.PathLike[str], fmt: str, size: int) -> None:
-    """A new, empty image (reads as zeros) of the given format and guest size."""
+def create_image(
+    path: str | os.PathLike[str],
+    fmt: str,
+    size: int,
+    *,
+    shown_as: str | os.PathLike[str] | None = None,
+) -> None:
+    """A new, empty image (reads as zeros) of the given format and guest size.
+
+    ``shown_as`` is the name errors give the image: a restore creates it under a temporary
+    name reached through a descriptor (``/proc/<pid>/fd/N/...``), which means nothing to
+    the user.
+    """
     check_format(fmt)
     result = subprocess.run(
         [_need("qemu-img"), "create", "-q", "-f", fmt, str(path), str(size)],
@@ -109,4 +120,9 @@ def create_image(path: str | os.PathLike[str], fmt: str, size: int) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise QemuError(f"qemu-img create {path}: {result.stderr.strip()}")
+        name = os.fspath(shown_as if shown_as is not None else path)
+        # "qemu-img: <path>: Could not write qcow2 header: No space left on device"
+        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
+        reason = lines[-1].removeprefix("qemu-img: ").removeprefix(f"{os.fspath(path)}: ")
+        reason = reason.replace(os.fspath(path), name)
+        raise QemuError(f"cannot create the {fmt} image {name}: {reason}")

@@ -245,22 +245,26 @@ def restore_disk(
     byte_buckets: Sequence[TokenBucket] = (),
     sync: bool = False,
     force: bool = False,
+    new_file: bool = False,
     progress: ProgressCallback = no_progress,
 ) -> RestoreReport:
     """Restore one disk of a point to ``target`` (see ``targets``: a file appears only
-    whole, an existing one is replaced only with ``force``; a device is written in place)."""
+    whole, an existing one is replaced only with ``force``; a device is written in place
+    unless ``new_file``)."""
     point = vault.get_point(point_id)
     entry = point_disk(vault, point, disk)
     manifest = vault.get_manifest(entry["manifest"])
     workers = workers or os.cpu_count() or 2
     try:
         with ExitStack() as stack:
-            prepared = stack.enter_context(restore_target(Path(target), force=force))
+            prepared = stack.enter_context(
+                restore_target(Path(target), force=force, new_file=new_file)
+            )
             path, fresh = Path(prepared.path), False
             if target_format != "raw":
                 if prepared.is_device:
                     raise UsageError(f"{target} is a block device: restore it as raw")
-                create_image(path, target_format, manifest.size)
+                create_image(path, target_format, manifest.size, shown_as=target)
                 path = Path(stack.enter_context(fuse_export(path, target_format, writable=True)))
                 fresh = True
             out = _Target(path, manifest.size, sync=sync, fresh=fresh, device=prepared.is_device)

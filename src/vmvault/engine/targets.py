@@ -7,7 +7,8 @@ Only a complete restore is linked to its final name: ``link`` refuses a name tha
 so nothing is overwritten unless asked (``force``, which renames over the old name: a
 symlink there is replaced, never written through). Any failure removes the temporary file,
 so a full or read-only file system leaves no partial restore behind. A block device (or a
-symlink to one, like ``/dev/vg/lv``) is written in place: restoring onto it is the point.
+symlink to one, like ``/dev/vg/lv``) is written in place: restoring onto it is the point,
+unless vmvault chose the name itself (``new_file``).
 """
 
 from __future__ import annotations
@@ -65,20 +66,41 @@ class PreparedTarget:
 
 
 @contextmanager
-def restore_target(final: Path, *, force: bool = False) -> Iterator[PreparedTarget]:
+def restore_target(
+    final: Path, *, force: bool = False, new_file: bool = False
+) -> Iterator[PreparedTarget]:
+    """Prepare ``final`` for a restore (see the module's docstring).
+
+    ``new_file``: vmvault chose the name (the files of a VM restored under a new name), so
+    nothing found there was asked for, not even a block device or a symlink to one (planted
+    by whoever can write the folder): it is refused like a file, and with ``force`` the name
+    is replaced by the new file, the device is never written.
+    """
     try:
         st = os.stat(final)  # follows a symlink: /dev/vg/lv names a device through one
     except FileNotFoundError:
         st = None
     except OSError as exc:
         raise target_failure(final, exc) from None
-    if st is not None and stat.S_ISBLK(st.st_mode):
+    is_device = st is not None and stat.S_ISBLK(st.st_mode)
+    if is_device and not new_file:
         yield PreparedTarget(str(final), final, is_device=True)
         return
+    if st is None and not force:
+        try:
+            dangling = os.readlink(final)
+        except OSError:  # nothing there (or no link): a new file
+            dangling = None
+        if dangling is not None:
+            # Refused now, not when the restore is done and the link stands in its way.
+            raise TargetExists(
+                f"{final} is a symlink to the missing {dangling}: give --force to replace "
+                "the link (it is never written through)"
+            )
     if st is not None:
         if not force:
             raise TargetExists(f"{final} exists: give --force to replace it")
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) or is_device):
             raise UsageError(f"restore target {final} is neither a file nor a block device")
     try:
         folder = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -138,36 +160,54 @@ def new_files_folder(directory: Path, *, confine_to: Path | None = None) -> Iter
     (the server's restore root), ``directory`` must be a new folder directly inside the
     root: it is made here, under the root's descriptor, and opened without following a
     symlink, so nothing planted in the root after the request was accepted can send the
-    restore elsewhere.
+    restore elsewhere. A folder made here is removed again if the restore fails and left
+    it empty (the caller removes its own files first), so the name can be used again.
     """
+    directory = Path(os.path.abspath(directory))
     if confine_to is None:
+        name = directory.name or "."  # "/" itself: opened, never made
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            directory.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise target_failure(directory, exc) from None
+        parent_path, nofollow, mode = directory.parent, 0, 0o777  # --to may be a symlink
     else:
         root = confine_to.resolve()
-        if directory.parent != root or directory.name in ("", ".", ".."):
+        name = directory.name
+        if directory.parent != root or name in ("", ".", ".."):
             raise UsageError(f"{directory} is not a folder directly inside {root}")
+        parent_path, nofollow, mode = root, os.O_NOFOLLOW, 0o700
+    try:
+        parent = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise target_failure(parent_path, exc) from None
+    try:
         try:
-            parent = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise target_failure(root, exc) from None
-        try:
-            os.mkdir(directory.name, 0o700, dir_fd=parent)
-            folder = os.open(
-                directory.name,
-                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                dir_fd=parent,
-            )
+            os.mkdir(name, mode, dir_fd=parent)
+            made = True
         except FileExistsError:
-            raise TargetExists(f"{directory} exists already: choose another name") from None
+            if confine_to is not None:
+                raise TargetExists(f"{directory} exists already: choose another name") from None
+            made = False
         except OSError as exc:
             raise target_failure(directory, exc) from None
+        try:
+            folder = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | nofollow, dir_fd=parent
+            )
+        except OSError as exc:
+            if made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(name, dir_fd=parent)
+            raise target_failure(directory, exc) from None
+        try:
+            yield Path(f"/proc/{os.getpid()}/fd/{folder}")
+        except BaseException:
+            if made:
+                with contextlib.suppress(OSError):  # not empty: what is in it stays
+                    os.rmdir(name, dir_fd=parent)
+            raise
         finally:
-            os.close(parent)
-    try:
-        yield Path(f"/proc/{os.getpid()}/fd/{folder}")
+            os.close(folder)
     finally:
-        os.close(folder)
+        os.close(parent)
