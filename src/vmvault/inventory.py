@@ -73,12 +73,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The least rate (MB/s, requests/s) a limit may name: below it a job would crawl for days
+# (1e-9 is surely a typo), like --limit-rate's minimum.
+MIN_RATE = 0.1
+
+
 class StoragePool(_Strict):
     """A storage account in the seed's terms: shared egress and request-rate budgets."""
 
     name: str = ""
-    egress_mb_per_s: float = Field(default=500.0, gt=0)
-    requests_per_second: float = Field(default=20000.0, gt=0)
+    egress_mb_per_s: float = Field(default=500.0, ge=MIN_RATE)
+    requests_per_second: float = Field(default=20000.0, ge=MIN_RATE)
     max_disks_in_flight: int = Field(default=20, ge=1)
     premium: bool = False
 
@@ -147,7 +152,7 @@ class Vm(_Strict):
 class Limits(_Strict):
     """Fleet-wide limits; the seed's figures are the defaults."""
 
-    disk_mb_per_s: float = Field(default=60.0, gt=0)  # "Target Throughput for Single Blob"
+    disk_mb_per_s: float = Field(default=60.0, ge=MIN_RATE)  # "Target Throughput for Single Blob"
     max_vms: int = Field(default=40, ge=1)  # VMs backing up at once
     max_disks_per_pool: int = Field(default=20, ge=1)  # disks of one pool in flight
 

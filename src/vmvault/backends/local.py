@@ -47,6 +47,27 @@ def _read_only(key: str, root: Path, exc: OSError) -> BackendReadOnly:
     return BackendReadOnly(f"the vault at {root} {why}: cannot write {key}")
 
 
+def _denied(what: str, root: Path) -> BackendDenied:
+    return BackendDenied(f"the vault at {root} may not be read (permission denied): {what}")
+
+
+def _walk(root: Path, base: Path) -> Iterator[tuple[str, builtins.list[str], builtins.list[str]]]:
+    """``os.walk`` that does not skip what it may not read: a folder closed to this user
+    would list as empty, and its objects would look missing (a damaged vault) when they
+    are only hidden. A folder removed while walked is no error."""
+
+    def refuse(exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, PermissionError):
+            folder = Path(exc.filename or base)
+            where = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else folder
+            raise _denied(f"{where}/", root) from None
+        raise exc
+
+    return os.walk(base, onerror=refuse)
+
+
 class LocalBackend:
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root).absolute()
@@ -113,28 +134,36 @@ class LocalBackend:
         except FileNotFoundError:
             raise ObjectMissing(f"object {key} is missing from {self.root}") from None
         except PermissionError:
-            raise BackendDenied(f"the vault at {self.root} may not be read: {key}") from None
+            raise _denied(key, self.root) from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            return self._path(key).is_file()
+        except PermissionError:  # a folder on the way is closed to us: we cannot tell
+            raise _denied(key, self.root) from None
+
+    def _stat(self, key: str) -> os.stat_result:
+        try:
+            return self._path(key).stat()
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+        except PermissionError:
+            raise _denied(key, self.root) from None
 
     def size(self, key: str) -> int:
-        try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
-            raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+        return self._stat(key).st_size
 
     def modified(self, key: str) -> float:
-        try:
-            return self._path(key).stat().st_mtime
-        except FileNotFoundError:
-            raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+        return self._stat(key).st_mtime
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root / prefix if prefix else self.root
-        if not base.is_dir():
-            return
-        for dirpath, dirnames, filenames in os.walk(base):
+        try:
+            if not base.is_dir():
+                return
+        except PermissionError:
+            raise _denied(prefix or "/", self.root) from None
+        for dirpath, dirnames, filenames in _walk(self.root, base):
             dirnames.sort()
             rel = Path(dirpath).relative_to(self.root)
             for name in sorted(filenames):
@@ -145,7 +174,7 @@ class LocalBackend:
     def list_leftovers(self) -> builtins.list[str]:
         """Temporary files of writes that never finished (a crash mid-put)."""
         found: builtins.list[str] = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        for dirpath, _dirnames, filenames in _walk(self.root, self.root):
             rel = Path(dirpath).relative_to(self.root)
             found += [(rel / n).as_posix() for n in filenames if n.startswith(TMP_PREFIX)]
         return sorted(found)

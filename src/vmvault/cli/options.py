@@ -12,6 +12,7 @@ from vmvault import service
 if TYPE_CHECKING:
     from vmvault.cli.remote import Remote
 from vmvault.errors import UsageError
+from vmvault.inventory import MIN_RATE
 
 VaultOpt = typer.Option(
     None, "--vault", "-V", envvar="VMVAULT_VAULT", help="Vault directory (env VMVAULT_VAULT)."
@@ -59,7 +60,7 @@ def context(vault: str | None, catalog: str | None, passphrase_file: str | None)
     return service.Context(vault, catalog, passphrase_file)
 
 
-MIN_RATE_MB_S = 0.1  # slower than this, a 4 MiB block would take minutes: surely a typo
+MIN_RATE_MB_S = MIN_RATE  # slower than this, a 4 MiB block takes minutes: surely a typo
 
 
 def rate_limit_bytes(limit_rate: float | None) -> float | None:

@@ -51,7 +51,10 @@ def fail(exc: VmvaultError, as_json: bool) -> NoReturn:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C: locks are released, partial files removed."""
+    """SIGTERM and Ctrl-C unwind alike: locks are released, partial files removed.
+
+    ``SHUTDOWN`` is set before the unwinding starts: the main thread's unwinding waits for
+    the engine's threads, which give up their waits (a throttled read) only once it is."""
     SHUTDOWN.set()
     raise KeyboardInterrupt
 
@@ -61,8 +64,10 @@ def guarded(as_json: bool, action: Callable[[], T]) -> T:
 
     SIGTERM and Ctrl-C stop it cleanly: waiting threads give up (``SHUTDOWN``), context
     managers run, and the exit code is 130."""
+    stopping = (signal.SIGTERM, signal.SIGINT)
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        previous = {signum: signal.signal(signum, _terminate) for signum in stopping}
     try:
         return action()
     except VmvaultError as exc:
@@ -70,6 +75,10 @@ def guarded(as_json: bool, action: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         SHUTDOWN.set()
         fail(Interrupted("interrupted"), as_json)
+    finally:  # a caller in the same process (tests, an embedding program) gets its own back
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
 
 
 @contextmanager

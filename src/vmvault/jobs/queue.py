@@ -2,9 +2,13 @@
 
 States: queued -> running -> succeeded / partially_succeeded / failed / cancelled. A job is
 claimed with a conditional UPDATE (state still 'queued'), so two workers never run the same
-job. A running job's worker refreshes its heartbeat; a job whose heartbeat stops (the worker
-was killed) is reaped as failed, never left "running" forever, and can be run again.
-Transient failures are retried with exponential backoff up to ``max_attempts``.
+job. A running job's worker refreshes its heartbeat; a job whose heartbeat stops for
+``STALE_AFTER`` (the worker was killed, its host lost) is reaped, never left "running"
+forever: a lost worker is a transient failure, so the job is queued again with backoff while
+attempts remain, then failed (the worker raises a ``job_failed`` alert); a job whose cancel
+was asked for is cancelled instead. Transient failures are retried with exponential backoff
+up to ``max_attempts``; a job that succeeds on a later attempt keeps the error of the last
+failed one and its ``attempts`` count, so a lost attempt stays visible.
 """
 
 from __future__ import annotations
@@ -153,16 +157,33 @@ class JobQueue:
                 return self.get(job.id)
         return None
 
-    def heartbeat(self, job_id: int, now: datetime | None = None) -> bool:
-        """Refresh a running job; returns whether a cancel was asked for."""
+    def heartbeat(
+        self, job_id: int, now: datetime | None = None, *, worker: str | None = None
+    ) -> bool:
+        """Refresh a running job; returns whether its worker should stop: a cancel was
+        asked for or, given ``worker``, the job is no longer that worker's (it was reaped
+        while the worker could not beat, and may be running elsewhere already)."""
+        where = [Job.id == job_id, Job.state == "running"]
+        if worker is not None:
+            where.append(Job.worker == worker)
         with self.catalog.session.begin() as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == "running")
-                .values(heartbeat_at=now or datetime.now(UTC))
-            )
+            s.execute(update(Job).where(*where).values(heartbeat_at=now or datetime.now(UTC)))
+        return self.should_stop(job_id, worker)
+
+    def should_stop(self, job_id: int, worker: str | None = None) -> bool:
+        """Whether a running job's worker should stop (a cancel, or the job is not its own
+        any more), read without writing: cheap enough to ask every second."""
+        with self.catalog.session() as s:
             job = s.get(Job, job_id)
-            return bool(job and job.cancel_requested)
+            if job is None or job.cancel_requested:
+                return True
+            return worker is not None and not (job.state == "running" and job.worker == worker)
+
+    def owns(self, job_id: int, worker: str) -> bool:
+        """Whether ``worker`` still runs the job (it was not reaped and claimed again)."""
+        with self.catalog.session() as s:
+            job = s.get(Job, job_id)
+            return job is not None and job.state == "running" and job.worker == worker
 
     def report_progress(self, job_id: int, progress: dict[str, Any]) -> None:
         with self.catalog.session.begin() as s:
@@ -203,14 +224,45 @@ class JobQueue:
         self, now: datetime | None = None, stale_after: timedelta = STALE_AFTER
     ) -> list[tuple[Job, str]]:
         """Running jobs whose worker stopped beating (killed, host lost): a transient
-        failure, so retried with backoff while attempts remain, else failed. Returns each
-        reaped job with its outcome ("queued" or "failed"); the caller alerts the failed."""
+        failure, so queued again with backoff while attempts remain, else failed; a job
+        whose cancel was asked for is cancelled. Returns each reaped job with its outcome
+        ("queued", "failed" or "cancelled"); the caller alerts the failed.
+
+        Each job changes only if it is still the same stale attempt (same worker, attempt
+        and heartbeat), so two reapers at once (a worker and a server) reap it once, and a
+        worker whose heartbeat came back just in time keeps its job.
+        """
         now = now or datetime.now(UTC)
         reaped = []
         for job in self.running():
-            if now - (job.heartbeat_at or now) > stale_after:
-                error = ("worker_lost", f"worker {job.worker} stopped answering")
-                reaped.append((job, self.retry_or_fail(job.id, error, transient=True, now=now)))
+            if now - (job.heartbeat_at or now) <= stale_after:
+                continue
+            message = f"worker {job.worker} stopped answering"
+            values: dict[str, Any] = {"error_code": "worker_lost", "error_message": message}
+            if job.cancel_requested:
+                outcome = "cancelled"
+                values.update(state="cancelled", finished_at=now)
+            elif job.attempts < job.max_attempts:
+                outcome = "queued"
+                delay = BACKOFF * (2 ** (job.attempts - 1))
+                values.update(state="queued", worker=None, not_before=now + delay)
+            else:
+                outcome = "failed"
+                values.update(state="failed", finished_at=now)
+            with self.catalog.session.begin() as s:
+                changed = s.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job.id,
+                        Job.state == "running",
+                        Job.worker == job.worker,
+                        Job.attempts == job.attempts,
+                        Job.heartbeat_at == job.heartbeat_at,
+                    )
+                    .values(**values)
+                )
+            if changed.rowcount == 1:  # type: ignore[attr-defined]
+                reaped.append((job, outcome))
         return reaped
 
     def cancel(self, job_id: int) -> str:

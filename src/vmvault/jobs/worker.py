@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from vmvault import service
 from vmvault.catalog.models import Job
 from vmvault.catalog.store import Catalog
-from vmvault.engine.progress import ProgressEvent
+from vmvault.engine.progress import SHUTDOWN, ProgressEvent
 from vmvault.errors import VmvaultError
 from vmvault.inventory import Inventory
 from vmvault.jobs.admission import JobLoad, Limits, admit
 from vmvault.jobs.queue import JobQueue
 from vmvault.vault.vault import Vault
 
-# Failures worth another try after a pause: the VM or the hypervisor was busy.
-TRANSIENT = frozenset({"snapshot_failed", "qemu_failed"})
+# Failures worth another try after a pause: the VM or the hypervisor was busy, or the
+# worker itself was stopped (SIGTERM, Ctrl-C: "interrupted") and hands its jobs back.
+TRANSIENT = frozenset({"snapshot_failed", "qemu_failed", "interrupted"})
+# Seconds a stopping worker waits for its jobs to hand themselves back (they give up any
+# wait within a fraction of a second); one still busy after that is reaped later.
+STOP_GRACE = 10.0
 HEARTBEAT = 10.0
+# Seconds between looks for a cancel: a cancelled job ends within about this long, whatever
+# it waits on (a throttled read, its pool's turn); a read of one row, cheap enough.
+CANCEL_POLL = 1.0
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the catalog
+log = logging.getLogger("vmvault")
 
 
 class Cancelled(VmvaultError):
@@ -35,11 +45,15 @@ class QueuedJob:
 
     queue: JobQueue
     job_id: int
+    worker: str
 
     def catalog(self) -> Catalog:
         return self.queue.catalog
 
     def finish(self, vault: Vault, vm: str | None, state: str, **fields: Any) -> None:
+        if not self.queue.owns(self.job_id, self.worker):
+            _abandoned(self.job_id, self.worker)
+            return
         self.queue.finish(self.job_id, state, **fields)
 
 
@@ -90,9 +104,32 @@ def run_worker(
 
     threads: dict[int, threading.Thread] = {}
     started: list[int] = []
+    try:
+        return _serve(queue, name, blocked, slots, ctx, inventory, once, poll, started, threads)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C (the CLI turns SIGTERM into this)
+        SHUTDOWN.set()  # the jobs stop at their next block or wait, and are queued again
+        deadline = time.monotonic() + STOP_GRACE
+        for thread in threads.values():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        raise
+
+
+def _serve(
+    queue: JobQueue,
+    name: str,
+    blocked: Callable[[list[Job], Job], str | None],
+    slots: int,
+    ctx: service.Context,
+    inventory: Inventory,
+    once: bool,
+    poll: float,
+    started: list[int],
+    threads: dict[int, threading.Thread],
+) -> list[int]:
+    """The worker's loop: reap lost jobs, claim what admission allows, collect the ended."""
     while True:
         for lost, outcome in queue.reap():
-            if outcome == "failed":  # attempts spent; otherwise it was queued again
+            if outcome == "failed":  # attempts spent; "queued" is retried, "cancelled" wanted
                 _alert_failure(queue, lost, ("worker_lost", "its worker stopped answering"))
         while len(threads) < slots and (job := queue.claim(name, blocked)) is not None:
             thread = threading.Thread(
@@ -147,7 +184,7 @@ def _run(
     ctx: service.Context, inventory: Inventory, queue: JobQueue, job: Job, progress: _Progress
 ) -> None:
     """Run one claimed job by its kind; the service records its outcome on the job's row."""
-    recorder = QueuedJob(queue, job.id)
+    recorder = QueuedJob(queue, job.id, str(job.worker))
     spec = job.spec or {}
     if job.kind == "maintenance":
         from vmvault.jobs.scheduler import run_maintenance
@@ -180,6 +217,9 @@ def _run(
             ctx, str(spec.get("point", "latest")), vm=job.vm or None, progress=progress
         )
         damaged = sum(1 for r in reports if r.damaged)
+        if not queue.owns(job.id, recorder.worker):
+            _abandoned(job.id, recorder.worker)
+            return
         queue.finish(
             job.id,
             "failed" if damaged else "succeeded",
@@ -192,34 +232,71 @@ def _run(
 
 
 def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: Job) -> None:
+    worker = str(job.worker)
     cancel = threading.Event()
     stop = threading.Event()
 
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT):
-            if queue.heartbeat(job.id):
+    def watch() -> None:
+        """Beat every HEARTBEAT s, look for a cancel every CANCEL_POLL s. A catalog that
+        does not answer is tried again, never ends the watch: a watch that died would
+        let the job be reaped (and run twice) while this worker still runs it."""
+        beaten = time.monotonic()
+        while not stop.wait(CANCEL_POLL):
+            try:
+                if time.monotonic() - beaten >= HEARTBEAT:
+                    beaten = time.monotonic()
+                    stop_now = queue.heartbeat(job.id, worker=worker)
+                else:
+                    stop_now = queue.should_stop(job.id, worker)
+            except Exception as exc:
+                log.warning("warning: job %d: the catalog did not answer (%s)", job.id, exc)
+                continue
+            if stop_now:
                 cancel.set()
 
-    beater = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
-    beater.start()
+    watcher = threading.Thread(target=watch, name=f"heartbeat-{job.id}", daemon=True)
+    watcher.start()
     outcome = None
     try:
-        if queue.heartbeat(job.id):
+        if queue.heartbeat(job.id, worker=worker):
             raise Cancelled(f"job {job.id} was cancelled")
         _run(ctx, inventory, queue, job, _Progress(queue, job.id, cancel))
     except Cancelled:
-        queue.finish(job.id, "cancelled")
+        if queue.owns(job.id, worker):
+            queue.finish(job.id, "cancelled")
+        else:
+            _abandoned(job.id, worker)
     except VmvaultError as exc:
         error = (exc.code, exc.message)
-        outcome = queue.retry_or_fail(job.id, error, transient=exc.code in TRANSIENT)
+        outcome = _retry_or_fail(queue, job.id, worker, error, exc.code in TRANSIENT)
     except Exception as exc:  # a bug or the OS: recorded, never left "running"
         error = ("internal", f"{type(exc).__name__}: {exc}")
-        outcome = queue.retry_or_fail(job.id, error, transient=isinstance(exc, OSError))
+        outcome = _retry_or_fail(queue, job.id, worker, error, isinstance(exc, OSError))
     finally:
         stop.set()
-        beater.join()
+        watcher.join()
     if outcome == "failed":
         _alert_failure(queue, job, error)
+
+
+def _retry_or_fail(
+    queue: JobQueue, job_id: int, worker: str, error: tuple[str, str], transient: bool
+) -> str | None:
+    """The queue's retry policy, applied only if the job is still this worker's."""
+    if not queue.owns(job_id, worker):
+        _abandoned(job_id, worker)
+        return None
+    return queue.retry_or_fail(job_id, error, transient=transient)
+
+
+def _abandoned(job_id: int, worker: str) -> None:
+    # Reaped while this worker could not beat (a catalog outage, a stopped process): the
+    # job was retried or failed meanwhile, and that decision stands.
+    log.warning(
+        "warning: job %d is no longer run by %s (it was reaped); its outcome here is dropped",
+        job_id,
+        worker,
+    )
 
 
 def _alert_failure(queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
