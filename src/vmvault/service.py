@@ -771,8 +771,8 @@ def forget_point(ctx: Context, point_ref: str) -> str:
     check_may_delete(vault)
     point = readable_point(vault, point_id)
     vm = point["vm"] if point is not None else None  # a damaged point can be forgotten too
+    ctx.catalog().forget_points(vault.config.vault_id, [point_id])  # first: see run_prune
     vault.delete_point(point_id)
-    ctx.catalog().rebuild(vault.config.vault_id, vault.points())
     raise_alert(
         ctx,
         vault,
@@ -1101,15 +1101,12 @@ def run_prune(
             immutable=immutable,
         )
         if not dry_run:
-            try:
-                for point_id in plan.prune:
-                    vault.delete_point(point_id)
-            except BaseException:
-                # The points deleted so far leave the catalog too, or `check` would call
-                # them deleted behind vmvault's back (best effort: the store may be down).
-                with suppress(VmvaultError):
-                    ctx.catalog().rebuild(vault.config.vault_id, vault.points())
-                raise
+            for point_id in plan.prune:
+                # The catalog's row goes first, without listing the vault again (the store
+                # may be failing): a catalog that lags the vault is rebuilt by reindex, but
+                # a point vmvault deleted must never look deleted behind its back.
+                ctx.catalog().forget_points(vault.config.vault_id, [point_id])
+                vault.delete_point(point_id)
         if shortened and not dry_run:
             raise_alert(
                 ctx,
@@ -1126,5 +1123,6 @@ def run_prune(
             "retention_shortened": shortened,
         }
     if not dry_run:
-        ctx.catalog().rebuild(vault.config.vault_id, vault.points())
+        with suppress(VmvaultError):  # the rows are right already; this only refreshes them
+            ctx.catalog().rebuild(vault.config.vault_id, vault.points())
     return result

@@ -124,6 +124,17 @@ class Catalog:
                 query = query.where(RecoveryPoint.vm == vm)
             return list(s.scalars(query))
 
+    def forget_points(self, vault_id: str, point_ids: Iterable[str]) -> None:
+        """Drop the rows of points deleted from the vault."""
+        ids = list(point_ids)
+        with self.session.begin() as s:
+            s.execute(delete(PointDisk).where(PointDisk.point_id.in_(ids)))
+            s.execute(
+                delete(RecoveryPoint).where(
+                    RecoveryPoint.vault_id == vault_id, RecoveryPoint.id.in_(ids)
+                )
+            )
+
     def rebuild(self, vault_id: str, points: Iterable[dict[str, Any]]) -> int:
         """Replace this vault's points with those read from the vault itself."""
         count = 0
