@@ -1082,6 +1082,7 @@ def run_prune(
             )
         raise
     result: dict[str, Any] = {"dry_run": dry_run, "vms": {}}
+    catalog = ctx.catalog()
     for name, policy in policies.items():
         vm = inventory.vm(name)
         shortened = shortened_by_vm.get(vm.name, [])
@@ -1105,8 +1106,13 @@ def run_prune(
                 # The catalog's row goes first, without listing the vault again (the store
                 # may be failing): a catalog that lags the vault is rebuilt by reindex, but
                 # a point vmvault deleted must never look deleted behind its back.
-                ctx.catalog().forget_points(vault.config.vault_id, [point_id])
-                vault.delete_point(point_id)
+                catalog.forget_points(vault.config.vault_id, [point_id])
+                try:
+                    vault.delete_point(point_id)
+                except BaseException:
+                    with suppress(VmvaultError):  # still there after all: it keeps its row
+                        catalog.record_point(vault.config.vault_id, vault.get_point(point_id))
+                    raise
         if shortened and not dry_run:
             raise_alert(
                 ctx,
