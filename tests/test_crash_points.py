@@ -80,7 +80,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
 
 def _copy(template: Template, dest: Path) -> service.Context:
     shutil.copytree(template.root / "vault", dest / "vault", symlinks=True)
-    shutil.copy2(template.root / "catalog.db", dest / "catalog.db")
+    for part in template.root.glob("catalog.db*"):  # with SQLite's WAL, if any
+        shutil.copy2(part, dest / part.name)
     shutil.copy2(template.image, dest / "disk.img")
     (dest / "inventory.toml").write_text(INVENTORY.format(image=dest / "disk.img"))
     return service.Context(str(dest / "vault"), f"sqlite:///{dest / 'catalog.db'}")

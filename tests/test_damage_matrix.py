@@ -264,7 +264,8 @@ def _row(prepared: Prepared, dest: Path, kind: str, damage: str) -> dict[str, st
         case = dest / op.replace(", ", "-")
         case.mkdir()
         shutil.copytree(prepared.root / "vault", case / "vault")
-        shutil.copy2(prepared.root / "catalog.db", case / "catalog.db")
+        for part in prepared.root.glob("catalog.db*"):  # with SQLite's WAL, if any
+            shutil.copy2(part, case / part.name)
         shutil.copy2(prepared.root / "disk.img", case / "disk.img")
         ctx = service.Context(str(case / "vault"), f"sqlite:///{case / 'catalog.db'}")
         _damage(prepared, case, kind, damage)

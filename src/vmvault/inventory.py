@@ -165,9 +165,10 @@ class Pricing(_Strict):
     """
 
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
-    small_limit_gb: float = Field(default=50, gt=0)  # up to this: one small instance
+    # At most an exabyte: more is a typo (inf, 1e308), and bytes must stay a finite number.
+    small_limit_gb: float = Field(default=50, gt=0, le=1e9)  # up to this: one small instance
     small_price: Decimal = Field(default=Decimal("5"), ge=0)
-    instance_unit_gb: float = Field(default=500, gt=0)  # above: per started unit
+    instance_unit_gb: float = Field(default=500, gt=0, le=1e9)  # above: per started unit
     instance_price: Decimal = Field(default=Decimal("10"), ge=0)
     storage_per_gb_month: Decimal = Field(default=Decimal("0.0224"), ge=0)
 
@@ -299,8 +300,10 @@ def check_new_vm_name(name: str) -> str:
 def parse_inventory(text: str, source: str) -> Inventory:
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, and an integer of more than 4300 digits
         raise InventoryError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise InventoryError(f"{source}: not valid TOML: nested too deeply") from None
     try:
         return Inventory.model_validate({**doc, "source": source})
     except ValidationError as exc:

@@ -154,4 +154,6 @@ def load_script_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Sc
         else:
             reason = "not UTF-8 text"
         raise ScriptConfigError(INCORRECT_CONFIG, f"{name}: {where}{reason}") from None
+    except RecursionError:  # [[[[...: the parser's recursion, not a crash of ours
+        raise ScriptConfigError(INCORRECT_CONFIG, f"{name}: nested too deeply") from None
     return ScriptConfig.from_dict(data, source=str(Path(name)))

@@ -190,7 +190,8 @@ class Schedule(_Strict):
     def _timezone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        # OSError: a folder of the zone database ("America") or a name too long for a path.
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(
                 f"unknown time zone {value!r} (use an IANA name such as 'Europe/Berlin')"
             ) from None

@@ -29,6 +29,11 @@ _WRAP_AAD = b"vmvault-key-v1"
 
 # scrypt cost: 2**15 * 8 * 128 bytes = 32 MiB of memory and ~0.1 s per attempt here.
 DEFAULT_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+# The most a key file may ask for: n * r * p at most 16 times the default's, so at most
+# 512 MiB of memory and a couple of seconds. The parameters are read before the passphrase
+# is checked, so without a bound a damaged or hostile key file (n = 2**40, p = 2**16) would
+# ask for terabytes or for hours instead of failing.
+MAX_SCRYPT_COST = 16 * 2**15 * 8
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,22 @@ class Cipher:
             raise CorruptObject(f"{what}: authentication failed (damaged or tampered)") from None
 
 
+def check_scrypt(params: dict[str, Any]) -> dict[str, int]:
+    """The scrypt parameters ``n``, ``r``, ``p`` if they are ones a vault may use; else
+    ValueError saying why (n a power of two from 2, r and p from 1, ``MAX_SCRYPT_COST``)."""
+    n, r, p = (params.get(k) for k in ("n", "r", "p"))
+    if type(n) is not int or type(r) is not int or type(p) is not int:  # no bool, no 8.0
+        raise ValueError("scrypt parameters n, r and p must be whole numbers")
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise ValueError(f"scrypt parameters n={n}, r={r}, p={p} are invalid")
+    if n * r * p > MAX_SCRYPT_COST:
+        raise ValueError(
+            f"scrypt parameters n={n}, r={r}, p={p} ask for more than {MAX_SCRYPT_COST} "
+            "(n * r * p), 16 times the default: refused"
+        )
+    return {"n": n, "r": r, "p": p}
+
+
 def _kek(passphrase: str, salt: bytes, params: dict[str, int]) -> bytes:
     kdf = Scrypt(salt=salt, length=32, n=params["n"], r=params["r"], p=params["p"])
     return kdf.derive(passphrase.encode("utf-8"))
@@ -88,7 +109,7 @@ def new_master_keys(vault_id: str) -> MasterKeys:
 
 def wrap_keys(keys: MasterKeys, passphrase: str, scrypt: dict[str, int] | None = None) -> bytes:
     """Serialise the key file: KDF parameters in clear, the keys sealed under the KEK."""
-    params = dict(scrypt or DEFAULT_SCRYPT)
+    params = check_scrypt(scrypt or DEFAULT_SCRYPT)  # a vault its own reader would refuse: never
     salt = os.urandom(16)
     secret = json.dumps(
         {
@@ -107,27 +128,59 @@ def wrap_keys(keys: MasterKeys, passphrase: str, scrypt: dict[str, int] | None =
     return json.dumps(doc, indent=2).encode()
 
 
-def unwrap_keys(key_file: bytes, passphrase: str, vault_id: str) -> MasterKeys:
+def _b64(value: object, field: str, size: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} is not base64 text")
+    data = base64.b64decode(value, validate=True)  # binascii.Error is a ValueError
+    if size is not None and len(data) != size:
+        raise ValueError(f"{field} holds {len(data)} bytes, not {size}")
+    return data
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc: dict[str, Any] = json.loads(key_file)
-        kdf = doc["kdf"]
-        if doc["version"] != KEY_FILE_VERSION or kdf["name"] != "scrypt":
-            raise UnsupportedFormat(f"key file version {doc['version']} is not supported")
-        salt = base64.b64decode(kdf["salt"])
-        sealed = base64.b64decode(doc["wrapped"])
-        params = {"n": int(kdf["n"]), "r": int(kdf["r"]), "p": int(kdf["p"])}
-    except (ValueError, KeyError, TypeError) as exc:
+        doc = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    return doc
+
+
+def unwrap_keys(key_file: bytes, passphrase: str, vault_id: str) -> MasterKeys:
+    """The vault's keys from its key file: `WrongPassphrase` if the passphrase does not open
+    them, `CorruptObject` for a key file that is malformed (or asks for absurd scrypt work,
+    refused before any is done), `UnsupportedFormat` for another version."""
+    try:
+        doc = _json_object(key_file, "key file")
+        kdf = doc.get("kdf")
+        if not isinstance(kdf, dict):
+            raise ValueError("kdf is not an object")
+        if doc.get("version") != KEY_FILE_VERSION or kdf.get("name") != "scrypt":
+            version = str(doc.get("version"))[:20]
+            raise UnsupportedFormat(f"key file version {version} is not supported")
+        salt = _b64(kdf.get("salt"), "salt")
+        sealed = _b64(doc.get("wrapped"), "wrapped")
+        params = check_scrypt(kdf)
+    except ValueError as exc:  # JSON, base64, UTF-8 and the checks above
         raise CorruptObject(f"key file is malformed: {exc}") from None
     try:
         secret = Cipher(_kek(passphrase, salt, params)).open(sealed, _WRAP_AAD, "key file")
     except CorruptObject:
         raise WrongPassphrase("wrong passphrase for this vault") from None
-    fields = json.loads(secret)
-    keys = MasterKeys(
-        base64.b64decode(fields["encryption_key"]),
-        base64.b64decode(fields["id_key"]),
-        fields["vault_id"],
-    )
+    # The passphrase opened it: what it holds can only be damaged, never a wrong guess.
+    try:
+        fields = _json_object(secret, "wrapped keys")
+        found_id = fields.get("vault_id")
+        if not isinstance(found_id, str):
+            raise ValueError("vault_id is not text")
+        keys = MasterKeys(
+            _b64(fields.get("encryption_key"), "encryption_key", 32),
+            _b64(fields.get("id_key"), "id_key", 32),
+            found_id,
+        )
+    except ValueError as exc:
+        raise CorruptObject(f"key file is malformed: {exc}") from None
     if keys.vault_id != vault_id:
         raise CorruptObject("key file belongs to another vault")
     return keys

@@ -8,9 +8,12 @@ documented next to each encoder.
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import zstandard
@@ -58,11 +61,29 @@ def blob_aad(encoding: int) -> bytes:
     return AAD_BLOB + bytes((encoding,))
 
 
+# A zstd block decodes to at most 128 KiB and takes at least 4 bytes (an RLE block), so a
+# frame cannot hold more than 32768 bytes per byte of its own (zeros reach 32600).
+ZSTD_MAX_RATIO = 32768
+
+
+def _check_declared_size(frame: bytes, limit: int, what: str) -> None:
+    """Refuse a zstd frame whose header declares more than ``limit`` bytes: the decompressor
+    allocates the declared size up front (2**60 bytes is a MemoryError, not a damaged object),
+    and ``max_output_size`` bounds only frames that declare nothing."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise CorruptObject(f"{what}: cannot decompress ({exc})") from None
+    if declared > limit:
+        raise CorruptObject(f"{what}: declares {declared} bytes of content, more than {limit}")
+
+
 def decode_payload(encoding: int, payload: bytes, max_length: int, what: str) -> bytes:
     """Turn a blob's decrypted payload back into its chunks' bytes (at most ``max_length``)."""
     if encoding == ENCODING_RAW:
         data = payload
     elif encoding == ENCODING_ZSTD:
+        _check_declared_size(payload, max_length, what)
         try:
             data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=max_length)
         except zstandard.ZstdError as exc:
@@ -158,6 +179,7 @@ def encode_index(packs: Iterable[tuple[bytes, Sequence[PackEntry]]]) -> bytes:
 
 
 def decode_index(blob: bytes, what: str) -> list[tuple[bytes, list[PackEntry]]]:
+    _check_declared_size(blob, len(blob) * ZSTD_MAX_RATIO, what)
     try:
         plain = zstandard.ZstdDecompressor().decompress(blob)
     except zstandard.ZstdError as exc:
@@ -246,8 +268,116 @@ def encode_json(doc: dict[str, Any]) -> bytes:
 def decode_json(plain: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(plain)
-    except ValueError as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CorruptObject(f"{what}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise CorruptObject(f"{what}: malformed JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise CorruptObject(f"{what}: expected a JSON object")
+    return doc
+
+
+# --- the shape of a recovery point ---------------------------------------------------------
+# A point decrypts only under the vault's key, but the engine, the catalog, the fleet view
+# and the CLI all index into it: a point that authenticates yet lacks a field it must have
+# (an older bug, a hand-made vault, a key holder's tampering) is named damaged here, once,
+# instead of a KeyError wherever it is first used. Unknown fields are allowed (newer writers).
+
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def is_hex_id(value: object) -> bool:
+    """Whether ``value`` is an object id as documents hold them (a manifest's, a pack's)."""
+    return isinstance(value, str) and _HEX_ID.fullmatch(value) is not None
+
+
+# The statistics readers index directly (planner, fleet, CLI); every writer since format v1
+# wrote them.
+_REQUIRED_STATS = ("read", "zero", "changed", "new", "stored", "seconds")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _disk_problem(disk: object) -> str | None:
+    if not isinstance(disk, dict):
+        return "not an object"
+    if not isinstance(disk.get("name"), str) or not disk["name"]:
+        return "no name"
+    if not is_hex_id(disk.get("manifest")):
+        return "no manifest id"
+    if type(disk.get("size")) is not int or disk["size"] < 0:
+        return "no size"
+    stats = disk.get("stats")
+    if not isinstance(stats, dict) or not all(_is_number(stats.get(k)) for k in _REQUIRED_STATS):
+        return "no statistics"
+    for optional in ("role", "format", "source"):
+        if optional in disk and not isinstance(disk[optional], str):
+            return f"{optional} is not text"
+    if disk.get("parent") is not None and not isinstance(disk["parent"], str):
+        return "parent is not a point id"
+    return None
+
+
+def _point_problem(doc: dict[str, Any], point_id: str) -> str | None:
+    """What is wrong with a decrypted point, or None."""
+    if doc.get("id") != point_id:
+        return f"its id is {str(doc.get('id'))[:40]!r}, not {point_id!r}"
+    if not isinstance(doc.get("vm"), str) or not doc["vm"]:
+        return "no VM"
+    if not _is_time(doc.get("created")):
+        return "no creation time"
+    if doc.get("completed") is not None and not _is_time(doc["completed"]):
+        return "completion time is not a time"
+    if not isinstance(doc.get("type"), str):
+        return "no type"
+    if doc.get("parent") is not None and not isinstance(doc["parent"], str):
+        return "parent is not a point id"
+    consistency = doc.get("consistency")
+    if not isinstance(consistency, dict) or not isinstance(consistency.get("level"), str):
+        return "no consistency level"
+    if not isinstance(consistency.get("reason", ""), str):
+        return "consistency reason is not text"
+    disks = doc.get("disks")
+    if not isinstance(disks, list):
+        return "no list of disks"
+    for i, disk in enumerate(disks):
+        problem = _disk_problem(disk)
+        if problem:
+            return f"disk {i}: {problem}"
+    excluded = doc.get("excluded", [])
+    if not isinstance(excluded, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("reason"), str)
+        for d in excluded
+    ):
+        return "malformed list of excluded disks"
+    for table in ("vm_config", "meta"):
+        if not isinstance(doc.get(table, {}), dict):
+            return f"{table} is not an object"
+    config_disks = doc.get("vm_config", {}).get("disks", [])
+    if not isinstance(config_disks, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("path"), str)
+        for d in config_disks
+    ):
+        return "VM configuration with malformed disks"
+    return None
+
+
+def decode_point(plain: bytes, point_id: str, what: str) -> dict[str, Any]:
+    """A decrypted recovery point, checked to have the shape every reader relies on."""
+    doc = decode_json(plain, what)
+    problem = _point_problem(doc, point_id)
+    if problem:
+        raise CorruptObject(f"{what}: malformed recovery point ({problem})")
     return doc

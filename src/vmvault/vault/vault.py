@@ -47,11 +47,13 @@ from vmvault.vault.format import (
     decode_manifest,
     decode_pack_header,
     decode_payload,
+    decode_point,
     decode_record,
     encode_index,
     encode_json,
     encode_manifest,
     encode_record,
+    is_hex_id,
     pack_data_end,
     split_pack_tail,
 )
@@ -88,6 +90,8 @@ class VaultConfig:
     def from_json(cls, data: bytes) -> VaultConfig:
         try:
             doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise TypeError("not a JSON object")
             if doc.get("format") != FORMAT_NAME:
                 raise UnsupportedFormat("this directory is not a vmvault vault")
             if doc.get("version") != FORMAT_VERSION:
@@ -95,8 +99,17 @@ class VaultConfig:
                     f"vault format version {doc.get('version')} is not supported "
                     f"(this vmvault reads version {FORMAT_VERSION})"
                 )
-            return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
-        except (ValueError, KeyError, TypeError) as exc:
+            config = cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+            for name, value in asdict(config).items():
+                # `type(...) is`: JSON's true is no chunk size; the annotations are strings.
+                if type(value).__name__ != cls.__dataclass_fields__[name].type:
+                    raise TypeError(f"{name} is {type(value).__name__}")
+            if min(config.chunk_size, config.block_size, config.pack_target) <= 0:
+                raise ValueError("sizes must be positive")
+            if config.block_size % config.chunk_size:
+                raise ValueError("the block size is not a multiple of the chunk size")
+            return config
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise CorruptObject(f"vault config is malformed: {exc}") from None
 
 
@@ -194,7 +207,11 @@ class Vault:
             sealed = self.backend.get(GC_PENDING_KEY)
         except ObjectMissing:
             return None
-        return decode_json(self.cipher.open(sealed, AAD_GC, GC_PENDING_KEY), GC_PENDING_KEY)
+        doc = decode_json(self.cipher.open(sealed, AAD_GC, GC_PENDING_KEY), GC_PENDING_KEY)
+        packs = doc.get("packs")
+        if not isinstance(packs, list) or not all(is_hex_id(p) for p in packs):
+            raise CorruptObject(f"{GC_PENDING_KEY}: malformed announcement: no list of pack ids")
+        return doc
 
     def gc_pending_packs(self) -> set[bytes]:
         """The packs an unfinished garbage collection announced it will remove.
@@ -459,7 +476,7 @@ class Vault:
             sealed = self.backend.get(key)
         except ObjectMissing:
             raise PointNotFound(f"no recovery point {point_id!r} in this vault") from None
-        return decode_json(self.cipher.open(sealed, AAD_POINT + key.encode(), key), key)
+        return decode_point(self.cipher.open(sealed, AAD_POINT + key.encode(), key), point_id, key)
 
     def point_ids(self) -> list[str]:
         return sorted(k.split("/", 1)[1] for k in self.backend.list("points/"))
