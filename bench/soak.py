@@ -8,8 +8,9 @@ up incrementally, applies a retention policy (`prune`) and collects garbage
 (`gc --grace 0`), all through the service layer in this one process, as the server's
 worker runs them. The points of a soak are minutes apart, so prune looks at them from a
 day later (past the instant-restore day): the policy then keeps the day's latest point and
-every cycle deletes the one before it, which the cycle's GC frees. Every ``--verify-every`` cycles the
-latest point is restored and compared byte for byte with the disk, and `check` runs.
+every cycle deletes the one before it, which the cycle's GC frees. Every
+``--verify-every`` cycles the latest point is restored and compared byte for byte with the
+disk, and `check` runs.
 
 What must hold: every restore is identical, every check clean, and neither the process's
 resident memory nor the vault's size grows with the number of cycles (the vault holds the
