@@ -34,7 +34,13 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import PASSPHRASE_ENV, Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
+from vmvault.app.retention import run_prune
+from vmvault.app.vaults import init_vault, run_check, run_gc
 from vmvault.inventory import load_inventory
 
 HERE = Path(__file__).resolve().parent
@@ -78,9 +84,9 @@ def digest(path: Path) -> str:
 
 
 def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    os.environ.setdefault(service.PASSPHRASE_ENV, "soak passphrase")
-    ctx = service.Context(str(work / "vault"), f"sqlite:///{work / 'catalog.db'}")
-    service.init_vault(ctx)
+    os.environ.setdefault(PASSPHRASE_ENV, "soak passphrase")
+    ctx = Context(str(work / "vault"), f"sqlite:///{work / 'catalog.db'}")
+    init_vault(ctx)
     image = work / "disk.img"
     testdisk.create_disk(image, parse_size(args.size), seed=1)
     inventory_file = work / "inventory.toml"
@@ -93,25 +99,25 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if n > 1:
             testdisk.mutate_disk(image, args.percent, seed=1000 + n)
         started = time.perf_counter()
-        point = service.run_backup(ctx, "soak", [service.DiskSpec("os", str(image))])
+        point = run_backup(ctx, "soak", [DiskSpec("os", str(image))])
         row["backup_s"] = time.perf_counter() - started
         row["changed"] = point["disks"][0]["stats"]["changed"]
         started = time.perf_counter()
-        pruned = service.run_prune(ctx, inventory, now=datetime.now(UTC) + timedelta(days=1))
+        pruned = run_prune(ctx, inventory, now=datetime.now(UTC) + timedelta(days=1))
         row["prune_s"] = time.perf_counter() - started
         row["pruned"] = len(pruned["vms"]["soak"]["prune"])
         started = time.perf_counter()
-        gc = service.run_gc(ctx, grace=0)
+        gc = run_gc(ctx, grace=0)
         row["gc_s"] = time.perf_counter() - started
         row["freed"] = gc.bytes_freed
         if n % args.verify_every == 0 or n == args.cycles:
             target = work / "restored.img"
             started = time.perf_counter()
-            service.run_restore(ctx, "latest", str(target))
+            run_restore(ctx, "latest", str(target))
             row["restore_s"] = time.perf_counter() - started
             row["restore_identical"] = digest(target) == digest(image)
             target.unlink()
-            report = service.run_check(ctx)
+            report = run_check(ctx)
             row["check_ok"] = report.ok
             if not row["restore_identical"]:
                 failures.append(f"cycle {n}: restore differs from the disk")

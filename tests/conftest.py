@@ -10,21 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
+from vmvault.app.vaults import init_vault
 
 PASSPHRASE = "test passphrase"
 
 
 @pytest.fixture(autouse=True)
 def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(service.PASSPHRASE_ENV, PASSPHRASE)
-    monkeypatch.delenv(service.PASSPHRASE_FILE_ENV, raising=False)
+    monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
+    monkeypatch.delenv(PASSPHRASE_FILE_ENV, raising=False)
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> service.Context:
-    context = service.Context(str(tmp_path / "vault"), f"sqlite:///{tmp_path / 'catalog.db'}")
-    service.init_vault(context)
+def ctx(tmp_path: Path) -> Context:
+    context = Context(str(tmp_path / "vault"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    init_vault(context)
     return context
 
 

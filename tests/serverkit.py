@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import PASSPHRASE
-from vmvault import service
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.vaults import init_vault
 from vmvault.inventory import load_inventory
 from vmvault.server.accounts import Accounts
 from vmvault.server.state import ServerConfig
@@ -20,7 +22,7 @@ class Site:
     root: Path
     config: ServerConfig
     tokens: dict[str, str]  # role -> secret
-    ctx: service.Context
+    ctx: Context
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -91,10 +93,10 @@ def make_site(
     inventory = root / "inventory.toml"
     inventory.write_text(inventory_text(root, extra_inventory))
     catalog_url = catalog_url or f"sqlite:///{root / 'catalog.db'}"
-    ctx = service.Context(str(root / "vault"), catalog_url, str(passfile))
-    service.init_vault(ctx)
+    ctx = Context(str(root / "vault"), catalog_url, str(passfile))
+    init_vault(ctx)
     if backup:
-        service.run_vm_backup(ctx, load_inventory(inventory), "web01")
+        run_vm_backup(ctx, load_inventory(inventory), "web01")
     accounts = Accounts(ctx.catalog())
     tokens = {
         role: accounts.create_token(f"{role}-token", role, created_by="test")[0]

@@ -10,13 +10,15 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vmvault import governance, protection, service
+from vmvault import protection
 from vmvault.alerts.deliver import MAX_ATTEMPTS, deliver_pending
 from vmvault.alerts.settings import AlertSettings
 from vmvault.alerts.store import list_alerts, raise_alert
+from vmvault.app import protection as protection_changes
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.retention import run_maintenance, run_prune
 from vmvault.inventory import parse_inventory
-from vmvault.jobs.queue import JobQueue
-from vmvault.jobs.scheduler import run_maintenance
 
 
 def _inventory(tmp_path: Path, retention: str) -> Any:
@@ -49,27 +51,25 @@ policy = "nightly"
     )
 
 
-def _kinds(ctx: service.Context) -> list[str]:
+def _kinds(ctx: Context) -> list[str]:
     vault_id = ctx.open_vault(load_index=False).config.vault_id
     return [a.kind for a in list_alerts(ctx.catalog(), vault_id, limit=500)[1]]
 
 
 def test_maintenance_raises_purge_upcoming_once_and_purge_done(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     inv = _inventory(tmp_path, "daily_days = 7")
     for vm in ("soon", "gone"):
-        service.run_vm_backup(ctx, inv, vm)
+        run_vm_backup(ctx, inv, vm)
     vault = ctx.open_vault(load_index=False)
     now = datetime.now(UTC)
     days = int(protection.settings(vault)["soft_delete_days"])
     # Soft-deleted long enough ago that "soon" is purged tomorrow and "gone" is due now.
     protection.stop(vault, "soon", delete_data=True, now=now - timedelta(days=days - 1))
     protection.stop(vault, "gone", delete_data=True, now=now - timedelta(days=days + 1))
-    queue = JobQueue(ctx.catalog(), vault.config.vault_id)
     for _ in range(2):  # the daily job runs twice: the upcoming purge is announced once
-        job = queue.enqueue("maintenance", "")
-        run_maintenance(ctx, inv, queue, job)
+        run_maintenance(ctx, inv)
     kinds = _kinds(ctx)
     assert kinds.count("purge_upcoming") == 1 and kinds.count("purge_done") == 1
     _, alerts = list_alerts(ctx.catalog(), vault.config.vault_id)
@@ -80,22 +80,20 @@ def test_maintenance_raises_purge_upcoming_once_and_purge_done(
     assert [p["vm"] for p in vault.points()] == ["soon"]
 
 
-def test_shortened_retention_and_soft_delete_raise_alerts(
-    tmp_path: Path, ctx: service.Context
-) -> None:
-    service.run_prune(ctx, _inventory(tmp_path, "daily_days = 30"))
+def test_shortened_retention_and_soft_delete_raise_alerts(tmp_path: Path, ctx: Context) -> None:
+    run_prune(ctx, _inventory(tmp_path, "daily_days = 30"))
     assert "retention_shortened" not in _kinds(ctx)
-    service.run_prune(ctx, _inventory(tmp_path, "daily_days = 30"))  # unchanged: no alert
+    run_prune(ctx, _inventory(tmp_path, "daily_days = 30"))  # unchanged: no alert
     assert "retention_shortened" not in _kinds(ctx)
-    service.run_prune(ctx, _inventory(tmp_path, "daily_days = 7"))
+    run_prune(ctx, _inventory(tmp_path, "daily_days = 7"))
     assert _kinds(ctx).count("retention_shortened") == 2  # one per VM ("soon", "gone")
-    governance.set_soft_delete(ctx, 30)
+    protection_changes.set_soft_delete(ctx, 30)
     assert "soft_delete_shortened" not in _kinds(ctx)  # longer is safer: no alert
-    governance.set_soft_delete(ctx, 14)
+    protection_changes.set_soft_delete(ctx, 14)
     assert _kinds(ctx).count("soft_delete_shortened") == 1
-    governance.set_immutability(ctx, "on")
+    protection_changes.set_immutability(ctx, "on")
     assert "immutability_disabled" not in _kinds(ctx)
-    governance.set_immutability(ctx, "off")
+    protection_changes.set_immutability(ctx, "off")
     assert _kinds(ctx).count("immutability_disabled") == 1
 
 
@@ -112,7 +110,7 @@ class _Flaky(BaseHTTPRequestHandler):
         pass
 
 
-def test_deliveries_are_recorded_retried_and_capped(ctx: service.Context) -> None:
+def test_deliveries_are_recorded_retried_and_capped(ctx: Context) -> None:
     hook = HTTPServer(("127.0.0.1", 0), _Flaky)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:

@@ -21,7 +21,13 @@ import pytest
 
 from conftest import run_cli
 from faultkit import FaultRates, FaultyBackend
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore, run_verify
+from vmvault.app.retention import run_prune
+from vmvault.app.vaults import init_vault, run_check, run_gc
 from vmvault.backends.local import BackendFull, LocalBackend
 from vmvault.backends.retry import BackendError, BackendUnavailable, RetryingBackend
 from vmvault.errors import ObjectMissing, VmvaultError
@@ -37,26 +43,24 @@ FAST_RETRY: dict[str, Any] = {"attempts": 4, "base_delay": 0.001, "max_delay": 0
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _clean_ctx(tmp_path: Path, pack_target: int = 256 * KiB) -> service.Context:
+def _clean_ctx(tmp_path: Path, pack_target: int = 256 * KiB) -> Context:
     """A new vault of small blocks and packs (many objects), seen through a clean backend."""
-    ctx = service.Context(str(tmp_path / "vault"), f"sqlite:///{tmp_path / 'catalog.db'}")
-    service.init_vault(ctx, pack_target=pack_target, block_size=1 * MiB, scrypt=FAST_SCRYPT)
+    ctx = Context(str(tmp_path / "vault"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    init_vault(ctx, pack_target=pack_target, block_size=1 * MiB, scrypt=FAST_SCRYPT)
     return ctx
 
 
-def _faulty_ctx(clean: service.Context, faulty: FaultyBackend, **retry: Any) -> service.Context:
+def _faulty_ctx(clean: Context, faulty: FaultyBackend, **retry: Any) -> Context:
     """The same vault and catalog, seen through ``faulty`` behind the retry layer."""
     options = {**FAST_RETRY, **retry}
-    return service.Context(
+    return Context(
         clean.vault_path,
         clean.catalog_url,
         backend_factory=lambda _path: RetryingBackend(faulty, **options),
     )
 
 
-def _faulty(
-    clean: service.Context, seed: int = 0, rates: FaultRates | None = None
-) -> FaultyBackend:
+def _faulty(clean: Context, seed: int = 0, rates: FaultRates | None = None) -> FaultyBackend:
     return FaultyBackend(LocalBackend(clean.vault_path), seed, rates)
 
 
@@ -64,11 +68,9 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _restores_identical(
-    ctx: service.Context, point_id: str, disk: str, want: str, out: Path
-) -> None:
+def _restores_identical(ctx: Context, point_id: str, disk: str, want: str, out: Path) -> None:
     out.unlink(missing_ok=True)
-    service.run_restore(ctx, point_id, str(out), disk=disk)
+    run_restore(ctx, point_id, str(out), disk=disk)
     assert _digest(out) == want, f"{point_id}/{disk} does not restore byte-identical"
 
 
@@ -77,8 +79,8 @@ def _one_line(exc: VmvaultError) -> None:
     assert exc.message and "\n" not in exc.message, exc.message
 
 
-def _check_clean(ctx: service.Context) -> None:
-    report = service.run_check(ctx, read_data=True)
+def _check_clean(ctx: Context) -> None:
+    report = run_check(ctx, read_data=True)
     errors = [p.to_dict() for p in report.problems if p.severity == "error"]
     assert report.ok, errors
 
@@ -176,7 +178,7 @@ def test_the_local_backend_is_atomic_when_the_disk_fills_mid_write(tmp_path: Pat
 
 
 def test_the_default_context_retries(tmp_path: Path) -> None:
-    ctx = service.Context(str(tmp_path / "vault"))
+    ctx = Context(str(tmp_path / "vault"))
     assert isinstance(ctx.backend(), RetryingBackend)
 
 
@@ -188,9 +190,9 @@ def test_a_torn_manifest_is_never_referenced_by_a_later_point(tmp_path: Path, im
     faulty = _faulty(clean)
     faulty.inject("put", "manifests/", "torn-full")  # a prefix, then the disk is full
     with pytest.raises(BackendFull):
-        service.run_backup(_faulty_ctx(clean, faulty), "web", [service.DiskSpec("os", str(image))])
+        run_backup(_faulty_ctx(clean, faulty), "web", [DiskSpec("os", str(image))])
     # The same disk again: the same blocks, so the same manifest id as the torn object.
-    point = service.run_backup(clean, "web", [service.DiskSpec("os", str(image))])
+    point = run_backup(clean, "web", [DiskSpec("os", str(image))])
     _check_clean(clean)
     _restores_identical(clean, point["id"], "os", _digest(image), tmp_path / "out.img")
 
@@ -205,7 +207,7 @@ def test_a_point_that_failed_to_commit_is_not_left_in_the_vault(
     faulty = _faulty(clean)
     faulty.inject("put", "points/", fault, times=FAST_RETRY["attempts"])
     with pytest.raises(VmvaultError) as caught:
-        service.run_backup(_faulty_ctx(clean, faulty), "web", [service.DiskSpec("os", str(image))])
+        run_backup(_faulty_ctx(clean, faulty), "web", [DiskSpec("os", str(image))])
     _one_line(caught.value)
     assert clean.open_vault().point_ids() == []
     _check_clean(clean)
@@ -219,13 +221,13 @@ def test_a_torn_pack_or_index_object_of_a_failed_backup_is_removed(
     faulty = _faulty(clean)
     faulty.inject("put", prefix, "torn-full")
     with pytest.raises(BackendFull):
-        service.run_backup(_faulty_ctx(clean, faulty), "web", [service.DiskSpec("os", str(image))])
+        run_backup(_faulty_ctx(clean, faulty), "web", [DiskSpec("os", str(image))])
     vault = clean.open_vault()
     assert vault.index_problems == {}  # no unreadable index object
     for pack_id in vault.pack_ids():  # every pack left is whole (adopted by the next run)
         vault.read_pack_header(pack_id)
     _check_clean(clean)
-    point = service.run_backup(clean, "web", [service.DiskSpec("os", str(image))])
+    point = run_backup(clean, "web", [DiskSpec("os", str(image))])
     _restores_identical(clean, point["id"], "os", _digest(image), tmp_path / "out.img")
 
 
@@ -261,7 +263,7 @@ def test_a_failed_lock_write_leaves_no_lock_behind(tmp_path: Path, image: Path) 
     faulty = _faulty(clean)
     faulty.inject("put", "locks/", "transient-after", times=FAST_RETRY["attempts"])
     with pytest.raises(BackendUnavailable):
-        service.run_backup(_faulty_ctx(clean, faulty), "web", [service.DiskSpec("os", str(image))])
+        run_backup(_faulty_ctx(clean, faulty), "web", [DiskSpec("os", str(image))])
     assert live_locks(clean.backend()) == []
 
 
@@ -272,9 +274,7 @@ def test_a_lock_that_cannot_be_released_does_not_fail_a_finished_backup(
     clean = _clean_ctx(tmp_path)
     faulty = _faulty(clean)
     faulty.inject("delete", "locks/", "transient", times=FAST_RETRY["attempts"])
-    point = service.run_backup(
-        _faulty_ctx(clean, faulty), "web", [service.DiskSpec("os", str(image))]
-    )
+    point = run_backup(_faulty_ctx(clean, faulty), "web", [DiskSpec("os", str(image))])
     assert clean.open_vault().point_ids() == [point["id"]]
     _restores_identical(clean, point["id"], "os", _digest(image), tmp_path / "out.img")
 
@@ -284,11 +284,11 @@ def test_a_lock_that_cannot_be_released_does_not_fail_a_finished_backup(
 
 def test_check_skips_objects_deleted_since_its_listing(tmp_path: Path, image: Path) -> None:
     clean = _clean_ctx(tmp_path)
-    service.run_backup(clean, "web", [service.DiskSpec("os", str(image))])
+    run_backup(clean, "web", [DiskSpec("os", str(image))])
     faulty = _faulty(clean)
     faulty.inject("list", "points/", "vanish")  # a point forgotten meanwhile
     faulty.inject("list", "index/", "vanish", skip=1)  # check's own listing, not the load's
-    report = service.run_check(_faulty_ctx(clean, faulty), read_data=True)
+    report = run_check(_faulty_ctx(clean, faulty), read_data=True)
     assert faulty.injected["vanish"] == 2
     assert report.ok, [p.to_dict() for p in report.problems]
     assert report.points == 1 and report.index_objects == 1
@@ -355,11 +355,9 @@ class _Run:
     def backup(self, name: str, *, full: bool = False) -> None:
         """A backup, and once more if it failed (as the job queue retries it): the retry
         adopts what the failed run stored and must not trip over what it left torn."""
-        specs = [service.DiskSpec(disk, str(path)) for disk, path in self.disks.items()]
+        specs = [DiskSpec(disk, str(path)) for disk, path in self.disks.items()]
         for _ in range(2):
-            point = self.attempt(
-                name, lambda: service.run_backup(self.ctx, "web", specs, full=full)
-            )
+            point = self.attempt(name, lambda: run_backup(self.ctx, "web", specs, full=full))
             if point is not None:
                 self.committed[point["id"]] = {d: _digest(p) for d, p in self.disks.items()}
                 return
@@ -387,18 +385,18 @@ def test_every_operation_succeeds_or_fails_cleanly_and_damages_nothing(
                 "restore",
                 lambda p=point_id, d=disk, w=want: _restores_identical(run.ctx, p, d, w, run.out()),
             )
-        run.attempt("verify", lambda p=point_id: service.run_verify(run.ctx, p))
-    report = run.attempt("check", lambda: service.run_check(run.ctx, read_data=True))
+        run.attempt("verify", lambda p=point_id: run_verify(run.ctx, p))
+    report = run.attempt("check", lambda: run_check(run.ctx, read_data=True))
     if report is not None:  # a check that finished says what a clean one says: all is well
         assert report.ok, [p.to_dict() for p in report.problems]
     inventory = parse_inventory(
         _INVENTORY.format(os=run.disks["os"], data=run.disks["data"]), "inventory.toml"
     )
     later = datetime.now(UTC) + timedelta(days=2)  # one point a day is kept: the day's last
-    plan = service.run_prune(run.clean, inventory, dry_run=True, now=later)
+    plan = run_prune(run.clean, inventory, dry_run=True, now=later)
     planned = plan["vms"]["web"]["prune"]
-    run.attempt("prune", lambda: service.run_prune(run.ctx, inventory, now=later))
-    run.attempt("gc", lambda: service.run_gc(run.ctx, grace=0, repack_threshold=0.1))
+    run.attempt("prune", lambda: run_prune(run.ctx, inventory, now=later))
+    run.attempt("gc", lambda: run_gc(run.ctx, grace=0, repack_threshold=0.1))
     testdisk.mutate_disk(run.disks["os"], 20, seed=seed + 1, jobs=1)
     run.backup("backup after gc")
 
@@ -425,14 +423,14 @@ def test_a_prune_that_fails_half_way_leaves_the_catalog_true(tmp_path: Path) -> 
     disks = {"os": tmp_path / "os.img", "data": tmp_path / "data.img"}
     testdisk.create_disk(disks["os"], 2 * MiB, seed=1, jobs=1)
     testdisk.create_disk(disks["data"], 1 * MiB, seed=2, jobs=1)
-    specs = [service.DiskSpec(d, str(p)) for d, p in disks.items()]
-    ids = [service.run_backup(clean, "web", specs)["id"] for _ in range(3)]
+    specs = [DiskSpec(d, str(p)) for d, p in disks.items()]
+    ids = [run_backup(clean, "web", specs)["id"] for _ in range(3)]
     inventory = parse_inventory(_INVENTORY.format(**disks), "inventory.toml")
     faulty = _faulty(clean)
     faulty.inject("delete", "points/", "transient", skip=1, times=FAST_RETRY["attempts"])
     later = datetime.now(UTC) + timedelta(days=2)
     with pytest.raises(BackendUnavailable):
-        service.run_prune(_faulty_ctx(clean, faulty), inventory, now=later)
+        run_prune(_faulty_ctx(clean, faulty), inventory, now=later)
     vault = clean.open_vault(load_index=False)
     assert vault.point_ids() == ids[1:]  # the first deletion went through
     catalog = clean.catalog().points(vault.config.vault_id)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from vmvault import service
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
 from vmvault.catalog.store import Catalog
 
 
 def test_recording_a_point_a_rebuild_already_copied_keeps_one_row(
-    ctx: service.Context, make_image: object
+    ctx: Context, make_image: object
 ) -> None:
     image = make_image()  # type: ignore[operator]
-    point = service.run_backup(ctx, "vm1", [service.DiskSpec("os", str(image))])
+    point = run_backup(ctx, "vm1", [DiskSpec("os", str(image))])
     vault = ctx.open_vault(load_index=False)
     catalog = ctx.catalog()
     catalog.rebuild(vault.config.vault_id, vault.points())  # e.g. a prune, concurrently

@@ -7,16 +7,19 @@ import os
 from pathlib import Path
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import protection, service
+from vmvault import protection
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
 
 
-def test_cost_report_from_the_vault(tmp_path: Path, ctx: service.Context) -> None:
+def test_cost_report_from_the_vault(tmp_path: Path, ctx: Context) -> None:
     for name in ("web", "db"):
         disk = tmp_path / f"{name}.img"
         with open(disk, "wb") as f:
             f.truncate(16 << 20)
             f.write(os.urandom(3 << 20))
-        service.run_backup(ctx, name, [service.DiskSpec("os", str(disk), role="os")])
+        run_backup(ctx, name, [DiskSpec("os", str(disk), role="os")])
     protection.stop(ctx.open_vault(load_index=False), "db", delete_data=True)
     env = {
         "VMVAULT_PASSPHRASE": PASSPHRASE,
@@ -34,12 +37,12 @@ def test_cost_report_from_the_vault(tmp_path: Path, ctx: service.Context) -> Non
     assert csv.stdout.splitlines()[0].startswith("vm,") and len(csv.stdout.splitlines()) == 3
 
 
-def test_the_inventory_sets_the_price_table(tmp_path: Path, ctx: service.Context) -> None:
+def test_the_inventory_sets_the_price_table(tmp_path: Path, ctx: Context) -> None:
     disk = tmp_path / "web.img"
     with open(disk, "wb") as f:
         f.truncate(16 << 20)
         f.write(os.urandom(1 << 20))
-    service.run_backup(ctx, "web", [service.DiskSpec("os", str(disk), role="os")])
+    run_backup(ctx, "web", [DiskSpec("os", str(disk), role="os")])
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(
         '[pricing]\ncurrency = "EUR"\nsmall_price = 4.5\ninstance_price = 9\n'

@@ -13,16 +13,21 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli, same_content
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
+from vmvault.app.vaults import init_vault, run_check
 
 MiB = testdisk.MiB
 
 
 def test_sigkill_midway_then_rerun(tmp_path: Path, make_image: Callable[..., Path]) -> None:
-    ctx = service.Context(str(tmp_path / "vault"), f"sqlite:///{tmp_path / 'catalog.db'}")
-    service.init_vault(ctx, pack_target=1 * MiB)  # small packs: some are durable before the kill
+    ctx = Context(str(tmp_path / "vault"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    init_vault(ctx, pack_target=1 * MiB)  # small packs: some are durable before the kill
     first_image = make_image("first.img", size=16 * MiB, seed=1)
-    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(first_image))])
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(first_image))])
 
     second_image = make_image("second.img", size=64 * MiB, seed=5)
     env = {
@@ -63,18 +68,18 @@ def test_sigkill_midway_then_rerun(tmp_path: Path, make_image: Callable[..., Pat
 
     vault = ctx.open_vault()
     assert vault.point_ids() == [first["id"]]  # no half point is visible
-    report = service.run_check(ctx, read_data=True)
+    report = run_check(ctx, read_data=True)
     assert report.ok, [p.message for p in report.problems]
     out = tmp_path / "first-restored.img"
-    service.run_restore(ctx, first["id"], str(out))
+    run_restore(ctx, first["id"], str(out))
     assert same_content(first_image, out)
 
-    rerun = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(second_image))])
+    rerun = run_backup(ctx, "vm", [DiskSpec("os", str(second_image))])
     stats = rerun["disks"][0]["stats"]
     assert stats["deduplicated"] > 0  # chunks the killed run wrote are reused
-    assert service.run_check(ctx, read_data=True).ok
+    assert run_check(ctx, read_data=True).ok
     out2 = tmp_path / "second-restored.img"
-    service.run_restore(ctx, rerun["id"], str(out2))
+    run_restore(ctx, rerun["id"], str(out2))
     assert same_content(second_image, out2)
     # the catalog never shows the killed job as running forever: it has no row at all
     # (it died before finishing) or a finished one; the re-run's job succeeded
@@ -97,11 +102,11 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_fails_cleanly_and_keeps_earlier_points(
     tmp_path: Path, small_filesystem: Path
 ) -> None:
-    ctx = service.Context(str(small_filesystem / "vault"), f"sqlite:///{tmp_path / 'c.db'}")
-    service.init_vault(ctx, pack_target=1 * MiB)
+    ctx = Context(str(small_filesystem / "vault"), f"sqlite:///{tmp_path / 'c.db'}")
+    init_vault(ctx, pack_target=1 * MiB)
     small = tmp_path / "small.img"
     small.write_bytes(os.urandom(3 * MiB))
-    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(small))])
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(small))])
     big = tmp_path / "big.img"
     big.write_bytes(os.urandom(24 * MiB))
     result = run_cli(
@@ -122,9 +127,9 @@ def test_full_disk_fails_cleanly_and_keeps_earlier_points(
     vault = ctx.open_vault()
     assert vault.point_ids() == [first["id"]]
     assert not list(Path(ctx.vault_path).rglob(".tmp-*"))  # no half-written objects left
-    assert service.run_check(ctx, read_data=True).ok
+    assert run_check(ctx, read_data=True).ok
     out = tmp_path / "restored.img"
-    service.run_restore(ctx, first["id"], str(out))
+    run_restore(ctx, first["id"], str(out))
     assert same_content(small, out)
     backups = [j for j in ctx.catalog().jobs(vault.config.vault_id) if j.kind == "backup"]
     assert [(j.state, j.error_code) for j in backups] == [

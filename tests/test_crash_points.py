@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import PASSPHRASE_ENV, Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.points import forget_point
+from vmvault.app.restore import run_restore
+from vmvault.app.vaults import init_vault, run_check
 
 MiB = testdisk.MiB
 SIZE = 24 * MiB
@@ -63,28 +69,28 @@ def _digest(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    os.environ[service.PASSPHRASE_ENV] = PASSPHRASE
+    os.environ[PASSPHRASE_ENV] = PASSPHRASE
     root = tmp_path_factory.mktemp("crash-template")
-    ctx = service.Context(str(root / "vault"), f"sqlite:///{root / 'catalog.db'}")
-    service.init_vault(ctx, pack_target=256 * 1024)  # many small packs
+    ctx = Context(str(root / "vault"), f"sqlite:///{root / 'catalog.db'}")
+    init_vault(ctx, pack_target=256 * 1024)  # many small packs
     image = root / "disk.img"
     testdisk.create_disk(image, SIZE, seed=3, jobs=1)
     digests = {}
     for seed in range(3):
-        point = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+        point = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
         digests[point["id"]] = _digest(image)
         testdisk.mutate_disk(image, 20, seed=10 + seed, jobs=1)
     (root / "inventory.toml").write_text(INVENTORY.format(image=image))
     return Template(root, digests, image)
 
 
-def _copy(template: Template, dest: Path) -> service.Context:
+def _copy(template: Template, dest: Path) -> Context:
     shutil.copytree(template.root / "vault", dest / "vault", symlinks=True)
     for part in template.root.glob("catalog.db*"):  # with SQLite's WAL, if any
         shutil.copy2(part, dest / part.name)
     shutil.copy2(template.image, dest / "disk.img")
     (dest / "inventory.toml").write_text(INVENTORY.format(image=dest / "disk.img"))
-    return service.Context(str(dest / "vault"), f"sqlite:///{dest / 'catalog.db'}")
+    return Context(str(dest / "vault"), f"sqlite:///{dest / 'catalog.db'}")
 
 
 def _command(op: str, dest: Path, attempt: int) -> list[str]:
@@ -97,9 +103,7 @@ def _command(op: str, dest: Path, attempt: int) -> list[str]:
     return ["restore", "latest", str(dest / f"restored-{attempt}.img")]
 
 
-def _run_and_kill(
-    op: str, dest: Path, ctx: service.Context, delay: float, attempt: int = 0
-) -> int | None:
+def _run_and_kill(op: str, dest: Path, ctx: Context, delay: float, attempt: int = 0) -> int | None:
     """Run ``op`` through the CLI; SIGKILL it if it still runs after ``delay`` seconds."""
     env = {
         **os.environ,
@@ -126,11 +130,11 @@ def _run_and_kill(
         return None
 
 
-def _prepare(op: str, template: Template, dest: Path, ctx: service.Context, seed: int) -> None:
+def _prepare(op: str, template: Template, dest: Path, ctx: Context, seed: int) -> None:
     if op == "backup":
         testdisk.mutate_disk(dest / "disk.img", 30, seed=100 + seed, jobs=1)
     if op == "gc":  # garbage to collect: the oldest point's unique chunks
-        service.forget_point(ctx, min(template.digests))
+        forget_point(ctx, min(template.digests))
 
 
 @pytest.fixture(scope="module")
@@ -158,14 +162,14 @@ def windows(
     return found
 
 
-def _assert_intact(ctx: service.Context, template: Template, dest: Path) -> None:
-    report = service.run_check(ctx, read_data=True)
+def _assert_intact(ctx: Context, template: Template, dest: Path) -> None:
+    report = run_check(ctx, read_data=True)
     assert report.ok, [p.to_dict() for p in report.problems if p.severity == "error"]
     vault = ctx.open_vault(load_index=False)
     for point_id in vault.point_ids():
         expected = template.digests.get(point_id)
         target = dest / f"check-{point_id}.img"
-        service.run_restore(ctx, point_id, str(target))
+        run_restore(ctx, point_id, str(target))
         if expected is not None:  # a point committed after the copy is new: its own check
             assert _digest(target) == expected, f"{point_id} restored differently"
         target.unlink()
@@ -188,5 +192,5 @@ def test_sigkill_never_hurts_a_committed_point(
     _assert_intact(ctx, template, tmp_path)
     if op == "backup":
         restored = tmp_path / "latest.img"
-        service.run_restore(ctx, "latest", str(restored))
+        run_restore(ctx, "latest", str(restored))
         assert _digest(restored) == _digest(tmp_path / "disk.img")

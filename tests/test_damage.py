@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
+from vmvault.app.vaults import reindex, run_check
 from vmvault.engine.restore import merge_damage
 from vmvault.errors import RestoreDamaged
 from vmvault.vault.format import KIND_DATA
@@ -17,7 +22,7 @@ from vmvault.vault.format import KIND_DATA
 MiB = testdisk.MiB
 
 
-def _flip_one_data_chunk(ctx: service.Context) -> tuple[int, int]:
+def _flip_one_data_chunk(ctx: Context) -> tuple[int, int]:
     """Flip a byte inside one data blob; return the pack's path size and the blob's offset."""
     vault = ctx.open_vault()
     loc = next(loc for _, loc in vault.index.items() if loc.kind == KIND_DATA)
@@ -29,10 +34,10 @@ def _flip_one_data_chunk(ctx: service.Context) -> tuple[int, int]:
 
 
 def test_flipped_byte_detected_by_verify_restore_and_check(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     _flip_one_data_chunk(ctx)
 
     env = {
@@ -57,10 +62,10 @@ def test_flipped_byte_detected_by_verify_restore_and_check(
 
     target = tmp_path / "out.img"
     with pytest.raises(RestoreDamaged) as failed:
-        service.run_restore(ctx, "latest", str(target))
+        run_restore(ctx, "latest", str(target))
     assert failed.value.ranges == [(damage["start"], damage["end"])]
 
-    report = service.run_restore(ctx, "latest", str(target), ignore_errors=True)
+    report = run_restore(ctx, "latest", str(target), ignore_errors=True)
     assert [(d.start, d.end) for d in merge_damage(report.damaged)] == [
         (damage["start"], damage["end"])
     ]
@@ -73,33 +78,33 @@ def test_flipped_byte_detected_by_verify_restore_and_check(
 
 
 def test_missing_pack_is_reported(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     packs = sorted((Path(ctx.vault_path) / "packs").rglob("*"))
     victim = max((p for p in packs if p.is_file()), key=lambda p: p.stat().st_size)
     victim.unlink()
-    report = service.run_check(ctx)
+    report = run_check(ctx)
     assert not report.ok
     assert "pack_missing" in {p.kind for p in report.problems}
     with pytest.raises(RestoreDamaged):
-        service.run_restore(ctx, "latest", str(tmp_path / "o.img"))
+        run_restore(ctx, "latest", str(tmp_path / "o.img"))
 
 
 def test_reindex_rebuilds_lost_index_and_catalog(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    point = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    point = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     for index_object in (Path(ctx.vault_path) / "index").iterdir():
         index_object.unlink()
     Path(str(ctx.catalog_url).removeprefix("sqlite:///")).unlink()
-    result = service.reindex(ctx)
+    result = reindex(ctx)
     assert result["points"] == 1 and result["packs"] >= 1 and not result["unreadable_packs"]
-    assert service.run_check(ctx, read_data=True).ok
+    assert run_check(ctx, read_data=True).ok
     out = tmp_path / "o.img"
-    service.run_restore(ctx, point["id"], str(out))
+    run_restore(ctx, point["id"], str(out))
     assert out.read_bytes() == image.read_bytes()
     rows = ctx.catalog().points(ctx.open_vault(load_index=False).config.vault_id)
     assert [r.id for r in rows] == [point["id"]]

@@ -24,7 +24,12 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import PASSPHRASE_ENV, Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore, run_verify
+from vmvault.app.vaults import init_vault, run_check, run_gc
 from vmvault.errors import RestoreDamaged, VmvaultError
 from vmvault.vault.format import KIND_DATA
 
@@ -59,16 +64,16 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _prepare_vault(root: Path, seed: int) -> tuple[service.Context, dict[str, str]]:
-    ctx = service.Context(str(root / "vault"), f"sqlite:///{root / 'catalog.db'}")
-    service.init_vault(ctx, pack_target=512 * 1024)
+def _prepare_vault(root: Path, seed: int) -> tuple[Context, dict[str, str]]:
+    ctx = Context(str(root / "vault"), f"sqlite:///{root / 'catalog.db'}")
+    init_vault(ctx, pack_target=512 * 1024)
     image = root / "disk.img"
     testdisk.create_disk(image, 8 * MiB, seed=seed, jobs=1)
     digests = {}
     for step in range(2):
         if step:
             testdisk.mutate_disk(image, 30, seed=seed + 10, jobs=1)
-        point = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+        point = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
         digests[point["id"]] = _digest(image)
     vault = ctx.open_vault()
     from vmvault import protection
@@ -94,7 +99,7 @@ def _objects(root: Path, prefix: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    os.environ[service.PASSPHRASE_ENV] = PASSPHRASE
+    os.environ[PASSPHRASE_ENV] = PASSPHRASE
     root = tmp_path_factory.mktemp("matrix")
     other = tmp_path_factory.mktemp("matrix-other")
     ctx, digests = _prepare_vault(root, seed=1)
@@ -156,8 +161,8 @@ def _named(exc: VmvaultError) -> str:
     return f"refused ({exc.code})"
 
 
-def _check(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
-    report = service.run_check(ctx, read_data=True)
+def _check(ctx: Context, prepared: Prepared, dest: Path) -> str:
+    report = run_check(ctx, read_data=True)
     errors = sorted({p.kind for p in report.problems if p.severity == "error"})
     warnings = sorted({p.kind for p in report.problems if p.severity == "warning"})
     if errors:
@@ -165,12 +170,12 @@ def _check(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
     return "clean" + (f" (warns {', '.join(warnings)})" if warnings else "")
 
 
-def _verify(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
+def _verify(ctx: Context, prepared: Prepared, dest: Path) -> str:
     ctx.open_vault(load_index=False)  # a vault that does not open refuses as a whole
     bad = 0
     for point_id in sorted(prepared.digests):
         try:
-            _, reports = service.run_verify(ctx, point_id)
+            _, reports = run_verify(ctx, point_id)
         except VmvaultError as exc:
             if exc.code not in ("point_not_found", "point_damaged", "corrupt_object"):
                 raise
@@ -182,19 +187,19 @@ def _verify(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
     return "both points ok" if not bad else "names the damaged point(s)"
 
 
-def _verify_then_backup(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
+def _verify_then_backup(ctx: Context, prepared: Prepared, dest: Path) -> str:
     """A backup after a verify that met the damage: it stores the damaged chunks again."""
     _verify(ctx, prepared, dest)
     return _backup(ctx, prepared, dest)
 
 
-def _backup(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
+def _backup(ctx: Context, prepared: Prepared, dest: Path) -> str:
     image = dest / "disk.img"
     testdisk.mutate_disk(image, 10, seed=77, jobs=1)
-    point = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    point = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     restored = dest / "new-point.img"
     try:
-        service.run_restore(ctx, point["id"], str(restored))
+        run_restore(ctx, point["id"], str(restored))
     except RestoreDamaged:
         return "new point damaged (dedup on damage no read has found yet)"
     identical = _digest(restored) == _digest(image)
@@ -202,23 +207,23 @@ def _backup(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
     return "new point ok" if identical else "new point DIFFERS"
 
 
-def _restore(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
+def _restore(ctx: Context, prepared: Prepared, dest: Path) -> str:
     latest = max(prepared.digests)
     target = dest / "restored.img"
     try:
-        service.run_restore(ctx, latest, str(target))
+        run_restore(ctx, latest, str(target))
     except RestoreDamaged as exc:
         assert exc.ranges
         return "names the damaged ranges"
     return "identical" if _digest(target) == prepared.digests[latest] else "DIFFERS"
 
 
-def _gc(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
-    report = service.run_gc(ctx, grace=0)
+def _gc(ctx: Context, prepared: Prepared, dest: Path) -> str:
+    report = run_gc(ctx, grace=0)
     return "deferred" if report.deferred else "ok"
 
 
-def _server(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
+def _server(ctx: Context, prepared: Prepared, dest: Path) -> str:
     from fastapi.testclient import TestClient
 
     from vmvault.server.accounts import Accounts
@@ -238,7 +243,7 @@ def _server(ctx: service.Context, prepared: Prepared, dest: Path) -> str:
     return "answers" if not failing else "answers " + ", ".join(failing)
 
 
-RUNNERS: dict[str, Callable[[service.Context, Prepared, Path], str]] = {
+RUNNERS: dict[str, Callable[[Context, Prepared, Path], str]] = {
     "check": _check,
     "verify": _verify,
     "backup": _backup,
@@ -267,7 +272,7 @@ def _row(prepared: Prepared, dest: Path, kind: str, damage: str) -> dict[str, st
         for part in prepared.root.glob("catalog.db*"):  # with SQLite's WAL, if any
             shutil.copy2(part, case / part.name)
         shutil.copy2(prepared.root / "disk.img", case / "disk.img")
-        ctx = service.Context(str(case / "vault"), f"sqlite:///{case / 'catalog.db'}")
+        ctx = Context(str(case / "vault"), f"sqlite:///{case / 'catalog.db'}")
         _damage(prepared, case, kind, damage)
         row[op] = _outcome(lambda: RUNNERS[op](ctx, prepared, case))  # noqa: B023
     return row

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from vmvault.discovery import discover, domain_entry
 from vmvault.inventory import Vm, parse_inventory
+from vmvault.inventory.discovery import discover, domain_entry
 
 assert shutil.which("virsh"), "virsh not found: install libvirt-clients (make sysdeps)"
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import service
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
 
 MiB = 1 << 20
 WRITES = [
@@ -39,10 +42,10 @@ def _compare(a: Path, fa: str, b: Path, fb: str) -> subprocess.CompletedProcess[
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "vpc", "vhdx"])
-def test_image_format_round_trip(tmp_path: Path, ctx: service.Context, fmt: str) -> None:
+def test_image_format_round_trip(tmp_path: Path, ctx: Context, fmt: str) -> None:
     image = tmp_path / f"disk.{fmt}"
     _make(image, fmt)
-    point = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image), format=fmt)])
+    point = run_backup(ctx, "vm", [DiskSpec("os", str(image), format=fmt)])
     disk = point["disks"][0]
     assert disk["format"] == fmt and disk["source"] == str(image)
     assert disk["size"] >= 64 * MiB  # the guest-visible size, not the file's
@@ -55,7 +58,7 @@ def test_image_format_round_trip(tmp_path: Path, ctx: service.Context, fmt: str)
     assert disk["stats"]["new"] <= 2 * MiB
 
     same = tmp_path / f"restored.{fmt}"
-    service.run_restore(ctx, point["id"], str(same), target_format=fmt)
+    run_restore(ctx, point["id"], str(same), target_format=fmt)
     assert _compare(image, fmt, same, fmt).returncode == 0
     if fmt != "vpc":  # qemu-img has no consistency check for VHD
         check = subprocess.run(
@@ -63,16 +66,16 @@ def test_image_format_round_trip(tmp_path: Path, ctx: service.Context, fmt: str)
         )
         assert check.returncode == 0, check.stdout + check.stderr
     raw = tmp_path / "restored.raw"
-    service.run_restore(ctx, point["id"], str(raw))
+    run_restore(ctx, point["id"], str(raw))
     assert _compare(image, fmt, raw, "raw").returncode == 0
 
 
-def test_qcow2_restore_stays_compact(tmp_path: Path, ctx: service.Context) -> None:
+def test_qcow2_restore_stays_compact(tmp_path: Path, ctx: Context) -> None:
     image = tmp_path / "disk.qcow2"
     _make(image, "qcow2")
-    point = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image), format="qcow2")])
+    point = run_backup(ctx, "vm", [DiskSpec("os", str(image), format="qcow2")])
     out = tmp_path / "out.qcow2"
-    service.run_restore(ctx, point["id"], str(out), target_format="qcow2")
+    run_restore(ctx, point["id"], str(out), target_format="qcow2")
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output=json", str(out)],
@@ -84,7 +87,7 @@ def test_qcow2_restore_stays_compact(tmp_path: Path, ctx: service.Context) -> No
     assert info["actual-size"] < 8 * MiB  # zero chunks were never written
 
 
-def test_wrong_format_is_one_clear_error(tmp_path: Path, ctx: service.Context) -> None:
+def test_wrong_format_is_one_clear_error(tmp_path: Path, ctx: Context) -> None:
     image = tmp_path / "disk.qcow2"
     _make(image, "qcow2")
     scratch = tmp_path / "scratch"  # where the export's mountpoint goes (TMPDIR)

@@ -65,6 +65,7 @@ from vmvault.errors import (
 from vmvault.inventory import InventoryError, load_inventory, parse_inventory
 from vmvault.vault import format as fmt
 from vmvault.vault.crypto import MasterKeys, unwrap_keys, wrap_keys
+from vmvault.vault.documents import SETTINGS_KEY
 from vmvault.vault.vault import AAD_GC, GC_PENDING_KEY, Vault
 
 T = TypeVar("T")
@@ -379,7 +380,7 @@ def read_back(sealed: SealedVault, key: str) -> None:
         vault.read_pack_header(bytes.fromhex(name))
     elif key == GC_PENDING_KEY:
         vault.gc_pending()
-    elif key == protection.SETTINGS_KEY:
+    elif key == SETTINGS_KEY:
         protection.settings(vault)
     elif key.startswith("protection/"):
         protection.state_of(vault, "web")

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from freezekit import blocked, reap_writers, sigterm_while_frozen, unfreeze, writable
-from vmvault import service
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
 from vmvault.consistency import (
     Consistency,
     GuestAgent,
@@ -392,11 +393,11 @@ snapshot = "copy"
 
 
 def test_vm_backup_freezes_through_the_guest_agent(
-    agent: Agent, mount: Path, tmp_path: Path, ctx: service.Context
+    agent: Agent, mount: Path, tmp_path: Path, ctx: Context
 ) -> None:
     extra = f'guest_agent = "{agent.socket}"\nfreeze = ["{mount}"]'
     inv = parse_inventory(_inventory(tmp_path, extra), "inv.toml")
-    point = service.run_vm_backup(ctx, inv, "app01")
+    point = run_vm_backup(ctx, inv, "app01")
     reason = f"no pre/post scripts configured; file systems frozen (QEMU guest agent: {mount})"
     assert point["consistency"] == {"level": "file-system", "reason": reason}
     assert point["meta"]["quiesce"]["freeze"] == "frozen"
@@ -404,11 +405,11 @@ def test_vm_backup_freezes_through_the_guest_agent(
 
 
 def test_vm_backup_with_an_unreachable_agent_is_crash_consistent(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     absent = tmp_path / "absent.sock"
     inv = parse_inventory(_inventory(tmp_path, f'guest_agent = "{absent}"'), "inv.toml")
-    point = service.run_vm_backup(ctx, inv, "app01")
+    point = run_vm_backup(ctx, inv, "app01")
     assert point["consistency"]["level"] == "crash"
     reason = point["consistency"]["reason"]
     assert f"file-system freeze failed: QEMU guest agent {absent}: cannot connect" in reason

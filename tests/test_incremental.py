@@ -7,25 +7,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import same_content
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
 
 MiB = testdisk.MiB
 
 
-def vault_bytes(ctx: service.Context) -> int:
+def vault_bytes(ctx: Context) -> int:
     return sum(f.stat().st_size for f in Path(ctx.vault_path).rglob("*") if f.is_file())
 
 
 def test_incremental_sends_about_the_changed_bytes(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=64 * MiB)
-    first = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    first = run_backup(ctx, "web", [DiskSpec("os", str(image))])
     before = vault_bytes(ctx)
     original = tmp_path / "orig.img"
     os.system(f"cp --sparse=always {image} {original}")
     mutation = testdisk.mutate_disk(image, 2.0, seed=7, jobs=1)
-    second = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    second = run_backup(ctx, "web", [DiskSpec("os", str(image))])
     stats = second["disks"][0]["stats"]
     assert second["type"] == "incremental" and second["parent"] == first["id"]
     # only the rewritten 64 KiB chunks are new: never more than what was written
@@ -36,54 +40,50 @@ def test_incremental_sends_about_the_changed_bytes(
     assert growth <= 1.5 * mutation.bytes_written + 64 * 1024, (growth, mutation.bytes_written)
     for point, reference in ((first, original), (second, image)):
         out = tmp_path / f"r-{point['id']}.img"
-        service.run_restore(ctx, point["id"], str(out))
+        run_restore(ctx, point["id"], str(out))
         assert same_content(reference, out)
 
 
-def test_unchanged_disk_costs_almost_nothing(
-    ctx: service.Context, make_image: Callable[..., Path]
-) -> None:
+def test_unchanged_disk_costs_almost_nothing(ctx: Context, make_image: Callable[..., Path]) -> None:
     image = make_image(size=32 * MiB)
-    service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "web", [DiskSpec("os", str(image))])
     before = vault_bytes(ctx)
-    again = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    again = run_backup(ctx, "web", [DiskSpec("os", str(image))])
     stats = again["disks"][0]["stats"]
     assert stats["new"] == 0 and stats["records_new"] == 0
     assert vault_bytes(ctx) - before < 16 * 1024  # one manifest and one point object
 
 
-def test_full_flag_still_deduplicates(
-    ctx: service.Context, make_image: Callable[..., Path]
-) -> None:
+def test_full_flag_still_deduplicates(ctx: Context, make_image: Callable[..., Path]) -> None:
     image = make_image(size=16 * MiB)
-    service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
-    again = service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))], full=True)
+    run_backup(ctx, "web", [DiskSpec("os", str(image))])
+    again = run_backup(ctx, "web", [DiskSpec("os", str(image))], full=True)
     stats = again["disks"][0]["stats"]
     assert again["type"] == "full" and stats["unchanged"] == 0
     assert stats["new"] == 0 and stats["deduplicated"] > 0
 
 
 def test_dedup_across_disks_and_vms(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=32 * MiB)
     clone = tmp_path / "clone.img"
     os.system(f"cp --sparse=always {image} {clone}")
-    first = service.run_backup(ctx, "web1", [service.DiskSpec("os", str(image))])
+    first = run_backup(ctx, "web1", [DiskSpec("os", str(image))])
     before = vault_bytes(ctx)
-    other = service.run_backup(ctx, "web2", [service.DiskSpec("os", str(clone))])
+    other = run_backup(ctx, "web2", [DiskSpec("os", str(clone))])
     stats = other["disks"][0]["stats"]
     assert other["type"] == "full"
     assert stats["new"] == 0
     assert stats["deduplicated"] == first["disks"][0]["stats"]["new"]
     assert vault_bytes(ctx) - before < 64 * 1024
     out = tmp_path / "r.img"
-    service.run_restore(ctx, other["id"], str(out))
+    run_restore(ctx, other["id"], str(out))
     assert same_content(clone, out)
 
 
 def test_change_hint_reads_only_the_changed_chunks(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     """With a dirty-bitmap style hint, only the named ranges are read; the result is the
     same point a read-and-hash incremental gives."""
@@ -91,7 +91,7 @@ def test_change_hint_reads_only_the_changed_chunks(
     from vmvault.engine.backup import DiskInput, backup, merge_ranges
 
     image = make_image(size=32 * MiB)
-    service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "web", [DiskSpec("os", str(image))])
     writes = [
         (5 * MiB + 4096, b"\x11" * 100),
         (20 * MiB, os.urandom(64 * 1024)),
@@ -112,13 +112,13 @@ def test_change_hint_reads_only_the_changed_chunks(
         hashed = backup(vault, "web", [DiskInput("os", disk)])
     assert hinted.point["disks"][0]["manifest"] == hashed.point["disks"][0]["manifest"]
     out = tmp_path / "hinted.img"
-    service.run_restore(ctx, hinted.point["id"], str(out))
+    run_restore(ctx, hinted.point["id"], str(out))
     assert out.read_bytes() == image.read_bytes()
     assert merge_ranges([(5, 9), (0, 2), (8, 12), (3, 3)]) == [(0, 2), (5, 12)]
 
 
 def test_changes_only_source_needs_a_readable_parent(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     """An image holding only the changes must never be read as a whole disk."""
     import pytest
@@ -132,7 +132,7 @@ def test_changes_only_source_needs_a_readable_parent(
     vault = ctx.open_vault()
     with RawDisk.open(image) as disk, pytest.raises(UsageError, match="no parent"):
         backup(vault, "web", [DiskInput("os", disk, changed=[], changes_only=True)])
-    service.run_backup(ctx, "web", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "web", [DiskSpec("os", str(image))])
     vault = ctx.open_vault()
     loc = next(loc for _, loc in vault.index.items() if loc.kind == KIND_RECORD)
     pack = Path(ctx.vault_path) / "packs" / loc.pack_id.hex()[:2] / loc.pack_id.hex()

@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import update
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import service, testdisk
+from vmvault import testdisk
 from vmvault.alerts.store import list_alerts
+from vmvault.app.context import Context
 from vmvault.catalog.models import Job
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.queue import JobQueue
@@ -26,7 +27,7 @@ from vmvault.jobs.worker import run_worker
 CLI = [sys.executable, "-c", "from vmvault.cli.main import run; run()"]
 
 
-def _env(ctx: service.Context) -> dict[str, str]:
+def _env(ctx: Context) -> dict[str, str]:
     return {
         "VMVAULT_PASSPHRASE": PASSPHRASE,
         "VMVAULT_VAULT": ctx.vault_path,
@@ -34,14 +35,14 @@ def _env(ctx: service.Context) -> dict[str, str]:
     }
 
 
-def _locks(ctx: service.Context) -> list[Path]:
+def _locks(ctx: Context) -> list[Path]:
     folder = Path(ctx.vault_path) / "locks"
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 @pytest.mark.parametrize("kind", ["fifo", "chardev", "socket", "directory"])
 def test_odd_disk_sources_are_one_error_line_at_once(
-    tmp_path: Path, ctx: service.Context, kind: str
+    tmp_path: Path, ctx: Context, kind: str
 ) -> None:
     if kind == "fifo":
         source = tmp_path / "disk.fifo"
@@ -77,9 +78,7 @@ def test_odd_disk_sources_are_one_error_line_at_once(
 
 
 @pytest.mark.parametrize("rate", ["-1", "0", "1e-9", "nan"])
-def test_absurd_rate_limits_are_one_error_line(
-    ctx: service.Context, tmp_path: Path, rate: str
-) -> None:
+def test_absurd_rate_limits_are_one_error_line(ctx: Context, tmp_path: Path, rate: str) -> None:
     image = tmp_path / "disk.img"
     testdisk.create_disk(image, 4 * testdisk.MiB, seed=1, jobs=1)
     result = run_cli("backup", str(image), "--vm", "vm", "--limit-rate", rate, env=_env(ctx))
@@ -89,7 +88,7 @@ def test_absurd_rate_limits_are_one_error_line(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_a_throttled_backup_within_seconds_and_frees_the_lock(
-    ctx: service.Context, tmp_path: Path, signum: signal.Signals
+    ctx: Context, tmp_path: Path, signum: signal.Signals
 ) -> None:
     image = tmp_path / "disk.img"
     testdisk.create_disk(image, 32 * testdisk.MiB, seed=1, jobs=1)
@@ -115,9 +114,7 @@ def test_a_signal_stops_a_throttled_backup_within_seconds_and_frees_the_lock(
     assert ctx.open_vault(load_index=False).point_ids() == []
 
 
-def test_a_cancelled_throttled_job_ends_within_seconds(
-    ctx: service.Context, tmp_path: Path
-) -> None:
+def test_a_cancelled_throttled_job_ends_within_seconds(ctx: Context, tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     testdisk.create_disk(image, 32 * testdisk.MiB, seed=1, jobs=1)
     inventory = parse_inventory(
@@ -164,7 +161,7 @@ def _lost_job(queue: JobQueue, max_attempts: int) -> int:
     return job_id
 
 
-def test_a_job_of_a_lost_worker_is_retried_then_alerted(ctx: service.Context) -> None:
+def test_a_job_of_a_lost_worker_is_retried_then_alerted(ctx: Context) -> None:
     vault_id = ctx.open_vault(load_index=False).config.vault_id
     queue = JobQueue(ctx.catalog(), vault_id)
     inventory = parse_inventory("", "inv.toml")
@@ -192,7 +189,7 @@ def _inventory_file(tmp_path: Path, image: Path, mb_per_s: float | None) -> Path
     return path
 
 
-def _worker(ctx: service.Context, inventory: Path) -> subprocess.Popen[str]:
+def _worker(ctx: Context, inventory: Path) -> subprocess.Popen[str]:
     """A real `vmvault worker --once` process."""
     return subprocess.Popen(
         [*CLI, "worker", "--once", "--inventory", str(inventory)],
@@ -203,7 +200,7 @@ def _worker(ctx: service.Context, inventory: Path) -> subprocess.Popen[str]:
     )
 
 
-def _kill_mid_backup(ctx: service.Context, queue: JobQueue, job_id: int, inventory: Path) -> None:
+def _kill_mid_backup(ctx: Context, queue: JobQueue, job_id: int, inventory: Path) -> None:
     """Start a real worker on the (throttled) job and SIGKILL it once blocks are flowing."""
     proc = _worker(ctx, inventory)
     deadline = time.monotonic() + 60
@@ -228,14 +225,14 @@ def _time_passes(queue: JobQueue, job_id: int, **columns: datetime) -> None:
         s.execute(update(Job).where(Job.id == job_id).values(**columns))
 
 
-def _run_worker_to_end(ctx: service.Context, inventory: Path) -> None:
+def _run_worker_to_end(ctx: Context, inventory: Path) -> None:
     proc = _worker(ctx, inventory)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
 
 
 def test_a_sigkilled_worker_s_backup_is_retried_and_the_lost_attempt_stays_visible(
-    ctx: service.Context, tmp_path: Path
+    ctx: Context, tmp_path: Path
 ) -> None:
     image = tmp_path / "disk.img"
     testdisk.create_disk(image, 8 * testdisk.MiB, seed=3, jobs=1)
@@ -271,7 +268,7 @@ def test_a_sigkilled_worker_s_backup_is_retried_and_the_lost_attempt_stays_visib
 
 
 def test_a_sigkilled_worker_s_last_attempt_fails_with_one_alert(
-    ctx: service.Context, tmp_path: Path
+    ctx: Context, tmp_path: Path
 ) -> None:
     image = tmp_path / "disk.img"
     testdisk.create_disk(image, 8 * testdisk.MiB, seed=3, jobs=1)
@@ -298,7 +295,7 @@ def test_a_sigkilled_worker_s_last_attempt_fails_with_one_alert(
 
 
 def test_a_worker_whose_job_was_reaped_drops_it_and_keeps_the_reaper_s_decision(
-    ctx: service.Context, tmp_path: Path
+    ctx: Context, tmp_path: Path
 ) -> None:
     """Its heartbeat could not land for minutes (a catalog outage, a stopped process):
     the job was reaped and queued again, so this worker must stop running it, and must
@@ -327,7 +324,7 @@ def test_a_worker_whose_job_was_reaped_drops_it_and_keeps_the_reaper_s_decision(
 
 
 def test_a_worker_stopped_by_sigterm_mid_backup_hands_its_job_back(
-    ctx: service.Context, tmp_path: Path
+    ctx: Context, tmp_path: Path
 ) -> None:
     """`systemctl stop` of a worker: it ends within seconds, its lock released, and the
     job is queued again (an attempt used, no alert), not failed nor left running."""
@@ -353,7 +350,7 @@ def test_a_worker_stopped_by_sigterm_mid_backup_hands_its_job_back(
     assert list_alerts(ctx.catalog(), vault_id)[0] == 0
 
 
-def test_a_fifo_disk_fails_its_queued_job_at_once(ctx: service.Context, tmp_path: Path) -> None:
+def test_a_fifo_disk_fails_its_queued_job_at_once(ctx: Context, tmp_path: Path) -> None:
     """The worker used to block in open() for ever, its heartbeat keeping the job alive."""
     fifo = tmp_path / "disk.fifo"
     os.mkfifo(fifo)
@@ -378,7 +375,7 @@ def test_a_fifo_disk_fails_its_queued_job_at_once(ctx: service.Context, tmp_path
     ],
 )
 def test_absurd_inventory_rates_are_one_error_line(
-    ctx: service.Context, tmp_path: Path, limit: str
+    ctx: Context, tmp_path: Path, limit: str
 ) -> None:
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(limit + "\n")
@@ -389,7 +386,7 @@ def test_absurd_inventory_rates_are_one_error_line(
 
 
 def test_a_lost_job_whose_cancel_was_asked_for_is_cancelled_without_an_alert(
-    ctx: service.Context,
+    ctx: Context,
 ) -> None:
     vault_id = ctx.open_vault(load_index=False).config.vault_id
     queue = JobQueue(ctx.catalog(), vault_id)

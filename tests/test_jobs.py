@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import service
+from vmvault.app.context import Context
 from vmvault.catalog.models import Job
 from vmvault.inventory import Inventory, parse_inventory
 from vmvault.jobs.queue import JobQueue
@@ -40,11 +40,11 @@ def _inventory(tmp_path: Path, vms: int, *, disk_mb_per_s: float = 60, max_vms: 
     return "\n".join(lines)
 
 
-def _queue(ctx: service.Context) -> JobQueue:
+def _queue(ctx: Context) -> JobQueue:
     return JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
 
 
-def _run_watching(ctx: service.Context, inv: Inventory, queue: JobQueue) -> tuple[list[int], int]:
+def _run_watching(ctx: Context, inv: Inventory, queue: JobQueue) -> tuple[list[int], int]:
     """Run the queue once; return the jobs started and the most ever running together."""
     peak = 0
     stop = threading.Event()
@@ -65,7 +65,7 @@ def _run_watching(ctx: service.Context, inv: Inventory, queue: JobQueue) -> tupl
     return started, peak
 
 
-def test_worker_runs_queued_jobs_within_the_vm_cap(tmp_path: Path, ctx: service.Context) -> None:
+def test_worker_runs_queued_jobs_within_the_vm_cap(tmp_path: Path, ctx: Context) -> None:
     inv = parse_inventory(_inventory(tmp_path, 5, disk_mb_per_s=3, max_vms=2), "inv.toml")
     queue = _queue(ctx)
     ids = [queue.enqueue("backup", f"vm{i}") for i in range(5)]
@@ -81,9 +81,7 @@ def test_worker_runs_queued_jobs_within_the_vm_cap(tmp_path: Path, ctx: service.
     assert len(ctx.open_vault(load_index=False).point_ids()) == 5
 
 
-def test_a_killed_worker_leaves_a_failed_rerunnable_job(
-    tmp_path: Path, ctx: service.Context
-) -> None:
+def test_a_killed_worker_leaves_a_failed_rerunnable_job(tmp_path: Path, ctx: Context) -> None:
     inv_path = tmp_path / "inv.toml"
     inv_path.write_text(_inventory(tmp_path, 1, disk_mb_per_s=0.5))
     with open(tmp_path / "vm0.img", "r+b") as f:  # more than the 4 MiB a bucket lets through
@@ -133,7 +131,7 @@ def test_a_killed_worker_leaves_a_failed_rerunnable_job(
 
 
 def test_fifty_queued_vm_jobs_never_run_more_than_forty_at_once(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     lines = ["[limits]\ndisk_mb_per_s = 1\nmax_vms = 40\n"]
     for i in range(50):

@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli, same_content
-from vmvault import service, testdisk
+from vmvault import testdisk
 from vmvault.alerts.store import list_alerts
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.points import forget_point
+from vmvault.app.restore import run_restore
+from vmvault.app.vaults import reindex as app_reindex
+from vmvault.app.vaults import run_check, run_gc
 from vmvault.backends.local import LocalBackend
 from vmvault.engine.gc import collect_garbage
 from vmvault.errors import VmvaultError
@@ -20,7 +27,7 @@ from vmvault.vault.vault import Vault
 MiB = testdisk.MiB
 
 
-def _env(ctx: service.Context) -> dict[str, str]:
+def _env(ctx: Context) -> dict[str, str]:
     return {
         "VMVAULT_VAULT": ctx.vault_path,
         "VMVAULT_CATALOG": ctx.catalog_url or "",
@@ -28,14 +35,14 @@ def _env(ctx: service.Context) -> dict[str, str]:
     }
 
 
-def _data_pack_paths(ctx: service.Context) -> list[Path]:
+def _data_pack_paths(ctx: Context) -> list[Path]:
     vault = ctx.open_vault()
     packs = {loc.pack_id for _, loc in vault.index.items() if loc.kind == KIND_DATA}
     root = Path(ctx.vault_path) / "packs"
     return sorted(root / p.hex()[:2] / p.hex() for p in packs)
 
 
-def _alert_kinds(ctx: service.Context) -> set[str]:
+def _alert_kinds(ctx: Context) -> set[str]:
     vault = ctx.open_vault(load_index=False)
     _, rows = list_alerts(ctx.catalog(), vault.config.vault_id, limit=500)
     return {a.kind for a in rows}
@@ -43,28 +50,28 @@ def _alert_kinds(ctx: service.Context) -> set[str]:
 
 @pytest.mark.parametrize("mode", ["incremental", "full", "reindexed-incremental"])
 def test_backup_after_a_lost_pack_stores_its_chunks_again(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path], mode: str
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path], mode: str
 ) -> None:
     image = make_image(size=24 * MiB)
-    spec = [service.DiskSpec("os", str(image))]
-    first = service.run_backup(ctx, "vm", spec)
+    spec = [DiskSpec("os", str(image))]
+    first = run_backup(ctx, "vm", spec)
     lost = _data_pack_paths(ctx)[0]
     lost.unlink()
     if mode == "reindexed-incremental":
-        service.reindex(ctx)
+        app_reindex(ctx)
 
-    point = service.run_backup(ctx, "vm", spec, full=mode == "full")
+    point = run_backup(ctx, "vm", spec, full=mode == "full")
     assert point["disks"][0]["stats"]["new"] > 0  # the lost chunks travelled again
 
     env = _env(ctx)
     verify = run_cli("verify", point["id"], "--json", env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     restored = tmp_path / "restored.img"
-    service.run_restore(ctx, point["id"], str(restored))
+    run_restore(ctx, point["id"], str(restored))
     assert same_content(image, restored)
     # the chunks stored again heal the older point too
     healed = tmp_path / "healed.img"
-    service.run_restore(ctx, first["id"], str(healed))
+    run_restore(ctx, first["id"], str(healed))
     assert same_content(image, healed)
     check = run_cli("check", "--json", env=env)
     if mode != "reindexed-incremental":  # (a rebuilt index has forgotten the pack)
@@ -74,38 +81,38 @@ def test_backup_after_a_lost_pack_stores_its_chunks_again(
         problems = json.loads(check.stdout)["problems"]
         assert any(p["kind"] == "pack_missing" and lost.name in p["object"] for p in problems)
         # once nothing needs it, GC drops the lost pack from the index
-        assert service.run_gc(ctx, grace=0).deleted_packs >= 1
+        assert run_gc(ctx, grace=0).deleted_packs >= 1
     assert run_cli("check", "--read-data", env=env).returncode == 0
 
 
 def test_incremental_with_change_hints_reads_chunks_of_a_lost_pack(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     """Chunks a dirty bitmap calls unchanged are not inherited when their pack is gone."""
     image = make_image(size=16 * MiB)
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     for path in _data_pack_paths(ctx):
         path.unlink()
-    hinted = service.DiskSpec("os", str(image), changed=[(0, 65536)])
-    point = service.run_backup(ctx, "vm", [hinted])
+    hinted = DiskSpec("os", str(image), changed=[(0, 65536)])
+    point = run_backup(ctx, "vm", [hinted])
     restored = tmp_path / "restored.img"
-    service.run_restore(ctx, point["id"], str(restored))
+    run_restore(ctx, point["id"], str(restored))
     assert same_content(image, restored)
 
 
-def _damage_point(ctx: service.Context, point_id: str) -> None:
+def _damage_point(ctx: Context, point_id: str) -> None:
     path = Path(ctx.vault_path) / "points" / point_id
     with open(path, "r+b") as f:
         f.truncate(10)
 
 
 def test_a_damaged_point_costs_that_point_only(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
     other = make_image("other.img", size=8 * MiB, seed=2)
-    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
-    service.run_backup(ctx, "db", [service.DiskSpec("data", str(other))])
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
+    run_backup(ctx, "db", [DiskSpec("data", str(other))])
     _damage_point(ctx, first["id"])
     env = _env(ctx)
 
@@ -148,28 +155,24 @@ def test_a_damaged_point_costs_that_point_only(
     assert run_cli("gc", "--grace", "0", env=env).returncode == 0
     assert run_cli("check", "--read-data", env=env).returncode == 0
     restored = tmp_path / "restored.img"
-    service.run_restore(ctx, "latest", str(restored), vm="vm")
+    run_restore(ctx, "latest", str(restored), vm="vm")
     assert same_content(image, restored)
 
 
-def test_gc_force_skips_a_damaged_point(
-    ctx: service.Context, make_image: Callable[..., Path]
-) -> None:
+def test_gc_force_skips_a_damaged_point(ctx: Context, make_image: Callable[..., Path]) -> None:
     image = make_image(size=8 * MiB)
-    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     testdisk.mutate_disk(image, 10, seed=5)
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     _damage_point(ctx, first["id"])
     with pytest.raises(VmvaultError, match="--force"):
-        service.run_gc(ctx, grace=0)
-    report = service.run_gc(ctx, grace=0, force=True)
+        run_gc(ctx, grace=0)
+    report = run_gc(ctx, grace=0, force=True)
     assert report.damaged_points == [first["id"]]
-    assert service.run_check(ctx, read_data=True).problems[0].kind == "point_unreadable"
+    assert run_check(ctx, read_data=True).problems[0].kind == "point_unreadable"
 
 
-def test_server_answers_with_a_damaged_point(
-    ctx: service.Context, make_image: Callable[..., Path]
-) -> None:
+def test_server_answers_with_a_damaged_point(ctx: Context, make_image: Callable[..., Path]) -> None:
     from fastapi.testclient import TestClient
 
     from vmvault.server.accounts import Accounts
@@ -177,8 +180,8 @@ def test_server_answers_with_a_damaged_point(
     from vmvault.server.state import ServerConfig
 
     image = make_image(size=8 * MiB)
-    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     _damage_point(ctx, first["id"])
     config = ServerConfig(ctx.vault_path, ctx.catalog_url, scheduler=False, worker=False)
     app = create_app(config)
@@ -208,10 +211,10 @@ def test_server_answers_with_a_damaged_point(
 
 
 def test_a_damaged_index_object_is_named_and_its_packs_adopted(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     [index_object] = (Path(ctx.vault_path) / "index").iterdir()
     data = bytearray(index_object.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -222,12 +225,12 @@ def test_a_damaged_index_object_is_named_and_its_packs_adopted(
     kinds = {p["kind"] for p in json.loads(check.stdout)["problems"]}
     assert "index_unreadable" in kinds
     # the next backup adopts the packs from their own headers: nothing is stored twice
-    second = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    second = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     assert second["disks"][0]["stats"]["new"] == 0
     restored = tmp_path / "restored.img"
-    service.run_restore(ctx, first["id"], str(restored))
+    run_restore(ctx, first["id"], str(restored))
     assert same_content(image, restored)
-    assert service.run_gc(ctx, grace=0).deleted_packs == 0
+    assert run_gc(ctx, grace=0).deleted_packs == 0
     assert run_cli("check", "--read-data", env=env).returncode == 0  # GC replaced the index
 
 
@@ -243,26 +246,26 @@ class _DiesAfterOnePackDelete(LocalBackend):
 
 
 def test_an_interrupted_sweep_is_no_lost_pack(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=16 * MiB)
-    first = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     testdisk.mutate_disk(image, 30, seed=4)
-    second = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
-    service.forget_point(ctx, first["id"])
+    second = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
+    forget_point(ctx, first["id"])
     crashing = Vault.open(_DiesAfterOnePackDelete(ctx.vault_path), PASSPHRASE)
     with pytest.raises(_Crash):
         collect_garbage(crashing, grace=0, repack_threshold=0.01)
 
-    report = service.run_check(ctx, read_data=True)
+    report = run_check(ctx, read_data=True)
     assert report.ok, [p.to_dict() for p in report.problems]
     assert "sweep_interrupted" in {p.kind for p in report.problems}
-    third = service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    third = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     assert "vault_damaged" not in _alert_kinds(ctx)  # deleted on purpose, not lost
-    assert service.run_gc(ctx, grace=0).deleted_packs >= 1
-    after = service.run_check(ctx, read_data=True)
+    assert run_gc(ctx, grace=0).deleted_packs >= 1
+    after = run_check(ctx, read_data=True)
     assert after.ok and not after.problems, [p.to_dict() for p in after.problems]
     for point in (second, third):
         restored = tmp_path / f"{point['id']}.img"
-        service.run_restore(ctx, point["id"], str(restored))
+        run_restore(ctx, point["id"], str(restored))
         assert same_content(image, restored)

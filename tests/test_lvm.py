@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import same_content
-from vmvault import service
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.restore import run_restore
 from vmvault.inventory import parse_inventory
 from vmvault.snapshot import choose_provider
 from vmvault.snapshot.lvm import LvmSnapshot
@@ -41,7 +43,7 @@ def test_unknown_provider_names_lvm_among_the_known(tmp_path: Path) -> None:
     not HAS_DM, reason="this kernel has no device-mapper: the next test runs this in a VM"
 )
 def test_running_vm_on_a_logical_volume_is_backed_up_from_a_snapshot(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     backing = tmp_path / "pv.img"
     backing.write_bytes(b"")
@@ -64,13 +66,13 @@ def test_running_vm_on_a_logical_volume_is_backed_up_from_a_snapshot(
             f'[[vms.disks]]\nname = "os"\npath = "{device}"\n',
             "inv.toml",
         )
-        point = service.run_vm_backup(ctx, inv, "lv01")
+        point = run_vm_backup(ctx, inv, "lv01")
         assert point["meta"]["snapshot"] == "lvm"
         lvs = subprocess.run(
             ["lvs", "--noheadings", "-o", "lv_name", vg], capture_output=True, text=True
         )
         assert lvs.stdout.split() == ["os"]  # the snapshot volume is gone
-        service.run_restore(ctx, "latest", str(tmp_path / "restored.img"), vm="lv01")
+        run_restore(ctx, "latest", str(tmp_path / "restored.img"), vm="lv01")
         assert same_content(tmp_path / "restored.img", Path(device))
     finally:
         subprocess.run(["vgremove", "-f", "-y", vg], capture_output=True)

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
 from vmvault.inventory import load_inventory
 from vmvault.planning.runner import run_plan
 
@@ -18,7 +20,7 @@ MiB = 1 << 20
 DAY = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def _last_job(ctx: service.Context) -> tuple[float, float, Any]:
+def _last_job(ctx: Context) -> tuple[float, float, Any]:
     """The newest backup's wall time and its disk's bytes read and seconds (from the catalog)."""
     catalog = ctx.catalog()
     vault_id = ctx.open_vault(load_index=False).config.vault_id
@@ -30,7 +32,7 @@ def _last_job(ctx: service.Context) -> tuple[float, float, Any]:
 
 
 def test_estimates_use_measured_throughput_and_predict_the_next_backup(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     disk = make_image("web.img", size=128 * MiB)
     path = tmp_path / "inv.toml"
@@ -58,7 +60,7 @@ policy = "night"
     assert before["incremental"]["changed_source"] == "daily change 5%"
     seed_total = before["initial"]["total_s"]  # 160 Mbps and the default 60 s snapshot
 
-    service.run_vm_backup(ctx, inventory, "web")  # the first backup: full
+    run_vm_backup(ctx, inventory, "web")  # the first backup: full
     wall, rate, first = _last_job(ctx)
     estimate = run_plan(ctx, inventory, DAY)["estimates"]["web"]
     assert estimate["tonight"] == "incremental" and estimate["data_source"] == "last backup"
@@ -73,7 +75,7 @@ policy = "night"
     assert estimate["incremental"]["rate_source"] == "seed table"
 
     testdisk.mutate_disk(disk, 3, seed=2, jobs=1)
-    service.run_vm_backup(ctx, inventory, "web")  # incremental: reads it all, stores changes
+    run_vm_backup(ctx, inventory, "web")  # incremental: reads it all, stores changes
     _, rate, second = _last_job(ctx)
     incremental = run_plan(ctx, inventory, DAY)["estimates"]["web"]["incremental"]
     assert incremental["rate_source"] == incremental["changed_source"] == "measured (1 backup)"
@@ -81,7 +83,7 @@ policy = "night"
     assert incremental["changed_bytes"] == second.changed
     # predicts the next incremental, a day of writes later
     testdisk.mutate_disk(disk, 3, seed=3, jobs=1)
-    service.run_vm_backup(ctx, inventory, "web")
+    run_vm_backup(ctx, inventory, "web")
     wall, _, _ = _last_job(ctx)
     # within a generous factor: the machine is shared, and these backups take a fraction of a
     # second (the seed's table would be off by a factor of hundreds)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from vmvault import service
+from vmvault.app.context import Context
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.admission import Limits
 from vmvault.planning.findings import findings
@@ -177,7 +177,7 @@ def fleet_inventory(path: Path) -> Path:
 
 
 def test_an_oversubscribed_fleet_staggered_applied_and_replayed(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     path = fleet_inventory(tmp_path / "fleet.toml")
     args = ("plan", "--inventory", str(path), "--day", "2026-12-01", "--json")

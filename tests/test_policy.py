@@ -725,7 +725,7 @@ def test_undelete_refused_after_purge_at_and_purge() -> None:
 
 @pytest.mark.parametrize("days", [0, 13, 181, 365])
 def test_soft_delete_days_outside_14_to_180_refused(days: int) -> None:
-    with pytest.raises(PolicyError, match="soft_delete_days must be 14 to 180"):
+    with pytest.raises(PolicyError, match="soft delete keeps data 14 to 180 days"):
         stop_protection(ProtectionState(), delete_data=True, now=T0, soft_delete_days=days)
 
 

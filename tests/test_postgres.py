@@ -15,8 +15,11 @@ from sqlalchemy import create_engine, text
 
 import pgkit
 from serverkit import make_site
-from vmvault import service
 from vmvault.alerts.store import raise_alert
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.vaults import init_vault, reindex
 from vmvault.catalog.store import Catalog
 from vmvault.jobs.queue import JobQueue
 from vmvault.server.app import create_app
@@ -38,18 +41,18 @@ def _database(pg_url: str, name: str) -> str:
 
 
 def test_backups_points_and_jobs(tmp_path: Path, pg_url: str, make_image: object) -> None:
-    ctx = service.Context(str(tmp_path / "vault"), _database(pg_url, "points"))
-    service.init_vault(ctx)
+    ctx = Context(str(tmp_path / "vault"), _database(pg_url, "points"))
+    init_vault(ctx)
     image = make_image()  # type: ignore[operator]
-    first = service.run_backup(ctx, "vm1", [service.DiskSpec("os", str(image))])
-    second = service.run_backup(ctx, "vm1", [service.DiskSpec("os", str(image))])
+    first = run_backup(ctx, "vm1", [DiskSpec("os", str(image))])
+    second = run_backup(ctx, "vm1", [DiskSpec("os", str(image))])
     catalog = Catalog(ctx.catalog_url)
     vault_id = ctx.open_vault(load_index=False).config.vault_id
     points = catalog.points(vault_id, "vm1")
     assert [p.id for p in points] == [first["id"], second["id"]]
     assert points[1].parent_id == first["id"] and points[0].disks[0].read > 0
     assert [j.state for j in catalog.jobs(vault_id)] == ["succeeded", "succeeded"]
-    assert service.reindex(ctx)["points"] == 2
+    assert reindex(ctx)["points"] == 2
     catalog.record_point(vault_id, second)  # again: still one row
     assert len(catalog.points(vault_id, "vm1")) == 2
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import protection, service
+from vmvault import protection
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.retention import run_prune
 from vmvault.inventory import Inventory, parse_inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.jobs.scheduler import SchedulerState, tick
@@ -30,25 +33,25 @@ policy = "nightly"
 """
 
 
-def _setup(tmp_path: Path, ctx: service.Context) -> tuple[Inventory, list[str]]:
+def _setup(tmp_path: Path, ctx: Context) -> tuple[Inventory, list[str]]:
     disk = tmp_path / "web.img"
     with open(disk, "wb") as f:
         f.truncate(4 << 20)
         f.write(os.urandom(1 << 20))
     inv = parse_inventory(_text(tmp_path), "inv.toml")
-    ids = [service.run_vm_backup(ctx, inv, "web")["id"] for _ in range(2)]
+    ids = [run_vm_backup(ctx, inv, "web")["id"] for _ in range(2)]
     return inv, ids
 
 
 def test_stop_with_retain_keeps_everything_and_stops_scheduling(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     inv, _ = _setup(tmp_path, ctx)
     vault = ctx.open_vault(load_index=False)
     state = protection.stop(vault, "web", delete_data=False)
     assert state.status == "stopped-retain"
     later = datetime.now(UTC) + timedelta(days=90)
-    plan = service.run_prune(ctx, inv, now=later)  # everything has expired by the policy...
+    plan = run_prune(ctx, inv, now=later)  # everything has expired by the policy...
     assert plan["vms"]["web"]["prune"] == []  # ...but retained data is never pruned
     queue = JobQueue(ctx.catalog(), vault.config.vault_id)
     state_ = SchedulerState()
@@ -60,7 +63,7 @@ def test_stop_with_retain_keeps_everything_and_stops_scheduling(
     assert protection.resume(vault, "web").status == "protected"
 
 
-def test_soft_delete_undelete_and_purge(tmp_path: Path, ctx: service.Context) -> None:
+def test_soft_delete_undelete_and_purge(tmp_path: Path, ctx: Context) -> None:
     _, ids = _setup(tmp_path, ctx)
     vault = ctx.open_vault(load_index=False)
     now = datetime.now(UTC)
@@ -77,7 +80,7 @@ def test_soft_delete_undelete_and_purge(tmp_path: Path, ctx: service.Context) ->
         protection.recover(vault, "web", again.purge_at)
 
 
-def test_immutable_vault_refuses_deletes(tmp_path: Path, ctx: service.Context) -> None:
+def test_immutable_vault_refuses_deletes(tmp_path: Path, ctx: Context) -> None:
     _, ids = _setup(tmp_path, ctx)
     vault = ctx.open_vault(load_index=False)
     env = {
@@ -105,9 +108,9 @@ def test_immutable_vault_refuses_deletes(tmp_path: Path, ctx: service.Context) -
     assert shown.returncode == 0 and "web: protected" in shown.stdout
 
 
-def test_immutable_vault_refuses_shortened_retention(tmp_path: Path, ctx: service.Context) -> None:
+def test_immutable_vault_refuses_shortened_retention(tmp_path: Path, ctx: Context) -> None:
     inv, _ = _setup(tmp_path, ctx)
-    assert service.run_prune(ctx, inv)["vms"]["web"]["retention_shortened"] == []
+    assert run_prune(ctx, inv)["vms"]["web"]["retention_shortened"] == []
     shorter = parse_inventory(
         _text(tmp_path).replace(
             'time = "22:30" }', 'time = "22:30" }\nretention = { daily_days = 7 }'
@@ -117,7 +120,7 @@ def test_immutable_vault_refuses_shortened_retention(tmp_path: Path, ctx: servic
     vault = ctx.open_vault(load_index=False)
     protection.set_vault_immutability(vault, "on")
     with pytest.raises(ImmutableVaultError, match="daily_days"):
-        service.run_prune(ctx, shorter)
+        run_prune(ctx, shorter)
     protection.set_vault_immutability(vault, "off")
-    done = service.run_prune(ctx, shorter)
+    done = run_prune(ctx, shorter)
     assert done["vms"]["web"]["retention_shortened"] == ["daily_days"]

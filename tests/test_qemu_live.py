@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from vmvault import service
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.restore import run_restore
 from vmvault.disks.qemu import fuse_export
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, DiskStats, backup
@@ -159,7 +161,7 @@ def make_vm(tmp_path: Path) -> Iterator[Any]:
 
 
 def _backup(
-    ctx: service.Context, vm: Vm, provider: QemuLiveSnapshot
+    ctx: Context, vm: Vm, provider: QemuLiveSnapshot
 ) -> tuple[dict[str, Any], dict[str, DiskStats], list[Any]]:
     """The way the service would do it: take, read the targets with the hints, commit."""
     vault = ctx.open_vault()
@@ -189,7 +191,7 @@ def _backup(
     return result.point, result.stats, changed
 
 
-def _restored_equals(ctx: service.Context, point: dict[str, Any], images: list[Path]) -> None:
+def _restored_equals(ctx: Context, point: dict[str, Any], images: list[Path]) -> None:
     vault = ctx.open_vault()
     for i, image in enumerate(images):
         out = image.with_name(f"restored-{point['id']}-{i}.raw")
@@ -211,9 +213,7 @@ def _no_leftovers(vm: Vm, nodes_before: int) -> None:
     ]
 
 
-def test_full_then_incremental_from_the_bitmap(
-    ctx: service.Context, make_vm: Any, tmp_path: Path
-) -> None:
+def test_full_then_incremental_from_the_bitmap(ctx: Context, make_vm: Any, tmp_path: Path) -> None:
     vm: Vm = make_vm(2)
     originals = []
     for image in vm.images:  # the VM has not written yet: this is the first point's state
@@ -319,7 +319,7 @@ def test_a_bitmap_is_used_only_when_it_is_the_parents_and_valid(
 
 
 def test_failed_backups_leave_tracking_as_it_was(
-    ctx: service.Context, make_vm: Any, tmp_path: Path
+    ctx: Context, make_vm: Any, tmp_path: Path
 ) -> None:
     vm: Vm = make_vm(2)
     nodes_before = len(vm.qmp("query-named-block-nodes"))
@@ -372,7 +372,7 @@ def test_failed_backups_leave_tracking_as_it_was(
 
 
 def test_vm_backup_of_a_live_qemu_vm_through_the_inventory(
-    tmp_path: Path, ctx: service.Context, make_vm: Any
+    tmp_path: Path, ctx: Context, make_vm: Any
 ) -> None:
     """`vm backup` end to end: the inventory names the QMP socket; the second backup reads
     only what the guest wrote, and says so."""
@@ -397,11 +397,11 @@ qmp = "{vm.qmp_socket}"
 """,
         "inv.toml",
     )
-    first = service.run_vm_backup(ctx, inventory, "live01")
+    first = run_vm_backup(ctx, inventory, "live01")
     assert first["meta"]["snapshot"] == "qemu-live" and first["type"] == "full"
     assert "full read" in first["meta"]["qemu_notes"]["os"]
     vm.write(0, "write -P 0x77 2M 128k")
-    second = service.run_vm_backup(ctx, inventory, "live01")
+    second = run_vm_backup(ctx, inventory, "live01")
     stats = {d["name"]: d["stats"] for d in second["disks"]}
     assert "dirty bitmap" in second["meta"]["qemu_notes"]["os"]
     assert stats["os"]["read"] <= 256 * KiB and stats["data"]["read"] == 0
@@ -410,7 +410,7 @@ qmp = "{vm.qmp_socket}"
     vm.quit()
     for name, image in (("os", vm.images[0]), ("data", vm.images[1])):
         out = tmp_path / f"restored-{name}.qcow2"
-        service.run_restore(ctx, second["id"], str(out), disk=name, target_format="qcow2")
+        run_restore(ctx, second["id"], str(out), disk=name, target_format="qcow2")
         compare = subprocess.run(
             ["qemu-img", "compare", str(out), str(image)],
             capture_output=True,

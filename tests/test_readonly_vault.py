@@ -15,15 +15,19 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli, same_content
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.points import forget_point
 
 
 @pytest.fixture
 def read_only_vault(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> Iterator[tuple[Path, Path]]:
     image = make_image(size=8 * testdisk.MiB)
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     mount = tmp_path / "ro"
     mount.mkdir()
     subprocess.run(["mount", "--bind", ctx.vault_path, str(mount)], check=True)
@@ -73,7 +77,7 @@ def test_reads_work_on_a_read_only_vault(
 )
 def test_writes_to_a_read_only_vault_are_one_error_line(
     tmp_path: Path,
-    ctx: service.Context,
+    ctx: Context,
     make_image: Callable[..., Path],
     read_only_vault: tuple[Path, Path],
     args: tuple[str, ...],
@@ -84,10 +88,10 @@ def test_writes_to_a_read_only_vault_are_one_error_line(
     # one point a day prunes. With nothing to do they would rightly write nothing.
     if args[0] == "gc":
         other = make_image("other.img", size=4 * testdisk.MiB, seed=9)
-        point = service.run_backup(ctx, "other", [service.DiskSpec("os", str(other))])
-        service.forget_point(ctx, point["id"])
+        point = run_backup(ctx, "other", [DiskSpec("os", str(other))])
+        forget_point(ctx, point["id"])
     if args[0] == "prune":
-        service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+        run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(
         '[policies.one]\nschedule = { kind = "daily", time = "22:30", timezone = "UTC" }\n'
@@ -126,13 +130,11 @@ def _as_nobody(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture
-def shared_copy(
-    ctx: service.Context, make_image: Callable[..., Path]
-) -> Iterator[tuple[Path, Path, Path]]:
+def shared_copy(ctx: Context, make_image: Callable[..., Path]) -> Iterator[tuple[Path, Path, Path]]:
     """A copy of a vault with one point, owned by root, and a folder of nobody's own
     (its catalog, restore targets): outside pytest's tmp folder, which nobody may enter."""
     image = make_image(size=8 * testdisk.MiB)
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     base = Path(tempfile.mkdtemp(prefix="vmvault-eacces-"))
     try:
         base.chmod(0o755)

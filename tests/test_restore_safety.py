@@ -18,7 +18,12 @@ from fastapi.testclient import TestClient
 
 from conftest import PASSPHRASE, run_cli, same_content
 from serverkit import make_site
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup, run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
+from vmvault.app.vm_restore import run_vm_restore
 from vmvault.engine.targets import TargetExists, new_files_folder, restore_target
 from vmvault.errors import UsageError, VmvaultError
 from vmvault.inventory import parse_inventory
@@ -27,7 +32,7 @@ from vmvault.server.app import create_app
 MiB = testdisk.MiB
 
 
-def _env(ctx: service.Context, **extra: str) -> dict[str, str]:
+def _env(ctx: Context, **extra: str) -> dict[str, str]:
     return {
         "VMVAULT_PASSPHRASE": PASSPHRASE,
         "VMVAULT_VAULT": ctx.vault_path,
@@ -37,14 +42,14 @@ def _env(ctx: service.Context, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def backed_up(ctx: service.Context, make_image: Callable[..., Path]) -> Path:
+def backed_up(ctx: Context, make_image: Callable[..., Path]) -> Path:
     image = make_image(size=8 * MiB)
-    service.run_backup(ctx, "vm", [service.DiskSpec("os", str(image))])
+    run_backup(ctx, "vm", [DiskSpec("os", str(image))])
     return image
 
 
 def test_restore_refuses_an_existing_file_and_a_symlink(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
+    tmp_path: Path, ctx: Context, backed_up: Path
 ) -> None:
     env = _env(ctx)
     existing = tmp_path / "existing.img"
@@ -66,7 +71,7 @@ def test_restore_refuses_an_existing_file_and_a_symlink(
 
 
 def test_restore_onto_a_full_file_system_is_one_line_and_leaves_nothing(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
+    tmp_path: Path, ctx: Context, backed_up: Path
 ) -> None:
     small = tmp_path / "small"
     small.mkdir()
@@ -87,9 +92,7 @@ def test_restore_onto_a_full_file_system_is_one_line_and_leaves_nothing(
         subprocess.run(["umount", str(small)], check=True)
 
 
-def test_a_read_only_target_is_one_line(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
-) -> None:
+def test_a_read_only_target_is_one_line(tmp_path: Path, ctx: Context, backed_up: Path) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,ro", "tmpfs", str(folder)], check=True)
@@ -116,7 +119,7 @@ name = "vm"
 
 
 def test_vm_restore_validates_the_name_and_never_overwrites(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
+    tmp_path: Path, ctx: Context, backed_up: Path
 ) -> None:
     env = _env(ctx, VMVAULT_INVENTORY=str(_inventory(tmp_path, backed_up)))
     out = tmp_path / "restored"
@@ -138,7 +141,7 @@ def test_vm_restore_validates_the_name_and_never_overwrites(
 
 
 def test_a_symlink_planted_in_the_restore_root_after_acceptance_is_not_followed(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
+    tmp_path: Path, ctx: Context, backed_up: Path
 ) -> None:
     """The server accepted a restore as "copy" under its root; before the job runs, someone
     who can write the root plants root/copy -> /elsewhere."""
@@ -149,7 +152,7 @@ def test_a_symlink_planted_in_the_restore_root_after_acceptance_is_not_followed(
     (root / "copy").symlink_to(elsewhere)
     inventory = parse_inventory(_inventory(tmp_path, backed_up).read_text(), "inv.toml")
     with pytest.raises(TargetExists):
-        service.run_vm_restore(
+        run_vm_restore(
             ctx,
             inventory,
             "vm",
@@ -159,7 +162,7 @@ def test_a_symlink_planted_in_the_restore_root_after_acceptance_is_not_followed(
         )
     assert list(elsewhere.iterdir()) == []
     (root / "copy").unlink()
-    done = service.run_vm_restore(
+    done = run_vm_restore(
         ctx, inventory, "vm", new_name="copy", directory=str(root / "copy"), confine_to=str(root)
     )
     assert Path(done["disks"][0]["path"]).parent == root.resolve() / "copy"
@@ -198,38 +201,38 @@ def loop_file(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_symlink_to_a_block_device_is_a_device_target(
-    tmp_path: Path, ctx: service.Context, backed_up: Path, loop_file: Path
+    tmp_path: Path, ctx: Context, backed_up: Path, loop_file: Path
 ) -> None:
     link = tmp_path / "lv"
     link.symlink_to(loop_file)  # as /dev/vg/lv is
-    service.run_restore(ctx, "latest", str(link))
+    run_restore(ctx, "latest", str(link))
     with open(loop_file, "rb") as f:
         assert f.read(8 * MiB) == backed_up.read_bytes()
 
 
 def test_a_block_device_is_restored_onto_without_force(
-    ctx: service.Context, backed_up: Path, loop_file: Path
+    ctx: Context, backed_up: Path, loop_file: Path
 ) -> None:
-    service.run_restore(ctx, "latest", str(loop_file))
+    run_restore(ctx, "latest", str(loop_file))
     with open(loop_file, "rb") as f:
         assert f.read(8 * MiB) == backed_up.read_bytes()
 
 
 def test_a_dangling_symlink_target_is_refused_before_anything_is_restored(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
+    tmp_path: Path, ctx: Context, backed_up: Path
 ) -> None:
     link = tmp_path / "out.img"
     link.symlink_to(tmp_path / "nowhere" / "disk.img")
     with pytest.raises(TargetExists, match="symlink") as refused:
-        service.run_restore(ctx, "latest", str(link))
+        run_restore(ctx, "latest", str(link))
     assert "appeared during" not in refused.value.message  # refused up front, not at the end
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
-    service.run_restore(ctx, "latest", str(link), force=True)
+    run_restore(ctx, "latest", str(link), force=True)
     assert not link.is_symlink() and same_content(backed_up, link)
 
 
 def test_a_device_planted_in_the_folder_of_a_new_vm_is_not_written(
-    tmp_path: Path, ctx: service.Context, backed_up: Path, loop_file: Path
+    tmp_path: Path, ctx: Context, backed_up: Path, loop_file: Path
 ) -> None:
     """`vm restore --as copy --to DIR` makes new files: a symlink to a device planted at one
     of their names by someone who can write DIR is refused like any existing file."""
@@ -238,14 +241,14 @@ def test_a_device_planted_in_the_folder_of_a_new_vm_is_not_written(
     folder.mkdir()
     (folder / "copy-os.img").symlink_to(loop_file)
     with pytest.raises(TargetExists, match="--force"):
-        service.run_vm_restore(ctx, inventory, "vm", new_name="copy", directory=str(folder))
+        run_vm_restore(ctx, inventory, "vm", new_name="copy", directory=str(folder))
     with open(loop_file, "rb") as f:
         assert f.read(8 * MiB) == bytes(8 * MiB)  # the device kept its zeros
     assert sorted(p.name for p in folder.iterdir()) == ["copy-os.img"]
 
 
 def test_in_place_restore_of_a_disk_on_a_device_writes_the_device(
-    tmp_path: Path, ctx: service.Context, backed_up: Path, loop_file: Path
+    tmp_path: Path, ctx: Context, backed_up: Path, loop_file: Path
 ) -> None:
     """An LVM disk is named through a symlink (/dev/vg/lv): restoring the VM in place writes
     the device, it does not replace the link with a file beside it."""
@@ -265,10 +268,10 @@ state = "stopped"
 """,
         "inv.toml",
     )
-    point = service.run_vm_backup(ctx, inventory, "lvm-vm")["id"]
+    point = run_vm_backup(ctx, inventory, "lvm-vm")["id"]
     with open(loop_file, "r+b") as f:
         f.write(b"\xff" * MiB)  # the guest broke its disk
-    service.run_vm_restore(ctx, inventory, "lvm-vm", point_ref=point, in_place=True, confirmed=True)
+    run_vm_restore(ctx, inventory, "lvm-vm", point_ref=point, in_place=True, confirmed=True)
     assert link.is_symlink() and link.resolve() == loop_file.resolve()
     assert list(link.parent.iterdir()) == [link]  # no temporary file left beside it
     with open(loop_file, "rb") as f:
@@ -276,7 +279,7 @@ state = "stopped"
 
 
 def test_an_image_restore_onto_a_full_file_system_leaves_nothing(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
+    tmp_path: Path, ctx: Context, backed_up: Path
 ) -> None:
     """qcow2 through QEMU's writable export: full midway (the image outgrows 2 MiB), or
     full before the image can even be created. One error naming the target, nothing left,
@@ -294,7 +297,7 @@ def test_an_image_restore_onto_a_full_file_system_leaves_nothing(
 
         (small / "filler").write_bytes(b"x" * (2 * MiB - 4096))  # room for no qcow2 header
         with pytest.raises(VmvaultError) as failed:
-            service.run_restore(ctx, "latest", str(target), target_format="qcow2")
+            run_restore(ctx, "latest", str(target), target_format="qcow2")
         message = failed.value.message
         assert str(target) in message and "/proc/" not in message and "\n" not in message
         assert "No space left" in message
@@ -306,7 +309,7 @@ def test_an_image_restore_onto_a_full_file_system_leaves_nothing(
 NOBODY = 65534
 
 
-def test_a_folder_the_user_may_not_write_is_one_line(ctx: service.Context, backed_up: Path) -> None:
+def test_a_folder_the_user_may_not_write_is_one_line(ctx: Context, backed_up: Path) -> None:
     """EACCES: the CLI run by an unprivileged user (root passes every permission check)
     into a folder of root's."""
     base = Path(tempfile.mkdtemp(prefix="vmvault-eacces-"))
@@ -416,7 +419,7 @@ def test_a_target_that_is_neither_a_file_nor_a_block_device_is_refused(
 
 
 def test_an_instant_restore_onto_a_full_file_system_is_one_error(
-    tmp_path: Path, ctx: service.Context, backed_up: Path
+    tmp_path: Path, ctx: Context, backed_up: Path
 ) -> None:
     """A point whose snapshot is kept beside the disk is copied from it, not read from the
     vault: that copy meets a full file system as one error too, and leaves nothing."""
@@ -439,24 +442,24 @@ policy = "p"
 """,
         "inv.toml",
     )
-    point = service.run_vm_backup(ctx, inventory, "kept")["id"]
+    point = run_vm_backup(ctx, inventory, "kept")["id"]
     assert (tmp_path / instant.INSTANT_DIR / point / "os").exists()
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
     try:
         with pytest.raises(VmvaultError) as failed:
-            service.run_restore(ctx, point, str(small / "out.img"))
+            run_restore(ctx, point, str(small / "out.img"))
         assert failed.value.code == "target_error" and "no space" in failed.value.message
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
-    restored = service.run_restore(ctx, point, str(tmp_path / "out.img"))
+    restored = run_restore(ctx, point, str(tmp_path / "out.img"))
     assert restored.source == "instant"  # the test took the instant road
 
 
 def test_a_vm_restore_that_runs_out_of_space_leaves_no_half_vm(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     """The first disk fits, the second does not: one error, and neither the first disk nor
     the folder the restore made stays behind (the same name can be used again)."""
@@ -476,7 +479,7 @@ state = "stopped"
   path = "{second}"
 """
     )
-    service.run_vm_backup(ctx, parse_inventory(inventory.read_text(), "inv.toml"), "vm")
+    run_vm_backup(ctx, parse_inventory(inventory.read_text(), "inv.toml"), "vm")
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)

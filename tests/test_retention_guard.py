@@ -13,16 +13,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import protection, service
+from vmvault import protection
 from vmvault.alerts.store import list_alerts
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.retention import run_maintenance, run_prune
+from vmvault.app.vaults import reindex
 from vmvault.inventory import parse_inventory
-from vmvault.jobs.queue import JobQueue
-from vmvault.jobs.scheduler import run_maintenance
 from vmvault.policy.errors import ImmutableVaultError
 from vmvault.server.accounts import Accounts
 from vmvault.server.app import create_app
 from vmvault.server.state import ServerConfig
-from vmvault.vault.vault import new_point_id
+from vmvault.vault.config import new_point_id
 
 
 def _inventory(tmp_path: Path, policy: str, daily_days: int) -> str:
@@ -40,24 +42,24 @@ policy = "{policy}"
 """
 
 
-def _points_on_five_days(tmp_path: Path, ctx: service.Context) -> list[str]:
+def _points_on_five_days(tmp_path: Path, ctx: Context) -> list[str]:
     """One real backup, then copies of its point dated one to four days earlier."""
     disk = tmp_path / "web.img"
     with open(disk, "wb") as f:
         f.truncate(4 << 20)
         f.write(os.urandom(1 << 20))
     inventory = parse_inventory(_inventory(tmp_path, "nightly", 30), "inv.toml")
-    point = service.run_vm_backup(ctx, inventory, "web")
+    point = run_vm_backup(ctx, inventory, "web")
     vault = ctx.open_vault(load_index=False)
     for days in range(1, 5):
         created = datetime.now(UTC) - timedelta(days=days)
         vault.put_point({**point, "id": new_point_id(created), "created": created.isoformat()})
-    service.reindex(ctx)
+    reindex(ctx)
     assert len(vault.point_ids()) == 5
     return vault.point_ids()
 
 
-def _env(ctx: service.Context, inventory: Path) -> dict[str, str]:
+def _env(ctx: Context, inventory: Path) -> dict[str, str]:
     return {
         "VMVAULT_PASSPHRASE": PASSPHRASE,
         "VMVAULT_VAULT": ctx.vault_path,
@@ -66,14 +68,14 @@ def _env(ctx: service.Context, inventory: Path) -> dict[str, str]:
     }
 
 
-def _alerts(ctx: service.Context) -> list[str]:
+def _alerts(ctx: Context) -> list[str]:
     vault = ctx.open_vault(load_index=False)
     return [a.kind for a in list_alerts(ctx.catalog(), vault.config.vault_id, limit=500)[1]]
 
 
 @pytest.mark.parametrize("immutability", ["on", "locked"])
 def test_renaming_the_policy_does_not_shorten_retention(
-    tmp_path: Path, ctx: service.Context, immutability: str
+    tmp_path: Path, ctx: Context, immutability: str
 ) -> None:
     ids = _points_on_five_days(tmp_path, ctx)
     inventory = tmp_path / "inventory.toml"
@@ -92,11 +94,8 @@ def test_renaming_the_policy_does_not_shorten_retention(
     assert "retention_shortened" in _alerts(ctx)
 
     # the maintenance job goes through the same guard
-    vault = ctx.open_vault(load_index=False)
-    queue = JobQueue(ctx.catalog(), vault.config.vault_id)
-    job_id = queue.enqueue("maintenance", None, {})
     with pytest.raises(ImmutableVaultError):
-        run_maintenance(ctx, parse_inventory(inventory.read_text(), str(inventory)), queue, job_id)
+        run_maintenance(ctx, parse_inventory(inventory.read_text(), str(inventory)))
     assert ctx.open_vault(load_index=False).point_ids() == ids
 
     # a longer retention under yet another name is accepted, and becomes the floor
@@ -108,12 +107,12 @@ def test_renaming_the_policy_does_not_shorten_retention(
 
 
 def test_the_api_refuses_an_inventory_that_shortens_a_vms_retention(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     ids = _points_on_five_days(tmp_path, ctx)
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(_inventory(tmp_path, "nightly", 30))
-    service.run_prune(ctx, parse_inventory(inventory.read_text(), "inv.toml"))
+    run_prune(ctx, parse_inventory(inventory.read_text(), "inv.toml"))
     protection.set_vault_immutability(ctx.open_vault(load_index=False), "locked")
     config = ServerConfig(
         ctx.vault_path, ctx.catalog_url, inventory=str(inventory), scheduler=False, worker=False
@@ -133,20 +132,18 @@ def test_the_api_refuses_an_inventory_that_shortens_a_vms_retention(
 
 
 def test_without_immutability_a_rename_shortens_with_an_alert_per_vm(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     _points_on_five_days(tmp_path, ctx)
-    service.run_prune(ctx, parse_inventory(_inventory(tmp_path, "nightly", 30), "a.toml"))
+    run_prune(ctx, parse_inventory(_inventory(tmp_path, "nightly", 30), "a.toml"))
     renamed = parse_inventory(_inventory(tmp_path, "renamed", 2), "b.toml")
-    result = service.run_prune(ctx, renamed)
+    result = run_prune(ctx, renamed)
     assert result["vms"]["web"]["retention_shortened"] == ["daily_days"]
     assert len(result["vms"]["web"]["prune"]) == 3  # allowed: the vault is not immutable
     assert "retention_shortened" in _alerts(ctx)
 
 
-def test_a_vault_with_per_policy_records_is_guarded_too(
-    tmp_path: Path, ctx: service.Context
-) -> None:
+def test_a_vault_with_per_policy_records_is_guarded_too(tmp_path: Path, ctx: Context) -> None:
     """Vaults written before per-VM records: the VM's policy record stands in for its own."""
     ids = _points_on_five_days(tmp_path, ctx)
     vault = ctx.open_vault(load_index=False)
@@ -156,11 +153,11 @@ def test_a_vault_with_per_policy_records_is_guarded_too(
     protection._save_settings(vault, doc)
     shorter = parse_inventory(_inventory(tmp_path, "nightly", 2), "inv.toml")
     with pytest.raises(ImmutableVaultError, match="web"):
-        service.run_prune(ctx, shorter)
+        run_prune(ctx, shorter)
     assert vault.point_ids() == ids
 
 
-def test_a_non_utf8_inventory_is_one_error_line(tmp_path: Path, ctx: service.Context) -> None:
+def test_a_non_utf8_inventory_is_one_error_line(tmp_path: Path, ctx: Context) -> None:
     inventory = tmp_path / "inventory.toml"
     inventory.write_bytes(b"[policies.x]\nname = '\xff\xfe'\n")
     result = run_cli("vm", "list", env=_env(ctx, inventory))
@@ -184,7 +181,7 @@ def _two_policy_inventory(tmp_path: Path, web: tuple[str, int], db: tuple[str, i
     return text
 
 
-def _legacy_locked_vault(ctx: service.Context, records: dict[str, int]) -> None:
+def _legacy_locked_vault(ctx: Context, records: dict[str, int]) -> None:
     """The settings an older vmvault wrote: retention recorded per policy name only."""
     vault = ctx.open_vault(load_index=False)
     doc = protection.settings(vault)
@@ -194,9 +191,7 @@ def _legacy_locked_vault(ctx: service.Context, records: dict[str, int]) -> None:
     protection._save_settings(vault, doc)
 
 
-def test_an_old_vault_is_guarded_when_the_policy_is_renamed(
-    tmp_path: Path, ctx: service.Context
-) -> None:
+def test_an_old_vault_is_guarded_when_the_policy_is_renamed(tmp_path: Path, ctx: Context) -> None:
     """A vault with only per-policy records: a VM whose policy name has no record any more
     is held to the longest one recorded, through the API and the CLI; the unchanged
     inventory still prunes and moves the records to the VMs."""
@@ -235,62 +230,58 @@ def test_an_old_vault_is_guarded_when_the_policy_is_renamed(
 
 
 def test_an_old_vault_with_short_and_long_policies_keeps_working(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     """Migration matches each VM to its policy's record: a short policy beside a long one is
     not held to the long one, and a new VM without points is not held to anything."""
     ids = _points_on_five_days(tmp_path, ctx)
     _legacy_locked_vault(ctx, {"nightly": 3, "yearly": 400})
     inv = parse_inventory(_two_policy_inventory(tmp_path, ("nightly", 3), ("fresh", 1)), "a")
-    result = service.run_prune(ctx, inv)
+    result = run_prune(ctx, inv)
     assert len(result["vms"]["web"]["prune"]) == 2  # 3 days kept of the 5: nothing early
     assert result["vms"]["db"]["prune"] == []
     assert len(ctx.open_vault(load_index=False).point_ids()) == len(ids) - 2
 
 
-def test_every_way_of_shortening_a_vms_retention_is_refused(
-    tmp_path: Path, ctx: service.Context
-) -> None:
+def test_every_way_of_shortening_a_vms_retention_is_refused(tmp_path: Path, ctx: Context) -> None:
     """Moving the VM to another policy, dropping its policy or the VM for a while, then
     coming back shorter: the VM's record holds; the other VM is not in the way."""
     ids = _points_on_five_days(tmp_path, ctx)
     both = _two_policy_inventory(tmp_path, ("nightly", 30), ("short", 2))
-    service.run_prune(ctx, parse_inventory(both, "a"))
+    run_prune(ctx, parse_inventory(both, "a"))
     protection.set_vault_immutability(ctx.open_vault(load_index=False), "locked")
 
     moved = _two_policy_inventory(tmp_path, ("short", 2), ("short", 2))
     with pytest.raises(ImmutableVaultError, match=r"web \(daily_days\)"):
-        service.run_prune(ctx, parse_inventory(moved, "b"))
+        run_prune(ctx, parse_inventory(moved, "b"))
 
     no_policy = _inventory(tmp_path, "nightly", 30).replace('policy = "nightly"\n', "")
-    assert service.run_prune(ctx, parse_inventory(no_policy, "c"))["vms"] == {}
+    assert run_prune(ctx, parse_inventory(no_policy, "c"))["vms"] == {}
     without_web = _two_policy_inventory(tmp_path, ("short", 2), ("short", 2))
     without_web = (
         without_web[: without_web.index('[[vms]]\nname = "web"')]
         + without_web[without_web.index('[[vms]]\nname = "db"') :]
     )
-    assert "web" not in service.run_prune(ctx, parse_inventory(without_web, "d"))["vms"]
+    assert "web" not in run_prune(ctx, parse_inventory(without_web, "d"))["vms"]
     for back in (moved, _two_policy_inventory(tmp_path, ("other", 2), ("short", 2))):
         with pytest.raises(ImmutableVaultError, match=r"web \(daily_days\)"):
-            service.run_prune(ctx, parse_inventory(back, "e"))
+            run_prune(ctx, parse_inventory(back, "e"))
     assert ctx.open_vault(load_index=False).point_ids() == ids
 
 
-def test_a_refused_prune_alerts_once_per_vm(tmp_path: Path, ctx: service.Context) -> None:
+def test_a_refused_prune_alerts_once_per_vm(tmp_path: Path, ctx: Context) -> None:
     ids = _points_on_five_days(tmp_path, ctx)
     vault = ctx.open_vault(load_index=False)
     for point in [p for p in vault.points() if p["vm"] == "web"]:  # the same points for db
         created = datetime.fromisoformat(point["created"])
         db = {**point, "vm": "db", "id": new_point_id(created + timedelta(seconds=1))}
         vault.put_point(db)
-    service.reindex(ctx)
-    service.run_prune(
-        ctx, parse_inventory(_two_policy_inventory(tmp_path, ("a", 30), ("b", 30)), "a")
-    )
+    reindex(ctx)
+    run_prune(ctx, parse_inventory(_two_policy_inventory(tmp_path, ("a", 30), ("b", 30)), "a"))
     protection.set_vault_immutability(vault, "locked")
     shorter = _two_policy_inventory(tmp_path, ("c", 2), ("d", 3))
     with pytest.raises(ImmutableVaultError, match=r"db \(daily_days\); web \(daily_days\)"):
-        service.run_prune(ctx, parse_inventory(shorter, "b"))
+        run_prune(ctx, parse_inventory(shorter, "b"))
     alerts = list_alerts(ctx.catalog(), vault.config.vault_id, limit=500)[1]
     refused = {a.vm: a.details for a in alerts if a.kind == "retention_shortened"}
     assert set(refused) == {"web", "db"}
@@ -298,13 +289,13 @@ def test_a_refused_prune_alerts_once_per_vm(tmp_path: Path, ctx: service.Context
     assert len(vault.point_ids()) == 2 * len(ids)
 
 
-def test_the_api_records_the_retention_it_accepts(tmp_path: Path, ctx: service.Context) -> None:
+def test_the_api_records_the_retention_it_accepts(tmp_path: Path, ctx: Context) -> None:
     """Once the API accepted a longer retention, the points are kept for it: a later PUT
     cannot come back below it, even before any prune ran."""
     ids = _points_on_five_days(tmp_path, ctx)
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(_inventory(tmp_path, "nightly", 30))
-    service.run_prune(ctx, parse_inventory(inventory.read_text(), "inv.toml"))
+    run_prune(ctx, parse_inventory(inventory.read_text(), "inv.toml"))
     protection.set_vault_immutability(ctx.open_vault(load_index=False), "locked")
     config = ServerConfig(
         ctx.vault_path, ctx.catalog_url, inventory=str(inventory), scheduler=False, worker=False
@@ -322,7 +313,7 @@ def test_the_api_records_the_retention_it_accepts(tmp_path: Path, ctx: service.C
 
 
 def test_a_refused_maintenance_keeps_the_instant_restore_snapshots(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     """instant_restore_days is part of the retention: the maintenance job must not expire
     the snapshots early before prune refuses the shorter retention."""
@@ -330,7 +321,7 @@ def test_a_refused_maintenance_keeps_the_instant_restore_snapshots(
     longer = _inventory(tmp_path, "nightly", 30).replace(
         "{ daily_days", "{ instant_restore_days = 5, daily_days"
     )
-    service.run_prune(ctx, parse_inventory(longer, "a"))
+    run_prune(ctx, parse_inventory(longer, "a"))
     vault = ctx.open_vault(load_index=False)
     protection.set_vault_immutability(vault, "locked")
     three_days_ago = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y%m%dT%H%M%S")
@@ -339,9 +330,7 @@ def test_a_refused_maintenance_keeps_the_instant_restore_snapshots(
     shorter = _inventory(tmp_path, "renamed", 30).replace(
         "{ daily_days", "{ instant_restore_days = 1, daily_days"
     )
-    queue = JobQueue(ctx.catalog(), vault.config.vault_id)
-    job_id = queue.enqueue("maintenance", None, {})
     with pytest.raises(ImmutableVaultError, match=r"web \(instant_restore_days\)"):
-        run_maintenance(ctx, parse_inventory(shorter, "b"), queue, job_id)
+        run_maintenance(ctx, parse_inventory(shorter, "b"))
     assert snapshot.is_dir()
     assert vault.point_ids() == ids

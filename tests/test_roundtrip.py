@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import same_content
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
 from vmvault.engine.backup import DiskInput, backup
 from vmvault.engine.targets import TargetExists
 from vmvault.errors import UsageError
@@ -48,11 +52,11 @@ IMAGES: dict[str, Callable[[Path], Path]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(IMAGES))
-def test_round_trip(kind: str, tmp_path: Path, ctx: service.Context) -> None:
+def test_round_trip(kind: str, tmp_path: Path, ctx: Context) -> None:
     image = IMAGES[kind](tmp_path)
-    point = service.run_backup(ctx, "vm1", [service.DiskSpec("d0", str(image))])
+    point = run_backup(ctx, "vm1", [DiskSpec("d0", str(image))])
     target = tmp_path / "restored.img"
-    report = service.run_restore(ctx, point["id"], str(target))
+    report = run_restore(ctx, point["id"], str(target))
     assert target.stat().st_size == image.stat().st_size
     assert same_content(image, target)
     assert not report.damaged
@@ -62,22 +66,22 @@ def test_round_trip(kind: str, tmp_path: Path, ctx: service.Context) -> None:
 
 
 def test_generated_disk_round_trip_is_sparse(
-    tmp_path: Path, ctx: service.Context, make_image: Callable[..., Path]
+    tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
     image = make_image(size=40 * MiB + 4096 * 3)
-    point = service.run_backup(ctx, "vm1", [service.DiskSpec("os", str(image))])
+    point = run_backup(ctx, "vm1", [DiskSpec("os", str(image))])
     stats = point["disks"][0]["stats"]
     assert stats["read"] <= stats["allocated"] + 64 * 1024 * 64  # holes are not read
     assert stats["stored"] < stats["new"]  # text compresses
     target = tmp_path / "out.img"
-    service.run_restore(ctx, "latest", str(target))
+    run_restore(ctx, "latest", str(target))
     assert same_content(image, target)
     assert target.stat().st_blocks < image.stat().st_blocks  # written zeros became holes
 
 
-def test_zero_blocks_cost_nothing(tmp_path: Path, ctx: service.Context) -> None:
+def test_zero_blocks_cost_nothing(tmp_path: Path, ctx: Context) -> None:
     image = _write(tmp_path / "z.img", [(0, bytes(16 * MiB))], 16 * MiB)
-    point = service.run_backup(ctx, "vm1", [service.DiskSpec("d", str(image))])
+    point = run_backup(ctx, "vm1", [DiskSpec("d", str(image))])
     vault = ctx.open_vault()
     manifest = vault.get_manifest(point["disks"][0]["manifest"])
     assert manifest.records == [ZERO_ID] * 4
@@ -86,16 +90,16 @@ def test_zero_blocks_cost_nothing(tmp_path: Path, ctx: service.Context) -> None:
 
 
 def test_restore_onto_existing_file_replaces_it_only_with_force(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     image = _write(tmp_path / "a.img", [(MiB, os.urandom(MiB))], 4 * MiB)
-    service.run_backup(ctx, "vm1", [service.DiskSpec("d", str(image))])
+    run_backup(ctx, "vm1", [DiskSpec("d", str(image))])
     target = _write(tmp_path / "t.img", [(0, os.urandom(6 * MiB))], 6 * MiB)
     before = target.read_bytes()
     with pytest.raises(TargetExists, match="--force"):
-        service.run_restore(ctx, "latest", str(target))
+        run_restore(ctx, "latest", str(target))
     assert target.read_bytes() == before  # untouched
-    service.run_restore(ctx, "latest", str(target), force=True)
+    run_restore(ctx, "latest", str(target), force=True)
     assert same_content(image, target)
 
 
@@ -117,23 +121,23 @@ def loop_device() -> Iterator[Callable[[Path], Path]]:
 
 
 def test_block_device_backup_and_restore(
-    tmp_path: Path, ctx: service.Context, loop_device: Callable[[Path], Path]
+    tmp_path: Path, ctx: Context, loop_device: Callable[[Path], Path]
 ) -> None:
     """Devices have no holes and keep old bytes: zeros must be read and written explicitly."""
     image = _write(tmp_path / "a.img", [(MiB, os.urandom(MiB)), (5 * MiB, _text(MiB))], 8 * MiB)
     source = loop_device(image)
-    point = service.run_backup(ctx, "vm1", [service.DiskSpec("d", str(source))])
+    point = run_backup(ctx, "vm1", [DiskSpec("d", str(source))])
     assert point["disks"][0]["size"] == 8 * MiB
     target_file = _write(tmp_path / "dev.img", [(0, b"\xff" * 8 * MiB)], 8 * MiB)
     target = loop_device(target_file)
-    service.run_restore(ctx, point["id"], str(target))
+    run_restore(ctx, point["id"], str(target))
     assert same_content(image, target)
     small = loop_device(_write(tmp_path / "small.img", [], 4 * MiB))
     with pytest.raises(UsageError, match="holds"):
-        service.run_restore(ctx, point["id"], str(small))
+        run_restore(ctx, point["id"], str(small))
 
 
-def test_several_disks_in_one_point(tmp_path: Path, ctx: service.Context) -> None:
+def test_several_disks_in_one_point(tmp_path: Path, ctx: Context) -> None:
     a = _write(tmp_path / "os.img", [(0, os.urandom(2 * MiB))], 3 * MiB)
     b = _write(tmp_path / "data.img", [(MiB, _text(3 * MiB))], 7 * MiB)
     vault = ctx.open_vault()
@@ -144,5 +148,5 @@ def test_several_disks_in_one_point(tmp_path: Path, ctx: service.Context) -> Non
     point_id = result.point["id"]
     for name, source in (("os", a), ("data", b)):
         out = tmp_path / f"r-{name}.img"
-        service.run_restore(ctx, point_id, str(out), disk=name)
+        run_restore(ctx, point_id, str(out), disk=name)
         assert same_content(source, out)

@@ -3,20 +3,20 @@ maintenance (retention + GC) as a job; the worker runs them all."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from vmvault import service
+from vmvault.app.context import Context
+from vmvault.errors import NotFound
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.jobs.scheduler import SchedulerState, tick
 from vmvault.jobs.worker import run_worker
 
 
-def test_due_jobs_catch_up_once_and_maintenance_runs_daily(
-    tmp_path: Path, ctx: service.Context
-) -> None:
+def test_due_jobs_catch_up_once_and_maintenance_runs_daily(tmp_path: Path, ctx: Context) -> None:
     disk = tmp_path / "web.img"
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
@@ -63,7 +63,7 @@ name = "unprotected"
     assert len(ctx.open_vault(load_index=False).point_ids()) == 2
 
 
-def test_a_vms_own_start_moves_its_scheduled_backup(tmp_path: Path, ctx: service.Context) -> None:
+def test_a_vms_own_start_moves_its_scheduled_backup(tmp_path: Path, ctx: Context) -> None:
     from vmvault.inventory import load_inventory, write_starts
 
     path = tmp_path / "inv.toml"
@@ -93,3 +93,58 @@ def test_a_vms_own_start_moves_its_scheduled_backup(tmp_path: Path, ctx: service
     assert tick(queue, inv, state, day + timedelta(hours=36)) != []  # the next day's maintenance
     assert tick(queue, inv, state, day + timedelta(hours=46)) == [early + 3]  # only "early"
     assert queue.get(early + 3).vm == "early"
+
+
+def test_the_daemon_keeps_scheduling_while_a_job_runs(tmp_path: Path, ctx: Context) -> None:
+    """A slow backup runs in the worker's thread while the scheduler's ticks go on: the daily
+    maintenance falls due during the backup and is queued then, not after it."""
+    import time as clock
+
+    from vmvault.jobs.daemon import Daemon
+
+    disk = tmp_path / "slow.img"
+    with open(disk, "wb") as f:
+        f.write(os.urandom(5 << 20))  # 5 MB at 1 MB/s: about five seconds of backup
+    inv = parse_inventory(
+        f'[limits]\ndisk_mb_per_s = 1\n[[vms]]\nname = "slow"\n'
+        f'[[vms.disks]]\nname = "os"\npath = "{disk}"\n',
+        "inv.toml",
+    )
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    if due.date() != datetime.now(UTC).date():
+        clock.sleep(3)  # not across midnight: the maintenance time is a time of day
+        due = datetime.now(UTC) + timedelta(seconds=2)
+    vault = ctx.open_vault(load_index=False)
+    queue = JobQueue(ctx.catalog(), vault.config.vault_id)
+    backup = queue.enqueue("backup", "slow", {})
+    daemon = Daemon(
+        ctx,
+        vault,
+        queue,
+        lambda: inv,
+        loops=("scheduler", "worker"),
+        tick_seconds=0.1,
+        maintenance_time=due.time(),
+        worker_poll=0.05,
+    )
+    daemon.start()
+    try:
+        deadline = clock.monotonic() + 60
+        maintenance = None
+        while maintenance is None and clock.monotonic() < deadline:
+            backup_now = queue.get(backup).state
+            with contextlib.suppress(NotFound):  # the next job queued is the maintenance
+                maintenance = queue.get(backup + 1)
+                backup_then = backup_now
+            clock.sleep(0.05)
+        assert maintenance is not None, "the scheduler queued no maintenance"
+        assert maintenance.kind == "maintenance"
+        assert backup_then == "running"  # queued while the backup ran, not after it
+        while clock.monotonic() < deadline and {
+            queue.get(j).state for j in (backup, maintenance.id)
+        } & {"queued", "running"}:
+            clock.sleep(0.1)
+    finally:
+        daemon.stop()
+    assert queue.get(backup).state == "succeeded", queue.get(backup).error_message
+    assert queue.get(maintenance.id).state == "succeeded", queue.get(maintenance.id).error_message

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli
-from vmvault import service
+from vmvault.app.context import Context
+from vmvault.app.points import list_points
 from vmvault.consistency import ConsistencyError, NoFreezer, ScriptConfig, quiesce
 from vmvault.consistency.scripts import check_script, run_script
 
@@ -342,7 +343,7 @@ def _running_vm(tmp_path: Path, scripts: Path) -> Path:
 
 
 def test_vm_backup_with_a_refused_pre_script_fails_in_one_line_or_is_not_application(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     folder = _folder(tmp_path)
     marker = tmp_path / "ran"
@@ -368,9 +369,9 @@ def test_vm_backup_with_a_refused_pre_script_fails_in_one_line_or_is_not_applica
             (line,) = done.stderr.strip().splitlines()
             assert line.startswith("error: ") and "Traceback" not in done.stderr
             assert f"{folder}/ belongs to uid 65534" in line
-            assert service.list_points(ctx).points == []
+            assert list_points(ctx).points == []
     assert done.returncode == 0, done.stderr
-    (point,) = service.list_points(ctx).points
+    (point,) = list_points(ctx).points
     assert point["consistency"]["level"] != "application"
     assert "belongs to uid 65534" in point["consistency"]["reason"]
     assert not marker.exists()

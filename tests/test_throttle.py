@@ -7,11 +7,14 @@ import os
 import time
 from pathlib import Path
 
-from vmvault import service
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.app.restore import run_restore
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, backup
+from vmvault.engine.budgets import disk_budget
 from vmvault.jobs.admission import JobLoad, Limits, admit
-from vmvault.jobs.budgets import disk_budget
 
 MB = 1_000_000
 BURST = 4 * 1024 * 1024  # what a bucket lets through before it starts pacing
@@ -26,7 +29,7 @@ def _disks(tmp_path: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def _timed_backup(ctx: service.Context, paths: list[Path], budgets: list) -> float:
+def _timed_backup(ctx: Context, paths: list[Path], budgets: list) -> float:
     vault = ctx.open_vault()
     sources = [RawDisk.open(p) for p in paths]
     try:
@@ -48,14 +51,14 @@ def _timed_backup(ctx: service.Context, paths: list[Path], budgets: list) -> flo
             s.close()
 
 
-def test_four_disks_at_a_per_disk_cap(tmp_path: Path, ctx: service.Context) -> None:
+def test_four_disks_at_a_per_disk_cap(tmp_path: Path, ctx: Context) -> None:
     paths = _disks(tmp_path, 4, 16 * MB)
     elapsed = _timed_backup(ctx, paths, [disk_budget(10.0) for _ in paths])
     expected = (16 * MB - BURST) / (10 * MB)  # the disks run side by side, each capped
     assert 0.7 * expected <= elapsed <= 2.5 * expected + 1, (elapsed, expected)
 
 
-def test_a_pool_budget_is_shared_by_its_disks(tmp_path: Path, ctx: service.Context) -> None:
+def test_a_pool_budget_is_shared_by_its_disks(tmp_path: Path, ctx: Context) -> None:
     paths = _disks(tmp_path, 4, 10 * MB)
     budgets = [
         disk_budget(
@@ -68,7 +71,7 @@ def test_a_pool_budget_is_shared_by_its_disks(tmp_path: Path, ctx: service.Conte
     assert 0.7 * expected <= elapsed <= 2.5 * expected + 1, (elapsed, expected)
 
 
-def test_disks_in_flight_per_pool(tmp_path: Path, ctx: service.Context) -> None:
+def test_disks_in_flight_per_pool(tmp_path: Path, ctx: Context) -> None:
     paths = _disks(tmp_path, 4, 12 * MB)
     budgets = [
         disk_budget(
@@ -118,16 +121,16 @@ def test_fifty_queued_vms_never_exceed_forty_at_once() -> None:
     assert peak == 40 and done == 50
 
 
-def test_a_restore_takes_its_share_of_the_pool(tmp_path: Path, ctx: service.Context) -> None:
+def test_a_restore_takes_its_share_of_the_pool(tmp_path: Path, ctx: Context) -> None:
     """Restores draw on the same pool bucket as backups: a restore into a 10 MB/s pool of
     20 MB of data takes about 2 s."""
     [path] = _disks(tmp_path, 1, 20 * MB)
-    point = service.run_backup(ctx, "vm", [service.DiskSpec("d", str(path))])
+    point = run_backup(ctx, "vm", [DiskSpec("d", str(path))])
     budget = disk_budget(
         None, "pool-t3", egress_mb_per_s=10.0, requests_per_second=1000, disks_in_flight=20
     )
     started = time.monotonic()
-    service.run_restore(ctx, point["id"], str(tmp_path / "out.img"), budget=budget)
+    run_restore(ctx, point["id"], str(tmp_path / "out.img"), budget=budget)
     elapsed = time.monotonic() - started
     expected = (20 * MB - BURST) / (10 * MB)
     assert 0.7 * expected <= elapsed <= 2.5 * expected + 1, (elapsed, expected)

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSPHRASE, run_cli, same_content
-from vmvault import service
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context
+from vmvault.app.restore import run_restore
+from vmvault.app.vm_restore import run_vm_restore
 from vmvault.errors import UsageError
 from vmvault.inventory import parse_inventory
 
@@ -69,10 +72,10 @@ state = "{state}"
 
 
 def test_stopped_vm_backup_is_crash_consistent_and_excludes_temp(
-    tmp_path: Path, ctx: service.Context
+    tmp_path: Path, ctx: Context
 ) -> None:
     inv = parse_inventory(_inventory(tmp_path, "stopped"), "inv.toml")
-    point = service.run_vm_backup(ctx, inv, "web01")
+    point = run_vm_backup(ctx, inv, "web01")
     assert [d["name"] for d in point["disks"]] == ["os", "data"]
     assert [d["name"] for d in point["excluded"]] == ["resource"]
     assert point["consistency"]["level"] == "crash"
@@ -81,10 +84,10 @@ def test_stopped_vm_backup_is_crash_consistent_and_excludes_temp(
     assert point["meta"]["snapshot"] == "in-place"
     assert point["disks"][0]["source"] == str(tmp_path / "os.img")
     out = tmp_path / "os-restored.img"
-    service.run_restore(ctx, point["id"], str(out), disk="os")
+    run_restore(ctx, point["id"], str(out), disk="os")
     assert same_content(tmp_path / "os.img", out)
     data_out = tmp_path / "data-restored.qcow2"
-    service.run_restore(ctx, point["id"], str(data_out), disk="data", target_format="qcow2")
+    run_restore(ctx, point["id"], str(data_out), disk="data", target_format="qcow2")
     compare = subprocess.run(
         ["qemu-img", "compare", str(tmp_path / "data.qcow2"), str(data_out)],
         capture_output=True,
@@ -93,9 +96,7 @@ def test_stopped_vm_backup_is_crash_consistent_and_excludes_temp(
     assert compare.returncode == 0
 
 
-def test_running_vm_with_scripts_is_application_consistent(
-    tmp_path: Path, ctx: service.Context
-) -> None:
+def test_running_vm_with_scripts_is_application_consistent(tmp_path: Path, ctx: Context) -> None:
     log = tmp_path / "log"
     pre = _script(tmp_path / "pre.sh", f"echo pre >> {log}")
     post = _script(tmp_path / "post.sh", f"echo post >> {log}")
@@ -113,16 +114,14 @@ def test_running_vm_with_scripts_is_application_consistent(
     config.chmod(0o600)
     extra = f'snapshot = "copy"\nscripts = "{config}"'
     inv = parse_inventory(_inventory(tmp_path, "running", extra), "inv.toml")
-    point = service.run_vm_backup(ctx, inv, "web01")
+    point = run_vm_backup(ctx, inv, "web01")
     assert point["consistency"]["level"] == "application", point["consistency"]
     assert log.read_text().split() == ["pre", "post"]
     assert point["meta"]["snapshot"] == "copy"
     assert not list(tmp_path.glob(".vmvault-snap-*"))  # the snapshot was removed
 
 
-def test_running_vm_failing_prescript_falls_back_and_says_why(
-    tmp_path: Path, ctx: service.Context
-) -> None:
+def test_running_vm_failing_prescript_falls_back_and_says_why(tmp_path: Path, ctx: Context) -> None:
     pre = _script(tmp_path / "pre.sh", "echo 'database busy' >&2; exit 4")
     post = _script(tmp_path / "post.sh", "exit 0")
     config = tmp_path / "cfg.json"
@@ -130,12 +129,12 @@ def test_running_vm_failing_prescript_falls_back_and_says_why(
     config.chmod(0o600)
     extra = f'snapshot = "copy"\nscripts = "{config}"'
     inv = parse_inventory(_inventory(tmp_path, "running", extra), "inv.toml")
-    point = service.run_vm_backup(ctx, inv, "web01")
+    point = run_vm_backup(ctx, inv, "web01")
     assert point["consistency"]["level"] in ("file-system", "crash")
     assert "pre-script" in point["consistency"]["reason"].lower()
 
 
-def test_vm_backup_cli(tmp_path: Path, ctx: service.Context) -> None:
+def test_vm_backup_cli(tmp_path: Path, ctx: Context) -> None:
     inv_path = tmp_path / "inv.toml"
     inv_path.write_text(_inventory(tmp_path, "stopped"))
     env = {
@@ -153,15 +152,13 @@ def test_vm_backup_cli(tmp_path: Path, ctx: service.Context) -> None:
     assert unknown.returncode == 2 and "no VM named 'db01'" in unknown.stderr
 
 
-def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: service.Context) -> None:
+def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: Context) -> None:
     text = _inventory(tmp_path, "stopped")
     inv = parse_inventory(text, "inv.toml")
-    point = service.run_vm_backup(ctx, inv, "web01")
+    point = run_vm_backup(ctx, inv, "web01")
     original = (tmp_path / "os.img").read_bytes()
 
-    new = service.run_vm_restore(
-        ctx, inv, "web01", new_name="web01-copy", directory=str(tmp_path / "copy")
-    )
+    new = run_vm_restore(ctx, inv, "web01", new_name="web01-copy", directory=str(tmp_path / "copy"))
     assert new["point"] == point["id"]
     paths = {d["name"]: Path(d["path"]) for d in new["disks"]}
     assert paths["os"].read_bytes() == original
@@ -180,20 +177,18 @@ def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: service.Context)
     with open(tmp_path / "os.img", "r+b") as f:  # the VM breaks after the backup
         f.write(b"\xde\xad" * 4096)
     with pytest.raises(UsageError, match="--yes"):
-        service.run_vm_restore(ctx, inv, "web01", point_ref=point["id"], in_place=True)
-    done = service.run_vm_restore(
-        ctx, inv, "web01", point_ref=point["id"], in_place=True, confirmed=True
-    )
+        run_vm_restore(ctx, inv, "web01", point_ref=point["id"], in_place=True)
+    done = run_vm_restore(ctx, inv, "web01", point_ref=point["id"], in_place=True, confirmed=True)
     assert (tmp_path / "os.img").read_bytes() == original
     safety = ctx.open_vault().get_point(done["safety_point"])
     assert safety["vm"] == "web01"  # the broken state was kept before being replaced
 
     running = parse_inventory(text.replace('state = "stopped"', 'state = "running"'), "i.toml")
     with pytest.raises(UsageError, match="stop it"):
-        service.run_vm_restore(ctx, running, "web01", in_place=True, confirmed=True)
+        run_vm_restore(ctx, running, "web01", in_place=True, confirmed=True)
 
 
-def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.Context) -> None:
+def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: Context) -> None:
     import sys
     import time
 
@@ -206,7 +201,7 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
     inv_path = tmp_path / "inv.toml"
     inv_path.write_text(text)
     inv = parse_inventory(text, str(inv_path))
-    service.run_vm_backup(ctx, inv, "web01")
+    run_vm_backup(ctx, inv, "web01")
     env = {
         **os.environ,
         "VMVAULT_PASSPHRASE": PASSPHRASE,
@@ -236,7 +231,7 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
         deadline = time.monotonic() + 30
         while not live_locks(ctx.backend()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        busy = service.run_vm_restore(
+        busy = run_vm_restore(
             ctx, inv, "web01", new_name="copy1", directory=str(tmp_path / "c1"), target_pool="local"
         )
         assert backup.poll() is None, "the backup ended before the restore could overlap it"
@@ -244,7 +239,7 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
     finally:
         _, err = backup.communicate(timeout=120)
     assert backup.returncode == 0, err
-    calm = service.run_vm_restore(
+    calm = run_vm_restore(
         ctx, inv, "web01", new_name="copy2", directory=str(tmp_path / "c2"), target_pool="local"
     )
     assert calm["warnings"] == []
@@ -252,7 +247,7 @@ def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: service.
     assert not lock_files  # every lock released
 
 
-def test_instant_restore_from_kept_snapshots(tmp_path: Path, ctx: service.Context) -> None:
+def test_instant_restore_from_kept_snapshots(tmp_path: Path, ctx: Context) -> None:
     from datetime import UTC, datetime, timedelta
 
     from vmvault.snapshot import instant
@@ -263,18 +258,18 @@ def test_instant_restore_from_kept_snapshots(tmp_path: Path, ctx: service.Contex
     )
     text = policy + _inventory(tmp_path, "running", 'snapshot = "copy"\npolicy = "p"')
     inv = parse_inventory(text, "inv.toml")
-    point = service.run_vm_backup(ctx, inv, "web01")
+    point = run_vm_backup(ctx, inv, "web01")
     kept = tmp_path / instant.INSTANT_DIR / point["id"]
     assert sorted(p.name for p in kept.iterdir()) == ["os"]  # raw disks only
     before = (tmp_path / "os.img").read_bytes()
     with open(tmp_path / "os.img", "r+b") as f:  # the VM writes after the backup
         f.write(b"\x01" * 65536)
-    fast = service.run_restore(ctx, point["id"], str(tmp_path / "a.img"), disk="os")
+    fast = run_restore(ctx, point["id"], str(tmp_path / "a.img"), disk="os")
     assert fast.source == "instant" and (tmp_path / "a.img").read_bytes() == before
     with open(kept / "os", "r+b") as f:  # a damaged kept copy is never trusted
         f.seek(1 << 20)
         f.write(b"\xff" * 10)
-    safe = service.run_restore(ctx, point["id"], str(tmp_path / "b.img"), disk="os")
+    safe = run_restore(ctx, point["id"], str(tmp_path / "b.img"), disk="os")
     assert safe.source == "vault" and (tmp_path / "b.img").read_bytes() == before
     assert instant.expire([str(tmp_path / "os.img")], 2, datetime.now(UTC)) == []
     later = datetime.now(UTC) + timedelta(days=3)

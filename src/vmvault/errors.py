@@ -2,7 +2,9 @@
 
 Every failure that comes from input (a path, a passphrase, a vault's contents) is one of
 these; the CLI prints ``error: <message>`` and exits with ``exit_code``, the API returns
-``{"error": {"code": ..., "message": ...}}``. Anything else is a bug and keeps its traceback.
+``{"error": {"code": ..., "message": ...}}`` with ``http_status``, and a queued job that
+fails with a ``transient`` one is tried again later. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ class VmvaultError(Exception):
     code = "error"
     exit_code = 1
     http_status = 500  # what the API answers: the server or its vault could not do it
+    transient = False  # worth another try after a pause (a busy VM or hypervisor, a signal)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -60,14 +63,14 @@ class PassphraseMissing(VmvaultError):
     code = "passphrase_missing"
 
 
-class DiskNotFound(VmvaultError):
+class DiskNotFound(NotFound):
     code = "disk_not_found"
-    http_status = 404
+    exit_code = 1  # older than NotFound's 2, and scripts test for it
 
 
-class PointNotFound(VmvaultError):
+class PointNotFound(NotFound):
     code = "point_not_found"
-    http_status = 404
+    exit_code = 1  # older than NotFound's 2, and scripts test for it
 
 
 class ObjectMissing(VmvaultError):
@@ -82,18 +85,28 @@ class CorruptObject(VmvaultError):
     code = "corrupt_object"
 
 
+EXIT_DAMAGE = 3  # the exit code of found damage: verify, check, a restore that met it
+
+
 class DamageFound(CorruptObject):
-    """``verify`` found the point object itself damaged: the exit code of found damage."""
+    """``verify`` found the point object itself damaged."""
 
     code = "point_damaged"
-    exit_code = 3
+    exit_code = EXIT_DAMAGE
 
 
 class RestoreDamaged(VmvaultError):
     """A restore met damaged or missing chunks; ``ranges`` are the affected byte ranges."""
 
     code = "restore_damaged"
+    exit_code = EXIT_DAMAGE
 
     def __init__(self, message: str, ranges: list[tuple[int, int]]) -> None:
         super().__init__(message)
         self.ranges = ranges
+
+
+class CostModelError(UsageError, ValueError):
+    """Figures the cost model cannot price (a negative size, a duplicate VM, bad prices)."""
+
+    code = "bad_cost_input"

@@ -20,7 +20,11 @@ from typing import Any
 import blake3
 import typer
 
-from vmvault import service, testdisk
+from vmvault import testdisk
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import PASSPHRASE_ENV, Context
+from vmvault.app.restore import run_restore
+from vmvault.app.vaults import init_vault, run_check
 from vmvault.cli.output import console, emit_json, guarded, human_bytes
 from vmvault.errors import UsageError, VmvaultError
 
@@ -147,9 +151,9 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
         shutil.rmtree(work)
     work.mkdir(parents=True)
     work = work.absolute()
-    if not os.environ.get(service.PASSPHRASE_ENV):
-        os.environ[service.PASSPHRASE_ENV] = DEMO_PASSPHRASE
-    ctx = service.Context(str(work / "vault"), f"sqlite:///{work / 'catalog.db'}")
+    if not os.environ.get(PASSPHRASE_ENV):
+        os.environ[PASSPHRASE_ENV] = DEMO_PASSPHRASE
+    ctx = Context(str(work / "vault"), f"sqlite:///{work / 'catalog.db'}")
     summary: dict[str, Any] = {"workdir": str(work), "disk_size": size, "points": []}
 
     def say(text: str) -> None:
@@ -170,7 +174,7 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
     digests = [file_digest(image)]
 
     step(f"creating an encrypted vault at {ctx.vault_path}")
-    vault = service.init_vault(ctx)
+    vault = init_vault(ctx)
     say(f"    vault {vault.config.vault_id}, AES-256-GCM, scrypt-wrapped key")
 
     points = []
@@ -181,7 +185,7 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
             say(f"    {mutation.writes} writes, {human_bytes(mutation.bytes_written)}")
             digests.append(file_digest(image))
         t = step("backing up web01 (full)" if round_no == 1 else "backing up web01 again")
-        point = service.run_vm_backup(ctx, inventory, "web01")
+        point = run_vm_backup(ctx, inventory, "web01")
         seconds = time.perf_counter() - t
         level = point["consistency"]
         summary["points"].append(
@@ -211,7 +215,7 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
     for point_id, digest in zip(points, digests, strict=True):
         target = work / f"restored-os-{point_id}.img"
         step(f"restoring the OS disk of {point_id}")
-        report = service.run_restore(ctx, point_id, str(target), disk="os")
+        report = run_restore(ctx, point_id, str(target), disk="os")
         got = file_digest(target)
         say(
             f"    {human_bytes(report.bytes_verified)} verified chunk by chunk in "
@@ -232,7 +236,7 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
 
     step(f"restoring the data disk of {points[-1]} as qcow2")
     data_out = work / "restored-data.qcow2"
-    service.run_restore(ctx, points[-1], str(data_out), disk="data", target_format="qcow2")
+    run_restore(ctx, points[-1], str(data_out), disk="data", target_format="qcow2")
     same = subprocess.run(
         ["qemu-img", "compare", str(data_image), str(data_out)],
         capture_output=True,
@@ -245,7 +249,7 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
     say("    [green]identical[/] as the guest sees it (qemu-img compare)")
 
     step("checking the whole vault")
-    check = service.run_check(ctx, read_data=True)
+    check = run_check(ctx, read_data=True)
     if not check.ok:
         raise DemoFailed(
             "vault check found errors: " + "; ".join(p.message for p in check.problems)

@@ -11,9 +11,11 @@ from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
     JsonOpt,
+    MaintenanceAtOpt,
     PassFileOpt,
     VaultOpt,
     context,
+    maintenance_time,
     remote,
 )
 from vmvault.cli.output import console, emit_json, guarded, human_bytes
@@ -175,9 +177,7 @@ def worker(
 
 def scheduler(
     interval: float = typer.Option(30.0, "--interval", help="Seconds between checks."),
-    maintenance_at: str = typer.Option(
-        "12:00", "--maintenance-at", help="UTC time for daily retention and GC."
-    ),
+    maintenance_at: str = MaintenanceAtOpt,
     once: bool = typer.Option(False, "--once", help="One check, run what is due, stop."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
@@ -186,26 +186,30 @@ def scheduler(
 ) -> None:
     """Run backups when their policies say, retention and GC daily; logs what it does."""
     import logging
-    from datetime import time as clock_time
 
-    from vmvault.inventory import load_inventory
-    from vmvault.jobs.scheduler import serve
+    from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile
+    from vmvault.jobs.daemon import Daemon
+    from vmvault.jobs.queue import JobQueue
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     def act() -> None:
-        try:
-            at = clock_time.fromisoformat(maintenance_at)
-        except ValueError:
-            from vmvault.errors import UsageError
-
-            raise UsageError(f"--maintenance-at {maintenance_at!r} is not HH:MM") from None
-        serve(
-            context(vault, catalog, passphrase_file),
-            load_inventory(inventory),
-            interval=interval,
+        at = maintenance_time(maintenance_at)
+        ctx = context(vault, catalog, passphrase_file)
+        opened = ctx.open_vault(load_index=False)
+        watched = InventoryFile(inventory or DEFAULT_INVENTORY)
+        watched()  # a broken inventory stops it now, not at the first tick
+        daemon = Daemon(
+            ctx,
+            opened,
+            JobQueue(ctx.catalog(), opened.config.vault_id),
+            watched,
+            tick_seconds=interval,
             maintenance_time=at,
-            once=once,
         )
+        if once:
+            daemon.run_once()
+        else:
+            daemon.run()
 
     guarded(False, act)

@@ -13,7 +13,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from vmvault import __version__, service
+from vmvault import __version__
+from vmvault.app.backup import run_backup
+from vmvault.app.disks import DiskSpec
+from vmvault.app.points import forget_point, list_points
+from vmvault.app.restore import run_restore, run_verify
+from vmvault.app.retention import run_prune
+from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
@@ -25,7 +31,7 @@ from vmvault.cli.options import (
     remote,
 )
 from vmvault.cli.output import console, emit_json, fail, guarded, human_bytes, progress_bar
-from vmvault.errors import UsageError
+from vmvault.errors import EXIT_DAMAGE, UsageError
 
 app = typer.Typer(
     help="vmvault: incremental, deduplicated, encrypted backups of VM disks.",
@@ -93,7 +99,7 @@ def init(
     """Create a new, empty, encrypted vault."""
 
     def act() -> dict[str, Any]:
-        v = service.init_vault(
+        v = init_vault(
             context(vault, catalog, passphrase_file), compression_level=compression_level
         )
         return {
@@ -110,14 +116,14 @@ def init(
         console.print(f"created vault {doc['vault_id']} at {doc['vault']}")
 
 
-def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[service.DiskSpec]:
+def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[DiskSpec]:
     if names and len(names) != len(images):
         raise UsageError("give one --disk-name per image, or none")
     if not names:
         names = [Path(img).stem or f"disk{i}" for i, img in enumerate(images)]
         if len(set(names)) != len(names):
             names = [f"disk{i}" for i in range(len(images))]
-    return [service.DiskSpec(n, img, format=fmt) for n, img in zip(names, images, strict=True)]
+    return [DiskSpec(n, img, format=fmt) for n, img in zip(names, images, strict=True)]
 
 
 @app.command("backup")
@@ -144,7 +150,7 @@ def backup_cmd(
         ctx = context(vault, catalog, passphrase_file)
         rate = rate_limit_bytes(limit_rate)
         with progress_bar(not json) as progress:
-            return service.run_backup(
+            return run_backup(
                 ctx,
                 vm,
                 _disk_specs(images, disk_name, fmt),
@@ -204,9 +210,7 @@ def list_cmd(
         summaries = points
         damaged = page.get("damaged", [])
     else:
-        listing = guarded(
-            json, lambda: service.list_points(context(vault, catalog, passphrase_file), vm)
-        )
+        listing = guarded(json, lambda: list_points(context(vault, catalog, passphrase_file), vm))
         points = listing.points
         summaries = [point_summary(p) for p in points]
         damaged = listing.damaged_docs()
@@ -259,7 +263,7 @@ def restore(
     def act() -> dict[str, Any]:
         ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:
-            report = service.run_restore(
+            report = run_restore(
                 ctx,
                 point,
                 target,
@@ -310,7 +314,7 @@ def verify(
         else:
             ctx = context(vault, catalog, passphrase_file)
             with progress_bar(not json) as progress:
-                point_id, reports = service.run_verify(ctx, point, vm=vm, progress=progress)
+                point_id, reports = run_verify(ctx, point, vm=vm, progress=progress)
             disks = [r.to_dict() for r in reports]
         return {"point": point_id, "ok": not any(d["damaged"] for d in disks), "disks": disks}
 
@@ -327,7 +331,7 @@ def verify(
             for r in d["damaged"]:
                 console.print(f"  [red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
     if not doc["ok"]:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_DAMAGE)
 
 
 @app.command()
@@ -341,7 +345,7 @@ def check(
     """Check the whole vault: index vs packs, orphans, missing objects, (optionally) data."""
     report = guarded(
         json,
-        lambda: service.run_check(context(vault, catalog, passphrase_file), read_data=read_data),
+        lambda: run_check(context(vault, catalog, passphrase_file), read_data=read_data),
     )
     doc = report.to_dict()
     if json:
@@ -357,7 +361,7 @@ def check(
             console.print(f"[{colour}]{p['severity']}[/] {p['kind']} {p['object']}: {p['message']}")
         console.print("[green]vault is consistent[/]" if doc["ok"] else "[red]vault has errors[/]")
     if not doc["ok"]:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_DAMAGE)
 
 
 @app.command()
@@ -369,9 +373,7 @@ def forget(
     json: bool = JsonOpt,
 ) -> None:
     """Delete a recovery point; its data is freed by the next `vmvault gc`."""
-    point_id = guarded(
-        json, lambda: service.forget_point(context(vault, catalog, passphrase_file), point)
-    )
+    point_id = guarded(json, lambda: forget_point(context(vault, catalog, passphrase_file), point))
     if json:
         emit_json({"forgotten": point_id})
     else:
@@ -393,7 +395,7 @@ def prune(
 
     doc = guarded(
         json,
-        lambda: service.run_prune(
+        lambda: run_prune(
             context(vault, catalog, passphrase_file),
             load_inventory(inventory),
             vm_name=vm,
@@ -660,7 +662,7 @@ def gc(
     """Free what no recovery point uses; safe while backups run (it defers its sweep)."""
     report = guarded(
         json,
-        lambda: service.run_gc(
+        lambda: run_gc(
             context(vault, catalog, passphrase_file),
             grace=grace,
             repack_threshold=repack_threshold,
@@ -690,7 +692,7 @@ def reindex_cmd(
     json: bool = JsonOpt,
 ) -> None:
     """Rebuild the chunk index from the packs and the catalog from the recovery points."""
-    doc = guarded(json, lambda: service.reindex(context(vault, catalog, passphrase_file)))
+    doc = guarded(json, lambda: reindex(context(vault, catalog, passphrase_file)))
     if json:
         emit_json(doc)
     else:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from datetime import time as clock_time
 from typing import TYPE_CHECKING
 
 import typer
 
-from vmvault import service
+from vmvault.app.context import Context
+from vmvault.cli.passphrase import prompt_passphrase
 
 if TYPE_CHECKING:
     from vmvault.cli.remote import Remote
@@ -52,12 +54,12 @@ def remote() -> Remote | None:
     return _remote[0] if _remote else None
 
 
-def context(vault: str | None, catalog: str | None, passphrase_file: str | None) -> service.Context:
+def context(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Context:
     if remote() is not None:
         raise UsageError("this command works on a local vault only, not with --server")
     if not vault:
         raise UsageError("no vault given: use --vault DIR or set VMVAULT_VAULT")
-    return service.Context(vault, catalog, passphrase_file)
+    return Context(vault, catalog, passphrase_file, ask_passphrase=prompt_passphrase)
 
 
 MIN_RATE_MB_S = MIN_RATE  # slower than this, a 4 MiB block takes minutes: surely a typo
@@ -70,3 +72,16 @@ def rate_limit_bytes(limit_rate: float | None) -> float | None:
     if not math.isfinite(limit_rate) or limit_rate < MIN_RATE_MB_S:
         raise UsageError(f"--limit-rate must be at least {MIN_RATE_MB_S} MB/s, not {limit_rate:g}")
     return limit_rate * 1e6
+
+
+MaintenanceAtOpt = typer.Option(
+    "12:00", "--maintenance-at", help="UTC time (HH:MM) for daily retention and GC."
+)
+
+
+def maintenance_time(text: str) -> clock_time:
+    """``--maintenance-at HH:MM`` (UTC)."""
+    try:
+        return clock_time.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--maintenance-at {text!r} is not HH:MM") from None

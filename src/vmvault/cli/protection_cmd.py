@@ -28,7 +28,7 @@ def _act(
     vm: str,
     **options: Any,
 ) -> None:
-    from vmvault.governance import change_protection
+    from vmvault.app.protection import change_protection
 
     ctx = guarded(json, lambda: context(vault, catalog, passphrase_file))
     doc = guarded(json, lambda: change_protection(ctx, vm, action, **options))
@@ -97,7 +97,7 @@ def immutability(
     json: bool = JsonOpt,
 ) -> None:
     """Make the vault immutable: no backup data deleted, no retention shortened."""
-    from vmvault.governance import set_immutability
+    from vmvault.app.protection import set_immutability
 
     doc = guarded(json, lambda: set_immutability(context(vault, catalog, passphrase_file), value))
     if json:
@@ -114,7 +114,7 @@ def soft_delete(
     json: bool = JsonOpt,
 ) -> None:
     """Keep soft-deleted backup data this many days (14 to 180) before purging it."""
-    from vmvault.governance import set_soft_delete
+    from vmvault.app.protection import set_soft_delete
 
     doc = guarded(json, lambda: set_soft_delete(context(vault, catalog, passphrase_file), days))
     if json:

@@ -7,7 +7,16 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from vmvault.cli.options import CatalogOpt, InventoryOpt, JsonOpt, PassFileOpt, VaultOpt, context
+from vmvault.cli.options import (
+    CatalogOpt,
+    InventoryOpt,
+    JsonOpt,
+    MaintenanceAtOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+    maintenance_time,
+)
 from vmvault.cli.output import console, emit_json, guarded
 from vmvault.errors import UsageError
 
@@ -28,6 +37,7 @@ def serve(
         False, "--no-scheduler", help="Serve only: run no scheduler, worker or alert delivery."
     ),
     tick: float = typer.Option(30.0, "--tick", min=0.1, help="Seconds between scheduler ticks."),
+    maintenance_at: str = MaintenanceAtOpt,
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -55,7 +65,9 @@ def serve(
             worker=not no_scheduler,
             alerts=not no_scheduler,
             tick_seconds=tick,
+            maintenance_time=maintenance_time(maintenance_at),
             secure_cookies=bool(tls_cert),
+            ask_passphrase=ctx.ask_passphrase,
         )
         return create_app(config)
 

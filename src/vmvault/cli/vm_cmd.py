@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.vm_restore import run_vm_restore
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
@@ -117,7 +119,7 @@ def discover_vms(
     json: bool = JsonOpt,
 ) -> None:
     """Print inventory entries for libvirt's domains (read with virsh), to review and paste."""
-    from vmvault.discovery import discover
+    from vmvault.inventory.discovery import discover
 
     found = guarded(json, lambda: discover(connect))
     if json:
@@ -142,7 +144,6 @@ def backup_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Back up a VM: scripts, freeze, snapshot, all non-temporary disks in parallel."""
-    from vmvault import service
     from vmvault.cli.main import print_point
     from vmvault.cli.output import progress_bar
 
@@ -154,7 +155,7 @@ def backup_vm(
         inv = load_inventory(inventory)
         ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:
-            return service.run_vm_backup(
+            return run_vm_backup(
                 ctx,
                 inv,
                 name,
@@ -189,7 +190,6 @@ def restore_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Restore all disks and the config of a VM: as a new VM beside it, or in place."""
-    from vmvault import service
     from vmvault.cli.output import progress_bar
 
     if remote() is not None:
@@ -206,7 +206,7 @@ def restore_vm(
         inv = load_inventory(inventory)
         ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:
-            return service.run_vm_restore(
+            return run_vm_restore(
                 ctx,
                 inv,
                 name,

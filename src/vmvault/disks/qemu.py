@@ -27,6 +27,7 @@ _START_TIMEOUT = 30.0
 
 class QemuError(VmvaultError):
     code = "qemu_failed"
+    transient = True
 
 
 def _need(tool: str) -> str:

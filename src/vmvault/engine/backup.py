@@ -37,9 +37,10 @@ from vmvault.engine.progress import (
 )
 from vmvault.engine.throttle import INTERRUPT_EVERY, TokenBucket
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, UsageError
+from vmvault.vault.config import new_point_id
 from vmvault.vault.format import ENCODING_RAW, ENCODING_ZSTD, KIND_DATA, ZERO_ID, DiskManifest
 from vmvault.vault.packs import PackWriter
-from vmvault.vault.vault import Vault, new_point_id
+from vmvault.vault.vault import Vault
 
 # Compression is skipped for chunks whose sample does not shrink: random data, media,
 # encrypted guests. Probing a 4 KiB sample costs ~1/30 of compressing the chunk.

@@ -15,6 +15,13 @@ from typing import Any
 import blake3
 
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound
+from vmvault.vault.documents import (
+    AAD_PROTECTION,
+    AAD_SETTINGS,
+    PROTECTION_PREFIX,
+    SETTINGS_KEY,
+    protection_key,
+)
 from vmvault.vault.format import ZERO_ID, PackEntry
 from vmvault.vault.index import Location
 from vmvault.vault.packs import pack_key
@@ -137,12 +144,8 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
 
 def _check_state(vault: Vault, report: CheckReport) -> None:
     """The vault's settings and each VM's protection record open and parse."""
-    from vmvault.protection import AAD_PROTECTION, SETTINGS_KEY, settings
-    from vmvault.protection import _key as protection_key
-    from vmvault.vault.format import decode_json
-
     try:
-        settings(vault)
+        vault.get_document(SETTINGS_KEY, AAD_SETTINGS)
     except (CorruptObject, ObjectMissing) as exc:
         report.problems.append(
             Problem(
@@ -153,9 +156,11 @@ def _check_state(vault: Vault, report: CheckReport) -> None:
                 "and `vmvault vault soft-delete` write it again",
             )
         )
-    for key in vault.backend.list("protection/"):
+    for key in vault.backend.list(PROTECTION_PREFIX):
         try:
-            doc = decode_json(vault.cipher.open(vault.backend.get(key), AAD_PROTECTION, key), key)
+            doc = vault.get_document(key, AAD_PROTECTION)
+            if doc is None:
+                continue  # deleted since the listing
             if protection_key(vault, str(doc.get("vm"))) != key:
                 # Sealed with the vault's key but filed under another VM's name: a record
                 # moved (or copied) over another one.

@@ -17,6 +17,7 @@ class Interrupted(VmvaultError):
     """The job was stopped (a signal, a cancel) while it ran; nothing it started is kept."""
 
     code = "interrupted"
+    transient = True
     exit_code = 130
 
 

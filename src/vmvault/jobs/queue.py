@@ -22,10 +22,10 @@ from sqlalchemy import select, update
 from vmvault.catalog.models import Job
 from vmvault.catalog.store import Catalog
 from vmvault.errors import Conflict, NotFound
+from vmvault.model.jobs import FINAL_STATES
 
 STALE_AFTER = timedelta(seconds=120)
 BACKOFF = timedelta(seconds=30)
-FINAL_STATES = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
 JOB_FIELDS = (

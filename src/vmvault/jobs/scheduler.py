@@ -12,14 +12,12 @@ at ``maintenance_time`` (UTC), as jobs of their own, after the backups have been
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from datetime import time as clock_time
 
 from sqlalchemy import select
 
-from vmvault import service
 from vmvault.catalog.models import Job
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
@@ -84,98 +82,3 @@ def tick(
         log.info("queued job %d: retention and garbage collection", job_id)
         queued.append(job_id)
     return queued
-
-
-def run_maintenance(
-    ctx: service.Context, inventory: Inventory, queue: JobQueue, job_id: int
-) -> None:
-    """Apply every VM's retention, then collect garbage (it defers while backups run)."""
-    from vmvault.protection import purge_due
-
-    vault = ctx.open_vault(load_index=False)
-    vms = sorted({p["vm"] for p in vault.points()})
-    purged = purge_due(vault, vms)
-    for name, count in purged.items():
-        log.info("purged %s: soft delete ended, %d point(s) deleted", name, count)
-        service.raise_alert(
-            ctx,
-            vault,
-            "purge_done",
-            f"soft-deleted backup data of {name} was purged: {count} point(s) are gone",
-            vm=name,
-            details={"points": count},
-        )
-    _alert_upcoming_purges(ctx, vault, vms)
-    from vmvault.snapshot import instant
-
-    # Prune first: it is where an immutable vault refuses a shorter retention, and
-    # instant_restore_days is part of it, so nothing may expire before it agreed.
-    pruned = service.run_prune(ctx, inventory)
-    now = datetime.now(UTC)
-    for vm in inventory.vms:
-        if vm.policy:
-            days = inventory.policy(vm.policy).retention.instant_restore_days or 0
-            instant.expire([d.path for d in vm.disks], days, now)
-    report = service.run_gc(ctx)
-    deleted = sum(len(v["prune"]) for v in pruned["vms"].values())
-    log.info(
-        "retention deleted %d point(s); gc freed %d bytes%s",
-        deleted,
-        report.bytes_freed,
-        f" ({report.deferred})" if report.deferred else "",
-    )
-    queue.finish(
-        job_id, "succeeded", details={"purged": purged, "pruned": deleted, "gc": report.to_dict()}
-    )
-
-
-def _alert_upcoming_purges(ctx: service.Context, vault: Vault, vms: list[str]) -> None:
-    """Azure's "upcoming purge" alert: once per VM and purge date, in its last 2 days."""
-    from vmvault.policy import upcoming_purge_alert
-    from vmvault.protection import state_of
-
-    now = datetime.now(UTC)
-    for name in vms:
-        state = state_of(vault, name)
-        if state.purge_at is not None and upcoming_purge_alert(state, now):
-            service.raise_alert(
-                ctx,
-                vault,
-                "purge_upcoming",
-                f"soft-deleted backup data of {name} will be purged at "
-                f"{state.purge_at.isoformat()}; undelete it before then to keep it",
-                vm=name,
-                details={"purge_at": state.purge_at.isoformat()},
-                dedupe_key=f"purge_upcoming:{vault.config.vault_id}:{name}:{state.purge_at}",
-            )
-
-
-def serve(
-    ctx: service.Context,
-    inventory: Inventory,
-    *,
-    interval: float = 30.0,
-    maintenance_time: clock_time = clock_time(12, 0),
-    once: bool = False,
-) -> None:
-    """Tick every ``interval`` seconds and run what is queued (one process does it all)."""
-    from vmvault.alerts.deliver import deliver_pending
-    from vmvault.jobs.worker import run_worker
-
-    vault = ctx.open_vault(load_index=False)
-    queue = JobQueue(ctx.catalog(), vault.config.vault_id)
-    state = SchedulerState()
-    while True:
-        tick(
-            queue,
-            inventory,
-            state,
-            datetime.now(UTC),
-            vault=vault,
-            maintenance_time=maintenance_time,
-        )
-        run_worker(ctx, inventory, once=True)
-        deliver_pending(queue.catalog, vault.config.vault_id, inventory.alerts)
-        if once:
-            return
-        time.sleep(interval)

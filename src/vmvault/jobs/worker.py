@@ -8,22 +8,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from vmvault import service
+from vmvault.app.context import Context
 from vmvault.catalog.models import Job
-from vmvault.catalog.store import Catalog
 from vmvault.engine.progress import SHUTDOWN, ProgressEvent
 from vmvault.errors import VmvaultError
 from vmvault.inventory import Inventory
 from vmvault.jobs.admission import JobLoad, Limits, admit
+from vmvault.jobs.handlers import JobRun, abandoned, run_job
 from vmvault.jobs.queue import JobQueue
-from vmvault.vault.vault import Vault
+from vmvault.model.jobs import JobKind
 
-# Failures worth another try after a pause: the VM or the hypervisor was busy, or the
-# worker itself was stopped (SIGTERM, Ctrl-C: "interrupted") and hands its jobs back.
-TRANSIENT = frozenset({"snapshot_failed", "qemu_failed", "interrupted"})
 # Seconds a stopping worker waits for its jobs to hand themselves back (they give up any
 # wait within a fraction of a second); one still busy after that is reaped later.
 STOP_GRACE = 10.0
@@ -37,24 +33,6 @@ log = logging.getLogger("vmvault")
 
 class Cancelled(VmvaultError):
     code = "cancelled"
-
-
-@dataclass
-class QueuedJob:
-    """The recorder of a job that came from the queue: its row exists already."""
-
-    queue: JobQueue
-    job_id: int
-    worker: str
-
-    def catalog(self) -> Catalog:
-        return self.queue.catalog
-
-    def finish(self, vault: Vault, vm: str | None, state: str, **fields: Any) -> None:
-        if not self.queue.owns(self.job_id, self.worker):
-            _abandoned(self.job_id, self.worker)
-            return
-        self.queue.finish(self.job_id, state, **fields)
 
 
 def limits_of(inventory: Inventory) -> Limits:
@@ -77,18 +55,20 @@ def job_load(inventory: Inventory, vm_name: str | None) -> JobLoad:
 
 
 def run_worker(
-    ctx: service.Context,
+    ctx: Context,
     inventory: Inventory,
     *,
     name: str | None = None,
     concurrency: int | None = None,
     once: bool = True,
     poll: float = 0.5,
+    stop: threading.Event | None = None,
 ) -> list[int]:
     """Run queued jobs, as many at once as admission allows; returns the ids started.
 
     With ``once`` the worker stops when nothing is queued or running; otherwise it serves
-    the queue until interrupted.
+    the queue until interrupted. Once ``stop`` is set (or the process is shutting down) it
+    claims nothing more and returns when its running jobs have ended.
     """
     name = name or f"{socket.gethostname()}:{os.getpid()}"
     vault_id = ctx.open_vault(load_index=False).config.vault_id
@@ -97,15 +77,17 @@ def run_worker(
     slots = concurrency or limits.max_vms
 
     def blocked(running: list[Job], candidate: Job) -> str | None:
-        loads = [job_load(inventory, j.vm) for j in running if j.kind == "backup"]
-        if candidate.kind != "backup":
+        loads = [job_load(inventory, j.vm) for j in running if j.kind == JobKind.BACKUP]
+        if candidate.kind != JobKind.BACKUP:
             return None  # maintenance reads no VM disk
         return admit(loads, job_load(inventory, candidate.vm), limits)
 
     threads: dict[int, threading.Thread] = {}
     started: list[int] = []
     try:
-        return _serve(queue, name, blocked, slots, ctx, inventory, once, poll, started, threads)
+        return _serve(
+            queue, name, blocked, slots, ctx, inventory, once, poll, started, threads, stop
+        )
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C (the CLI turns SIGTERM into this)
         SHUTDOWN.set()  # the jobs stop at their next block or wait, and are queued again
         deadline = time.monotonic() + STOP_GRACE
@@ -119,19 +101,25 @@ def _serve(
     name: str,
     blocked: Callable[[list[Job], Job], str | None],
     slots: int,
-    ctx: service.Context,
+    ctx: Context,
     inventory: Inventory,
     once: bool,
     poll: float,
     started: list[int],
     threads: dict[int, threading.Thread],
+    stop: threading.Event | None,
 ) -> list[int]:
     """The worker's loop: reap lost jobs, claim what admission allows, collect the ended."""
     while True:
         for lost, outcome in queue.reap():
             if outcome == "failed":  # attempts spent; "queued" is retried, "cancelled" wanted
                 _alert_failure(queue, lost, ("worker_lost", "its worker stopped answering"))
-        while len(threads) < slots and (job := queue.claim(name, blocked)) is not None:
+        stopping = SHUTDOWN.is_set() or (stop is not None and stop.is_set())
+        while (
+            not stopping
+            and len(threads) < slots
+            and (job := queue.claim(name, blocked)) is not None
+        ):
             thread = threading.Thread(
                 target=_run_job,
                 args=(ctx, inventory, queue, job),
@@ -143,7 +131,7 @@ def _serve(
             thread.start()
         for job_id in [j for j, t in threads.items() if not t.is_alive()]:
             threads.pop(job_id).join()
-        if once and not threads and not queue.queued():
+        if not threads and (stopping or (once and not queue.queued())):
             return started
         time.sleep(poll)
 
@@ -180,58 +168,7 @@ class _Progress:
             self.queue.report_progress(self.job_id, dict(self.disks))
 
 
-def _run(
-    ctx: service.Context, inventory: Inventory, queue: JobQueue, job: Job, progress: _Progress
-) -> None:
-    """Run one claimed job by its kind; the service records its outcome on the job's row."""
-    recorder = QueuedJob(queue, job.id, str(job.worker))
-    spec = job.spec or {}
-    if job.kind == "maintenance":
-        from vmvault.jobs.scheduler import run_maintenance
-
-        run_maintenance(ctx, inventory, queue, job.id)
-    elif job.kind == "backup":
-        service.run_vm_backup(
-            ctx,
-            inventory,
-            str(job.vm),
-            full=bool(spec.get("full")),
-            progress=progress,
-            recorder=recorder,
-        )
-    elif job.kind == "restore":
-        service.run_vm_restore(
-            ctx,
-            inventory,
-            str(job.vm),
-            point_ref=str(spec.get("point", "latest")),
-            new_name=spec.get("new_name"),
-            directory=spec.get("directory"),
-            target_pool=spec.get("pool"),
-            confine_to=spec.get("root"),
-            progress=progress,
-            recorder=recorder,
-        )
-    elif job.kind == "verify":
-        point_id, reports = service.run_verify(
-            ctx, str(spec.get("point", "latest")), vm=job.vm or None, progress=progress
-        )
-        damaged = sum(1 for r in reports if r.damaged)
-        if not queue.owns(job.id, recorder.worker):
-            _abandoned(job.id, recorder.worker)
-            return
-        queue.finish(
-            job.id,
-            "failed" if damaged else "succeeded",
-            point_id=point_id,
-            error=("restore_damaged", f"{damaged} disk(s) damaged") if damaged else None,
-            details={"disks": [r.to_dict() for r in reports]},
-        )
-    else:
-        raise VmvaultError(f"unknown job kind {job.kind!r}")
-
-
-def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: Job) -> None:
+def _run_job(ctx: Context, inventory: Inventory, queue: JobQueue, job: Job) -> None:
     worker = str(job.worker)
     cancel = threading.Event()
     stop = threading.Event()
@@ -260,15 +197,17 @@ def _run_job(ctx: service.Context, inventory: Inventory, queue: JobQueue, job: J
     try:
         if queue.heartbeat(job.id, worker=worker):
             raise Cancelled(f"job {job.id} was cancelled")
-        _run(ctx, inventory, queue, job, _Progress(queue, job.id, cancel))
+        run_job(JobRun(ctx, inventory, queue, job, _Progress(queue, job.id, cancel)))
     except Cancelled:
         if queue.owns(job.id, worker):
             queue.finish(job.id, "cancelled")
         else:
-            _abandoned(job.id, worker)
+            abandoned(job.id, worker)
     except VmvaultError as exc:
         error = (exc.code, exc.message)
-        outcome = _retry_or_fail(queue, job.id, worker, error, exc.code in TRANSIENT)
+        # transient: the VM or the hypervisor was busy, or the worker itself was stopped
+        # (SIGTERM, Ctrl-C: "interrupted") and hands its jobs back
+        outcome = _retry_or_fail(queue, job.id, worker, error, exc.transient)
     except Exception as exc:  # a bug or the OS: recorded, never left "running"
         error = ("internal", f"{type(exc).__name__}: {exc}")
         outcome = _retry_or_fail(queue, job.id, worker, error, isinstance(exc, OSError))
@@ -284,19 +223,9 @@ def _retry_or_fail(
 ) -> str | None:
     """The queue's retry policy, applied only if the job is still this worker's."""
     if not queue.owns(job_id, worker):
-        _abandoned(job_id, worker)
+        abandoned(job_id, worker)
         return None
     return queue.retry_or_fail(job_id, error, transient=transient)
-
-
-def _abandoned(job_id: int, worker: str) -> None:
-    # Reaped while this worker could not beat (a catalog outage, a stopped process): the
-    # job was retried or failed meanwhile, and that decision stands.
-    log.warning(
-        "warning: job %d is no longer run by %s (it was reaped); its outcome here is dropped",
-        job_id,
-        worker,
-    )
 
 
 def _alert_failure(queue: JobQueue, job: Job, error: tuple[str, str]) -> None:

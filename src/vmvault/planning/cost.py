@@ -26,6 +26,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, Literal, Protocol
 
+from vmvault.errors import CostModelError
 from vmvault.policy.protection import ProtectionStatus
 
 GB: Final = 10**9
@@ -56,12 +57,12 @@ class PriceTable:
 
     def __post_init__(self) -> None:
         if not 0 < self.small_limit_bytes <= self.instance_unit_bytes:
-            raise ValueError("need 0 < small_limit_bytes <= instance_unit_bytes")
+            raise CostModelError("need 0 < small_limit_bytes <= instance_unit_bytes")
         if min(self.small_price, self.instance_price, self.storage_per_gb_month) < 0:
-            raise ValueError("prices cannot be negative")
+            raise CostModelError("prices cannot be negative")
         if self.small_price > self.instance_price:
             # Otherwise a bigger VM could be cheaper than a smaller one.
-            raise ValueError("small_price cannot exceed instance_price")
+            raise CostModelError("small_price cannot exceed instance_price")
 
 
 class Disk(Protocol):
@@ -127,9 +128,9 @@ def protected_instance_size(disks: Iterable[Disk]) -> int:
     total = 0
     for disk in disks:
         if disk.size_used < 0:
-            raise ValueError(f"a disk cannot use {disk.size_used} bytes")
+            raise CostModelError(f"a disk cannot use {disk.size_used} bytes")
         if disk.role not in ("os", "data", "temporary"):
-            raise ValueError(f"unknown disk role {disk.role!r}")
+            raise CostModelError(f"unknown disk role {disk.role!r}")
         if disk.role != "temporary":
             total += disk.size_used
     return total
@@ -143,7 +144,7 @@ def instance_count(size_bytes: int, table: PriceTable | None = None) -> int:
     """
     table = table or PriceTable()
     if size_bytes < 0:
-        raise ValueError(f"a size cannot be {size_bytes} bytes")
+        raise CostModelError(f"a size cannot be {size_bytes} bytes")
     if size_bytes <= table.small_limit_bytes:
         return 1
     return -(-size_bytes // table.instance_unit_bytes)
@@ -162,7 +163,7 @@ def storage_price(stored_bytes: int, table: PriceTable | None = None) -> Decimal
     """The monthly storage fee for ``stored_bytes`` held in the vault, rounded to cents."""
     table = table or PriceTable()
     if stored_bytes < 0:
-        raise ValueError(f"stored bytes cannot be {stored_bytes}")
+        raise CostModelError(f"stored bytes cannot be {stored_bytes}")
     cost = Decimal(stored_bytes) / Decimal(GB) * table.storage_per_gb_month
     return cost.quantize(CENT, rounding=ROUND_HALF_UP)
 
@@ -179,7 +180,7 @@ def storage_attribution(points: Iterable[Point]) -> dict[str, int]:
     for point in points:
         for disk, stored in point.stored.items():
             if stored < 0:
-                raise ValueError(f"{point.vm}/{disk}: stored bytes cannot be {stored}")
+                raise CostModelError(f"{point.vm}/{disk}: stored bytes cannot be {stored}")
         totals[point.vm] = totals.get(point.vm, 0) + sum(point.stored.values())
     return totals
 
@@ -325,7 +326,7 @@ def monthly_report(vms: Iterable[VmUsage], table: PriceTable | None = None) -> R
     vm_list = list(vms)
     names = [usage.vm for usage in vm_list]
     if len(set(names)) != len(names):
-        raise ValueError("each VM may appear only once in a report")
+        raise CostModelError("each VM may appear only once in a report")
     stored = storage_attribution(point for usage in vm_list for point in usage.points)
     rows = []
     for usage in sorted(vm_list, key=lambda u: u.vm):

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from vmvault.app.context import Context
     from vmvault.inventory import Inventory, Vm
     from vmvault.planning.cost import PriceTable, Report
     from vmvault.planning.estimate import DiskLoad, PastBackup
     from vmvault.planning.simulate import Simulation
-    from vmvault.service import Context
 
 
 def cost_report(

@@ -68,6 +68,14 @@ def _check_immutability(value: str, name: str = "immutable") -> None:
         raise PolicyError(f"{name} must be one of {', '.join(IMMUTABILITY_STATES)}, not {value!r}")
 
 
+def check_soft_delete_days(days: int) -> int:
+    """Soft delete keeps deleted data 14 to 180 days (Azure's range); anything else refused."""
+    low, high = SOFT_DELETE_RANGE
+    if type(days) is not int or not low <= days <= high:
+        raise PolicyError(f"soft delete keeps data {low} to {high} days, not {days!r}")
+    return days
+
+
 def stop_protection(
     state: ProtectionState,
     *,
@@ -84,9 +92,7 @@ def stop_protection(
     """
     _require_aware(now, "now")
     _check_immutability(immutable)
-    low, high = SOFT_DELETE_RANGE
-    if type(soft_delete_days) is not int or not low <= soft_delete_days <= high:
-        raise PolicyError(f"soft_delete_days must be {low} to {high}, not {soft_delete_days!r}")
+    check_soft_delete_days(soft_delete_days)
     if state.status == "purged":
         raise ProtectionStateError("the backup data is purged; there is nothing to stop")
     if not delete_data:

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmvault import __version__, service
+from vmvault import __version__
+from vmvault.app.points import forget_point, resolve_point
 from vmvault.errors import Conflict, NotFound, UsageError
 from vmvault.fleet import fleet, point_summary
 from vmvault.inventory import NEW_VM_NAME_PATTERN
@@ -118,7 +119,7 @@ def vault_info(state: State, _: Reader) -> dict[str, Any]:
 
 @router.patch("/vault", tags=["vault"])
 def vault_settings(body: VaultSettingsRequest, state: State, _: Admin) -> dict[str, Any]:
-    from vmvault.governance import set_immutability, set_soft_delete
+    from vmvault.app.protection import set_immutability, set_soft_delete
 
     if body.soft_delete_days is not None:
         set_soft_delete(state.ctx, body.soft_delete_days)
@@ -183,7 +184,7 @@ def backup_vm(
 
 @router.post("/vms/{name}/protection", tags=["vms"])
 def vm_protection(name: str, body: ProtectionRequest, state: State, _: Admin) -> dict[str, Any]:
-    from vmvault.governance import change_protection
+    from vmvault.app.protection import change_protection
 
     state.inventory().vm(name)
     return change_protection(state.ctx, name, body.action, delete_data=body.delete_data)
@@ -299,7 +300,7 @@ def get_point(point_id: str, state: State, _: Reader) -> dict[str, Any]:
 def delete_point(point_id: str, state: State, _: Admin) -> dict[str, Any]:
     if point_id not in state.damaged_points():  # a damaged point can be deleted too
         state.point(point_id)
-    return {"deleted": service.forget_point(state.ctx, point_id)}
+    return {"deleted": forget_point(state.ctx, point_id)}
 
 
 @router.post("/points/{point_id}/verify", tags=["points"], status_code=202)
@@ -321,7 +322,7 @@ def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
     vm = inventory.vm(body.vm)
     if any(v.name == body.new_name for v in inventory.vms):
         raise Conflict(f"a VM named {body.new_name!r} exists already; choose another name")
-    point_id = service.resolve_point(state.vault, body.point, vm.name)
+    point_id = resolve_point(state.vault, body.point, vm.name)
     if state.point(point_id)["vm"] != vm.name:
         raise UsageError(f"point {point_id} is not a point of {vm.name}")
     if body.pool is not None and body.pool not in inventory.pools:

@@ -4,25 +4,32 @@ and the background loops (scheduler, worker, alert delivery) of the one-process 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import time as clock_time
 from typing import TYPE_CHECKING, Any
 
-from vmvault import service
-from vmvault.errors import Conflict, VmvaultError
+from vmvault.app.context import Context, PassphrasePrompt
+from vmvault.app.records import report_damaged_points
+from vmvault.errors import (
+    Conflict,
+    CorruptObject,
+    NotFound,
+    ObjectMissing,
+    PointNotFound,
+    VmvaultError,
+)
+from vmvault.inventory import Inventory, InventoryFile, parse_inventory, write_inventory
+from vmvault.jobs.daemon import LOOPS, Daemon
+from vmvault.jobs.queue import JobQueue
+from vmvault.protection import accept_retentions, record_accepted_retentions
+from vmvault.server.accounts import Accounts
 
 if TYPE_CHECKING:
     from vmvault.catalog.store import Catalog
-    from vmvault.inventory import Inventory
-    from vmvault.jobs.queue import JobQueue
-    from vmvault.server.accounts import Accounts
     from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.server")
-ALERT_EVERY = 2.0  # seconds between looks for undelivered alerts
 
 
 @dataclass
@@ -37,36 +44,45 @@ class ServerConfig:
     worker: bool = True  # run queued jobs in this process
     alerts: bool = True  # deliver alerts (raised by any process) to webhooks and SMTP
     tick_seconds: float = 30.0
+    maintenance_time: clock_time = clock_time(12, 0)  # UTC: daily retention and GC
     secure_cookies: bool = False  # set when serving TLS
+    ask_passphrase: PassphrasePrompt | None = None  # a terminal's prompt, if started at one
 
 
 @dataclass
 class ServerState:
     config: ServerConfig
-    ctx: service.Context = field(init=False)
+    ctx: Context = field(init=False)
     vault: Vault = field(init=False)
     catalog: Catalog = field(init=False)
     accounts: Accounts = field(init=False)
     queue: JobQueue = field(init=False)
-    _inventory: Inventory | None = field(default=None, init=False)
-    _inventory_mtime: float = field(default=-1.0, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    daemon: Daemon = field(init=False)
+    _inventory: InventoryFile = field(init=False)
     _points: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
     _points_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _damaged: dict[str, str] = field(default_factory=dict, init=False)
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _threads: list[threading.Thread] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        from vmvault.jobs.queue import JobQueue
-        from vmvault.server.accounts import Accounts
-
         c = self.config
-        self.ctx = service.Context(c.vault, c.catalog_url, c.passphrase_file)
+        self.ctx = Context(
+            c.vault, c.catalog_url, c.passphrase_file, ask_passphrase=c.ask_passphrase
+        )
         self.vault = self.ctx.open_vault(load_index=False)  # fails early on a bad passphrase
         self.catalog = self.ctx.catalog()
         self.accounts = Accounts(self.catalog)
         self.queue = JobQueue(self.catalog, self.vault.config.vault_id)
+        self._inventory = InventoryFile(c.inventory)
+        wanted = {"scheduler": c.scheduler, "worker": c.worker, "alerts": c.alerts}
+        self.daemon = Daemon(
+            self.ctx,
+            self.vault,
+            self.queue,
+            self._inventory,
+            loops=[name for name in LOOPS if wanted[name]],
+            tick_seconds=c.tick_seconds,
+            maintenance_time=c.maintenance_time,
+        )
         self.inventory()  # a broken inventory stops the server at start, not at first use
 
     @property
@@ -76,7 +92,6 @@ class ServerState:
     def points(self) -> list[dict[str, Any]]:
         """The vault's recovery points, oldest first. A point object never changes once
         written, so each is read and decrypted once; the listing says which still exist."""
-        from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound
 
         ids = self.vault.point_ids()
         damaged: dict[str, str] = {}
@@ -93,7 +108,7 @@ class ServerState:
                         # Costs this point only; read again next time (it may be repaired).
                         damaged[point_id] = exc.message
             if damaged.keys() != self._damaged.keys():
-                service.report_damaged_points(self.catalog, self.vault, damaged)
+                report_damaged_points(self.catalog, self.vault, damaged)
             self._damaged = damaged
             return [self._points[i] for i in ids if i in self._points]
 
@@ -105,7 +120,6 @@ class ServerState:
 
     def point(self, point_id: str) -> dict[str, Any]:
         """One point by its full id, or NotFound."""
-        from vmvault.errors import NotFound
 
         for point in self.points():
             if point["id"] == point_id:
@@ -114,25 +128,10 @@ class ServerState:
 
     def inventory(self) -> Inventory:
         """The inventory, reloaded when its file changes."""
-        from vmvault.inventory import Inventory, load_inventory
-
-        path = self.config.inventory
-        with self._lock:
-            if path is None:
-                if self._inventory is None:
-                    self._inventory = Inventory(source="(no inventory)")
-                return self._inventory
-            mtime = os.stat(path).st_mtime
-            if self._inventory is None or mtime != self._inventory_mtime:
-                self._inventory = load_inventory(path)
-                self._inventory_mtime = mtime
-            return self._inventory
+        return self._inventory()
 
     def replace_inventory(self, text: str) -> Inventory:
         """Validate a new inventory and put it in place atomically (then it is live)."""
-        from vmvault.inventory import parse_inventory, write_inventory
-        from vmvault.protection import accept_retentions, record_accepted_retentions
-
         path = self.config.inventory
         if path is None:
             raise Conflict("the server was started without --inventory: nothing to replace")
@@ -150,61 +149,13 @@ class ServerState:
             log.warning(
                 "inventory replaced; its retentions are recorded at the next prune: %s", exc
             )
-        with self._lock:
-            self._inventory, self._inventory_mtime = parsed, os.stat(path).st_mtime
+        self._inventory.replaced(parsed)
         return parsed
 
-    # -- background loops -----------------------------------------------------------------
+    # -- background loops (jobs/daemon.py) ----------------------------------------------
 
     def start(self) -> None:
-        loops = {"scheduler": self._schedule, "worker": self._work, "alerts": self._deliver}
-        wanted = {
-            "scheduler": self.config.scheduler,
-            "worker": self.config.worker,
-            "alerts": self.config.alerts,
-        }
-        for name, loop in loops.items():
-            if not wanted[name]:
-                continue
-            thread = threading.Thread(target=self._guard, args=(loop,), name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self.daemon.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-    def _guard(self, loop: object) -> None:
-        """Keep a loop alive: an error is logged and the loop starts again after a pause."""
-        assert callable(loop)
-        while not self._stop.is_set():
-            try:
-                loop()
-            except Exception:
-                log.exception("background loop failed; restarting in 5 s")
-                self._stop.wait(5)
-
-    def _schedule(self) -> None:
-        from vmvault.jobs.scheduler import SchedulerState, tick
-
-        state = SchedulerState()
-        while not self._stop.is_set():
-            tick(self.queue, self.inventory(), state, datetime.now(UTC), vault=self.vault)
-            self._stop.wait(self.config.tick_seconds)
-
-    def _work(self) -> None:
-        from vmvault.jobs.worker import run_worker
-
-        while not self._stop.is_set():
-            if self.queue.queued() or self.queue.running():
-                run_worker(self.ctx, self.inventory(), once=True, poll=0.2)
-            else:
-                time.sleep(0.3)
-
-    def _deliver(self) -> None:
-        from vmvault.alerts.deliver import deliver_pending
-
-        while not self._stop.is_set():
-            deliver_pending(self.catalog, self.vault_id, self.inventory().alerts)
-            self._stop.wait(ALERT_EVERY)
+        self.daemon.stop()

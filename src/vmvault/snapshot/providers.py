@@ -28,6 +28,7 @@ FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 class SnapshotError(VmvaultError):
     code = "snapshot_failed"
+    transient = True
 
 
 class SnapshotProvider(Protocol):

@@ -11,7 +11,6 @@ import json
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +21,11 @@ from vmvault.errors import (
     CorruptObject,
     ObjectMissing,
     PointNotFound,
-    UnsupportedFormat,
     VaultExists,
     VaultNotFound,
     VmvaultError,
 )
+from vmvault.vault.config import VaultConfig
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
 from vmvault.vault.format import (
     AAD_INDEX,
@@ -34,7 +33,6 @@ from vmvault.vault.format import (
     AAD_PACK_HEADER,
     AAD_POINT,
     ENCODING_RAW,
-    FORMAT_NAME,
     FORMAT_VERSION,
     KIND_RECORD,
     PACK_TRAILER,
@@ -71,53 +69,6 @@ DEFAULT_PACK_TARGET = 16 * 1024 * 1024
 DEFAULT_COMPRESSION_LEVEL = 3
 # Ranges of one pack closer than this are fetched in one read (fewer requests).
 COALESCE_GAP = 256 * 1024
-
-
-@dataclass(frozen=True)
-class VaultConfig:
-    vault_id: str
-    version: int
-    chunk_size: int
-    block_size: int
-    pack_target: int
-    compression_level: int
-    created: str
-
-    def to_json(self) -> bytes:
-        return json.dumps({"format": FORMAT_NAME, **asdict(self)}, indent=2).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> VaultConfig:
-        try:
-            doc = json.loads(data)
-            if not isinstance(doc, dict):
-                raise TypeError("not a JSON object")
-            if doc.get("format") != FORMAT_NAME:
-                raise UnsupportedFormat("this directory is not a vmvault vault")
-            if doc.get("version") != FORMAT_VERSION:
-                raise UnsupportedFormat(
-                    f"vault format version {doc.get('version')} is not supported "
-                    f"(this vmvault reads version {FORMAT_VERSION})"
-                )
-            config = cls(**{k: doc[k] for k in cls.__dataclass_fields__})
-            for name, value in asdict(config).items():
-                # `type(...) is`: JSON's true is no chunk size; the annotations are strings.
-                if type(value).__name__ != cls.__dataclass_fields__[name].type:
-                    raise TypeError(f"{name} is {type(value).__name__}")
-            if min(config.chunk_size, config.block_size, config.pack_target) <= 0:
-                raise ValueError("sizes must be positive")
-            if config.block_size % config.chunk_size:
-                raise ValueError("the block size is not a multiple of the chunk size")
-            return config
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise CorruptObject(f"vault config is malformed: {exc}") from None
-
-
-def new_point_id(now: datetime | None = None) -> str:
-    """Point ids sort by creation time and are unique without coordination."""
-    now = now or datetime.now(UTC)
-    # Microseconds: points of one second still sort in the order they were made.
-    return f"{now:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(4)}"
 
 
 class Vault:
@@ -201,13 +152,26 @@ class Vault:
 
     # -- garbage collection hand-off ------------------------------------------------------
 
-    def gc_pending(self) -> dict[str, Any] | None:
-        """Packs a garbage collection has decided to remove (see engine/gc.py), if any."""
+    def get_document(self, key: str, aad: bytes) -> dict[str, Any] | None:
+        """A small sealed JSON object (settings, protection, gc/pending), None if absent."""
         try:
-            sealed = self.backend.get(GC_PENDING_KEY)
+            sealed = self.backend.get(key)
         except ObjectMissing:
             return None
-        doc = decode_json(self.cipher.open(sealed, AAD_GC, GC_PENDING_KEY), GC_PENDING_KEY)
+        return decode_json(self.cipher.open(sealed, aad, key), key)
+
+    def put_document(self, key: str, doc: dict[str, Any] | None, aad: bytes) -> None:
+        """Replace a small sealed JSON object whole (None deletes it)."""
+        if doc is None:
+            self.backend.delete(key)
+        else:
+            self.backend.put(key, self.cipher.seal(encode_json(doc), aad))
+
+    def gc_pending(self) -> dict[str, Any] | None:
+        """Packs a garbage collection has decided to remove (see engine/gc.py), if any."""
+        doc = self.get_document(GC_PENDING_KEY, AAD_GC)
+        if doc is None:
+            return None
         packs = doc.get("packs")
         if not isinstance(packs, list) or not all(is_hex_id(p) for p in packs):
             raise CorruptObject(f"{GC_PENDING_KEY}: malformed announcement: no list of pack ids")
@@ -225,10 +189,7 @@ class Vault:
         return {bytes.fromhex(p) for p in pending["packs"]} if pending else set()
 
     def set_gc_pending(self, doc: dict[str, Any] | None) -> None:
-        if doc is None:
-            self.backend.delete(GC_PENDING_KEY)
-        else:
-            self.backend.put(GC_PENDING_KEY, self.cipher.seal(encode_json(doc), AAD_GC))
+        self.put_document(GC_PENDING_KEY, doc, AAD_GC)
 
     def read_index_object(self, key: str) -> list[tuple[bytes, list[PackEntry]]]:
         plain = self.cipher.open(self.backend.get(key), AAD_INDEX, key)
@@ -477,6 +438,13 @@ class Vault:
         except ObjectMissing:
             raise PointNotFound(f"no recovery point {point_id!r} in this vault") from None
         return decode_point(self.cipher.open(sealed, AAD_POINT + key.encode(), key), point_id, key)
+
+    def readable_point(self, point_id: str) -> dict[str, Any] | None:
+        """The point, or None when its object is damaged or gone (it costs that point only)."""
+        try:
+            return self.get_point(point_id)
+        except (CorruptObject, ObjectMissing, PointNotFound):
+            return None
 
     def point_ids(self) -> list[str]:
         return sorted(k.split("/", 1)[1] for k in self.backend.list("points/"))

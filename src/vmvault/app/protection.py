@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from vmvault import protection
+from vmvault.app.context import Context
+from vmvault.app.records import raise_alert
 from vmvault.errors import UsageError
-from vmvault.service import Context, raise_alert
+from vmvault.policy import upcoming_purge_alert
+from vmvault.vault.vault import Vault
 
+log = logging.getLogger("vmvault.scheduler")
 ACTIONS = ("stop", "resume", "undelete", "show")
 
 
@@ -77,3 +83,42 @@ def set_soft_delete(ctx: Context, days: int) -> dict[str, Any]:
             details={"before": before, "after": days},
         )
     return doc
+
+
+def purge_soft_deleted(ctx: Context) -> dict[str, int]:
+    """Delete the points whose soft delete has ended (``purge_done`` alert per VM), and warn
+    of purges in the next 2 days; returns the points purged per VM."""
+    vault = ctx.open_vault(load_index=False)
+    vms = sorted({p["vm"] for p in vault.points()})
+    purged = protection.purge_due(vault, vms)
+    for name, count in purged.items():
+        log.info("purged %s: soft delete ended, %d point(s) deleted", name, count)
+        raise_alert(
+            ctx,
+            vault,
+            "purge_done",
+            f"soft-deleted backup data of {name} was purged: {count} point(s) are gone",
+            vm=name,
+            details={"points": count},
+        )
+    _alert_upcoming_purges(ctx, vault, vms)
+    return purged
+
+
+def _alert_upcoming_purges(ctx: Context, vault: Vault, vms: list[str]) -> None:
+    """Azure's "upcoming purge" alert: once per VM and purge date, in its last 2 days."""
+
+    now = datetime.now(UTC)
+    for name in vms:
+        state = protection.state_of(vault, name)
+        if state.purge_at is not None and upcoming_purge_alert(state, now):
+            raise_alert(
+                ctx,
+                vault,
+                "purge_upcoming",
+                f"soft-deleted backup data of {name} will be purged at "
+                f"{state.purge_at.isoformat()}; undelete it before then to keep it",
+                vm=name,
+                details={"purge_at": state.purge_at.isoformat()},
+                dedupe_key=f"purge_upcoming:{vault.config.vault_id}:{name}:{state.purge_at}",
+            )

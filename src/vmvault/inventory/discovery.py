@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from vmvault.errors import VmvaultError
-from vmvault.inventory import DiskRole, Vm
+from vmvault.inventory.model import DiskRole, Vm
+from vmvault.inventory.write import comment_text, vm_entry
 
 VIRSH_TIMEOUT = 60.0
 # libvirt's driver type -> the inventory's format, for the formats vmvault reads.
@@ -75,7 +76,7 @@ class Discovery:
 
     def to_toml(self) -> str:
         """The entries as inventory TOML, with comments saying what to review."""
-        uri = _comment(self.uri or "virsh's default URI")
+        uri = comment_text(self.uri or "virsh's default URI")
         lines = [
             f"# libvirt domains of {uri}, by vmvault vm discover.",
             "# Review before adding them to the inventory: disk roles are guesses (the boot",
@@ -83,10 +84,17 @@ class Discovery:
             "# is the domain's at discovery, and pools and policies are left unset.",
         ]
         for vm in self.vms:
-            lines += ["", *_vm_toml(vm)]
+            lines += [
+                "",
+                *vm_entry(
+                    vm.entry,
+                    comments={"state": f"virsh domstate: {vm.domstate}"},
+                    notes=vm.left_out,
+                ),
+            ]
         if self.left_out:
             lines.append("")
-            lines += [f"# not included: {_comment(note)}" for note in self.left_out]
+            lines += [f"# not included: {comment_text(note)}" for note in self.left_out]
         return "\n".join(lines) + "\n"
 
 
@@ -211,36 +219,3 @@ def _virsh(base: list[str], *args: str) -> str:
         detail = "; ".join(errors) or done.stderr.strip() or f"exit code {done.returncode}"
         raise DiscoveryError(f"virsh {args[0]} failed: {detail}")
     return done.stdout
-
-
-def _vm_toml(vm: DiscoveredVm) -> list[str]:
-    entry = vm.entry
-    lines = ["[[vms]]", f"name = {_toml_str(entry['name'])}"]
-    if "host" in entry:
-        lines.append(f"host = {_toml_str(entry['host'])}")
-    state = f"state = {_toml_str(entry['state'])}"
-    lines.append(f"{state:<30}# virsh domstate: {_comment(vm.domstate)}")
-    for disk in entry["disks"]:
-        lines += ["", "  [[vms.disks]]"]
-        lines += [f"  {key} = {_toml_str(disk[key])}" for key in ("name", "path", "format")]
-        lines.append(f"  role = {_toml_str(disk['role'])}")
-    lines += [f"  # not included: {_comment(note)}" for note in vm.left_out]
-    return lines
-
-
-def _toml_str(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters escaped."""
-    out = []
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def _comment(text: str) -> str:
-    """Text safe inside a TOML comment: one line, no control characters."""
-    return "".join(c if c.isprintable() else " " for c in text)

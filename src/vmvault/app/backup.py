@@ -1,0 +1,197 @@
+"""Backing up: disk images as they are (``run_backup``) and VMs of the inventory, quiesced
+and snapshotted the way the seed describes (``run_vm_backup``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+from dataclasses import replace
+from typing import Any
+
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec, inventory_budget, open_disk
+from vmvault.app.records import JobRecorder, recorded_job, report_lost_packs
+from vmvault.consistency import (
+    Freezer,
+    FsFreezer,
+    GuestAgentFreezer,
+    NoFreezer,
+    load_script_config,
+    quiesce,
+)
+from vmvault.engine.backup import backup
+from vmvault.engine.budgets import disk_budget
+from vmvault.engine.progress import ProgressCallback, no_progress
+from vmvault.inventory import Disk as VmDisk
+from vmvault.inventory import Inventory, Vm, VmState
+from vmvault.snapshot import instant
+from vmvault.snapshot.providers import SnapshotProvider
+from vmvault.snapshot.select import choose_for_vm, live_snapshot, start_snapshot
+from vmvault.vault.vault import Vault
+
+
+def run_backup(
+    ctx: Context,
+    vm: str,
+    disks: Sequence[DiskSpec],
+    *,
+    full: bool = False,
+    workers: int | None = None,
+    rate_limit: float | None = None,
+    progress: ProgressCallback = no_progress,
+) -> dict[str, Any]:
+    """Back up disk images of ``vm`` as they are into one point; returns the committed point.
+
+    ``rate_limit`` (bytes/s) caps each disk, through the same budgets the inventory's
+    limits use.
+    """
+    if rate_limit:
+        disks = [replace(d, budget=disk_budget(rate_limit / 1e6)) for d in disks]
+    with ctx.session("backup") as vault, recorded_job(ctx, vault, "backup", vm) as job:
+        return _backup_and_record(
+            vault, job, vm, disks, full=full, workers=workers, progress=progress
+        )
+
+
+def _backup_and_record(
+    vault: Vault,
+    job: JobRecorder,
+    vm: str,
+    disks: Sequence[DiskSpec],
+    **options: Any,
+) -> dict[str, Any]:
+    with ExitStack() as stack:
+        inputs = [open_disk(stack, spec) for spec in disks]
+        result = backup(vault, vm, inputs, **options)
+    point = result.point
+    job.catalog().record_point(vault.config.vault_id, point)
+    lost = report_lost_packs(job.catalog(), vault)
+    totals = {
+        "bytes_read": sum(s.read for s in result.stats.values()),
+        "bytes_changed": sum(s.changed for s in result.stats.values()),
+        "bytes_sent": sum(s.new for s in result.stats.values()),
+        "bytes_written": sum(s.stored for s in result.stats.values()),
+    }
+    job.finish(
+        vault,
+        vm,
+        "succeeded",
+        point_id=point["id"],
+        counters=totals,
+        details={
+            "consistency": point["consistency"],
+            **point.get("meta", {}),
+            **({"missing_packs": lost} if lost else {}),
+        },
+    )
+    return point
+
+
+def run_vm_backup(
+    ctx: Context,
+    inventory: Inventory,
+    vm_name: str,
+    *,
+    full: bool = False,
+    workers: int | None = None,
+    rate_limit: float | None = None,
+    progress: ProgressCallback = no_progress,
+    recorder: JobRecorder | None = None,
+) -> dict[str, Any]:
+    """Back up a VM of the inventory the way the seed describes it.
+
+    Pre-script -> file-system freeze -> point-in-time snapshot of every non-temporary disk
+    -> thaw -> post-script; then all disks are transferred in parallel from the snapshot,
+    which is removed afterwards. The point records the consistency level reached and why,
+    the excluded temporary disks, and the VM's configuration.
+    """
+
+    vm = inventory.vm(vm_name)
+    disks = vm.protected_disks()
+    running = vm.state == VmState.RUNNING
+    scripts = load_script_config(vm.scripts) if vm.scripts and running else None
+    freezer: Freezer = NoFreezer()
+    if running and vm.guest_agent:
+        freezer = GuestAgentFreezer(vm.guest_agent, vm.freeze)  # inside the guest
+    elif running and vm.freeze:
+        freezer = FsFreezer(vm.freeze)
+    pools = sorted({d.pool for d in disks if d.pool})
+    with (
+        ctx.session("backup", pools) as vault,
+        recorded_job(ctx, vault, "backup", vm.name)
+        if recorder is None
+        else nullcontext(recorder) as job,
+    ):
+        provider = choose_for_vm(vault, vm, disks, running, full)
+        meta: dict[str, Any] = {"snapshot": provider.name}
+        try:
+            with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
+                images = start_snapshot(provider, [d.path for d in disks])
+            specs = [
+                replace(spec, budget=inventory_budget(inventory, d, rate_limit))
+                for spec, d in zip(
+                    _snapshot_specs(provider, disks, images, meta), disks, strict=True
+                )
+            ]
+            point = _backup_and_record(
+                vault,
+                job,
+                vm.name,
+                specs,
+                full=full,
+                workers=workers,
+                progress=progress,
+                consistency=q.consistency.to_dict(),
+                excluded=[
+                    {
+                        "name": d.name,
+                        "role": d.role.value,
+                        "path": d.path,
+                        "reason": "temporary disk: never backed up",
+                    }
+                    for d in vm.excluded_disks()
+                ],
+                vm_config=vm.model_dump(mode="json"),
+                meta={**meta, "quiesce": q.to_dict()},
+            )
+            if live := live_snapshot(provider):
+                live.commit()  # only now may the parent's dirty bitmap go
+            elif provider.name in ("reflink", "copy") and _keeps_snapshots(inventory, vm):
+                instant.keep(point, {d.name: d.path for d in disks}, images)
+            return point
+        finally:
+            provider.release()
+
+
+def _keeps_snapshots(inventory: Inventory, vm: Vm) -> bool:
+    """Whether the VM's policy keeps instant-restore snapshots."""
+    return bool(vm.policy and inventory.policy(vm.policy).retention.instant_restore_days)
+
+
+def _snapshot_specs(
+    provider: SnapshotProvider, disks: Sequence[VmDisk], images: list[str], meta: dict[str, Any]
+) -> list[DiskSpec]:
+    live = live_snapshot(provider)
+    if live is None:
+        return [
+            DiskSpec(d.name, image, d.format.value, d.role.value, origin=d.path)
+            for d, image in zip(disks, images, strict=True)
+        ]
+    live.wait()
+    meta["qemu_generation"] = live.generation()
+    meta["qemu_notes"] = dict(zip([d.name for d in disks], live.notes(), strict=True))
+    return [
+        DiskSpec(
+            d.name,
+            image,
+            d.format.value,
+            d.role.value,
+            origin=d.path,
+            read_format=fmt,
+            changed=changed,
+            changes_only=changed is not None,
+        )
+        for d, image, fmt, changed in zip(
+            disks, images, live.formats(), live.changed(), strict=True
+        )
+    ]

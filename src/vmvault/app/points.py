@@ -1,0 +1,81 @@
+"""Recovery points as use cases see them: listed (damaged ones apart), named by a prefix
+or ``latest``, and forgotten."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vmvault.app.context import Context
+from vmvault.app.records import raise_alert, report_damaged_points
+from vmvault.errors import PointNotFound, UsageError
+from vmvault.protection import check_may_delete
+from vmvault.vault.vault import Vault
+
+
+@dataclass
+class PointListing:
+    """The readable points of a vault (oldest first) and the damaged ones, with why."""
+
+    points: list[dict[str, Any]]
+    damaged: dict[str, str]
+
+    def damaged_docs(self) -> list[dict[str, str]]:
+        return [{"id": pid, "error": message} for pid, message in sorted(self.damaged.items())]
+
+
+def read_points(vault: Vault) -> PointListing:
+    points, damaged = vault.read_points()
+    return PointListing(points, {pid: exc.message for pid, exc in damaged.items()})
+
+
+def list_points(ctx: Context, vm: str | None = None) -> PointListing:
+    """Points from the vault itself (the catalog may lag a vault copied from elsewhere).
+
+    Damaged point objects are listed apart (their VM is unknown) and raise an alert."""
+    vault = ctx.open_vault(load_index=False)
+    listing = read_points(vault)
+    report_damaged_points(ctx.catalog(), vault, listing.damaged)
+    return PointListing([p for p in listing.points if vm is None or p["vm"] == vm], listing.damaged)
+
+
+def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
+    """A point id, a unique prefix of one, or ``latest`` (of ``vm`` if given; a damaged
+    point is nobody's latest)."""
+    ids = vault.point_ids()
+    if ref == "latest":
+        candidates = ids
+        if vm is not None:
+            candidates = [
+                i for i in ids if (p := vault.readable_point(i)) is not None and p["vm"] == vm
+            ]
+        if not candidates:
+            raise UsageError("the vault has no recovery points" + (f" for {vm}" if vm else ""))
+        return candidates[-1]
+    matches = [i for i in ids if i.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise PointNotFound(f"no recovery point {ref!r} in this vault")
+    raise UsageError(f"{ref!r} names {len(matches)} points; give more of the id")
+
+
+def forget_point(ctx: Context, point_ref: str) -> str:
+    """Delete a recovery point; its data goes at the next garbage collection."""
+
+    vault = ctx.open_vault(load_index=False)
+    point_id = resolve_point(vault, point_ref)
+    check_may_delete(vault)
+    point = vault.readable_point(point_id)
+    vm = point["vm"] if point is not None else None  # a damaged point can be forgotten too
+    ctx.catalog().forget_points(vault.config.vault_id, [point_id])  # first: see run_prune
+    vault.delete_point(point_id)
+    raise_alert(
+        ctx,
+        vault,
+        "backup_data_deleted",
+        f"recovery point {point_id} of {vm or 'an unknown VM (damaged)'} was deleted",
+        vm=vm,
+        details={"point": point_id},
+    )
+    return point_id

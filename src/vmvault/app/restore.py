@@ -1,0 +1,145 @@
+"""Restoring and verifying one disk of a point (``run_restore``, ``run_verify``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from vmvault.app.context import Context
+from vmvault.app.points import resolve_point
+from vmvault.app.records import recorded_job, report_damaged_points
+from vmvault.engine.budgets import DiskBudget
+from vmvault.engine.progress import ProgressCallback, no_progress
+from vmvault.engine.restore import RestoreReport, point_disk, restore_disk, verify_point
+from vmvault.engine.targets import restore_target
+from vmvault.errors import CorruptObject, DamageFound, ObjectMissing
+from vmvault.snapshot import instant
+from vmvault.snapshot.providers import SnapshotError, sparse_copy
+from vmvault.vault.vault import Vault
+
+
+def run_restore(
+    ctx: Context,
+    point_ref: str,
+    target: str,
+    *,
+    disk: str | None = None,
+    vm: str | None = None,
+    target_format: str = "raw",
+    ignore_errors: bool = False,
+    workers: int | None = None,
+    sync: bool = False,
+    force: bool = False,
+    new_file: bool = False,
+    budget: DiskBudget | None = None,
+    progress: ProgressCallback = no_progress,
+    record: bool = True,
+) -> RestoreReport:
+    """Restore one disk of a point; ``budget`` makes it take its share of a pool's budget.
+
+    ``record=False`` leaves the job history to the caller (a VM restore is one job).
+    ``new_file``: vmvault chose the target's name, so even a device found there is refused
+    (see ``targets.restore_target``).
+
+    A point whose snapshot is still kept for instant restore is copied from it (and checked
+    against the point's chunk ids) instead of being read from the vault.
+    """
+    with ctx.session("restore") as vault:
+        point_id = resolve_point(vault, point_ref, vm)
+        point = vault.get_point(point_id)
+        vm_name = point["vm"]
+        if target_format == "raw" and not ignore_errors:
+            report = _instant_restore(
+                vault, point, disk, Path(target), force=force, new_file=new_file
+            )
+            if report is not None:
+                return report
+        options: dict[str, Any] = {
+            "disk": disk,
+            "target_format": target_format,
+            "ignore_errors": ignore_errors,
+            "workers": workers,
+            "sync": sync,
+            "force": force,
+            "new_file": new_file,
+            "byte_buckets": budget.byte_buckets if budget else (),
+            "progress": progress,
+        }
+        if not record:
+            return restore_disk(vault, point_id, target, **options)
+        return _restore_recorded(ctx, vault, point_id, vm_name, target, **options)
+
+
+def _instant_restore(
+    vault: Vault,
+    point: dict[str, Any],
+    disk: str | None,
+    target: Path,
+    *,
+    force: bool,
+    new_file: bool,
+) -> RestoreReport | None:
+
+    entry = point_disk(vault, point, disk)
+    image = instant.find(point, entry["name"])
+    if image is None or entry.get("format", "raw") != "raw":
+        return None
+    started = time.perf_counter()
+    manifest = vault.get_manifest(entry["manifest"])
+    with restore_target(target, force=force, new_file=new_file) as prepared:
+        if prepared.is_device:
+            prepared.abandon()
+            return None  # a device gets its explicit zeros from the vault's restore
+        copy = Path(prepared.path)
+        try:
+            sparse_copy(image, copy)
+        except SnapshotError:
+            # The kept copy cannot be read, or the target cannot take it (full): the vault's
+            # restore decides, and names a failure of the target as such (target_error).
+            prepared.abandon()
+            return None
+        if not instant.matches(vault, manifest, copy):
+            prepared.abandon()
+            return None  # the kept copy changed: the vault decides
+    return RestoreReport(
+        entry["name"],
+        manifest.size,
+        bytes_verified=manifest.size,
+        bytes_written=manifest.size,
+        seconds=time.perf_counter() - started,
+        source="instant",
+    )
+
+
+def _restore_recorded(
+    ctx: Context, vault: Vault, point_id: str, vm_name: str, target: str, **options: Any
+) -> RestoreReport:
+    with recorded_job(ctx, vault, "restore", vm_name) as job:
+        report = restore_disk(vault, point_id, target, **options)
+        state = "partially_succeeded" if report.damaged else "succeeded"
+        job.finish(
+            vault,
+            vm_name,
+            state,
+            point_id=point_id,
+            counters={"bytes_written": report.bytes_written},
+            details=report.to_dict(),
+        )
+    return report
+
+
+def run_verify(
+    ctx: Context, point_ref: str, *, vm: str | None = None, progress: ProgressCallback = no_progress
+) -> tuple[str, list[RestoreReport]]:
+    with ctx.session("verify") as vault:
+        point_id = resolve_point(vault, point_ref, vm)
+        try:
+            vault.get_point(point_id)
+        except (CorruptObject, ObjectMissing) as exc:
+            report_damaged_points(ctx.catalog(), vault, {point_id: exc.message})
+            raise DamageFound(f"recovery point {point_id} is damaged: {exc.message}") from None
+        try:
+            return point_id, verify_point(vault, point_id, progress=progress)
+        except (CorruptObject, ObjectMissing) as exc:  # a manifest: the whole disk is lost
+            raise DamageFound(f"recovery point {point_id} is damaged: {exc.message}") from None

@@ -1,0 +1,86 @@
+"""The vault as a whole: create it, check it, collect its garbage, rebuild its index and
+the catalog from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vmvault.app.context import Context
+from vmvault.app.points import read_points
+from vmvault.app.records import report_damaged_points, report_lost_packs
+from vmvault.engine.check import CheckReport, Problem, check_vault
+from vmvault.engine.gc import GcReport, collect_garbage
+from vmvault.errors import UsageError
+from vmvault.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from vmvault.catalog.store import Catalog
+
+
+def init_vault(ctx: Context, **options: Any) -> Vault:
+    backend = ctx.backend()
+    root = Path(ctx.vault_path).absolute()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()) and not backend.exists("config"):
+        raise UsageError(f"{root} is not empty and not a vault; choose an empty directory")
+    return Vault.init(backend, ctx.passphrase(confirm=True), **options)
+
+
+def run_check(ctx: Context, *, read_data: bool = False) -> CheckReport:
+    """Check the whole vault; damaged points and lost packs also raise their alerts."""
+    with ctx.session("check") as vault:
+        report = check_vault(vault, read_data=read_data)
+        damaged = {p.object: p.message for p in report.problems if p.kind == "point_unreadable"}
+        catalog = ctx.catalog()
+        _check_catalog(catalog, vault, report)
+        report_damaged_points(catalog, vault, damaged)
+        report_lost_packs(catalog, vault)
+        return report
+
+
+def _check_catalog(catalog: Catalog, vault: Vault, report: CheckReport) -> None:
+    """Points the catalog recorded that the vault no longer has: deleted behind vmvault's
+    back (vmvault's own deletions update the catalog)."""
+
+    rows = catalog.points(vault.config.vault_id)  # before the vault's listing: a point is
+    present = set(vault.point_ids())  # committed to the vault before it is recorded
+    gone = {row.id for row in rows} - present
+    if gone:  # still recorded? A deletion updates the vault first, then the catalog
+        gone &= {row.id for row in catalog.points(vault.config.vault_id)}
+    for row in rows:
+        if row.id in gone:
+            report.problems.append(
+                Problem(
+                    "error",
+                    "point_missing",
+                    row.id,
+                    f"recovery point of {row.vm} is recorded but missing from the vault "
+                    "(if it was deleted on purpose, `vmvault vault reindex` forgets it)",
+                )
+            )
+
+
+def run_gc(ctx: Context, **options: Any) -> GcReport:
+    """Collect garbage (see engine/gc.py); takes no lock: it looks for them.
+
+    ``force=True`` collects even when a point or block record is damaged: what only the
+    damaged objects used is then freed too."""
+    return collect_garbage(ctx.open_vault(), **options)
+
+
+def reindex(ctx: Context) -> dict[str, Any]:
+    """Rebuild the chunk index from the packs' own headers, and the catalog from the points."""
+    vault = ctx.open_vault(load_index=False)
+    packs, unreadable = vault.rebuild_index()
+    listing = read_points(vault)
+    count = ctx.catalog().rebuild(vault.config.vault_id, listing.points)
+    report_damaged_points(ctx.catalog(), vault, listing.damaged)
+    return {
+        "packs": packs,
+        "chunks": len(vault.index),
+        "unreadable_packs": unreadable,
+        "points": count,
+        "damaged_points": sorted(listing.damaged),
+    }

@@ -1,0 +1,227 @@
+"""Restoring a whole VM: every disk of a point with its configuration, in place or as a
+new VM beside the old one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from vmvault.app.backup import run_vm_backup
+from vmvault.app.context import Context, pools_being_backed_up
+from vmvault.app.disks import inventory_budget, pool_budget
+from vmvault.app.points import resolve_point
+from vmvault.app.records import JobRecorder, recorded_job
+from vmvault.app.restore import run_restore
+from vmvault.engine.progress import ProgressCallback, no_progress
+from vmvault.engine.targets import new_files_folder, restore_target, target_failure
+from vmvault.errors import UsageError
+from vmvault.inventory import Inventory, Vm, VmState, check_new_vm_name
+from vmvault.inventory.write import vm_entry
+from vmvault.vault.vault import Vault
+
+_EXTENSIONS = {"raw": "img", "qcow2": "qcow2", "vpc": "vhd", "vhdx": "vhdx"}
+
+
+def run_vm_restore(
+    ctx: Context,
+    inventory: Inventory,
+    vm_name: str,
+    *,
+    point_ref: str = "latest",
+    new_name: str | None = None,
+    directory: str | None = None,
+    target_pool: str | None = None,
+    in_place: bool = False,
+    confirmed: bool = False,
+    force: bool = False,
+    confine_to: str | None = None,
+    progress: ProgressCallback = no_progress,
+    recorder: JobRecorder | None = None,
+) -> dict[str, Any]:
+    """Restore every disk of a VM's recovery point, with its configuration: one job.
+
+    ``force`` replaces files of the same names; ``confine_to`` (the server's restore
+    root) makes ``directory`` a new folder directly inside it, made at write time.
+
+    As a new VM (``new_name`` in ``directory``): disks in their original formats under new
+    names, and an inventory entry for the new VM written beside them. In place: only for a
+    stopped VM and when ``confirmed``; the current disks are backed up first (as Azure
+    snapshots them before replacing), then each disk is restored to a temporary file and
+    renamed over the original, so a failed restore leaves the original disk as it was (a
+    disk on a block device, or a symlink to one such as /dev/vg/lv, is written in place).
+    """
+    vm = inventory.vm(vm_name)
+    vault = ctx.open_vault(load_index=False)
+    with (
+        recorded_job(ctx, vault, "restore", vm.name)
+        if recorder is None
+        else nullcontext(recorder) as job
+    ):
+        result = _vm_restore(
+            ctx,
+            inventory,
+            vault,
+            vm,
+            point_ref=point_ref,
+            new_name=new_name,
+            directory=directory,
+            target_pool=target_pool,
+            in_place=in_place,
+            confirmed=confirmed,
+            force=force,
+            confine_to=confine_to,
+            progress=progress,
+        )
+        job.finish(
+            vault,
+            vm.name,
+            "succeeded",
+            point_id=result["point"],
+            counters={"bytes_written": sum(d["bytes_written"] for d in result["disks"])},
+            details=result,
+        )
+    return result
+
+
+def _vm_restore(
+    ctx: Context,
+    inventory: Inventory,
+    vault: Vault,
+    vm: Vm,
+    *,
+    point_ref: str,
+    new_name: str | None,
+    directory: str | None,
+    target_pool: str | None,
+    in_place: bool,
+    confirmed: bool,
+    force: bool,
+    confine_to: str | None,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+
+    point_id = resolve_point(vault, point_ref, vm.name)
+    point = vault.get_point(point_id)
+    if point["vm"] != vm.name:
+        raise UsageError(f"point {point_id} belongs to {point['vm']}, not {vm.name}")
+    result: dict[str, Any] = {"point": point_id, "vm": vm.name, "disks": [], "warnings": []}
+    targets = sorted({d.pool for d in vm.disks if d.pool}) if in_place else [target_pool or ""]
+    for pool in pools_being_backed_up(vault, [p for p in targets if p]):
+        # The seed's best practice: a restore onto a pool that is being backed up takes
+        # its IOPS from the backup (and the backup's from the restore).
+        result["warnings"].append(
+            f"pool {pool} is being backed up right now: the restore and the backup will "
+            "slow each other down; restore to another pool or later"
+        )
+    if in_place:
+        if vm.state != VmState.STOPPED:
+            raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
+        if not confirmed:
+            raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
+        safety = run_vm_backup(ctx, inventory, vm.name, progress=progress)
+        result["safety_point"] = safety["id"]
+        paths = {d.name: Path(d.path) for d in vm.disks}
+        vm_disks = {d.name: d for d in vm.disks}
+        for disk in point["disks"]:
+            final = paths.get(disk["name"])
+            if final is None:
+                raise UsageError(f"{vm.name} has no disk {disk['name']!r} any more")
+            # A file disk is restored under a temporary name and renamed over the original
+            # only when whole (``restore_target`` with force); a device is written in place
+            # (a temporary file beside /dev/vg/lv would replace the link, not the volume).
+            report = run_restore(
+                ctx,
+                point_id,
+                str(final),
+                disk=disk["name"],
+                target_format=disk.get("format", "raw"),
+                sync=True,
+                force=True,
+                budget=inventory_budget(inventory, vm_disks[disk["name"]]),
+                progress=progress,
+                record=False,
+            )
+            result["disks"].append(
+                {
+                    "name": disk["name"],
+                    "path": str(final),
+                    "bytes_verified": report.bytes_verified,
+                    "bytes_written": report.bytes_written,
+                }
+            )
+        return result
+    if not new_name or not directory:
+        raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
+
+    check_new_vm_name(new_name)
+    target_dir = Path(directory).absolute()
+    budget = None
+    if target_pool:
+        if target_pool not in inventory.pools:
+            raise UsageError(f"no pool named {target_pool!r} in {inventory.source}")
+        budget = pool_budget(inventory, target_pool, inventory.limits.disk_mb_per_s)
+    config = dict(point.get("vm_config") or {"name": vm.name, "disks": []})
+    new_disks = []
+    confined = Path(confine_to) if confine_to else None
+    created: list[Path] = []  # files this restore added, removed again if it fails
+    with new_files_folder(target_dir, confine_to=confined) as folder:
+        try:
+            for disk in point["disks"]:
+                fmt = disk.get("format", "raw")
+                name = f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
+                path = target_dir / name
+                existed = os.path.lexists(folder / name)
+                report = run_restore(
+                    ctx,
+                    point_id,
+                    str(folder / name),  # through the folder's descriptor
+                    disk=disk["name"],
+                    target_format=fmt,
+                    force=force,
+                    new_file=True,
+                    budget=budget,
+                    progress=progress,
+                    record=False,
+                )
+                if not existed:
+                    created.append(folder / name)
+                result["disks"].append(
+                    {
+                        "name": disk["name"],
+                        "path": str(path),
+                        "format": fmt,
+                        "bytes_verified": report.bytes_verified,
+                        "bytes_written": report.bytes_written,
+                    }
+                )
+                old: dict[str, Any] = next(
+                    (d for d in config.get("disks", []) if d.get("name") == disk["name"]), {}
+                )
+                new_disks.append(
+                    {
+                        **old,
+                        "name": disk["name"],
+                        "path": str(path),
+                        "format": fmt,
+                        "role": disk.get("role", old.get("role", "data")),
+                    }
+                )
+            entry = {**config, "name": new_name, "state": "stopped", "disks": new_disks}
+            toml = folder / f"{new_name}.toml"
+            try:
+                with restore_target(toml, force=force, new_file=True) as prepared:
+                    Path(prepared.path).write_text("\n".join(vm_entry(entry)) + "\n")
+            except OSError as exc:
+                raise target_failure(target_dir / toml.name, exc) from None
+        except BaseException:
+            # Half a VM is of no use and would stand in the way of the next attempt: the
+            # files this restore added go (those --force replaced are whole and stay).
+            for added in created:
+                with contextlib.suppress(OSError):  # gone already: nothing more to do
+                    os.unlink(added)
+            raise
+    result.update(new_vm=new_name, inventory=str(target_dir / f"{new_name}.toml"))
+    return result

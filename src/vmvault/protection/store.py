@@ -1,0 +1,119 @@
+"""Protection of VMs, soft delete and the immutable vault: their state, kept in the vault.
+
+The decisions are the pure functions of ``vmvault.policy``; this module only stores their
+state as sealed objects (``settings`` for the vault, ``protection/<keyed hash of the VM>``
+per VM), so the state travels with the data and no name appears in a key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from vmvault.policy import (
+    SOFT_DELETE_DAYS,
+    ProtectionState,
+    check_soft_delete_days,
+    due_for_purge,
+    purge,
+    resume_protection,
+    set_immutability,
+    stop_protection,
+    undelete,
+)
+from vmvault.policy.errors import ImmutableVaultError
+from vmvault.vault.documents import AAD_PROTECTION, AAD_SETTINGS, SETTINGS_KEY, protection_key
+from vmvault.vault.vault import Vault
+
+if TYPE_CHECKING:
+    pass
+
+
+def settings(vault: Vault) -> dict[str, Any]:
+    doc = vault.get_document(SETTINGS_KEY, AAD_SETTINGS)
+    return doc if doc is not None else {"immutability": "off", "soft_delete_days": SOFT_DELETE_DAYS}
+
+
+def save_settings(vault: Vault, doc: dict[str, Any]) -> None:
+    vault.put_document(SETTINGS_KEY, doc, AAD_SETTINGS)
+
+
+def set_vault_immutability(vault: Vault, value: str) -> dict[str, Any]:
+    doc = settings(vault)
+    doc["immutability"] = set_immutability(doc["immutability"], value)  # type: ignore[arg-type]
+    save_settings(vault, doc)
+    return doc
+
+
+def set_soft_delete_days(vault: Vault, days: int) -> dict[str, Any]:
+    doc = settings(vault)
+    doc["soft_delete_days"] = check_soft_delete_days(days)
+    save_settings(vault, doc)
+    return doc
+
+
+def state_of(vault: Vault, vm: str) -> ProtectionState:
+    key = protection_key(vault, vm)
+    doc = vault.get_document(key, AAD_PROTECTION)
+    if doc is None:
+        return ProtectionState()
+    return ProtectionState(
+        doc["status"],
+        datetime.fromisoformat(doc["changed_at"]) if doc.get("changed_at") else None,
+        datetime.fromisoformat(doc["purge_at"]) if doc.get("purge_at") else None,
+    )
+
+
+def _save(vault: Vault, vm: str, state: ProtectionState) -> ProtectionState:
+    doc = {
+        "vm": vm,
+        "status": state.status,
+        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
+        "purge_at": state.purge_at.isoformat() if state.purge_at else None,
+    }
+    vault.put_document(protection_key(vault, vm), doc, AAD_PROTECTION)
+    return state
+
+
+def stop(
+    vault: Vault, vm: str, *, delete_data: bool, now: datetime | None = None
+) -> ProtectionState:
+    """Stop protecting ``vm``: keep its data (billed, never pruned) or soft-delete it."""
+    conf = settings(vault)
+    state = stop_protection(
+        state_of(vault, vm),
+        delete_data=delete_data,
+        now=now or datetime.now(UTC),
+        soft_delete_days=int(conf["soft_delete_days"]),
+        immutable=conf["immutability"],
+    )
+    return _save(vault, vm, state)
+
+
+def resume(vault: Vault, vm: str, now: datetime | None = None) -> ProtectionState:
+    return _save(vault, vm, resume_protection(state_of(vault, vm), now or datetime.now(UTC)))
+
+
+def recover(vault: Vault, vm: str, now: datetime | None = None) -> ProtectionState:
+    """Undelete: back to "stop protection, retain data" while the soft delete lasts."""
+    return _save(vault, vm, undelete(state_of(vault, vm), now or datetime.now(UTC)))
+
+
+def check_may_delete(vault: Vault) -> None:
+    if settings(vault)["immutability"] != "off":
+        raise ImmutableVaultError("the vault is immutable: backup data cannot be deleted")
+
+
+def purge_due(vault: Vault, vms: list[str], now: datetime | None = None) -> dict[str, int]:
+    """Delete the points of soft-deleted VMs whose retention of deleted data has ended."""
+    now = now or datetime.now(UTC)
+    purged: dict[str, int] = {}
+    for vm in vms:
+        state = state_of(vault, vm)
+        if due_for_purge(state, now):
+            ids = [p["id"] for p in vault.points() if p["vm"] == vm]
+            for point_id in ids:
+                vault.delete_point(point_id)
+            _save(vault, vm, purge(state))
+            purged[vm] = len(ids)
+    return purged

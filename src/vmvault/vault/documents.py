@@ -1,0 +1,19 @@
+"""The vault's small sealed documents besides points: where they live and how they are sealed.
+
+``settings`` (immutability, soft delete, the retention each VM's points are kept for) and
+``protection/<keyed hash of the VM>`` (one VM's protection state) are JSON sealed with the
+vault's key (``Vault.get_document`` / ``put_document``); no VM name appears in a key.
+"""
+
+from __future__ import annotations
+
+from vmvault.vault.vault import Vault
+
+SETTINGS_KEY = "settings"
+PROTECTION_PREFIX = "protection/"
+AAD_SETTINGS = b"vmvault-settings-v1"
+AAD_PROTECTION = b"vmvault-protection-v1"
+
+
+def protection_key(vault: Vault, vm: str) -> str:
+    return f"{PROTECTION_PREFIX}{vault.keys.chunk_id(b'vm:' + vm.encode()).hex()[:32]}"
