@@ -74,7 +74,7 @@ def test_flipped_byte_detected_by_verify_restore_and_check(
     s, e = damage["start"], damage["end"]
     assert original[:s] == restored[:s] and original[e:] == restored[e:]
     restore_cli = run_cli("restore", "latest", str(tmp_path / "o2.img"), env=env)
-    assert restore_cli.returncode == 1 and "--ignore-errors" in restore_cli.stderr
+    assert restore_cli.returncode == 3 and "--ignore-errors" in restore_cli.stderr  # damage
 
 
 def test_missing_pack_is_reported(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 
 from vmvault.app.context import Context
@@ -110,10 +111,6 @@ def test_the_daemon_keeps_scheduling_while_a_job_runs(tmp_path: Path, ctx: Conte
         f'[[vms.disks]]\nname = "os"\npath = "{disk}"\n',
         "inv.toml",
     )
-    due = datetime.now(UTC) + timedelta(seconds=2)
-    if due.date() != datetime.now(UTC).date():
-        clock.sleep(3)  # not across midnight: the maintenance time is a time of day
-        due = datetime.now(UTC) + timedelta(seconds=2)
     vault = ctx.open_vault(load_index=False)
     queue = JobQueue(ctx.catalog(), vault.config.vault_id)
     backup = queue.enqueue("backup", "slow", {})
@@ -124,12 +121,18 @@ def test_the_daemon_keeps_scheduling_while_a_job_runs(tmp_path: Path, ctx: Conte
         lambda: inv,
         loops=("scheduler", "worker"),
         tick_seconds=0.1,
-        maintenance_time=due.time(),
+        maintenance_time=clock_time.max,  # not due until the backup runs (below)
         worker_poll=0.05,
     )
     daemon.start()
     try:
         deadline = clock.monotonic() + 60
+        while queue.get(backup).state == "queued" and clock.monotonic() < deadline:
+            clock.sleep(0.05)
+        now = datetime.now(UTC)
+        if now.time() < clock_time(0, 0, 2):
+            clock.sleep(2)  # a time of day just before midnight would be due only tomorrow
+        daemon.maintenance_time = (datetime.now(UTC) - timedelta(seconds=1)).time()
         maintenance = None
         while maintenance is None and clock.monotonic() < deadline:
             backup_now = queue.get(backup).state

@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from vmvault.model.point import RecoveryPoint
+
 if TYPE_CHECKING:
     from vmvault.catalog.models import Job
     from vmvault.inventory import Inventory, Vm
 
 
-def point_summary(point: dict[str, Any]) -> dict[str, Any]:
+def point_summary(point: RecoveryPoint) -> dict[str, Any]:
     """A recovery point as lists show it: when, what kind, how consistent, how big."""
     disks = point["disks"]
     return {
@@ -38,7 +40,7 @@ def point_summary(point: dict[str, Any]) -> dict[str, Any]:
 def vm_status(
     vm: Vm,
     inventory: Inventory,
-    points: list[dict[str, Any]],
+    points: list[RecoveryPoint],
     protection: str,
     active_jobs: list[Job],
     now: datetime,
@@ -77,13 +79,13 @@ def vm_status(
 
 def fleet(
     inventory: Inventory,
-    points: list[dict[str, Any]],
+    points: list[RecoveryPoint],
     protection: Mapping[str, str],
     jobs: list[Job],
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     now = now or datetime.now(UTC)
-    by_vm: dict[str, list[dict[str, Any]]] = {}
+    by_vm: dict[str, list[RecoveryPoint]] = {}
     for point in points:
         by_vm.setdefault(point["vm"], []).append(point)
     return [

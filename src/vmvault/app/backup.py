@@ -24,6 +24,7 @@ from vmvault.engine.budgets import disk_budget
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.inventory import Disk as VmDisk
 from vmvault.inventory import Inventory, Vm, VmState
+from vmvault.model.point import RecoveryPoint
 from vmvault.snapshot import instant
 from vmvault.snapshot.providers import SnapshotProvider
 from vmvault.snapshot.select import choose_for_vm, live_snapshot, start_snapshot
@@ -39,7 +40,7 @@ def run_backup(
     workers: int | None = None,
     rate_limit: float | None = None,
     progress: ProgressCallback = no_progress,
-) -> dict[str, Any]:
+) -> RecoveryPoint:
     """Back up disk images of ``vm`` as they are into one point; returns the committed point.
 
     ``rate_limit`` (bytes/s) caps each disk, through the same budgets the inventory's
@@ -59,7 +60,7 @@ def _backup_and_record(
     vm: str,
     disks: Sequence[DiskSpec],
     **options: Any,
-) -> dict[str, Any]:
+) -> RecoveryPoint:
     with ExitStack() as stack:
         inputs = [open_disk(stack, spec) for spec in disks]
         result = backup(vault, vm, inputs, **options)
@@ -97,7 +98,7 @@ def run_vm_backup(
     rate_limit: float | None = None,
     progress: ProgressCallback = no_progress,
     recorder: JobRecorder | None = None,
-) -> dict[str, Any]:
+) -> RecoveryPoint:
     """Back up a VM of the inventory the way the seed describes it.
 
     Pre-script -> file-system freeze -> point-in-time snapshot of every non-temporary disk

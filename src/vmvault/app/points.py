@@ -4,11 +4,11 @@ or ``latest``, and forgotten."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from vmvault.app.context import Context
 from vmvault.app.records import raise_alert, report_damaged_points
 from vmvault.errors import PointNotFound, UsageError
+from vmvault.model.point import RecoveryPoint
 from vmvault.protection import check_may_delete
 from vmvault.vault.vault import Vault
 
@@ -17,7 +17,7 @@ from vmvault.vault.vault import Vault
 class PointListing:
     """The readable points of a vault (oldest first) and the damaged ones, with why."""
 
-    points: list[dict[str, Any]]
+    points: list[RecoveryPoint]
     damaged: dict[str, str]
 
     def damaged_docs(self) -> list[dict[str, str]]:

@@ -11,20 +11,15 @@ from vmvault import protection
 from vmvault.app.context import Context
 from vmvault.app.records import raise_alert
 from vmvault.errors import UsageError
-from vmvault.policy import upcoming_purge_alert
+from vmvault.policy import ProtectionState, upcoming_purge_alert
 from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.scheduler")
 ACTIONS = ("stop", "resume", "undelete", "show")
 
 
-def protection_doc(vm: str, state: Any) -> dict[str, Any]:
-    return {
-        "vm": vm,
-        "status": state.status,
-        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
-        "purge_at": state.purge_at.isoformat() if state.purge_at else None,
-    }
+def protection_doc(vm: str, state: ProtectionState) -> dict[str, Any]:
+    return {"vm": vm, **state.to_dict()}
 
 
 def change_protection(

@@ -14,6 +14,7 @@ from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.restore import RestoreReport, point_disk, restore_disk, verify_point
 from vmvault.engine.targets import restore_target
 from vmvault.errors import CorruptObject, DamageFound, ObjectMissing
+from vmvault.model.point import RecoveryPoint
 from vmvault.snapshot import instant
 from vmvault.snapshot.providers import SnapshotError, sparse_copy
 from vmvault.vault.vault import Vault
@@ -73,7 +74,7 @@ def run_restore(
 
 def _instant_restore(
     vault: Vault,
-    point: dict[str, Any],
+    point: RecoveryPoint,
     disk: str | None,
     target: Path,
     *,

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from vmvault.catalog.models import Base, Job, PointDisk, RecoveryPoint
+from vmvault.model.point import RecoveryPoint as PointDoc
 
 
 def default_catalog_url() -> str:
@@ -64,7 +65,7 @@ class Catalog:
 
     # -- recovery points ------------------------------------------------------------------
 
-    def record_point(self, vault_id: str, point: dict[str, Any]) -> None:
+    def record_point(self, vault_id: str, point: PointDoc) -> None:
         """Add (or replace) a point's row. Idempotent: a catalog rebuild running at the same
         time may already have copied the just-committed point from the vault."""
         for attempt in range(2):
@@ -78,7 +79,7 @@ class Catalog:
                 if attempt:
                     raise
 
-    def _add_point(self, s: Session, vault_id: str, point: dict[str, Any]) -> None:
+    def _add_point(self, s: Session, vault_id: str, point: PointDoc) -> None:
         disks = [
             PointDisk(
                 name=d["name"],
@@ -135,7 +136,7 @@ class Catalog:
                 )
             )
 
-    def rebuild(self, vault_id: str, points: Iterable[dict[str, Any]]) -> int:
+    def rebuild(self, vault_id: str, points: Iterable[PointDoc]) -> int:
         """Replace this vault's points with those read from the vault itself."""
         count = 0
         with self.session.begin() as s:

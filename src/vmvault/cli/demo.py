@@ -208,8 +208,8 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
                 f"{human_bytes(st['changed'])}, new {human_bytes(st['new'])}, written "
                 f"{human_bytes(st['stored'])}"
             )
-        for d in point["excluded"]:
-            say(f"      {d['name']} excluded: {d['reason']}")
+        for excluded in point.get("excluded", []):
+            say(f"      {excluded['name']} excluded: {excluded['reason']}")
         points.append(point["id"])
 
     for point_id, digest in zip(points, digests, strict=True):

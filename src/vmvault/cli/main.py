@@ -32,6 +32,7 @@ from vmvault.cli.options import (
 )
 from vmvault.cli.output import console, emit_json, fail, guarded, human_bytes, progress_bar
 from vmvault.errors import EXIT_DAMAGE, UsageError
+from vmvault.model.point import RecoveryPoint
 
 app = typer.Typer(
     help="vmvault: incremental, deduplicated, encrypted backups of VM disks.",
@@ -146,7 +147,7 @@ def backup_cmd(
 ) -> None:
     """Back up the disks of a VM into a new recovery point (incremental after the first)."""
 
-    def act() -> dict[str, Any]:
+    def act() -> RecoveryPoint:
         ctx = context(vault, catalog, passphrase_file)
         rate = rate_limit_bytes(limit_rate)
         with progress_bar(not json) as progress:
@@ -167,7 +168,7 @@ def backup_cmd(
         print_point(point)
 
 
-def print_point(point: dict[str, Any]) -> None:
+def print_point(point: RecoveryPoint) -> None:
     """A backup's summary: per disk what was read, changed, new and written, and how fast."""
     table = Table(title=f"recovery point {point['id']} ({point['type']}, {point['vm']})")
     for col in ("disk", "size", "read", "changed", "new", "written", "time", "MB/s"):
@@ -186,8 +187,8 @@ def print_point(point: dict[str, Any]) -> None:
             f"{d['size'] / seconds / 1e6:.0f}",
         )
     console.print(table)
-    for d in point.get("excluded", []):
-        console.print(f"excluded: {d['name']} ({d['reason']})")
+    for excluded in point.get("excluded", []):
+        console.print(f"excluded: {excluded['name']} ({excluded['reason']})")
     level = point["consistency"]
     console.print(f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})")
 

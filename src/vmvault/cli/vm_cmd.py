@@ -22,6 +22,7 @@ from vmvault.cli.options import (
 )
 from vmvault.cli.output import console, emit_json, fail, guarded
 from vmvault.errors import UsageError
+from vmvault.model.point import RecoveryPoint
 
 if TYPE_CHECKING:
     from vmvault.inventory import Inventory, Vm
@@ -151,7 +152,7 @@ def backup_vm(
         _run_remote(json, f"/api/v1/vms/{name}/backup", {"full": full}, wait)
         return
 
-    def act() -> dict[str, Any]:
+    def act() -> RecoveryPoint:
         inv = load_inventory(inventory)
         ctx = context(vault, catalog, passphrase_file)
         with progress_bar(not json) as progress:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import zstandard
 
@@ -37,6 +37,13 @@ from vmvault.engine.progress import (
 )
 from vmvault.engine.throttle import INTERRUPT_EVERY, TokenBucket
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, UsageError
+from vmvault.model.point import (
+    ConsistencyDoc,
+    DiskEntry,
+    DiskStatsDoc,
+    ExcludedDisk,
+    RecoveryPoint,
+)
 from vmvault.vault.config import new_point_id
 from vmvault.vault.format import ENCODING_RAW, ENCODING_ZSTD, KIND_DATA, ZERO_ID, DiskManifest
 from vmvault.vault.packs import PackWriter
@@ -74,8 +81,8 @@ class DiskStats:
             if name not in ("size", "seconds"):
                 setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "changed": self.changed}
+    def to_dict(self) -> DiskStatsDoc:
+        return cast("DiskStatsDoc", {**asdict(self), "changed": self.changed})
 
 
 @dataclass
@@ -101,7 +108,7 @@ class DiskInput:
 
 @dataclass
 class BackupResult:
-    point: dict[str, Any]
+    point: RecoveryPoint
     stats: dict[str, DiskStats] = field(default_factory=dict)
 
 
@@ -434,8 +441,8 @@ def backup(
     *,
     workers: int | None = None,
     full: bool = False,
-    consistency: dict[str, str] | None = None,
-    excluded: Sequence[dict[str, Any]] = (),
+    consistency: ConsistencyDoc | None = None,
+    excluded: Sequence[ExcludedDisk] = (),
     vm_config: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     progress: ProgressCallback = no_progress,
@@ -478,10 +485,8 @@ def backup(
         writer.flush()  # packs and index durable before anything refers to them
     finally:
         writer.close()
-    result = BackupResult(point={})
-    disk_docs = []
+    disk_docs: list[DiskEntry] = []
     for disk, (manifest, stats) in zip(disks, outcomes, strict=True):
-        result.stats[disk.name] = stats
         parent_id = parents[disk.name][0] if disk.name in parents else None
         disk_docs.append(
             {
@@ -496,7 +501,7 @@ def backup(
             }
         )
     parent_ids = {p for p, _ in parents.values()}
-    point = {
+    point: RecoveryPoint = {
         "id": new_point_id(created),
         "vm": vm,
         "created": created.isoformat(timespec="microseconds"),
@@ -510,5 +515,4 @@ def backup(
         "meta": meta or {},
     }
     vault.put_point(point)
-    result.point = point
-    return result
+    return BackupResult(point, stats={d.name: s for d, (_, s) in zip(disks, outcomes, strict=True)})

@@ -179,13 +179,13 @@ def _check_pack(
         header = vault.read_pack_header(pack_id)
     except (CorruptObject, ObjectMissing) as exc:
         report.problems.append(Problem("error", "pack_header", key, exc.message))
-        vault.mark_damaged(pack_id, exc.message)
+        vault.damage.mark(pack_id, exc.message)
         return
     if sorted(header, key=lambda e: e.offset) != sorted(entries, key=lambda e: e.offset):
         report.problems.append(
             Problem("error", "index_mismatch", key, "the pack's header disagrees with the index")
         )
-        vault.mark_damaged(pack_id, "the pack's header disagrees with the index")
+        vault.damage.mark(pack_id, "the pack's header disagrees with the index")
     if not read_data:
         return
     blob = vault.backend.get(key)
@@ -194,7 +194,7 @@ def _check_pack(
         report.problems.append(
             Problem("error", "pack_checksum", key, "pack content does not match its name (damaged)")
         )
-        vault.mark_damaged(pack_id, "pack content does not match its name")
+        vault.damage.mark(pack_id, "pack content does not match its name")
     view = memoryview(blob)
     by_blob: dict[int, list[PackEntry]] = {}
     for e in header:

@@ -191,7 +191,7 @@ def collect_garbage(
         blobs = _blobs(pack_entries)
         total = sum(b[0].length for b in blobs.values())
         dead = sum(_dead_bytes(vault, pack_id, b, live) for b in blobs.values())
-        if pack_id in vault.damaged_packs and dead < total:
+        if pack_id in vault.damage.packs and dead < total:
             # Never repack a damaged pack: its blobs would be copied as they are and the
             # damage would hide in a pack nobody marked. It goes once backups have stored
             # again everything of it that points use.
@@ -200,8 +200,8 @@ def collect_garbage(
         if dead and dead >= repack_threshold * total:
             candidates.append(pack_id)
     report.candidates = len(candidates)
-    for pack_id in vault.damaged_packs - set(entries) - (vault.listed_packs or set()):
-        vault.clear_damaged(pack_id)  # the marked pack is gone from the vault and its index
+    for pack_id in vault.damage.packs - set(entries) - (vault.listed_packs or set()):
+        vault.damage.clear(pack_id)  # the marked pack is gone from the vault and its index
     # A damaged index object is replaced by the sweep's rewrite of the index (its packs
     # were adopted from their own headers above), even when nothing else is garbage.
     if not candidates and not vault.index_problems:
@@ -248,8 +248,8 @@ def _sweep(
             report.bytes_freed += vault.backend.size(key)
         vault.backend.delete(key)
         entries.pop(pack_id, None)
-        if pack_id in vault.damaged_packs:
-            vault.clear_damaged(pack_id)
+        if pack_id in vault.damage.packs:
+            vault.damage.clear(pack_id)
     # One index object for what remains (the writer indexed its new packs already); the
     # index objects read at the start go. Objects written meanwhile are left alone.
     remaining = [

@@ -29,6 +29,7 @@ from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.targets import restore_target, target_failure
 from vmvault.engine.throttle import TokenBucket
 from vmvault.errors import PointNotFound, RestoreDamaged, UsageError
+from vmvault.model.point import DiskEntry, RecoveryPoint
 from vmvault.vault.format import ZERO_ID, DiskManifest
 from vmvault.vault.vault import Vault
 
@@ -220,16 +221,16 @@ class DiskRestore:
         return self.target.write(offset, pieces)
 
 
-def point_disk(vault: Vault, point: dict[str, Any], disk: str | None) -> dict[str, Any]:
+def point_disk(vault: Vault, point: RecoveryPoint, disk: str | None) -> DiskEntry:
     disks = point["disks"]
     if disk is None:
         if len(disks) != 1:
             names = ", ".join(d["name"] for d in disks)
             raise UsageError(f"point {point['id']} has several disks ({names}): name one")
-        return dict(disks[0])
+        return DiskEntry(**disks[0])  # a copy: callers may add to it
     for d in disks:
         if d["name"] == disk:
-            return dict(d)
+            return DiskEntry(**d)
     raise PointNotFound(f"point {point['id']} has no disk named {disk!r}")
 
 

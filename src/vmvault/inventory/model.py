@@ -21,17 +21,15 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vmvault.alerts.settings import AlertSettings
 from vmvault.errors import NotFound, UsageError
+from vmvault.planning.cost import GB, PriceTable
 from vmvault.policy import DEFAULT_POLICY, Policy, PolicyError, Timetable, start_delay
 from vmvault.policy.model import as_hhmm
-
-if TYPE_CHECKING:
-    from vmvault.planning.cost import PriceTable
 
 DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
 
@@ -171,8 +169,6 @@ class Pricing(_Strict):
         return self
 
     def table(self, currency: str | None = None) -> PriceTable:
-        from vmvault.planning.cost import GB, PriceTable
-
         return PriceTable(
             currency=currency or self.currency,
             small_limit_bytes=round(self.small_limit_gb * GB),

@@ -36,8 +36,6 @@ def write_starts(
     ``expected`` is the inventory the caller planned from: if the file no longer holds it
     (comments aside), nothing is written.
     """
-    from tomlkit.items import InlineTable, Table
-
     p = Path(path).resolve()  # a symlinked inventory stays a symlink
     text = p.read_text()
     if expected is not None and parse_inventory(text, expected.source) != expected:

@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmvault.inventory import Inventory
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,25 @@ def admit(running: Iterable[JobLoad], candidate: JobLoad, limits: Limits) -> str
             # A VM with more disks than the cap still runs alone on an idle pool.
             return f"pool {pool} has {load[pool]} disks in flight (at most {cap})"
     return None
+
+
+# The inventory's side: what the worker and the planner count, from the same inventory.
+
+
+def limits_of(inventory: Inventory) -> Limits:
+    return Limits(
+        disk_mb_per_s=inventory.limits.disk_mb_per_s,
+        max_vms=inventory.limits.max_vms,
+        max_disks_per_pool=inventory.limits.max_disks_per_pool,
+        pool_disk_caps={n: p.max_disks_in_flight for n, p in inventory.pools.items()},
+    )
+
+
+def job_load(inventory: Inventory, vm_name: str | None) -> JobLoad:
+    """What a VM's backup occupies: its protected disks, counted per pool."""
+    counts: dict[str, int] = {}
+    if vm_name is not None:
+        for disk in inventory.vm(vm_name).protected_disks():
+            if disk.pool:
+                counts[disk.pool] = counts.get(disk.pool, 0) + 1
+    return JobLoad(vm_name or "", counts)

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as clock_time
 
-from sqlalchemy import select
-
-from vmvault.catalog.models import Job
+from vmvault.catalog.backups import last_scheduled_due
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
+from vmvault.model.jobs import JobKind
+from vmvault.protection import state_of
 from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.scheduler")
@@ -34,20 +34,6 @@ class SchedulerState:
     maintenance_done: set[str] = field(default_factory=set)  # dates (UTC) already done
 
 
-def _last_due(queue: JobQueue, vm: str) -> datetime | None:
-    with queue.catalog.session() as s:
-        query = (
-            select(Job)
-            .where(Job.vault_id == queue.vault_id, Job.vm == vm, Job.kind == "backup")
-            .order_by(Job.id.desc())
-        )
-        for job in s.scalars(query):
-            due = (job.spec or {}).get("due")
-            if due:
-                return datetime.fromisoformat(due)
-    return None
-
-
 def tick(
     queue: JobQueue,
     inventory: Inventory,
@@ -58,7 +44,6 @@ def tick(
     maintenance_time: clock_time = clock_time(12, 0),
 ) -> list[int]:
     """Queue what is due at ``now``; returns the new job ids."""
-    from vmvault.protection import state_of
 
     queued = []
     for vm in inventory.vms:
@@ -67,18 +52,20 @@ def tick(
             continue
         if vault is not None and state_of(vault, vm.name).status != "protected":
             continue  # protection stopped: no new backups
-        last = _last_due(queue, vm.name) or state.first_seen.setdefault(vm.name, now)
+        last = last_scheduled_due(
+            queue.catalog, queue.vault_id, vm.name
+        ) or state.first_seen.setdefault(vm.name, now)
         due = timetable.missed_runs(last, now)
         if due is not None:
             job_id = queue.enqueue(
-                "backup", vm.name, {"scheduled": True, "due": due.isoformat()}, now=now
+                JobKind.BACKUP, vm.name, {"scheduled": True, "due": due.isoformat()}, now=now
             )
             log.info("queued job %d: backup of %s due %s", job_id, vm.name, due.isoformat())
             queued.append(job_id)
     today = now.date().isoformat()
     if now.time() >= maintenance_time and today not in state.maintenance_done:
         state.maintenance_done.add(today)
-        job_id = queue.enqueue("maintenance", "", {"due": now.isoformat()}, now=now)
+        job_id = queue.enqueue(JobKind.MAINTENANCE, "", {"due": now.isoformat()}, now=now)
         log.info("queued job %d: retention and garbage collection", job_id)
         queued.append(job_id)
     return queued

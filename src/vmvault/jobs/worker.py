@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vmvault.alerts.store import raise_alert
 from vmvault.app.context import Context
 from vmvault.catalog.models import Job
 from vmvault.engine.progress import SHUTDOWN, ProgressEvent
 from vmvault.errors import VmvaultError
 from vmvault.inventory import Inventory
-from vmvault.jobs.admission import JobLoad, Limits, admit
+from vmvault.jobs.admission import admit, job_load, limits_of
 from vmvault.jobs.handlers import JobRun, abandoned, run_job
 from vmvault.jobs.queue import JobQueue
 from vmvault.model.jobs import JobKind
@@ -33,25 +34,6 @@ log = logging.getLogger("vmvault")
 
 class Cancelled(VmvaultError):
     code = "cancelled"
-
-
-def limits_of(inventory: Inventory) -> Limits:
-    return Limits(
-        disk_mb_per_s=inventory.limits.disk_mb_per_s,
-        max_vms=inventory.limits.max_vms,
-        max_disks_per_pool=inventory.limits.max_disks_per_pool,
-        pool_disk_caps={n: p.max_disks_in_flight for n, p in inventory.pools.items()},
-    )
-
-
-def job_load(inventory: Inventory, vm_name: str | None) -> JobLoad:
-    """What a VM's backup occupies: its protected disks, counted per pool."""
-    counts: dict[str, int] = {}
-    if vm_name is not None:
-        for disk in inventory.vm(vm_name).protected_disks():
-            if disk.pool:
-                counts[disk.pool] = counts.get(disk.pool, 0) + 1
-    return JobLoad(vm_name or "", counts)
 
 
 def run_worker(
@@ -229,8 +211,6 @@ def _retry_or_fail(
 
 
 def _alert_failure(queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
-    from vmvault.alerts.store import raise_alert
-
     what = f"{job.kind} of {job.vm}" if job.vm else job.kind
     raise_alert(
         queue.catalog,

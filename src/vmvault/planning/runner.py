@@ -6,11 +6,23 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from vmvault.catalog.backups import backup_wall_times
+from vmvault.inventory import write_starts
+from vmvault.jobs.admission import limits_of
+from vmvault.planning import DiskUsage, PointUsage, PriceTable, VmUsage, monthly_report
+from vmvault.planning.estimate import DiskLoad, DiskRun, PastBackup, estimate_backup, measure
+from vmvault.planning.findings import findings
+from vmvault.planning.simulate import NO_POOL, PlannedDisk, PlannedJob, simulate
+from vmvault.planning.stagger import stagger as propose
+from vmvault.protection import state_of
 
 if TYPE_CHECKING:
     from vmvault.app.context import Context
     from vmvault.inventory import Inventory, Vm
+    from vmvault.model.point import RecoveryPoint
+    from vmvault.planning.cost import DiskRole as CostDiskRole
     from vmvault.planning.cost import PriceTable, Report
     from vmvault.planning.estimate import DiskLoad, PastBackup
     from vmvault.planning.simulate import Simulation
@@ -25,11 +37,9 @@ def cost_report(
     non-temporary disks (allocated bytes that are not zeros); its storage is what its
     backups wrote into the vault.
     """
-    from vmvault.planning import DiskUsage, PointUsage, PriceTable, VmUsage, monthly_report
-    from vmvault.protection import state_of
 
     vault = ctx.open_vault(load_index=False)
-    by_vm: dict[str, list[dict[str, Any]]] = {}
+    by_vm: dict[str, list[RecoveryPoint]] = {}
     for point in vault.points():
         by_vm.setdefault(point["vm"], []).append(point)
     usages = []
@@ -38,7 +48,9 @@ def cost_report(
         latest = (measured or points)[-1]
         disks = [
             DiskUsage(
-                max(d["stats"]["read"] - d["stats"]["zero"], 0), d.get("role", "data"), d["name"]
+                max(d["stats"]["read"] - d["stats"]["zero"], 0),
+                cast("CostDiskRole", d.get("role", "data")),  # written from inventory.DiskRole
+                d["name"],
             )
             for d in latest["disks"]
         ]
@@ -50,7 +62,7 @@ def cost_report(
                     PointUsage(vm, {d["name"]: d["stats"]["stored"] for d in p["disks"]})
                     for p in points
                 ],
-                datetime.fromisoformat(points[0]["completed"]),
+                datetime.fromisoformat(points[0].get("completed") or points[0]["created"]),
                 state_of(vault, vm).status,
             )
         )
@@ -79,10 +91,6 @@ def run_plan(
     reads, changes and snapshot time come from the VM's recent backups of the same kind
     once there are some (``planning.estimate.measure``), else from the seed's table.
     """
-    from vmvault.jobs.worker import limits_of
-    from vmvault.planning.estimate import estimate_backup, measure
-    from vmvault.planning.findings import findings
-    from vmvault.planning.simulate import NO_POOL, PlannedDisk, PlannedJob, simulate
 
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
     history, seen = _history(ctx) if ctx is not None else ({}, {})
@@ -132,8 +140,6 @@ def run_plan(
     sim = simulate(jobs, limits_of(inventory), egress)
     proposal = None
     if stagger:
-        from vmvault.planning.stagger import stagger as propose
-
         found = propose(jobs, limits_of(inventory), egress)
         after = found.after
         proposal = {
@@ -188,7 +194,6 @@ def apply_stagger(inventory: Inventory, plan: dict[str, Any]) -> Inventory | Non
     """Write the plan's proposed starts into the inventory file the plan was made from (each
     moved VM's ``start``); refused if that file no longer holds the same inventory. None
     when no VM moves: the file is left alone."""
-    from vmvault.inventory import write_starts
 
     proposal = plan["stagger"]
     if not proposal["start"]:
@@ -216,25 +221,9 @@ def _history(
 ) -> tuple[dict[str, list[PastBackup]], dict[str, dict[str, int]]]:
     """Each VM's backups, oldest first, and the data each of its disks held when last read
     in full. Per disk from the recovery points; the whole job's wall time from the catalog."""
-    from sqlalchemy import select
-
-    from vmvault.catalog.models import Job
-    from vmvault.planning.estimate import DiskRun, PastBackup
 
     vault = ctx.open_vault(load_index=False)
-    catalog = ctx.catalog()
-    with catalog.session() as s:
-        query = select(Job.point_id, Job.started_at, Job.finished_at).where(
-            Job.vault_id == vault.config.vault_id,
-            Job.kind == "backup",
-            Job.state == "succeeded",
-            Job.point_id.is_not(None),
-        )
-        wall = {
-            point_id: (finished - started).total_seconds()
-            for point_id, started, finished in s.execute(query)
-            if started is not None and finished is not None
-        }
+    wall = backup_wall_times(ctx.catalog(), vault.config.vault_id)
     history: dict[str, list[PastBackup]] = {}
     seen: dict[str, dict[str, int]] = {}
     for point in vault.points():
@@ -258,7 +247,6 @@ def _disk_loads(vm: Vm, seen: dict[str, int]) -> tuple[list[DiskLoad], str]:
     """A VM's disks as the planner sees them, and where their sizes came from: the data its
     last full read found, or the inventory's ``used_gb``, or the bytes allocated on this
     host."""
-    from vmvault.planning.estimate import DiskLoad
 
     loads, sources = [], set()
     for disk in vm.protected_disks():

@@ -15,9 +15,10 @@ current instant explicitly and returns a new state; nothing is mutated or stored
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from vmvault.policy.errors import ImmutableVaultError, PolicyError, ProtectionStateError
 from vmvault.policy.model import IMMUTABILITY_STATES, Immutability, Retention
@@ -56,6 +57,26 @@ class ProtectionState:
             value = getattr(self, name)
             if value is not None:
                 _require_aware(value, name)
+
+    def to_dict(self) -> dict[str, str | None]:
+        """As JSON: times in ISO 8601 (the vault's protection record, the API's answer)."""
+        return {
+            "status": self.status,
+            "changed_at": self.changed_at.isoformat() if self.changed_at else None,
+            "purge_at": self.purge_at.isoformat() if self.purge_at else None,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ProtectionState:
+        """From ``to_dict``'s JSON; ``PolicyError`` names what does not fit."""
+        try:
+            return cls(
+                doc["status"],
+                datetime.fromisoformat(doc["changed_at"]) if doc.get("changed_at") else None,
+                datetime.fromisoformat(doc["purge_at"]) if doc.get("purge_at") else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"not a protection state: {exc!r}") from None
 
 
 def _require_aware(value: datetime, name: str) -> None:

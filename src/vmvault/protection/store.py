@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from vmvault.errors import CorruptObject
 from vmvault.policy import (
     SOFT_DELETE_DAYS,
     ProtectionState,
@@ -21,7 +22,7 @@ from vmvault.policy import (
     stop_protection,
     undelete,
 )
-from vmvault.policy.errors import ImmutableVaultError
+from vmvault.policy.errors import ImmutableVaultError, PolicyError
 from vmvault.vault.documents import AAD_PROTECTION, AAD_SETTINGS, SETTINGS_KEY, protection_key
 from vmvault.vault.vault import Vault
 
@@ -57,20 +58,14 @@ def state_of(vault: Vault, vm: str) -> ProtectionState:
     doc = vault.get_document(key, AAD_PROTECTION)
     if doc is None:
         return ProtectionState()
-    return ProtectionState(
-        doc["status"],
-        datetime.fromisoformat(doc["changed_at"]) if doc.get("changed_at") else None,
-        datetime.fromisoformat(doc["purge_at"]) if doc.get("purge_at") else None,
-    )
+    try:
+        return ProtectionState.from_dict(doc)
+    except PolicyError as exc:
+        raise CorruptObject(f"{key}: {exc.message}") from None
 
 
 def _save(vault: Vault, vm: str, state: ProtectionState) -> ProtectionState:
-    doc = {
-        "vm": vm,
-        "status": state.status,
-        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
-        "purge_at": state.purge_at.isoformat() if state.purge_at else None,
-    }
+    doc = {"vm": vm, **state.to_dict()}
     vault.put_document(protection_key(vault, vm), doc, AAD_PROTECTION)
     return state
 

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from vmvault.catalog.models import Alert, Job
+from vmvault.model.point import RecoveryPoint
 
 if TYPE_CHECKING:
     from vmvault.server.state import ServerState
@@ -55,17 +56,14 @@ class _Collector(Collector):
         stored = GaugeMetricFamily(
             "vmvault_stored_bytes", "Bytes the VM's backups wrote into the vault.", labels=["vm"]
         )
-        per_vm: dict[str, list[dict[str, object]]] = {}
+        per_vm: dict[str, list[RecoveryPoint]] = {}
         for point in state.points():
             per_vm.setdefault(str(point["vm"]), []).append(point)
         for vm, rows in sorted(per_vm.items()):
             points.add_metric([vm], len(rows))
-            last.add_metric([vm], datetime.fromisoformat(str(rows[-1]["completed"])).timestamp())
-            total = sum(
-                d["stats"]["stored"]
-                for p in rows
-                for d in p["disks"]  # type: ignore[attr-defined]
-            )
+            newest = rows[-1].get("completed") or rows[-1]["created"]
+            last.add_metric([vm], datetime.fromisoformat(newest).timestamp())
+            total = sum(d["stats"]["stored"] for p in rows for d in p["disks"])
             stored.add_metric([vm], total)
         yield points
         yield last

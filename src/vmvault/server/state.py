@@ -7,7 +7,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import time as clock_time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vmvault.app.context import Context, PassphrasePrompt
 from vmvault.app.records import report_damaged_points
@@ -22,6 +22,7 @@ from vmvault.errors import (
 from vmvault.inventory import Inventory, InventoryFile, parse_inventory, write_inventory
 from vmvault.jobs.daemon import LOOPS, Daemon
 from vmvault.jobs.queue import JobQueue
+from vmvault.model.point import RecoveryPoint
 from vmvault.protection import accept_retentions, record_accepted_retentions
 from vmvault.server.accounts import Accounts
 
@@ -59,7 +60,7 @@ class ServerState:
     queue: JobQueue = field(init=False)
     daemon: Daemon = field(init=False)
     _inventory: InventoryFile = field(init=False)
-    _points: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
+    _points: dict[str, RecoveryPoint] = field(default_factory=dict, init=False)
     _points_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _damaged: dict[str, str] = field(default_factory=dict, init=False)
 
@@ -89,7 +90,7 @@ class ServerState:
     def vault_id(self) -> str:
         return self.vault.config.vault_id
 
-    def points(self) -> list[dict[str, Any]]:
+    def points(self) -> list[RecoveryPoint]:
         """The vault's recovery points, oldest first. A point object never changes once
         written, so each is read and decrypted once; the listing says which still exist."""
 
@@ -118,7 +119,7 @@ class ServerState:
         with self._points_lock:
             return dict(self._damaged)
 
-    def point(self, point_id: str) -> dict[str, Any]:
+    def point(self, point_id: str) -> RecoveryPoint:
         """One point by its full id, or NotFound."""
 
         for point in self.points():

@@ -16,9 +16,9 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from vmvault.disks.source import RawDisk
+from vmvault.model.point import RecoveryPoint
 from vmvault.vault.format import ZERO_ID, DiskManifest
 from vmvault.vault.vault import Vault
 
@@ -29,7 +29,7 @@ def _place(disk_path: str, point_id: str, name: str) -> Path:
     return Path(disk_path).parent / INSTANT_DIR / point_id / name
 
 
-def keep(point: dict[str, Any], disk_paths: dict[str, str], images: Sequence[str]) -> list[str]:
+def keep(point: RecoveryPoint, disk_paths: dict[str, str], images: Sequence[str]) -> list[str]:
     """Move the raw snapshot images of ``point`` into the instant-restore store."""
     kept = []
     for disk, image in zip(point["disks"], images, strict=True):
@@ -42,7 +42,7 @@ def keep(point: dict[str, Any], disk_paths: dict[str, str], images: Sequence[str
     return kept
 
 
-def find(point: dict[str, Any], disk_name: str) -> Path | None:
+def find(point: RecoveryPoint, disk_name: str) -> Path | None:
     config = {d["name"]: d for d in point.get("vm_config", {}).get("disks", [])}
     if disk_name not in config:
         return None

@@ -11,14 +11,15 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import zstandard
 
 from vmvault.errors import CorruptObject
+from vmvault.model.point import RecoveryPoint
 
 FORMAT_NAME = "vmvault-vault"
 FORMAT_VERSION = 1
@@ -261,7 +262,7 @@ def decode_manifest(plain: bytes, what: str) -> DiskManifest:
     return manifest
 
 
-def encode_json(doc: dict[str, Any]) -> bytes:
+def encode_json(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -374,10 +375,10 @@ def _point_problem(doc: dict[str, Any], point_id: str) -> str | None:
     return None
 
 
-def decode_point(plain: bytes, point_id: str, what: str) -> dict[str, Any]:
+def decode_point(plain: bytes, point_id: str, what: str) -> RecoveryPoint:
     """A decrypted recovery point, checked to have the shape every reader relies on."""
     doc = decode_json(plain, what)
     problem = _point_problem(doc, point_id)
     if problem:
         raise CorruptObject(f"{what}: malformed recovery point ({problem})")
-    return doc
+    return cast("RecoveryPoint", doc)  # the shape every reader relies on, checked above

@@ -6,10 +6,7 @@ store and fetch chunks, records, manifests and recovery points.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import secrets
-import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +22,10 @@ from vmvault.errors import (
     VaultNotFound,
     VmvaultError,
 )
+from vmvault.model.point import RecoveryPoint
 from vmvault.vault.config import VaultConfig
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
+from vmvault.vault.damage import DamageMarks
 from vmvault.vault.format import (
     AAD_INDEX,
     AAD_MANIFEST,
@@ -59,7 +58,6 @@ from vmvault.vault.index import ChunkIndex, Location
 from vmvault.vault.packs import PackWriter, index_key, pack_key
 
 CONFIG_KEY = "config"
-DAMAGED_PREFIX = "damaged/"  # damaged/<pack hex>: a pack a read found damaged
 GC_PENDING_KEY = "gc/pending"
 AAD_GC = b"vmvault-gc-v1"
 DEFAULT_KEY_NAME = "keys/default"
@@ -81,8 +79,7 @@ class Vault:
         # Filled by load_index: the packs the backend listed, and unreadable index objects.
         self.listed_packs: set[bytes] | None = None
         self.index_problems: dict[str, VmvaultError] = {}
-        self.damaged_packs: set[bytes] = set()  # marked by a read that failed on them
-        self._marks_lock = threading.Lock()
+        self.damage = DamageMarks(backend)  # packs a read found damaged (vault/damage.py)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -144,8 +141,7 @@ class Vault:
             except (CorruptObject, ObjectMissing) as exc:
                 self.index_problems[key] = exc
         self.listed_packs = set(self.pack_ids())
-        self.damaged_packs = self.marked_damaged()
-        usable = self.listed_packs - self.damaged_packs
+        usable = self.listed_packs - self.damage.load()
         for pack_id, entries in indexed:
             self.index.add_pack(pack_id, entries, present=pack_id in usable)
         self.index.exclude_packs(self.gc_pending_packs())
@@ -197,37 +193,6 @@ class Vault:
 
     def pack_ids(self) -> list[bytes]:
         return [bytes.fromhex(k.rsplit("/", 1)[1]) for k in self.backend.list("packs/")]
-
-    def marked_damaged(self) -> set[bytes]:
-        """Packs a restore, verify or check found damaged (``damaged/<pack>`` markers).
-
-        Their chunks count as absent for backups, which store them again (the new copies
-        are then where reads go), and garbage collection never repacks them."""
-        found = set()
-        for key in self.backend.list(DAMAGED_PREFIX):
-            try:
-                found.add(bytes.fromhex(key.rsplit("/", 1)[1]))
-            except ValueError:
-                continue  # not a marker of ours
-        return found
-
-    def mark_damaged(self, pack_id: bytes, reason: str) -> None:
-        """Record that a read found this pack damaged, so the next backup re-stores its
-        chunks (Proxmox Backup Server's verify does the same with bad chunks).
-
-        Best effort: a read-only or full vault keeps the finding in the report only."""
-        with self._marks_lock:
-            if pack_id in self.damaged_packs:
-                return
-            self.damaged_packs.add(pack_id)
-        doc = {"pack": pack_id.hex(), "found": datetime.now(UTC).isoformat(), "reason": reason}
-        with contextlib.suppress(OSError, VmvaultError):
-            self.backend.put(DAMAGED_PREFIX + pack_id.hex(), json.dumps(doc).encode())
-
-    def clear_damaged(self, pack_id: bytes) -> None:
-        """Drop the marker of a pack that is gone (garbage collection deleted it)."""
-        self.backend.delete(DAMAGED_PREFIX + pack_id.hex())
-        self.damaged_packs.discard(pack_id)
 
     def read_pack_header(self, pack_id: bytes) -> list[PackEntry]:
         key = pack_key(pack_id)
@@ -323,7 +288,7 @@ class Vault:
             try:
                 data = self.backend.get(pack_key(pack_id), start, end - start)
             except (ObjectMissing, CorruptObject) as exc:
-                self.mark_damaged(pack_id, exc.message)
+                self.damage.mark(pack_id, exc.message)
                 for key in group:
                     results.update((cid, exc) for cid, _ in blobs[key])
             else:
@@ -348,7 +313,7 @@ class Vault:
         try:
             plain = self.open_blob(sealed, what)
         except CorruptObject as exc:
-            self.mark_damaged(pack_id, exc.message)
+            self.damage.mark(pack_id, exc.message)
             results.update((cid, exc) for cid, _ in members)
             return
         view = memoryview(plain)  # chunks are handed out as views: no copy per chunk
@@ -358,7 +323,7 @@ class Vault:
                 mismatch = CorruptObject(
                     f"chunk {cid.hex()[:16]} in {what}: content does not match its checksum"
                 )
-                self.mark_damaged(pack_id, mismatch.message)
+                self.damage.mark(pack_id, mismatch.message)
                 results[cid] = mismatch
             else:
                 results[cid] = data
@@ -424,14 +389,14 @@ class Vault:
             raise CorruptObject(f"{key}: content does not match its id")
         return decode_manifest(plain, key)
 
-    def put_point(self, point: dict[str, Any]) -> None:
+    def put_point(self, point: RecoveryPoint) -> None:
         """Commit a recovery point: called last, after every object it names is durable."""
         key = f"points/{point['id']}"
         # A failed commit leaves no point: neither a torn one (a damaged point) nor a whole
         # one whose success was never reported (the backup is reported failed).
         put_new(self.backend, key, self.cipher.seal(encode_json(point), AAD_POINT + key.encode()))
 
-    def get_point(self, point_id: str) -> dict[str, Any]:
+    def get_point(self, point_id: str) -> RecoveryPoint:
         key = f"points/{point_id}"
         try:
             sealed = self.backend.get(key)
@@ -439,7 +404,7 @@ class Vault:
             raise PointNotFound(f"no recovery point {point_id!r} in this vault") from None
         return decode_point(self.cipher.open(sealed, AAD_POINT + key.encode(), key), point_id, key)
 
-    def readable_point(self, point_id: str) -> dict[str, Any] | None:
+    def readable_point(self, point_id: str) -> RecoveryPoint | None:
         """The point, or None when its object is damaged or gone (it costs that point only)."""
         try:
             return self.get_point(point_id)
@@ -449,12 +414,12 @@ class Vault:
     def point_ids(self) -> list[str]:
         return sorted(k.split("/", 1)[1] for k in self.backend.list("points/"))
 
-    def read_points(self) -> tuple[list[dict[str, Any]], dict[str, VmvaultError]]:
+    def read_points(self) -> tuple[list[RecoveryPoint], dict[str, VmvaultError]]:
         """Every readable point, oldest first, and the damaged ones with what is wrong.
 
         A damaged point object costs that point only: callers list it as damaged and go on.
         """
-        points: list[dict[str, Any]] = []
+        points: list[RecoveryPoint] = []
         damaged: dict[str, VmvaultError] = {}
         for point_id in self.point_ids():
             try:
@@ -465,7 +430,7 @@ class Vault:
                 damaged[point_id] = exc
         return points, damaged
 
-    def points(self) -> list[dict[str, Any]]:
+    def points(self) -> list[RecoveryPoint]:
         """The readable points, oldest first (see ``read_points`` for the damaged ones)."""
         return self.read_points()[0]
 
