@@ -15,7 +15,7 @@ from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.restore import run_restore
 from vmvault.app.vm_restore import run_vm_restore
-from vmvault.errors import UsageError
+from vmvault.errors import Conflict, NotFound, UsageError
 from vmvault.inventory import parse_inventory
 
 MiB = 1 << 20
@@ -173,6 +173,14 @@ def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: Context) -> None
     copy = both.vm("web01-copy")
     assert [d.path for d in copy.disks] == [str(paths["os"]), str(paths["data"])]
     assert copy.state.value == "stopped"
+    # the rules the API checks before queueing a restore, the same errors here
+    with pytest.raises(Conflict, match="exists already"):
+        run_vm_restore(ctx, inv, "web01", new_name="web01", directory=str(tmp_path / "c2"))
+    with pytest.raises(NotFound, match="no pool named 'nowhere'"):
+        run_vm_restore(
+            ctx, inv, "web01", new_name="w2", directory=str(tmp_path / "c2"), target_pool="nowhere"
+        )
+    assert not (tmp_path / "c2").exists()
 
     with open(tmp_path / "os.img", "r+b") as f:  # the VM breaks after the backup
         f.write(b"\xde\xad" * 4096)

@@ -17,9 +17,10 @@ from vmvault.app.records import JobRecorder, recorded_job
 from vmvault.app.restore import run_restore
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.targets import new_files_folder, restore_target, target_failure
-from vmvault.errors import UsageError
+from vmvault.errors import Conflict, NotFound, UsageError
 from vmvault.inventory import Inventory, Vm, VmState, check_new_vm_name
 from vmvault.inventory.write import vm_entry
+from vmvault.model.point import RecoveryPoint
 from vmvault.vault.vault import Vault
 
 _EXTENSIONS = {"raw": "img", "qcow2": "qcow2", "vpc": "vhd", "vhdx": "vhdx"}
@@ -102,11 +103,12 @@ def _vm_restore(
     confine_to: str | None,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
-
-    point_id = resolve_point(vault, point_ref, vm.name)
-    point = vault.get_point(point_id)
-    if point["vm"] != vm.name:
-        raise UsageError(f"point {point_id} belongs to {point['vm']}, not {vm.name}")
+    if in_place:
+        point_id = _point_of(vault, vm, point_ref)
+    elif not new_name or not directory:
+        raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
+    else:
+        point_id = check_new_vm_restore(inventory, vault, vm, point_ref, new_name, target_pool)
     result: dict[str, Any] = {"point": point_id, "vm": vm.name, "disks": [], "warnings": []}
     targets = sorted({d.pool for d in vm.disks if d.pool}) if in_place else [target_pool or ""]
     for pool in pools_being_backed_up(vault, [p for p in targets if p]):
@@ -116,52 +118,118 @@ def _vm_restore(
             f"pool {pool} is being backed up right now: the restore and the backup will "
             "slow each other down; restore to another pool or later"
         )
+    point = vault.get_point(point_id)
     if in_place:
-        if vm.state != VmState.STOPPED:
-            raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
-        if not confirmed:
-            raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
-        safety = run_vm_backup(ctx, inventory, vm.name, progress=progress)
-        result["safety_point"] = safety["id"]
-        paths = {d.name: Path(d.path) for d in vm.disks}
-        vm_disks = {d.name: d for d in vm.disks}
-        for disk in point["disks"]:
-            final = paths.get(disk["name"])
-            if final is None:
-                raise UsageError(f"{vm.name} has no disk {disk['name']!r} any more")
-            # A file disk is restored under a temporary name and renamed over the original
-            # only when whole (``restore_target`` with force); a device is written in place
-            # (a temporary file beside /dev/vg/lv would replace the link, not the volume).
-            report = run_restore(
-                ctx,
-                point_id,
-                str(final),
-                disk=disk["name"],
-                target_format=disk.get("format", "raw"),
-                sync=True,
-                force=True,
-                budget=inventory_budget(inventory, vm_disks[disk["name"]]),
-                progress=progress,
-                record=False,
-            )
-            result["disks"].append(
-                {
-                    "name": disk["name"],
-                    "path": str(final),
-                    "bytes_verified": report.bytes_verified,
-                    "bytes_written": report.bytes_written,
-                }
-            )
-        return result
-    if not new_name or not directory:
-        raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
+        return _restore_in_place(ctx, inventory, vm, point, result, confirmed, progress)
+    assert new_name is not None and directory is not None
+    return _restore_as_new_vm(
+        ctx,
+        inventory,
+        vm,
+        point,
+        result,
+        new_name,
+        directory,
+        target_pool,
+        force,
+        confine_to,
+        progress,
+    )
 
+
+def check_new_vm_restore(
+    inventory: Inventory,
+    vault: Vault,
+    vm: Vm,
+    point_ref: str,
+    new_name: str,
+    pool: str | None,
+) -> str:
+    """What a restore as a new VM needs, checked before it is queued (the API) and again
+    when it runs: a valid new name no VM of the inventory has, a point of ``vm``, a known
+    pool. Returns the point's id."""
     check_new_vm_name(new_name)
+    if any(v.name == new_name for v in inventory.vms):
+        raise Conflict(f"a VM named {new_name!r} exists already; choose another name")
+    point_id = _point_of(vault, vm, point_ref)
+    if pool is not None and pool not in inventory.pools:
+        raise NotFound(f"no pool named {pool!r} in {inventory.source}")
+    return point_id
+
+
+def _point_of(vault: Vault, vm: Vm, point_ref: str) -> str:
+    point_id = resolve_point(vault, point_ref, vm.name)
+    owner = vault.get_point(point_id)["vm"]
+    if owner != vm.name:
+        raise UsageError(f"point {point_id} belongs to {owner}, not {vm.name}")
+    return point_id
+
+
+def _restore_in_place(
+    ctx: Context,
+    inventory: Inventory,
+    vm: Vm,
+    point: RecoveryPoint,
+    result: dict[str, Any],
+    confirmed: bool,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    point_id = point["id"]
+    if vm.state != VmState.STOPPED:
+        raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
+    if not confirmed:
+        raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
+    safety = run_vm_backup(ctx, inventory, vm.name, progress=progress)
+    result["safety_point"] = safety["id"]
+    paths = {d.name: Path(d.path) for d in vm.disks}
+    vm_disks = {d.name: d for d in vm.disks}
+    for disk in point["disks"]:
+        final = paths.get(disk["name"])
+        if final is None:
+            raise UsageError(f"{vm.name} has no disk {disk['name']!r} any more")
+        # A file disk is restored under a temporary name and renamed over the original
+        # only when whole (``restore_target`` with force); a device is written in place
+        # (a temporary file beside /dev/vg/lv would replace the link, not the volume).
+        report = run_restore(
+            ctx,
+            point_id,
+            str(final),
+            disk=disk["name"],
+            target_format=disk.get("format", "raw"),
+            sync=True,
+            force=True,
+            budget=inventory_budget(inventory, vm_disks[disk["name"]]),
+            progress=progress,
+            record=False,
+        )
+        result["disks"].append(
+            {
+                "name": disk["name"],
+                "path": str(final),
+                "bytes_verified": report.bytes_verified,
+                "bytes_written": report.bytes_written,
+            }
+        )
+    return result
+
+
+def _restore_as_new_vm(
+    ctx: Context,
+    inventory: Inventory,
+    vm: Vm,
+    point: RecoveryPoint,
+    result: dict[str, Any],
+    new_name: str,
+    directory: str,
+    target_pool: str | None,
+    force: bool,
+    confine_to: str | None,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    point_id = point["id"]
     target_dir = Path(directory).absolute()
     budget = None
     if target_pool:
-        if target_pool not in inventory.pools:
-            raise UsageError(f"no pool named {target_pool!r} in {inventory.source}")
         budget = pool_budget(inventory, target_pool, inventory.limits.disk_mb_per_s)
     config = dict(point.get("vm_config") or {"name": vm.name, "disks": []})
     new_disks = []
