@@ -646,7 +646,8 @@ def _instant_restore(
 ) -> RestoreReport | None:
     from vmvault.engine.restore import point_disk
     from vmvault.snapshot import instant
-    from vmvault.snapshot.providers import SnapshotError, sparse_copy
+    from vmvault.snapshot.base import SnapshotError
+    from vmvault.snapshot.providers import sparse_copy
 
     entry = point_disk(vault, point, disk)
     image = instant.find(point, entry["name"])

@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from vmvault.disks.qemu import QemuError, create_image
-from vmvault.snapshot.providers import SnapshotError
+from vmvault.snapshot.base import SnapshotError
 from vmvault.snapshot.qmp_client import DEFAULT_TIMEOUT, QmpConnection, QmpError
 
 # Drivers whose node is not the one the guest's image format lives in: a bitmap or a
