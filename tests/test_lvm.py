@@ -16,8 +16,8 @@ from vmvault.app.context import Context
 from vmvault.app.restore import run_restore
 from vmvault.inventory import parse_inventory
 from vmvault.snapshot import choose_provider
+from vmvault.snapshot.base import SnapshotError
 from vmvault.snapshot.lvm import LvmSnapshot
-from vmvault.snapshot.providers import SnapshotError
 
 MiB = 1 << 20
 HAS_DM = os.path.exists("/dev/mapper/control") and os.geteuid() == 0

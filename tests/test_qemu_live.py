@@ -26,7 +26,7 @@ from vmvault.disks.qemu import fuse_export
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, DiskStats, backup
 from vmvault.engine.restore import restore_disk
-from vmvault.snapshot.providers import SnapshotError
+from vmvault.snapshot.base import SnapshotError
 from vmvault.snapshot.qemu_live import QemuLiveSnapshot
 from vmvault.snapshot.qmp_client import QmpConnection, QmpError
 

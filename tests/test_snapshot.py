@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import same_content
+from vmvault.snapshot.base import SnapshotError
 from vmvault.snapshot.providers import (
     FullCopy,
     InPlace,
     ReflinkCopy,
-    SnapshotError,
     choose_provider,
 )
 

@@ -26,7 +26,7 @@ from vmvault.inventory import Disk as VmDisk
 from vmvault.inventory import Inventory, Vm, VmState
 from vmvault.model.point import RecoveryPoint
 from vmvault.snapshot import instant
-from vmvault.snapshot.providers import SnapshotProvider
+from vmvault.snapshot.base import SnapshotProvider
 from vmvault.snapshot.select import choose_for_vm, live_snapshot, start_snapshot
 from vmvault.vault.vault import Vault
 

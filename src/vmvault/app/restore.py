@@ -16,7 +16,8 @@ from vmvault.engine.targets import restore_target
 from vmvault.errors import CorruptObject, DamageFound, ObjectMissing
 from vmvault.model.point import RecoveryPoint
 from vmvault.snapshot import instant
-from vmvault.snapshot.providers import SnapshotError, sparse_copy
+from vmvault.snapshot.base import SnapshotError
+from vmvault.snapshot.providers import sparse_copy
 from vmvault.vault.vault import Vault
 
 

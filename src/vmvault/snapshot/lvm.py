@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vmvault.snapshot.providers import SnapshotError
+from vmvault.snapshot.base import SnapshotError
 
 LVM_TIMEOUT = 60.0
 

@@ -18,27 +18,12 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from vmvault.disks.source import RawDisk
-from vmvault.errors import VmvaultError
+from vmvault.snapshot.base import SnapshotError, SnapshotProvider
+from vmvault.snapshot.lvm import LvmSnapshot, logical_volume
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-class SnapshotError(VmvaultError):
-    code = "snapshot_failed"
-    transient = True
-
-
-class SnapshotProvider(Protocol):
-    name: str
-
-    def take(self, paths: Sequence[str]) -> list[str]:
-        """Point-in-time images of ``paths`` (same order); called while the VM is quiesced."""
-
-    def release(self) -> None:
-        """Remove whatever ``take`` created."""
 
 
 class InPlace:
@@ -168,8 +153,6 @@ def choose_provider(requested: str, running: bool, paths: Sequence[str]) -> Snap
         "copy": FullCopy,
     }
     if requested == "lvm":
-        from vmvault.snapshot.lvm import LvmSnapshot
-
         return LvmSnapshot()
     if requested != "auto":
         if requested not in providers:
@@ -183,8 +166,6 @@ def choose_provider(requested: str, running: bool, paths: Sequence[str]) -> Snap
     if not running:
         return InPlace()
     if paths and all(_is_block_device(p) for p in paths):
-        from vmvault.snapshot.lvm import LvmSnapshot, logical_volume
-
         try:
             for path in paths:
                 logical_volume(path)

@@ -55,11 +55,9 @@ The QMP monitor serves one client at a time: it is held from ``start`` to the en
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -69,28 +67,10 @@ from pathlib import Path
 from typing import Any
 
 from vmvault.disks.qemu import QemuError, create_image
-from vmvault.snapshot.providers import SnapshotError
+from vmvault.snapshot.base import SnapshotError
+from vmvault.snapshot.qemu_blocks import allocated_ranges, find_node, format_bytes
 from vmvault.snapshot.qmp_client import DEFAULT_TIMEOUT, QmpConnection, QmpError
 
-# Drivers whose node is not the one the guest's image format lives in: a bitmap or a
-# backup source must be the format node (persistent bitmaps exist only in qcow2).
-_NOT_FORMAT_NODES = frozenset(
-    {
-        "file",
-        "host_device",
-        "host_cdrom",
-        "throttle",
-        "copy-on-read",
-        "copy-before-write",
-        "snapshot-access",
-        "preallocate",
-        "compress",
-        "blkdebug",
-        "blkverify",
-        "blklogwrites",
-        "backup-top",
-    }
-)
 _POLL_FIRST = 0.02
 _POLL_MAX = 0.5
 
@@ -473,78 +453,3 @@ class QemuLiveSnapshot:
         except QmpError:
             if not quiet:
                 raise
-
-
-def find_node(
-    path: str, devices: Sequence[dict[str, Any]], nodes: Sequence[dict[str, Any]]
-) -> dict[str, Any]:
-    """The format node whose image file is ``path``.
-
-    The protocol node (``file``) and filters show the same file name; the format node is
-    the one that holds bitmaps and that the guest's writes pass through. Where several
-    remain, the one a device (or ``-drive``) uses wins.
-    """
-    candidates = [
-        n
-        for n in nodes
-        if n.get("drv") not in _NOT_FORMAT_NODES and _same_file(n.get("file"), path)
-    ]
-    if len(candidates) > 1:
-        in_use = {d["inserted"]["node-name"] for d in devices if "inserted" in d}
-        candidates = [n for n in candidates if n["node-name"] in in_use] or candidates
-    if not candidates:
-        known = sorted({n.get("file", "?") for n in nodes if n.get("drv") not in _NOT_FORMAT_NODES})
-        raise SnapshotError(
-            f"the VM has no block node for {path} (its images: {', '.join(known) or 'none'})"
-        )
-    if len(candidates) > 1:
-        names = ", ".join(n["node-name"] for n in candidates)
-        raise SnapshotError(f"several block nodes of the VM use {path}: {names}")
-    return candidates[0]
-
-
-def _same_file(name: object, path: str) -> bool:
-    if not isinstance(name, str) or name.startswith(("json:", "/dev/fdset/")):
-        return False
-    try:
-        return os.path.samefile(name, path)
-    except OSError:
-        return os.path.realpath(name) == os.path.realpath(path)
-
-
-def allocated_ranges(image: Path) -> list[tuple[int, int]]:
-    """Byte ranges the qcow2 ``image`` itself holds, including clusters written as zeros.
-
-    A guest that zeroes or discards a range makes QEMU copy it as a zero cluster: that is
-    a change too, which SEEK_DATA (zero clusters are holes) would miss. ``present`` tells
-    a zero cluster (allocated here) from an unallocated one.
-    """
-    result = subprocess.run(
-        ["qemu-img", "map", "--output=json", "-f", "qcow2", str(image)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SnapshotError(f"qemu-img map {image}: {result.stderr.strip()}")
-    ranges: list[tuple[int, int]] = []
-    for entry in json.loads(result.stdout):
-        if "present" not in entry:
-            raise SnapshotError("qemu-img is too old to tell zero clusters from holes (need 6.2+)")
-        if entry["present"]:
-            lo, hi = int(entry["start"]), int(entry["start"]) + int(entry["length"])
-            if ranges and ranges[-1][1] == lo:
-                ranges[-1] = (ranges[-1][0], hi)
-            else:
-                ranges.append((lo, hi))
-    return ranges
-
-
-def format_bytes(n: int) -> str:
-    """A size for people: 192 KiB, 3.5 MiB."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" or size >= 100 else f"{size:.3g} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

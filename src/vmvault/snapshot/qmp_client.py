@@ -30,7 +30,7 @@ from qemu.qmp import (
     StateError,
 )
 
-from vmvault.snapshot.providers import SnapshotError
+from vmvault.snapshot.base import SnapshotError
 
 T = TypeVar("T")
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, cast
 
 from vmvault.engine.backup import parent_manifests
 from vmvault.errors import UsageError
-from vmvault.snapshot.providers import SnapshotProvider, choose_provider
+from vmvault.snapshot.base import SnapshotProvider
+from vmvault.snapshot.providers import choose_provider
 from vmvault.vault.vault import Vault
 
 if TYPE_CHECKING:
