@@ -22,21 +22,10 @@ def list_jobs(
     vm: Annotated[str | None, Query(max_length=255)] = None,
 ) -> dict[str, Any]:
     """Jobs, newest first, with live progress for running ones."""
-    from sqlalchemy import func, select
-
-    from vmvault.catalog.models import Job
-
-    where = [Job.vault_id == state.vault_id]
-    if job_state:
-        where.append(Job.state == job_state)
-    if vm:
-        where.append(Job.vm == vm)
-    with state.catalog.session() as s:
-        total = s.scalar(select(func.count()).select_from(Job).where(*where)) or 0
-        rows = s.scalars(
-            select(Job).where(*where).order_by(Job.id.desc()).offset(offset).limit(limit)
-        )
-        return page([job_doc(j) for j in rows], total, offset, limit)
+    total, rows = state.catalog.job_page(
+        state.vault_id, state=job_state, vm=vm, offset=offset, limit=limit
+    )
+    return page([job_doc(j) for j in rows], total, offset, limit)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
