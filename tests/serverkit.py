@@ -1,10 +1,21 @@
-"""A server to test against: a vault with two VMs (one backed up), tokens of each role."""
+"""A server to test against: a vault with two VMs (one backed up), tokens of each role; and
+`vmvault serve` of such a site, on a free port of the loopback."""
 
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from conftest import PASSPHRASE
 from vmvault.app.backup import run_vm_backup
@@ -113,3 +124,93 @@ def make_site(
         worker=True,
     )
     return Site(root, config, tokens, ctx)
+
+
+# -- a real `vmvault serve` ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """A running `vmvault serve` of ``site``, answering at ``url``; its output goes to ``log``."""
+
+    site: Site
+    process: subprocess.Popen[bytes]
+    url: str
+    port: int
+    log: Path
+
+    def api(self, method: str, path: str, role: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(
+            method, self.url + path, headers=self.site.auth(role), timeout=30, **kwargs
+        )
+
+    def get(self, path: str, role: str) -> httpx.Response:
+        return self.api("GET", path, role)
+
+    def peak_rss(self) -> int:
+        """The server process's peak resident size so far (VmHWM), in bytes."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def _serve(site: Site, log: Path, options: tuple[str, ...]) -> Served:
+    """`vmvault serve` on a free port, once /api/v1/health answers."""
+    config = site.config
+    vmvault = Path(sys.executable).with_name("vmvault")  # the entry point of this environment
+    # The site's files say everything: no passphrase or vault from the caller's environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMVAULT_")}
+    for _ in range(3):  # another process may take the port between probe and bind
+        port = free_port()
+        command = [
+            str(vmvault),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--vault",
+            config.vault,
+            "--catalog",
+            str(config.catalog_url),
+            "--inventory",
+            str(config.inventory),
+            "--passphrase-file",
+            str(config.passphrase_file),
+            *options,
+        ]
+        with open(log, "ab") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                    return Served(site, process, url, port, log)
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        process.kill()
+        process.wait()
+    raise AssertionError(f"vmvault serve did not start:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def serving(site: Site, log: Path, *options: str) -> Iterator[Served]:
+    """`vmvault serve` of ``site`` with the command-line ``options`` added, from when it
+    answers until the block ends; then it is stopped (killed if it does not stop in 20 s)."""
+    served = _serve(site, log, options)
+    try:
+        yield served
+    finally:
+        served.process.terminate()
+        try:
+            served.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            served.process.kill()
+            served.process.wait()

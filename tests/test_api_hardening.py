@@ -6,11 +6,8 @@ Starlette's TestClient with a site of serverkit."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,85 +20,17 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from serverkit import MiB, Site, make_site
+from serverkit import MiB, Served, Site, make_site, serving
 from vmvault.server.app import create_app
 
 # -- a real `vmvault serve` ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _serve(site: Site, log: Path) -> tuple[subprocess.Popen[bytes], str, int]:
-    """`vmvault serve` on a free port (no scheduler), once /api/v1/health answers."""
-    config = site.config
-    vmvault = Path(sys.executable).with_name("vmvault")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VMVAULT_")}
-    for _ in range(3):  # another process may take the port between probe and bind
-        port = _free_port()
-        command = [
-            str(vmvault),
-            "serve",
-            "--no-scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--vault",
-            config.vault,
-            "--catalog",
-            str(config.catalog_url),
-            "--inventory",
-            str(config.inventory),
-            "--passphrase-file",
-            str(config.passphrase_file),
-        ]
-        with open(log, "ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                    return process, url, port
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        process.kill()
-        process.wait()
-    raise AssertionError(f"vmvault serve did not start:\n{log.read_text()[-3000:]}")
-
-
-class Served:
-    def __init__(self, site: Site, process: subprocess.Popen[bytes], url: str, port: int) -> None:
-        self.site, self.process, self.url, self.port = site, process, url, port
-        self.log = site.root / "server.log"
-
-    def peak_rss(self) -> int:
-        """The server process's peak resident size so far (VmHWM), in bytes."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
-
-    def get(self, path: str, role: str) -> httpx.Response:
-        return httpx.get(self.url + path, headers=self.site.auth(role), timeout=30)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     site = make_site(tmp_path_factory.mktemp("hardening-served"), backup=False)
-    process, url, port = _serve(site, site.root / "server.log")
-    try:
-        yield Served(site, process, url, port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving(site, site.root / "server.log", "--no-scheduler") as server:
+        yield server
 
 
 def _chunks(total: int, piece: bytes = b"x" * 65536) -> Iterator[bytes]:

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from conftest import same_content
-from serverkit import Site, make_site
+from serverkit import Served, make_site, serving
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (make sysdeps); Playwright downloads none
 CHROMIUM_ARGS = [
@@ -41,17 +37,6 @@ ARTIFACTS = Path(
 JOB_TIMEOUT = 60_000  # ms: a job of the small test VMs takes about a second
 
 
-@dataclass
-class Server:
-    url: str
-    site: Site
-
-    def api(self, method: str, path: str, role: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(
-            method, self.url + path, headers=self.site.auth(role), timeout=30, **kwargs
-        )
-
-
 class _Hook(BaseHTTPRequestHandler):
     """An alert webhook that accepts everything."""
 
@@ -64,72 +49,18 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _serve(site: Site, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`vmvault serve` on a free port, once /api/v1/health answers."""
-    config = site.config
-    vmvault = Path(sys.executable).with_name("vmvault")  # the entry point of this environment
-    # The site's files say everything: no passphrase or vault from the caller's environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VMVAULT_")}
-    for _ in range(3):  # another process may take the port between probe and bind
-        port = _free_port()
-        command = [
-            str(vmvault),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--vault",
-            config.vault,
-            "--catalog",
-            str(config.catalog_url),
-            "--inventory",
-            str(config.inventory),
-            "--passphrase-file",
-            str(config.passphrase_file),
-            "--restore-root",
-            str(config.restore_root),
-        ]
-        with open(log, "ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                    return process, url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        process.kill()
-        process.wait()
-    raise AssertionError(f"vmvault serve did not start:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     hook = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     root = tmp_path_factory.mktemp("dashboard")
     webhook = f"http://127.0.0.1:{hook.server_port}/hooks/vmvault"
     site = make_site(root / "site", extra_inventory=f'[alerts]\nwebhooks = ["{webhook}"]\n')
     log = root / "server.log"
-    process, url = _serve(site, log)
     try:
-        yield Server(url, site)
+        with serving(site, log, "--restore-root", str(site.config.restore_root)) as served:
+            yield served
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         hook.shutdown()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -151,7 +82,7 @@ def browser() -> Iterator[Browser]:
 _PROBLEMS: dict[Page, list[str]] = {}
 
 
-def _page(browser: Browser, server: Server) -> Page:
+def _page(browser: Browser, server: Served) -> Page:
     context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 720})
     context.set_default_timeout(15_000)
     page = context.new_page()
@@ -174,7 +105,7 @@ def _close(page: Page) -> None:
     assert not problems, problems
 
 
-def _login(browser: Browser, server: Server, role: str) -> Page:
+def _login(browser: Browser, server: Served, role: str) -> Page:
     page = _page(browser, server)
     page.goto("/login")
     page.fill("#token", server.site.tokens[role])
@@ -190,7 +121,7 @@ def _shot(page: Page, name: str) -> None:
 
 
 def test_a_wrong_token_gets_the_login_error_and_pages_need_a_session(
-    browser: Browser, server: Server
+    browser: Browser, server: Served
 ) -> None:
     page = _page(browser, server)
     page.goto("/vms/web01")
@@ -210,7 +141,7 @@ def test_a_wrong_token_gets_the_login_error_and_pages_need_a_session(
     _close(page)
 
 
-def test_pages_need_a_session_and_login_leads_only_back_to_this_server(server: Server) -> None:
+def test_pages_need_a_session_and_login_leads_only_back_to_this_server(server: Served) -> None:
     pages = ("/", "/vms/web01", "/points/x", "/jobs", "/jobs/1", "/plan", "/cost", "/alerts")
     for path in pages:
         # A bearer token opens the API, not the pages: their actions need a session's CSRF.
@@ -234,7 +165,7 @@ def test_pages_need_a_session_and_login_leads_only_back_to_this_server(server: S
 
 
 def test_a_reader_sees_the_fleet_without_actions_and_unknown_ids_get_404(
-    browser: Browser, server: Server
+    browser: Browser, server: Served
 ) -> None:
     page = _login(browser, server, "reader")
     expect(page.locator("#fleet tbody tr")).to_have_count(2)
@@ -261,7 +192,7 @@ def test_a_reader_sees_the_fleet_without_actions_and_unknown_ids_get_404(
 
 
 def test_backup_restore_planner_cost_and_alerts_in_the_browser(
-    browser: Browser, server: Server
+    browser: Browser, server: Served
 ) -> None:
     site = server.site
     page = _login(browser, server, "operator")
@@ -353,7 +284,7 @@ def test_backup_restore_planner_cost_and_alerts_in_the_browser(
     _close(page)
 
 
-def test_text_from_the_inventory_is_shown_as_text(browser: Browser, server: Server) -> None:
+def test_text_from_the_inventory_is_shown_as_text(browser: Browser, server: Served) -> None:
     inventory = Path(str(server.site.config.inventory))
     original = inventory.read_text()
     disk = server.site.root / "disks" / "db01-os.img"

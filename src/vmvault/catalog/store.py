@@ -1,4 +1,4 @@
-"""Catalog access: record points and jobs, list them, rebuild from a vault."""
+"""Catalog access: record points and jobs, list and count them, rebuild from a vault."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, inspect, select, text
+from sqlalchemy import create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from vmvault.catalog.models import Base, Job, PointDisk, RecoveryPoint
+from vmvault.catalog.models import Alert, Base, Job, PointDisk, RecoveryPoint
 from vmvault.model.point import RecoveryPoint as PointDoc
 
 
@@ -193,3 +193,48 @@ class Catalog:
         with self.session() as s:
             query = select(Job).where(Job.vault_id == vault_id).order_by(Job.id.desc()).limit(limit)
             return list(s.scalars(query))
+
+    def job_page(
+        self,
+        vault_id: str,
+        *,
+        state: str | None = None,
+        vm: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[int, list[Job]]:
+        """How many of the vault's jobs match (in ``state``, of ``vm``; either may be left
+        out), and one page of them, newest first."""
+        where = [Job.vault_id == vault_id]
+        if state:
+            where.append(Job.state == state)
+        if vm:
+            where.append(Job.vm == vm)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+            rows = s.scalars(
+                select(Job).where(*where).order_by(Job.id.desc()).offset(offset).limit(limit)
+            )
+            return total, list(rows)
+
+    def job_counts(self, vault_id: str) -> list[tuple[str, str, int]]:
+        """How many of the vault's jobs there are of each kind in each state."""
+        with self.session() as s:
+            query = (
+                select(Job.kind, Job.state, func.count())
+                .where(Job.vault_id == vault_id)
+                .group_by(Job.kind, Job.state)
+            )
+            return [(kind, state, count) for kind, state, count in s.execute(query)]
+
+    # -- alerts (raised, listed and delivered by vmvault.alerts) ---------------------------
+
+    def alert_counts(self, vault_id: str) -> list[tuple[str, int]]:
+        """How many alerts the vault has raised of each kind."""
+        with self.session() as s:
+            by_kind = (
+                select(Alert.kind, func.count())
+                .where(Alert.vault_id == vault_id)
+                .group_by(Alert.kind)
+            )
+            return [(kind, count) for kind, count in s.execute(by_kind)]

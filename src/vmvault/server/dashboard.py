@@ -22,8 +22,8 @@ from fastapi.templating import Jinja2Templates
 
 from vmvault import __version__
 from vmvault.errors import VmvaultError
-from vmvault.server import api
 from vmvault.server.accounts import Principal, RefusalLog, Role
+from vmvault.server.api import admin, jobs, planning, points, vms
 from vmvault.server.auth import (
     SESSION_COOKIE,
     Forbidden,
@@ -245,14 +245,14 @@ def mount(app: FastAPI, server: ServerState) -> None:
     @app.get("/vms/{name}", response_class=HTMLResponse, include_in_schema=False)
     def vm_page(request: Request, name: str, offset: int = 0) -> Response:
         principal = session(request)
-        vm = found(principal, api.get_vm, name, server, principal)
-        points = api.vm_points(name, server, principal, bounded(offset), PAGE_SIZE)
+        vm = found(principal, vms.get_vm, name, server, principal)
+        points = vms.vm_points(name, server, principal, bounded(offset), PAGE_SIZE)
         return render(request, "vm.html", principal, title=name, nav="fleet", vm=vm, points=points)
 
     @app.get("/points/{point_id}", response_class=HTMLResponse, include_in_schema=False)
     def point_page(request: Request, point_id: str) -> Response:
         principal = session(request)
-        point = found(principal, api.get_point, point_id, server, principal)
+        point = found(principal, points.get_point, point_id, server, principal)
         return render(
             request, "point.html", principal, title=f"Point {point_id}", nav="fleet", point=point
         )
@@ -277,7 +277,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
         principal = session(request)
         if not JOB_ID.fullmatch(job_id) or int(job_id) > MAX_ROW_ID:
             raise PageMissing(principal, f"no job {job_id!r}")
-        job = found(principal, api.get_job, int(job_id), server, principal)
+        job = found(principal, jobs.get_job, int(job_id), server, principal)
         return render(request, "job.html", principal, title=f"Job {job_id}", nav="jobs", job=job)
 
     @app.get("/plan", response_class=HTMLResponse, include_in_schema=False)
@@ -285,11 +285,11 @@ def mount(app: FastAPI, server: ServerState) -> None:
         principal = session(request)
         chosen = day[:10] or None
         try:
-            plan = api.plan(server, principal, chosen)
+            plan = planning.plan(server, principal, chosen)
         except VmvaultError as exc:
             if exc.http_status not in (400, 422):  # a day not understood or out of range
                 raise
-            plan, chosen = api.plan(server, principal, None), None
+            plan, chosen = planning.plan(server, principal, None), None
             error = exc.message
         else:
             error = ""
@@ -308,13 +308,13 @@ def mount(app: FastAPI, server: ServerState) -> None:
     @app.get("/cost", response_class=HTMLResponse, include_in_schema=False)
     def cost_page(request: Request) -> Response:
         principal = session(request)
-        report = api.cost(server, principal)
+        report = planning.cost(server, principal)
         return render(request, "cost.html", principal, title="Cost", nav="cost", report=report)
 
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
     def alerts_page(request: Request, offset: int = 0) -> Response:
         principal = session(request)
-        alerts = api.alerts(server, principal, bounded(offset), PAGE_SIZE)
+        alerts = admin.alerts(server, principal, bounded(offset), PAGE_SIZE)
         return render(
             request, "alerts.html", principal, title="Alerts", nav="alerts", alerts=alerts
         )

@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
-from vmvault.catalog.models import Alert, Job
 from vmvault.model.point import RecoveryPoint
 
 if TYPE_CHECKING:
@@ -28,21 +26,10 @@ class _Collector(Collector):
             "vmvault_jobs", "Jobs by kind and state.", labels=["kind", "state"]
         )
         alerts = GaugeMetricFamily("vmvault_alerts", "Alerts raised, by kind.", labels=["kind"])
-        with state.catalog.session() as s:
-            query = (
-                select(Job.kind, Job.state, func.count())
-                .where(Job.vault_id == state.vault_id)
-                .group_by(Job.kind, Job.state)
-            )
-            for kind, job_state, count in s.execute(query):
-                jobs.add_metric([kind, job_state], count)
-            by_kind = (
-                select(Alert.kind, func.count())
-                .where(Alert.vault_id == state.vault_id)
-                .group_by(Alert.kind)
-            )
-            for kind, count in s.execute(by_kind):
-                alerts.add_metric([kind], count)
+        for kind, job_state, count in state.catalog.job_counts(state.vault_id):
+            jobs.add_metric([kind, job_state], count)
+        for kind, count in state.catalog.alert_counts(state.vault_id):
+            alerts.add_metric([kind], count)
         yield jobs
         yield alerts
         points = GaugeMetricFamily(

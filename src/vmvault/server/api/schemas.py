@@ -1,0 +1,72 @@
+"""What every route of the API shares: request bodies, the dependencies that give a route
+its caller (``Reader``, ``Operator``, ``Admin``) and the server's state (``State``), paging."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Query, Request
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmvault.inventory import NEW_VM_NAME_PATTERN
+from vmvault.server.accounts import Principal, Role
+from vmvault.server.auth import require
+from vmvault.server.state import ServerState
+
+Reader = Annotated[Principal, Depends(require(Role.reader))]
+Operator = Annotated[Principal, Depends(require(Role.operator))]
+Admin = Annotated[Principal, Depends(require(Role.admin))]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+# Row ids: beyond 2**53 no database (nor JavaScript) keeps them exact.
+RowId = Annotated[int, PathParam(ge=1, le=2**53)]
+NAME_PATTERN = NEW_VM_NAME_PATTERN
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackupRequest(_Body):
+    full: bool = Field(False, description="Read every disk in full, ignoring the parent point.")
+
+
+class RestoreRequest(_Body):
+    vm: str = Field(min_length=1, max_length=255, description="The VM whose point to restore.")
+    point: str = Field("latest", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:-]+$")
+    new_name: str = Field(
+        pattern=NAME_PATTERN, description="Name of the restored VM; its disks go in a folder."
+    )
+    pool: str | None = Field(None, max_length=255, description="Pool of the restore target.")
+
+
+class ProtectionRequest(_Body):
+    action: Literal["stop", "resume", "undelete"]
+    delete_data: bool = False
+
+
+class VaultSettingsRequest(_Body):
+    immutability: Literal["off", "on", "locked"] | None = None
+    soft_delete_days: int | None = Field(None, ge=14, le=180)
+
+
+class TokenRequest(_Body):
+    name: str = Field(min_length=1, max_length=255)
+    role: Literal["reader", "operator", "admin"]
+
+
+class InventoryRequest(_Body):
+    toml: str = Field(max_length=10_000_000, description="The whole inventory file, as TOML.")
+
+
+def server(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+State = Annotated[ServerState, Depends(server)]
+
+
+def page(items: list[Any], total: int, offset: int, limit: int) -> dict[str, Any]:
+    return {"items": items, "total": total, "offset": offset, "limit": limit}

@@ -1,0 +1,50 @@
+"""Health and the vault: its identity, format, points, and its protection settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from vmvault import __version__
+from vmvault.server.api.schemas import Admin, Reader, State, VaultSettingsRequest
+
+router = APIRouter()
+
+
+@router.get("/health", tags=["health"])
+def health(state: State) -> dict[str, Any]:
+    """Unauthenticated liveness: the server answers and its catalog is reachable."""
+    state.queue.running()
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/vault", tags=["vault"])
+def vault_info(state: State, _: Reader) -> dict[str, Any]:
+    from vmvault.errors import CorruptObject
+    from vmvault.protection import settings
+
+    try:
+        doc = settings(state.vault)
+    except CorruptObject as exc:  # the rest of the vault still answers; `check` names it
+        doc = {"immutability": f"unknown ({exc.message})", "soft_delete_days": None}
+    return {
+        "vault_id": state.vault_id,
+        "location": state.vault.backend.describe(),
+        "format_version": state.vault.config.version,
+        "immutability": doc["immutability"],
+        "soft_delete_days": doc["soft_delete_days"],
+        "points": len(state.points()),
+        "damaged_points": sorted(state.damaged_points()),
+    }
+
+
+@router.patch("/vault", tags=["vault"])
+def vault_settings(body: VaultSettingsRequest, state: State, _: Admin) -> dict[str, Any]:
+    from vmvault.app.protection import set_immutability, set_soft_delete
+
+    if body.soft_delete_days is not None:
+        set_soft_delete(state.ctx, body.soft_delete_days)
+    if body.immutability is not None:
+        set_immutability(state.ctx, body.immutability)
+    return vault_info(state, _)

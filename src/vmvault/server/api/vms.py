@@ -1,0 +1,118 @@
+"""VMs (the fleet, backup now, protection), policies, and the inventory file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+
+from vmvault.errors import NotFound, UsageError
+from vmvault.fleet import fleet
+from vmvault.jobs.queue import job_doc
+from vmvault.server.api.points import points_page
+from vmvault.server.api.schemas import (
+    Admin,
+    BackupRequest,
+    InventoryRequest,
+    Limit,
+    Offset,
+    Operator,
+    ProtectionRequest,
+    Reader,
+    State,
+    page,
+)
+from vmvault.server.state import ServerState
+
+router = APIRouter()
+
+
+def _fleet(state: ServerState) -> list[dict[str, Any]]:
+    from vmvault.errors import CorruptObject
+    from vmvault.protection import state_of
+
+    inventory = state.inventory()
+    points = state.points()
+
+    def status(vm: str) -> str:
+        try:
+            return state_of(state.vault, vm).status
+        except CorruptObject:
+            return "unknown"  # a damaged protection record: `check` names it
+
+    protection = {vm.name: status(vm.name) for vm in inventory.vms}
+    active = state.queue.running() + state.queue.queued()
+    return fleet(inventory, points, protection, active)
+
+
+@router.get("/vms", tags=["vms"])
+def list_vms(state: State, _: Reader, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
+    """The fleet: each VM's protection, last backup, consistency and next run."""
+    rows = _fleet(state)
+    return page(rows[offset : offset + limit], len(rows), offset, limit)
+
+
+@router.get("/vms/{name}", tags=["vms"])
+def get_vm(name: str, state: State, _: Reader) -> dict[str, Any]:
+    state.inventory().vm(name)
+    return next(row for row in _fleet(state) if row["name"] == name)
+
+
+@router.get("/vms/{name}/points", tags=["vms"])
+def vm_points(
+    name: str, state: State, _: Reader, offset: Offset = 0, limit: Limit = 50
+) -> dict[str, Any]:
+    state.inventory().vm(name)
+    return points_page(state, name, offset, limit)
+
+
+@router.post("/vms/{name}/backup", tags=["vms"], status_code=202)
+def backup_vm(
+    name: str, state: State, _: Operator, body: BackupRequest | None = None
+) -> dict[str, Any]:
+    """Queue a backup of the VM now; follow it at /jobs/{id}."""
+    vm = state.inventory().vm(name)
+    if not vm.protected_disks():
+        raise UsageError(f"{name} has no disk to back up (all are temporary)")
+    job_id = state.queue.enqueue("backup", name, {"full": bool(body and body.full), "manual": True})
+    return job_doc(state.queue.get(job_id))
+
+
+@router.post("/vms/{name}/protection", tags=["vms"])
+def vm_protection(name: str, body: ProtectionRequest, state: State, _: Admin) -> dict[str, Any]:
+    from vmvault.app.protection import change_protection
+
+    state.inventory().vm(name)
+    return change_protection(state.ctx, name, body.action, delete_data=body.delete_data)
+
+
+@router.get("/policies", tags=["policies"])
+def list_policies(state: State, _: Reader) -> dict[str, Any]:
+    policies = [p.model_dump(mode="json") for p in state.inventory().policies.values()]
+    return page(policies, len(policies), 0, len(policies) or 1)
+
+
+@router.get("/policies/{name}", tags=["policies"])
+def get_policy(name: str, state: State, _: Reader) -> dict[str, Any]:
+    policies = state.inventory().policies
+    if name not in policies:
+        raise NotFound(f"no policy {name!r}")
+    return policies[name].model_dump(mode="json")
+
+
+@router.get("/inventory", tags=["policies"])
+def get_inventory(state: State, _: Admin) -> dict[str, Any]:
+    path = state.config.inventory
+    return {"path": path, "toml": Path(path).read_text() if path else ""}
+
+
+@router.put("/inventory", tags=["policies"])
+def put_inventory(body: InventoryRequest, state: State, _: Admin) -> dict[str, Any]:
+    """Replace the inventory (VMs, pools, policies, alerts): validated, then written atomically."""
+    inventory = state.replace_inventory(body.toml)
+    return {
+        "path": state.config.inventory,
+        "vms": len(inventory.vms),
+        "policies": sorted(inventory.policies),
+    }
