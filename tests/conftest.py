@@ -1,20 +1,21 @@
-"""Shared fixtures: a vault in a temporary directory, a catalog beside it, test images."""
+"""Shared fixtures: a vault in a temporary directory, a catalog beside it, test images.
+
+Tests live in ``unit/<package>`` (pure functions and decoders), ``integration`` (the engine,
+vault, catalog, jobs and server on this machine's files and processes) and ``system`` (real
+systems beside vmvault: a booted guest, LVM, PostgreSQL, a browser; each marked). What they
+share is in ``support/``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from support.cli import PASSPHRASE
 from vmvault import testdisk
 from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.vaults import init_vault
-
-PASSPHRASE = "test passphrase"
 
 
 @pytest.fixture(autouse=True)
@@ -40,25 +41,9 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, check: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run the real `vmvault` entry point in a subprocess (exit codes, stderr, JSON)."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-c", "from vmvault.cli.main import run; run()", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        check=check,
-    )
-
-
-def same_content(a: Path, b: Path) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 20), fb.read(1 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder: ``-m unit`` runs the fast ones only."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+        if parts[0] in ("unit", "integration", "system"):
+            item.add_marker(parts[0])

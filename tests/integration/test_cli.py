@@ -1,0 +1,119 @@
+"""The CLI contract: one clear error line (or a JSON error), a non-zero exit, no data lost."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from support.cli import PASSPHRASE, run_cli, same_content
+from vmvault import testdisk
+
+MiB = testdisk.MiB
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "VMVAULT_VAULT": str(tmp_path / "vault"),
+        "VMVAULT_CATALOG": f"sqlite:///{tmp_path / 'cat.db'}",
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        **extra,
+    }
+
+
+def test_full_cycle_with_json(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    image = tmp_path / "d.img"
+    assert run_cli("testdisk", "create", str(image), "--size", "12M", env=env).returncode == 0
+    init = run_cli("init", "--json", env=env)
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["format_version"] == 1
+    backup = run_cli("backup", str(image), "--vm", "web", "--json", env=env)
+    assert backup.returncode == 0, backup.stderr
+    point = json.loads(backup.stdout)
+    assert point["vm"] == "web" and point["disks"][0]["name"] == "d"
+    listed = json.loads(run_cli("list", "--json", env=env).stdout)
+    assert [p["id"] for p in listed["points"]] == [point["id"]]
+    out = tmp_path / "r.img"
+    restored = run_cli("restore", point["id"][:10], str(out), "--json", env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["damaged"] == []
+    assert same_content(image, out)
+    verify = run_cli("verify", "latest", "--json", env=env)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
+    check = run_cli("check", "--read-data", "--json", env=env)
+    assert check.returncode == 0 and json.loads(check.stdout)["ok"] is True
+    jobs = json.loads(run_cli("jobs", "list", "--json", env=env).stdout)["jobs"]
+    assert [j["kind"] for j in jobs] == ["restore", "backup"]
+    assert all(j["state"] == "succeeded" for j in jobs)
+    text = run_cli("backup", str(image), "--vm", "web", env=env)
+    assert text.returncode == 0 and "incremental" in text.stdout
+
+
+def test_wrong_passphrase_is_one_clear_error(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert run_cli("init", env=env).returncode == 0
+    result = run_cli("list", env={**env, "VMVAULT_PASSPHRASE": "not it"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: wrong passphrase for this vault"
+    as_json = run_cli("list", "--json", env={**env, "VMVAULT_PASSPHRASE": "not it"})
+    assert json.loads(as_json.stdout)["error"]["code"] == "wrong_passphrase"
+
+
+def test_passphrase_file_and_missing_passphrase(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    key = tmp_path / "pass.txt"
+    key.write_text(PASSPHRASE + "\n")
+    assert run_cli("init", "--passphrase-file", str(key), env=env).returncode == 0
+    no_pass = {k: v for k, v in env.items() if k != "VMVAULT_PASSPHRASE"}
+    no_pass["VMVAULT_PASSPHRASE"] = ""
+    result = run_cli("list", env=no_pass)
+    assert result.returncode == 1 and "no passphrase" in result.stderr
+    ok = run_cli("list", "--passphrase-file", str(key), env=no_pass)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_bad_inputs_give_one_line(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    not_a_vault = run_cli("list", env=env)
+    assert not_a_vault.returncode == 1 and "no vault at" in not_a_vault.stderr
+    assert len(not_a_vault.stderr.strip().splitlines()) == 1
+    assert run_cli("init", env=env).returncode == 0
+    again = run_cli("init", env=env)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    missing = run_cli("backup", str(tmp_path / "nope.img"), "--vm", "x", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"error: disk {tmp_path / 'nope.img'} does not exist"
+    directory = run_cli("backup", str(tmp_path), "--vm", "x", env=env)
+    assert directory.returncode == 1 and "directory" in directory.stderr
+    unknown = run_cli("restore", "20991231", str(tmp_path / "o.img"), env=env)
+    assert unknown.returncode == 1 and "no recovery point" in unknown.stderr
+    no_vault = run_cli("list", env={**env, "VMVAULT_VAULT": ""})
+    assert no_vault.returncode == 2 and "no vault given" in no_vault.stderr
+    bad_size = run_cli("testdisk", "create", str(tmp_path / "x.img"), "--size", "lots", env=env)
+    assert bad_size.returncode == 2 and bad_size.stderr.startswith("error:")
+    for result in (missing, directory, unknown, bad_size):
+        assert "Traceback" not in result.stderr
+
+
+def test_malformed_vault_config_is_named(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert run_cli("init", env=env).returncode == 0
+    (tmp_path / "vault" / "config").write_text("{not json")
+    result = run_cli("list", env=env)
+    assert result.returncode == 1 and "vault config is malformed" in result.stderr
+    (tmp_path / "vault" / "config").write_text(
+        json.dumps({"format": "vmvault-vault", "version": 99})
+    )
+    newer = run_cli("list", env=env)
+    assert newer.returncode == 1 and "version 99 is not supported" in newer.stderr
+
+
+def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    (tmp_path / "vault").mkdir()
+    (tmp_path / "vault" / "precious.txt").write_text("keep me")
+    result = run_cli("init", env=env)
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (tmp_path / "vault" / "precious.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path / "vault")) == ["precious.txt"]
