@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import zstandard
-
 from vmvault.disks.source import DiskSource
+from vmvault.engine.blobs import Compressor, compressible, encode_blob
 from vmvault.engine.blocks import map_blocks
+from vmvault.engine.parents import parent_manifests
 from vmvault.engine.progress import (
     ProgressCallback,
     ProgressEvent,
@@ -36,7 +36,7 @@ from vmvault.engine.progress import (
     no_progress,
 )
 from vmvault.engine.throttle import INTERRUPT_EVERY, TokenBucket
-from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, UsageError
+from vmvault.errors import CorruptObject, UsageError
 from vmvault.model.point import (
     ConsistencyDoc,
     DiskEntry,
@@ -45,15 +45,9 @@ from vmvault.model.point import (
     RecoveryPoint,
 )
 from vmvault.vault.config import new_point_id
-from vmvault.vault.format import ENCODING_RAW, ENCODING_ZSTD, KIND_DATA, ZERO_ID, DiskManifest
+from vmvault.vault.format import KIND_DATA, ZERO_ID, DiskManifest
 from vmvault.vault.packs import PackWriter
 from vmvault.vault.vault import Vault
-
-# Compression is skipped for chunks whose sample does not shrink: random data, media,
-# encrypted guests. Probing a 4 KiB sample costs ~1/30 of compressing the chunk.
-PROBE_SIZE = 4096
-PROBE_KEEP = 0.95
-STORE_RAW_ABOVE = 0.97
 
 
 @dataclass
@@ -110,35 +104,6 @@ class DiskInput:
 class BackupResult:
     point: RecoveryPoint
     stats: dict[str, DiskStats] = field(default_factory=dict)
-
-
-class Compressor(threading.local):
-    def __init__(self, level: int) -> None:
-        self.zstd = zstandard.ZstdCompressor(level=level)
-        self.probe = zstandard.ZstdCompressor(level=1)
-
-
-def compressible(piece: memoryview, compressor: Compressor) -> bool:
-    """Whether a chunk is worth compressing, judged from a 4 KiB sample of its middle."""
-    if len(piece) <= PROBE_SIZE:
-        return True
-    middle = (len(piece) - PROBE_SIZE) // 2
-    sample = compressor.probe.compress(piece[middle : middle + PROBE_SIZE])
-    return len(sample) <= PROBE_SIZE * PROBE_KEEP
-
-
-def encode_blob(
-    pieces: Sequence[memoryview], compress: bool, compressor: Compressor
-) -> tuple[int, bytes | memoryview]:
-    """A run of chunks as one payload, compressed together where that pays."""
-    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    if compress:
-        # One contiguous input: zstd's streaming API over separate pieces takes its slower
-        # external-dictionary path (measured: 14 % of all backup CPU), a copy costs less.
-        compressed = compressor.zstd.compress(data)
-        if len(compressed) <= len(data) * STORE_RAW_ABOVE:
-            return ENCODING_ZSTD, compressed
-    return ENCODING_RAW, data
 
 
 class DiskBackup:
@@ -404,34 +369,6 @@ def _runs(flags: Sequence[bool]) -> list[tuple[int, int, bool]]:
         runs.append((i, j, flags[i]))
         i = j
     return runs
-
-
-def parent_manifests(
-    vault: Vault, vm: str, names: Sequence[str]
-) -> dict[str, tuple[str, DiskManifest]]:
-    """For each disk name, the newest committed point of ``vm`` holding it, and its manifest.
-
-    One pass over the points, newest first; a damaged manifest is skipped (the disk then
-    compares against an older point, or none).
-    """
-    found: dict[str, tuple[str, DiskManifest]] = {}
-    wanted = set(names)
-    for point_id in reversed(vault.point_ids()):
-        if wanted <= found.keys():
-            break
-        try:
-            point = vault.get_point(point_id)
-        except (CorruptObject, ObjectMissing, PointNotFound):
-            continue  # a damaged point is no parent; `check` and the listing name it
-        if point.get("vm") != vm:
-            continue
-        for disk in point["disks"]:
-            if disk["name"] in wanted and disk["name"] not in found:
-                try:
-                    found[disk["name"]] = (point_id, vault.get_manifest(disk["manifest"]))
-                except (CorruptObject, ObjectMissing):
-                    continue  # damaged or lost: compare with an older point, or none
-    return found
 
 
 def backup(

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmvault.engine.backup import Compressor, encode_blob
+from vmvault.engine.blobs import Compressor, encode_blob
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, VmvaultError
 from vmvault.vault.format import ZERO_ID, PackEntry
 from vmvault.vault.locks import live_locks

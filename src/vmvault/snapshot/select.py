@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from vmvault.engine.backup import parent_manifests
+from vmvault.engine.parents import parent_manifests
 from vmvault.errors import UsageError
 from vmvault.snapshot.base import SnapshotProvider
 from vmvault.snapshot.providers import choose_provider

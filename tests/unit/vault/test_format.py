@@ -79,7 +79,7 @@ def test_payload_round_trip(data: bytes) -> None:
 
 @given(st.lists(st.binary(max_size=3000), min_size=1, max_size=6), st.booleans())
 def test_encode_blob_round_trip(pieces: list[bytes], compress: bool) -> None:
-    from vmvault.engine.backup import Compressor, encode_blob
+    from vmvault.engine.blobs import Compressor, encode_blob
 
     joined = b"".join(pieces)
     encoding, payload = encode_blob([memoryview(p) for p in pieces], compress, Compressor(3))

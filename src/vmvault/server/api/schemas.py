@@ -10,6 +10,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmvault.inventory import NEW_VM_NAME_PATTERN
+from vmvault.policy import SOFT_DELETE_RANGE
 from vmvault.server.accounts import Principal, Role
 from vmvault.server.auth import require
 from vmvault.server.state import ServerState
@@ -48,7 +49,7 @@ class ProtectionRequest(_Body):
 
 class VaultSettingsRequest(_Body):
     immutability: Literal["off", "on", "locked"] | None = None
-    soft_delete_days: int | None = Field(None, ge=14, le=180)
+    soft_delete_days: int | None = Field(None, ge=SOFT_DELETE_RANGE[0], le=SOFT_DELETE_RANGE[1])
 
 
 class TokenRequest(_Body):
