@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vmvault import __version__
 from vmvault.errors import VmvaultError
 from vmvault.server.accounts import Principal, RefusalLog, Role
+from vmvault.server.api import router
 from vmvault.server.auth import (
     PRE_AUTHENTICATED,
     SAFE_METHODS,
@@ -30,6 +31,8 @@ from vmvault.server.auth import (
     remote_address,
     require,
 )
+from vmvault.server.dashboard import mount
+from vmvault.server.metrics import render
 from vmvault.server.state import ServerConfig, ServerState
 
 MiB = 1 << 20
@@ -282,23 +285,17 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
-    from vmvault.server.api import router
-
     app.include_router(router)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     def metrics(_: Principal = Depends(require(Role.reader))) -> Response:
         """Prometheus text format: jobs by state, points and last backup per VM, alerts."""
-        from vmvault.server.metrics import render
-
         body, content_type = render(server)
         return Response(body, media_type=content_type)
 
     @app.get("/api/openapi.json", include_in_schema=False)
     def openapi(_: Principal = Depends(require(Role.reader))) -> JSONResponse:
         return JSONResponse(app.openapi())
-
-    from vmvault.server.dashboard import mount
 
     mount(app, server)
     return app

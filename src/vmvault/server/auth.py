@@ -25,6 +25,7 @@ from fastapi import Request
 
 from vmvault.errors import VmvaultError
 from vmvault.server.accounts import Principal, Role
+from vmvault.server.state import ServerState
 
 SESSION_COOKIE = "vmvault_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -168,8 +169,6 @@ def principal_of(request: Request) -> Principal | None:
     query string. Session cookies are not throttled: a browser sends its expired cookie with
     every poll of a page left open, and a cookie is 256 random bits no one guesses.
     """
-    from vmvault.server.state import ServerState
-
     known = request.scope.get("state", {})
     if PRE_AUTHENTICATED in known:
         principal: Principal | None = known[PRE_AUTHENTICATED]

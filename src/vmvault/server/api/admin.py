@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from vmvault.alerts.store import alert_doc, list_alerts
 from vmvault.errors import Conflict
 from vmvault.server.accounts import token_doc
 from vmvault.server.api.schemas import (
@@ -24,7 +25,6 @@ router = APIRouter()
 
 @router.get("/alerts", tags=["alerts"])
 def alerts(state: State, _: Reader, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
-    from vmvault.alerts.store import alert_doc, list_alerts
 
     total, rows = list_alerts(state.catalog, state.vault_id, offset=offset, limit=limit)
     return page([alert_doc(a) for a in rows], total, offset, limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from vmvault.errors import UsageError
+from vmvault.planning.chart import render_load_chart
+from vmvault.planning.runner import cost_report, run_plan
 from vmvault.server.api.schemas import Reader, State
 
 if TYPE_CHECKING:
@@ -58,7 +61,6 @@ def _budgets(inventory: Inventory) -> dict[str, float]:
 def plan(state: State, _: Reader, day: DayQuery = None, stagger: bool = False) -> dict[str, Any]:
     """Tomorrow's (or ``day``'s) schedule simulated: starts, ends, pool load against the
     pool's budget (``budget_mb_s``, null for disks without a pool), findings."""
-    from vmvault.planning.runner import run_plan
 
     inventory = state.inventory()
     result = run_plan(state.ctx, inventory, _plan_day(day), stagger=stagger)
@@ -76,10 +78,6 @@ def plan(state: State, _: Reader, day: DayQuery = None, stagger: bool = False) -
 )
 def plan_chart(state: State, _: Reader, day: DayQuery = None) -> Response:
     """Each pool's load over the day against its budget, as an SVG chart."""
-    import tempfile
-
-    from vmvault.planning.chart import render_load_chart
-    from vmvault.planning.runner import run_plan
 
     inventory = state.inventory()
     result = run_plan(state.ctx, inventory, _plan_day(day))
@@ -96,7 +94,6 @@ def cost(
 ) -> dict[str, Any]:
     """This month's bill per VM: protected instances by size tier, and vault storage, with
     the inventory's ``[pricing]`` table."""
-    from vmvault.planning.runner import cost_report
 
     prices = state.inventory().pricing.table()
     return cost_report(state.ctx, currency=currency, prices=prices).to_dict()

@@ -7,6 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from vmvault import __version__
+from vmvault.app.protection import set_immutability, set_soft_delete
+from vmvault.errors import CorruptObject
+from vmvault.protection import settings
 from vmvault.server.api.schemas import Admin, Reader, State, VaultSettingsRequest
 
 router = APIRouter()
@@ -21,8 +24,6 @@ def health(state: State) -> dict[str, Any]:
 
 @router.get("/vault", tags=["vault"])
 def vault_info(state: State, _: Reader) -> dict[str, Any]:
-    from vmvault.errors import CorruptObject
-    from vmvault.protection import settings
 
     try:
         doc = settings(state.vault)
@@ -41,7 +42,6 @@ def vault_info(state: State, _: Reader) -> dict[str, Any]:
 
 @router.patch("/vault", tags=["vault"])
 def vault_settings(body: VaultSettingsRequest, state: State, _: Admin) -> dict[str, Any]:
-    from vmvault.app.protection import set_immutability, set_soft_delete
 
     if body.soft_delete_days is not None:
         set_soft_delete(state.ctx, body.soft_delete_days)

@@ -7,9 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from vmvault.errors import NotFound, UsageError
+from vmvault.app.protection import change_protection
+from vmvault.errors import CorruptObject, NotFound, UsageError
 from vmvault.fleet import fleet
 from vmvault.jobs.queue import job_doc
+from vmvault.protection import state_of
 from vmvault.server.api.points import points_page
 from vmvault.server.api.schemas import (
     Admin,
@@ -29,8 +31,6 @@ router = APIRouter()
 
 
 def _fleet(state: ServerState) -> list[dict[str, Any]]:
-    from vmvault.errors import CorruptObject
-    from vmvault.protection import state_of
 
     inventory = state.inventory()
     points = state.points()
@@ -81,7 +81,6 @@ def backup_vm(
 
 @router.post("/vms/{name}/protection", tags=["vms"])
 def vm_protection(name: str, body: ProtectionRequest, state: State, _: Admin) -> dict[str, Any]:
-    from vmvault.app.protection import change_protection
 
     state.inventory().vm(name)
     return change_protection(state.ctx, name, body.action, delete_data=body.delete_data)
