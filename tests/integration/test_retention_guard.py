@@ -150,7 +150,7 @@ def test_a_vault_with_per_policy_records_is_guarded_too(tmp_path: Path, ctx: Con
     doc = protection.settings(vault)
     doc["retention"] = {"nightly": {"daily_days": 30}}
     doc["immutability"] = "locked"
-    protection._save_settings(vault, doc)
+    protection.save_settings(vault, doc)
     shorter = parse_inventory(_inventory(tmp_path, "nightly", 2), "inv.toml")
     with pytest.raises(ImmutableVaultError, match="web"):
         run_prune(ctx, shorter)
@@ -188,7 +188,7 @@ def _legacy_locked_vault(ctx: Context, records: dict[str, int]) -> None:
     doc.pop("retention_by_vm", None)
     doc["retention"] = {name: {"daily_days": days} for name, days in records.items()}
     doc["immutability"] = "locked"
-    protection._save_settings(vault, doc)
+    protection.save_settings(vault, doc)
 
 
 def test_an_old_vault_is_guarded_when_the_policy_is_renamed(tmp_path: Path, ctx: Context) -> None:

@@ -11,6 +11,7 @@ from vmvault import protection
 from vmvault.app.context import Context
 from vmvault.app.records import raise_alert
 from vmvault.errors import UsageError
+from vmvault.model.settings import VaultSettings
 from vmvault.policy import ProtectionState, upcoming_purge_alert
 from vmvault.vault.vault import Vault
 
@@ -51,7 +52,7 @@ def change_protection(
     return protection_doc(vm, state)
 
 
-def set_immutability(ctx: Context, value: str) -> dict[str, Any]:
+def set_immutability(ctx: Context, value: str) -> VaultSettings:
     vault = ctx.open_vault(load_index=False)
     before = protection.settings(vault)["immutability"]
     doc = protection.set_vault_immutability(vault, value)
@@ -65,7 +66,7 @@ def set_immutability(ctx: Context, value: str) -> dict[str, Any]:
     return doc
 
 
-def set_soft_delete(ctx: Context, days: int) -> dict[str, Any]:
+def set_soft_delete(ctx: Context, days: int) -> VaultSettings:
     vault = ctx.open_vault(load_index=False)
     before = int(protection.settings(vault)["soft_delete_days"])
     doc = protection.set_soft_delete_days(vault, days)

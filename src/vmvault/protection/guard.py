@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vmvault.model.settings import VaultSettings
 from vmvault.policy import Retention, retention_shortened
 from vmvault.policy.errors import ImmutableVaultError
 from vmvault.policy.retention import RETENTION_COUNTS
@@ -55,7 +56,7 @@ def _longest(records: list[Retention]) -> Retention:
     )
 
 
-def _migrate_per_policy_records(vault: Vault, doc: dict[str, Any], inventory: Inventory) -> bool:
+def _migrate_per_policy_records(vault: Vault, doc: VaultSettings, inventory: Inventory) -> bool:
     """Move the records of older vaults (``retention``: one per policy name) to the VMs.
 
     Each VM that has points gets its policy's record if the inventory still gives it a

@@ -8,9 +8,10 @@ per VM), so the state travels with the data and no name appears in a key.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import cast
 
 from vmvault.errors import CorruptObject
+from vmvault.model.settings import VaultSettings
 from vmvault.policy import (
     SOFT_DELETE_DAYS,
     ProtectionState,
@@ -23,30 +24,37 @@ from vmvault.policy import (
     undelete,
 )
 from vmvault.policy.errors import ImmutableVaultError, PolicyError
+from vmvault.policy.model import IMMUTABILITY_STATES
 from vmvault.vault.documents import AAD_PROTECTION, AAD_SETTINGS, SETTINGS_KEY, protection_key
 from vmvault.vault.vault import Vault
 
-if TYPE_CHECKING:
-    pass
 
-
-def settings(vault: Vault) -> dict[str, Any]:
+def settings(vault: Vault) -> VaultSettings:
+    """The vault's settings (defaults before any were written); ``CorruptObject`` if the
+    document does not hold them."""
     doc = vault.get_document(SETTINGS_KEY, AAD_SETTINGS)
-    return doc if doc is not None else {"immutability": "off", "soft_delete_days": SOFT_DELETE_DAYS}
+    if doc is None:
+        return {"immutability": "off", "soft_delete_days": SOFT_DELETE_DAYS}
+    if (
+        doc.get("immutability") not in IMMUTABILITY_STATES
+        or type(doc.get("soft_delete_days")) is not int
+    ):
+        raise CorruptObject(f"{SETTINGS_KEY}: no immutability or soft delete days")
+    return cast("VaultSettings", doc)
 
 
-def save_settings(vault: Vault, doc: dict[str, Any]) -> None:
+def save_settings(vault: Vault, doc: VaultSettings) -> None:
     vault.put_document(SETTINGS_KEY, doc, AAD_SETTINGS)
 
 
-def set_vault_immutability(vault: Vault, value: str) -> dict[str, Any]:
+def set_vault_immutability(vault: Vault, value: str) -> VaultSettings:
     doc = settings(vault)
     doc["immutability"] = set_immutability(doc["immutability"], value)  # type: ignore[arg-type]
     save_settings(vault, doc)
     return doc
 
 
-def set_soft_delete_days(vault: Vault, days: int) -> dict[str, Any]:
+def set_soft_delete_days(vault: Vault, days: int) -> VaultSettings:
     doc = settings(vault)
     doc["soft_delete_days"] = check_soft_delete_days(days)
     save_settings(vault, doc)

@@ -7,7 +7,7 @@ store and fetch chunks, records, manifests and recovery points.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,7 +156,7 @@ class Vault:
             return None
         return decode_json(self.cipher.open(sealed, aad, key), key)
 
-    def put_document(self, key: str, doc: dict[str, Any] | None, aad: bytes) -> None:
+    def put_document(self, key: str, doc: Mapping[str, Any] | None, aad: bytes) -> None:
         """Replace a small sealed JSON object whole (None deletes it)."""
         if doc is None:
             self.backend.delete(key)

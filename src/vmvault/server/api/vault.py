@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter
@@ -24,7 +25,7 @@ def health(state: State) -> dict[str, Any]:
 
 @router.get("/vault", tags=["vault"])
 def vault_info(state: State, _: Reader) -> dict[str, Any]:
-
+    doc: Mapping[str, object]
     try:
         doc = settings(state.vault)
     except CorruptObject as exc:  # the rest of the vault still answers; `check` names it
