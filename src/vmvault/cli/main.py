@@ -707,20 +707,20 @@ def reindex_cmd(
 
 
 def _register_extra_commands() -> None:
-    from vmvault.cli import demo, jobs_cmd, protection_cmd, server_cmd, testdisk_cmd, vm_cmd
+    from vmvault.cli.commands import demo, jobs, protection, server, testdisk, vm
 
     app.command("demo")(demo.demo_cmd)
-    app.add_typer(testdisk_cmd.app, name="testdisk")
-    app.add_typer(vm_cmd.app, name="vm")
-    app.add_typer(jobs_cmd.app, name="jobs")
-    app.command("worker")(jobs_cmd.worker)
-    app.command("scheduler")(jobs_cmd.scheduler)
-    app.add_typer(protection_cmd.app, name="protection")
-    vault_app.command("immutability")(protection_cmd.immutability)
-    vault_app.command("soft-delete")(protection_cmd.soft_delete)
-    app.command("serve")(server_cmd.serve)
-    app.add_typer(server_cmd.token_app, name="token")
-    app.add_typer(server_cmd.alerts_app, name="alerts")
+    app.add_typer(testdisk.app, name="testdisk")
+    app.add_typer(vm.app, name="vm")
+    app.add_typer(jobs.app, name="jobs")
+    app.command("worker")(jobs.worker)
+    app.command("scheduler")(jobs.scheduler)
+    app.add_typer(protection.app, name="protection")
+    vault_app.command("immutability")(protection.immutability)
+    vault_app.command("soft-delete")(protection.soft_delete)
+    app.command("serve")(server.serve)
+    app.add_typer(server.token_app, name="token")
+    app.add_typer(server.alerts_app, name="alerts")
 
 
 _register_extra_commands()
