@@ -144,7 +144,7 @@ def backup_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Back up a VM: scripts, freeze, snapshot, all non-temporary disks in parallel."""
-    from vmvault.cli.main import print_point
+    from vmvault.cli.commands.points import print_point
     from vmvault.cli.output import progress_bar
 
     if remote() is not None:

@@ -1,0 +1,293 @@
+"""Recovery points: back up disks, list, restore, verify, forget, prune (retention)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from vmvault.app.backup import run_backup
+from vmvault.app.disks import DiskSpec
+from vmvault.app.points import forget_point, list_points
+from vmvault.app.restore import run_restore, run_verify
+from vmvault.app.retention import run_prune
+from vmvault.cli.options import (
+    CatalogOpt,
+    InventoryOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+    rate_limit_bytes,
+    remote,
+)
+from vmvault.cli.output import console, emit_json, guarded, human_bytes, progress_bar
+from vmvault.errors import EXIT_DAMAGE, UsageError
+
+
+def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[DiskSpec]:
+    if names and len(names) != len(images):
+        raise UsageError("give one --disk-name per image, or none")
+    if not names:
+        names = [Path(img).stem or f"disk{i}" for i, img in enumerate(images)]
+        if len(set(names)) != len(names):
+            names = [f"disk{i}" for i in range(len(images))]
+    return [DiskSpec(n, img, format=fmt) for n, img in zip(names, images, strict=True)]
+
+
+def backup_cmd(
+    images: list[str] = typer.Argument(..., help="Disk images or block devices of one VM."),
+    vm: str = typer.Option(..., "--vm", help="Name of the VM the disks belong to."),
+    disk_name: list[str] | None = typer.Option(None, "--disk-name", help="Name per disk."),
+    full: bool = typer.Option(False, "--full", help="Ignore the parent point: read everything."),
+    fmt: str = typer.Option(
+        "raw", "--format", "-f", help="Image format: raw, qcow2, vpc (VHD) or vhdx."
+    ),
+    limit_rate: float | None = typer.Option(
+        None, "--limit-rate", help="Read at most this many MB/s per disk."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Back up the disks of a VM into a new recovery point (incremental after the first)."""
+
+    def act() -> dict[str, Any]:
+        ctx = context(vault, catalog, passphrase_file)
+        rate = rate_limit_bytes(limit_rate)
+        with progress_bar(not json) as progress:
+            return run_backup(
+                ctx,
+                vm,
+                _disk_specs(images, disk_name, fmt),
+                full=full,
+                workers=workers,
+                rate_limit=rate,
+                progress=progress,
+            )
+
+    point = guarded(json, act)
+    if json:
+        emit_json(point)
+    else:
+        print_point(point)
+
+
+def print_point(point: dict[str, Any]) -> None:
+    """A backup's summary: per disk what was read, changed, new and written, and how fast."""
+    table = Table(title=f"recovery point {point['id']} ({point['type']}, {point['vm']})")
+    for col in ("disk", "size", "read", "changed", "new", "written", "time", "MB/s"):
+        table.add_column(col, justify="left" if col == "disk" else "right")
+    for d in point["disks"]:
+        st = d["stats"]
+        seconds = max(st["seconds"], 1e-9)
+        table.add_row(
+            d["name"],
+            human_bytes(d["size"]),
+            human_bytes(st["read"]),
+            human_bytes(st["changed"]),
+            human_bytes(st["new"]),
+            human_bytes(st["stored"]),
+            f"{st['seconds']:.2f} s",
+            f"{d['size'] / seconds / 1e6:.0f}",
+        )
+    console.print(table)
+    for d in point.get("excluded", []):
+        console.print(f"excluded: {d['name']} ({d['reason']})")
+    level = point["consistency"]
+    console.print(f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})")
+
+
+def list_cmd(
+    vm: str | None = typer.Option(None, "--vm", help="Only this VM's points."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """List recovery points."""
+    from vmvault.fleet import point_summary
+
+    if (server := remote()) is not None:
+        page = guarded(json, lambda: server.get("/api/v1/points", vm=vm, limit=500))
+        points = page["items"]
+        points.reverse()  # oldest first, as locally
+        summaries = points
+        damaged = page.get("damaged", [])
+    else:
+        listing = guarded(json, lambda: list_points(context(vault, catalog, passphrase_file), vm))
+        points = listing.points
+        summaries = [point_summary(p) for p in points]
+        damaged = listing.damaged_docs()
+    if json:
+        emit_json({"points": points, "damaged": damaged})
+        return
+    table = Table(title="recovery points")
+    for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
+        table.add_column(col)
+    for p in summaries:
+        table.add_row(
+            p["id"],
+            p["vm"],
+            p["type"],
+            p["consistency"],
+            ", ".join(p["disks"]),
+            human_bytes(p["size"]),
+            human_bytes(p["changed"]),
+            human_bytes(p["stored"]),
+        )
+    console.print(table)
+    for d in damaged:
+        console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
+
+
+def restore(
+    point: str = typer.Argument(..., help="Point id (or a unique prefix, or 'latest')."),
+    target: str = typer.Argument(..., help="File (created sparse) or block device."),
+    disk: str | None = typer.Option(None, "--disk", help="Which disk of the point."),
+    fmt: str = typer.Option(
+        "raw", "--format", "-f", help="Target format: raw, qcow2, vpc (VHD) or vhdx."
+    ),
+    vm: str | None = typer.Option(None, "--vm", help="With 'latest': the VM's latest point."),
+    ignore_errors: bool = typer.Option(
+        False, "--ignore-errors", help="Restore all that is readable; list the damaged ranges."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
+    sync: bool = typer.Option(False, "--sync", help="fsync a file target before finishing."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing file (never written through a symlink)."
+    ),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Restore a disk of a recovery point, verifying every chunk."""
+
+    def act() -> dict[str, Any]:
+        ctx = context(vault, catalog, passphrase_file)
+        with progress_bar(not json) as progress:
+            report = run_restore(
+                ctx,
+                point,
+                target,
+                disk=disk,
+                vm=vm,
+                target_format=fmt,
+                ignore_errors=ignore_errors,
+                workers=workers,
+                sync=sync,
+                force=force,
+                progress=progress,
+            )
+        return {"target": os.path.abspath(target), **report.to_dict()}
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+        return
+    rate = doc["size"] / max(doc["seconds"], 1e-9) / 1e6
+    console.print(
+        f"restored {doc['disk']} to {doc['target']}: {human_bytes(doc['size'])}, "
+        f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate:.0f} MB/s)"
+    )
+    for d in doc["damaged"]:
+        console.print(f"[red]damaged[/] bytes {d['start']}-{d['end']}: {d['reason']}")
+
+
+def verify(
+    point: str = typer.Argument("latest", help="Point id (or a unique prefix, or 'latest')."),
+    vm: str | None = typer.Option(None, "--vm", help="With 'latest': the VM's latest point."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Read back every chunk of a point: authenticate, decompress, re-hash."""
+
+    def act() -> dict[str, Any]:
+        if (server := remote()) is not None:
+            from vmvault.cli.remote import RemoteError
+
+            point_id = server.point_id(point, vm)
+            job = server.wait(server.post(f"/api/v1/points/{point_id}/verify")["id"])
+            if job["state"] != "succeeded" and not job["details"].get("disks"):
+                raise RemoteError(str(job["error_code"]), f"server: {job['error_message']}")
+            disks = job["details"]["disks"]
+        else:
+            ctx = context(vault, catalog, passphrase_file)
+            with progress_bar(not json) as progress:
+                point_id, reports = run_verify(ctx, point, vm=vm, progress=progress)
+            disks = [r.to_dict() for r in reports]
+        return {"point": point_id, "ok": not any(d["damaged"] for d in disks), "disks": disks}
+
+    doc = guarded(json, act)
+    if json:
+        emit_json(doc)
+    else:
+        for d in doc["disks"]:
+            state = "[green]ok[/]" if not d["damaged"] else "[red]DAMAGED[/]"
+            console.print(
+                f"{doc['point']} {d['disk']}: {state}, {d['chunks']} chunks, "
+                f"{human_bytes(d['bytes_verified'])} verified"
+            )
+            for r in d["damaged"]:
+                console.print(f"  [red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
+    if not doc["ok"]:
+        raise typer.Exit(EXIT_DAMAGE)
+
+
+def forget(
+    point: str = typer.Argument(..., help="Point id (or a unique prefix)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Delete a recovery point; its data is freed by the next `vmvault gc`."""
+    point_id = guarded(json, lambda: forget_point(context(vault, catalog, passphrase_file), point))
+    if json:
+        emit_json({"forgotten": point_id})
+    else:
+        console.print(f"forgot {point_id}; run `vmvault gc` to free its data")
+
+
+def prune(
+    vm: str | None = typer.Option(None, "--vm", help="Only this VM (default: every VM)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Apply each VM's retention policy (GFS): delete the points it no longer keeps."""
+    from vmvault.inventory import load_inventory
+
+    doc = guarded(
+        json,
+        lambda: run_prune(
+            context(vault, catalog, passphrase_file),
+            load_inventory(inventory),
+            vm_name=vm,
+            dry_run=dry_run,
+        ),
+    )
+    if json:
+        emit_json(doc)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for name, plan in doc["vms"].items():
+        console.print(
+            f"{name} (policy {plan['policy']}): keeps {len(plan['keep'])}, "
+            f"{verb} {len(plan['prune'])}"
+        )
+        for point_id, reasons in plan["keep"].items():
+            console.print(f"  keep   {point_id}  {', '.join(reasons)}")
+        for point_id in plan["prune"]:
+            console.print(f"  [red]delete[/] {point_id}")
