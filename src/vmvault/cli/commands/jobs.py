@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from vmvault.cli.options import (
     CatalogOpt,
@@ -18,7 +17,14 @@ from vmvault.cli.options import (
     maintenance_time,
     remote,
 )
-from vmvault.cli.output import console, emit_json, guarded, human_bytes
+from vmvault.cli.output import emit_json, guarded, show
+from vmvault.cli.render.jobs import (
+    print_cancelled,
+    print_job,
+    print_jobs,
+    print_queued,
+    print_worker_ran,
+)
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
 
@@ -55,24 +61,8 @@ def list_jobs(
     jobs = guarded(json, act)
     if json:
         emit_json({"jobs": jobs})
-        return
-    table = Table(title="jobs")
-    for col in ("id", "kind", "vm", "state", "queued", "wait", "point", "read", "written", "error"):
-        table.add_column(col)
-    for j in jobs:
-        table.add_row(
-            str(j["id"]),
-            j["kind"],
-            j["vm"] or "",
-            j["state"],
-            str(j["queued_at"] or j["started_at"])[:19],
-            f"{j['queue_wait'] or 0:.0f} s",
-            j["point_id"] or "",
-            human_bytes(j["bytes_read"] or 0),
-            human_bytes(j["bytes_written"] or 0),
-            j["error_message"] or "",
-        )
-    console.print(table)
+    else:
+        print_jobs(jobs)
 
 
 @app.command("show")
@@ -90,12 +80,7 @@ def show_job(
             return dict(server.get(f"/api/v1/jobs/{job_id}"))
         return job_doc(_queue(vault, catalog, passphrase_file).get(job_id))
 
-    doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-        return
-    for key, value in doc.items():
-        console.print(f"{key:14} {value}")
+    show(guarded(json, act), json, print_job)
 
 
 @app.command("cancel")
@@ -113,11 +98,7 @@ def cancel_job(
             return str(server.post(f"/api/v1/jobs/{job_id}/cancel")["outcome"])
         return str(_queue(vault, catalog, passphrase_file).cancel(job_id))
 
-    state = guarded(json, act)
-    if json:
-        emit_json({"id": job_id, "state": state})
-    else:
-        console.print(f"job {job_id}: {state}")
+    show({"id": job_id, "state": guarded(json, act)}, json, print_cancelled)
 
 
 @app.command("run-now")
@@ -144,7 +125,7 @@ def run_now(
     if json:
         emit_json({"id": job_id, "state": "queued"})
     else:
-        console.print(f"queued job {job_id}: backup of {vm}")
+        print_queued(job_id, vm)
 
 
 def worker(
@@ -172,7 +153,7 @@ def worker(
     if json:
         emit_json({"jobs_run": started})
     else:
-        console.print(f"ran {len(started)} job(s): {', '.join(map(str, started)) or '-'}")
+        print_worker_ran(started)
 
 
 def scheduler(

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from vmvault.app.backup import run_backup
 from vmvault.app.disks import DiskSpec
@@ -24,7 +23,15 @@ from vmvault.cli.options import (
     rate_limit_bytes,
     remote,
 )
-from vmvault.cli.output import console, emit_json, guarded, human_bytes, progress_bar
+from vmvault.cli.output import emit_json, guarded, progress_bar, show
+from vmvault.cli.render.points import (
+    print_forgotten,
+    print_point,
+    print_points,
+    print_pruned,
+    print_restored,
+    print_verified,
+)
 from vmvault.errors import EXIT_DAMAGE, UsageError
 
 
@@ -71,36 +78,7 @@ def backup_cmd(
                 progress=progress,
             )
 
-    point = guarded(json, act)
-    if json:
-        emit_json(point)
-    else:
-        print_point(point)
-
-
-def print_point(point: dict[str, Any]) -> None:
-    """A backup's summary: per disk what was read, changed, new and written, and how fast."""
-    table = Table(title=f"recovery point {point['id']} ({point['type']}, {point['vm']})")
-    for col in ("disk", "size", "read", "changed", "new", "written", "time", "MB/s"):
-        table.add_column(col, justify="left" if col == "disk" else "right")
-    for d in point["disks"]:
-        st = d["stats"]
-        seconds = max(st["seconds"], 1e-9)
-        table.add_row(
-            d["name"],
-            human_bytes(d["size"]),
-            human_bytes(st["read"]),
-            human_bytes(st["changed"]),
-            human_bytes(st["new"]),
-            human_bytes(st["stored"]),
-            f"{st['seconds']:.2f} s",
-            f"{d['size'] / seconds / 1e6:.0f}",
-        )
-    console.print(table)
-    for d in point.get("excluded", []):
-        console.print(f"excluded: {d['name']} ({d['reason']})")
-    level = point["consistency"]
-    console.print(f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})")
+    show(guarded(json, act), json, print_point)
 
 
 def list_cmd(
@@ -126,24 +104,8 @@ def list_cmd(
         damaged = listing.damaged_docs()
     if json:
         emit_json({"points": points, "damaged": damaged})
-        return
-    table = Table(title="recovery points")
-    for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
-        table.add_column(col)
-    for p in summaries:
-        table.add_row(
-            p["id"],
-            p["vm"],
-            p["type"],
-            p["consistency"],
-            ", ".join(p["disks"]),
-            human_bytes(p["size"]),
-            human_bytes(p["changed"]),
-            human_bytes(p["stored"]),
-        )
-    console.print(table)
-    for d in damaged:
-        console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
+    else:
+        print_points(summaries, damaged)
 
 
 def restore(
@@ -187,17 +149,7 @@ def restore(
             )
         return {"target": os.path.abspath(target), **report.to_dict()}
 
-    doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-        return
-    rate = doc["size"] / max(doc["seconds"], 1e-9) / 1e6
-    console.print(
-        f"restored {doc['disk']} to {doc['target']}: {human_bytes(doc['size'])}, "
-        f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate:.0f} MB/s)"
-    )
-    for d in doc["damaged"]:
-        console.print(f"[red]damaged[/] bytes {d['start']}-{d['end']}: {d['reason']}")
+    show(guarded(json, act), json, print_restored)
 
 
 def verify(
@@ -227,17 +179,7 @@ def verify(
         return {"point": point_id, "ok": not any(d["damaged"] for d in disks), "disks": disks}
 
     doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-    else:
-        for d in doc["disks"]:
-            state = "[green]ok[/]" if not d["damaged"] else "[red]DAMAGED[/]"
-            console.print(
-                f"{doc['point']} {d['disk']}: {state}, {d['chunks']} chunks, "
-                f"{human_bytes(d['bytes_verified'])} verified"
-            )
-            for r in d["damaged"]:
-                console.print(f"  [red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
+    show(doc, json, print_verified)
     if not doc["ok"]:
         raise typer.Exit(EXIT_DAMAGE)
 
@@ -251,10 +193,7 @@ def forget(
 ) -> None:
     """Delete a recovery point; its data is freed by the next `vmvault gc`."""
     point_id = guarded(json, lambda: forget_point(context(vault, catalog, passphrase_file), point))
-    if json:
-        emit_json({"forgotten": point_id})
-    else:
-        console.print(f"forgot {point_id}; run `vmvault gc` to free its data")
+    show({"forgotten": point_id}, json, print_forgotten)
 
 
 def prune(
@@ -278,16 +217,4 @@ def prune(
             dry_run=dry_run,
         ),
     )
-    if json:
-        emit_json(doc)
-        return
-    verb = "would delete" if dry_run else "deleted"
-    for name, plan in doc["vms"].items():
-        console.print(
-            f"{name} (policy {plan['policy']}): keeps {len(plan['keep'])}, "
-            f"{verb} {len(plan['prune'])}"
-        )
-        for point_id, reasons in plan["keep"].items():
-            console.print(f"  keep   {point_id}  {', '.join(reasons)}")
-        for point_id in plan["prune"]:
-            console.print(f"  [red]delete[/] {point_id}")
+    show(doc, json, lambda d: print_pruned(d, dry_run))

@@ -7,16 +7,16 @@ from typing import Any
 import typer
 
 from vmvault.cli.options import CatalogOpt, JsonOpt, PassFileOpt, VaultOpt, context
-from vmvault.cli.output import console, emit_json, guarded
+from vmvault.cli.output import guarded, show
+from vmvault.cli.render.protection import (
+    print_immutability,
+    print_protection,
+    print_soft_delete,
+)
 
 app = typer.Typer(
     help="Protection of VMs: stop, resume, soft delete, undelete.", no_args_is_help=True
 )
-
-
-def _print(doc: dict[str, Any]) -> None:
-    purge = f", data purged after {doc['purge_at'][:19]}" if doc["purge_at"] else ""
-    console.print(f"{doc['vm']}: {doc['status']}{purge}")
 
 
 def _act(
@@ -32,10 +32,7 @@ def _act(
 
     ctx = guarded(json, lambda: context(vault, catalog, passphrase_file))
     doc = guarded(json, lambda: change_protection(ctx, vm, action, **options))
-    if json:
-        emit_json(doc)
-    else:
-        _print(doc)
+    show(doc, json, print_protection)
 
 
 @app.command("stop")
@@ -78,7 +75,7 @@ def undelete(
 
 
 @app.command("show")
-def show(
+def show_state(
     vm: str = typer.Argument(...),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -100,10 +97,7 @@ def immutability(
     from vmvault.app.protection import set_immutability
 
     doc = guarded(json, lambda: set_immutability(context(vault, catalog, passphrase_file), value))
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"immutability: {doc['immutability']}")
+    show(doc, json, print_immutability)
 
 
 def soft_delete(
@@ -117,7 +111,4 @@ def soft_delete(
     from vmvault.app.protection import set_soft_delete
 
     doc = guarded(json, lambda: set_soft_delete(context(vault, catalog, passphrase_file), days))
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"soft delete keeps data {doc['soft_delete_days']} days")
+    show(doc, json, print_soft_delete)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from vmvault.cli.options import (
     CatalogOpt,
@@ -17,7 +16,14 @@ from vmvault.cli.options import (
     context,
     maintenance_time,
 )
-from vmvault.cli.output import console, emit_json, guarded
+from vmvault.cli.output import emit_json, guarded, show
+from vmvault.cli.render.server import (
+    print_alerts,
+    print_serving,
+    print_token_created,
+    print_token_revoked,
+    print_tokens,
+)
 from vmvault.errors import UsageError
 
 token_app = typer.Typer(
@@ -74,7 +80,7 @@ def serve(
     app = guarded(False, build)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scheme = "https" if tls_cert else "http"
-    console.print(f"vmvault serving on {scheme}://{host}:{port}/ (API under /api/v1)")
+    print_serving(scheme, host, port)
     uvicorn.run(
         app,
         host=host,
@@ -111,12 +117,7 @@ def create_token(
         )
         return {**token_doc(row), "token": secret}
 
-    doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"token {doc['id']} ({doc['name']}, {doc['role']}): shown once, keep it safe")
-        typer.echo(doc["token"])
+    show(guarded(json, act), json, print_token_created)
 
 
 @token_app.command("list")
@@ -134,20 +135,8 @@ def list_tokens(
     )
     if json:
         emit_json({"tokens": rows})
-        return
-    table = Table(title="API tokens")
-    for col in ("id", "name", "role", "created", "last used", "revoked"):
-        table.add_column(col)
-    for t in rows:
-        table.add_row(
-            str(t["id"]),
-            t["name"],
-            t["role"],
-            t["created_at"][:19],
-            (t["last_used_at"] or "-")[:19],
-            "yes" if t["revoked"] else "no",
-        )
-    console.print(table)
+    else:
+        print_tokens(rows)
 
 
 @token_app.command("revoke")
@@ -164,10 +153,7 @@ def revoke_token(
     doc = guarded(
         json, lambda: token_doc(_accounts(vault, catalog, passphrase_file).revoke(token_id))
     )
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"token {doc['id']} ({doc['name']}) revoked")
+    show(doc, json, print_token_revoked)
 
 
 alerts_app = typer.Typer(help="Alerts: job failures and security events.", no_args_is_help=True)
@@ -198,19 +184,5 @@ def list_alerts(
     rows = guarded(json, act)
     if json:
         emit_json({"alerts": rows})
-        return
-    table = Table(title="alerts")
-    for col in ("id", "at", "severity", "kind", "vm", "message", "delivered"):
-        table.add_column(col)
-    for a in rows:
-        sent = sum(1 for d in a["deliveries"] if d["ok"])
-        table.add_row(
-            str(a["id"]),
-            a["at"][:19],
-            a["severity"],
-            a["kind"],
-            a["vm"] or "-",
-            a["message"],
-            f"{sent}/{len(a['deliveries'])}" if a["deliveries"] else "-",
-        )
-    console.print(table)
+    else:
+        print_alerts(rows)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from vmvault import testdisk
-from vmvault.cli.output import console, emit_json, guarded
+from vmvault.cli.output import emit_json, guarded
+from vmvault.cli.render.testdisk import print_created, print_mutated
 from vmvault.errors import UsageError
 
 app = typer.Typer(help="Generate and mutate realistic test disk images.", no_args_is_help=True)
@@ -30,10 +31,7 @@ def create(
     if json:
         emit_json(stats.__dict__)
     else:
-        console.print(
-            f"created {stats.path}: {stats.size} bytes, {stats.written} written "
-            f"in {stats.extents} extents, {stats.seconds:.1f} s"
-        )
+        print_created(stats)
 
 
 @app.command("mutate")
@@ -57,7 +55,4 @@ def mutate(
     if json:
         emit_json(stats.__dict__)
     else:
-        console.print(
-            f"mutated {stats.path}: {stats.writes} writes of 64 KiB "
-            f"({stats.bytes_written} bytes), {stats.seconds:.1f} s"
-        )
+        print_mutated(stats)

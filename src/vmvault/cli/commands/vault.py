@@ -8,7 +8,13 @@ import typer
 
 from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
 from vmvault.cli.options import CatalogOpt, JsonOpt, PassFileOpt, VaultOpt, context
-from vmvault.cli.output import console, emit_json, guarded, human_bytes
+from vmvault.cli.output import guarded, show
+from vmvault.cli.render.vault import (
+    print_checked,
+    print_collected,
+    print_created,
+    print_reindexed,
+)
 from vmvault.errors import EXIT_DAMAGE
 
 app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
@@ -40,11 +46,7 @@ def init(
             "compression_level": v.config.compression_level,
         }
 
-    doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"created vault {doc['vault_id']} at {doc['vault']}")
+    show(guarded(json, act), json, print_created)
 
 
 def check(
@@ -60,18 +62,7 @@ def check(
         lambda: run_check(context(vault, catalog, passphrase_file), read_data=read_data),
     )
     doc = report.to_dict()
-    if json:
-        emit_json(doc)
-    else:
-        console.print(
-            f"{doc['packs']} packs, {doc['chunks']} chunks, {doc['points']} points, "
-            f"{doc['records']} block records checked"
-            + (f", {human_bytes(doc['bytes_read'])} read" if read_data else "")
-        )
-        for p in doc["problems"]:
-            colour = "red" if p["severity"] == "error" else "yellow"
-            console.print(f"[{colour}]{p['severity']}[/] {p['kind']} {p['object']}: {p['message']}")
-        console.print("[green]vault is consistent[/]" if doc["ok"] else "[red]vault has errors[/]")
+    show(doc, json, lambda d: print_checked(d, read_data))
     if not doc["ok"]:
         raise typer.Exit(EXIT_DAMAGE)
 
@@ -103,19 +94,7 @@ def gc(
             force=force,
         ),
     )
-    doc = report.to_dict()
-    if json:
-        emit_json(doc)
-        return
-    console.print(
-        f"{doc['points']} points, {doc['live_chunks']} live chunks, {doc['packs']} packs: "
-        f"{doc['deleted_packs']} deleted, {doc['repacked_packs']} repacked, "
-        f"{human_bytes(doc['bytes_freed'])} freed"
-    )
-    if doc["deferred"]:
-        console.print(f"[yellow]deferred[/]: {doc['deferred']}")
-    for what in doc["damaged"]:
-        console.print(f"[red]damaged[/] {what}: skipped (--force)")
+    show(report.to_dict(), json, print_collected)
 
 
 @app.command("reindex")
@@ -127,14 +106,4 @@ def reindex_cmd(
 ) -> None:
     """Rebuild the chunk index from the packs and the catalog from the recovery points."""
     doc = guarded(json, lambda: reindex(context(vault, catalog, passphrase_file)))
-    if json:
-        emit_json(doc)
-    else:
-        console.print(
-            f"indexed {doc['packs']} packs ({doc['chunks']} chunks); "
-            f"catalog holds {doc['points']} points"
-        )
-        for key in doc["unreadable_packs"]:
-            console.print(f"[red]unreadable[/] {key}")
-        for point_id in doc["damaged_points"]:
-            console.print(f"[red]damaged point[/] {point_id} (`vmvault forget` removes it)")
+    show(doc, json, print_reindexed)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from vmvault.app.backup import run_vm_backup
 from vmvault.app.vm_restore import run_vm_restore
@@ -20,7 +18,16 @@ from vmvault.cli.options import (
     rate_limit_bytes,
     remote,
 )
-from vmvault.cli.output import console, emit_json, fail, guarded
+from vmvault.cli.output import emit_json, fail, guarded, show
+from vmvault.cli.render.points import print_point
+from vmvault.cli.render.vm import (
+    print_discovered,
+    print_fleet,
+    print_inventory,
+    print_job_end,
+    print_vm,
+    print_vm_restored,
+)
 from vmvault.errors import UsageError
 
 if TYPE_CHECKING:
@@ -55,21 +62,8 @@ def list_vms(inventory: str | None = InventoryOpt, json: bool = JsonOpt) -> None
     inv = guarded(json, lambda: load_inventory(inventory))
     if json:
         emit_json({"inventory": inv.source, "vms": [vm_doc(vm) for vm in inv.vms]})
-        return
-    table = Table(title=f"VMs in {inv.source}")
-    for col in ("name", "host", "state", "policy", "protected disks", "excluded", "pools"):
-        table.add_column(col)
-    for vm in inv.vms:
-        table.add_row(
-            vm.name,
-            vm.host,
-            vm.state.value,
-            vm.policy or "-",
-            ", ".join(f"{d.name} ({d.role.value})" for d in vm.protected_disks()),
-            ", ".join(d.name for d in vm.excluded_disks()) or "-",
-            ", ".join(sorted({d.pool for d in vm.disks if d.pool})) or "-",
-        )
-    console.print(table)
+    else:
+        print_inventory(inv)
 
 
 @app.command("show")
@@ -85,27 +79,7 @@ def show_vm(
         return
     vm = guarded(json, lambda: load_inventory(inventory).vm(name))
     doc = vm_doc(vm)
-    if json:
-        emit_json(doc)
-        return
-    console.print(
-        f"[bold]{vm.name}[/] on {vm.host}: {vm.state.value}, policy {vm.policy or '-'}, "
-        f"snapshot {vm.snapshot}, scripts {vm.scripts or '-'}"
-        + (f", guest agent {vm.guest_agent}" if vm.guest_agent else "")
-    )
-    table = Table()
-    for col in ("disk", "role", "format", "pool", "path", "backed up"):
-        table.add_column(col)
-    for d in vm.disks:
-        table.add_row(
-            d.name,
-            d.role.value,
-            d.format.value,
-            d.pool or "-",
-            d.path,
-            "no (temporary)" if d.name in doc["excluded"] else "yes",
-        )
-    console.print(table)
+    show(doc, json, lambda doc: print_vm(vm, doc))
 
 
 @app.command("discover")
@@ -124,9 +98,8 @@ def discover_vms(
     found = guarded(json, lambda: discover(connect))
     if json:
         emit_json(found.to_dict())
-        return
-    # Plain text, not rich: TOML's [[tables]] would be taken for markup.
-    sys.stdout.write(found.to_toml())
+    else:
+        print_discovered(found)
 
 
 @app.command("backup")
@@ -144,7 +117,6 @@ def backup_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Back up a VM: scripts, freeze, snapshot, all non-temporary disks in parallel."""
-    from vmvault.cli.commands.points import print_point
     from vmvault.cli.output import progress_bar
 
     if remote() is not None:
@@ -164,11 +136,7 @@ def backup_vm(
                 progress=progress,
             )
 
-    point = guarded(json, act)
-    if json:
-        emit_json(point)
-    else:
-        print_point(point)
+    show(guarded(json, act), json, print_point)
 
 
 @app.command("restore")
@@ -220,38 +188,14 @@ def restore_vm(
                 progress=progress,
             )
 
-    doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-        return
-    for warning in doc["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}")
-    for d in doc["disks"]:
-        console.print(f"restored {d['name']} -> {d['path']}")
-    if "safety_point" in doc:
-        console.print(f"the disks as they were are kept in point {doc['safety_point']}")
-    if "inventory" in doc:
-        console.print(f"new VM {doc['new_vm']}: inventory entry in {doc['inventory']}")
+    show(guarded(json, act), json, print_vm_restored)
 
 
 def _print_fleet(rows: list[dict[str, Any]], json: bool, single: bool = False) -> None:
     if json:
         emit_json(rows[0] if single else {"vms": rows})
-        return
-    table = Table(title="VMs")
-    for col in ("name", "state", "policy", "protection", "last backup", "consistency", "next run"):
-        table.add_column(col)
-    for vm in rows:
-        table.add_row(
-            vm["name"],
-            vm["state"],
-            vm["policy"] or "-",
-            vm["protection"],
-            (vm["last_backup"] or "-")[:19],
-            vm["consistency"] or "-",
-            (vm["next_run"] or "-")[:16],
-        )
-    console.print(table)
+    else:
+        print_fleet(rows)
 
 
 def _run_remote(json: bool, path: str, body: dict[str, Any], wait: bool) -> None:
@@ -264,12 +208,6 @@ def _run_remote(json: bool, path: str, body: dict[str, Any], wait: bool) -> None
     if wait:
         with progress_bar(not json) as progress:  # the server's per-disk progress, live
             job = guarded(json, lambda: server.wait(job["id"], progress))
-    if json:
-        emit_json(job)
-    else:
-        point = f", point {job['point_id']}" if job.get("point_id") else ""
-        console.print(f"job {job['id']} ({job['kind']} of {job['vm']}): {job['state']}{point}")
-        if job.get("error_message"):
-            console.print(f"[red]error:[/] {job['error_message']}")
+    show(job, json, print_job_end)
     if job["state"] in ("failed", "cancelled"):
         raise typer.Exit(1)
