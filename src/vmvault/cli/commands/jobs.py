@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
+from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
@@ -15,7 +14,6 @@ from vmvault.cli.options import (
     VaultOpt,
     context,
     maintenance_time,
-    remote,
 )
 from vmvault.cli.output import emit_json, guarded, show
 from vmvault.cli.render.jobs import (
@@ -29,19 +27,6 @@ from vmvault.cli.render.jobs import (
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
 
 
-def job_doc(job: Any) -> dict[str, Any]:
-    from vmvault.jobs.queue import job_doc as doc  # SQLAlchemy: imported when needed
-
-    return doc(job)
-
-
-def _queue(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
-    from vmvault.jobs.queue import JobQueue
-
-    ctx = context(vault, catalog, passphrase_file)
-    return JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
-
-
 @app.command("list")
 def list_jobs(
     limit: int = typer.Option(20, "--limit"),
@@ -51,14 +36,8 @@ def list_jobs(
     json: bool = JsonOpt,
 ) -> None:
     """Queued, running and finished jobs, newest first."""
-
-    def act() -> list[dict[str, Any]]:
-        if (server := remote()) is not None:
-            return list(server.get("/api/v1/jobs", limit=limit)["items"])
-        queue = _queue(vault, catalog, passphrase_file)
-        return [job_doc(j) for j in queue.catalog.jobs(queue.vault_id, limit)]
-
-    jobs = guarded(json, act)
+    client = get_client(vault, catalog, passphrase_file)
+    jobs = guarded(json, lambda: client.list_jobs(limit))
     if json:
         emit_json({"jobs": jobs})
     else:
@@ -74,13 +53,8 @@ def show_job(
     json: bool = JsonOpt,
 ) -> None:
     """One job in full."""
-
-    def act() -> dict[str, Any]:
-        if (server := remote()) is not None:
-            return dict(server.get(f"/api/v1/jobs/{job_id}"))
-        return job_doc(_queue(vault, catalog, passphrase_file).get(job_id))
-
-    show(guarded(json, act), json, print_job)
+    client = get_client(vault, catalog, passphrase_file)
+    show(guarded(json, lambda: client.show_job(job_id)), json, print_job)
 
 
 @app.command("cancel")
@@ -92,13 +66,9 @@ def cancel_job(
     json: bool = JsonOpt,
 ) -> None:
     """Cancel a queued job, or stop a running one at its next block."""
-
-    def act() -> str:
-        if (server := remote()) is not None:
-            return str(server.post(f"/api/v1/jobs/{job_id}/cancel")["outcome"])
-        return str(_queue(vault, catalog, passphrase_file).cancel(job_id))
-
-    show({"id": job_id, "state": guarded(json, act)}, json, print_cancelled)
+    client = get_client(vault, catalog, passphrase_file)
+    state = guarded(json, lambda: client.cancel_job(job_id))
+    show({"id": job_id, "state": state}, json, print_cancelled)
 
 
 @app.command("run-now")
@@ -112,16 +82,8 @@ def run_now(
     json: bool = JsonOpt,
 ) -> None:
     """Queue an on-demand backup of a VM (a worker runs it)."""
-
-    def act() -> int:
-        if (server := remote()) is not None:
-            return int(server.post(f"/api/v1/vms/{vm}/backup", {"full": full})["id"])
-        from vmvault.inventory import load_inventory
-
-        load_inventory(inventory).vm(vm)  # refuse unknown VMs now, not in the worker
-        return int(_queue(vault, catalog, passphrase_file).enqueue("backup", vm, {"full": full}))
-
-    job_id = guarded(json, act)
+    client = get_client(vault, catalog, passphrase_file)
+    job_id = guarded(json, lambda: client.run_now(vm, full, inventory))
     if json:
         emit_json({"id": job_id, "state": "queued"})
     else:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
 
+from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
     JsonOpt,
     PassFileOpt,
     VaultOpt,
-    context,
-    remote,
 )
 from vmvault.cli.output import guarded, show
 from vmvault.cli.render.planning import print_cost, print_plan
@@ -35,10 +34,7 @@ def plan(
     json: bool = JsonOpt,
 ) -> None:
     """Will the schedule fit? Simulate a day: starts, ends, waits, pool load, findings."""
-    from datetime import UTC, datetime, timedelta
-
-    from vmvault.inventory import load_inventory
-    from vmvault.planning.runner import apply_stagger, run_plan
+    client = get_client(vault, catalog, passphrase_file)
 
     def act() -> dict[str, Any]:
         if apply and not stagger:
@@ -51,29 +47,7 @@ def plan(
             )
         except ValueError:
             raise UsageError(f"--day {day!r} is not YYYY-MM-DD") from None
-        if (server := remote()) is not None:
-            if apply:
-                raise UsageError("--apply writes the inventory: run it where the inventory is")
-            day_text = when.date().isoformat()
-            result: dict[str, Any] = server.get("/api/v1/plan", day=day_text, stagger=stagger)
-            if chart:
-                if not chart.endswith(".svg"):
-                    raise UsageError("with --server the chart comes as SVG: name it *.svg")
-                svg = server.request_bytes("GET", "/api/v1/plan/chart.svg", day=day_text)
-                Path(chart).write_bytes(svg)
-                result["chart"] = chart
-            return result
-        ctx = context(vault, catalog, passphrase_file) if vault else None
-        inv = load_inventory(inventory)
-        result = run_plan(ctx, inv, when, stagger=stagger)
-        if apply:
-            apply_stagger(inv, result)
-        if chart:
-            from vmvault.planning.chart import render_load_chart
-
-            budgets = {name: p.egress_mb_per_s for name, p in inv.pools.items()}
-            result["chart"] = str(render_load_chart(result, chart, budgets))
-        return result
+        return client.plan(when, stagger=stagger, apply=apply, chart=chart, inventory=inventory)
 
     show(guarded(json, act), json, print_plan)
 
@@ -96,17 +70,6 @@ def cost(
     json: bool = JsonOpt,
 ) -> None:
     """This month's bill: protected instances (by size tier) and vault storage, per VM."""
-    from vmvault.planning.runner import cost_report
-
-    def act() -> dict[str, Any]:
-        if (server := remote()) is not None:
-            return dict(server.get("/api/v1/cost", currency=currency))
-        prices = None
-        if inventory:
-            from vmvault.inventory import load_inventory
-
-            prices = load_inventory(inventory).pricing.table()
-        ctx = context(vault, catalog, passphrase_file)
-        return cost_report(ctx, currency=currency, prices=prices).to_dict()
-
-    show(guarded(json, act), json, lambda report: print_cost(report, csv))
+    client = get_client(vault, catalog, passphrase_file)
+    report = guarded(json, lambda: client.cost(currency, inventory))
+    show(report, json, lambda report: print_cost(report, csv))

@@ -10,9 +10,10 @@ import typer
 
 from vmvault.app.backup import run_backup
 from vmvault.app.disks import DiskSpec
-from vmvault.app.points import forget_point, list_points
-from vmvault.app.restore import run_restore, run_verify
+from vmvault.app.points import forget_point
+from vmvault.app.restore import run_restore
 from vmvault.app.retention import run_prune
+from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
@@ -21,7 +22,6 @@ from vmvault.cli.options import (
     VaultOpt,
     context,
     rate_limit_bytes,
-    remote,
 )
 from vmvault.cli.output import emit_json, guarded, progress_bar, show
 from vmvault.cli.render.points import (
@@ -89,23 +89,12 @@ def list_cmd(
     json: bool = JsonOpt,
 ) -> None:
     """List recovery points."""
-    from vmvault.fleet import point_summary
-
-    if (server := remote()) is not None:
-        page = guarded(json, lambda: server.get("/api/v1/points", vm=vm, limit=500))
-        points = page["items"]
-        points.reverse()  # oldest first, as locally
-        summaries = points
-        damaged = page.get("damaged", [])
-    else:
-        listing = guarded(json, lambda: list_points(context(vault, catalog, passphrase_file), vm))
-        points = listing.points
-        summaries = [point_summary(p) for p in points]
-        damaged = listing.damaged_docs()
+    client = get_client(vault, catalog, passphrase_file)
+    listing = guarded(json, lambda: client.list_points(vm))
     if json:
-        emit_json({"points": points, "damaged": damaged})
+        emit_json({"points": listing.points, "damaged": listing.damaged})
     else:
-        print_points(summaries, damaged)
+        print_points(listing.summaries, listing.damaged)
 
 
 def restore(
@@ -161,21 +150,10 @@ def verify(
     json: bool = JsonOpt,
 ) -> None:
     """Read back every chunk of a point: authenticate, decompress, re-hash."""
+    client = get_client(vault, catalog, passphrase_file, progress=not json)
 
     def act() -> dict[str, Any]:
-        if (server := remote()) is not None:
-            from vmvault.cli.remote import RemoteError
-
-            point_id = server.point_id(point, vm)
-            job = server.wait(server.post(f"/api/v1/points/{point_id}/verify")["id"])
-            if job["state"] != "succeeded" and not job["details"].get("disks"):
-                raise RemoteError(str(job["error_code"]), f"server: {job['error_message']}")
-            disks = job["details"]["disks"]
-        else:
-            ctx = context(vault, catalog, passphrase_file)
-            with progress_bar(not json) as progress:
-                point_id, reports = run_verify(ctx, point, vm=vm, progress=progress)
-            disks = [r.to_dict() for r in reports]
+        point_id, disks = client.verify(point, vm)
         return {"point": point_id, "ok": not any(d["damaged"] for d in disks), "disks": disks}
 
     doc = guarded(json, act)

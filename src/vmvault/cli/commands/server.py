@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
@@ -168,20 +169,8 @@ def list_alerts(
     json: bool = JsonOpt,
 ) -> None:
     """Alerts, newest first, with where each was delivered (works with --server too)."""
-    from vmvault.cli.options import remote
-
-    def act() -> list[dict[str, Any]]:
-        if (server := remote()) is not None:
-            return list(server.get("/api/v1/alerts", limit=limit)["items"])
-        from vmvault.alerts.store import alert_doc
-        from vmvault.alerts.store import list_alerts as stored
-
-        ctx = context(vault, catalog, passphrase_file)
-        vault_id = ctx.open_vault(load_index=False).config.vault_id
-        _, rows = stored(ctx.catalog(), vault_id, limit=limit)
-        return [alert_doc(a) for a in rows]
-
-    rows = guarded(json, act)
+    client = get_client(vault, catalog, passphrase_file)
+    rows = guarded(json, lambda: client.list_alerts(limit))
     if json:
         emit_json({"alerts": rows})
     else:

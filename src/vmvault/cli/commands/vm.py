@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
-from vmvault.app.backup import run_vm_backup
-from vmvault.app.vm_restore import run_vm_restore
+from vmvault.cli.client import Fleet, Job, get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
     JsonOpt,
     PassFileOpt,
     VaultOpt,
-    context,
-    rate_limit_bytes,
-    remote,
 )
-from vmvault.cli.output import emit_json, fail, guarded, show
+from vmvault.cli.output import emit_json, guarded, show
 from vmvault.cli.render.points import print_point
 from vmvault.cli.render.vm import (
     print_discovered,
@@ -28,18 +25,7 @@ from vmvault.cli.render.vm import (
     print_vm,
     print_vm_restored,
 )
-from vmvault.errors import UsageError
-
-if TYPE_CHECKING:
-    from vmvault.inventory import Inventory, Vm
-
-
-def load_inventory(path: str | None) -> Inventory:
-    """The inventory module (pydantic) is imported only by the commands that need it."""
-    from vmvault.inventory import load_inventory as load
-
-    return load(path)
-
+from vmvault.inventory import Vm
 
 app = typer.Typer(help="VMs declared in the inventory.", no_args_is_help=True)
 
@@ -55,12 +41,11 @@ def vm_doc(vm: Vm) -> dict[str, Any]:
 @app.command("list")
 def list_vms(inventory: str | None = InventoryOpt, json: bool = JsonOpt) -> None:
     """List the VMs of the inventory with their disks (with --server: the fleet's state)."""
-    if (server := remote()) is not None:
-        rows = guarded(json, lambda: server.get("/api/v1/vms", limit=500)["items"])
-        _print_fleet(rows, json)
-        return
-    inv = guarded(json, lambda: load_inventory(inventory))
-    if json:
+    client = get_client()
+    inv = guarded(json, lambda: client.list_vms(inventory))
+    if isinstance(inv, Fleet):
+        show({"vms": inv.rows}, json, lambda doc: print_fleet(doc["vms"]))
+    elif json:
         emit_json({"inventory": inv.source, "vms": [vm_doc(vm) for vm in inv.vms]})
     else:
         print_inventory(inv)
@@ -73,13 +58,12 @@ def show_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Show one VM: its disks, roles, formats, pools and consistency settings."""
-    if (server := remote()) is not None:
-        row = guarded(json, lambda: server.get(f"/api/v1/vms/{name}"))
-        _print_fleet([row], json, single=True)
-        return
-    vm = guarded(json, lambda: load_inventory(inventory).vm(name))
-    doc = vm_doc(vm)
-    show(doc, json, lambda doc: print_vm(vm, doc))
+    client = get_client()
+    vm = guarded(json, lambda: client.show_vm(name, inventory))
+    if isinstance(vm, Fleet):
+        show(vm.rows[0], json, lambda row: print_fleet([row]))
+    else:
+        show(vm_doc(vm), json, lambda doc: print_vm(vm, doc))
 
 
 @app.command("discover")
@@ -117,26 +101,12 @@ def backup_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Back up a VM: scripts, freeze, snapshot, all non-temporary disks in parallel."""
-    from vmvault.cli.output import progress_bar
-
-    if remote() is not None:
-        _run_remote(json, f"/api/v1/vms/{name}/backup", {"full": full}, wait)
-        return
-
-    def act() -> dict[str, Any]:
-        inv = load_inventory(inventory)
-        ctx = context(vault, catalog, passphrase_file)
-        with progress_bar(not json) as progress:
-            return run_vm_backup(
-                ctx,
-                inv,
-                name,
-                full=full,
-                rate_limit=rate_limit_bytes(limit_rate),
-                progress=progress,
-            )
-
-    show(guarded(json, act), json, print_point)
+    client = get_client(vault, catalog, passphrase_file, progress=not json)
+    point = guarded(
+        json,
+        lambda: client.vm_backup(name, inventory, full=full, limit_rate=limit_rate, wait=wait),
+    )
+    _show_run(point, json, print_point)
 
 
 @app.command("restore")
@@ -158,56 +128,31 @@ def restore_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Restore all disks and the config of a VM: as a new VM beside it, or in place."""
-    from vmvault.cli.output import progress_bar
-
-    if remote() is not None:
-        if in_place or directory or not new_name:
-            fail(
-                UsageError("with --server, restore as a new VM: --as NAME (no --to, --in-place)"),
-                json,
-            )
-        body = {"vm": name, "point": point, "new_name": new_name, "pool": pool}
-        _run_remote(json, "/api/v1/restores", body, True)
-        return
-
-    def act() -> dict[str, Any]:
-        inv = load_inventory(inventory)
-        ctx = context(vault, catalog, passphrase_file)
-        with progress_bar(not json) as progress:
-            return run_vm_restore(
-                ctx,
-                inv,
-                name,
-                point_ref=point,
-                new_name=new_name,
-                directory=directory,
-                target_pool=pool,
-                in_place=in_place,
-                confirmed=yes,
-                force=force,
-                progress=progress,
-            )
-
-    show(guarded(json, act), json, print_vm_restored)
+    client = get_client(vault, catalog, passphrase_file, progress=not json)
+    restored = guarded(
+        json,
+        lambda: client.vm_restore(
+            name,
+            inventory,
+            point=point,
+            new_name=new_name,
+            directory=directory,
+            pool=pool,
+            in_place=in_place,
+            confirmed=yes,
+            force=force,
+        ),
+    )
+    _show_run(restored, json, print_vm_restored)
 
 
-def _print_fleet(rows: list[dict[str, Any]], json: bool, single: bool = False) -> None:
-    if json:
-        emit_json(rows[0] if single else {"vms": rows})
+def _show_run(
+    result: dict[str, Any] | Job, json: bool, human: Callable[[dict[str, Any]], None]
+) -> None:
+    """A run's result; or the server's job that ran it, failing as the job failed."""
+    if isinstance(result, Job):
+        show(result.doc, json, print_job_end)
+        if result.failed:
+            raise typer.Exit(1)
     else:
-        print_fleet(rows)
-
-
-def _run_remote(json: bool, path: str, body: dict[str, Any], wait: bool) -> None:
-    """Queue a job on the server; with ``wait``, follow it and fail as it fails."""
-    server = remote()
-    assert server is not None
-    from vmvault.cli.output import progress_bar
-
-    job = guarded(json, lambda: server.post(path, body))
-    if wait:
-        with progress_bar(not json) as progress:  # the server's per-disk progress, live
-            job = guarded(json, lambda: server.wait(job["id"], progress))
-    show(job, json, print_job_end)
-    if job["state"] in ("failed", "cancelled"):
-        raise typer.Exit(1)
+        show(result, json, human)
