@@ -8,12 +8,15 @@ from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
+    JobIdArg,
     JsonOpt,
     MaintenanceAtOpt,
     PassFileOpt,
     VaultOpt,
     context,
+    full_option,
     maintenance_time,
+    once_option,
 )
 from vmvault.cli.output import emit_json, guarded, show
 from vmvault.cli.render.jobs import (
@@ -46,7 +49,7 @@ def list_jobs(
 
 @app.command("show")
 def show_job(
-    job_id: int = typer.Argument(...),
+    job_id: int = JobIdArg,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -59,7 +62,7 @@ def show_job(
 
 @app.command("cancel")
 def cancel_job(
-    job_id: int = typer.Argument(...),
+    job_id: int = JobIdArg,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -74,7 +77,7 @@ def cancel_job(
 @app.command("run-now")
 def run_now(
     vm: str = typer.Argument(..., help="VM to back up."),
-    full: bool = typer.Option(False, "--full"),
+    full: bool = full_option(None),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -91,7 +94,7 @@ def run_now(
 
 
 def worker(
-    once: bool = typer.Option(False, "--once", help="Stop when the queue is empty."),
+    once: bool = once_option("Stop when the queue is empty."),
     concurrency: int | None = typer.Option(None, "--concurrency", help="Jobs at once."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
@@ -121,7 +124,7 @@ def worker(
 def scheduler(
     interval: float = typer.Option(30.0, "--interval", help="Seconds between checks."),
     maintenance_at: str = MaintenanceAtOpt,
-    once: bool = typer.Option(False, "--once", help="One check, run what is due, stop."),
+    once: bool = once_option("One check, run what is due, stop."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,

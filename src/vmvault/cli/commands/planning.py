@@ -14,6 +14,7 @@ from vmvault.cli.options import (
     JsonOpt,
     PassFileOpt,
     VaultOpt,
+    inventory_option,
 )
 from vmvault.cli.output import guarded, show
 from vmvault.cli.render.planning import print_cost, print_plan
@@ -57,12 +58,8 @@ def cost(
         None, "--currency", help="Label of the prices (default: the inventory's, else USD)."
     ),
     csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
-    inventory: str | None = typer.Option(
-        None,
-        "--inventory",
-        "-i",
-        envvar="VMVAULT_INVENTORY",
-        help="Inventory whose [pricing] table to use (default: Azure's list prices).",
+    inventory: str | None = inventory_option(
+        "Inventory whose [pricing] table to use (default: Azure's list prices)."
     ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,

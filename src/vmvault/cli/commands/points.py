@@ -16,12 +16,20 @@ from vmvault.app.retention import run_prune
 from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
+    FullOpt,
     InventoryOpt,
     JsonOpt,
+    LatestVmOpt,
+    LimitRateOpt,
     PassFileOpt,
     VaultOpt,
+    WorkersOpt,
     context,
+    force_option,
+    format_option,
+    point_argument,
     rate_limit_bytes,
+    vm_option,
 )
 from vmvault.cli.output import emit_json, guarded, progress_bar, show
 from vmvault.cli.render.points import (
@@ -47,16 +55,12 @@ def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[Di
 
 def backup_cmd(
     images: list[str] = typer.Argument(..., help="Disk images or block devices of one VM."),
-    vm: str = typer.Option(..., "--vm", help="Name of the VM the disks belong to."),
+    vm: str = vm_option("Name of the VM the disks belong to.", required=True),
     disk_name: list[str] | None = typer.Option(None, "--disk-name", help="Name per disk."),
-    full: bool = typer.Option(False, "--full", help="Ignore the parent point: read everything."),
-    fmt: str = typer.Option(
-        "raw", "--format", "-f", help="Image format: raw, qcow2, vpc (VHD) or vhdx."
-    ),
-    limit_rate: float | None = typer.Option(
-        None, "--limit-rate", help="Read at most this many MB/s per disk."
-    ),
-    workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
+    full: bool = FullOpt,
+    fmt: str = format_option("Image format: raw, qcow2, vpc (VHD) or vhdx."),
+    limit_rate: float | None = LimitRateOpt,
+    workers: int | None = WorkersOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -82,7 +86,7 @@ def backup_cmd(
 
 
 def list_cmd(
-    vm: str | None = typer.Option(None, "--vm", help="Only this VM's points."),
+    vm: str | None = vm_option("Only this VM's points."),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -98,21 +102,17 @@ def list_cmd(
 
 
 def restore(
-    point: str = typer.Argument(..., help="Point id (or a unique prefix, or 'latest')."),
+    point: str = point_argument(),
     target: str = typer.Argument(..., help="File (created sparse) or block device."),
     disk: str | None = typer.Option(None, "--disk", help="Which disk of the point."),
-    fmt: str = typer.Option(
-        "raw", "--format", "-f", help="Target format: raw, qcow2, vpc (VHD) or vhdx."
-    ),
-    vm: str | None = typer.Option(None, "--vm", help="With 'latest': the VM's latest point."),
+    fmt: str = format_option("Target format: raw, qcow2, vpc (VHD) or vhdx."),
+    vm: str | None = LatestVmOpt,
     ignore_errors: bool = typer.Option(
         False, "--ignore-errors", help="Restore all that is readable; list the damaged ranges."
     ),
-    workers: int | None = typer.Option(None, "--workers", help="Threads (default: cores)."),
+    workers: int | None = WorkersOpt,
     sync: bool = typer.Option(False, "--sync", help="fsync a file target before finishing."),
-    force: bool = typer.Option(
-        False, "--force", help="Replace an existing file (never written through a symlink)."
-    ),
+    force: bool = force_option("Replace an existing file (never written through a symlink)."),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -142,8 +142,8 @@ def restore(
 
 
 def verify(
-    point: str = typer.Argument("latest", help="Point id (or a unique prefix, or 'latest')."),
-    vm: str | None = typer.Option(None, "--vm", help="With 'latest': the VM's latest point."),
+    point: str = point_argument("latest"),
+    vm: str | None = LatestVmOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -175,7 +175,7 @@ def forget(
 
 
 def prune(
-    vm: str | None = typer.Option(None, "--vm", help="Only this VM (default: every VM)."),
+    vm: str | None = vm_option("Only this VM (default: every VM)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,

@@ -6,7 +6,14 @@ from typing import Any
 
 import typer
 
-from vmvault.cli.options import CatalogOpt, JsonOpt, PassFileOpt, VaultOpt, context
+from vmvault.cli.options import (
+    CatalogOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+    vm_argument,
+)
 from vmvault.cli.output import guarded, show
 from vmvault.cli.render.protection import (
     print_immutability,
@@ -37,7 +44,7 @@ def _act(
 
 @app.command("stop")
 def stop(
-    vm: str = typer.Argument(...),
+    vm: str = vm_argument(None),
     delete_data: bool = typer.Option(
         False, "--delete-data", help="Soft-delete its backup data (recoverable for a while)."
     ),
@@ -52,7 +59,7 @@ def stop(
 
 @app.command("resume")
 def resume(
-    vm: str = typer.Argument(...),
+    vm: str = vm_argument(None),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -64,7 +71,7 @@ def resume(
 
 @app.command("undelete")
 def undelete(
-    vm: str = typer.Argument(...),
+    vm: str = vm_argument(None),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -76,7 +83,7 @@ def undelete(
 
 @app.command("show")
 def show_state(
-    vm: str = typer.Argument(...),
+    vm: str = vm_argument(None),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,

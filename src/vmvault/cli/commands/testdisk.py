@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vmvault import testdisk
+from vmvault.cli.options import json_option
 from vmvault.cli.output import emit_json, guarded
 from vmvault.cli.render.testdisk import print_created, print_mutated
 from vmvault.errors import UsageError
@@ -24,7 +25,7 @@ def create(
     image: str = typer.Argument(..., help="Image file to write (overwritten)."),
     size: str = typer.Option("1G", "--size", help="Logical size, e.g. 512M, 4G."),
     seed: int = typer.Option(1, "--seed"),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = json_option(None),
 ) -> None:
     """Create a sparse raw image: holes, zeros, log-like text, random data, duplicates."""
     stats = guarded(json, lambda: testdisk.create_disk(image, _size(size), seed=seed))
@@ -39,7 +40,7 @@ def mutate(
     image: str = typer.Argument(..., help="Existing image to change in place."),
     percent: float = typer.Option(1.0, "--percent", help="Share of the disk to rewrite."),
     seed: int = typer.Option(2, "--seed"),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = json_option(None),
 ) -> None:
     """Rewrite PERCENT of the image in scattered 64 KiB writes (a day of guest writes)."""
 

@@ -7,7 +7,14 @@ from typing import Any
 import typer
 
 from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
-from vmvault.cli.options import CatalogOpt, JsonOpt, PassFileOpt, VaultOpt, context
+from vmvault.cli.options import (
+    CatalogOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+    force_option,
+)
 from vmvault.cli.output import guarded, show
 from vmvault.cli.render.vault import (
     print_checked,
@@ -74,10 +81,8 @@ def gc(
     repack_threshold: float = typer.Option(
         0.25, "--repack-threshold", help="Repack packs at least this dead (0-1)."
     ),
-    force: bool = typer.Option(
-        False,
-        "--force",
-        help="Collect even with damaged points or records (what only they used is freed).",
+    force: bool = force_option(
+        "Collect even with damaged points or records (what only they used is freed)."
     ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,

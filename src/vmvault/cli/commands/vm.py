@@ -10,10 +10,14 @@ import typer
 from vmvault.cli.client import Fleet, Job, get_client
 from vmvault.cli.options import (
     CatalogOpt,
+    FullOpt,
     InventoryOpt,
     JsonOpt,
+    LimitRateOpt,
     PassFileOpt,
     VaultOpt,
+    force_option,
+    vm_argument,
 )
 from vmvault.cli.output import emit_json, guarded, show
 from vmvault.cli.render.points import print_point
@@ -53,7 +57,7 @@ def list_vms(inventory: str | None = InventoryOpt, json: bool = JsonOpt) -> None
 
 @app.command("show")
 def show_vm(
-    name: str = typer.Argument(..., help="VM name."),
+    name: str = vm_argument(),
     inventory: str | None = InventoryOpt,
     json: bool = JsonOpt,
 ) -> None:
@@ -88,12 +92,10 @@ def discover_vms(
 
 @app.command("backup")
 def backup_vm(
-    name: str = typer.Argument(..., help="VM name."),
+    name: str = vm_argument(),
     inventory: str | None = InventoryOpt,
-    full: bool = typer.Option(False, "--full", help="Ignore the parent point: read everything."),
-    limit_rate: float | None = typer.Option(
-        None, "--limit-rate", help="Read at most this many MB/s per disk."
-    ),
+    full: bool = FullOpt,
+    limit_rate: float | None = LimitRateOpt,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="With --server: follow the job."),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -111,16 +113,14 @@ def backup_vm(
 
 @app.command("restore")
 def restore_vm(
-    name: str = typer.Argument(..., help="VM name."),
+    name: str = vm_argument(),
     point: str = typer.Option("latest", "--point", help="Point id, prefix, or 'latest'."),
     new_name: str | None = typer.Option(None, "--as", help="Restore as a new VM of this name."),
     directory: str | None = typer.Option(None, "--to", help="Directory for the new VM's disks."),
     pool: str | None = typer.Option(None, "--pool", help="Storage pool of --to (for warnings)."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the VM's disks (stopped)."),
     yes: bool = typer.Option(False, "--yes", help="Confirm replacing disks in place."),
-    force: bool = typer.Option(
-        False, "--force", help="With --as: replace files of the same names in --to."
-    ),
+    force: bool = force_option("With --as: replace files of the same names in --to."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
