@@ -12,10 +12,9 @@ Commands that only work locally do not come here: ``options.context`` refuses ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
@@ -35,9 +34,11 @@ if TYPE_CHECKING:
 
 JsonDoc = dict[str, Any]
 
+# The answers are NamedTuples and the clients plain classes, not dataclasses: every start
+# of the CLI imports this module, and making a dataclass (exec of its methods) is slow.
 
-@dataclass(frozen=True)
-class PointList:
+
+class PointList(NamedTuple):
     """Recovery points oldest first: ``points`` as ``--json`` prints them (whole points
     locally, the server's summaries), ``summaries`` for the table, and the damaged ones."""
 
@@ -46,8 +47,7 @@ class PointList:
     damaged: list[JsonDoc]
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """The server's job that ran (or, not followed, will run) a run command."""
 
     doc: JsonDoc
@@ -57,8 +57,7 @@ class Job:
         return self.doc["state"] in ("failed", "cancelled")
 
 
-@dataclass(frozen=True)
-class Fleet:
+class Fleet(NamedTuple):
     """VMs as the server sees them: protection, last backup, next run (rows of /api/v1/vms)."""
 
     rows: list[JsonDoc]
@@ -147,18 +146,27 @@ def get_client(
     return LocalClient(vault, catalog, passphrase_file, progress)
 
 
-@dataclass
 class LocalClient:
-    vault: str | None
-    catalog: str | None
-    passphrase_file: str | None
-    progress: bool = False
+    """The vault named by ``--vault`` (opened by each call that needs it)."""
+
+    def __init__(
+        self,
+        vault: str | None,
+        catalog: str | None,
+        passphrase_file: str | None,
+        progress: bool = False,
+    ) -> None:
+        self.vault = vault
+        self.catalog = catalog
+        self.passphrase_file = passphrase_file
+        self.progress = progress
 
     def _context(self) -> Context:
         return context(self.vault, self.catalog, self.passphrase_file)
 
     def _queue(self) -> JobQueue:
-        from vmvault.jobs.queue import JobQueue  # SQLAlchemy: imported by job commands alone
+        # SQLAlchemy takes as long to import as the rest of the CLI: job commands alone.
+        from vmvault.jobs.queue import JobQueue
 
         ctx = self._context()
         return JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
@@ -183,7 +191,7 @@ class LocalClient:
         chart: str | None,
         inventory: str | None,
     ) -> JsonDoc:
-        # The planner (~10 ms to import) loads for `plan` and `cost` alone.
+        # The planner is not needed at start-up: `plan` and `cost` load it.
         from vmvault.planning.runner import apply_stagger, run_plan
 
         ctx = self._context() if self.vault else None
@@ -281,7 +289,7 @@ class LocalClient:
         return int(self._queue().enqueue("backup", vm, {"full": full}))
 
     def list_alerts(self, limit: int) -> list[JsonDoc]:
-        # The alert store is SQLAlchemy's: imported by `alerts list` alone.
+        # The alert store is SQLAlchemy's (slow to import): loaded by `alerts list` alone.
         from vmvault.alerts.store import alert_doc
         from vmvault.alerts.store import list_alerts as stored
 
@@ -291,10 +299,12 @@ class LocalClient:
         return [alert_doc(a) for a in rows]
 
 
-@dataclass
 class RemoteClient:
-    server: Remote
-    progress: bool = False
+    """The server of ``--server``: the requests the dashboard sends."""
+
+    def __init__(self, server: Remote, progress: bool = False) -> None:
+        self.server = server
+        self.progress = progress
 
     def list_points(self, vm: str | None) -> PointList:
         page = self.server.get("/api/v1/points", vm=vm, limit=500)
@@ -303,7 +313,7 @@ class RemoteClient:
         return PointList(points, points, page.get("damaged", []))
 
     def verify(self, point: str, vm: str | None) -> tuple[str, list[JsonDoc]]:
-        from vmvault.cli.remote import RemoteError  # httpx: loaded only with --server
+        from vmvault.cli.remote import RemoteError  # httpx: kept off the start-up path
 
         point_id = self.server.point_id(point, vm)
         job = self.server.wait(self.server.post(f"/api/v1/points/{point_id}/verify")["id"])

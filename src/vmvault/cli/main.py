@@ -20,7 +20,7 @@ from vmvault.cli.commands import (
     vm,
 )
 from vmvault.cli.commands import server as server_commands
-from vmvault.cli.options import JsonOpt
+from vmvault.cli.options import JsonOpt, use_remote
 from vmvault.cli.output import console, emit_json, fail
 from vmvault.errors import UsageError
 
@@ -48,14 +48,12 @@ def main(
     ),
 ) -> None:
     """vmvault: incremental, deduplicated, encrypted backups of VM disks."""
-    from vmvault.cli.options import use_remote
-
     if server is None:
         use_remote(None)
         return
     if not token:
         fail(UsageError("--server needs --token (or VMVAULT_TOKEN)"), False)
-    from vmvault.cli.remote import Remote
+    from vmvault.cli.remote import Remote  # httpx: slow to import, only for --server
 
     use_remote(Remote(server, token, ca_cert))
 

@@ -28,6 +28,7 @@ from vmvault.app.vaults import init_vault, run_check
 from vmvault.cli.options import JsonOpt
 from vmvault.cli.output import console, emit_json, guarded, human_bytes
 from vmvault.errors import UsageError, VmvaultError
+from vmvault.inventory import load_inventory
 
 DEMO_PASSPHRASE = "vmvault-demo-passphrase"
 
@@ -164,8 +165,6 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
     def step(text: str) -> float:
         say(f"[bold cyan]==>[/] {text}")
         return time.perf_counter()
-
-    from vmvault.inventory import load_inventory
 
     step("making a VM: an OS disk, a data disk and a temporary disk, with pre/post scripts")
     inventory = load_inventory(_write_vm(work, size, say))

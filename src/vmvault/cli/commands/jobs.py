@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from vmvault.cli.client import get_client
@@ -26,6 +28,7 @@ from vmvault.cli.render.jobs import (
     print_queued,
     print_worker_ran,
 )
+from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile, load_inventory
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
 
@@ -103,8 +106,7 @@ def worker(
     json: bool = JsonOpt,
 ) -> None:
     """Run queued jobs within the inventory's limits (40 VMs, 20 disks per pool)."""
-    from vmvault.inventory import load_inventory
-    from vmvault.jobs.worker import run_worker
+    from vmvault.jobs.worker import run_worker  # SQLAlchemy, slow: the worker alone
 
     started = guarded(
         json,
@@ -131,9 +133,7 @@ def scheduler(
     passphrase_file: str | None = PassFileOpt,
 ) -> None:
     """Run backups when their policies say, retention and GC daily; logs what it does."""
-    import logging
-
-    from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile
+    # SQLAlchemy and the alert senders, slow to import: loaded when the scheduler starts.
     from vmvault.jobs.daemon import Daemon
     from vmvault.jobs.queue import JobQueue
 

@@ -41,6 +41,7 @@ from vmvault.cli.render.points import (
     print_verified,
 )
 from vmvault.errors import EXIT_DAMAGE, UsageError
+from vmvault.inventory import load_inventory
 
 
 def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[DiskSpec]:
@@ -184,8 +185,6 @@ def prune(
     json: bool = JsonOpt,
 ) -> None:
     """Apply each VM's retention policy (GFS): delete the points it no longer keeps."""
-    from vmvault.inventory import load_inventory
-
     doc = guarded(
         json,
         lambda: run_prune(

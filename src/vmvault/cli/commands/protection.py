@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from vmvault.app.protection import change_protection, set_immutability, set_soft_delete
 from vmvault.cli.options import (
     CatalogOpt,
     JsonOpt,
@@ -35,8 +36,6 @@ def _act(
     vm: str,
     **options: Any,
 ) -> None:
-    from vmvault.app.protection import change_protection
-
     ctx = guarded(json, lambda: context(vault, catalog, passphrase_file))
     doc = guarded(json, lambda: change_protection(ctx, vm, action, **options))
     show(doc, json, print_protection)
@@ -101,8 +100,6 @@ def immutability(
     json: bool = JsonOpt,
 ) -> None:
     """Make the vault immutable: no backup data deleted, no retention shortened."""
-    from vmvault.app.protection import set_immutability
-
     doc = guarded(json, lambda: set_immutability(context(vault, catalog, passphrase_file), value))
     show(doc, json, print_immutability)
 
@@ -115,7 +112,5 @@ def soft_delete(
     json: bool = JsonOpt,
 ) -> None:
     """Keep soft-deleted backup data this many days (14 to 180) before purging it."""
-    from vmvault.app.protection import set_soft_delete
-
     doc = guarded(json, lambda: set_soft_delete(context(vault, catalog, passphrase_file), days))
     show(doc, json, print_soft_delete)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import typer
@@ -51,8 +52,7 @@ def serve(
     passphrase_file: str | None = PassFileOpt,
 ) -> None:
     """Serve the REST API (/api/v1) and the dashboard, with the scheduler and a worker."""
-    import logging
-
+    # uvicorn, FastAPI and SQLAlchemy take seconds to import: only `serve` needs them.
     import uvicorn
 
     from vmvault.server.app import create_app
@@ -95,7 +95,7 @@ def serve(
 
 
 def _accounts(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
-    from vmvault.server.accounts import Accounts
+    from vmvault.server.accounts import Accounts  # SQLAlchemy, slow: token commands alone
 
     return Accounts(context(vault, catalog, passphrase_file).catalog())
 
@@ -110,7 +110,7 @@ def create_token(
     json: bool = JsonOpt,
 ) -> None:
     """Create a token and print it once (the catalog keeps only its hash)."""
-    from vmvault.server.accounts import token_doc
+    from vmvault.server.accounts import token_doc  # SQLAlchemy, as in _accounts
 
     def act() -> dict[str, Any]:
         secret, row = _accounts(vault, catalog, passphrase_file).create_token(
@@ -129,7 +129,7 @@ def list_tokens(
     json: bool = JsonOpt,
 ) -> None:
     """List tokens (never their secrets)."""
-    from vmvault.server.accounts import token_doc
+    from vmvault.server.accounts import token_doc  # SQLAlchemy, as in _accounts
 
     rows = guarded(
         json, lambda: [token_doc(t) for t in _accounts(vault, catalog, passphrase_file).tokens()]
@@ -149,7 +149,7 @@ def revoke_token(
     json: bool = JsonOpt,
 ) -> None:
     """Revoke a token at once (its dashboard sessions end too)."""
-    from vmvault.server.accounts import token_doc
+    from vmvault.server.accounts import token_doc  # SQLAlchemy, as in _accounts
 
     doc = guarded(
         json, lambda: token_doc(_accounts(vault, catalog, passphrase_file).revoke(token_id))

@@ -81,7 +81,7 @@ def discover_vms(
     json: bool = JsonOpt,
 ) -> None:
     """Print inventory entries for libvirt's domains (read with virsh), to review and paste."""
-    from vmvault.inventory.discovery import discover
+    from vmvault.inventory.discovery import discover  # XML parsing: for `vm discover` alone
 
     found = guarded(json, lambda: discover(connect))
     if json:
