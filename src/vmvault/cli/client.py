@@ -63,6 +63,18 @@ class Fleet(NamedTuple):
     rows: list[JsonDoc]
 
 
+class VmRestore(NamedTuple):
+    """How `vm restore` restores a VM: which point, as what, where."""
+
+    point: str
+    new_name: str | None
+    directory: str | None
+    pool: str | None
+    in_place: bool
+    confirmed: bool
+    force: bool
+
+
 class Client(Protocol):
     """What a command can ask, wherever it runs; each answer is ready to render."""
 
@@ -100,19 +112,7 @@ class Client(Protocol):
         """The new point, or the server's job."""
         ...
 
-    def vm_restore(
-        self,
-        name: str,
-        inventory: str | None,
-        *,
-        point: str,
-        new_name: str | None,
-        directory: str | None,
-        pool: str | None,
-        in_place: bool,
-        confirmed: bool,
-        force: bool,
-    ) -> JsonDoc | Job:
+    def vm_restore(self, name: str, inventory: str | None, request: VmRestore) -> JsonDoc | Job:
         """What was restored where, or the server's job."""
         ...
 
@@ -240,19 +240,7 @@ class LocalClient:
                 progress=progress,
             )
 
-    def vm_restore(
-        self,
-        name: str,
-        inventory: str | None,
-        *,
-        point: str,
-        new_name: str | None,
-        directory: str | None,
-        pool: str | None,
-        in_place: bool,
-        confirmed: bool,
-        force: bool,
-    ) -> JsonDoc:
+    def vm_restore(self, name: str, inventory: str | None, request: VmRestore) -> JsonDoc:
         inv = load_inventory(inventory)
         ctx = self._context()
         with progress_bar(self.progress) as progress:
@@ -260,13 +248,13 @@ class LocalClient:
                 ctx,
                 inv,
                 name,
-                point_ref=point,
-                new_name=new_name,
-                directory=directory,
-                target_pool=pool,
-                in_place=in_place,
-                confirmed=confirmed,
-                force=force,
+                point_ref=request.point,
+                new_name=request.new_name,
+                directory=request.directory,
+                target_pool=request.pool,
+                in_place=request.in_place,
+                confirmed=request.confirmed,
+                force=request.force,
                 progress=progress,
             )
 
@@ -362,22 +350,15 @@ class RemoteClient:
     ) -> Job:
         return self._run(f"/api/v1/vms/{name}/backup", {"full": full}, wait)
 
-    def vm_restore(
-        self,
-        name: str,
-        inventory: str | None,
-        *,
-        point: str,
-        new_name: str | None,
-        directory: str | None,
-        pool: str | None,
-        in_place: bool,
-        confirmed: bool,
-        force: bool,
-    ) -> Job:
-        if in_place or directory or not new_name:
+    def vm_restore(self, name: str, inventory: str | None, request: VmRestore) -> Job:
+        if request.in_place or request.directory or not request.new_name:
             raise UsageError("with --server, restore as a new VM: --as NAME (no --to, --in-place)")
-        body = {"vm": name, "point": point, "new_name": new_name, "pool": pool}
+        body = {
+            "vm": name,
+            "point": request.point,
+            "new_name": request.new_name,
+            "pool": request.pool,
+        }
         return self._run("/api/v1/restores", body, True)
 
     def _run(self, path: str, body: JsonDoc, wait: bool) -> Job:

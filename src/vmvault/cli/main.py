@@ -1,5 +1,7 @@
-"""`vmvault`: init a vault, back up disks, list, restore, verify and check recovery points.
+"""`vmvault`: the app, its ``--server`` option, and every command group registered on it.
 
+The commands live in ``cli/commands/`` (a module per group), their human output in
+``cli/render/``; those that also work with ``--server`` go through ``cli/client.py``.
 Every command prints a human summary, or with ``--json`` exactly one JSON document. Errors
 are one line on stderr (or ``{"error": ...}`` with --json) and a non-zero exit code.
 """
@@ -68,7 +70,8 @@ def version(json: bool = JsonOpt) -> None:
 
 
 def _register_commands() -> None:
-    """Every command and group, in the order `vmvault --help` lists them."""
+    """Every command and group; `vmvault --help` lists the commands in this order, then the
+    groups in theirs."""
     app.command("init")(vault.init)
     app.command("backup")(points.backup_cmd)
     app.command("list")(points.list_cmd)

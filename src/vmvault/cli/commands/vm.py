@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from vmvault.cli.client import Fleet, Job, get_client
+from vmvault.cli.client import Fleet, Job, VmRestore, get_client
 from vmvault.cli.options import (
     CatalogOpt,
     FullOpt,
@@ -134,13 +134,7 @@ def restore_vm(
         lambda: client.vm_restore(
             name,
             inventory,
-            point=point,
-            new_name=new_name,
-            directory=directory,
-            pool=pool,
-            in_place=in_place,
-            confirmed=yes,
-            force=force,
+            VmRestore(point, new_name, directory, pool, in_place, confirmed=yes, force=force),
         ),
     )
     _show_run(restored, json, print_vm_restored)

@@ -62,8 +62,7 @@ def print_restored(doc: dict[str, Any]) -> None:
         f"restored {doc['disk']} to {doc['target']}: {human_bytes(doc['size'])}, "
         f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate:.0f} MB/s)"
     )
-    for d in doc["damaged"]:
-        console.print(f"[red]damaged[/] bytes {d['start']}-{d['end']}: {d['reason']}")
+    _print_damaged(doc["damaged"])
 
 
 def print_verified(doc: dict[str, Any]) -> None:
@@ -74,8 +73,13 @@ def print_verified(doc: dict[str, Any]) -> None:
             f"{doc['point']} {d['disk']}: {state}, {d['chunks']} chunks, "
             f"{human_bytes(d['bytes_verified'])} verified"
         )
-        for r in d["damaged"]:
-            console.print(f"  [red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
+        _print_damaged(d["damaged"], indent="  ")
+
+
+def _print_damaged(ranges: list[dict[str, Any]], indent: str = "") -> None:
+    """The byte ranges a restore or verify could not read back, one a line."""
+    for r in ranges:
+        console.print(f"{indent}[red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
 
 
 def print_forgotten(doc: dict[str, Any]) -> None:
