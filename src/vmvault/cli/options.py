@@ -4,17 +4,62 @@ from __future__ import annotations
 
 import math
 from datetime import time as clock_time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from vmvault.app.context import Context
 from vmvault.cli.passphrase import prompt_passphrase
+from vmvault.errors import UsageError
+from vmvault.inventory import MIN_RATE
 
 if TYPE_CHECKING:
     from vmvault.cli.remote import Remote
-from vmvault.errors import UsageError
-from vmvault.inventory import MIN_RATE
+
+# Declared once, shared by the commands. Where commands give the same option different
+# help texts, a factory takes each command's text (the help stays exactly as it was).
+
+
+def json_option(help: str | None = "Print one JSON document instead of text.") -> Any:
+    return typer.Option(False, "--json", help=help)
+
+
+def inventory_option(
+    help: str = "Inventory file (env VMVAULT_INVENTORY; default /etc/vmvault/inventory.toml).",
+) -> Any:
+    return typer.Option(None, "--inventory", "-i", envvar="VMVAULT_INVENTORY", help=help)
+
+
+def vm_option(help: str, *, required: bool = False) -> Any:
+    """``--vm NAME``: the VM of a backup (``required``), or a filter."""
+    return typer.Option(... if required else None, "--vm", help=help)
+
+
+def vm_argument(help: str | None = "VM name.") -> Any:
+    return typer.Argument(..., help=help)
+
+
+def point_argument(default: Any = ...) -> Any:
+    """A recovery point: required, or ``default`` (``latest``)."""
+    return typer.Argument(default, help="Point id (or a unique prefix, or 'latest').")
+
+
+def format_option(help: str) -> Any:
+    """``--format/-f`` of a disk image (raw unless given)."""
+    return typer.Option("raw", "--format", "-f", help=help)
+
+
+def full_option(help: str | None = "Ignore the parent point: read everything.") -> Any:
+    return typer.Option(False, "--full", help=help)
+
+
+def force_option(help: str) -> Any:
+    return typer.Option(False, "--force", help=help)
+
+
+def once_option(help: str) -> Any:
+    return typer.Option(False, "--once", help=help)
+
 
 VaultOpt = typer.Option(
     None, "--vault", "-V", envvar="VMVAULT_VAULT", help="Vault directory (env VMVAULT_VAULT)."
@@ -30,14 +75,13 @@ PassFileOpt = typer.Option(
     "--passphrase-file",
     help="Read the passphrase from this file (or env VMVAULT_PASSPHRASE).",
 )
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of text.")
-InventoryOpt = typer.Option(
-    None,
-    "--inventory",
-    "-i",
-    envvar="VMVAULT_INVENTORY",
-    help="Inventory file (env VMVAULT_INVENTORY; default /etc/vmvault/inventory.toml).",
-)
+JsonOpt = json_option()
+InventoryOpt = inventory_option()
+FullOpt = full_option()
+LatestVmOpt = vm_option("With 'latest': the VM's latest point.")
+LimitRateOpt = typer.Option(None, "--limit-rate", help="Read at most this many MB/s per disk.")
+WorkersOpt = typer.Option(None, "--workers", help="Threads (default: cores).")
+JobIdArg = typer.Argument(...)
 
 
 _remote: list[Remote] = []  # set by the root command's --server / --token

@@ -42,6 +42,14 @@ def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
 
 
+def show(doc: T, as_json: bool, human: Callable[[T], None]) -> None:
+    """A command's answer: the document itself with ``--json``, else its human rendering."""
+    if as_json:
+        emit_json(doc)
+    else:
+        human(doc)
+
+
 def fail(exc: VmvaultError, as_json: bool) -> NoReturn:
     if as_json:
         emit_json({"error": {"code": exc.code, "message": exc.message}})

@@ -6,17 +6,25 @@ from typing import Any
 
 import typer
 
-from vmvault.cli.options import CatalogOpt, JsonOpt, PassFileOpt, VaultOpt, context
-from vmvault.cli.output import console, emit_json, guarded
+from vmvault.app.protection import change_protection, set_immutability, set_soft_delete
+from vmvault.cli.options import (
+    CatalogOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+    vm_argument,
+)
+from vmvault.cli.output import guarded, show
+from vmvault.cli.render.protection import (
+    print_immutability,
+    print_protection,
+    print_soft_delete,
+)
 
 app = typer.Typer(
     help="Protection of VMs: stop, resume, soft delete, undelete.", no_args_is_help=True
 )
-
-
-def _print(doc: dict[str, Any]) -> None:
-    purge = f", data purged after {doc['purge_at'][:19]}" if doc["purge_at"] else ""
-    console.print(f"{doc['vm']}: {doc['status']}{purge}")
 
 
 def _act(
@@ -28,19 +36,14 @@ def _act(
     vm: str,
     **options: Any,
 ) -> None:
-    from vmvault.app.protection import change_protection
-
     ctx = guarded(json, lambda: context(vault, catalog, passphrase_file))
     doc = guarded(json, lambda: change_protection(ctx, vm, action, **options))
-    if json:
-        emit_json(doc)
-    else:
-        _print(doc)
+    show(doc, json, print_protection)
 
 
 @app.command("stop")
 def stop(
-    vm: str = typer.Argument(...),
+    vm: str = vm_argument(None),
     delete_data: bool = typer.Option(
         False, "--delete-data", help="Soft-delete its backup data (recoverable for a while)."
     ),
@@ -55,7 +58,7 @@ def stop(
 
 @app.command("resume")
 def resume(
-    vm: str = typer.Argument(...),
+    vm: str = vm_argument(None),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -67,7 +70,7 @@ def resume(
 
 @app.command("undelete")
 def undelete(
-    vm: str = typer.Argument(...),
+    vm: str = vm_argument(None),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -78,8 +81,8 @@ def undelete(
 
 
 @app.command("show")
-def show(
-    vm: str = typer.Argument(...),
+def show_state(
+    vm: str = vm_argument(None),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -97,13 +100,8 @@ def immutability(
     json: bool = JsonOpt,
 ) -> None:
     """Make the vault immutable: no backup data deleted, no retention shortened."""
-    from vmvault.app.protection import set_immutability
-
     doc = guarded(json, lambda: set_immutability(context(vault, catalog, passphrase_file), value))
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"immutability: {doc['immutability']}")
+    show(doc, json, print_immutability)
 
 
 def soft_delete(
@@ -114,10 +112,5 @@ def soft_delete(
     json: bool = JsonOpt,
 ) -> None:
     """Keep soft-deleted backup data this many days (14 to 180) before purging it."""
-    from vmvault.app.protection import set_soft_delete
-
     doc = guarded(json, lambda: set_soft_delete(context(vault, catalog, passphrase_file), days))
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"soft delete keeps data {doc['soft_delete_days']} days")
+    show(doc, json, print_soft_delete)

@@ -25,8 +25,10 @@ from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import PASSPHRASE_ENV, Context
 from vmvault.app.restore import run_restore
 from vmvault.app.vaults import init_vault, run_check
+from vmvault.cli.options import JsonOpt
 from vmvault.cli.output import console, emit_json, guarded, human_bytes
 from vmvault.errors import UsageError, VmvaultError
+from vmvault.inventory import load_inventory
 
 DEMO_PASSPHRASE = "vmvault-demo-passphrase"
 
@@ -54,7 +56,7 @@ def demo_cmd(
     workdir: str = typer.Option("demo-out", "--workdir", help="Where the demo puts its files."),
     size: str = typer.Option("1G", "--size", help="Size of the generated disk."),
     percent: float = typer.Option(1.0, "--percent", help="Share of the disk changed between."),
-    json: bool = typer.Option(False, "--json", help="Print one JSON document instead of text."),
+    json: bool = JsonOpt,
 ) -> None:
     """Back up a generated VM disk, change it, back it up again, restore and verify both."""
 
@@ -163,8 +165,6 @@ def run_demo(work: Path, size: int, percent: float, *, quiet: bool = False) -> d
     def step(text: str) -> float:
         say(f"[bold cyan]==>[/] {text}")
         return time.perf_counter()
-
-    from vmvault.inventory import load_inventory
 
     step("making a VM: an OS disk, a data disk and a temporary disk, with pre/post scripts")
     inventory = load_inventory(_write_vm(work, size, say))

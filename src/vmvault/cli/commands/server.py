@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import typer
-from rich.table import Table
 
+from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
@@ -17,7 +18,14 @@ from vmvault.cli.options import (
     context,
     maintenance_time,
 )
-from vmvault.cli.output import console, emit_json, guarded
+from vmvault.cli.output import emit_json, guarded, show
+from vmvault.cli.render.server import (
+    print_alerts,
+    print_serving,
+    print_token_created,
+    print_token_revoked,
+    print_tokens,
+)
 from vmvault.errors import UsageError
 
 token_app = typer.Typer(
@@ -44,8 +52,7 @@ def serve(
     passphrase_file: str | None = PassFileOpt,
 ) -> None:
     """Serve the REST API (/api/v1) and the dashboard, with the scheduler and a worker."""
-    import logging
-
+    # uvicorn, FastAPI and SQLAlchemy take seconds to import: only `serve` needs them.
     import uvicorn
 
     from vmvault.server.app import create_app
@@ -74,7 +81,7 @@ def serve(
     app = guarded(False, build)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scheme = "https" if tls_cert else "http"
-    console.print(f"vmvault serving on {scheme}://{host}:{port}/ (API under /api/v1)")
+    print_serving(scheme, host, port)
     uvicorn.run(
         app,
         host=host,
@@ -88,7 +95,7 @@ def serve(
 
 
 def _accounts(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
-    from vmvault.server.accounts import Accounts
+    from vmvault.server.accounts import Accounts  # SQLAlchemy, slow: token commands alone
 
     return Accounts(context(vault, catalog, passphrase_file).catalog())
 
@@ -103,7 +110,7 @@ def create_token(
     json: bool = JsonOpt,
 ) -> None:
     """Create a token and print it once (the catalog keeps only its hash)."""
-    from vmvault.server.accounts import token_doc
+    from vmvault.server.accounts import token_doc  # SQLAlchemy, as in _accounts
 
     def act() -> dict[str, Any]:
         secret, row = _accounts(vault, catalog, passphrase_file).create_token(
@@ -111,12 +118,7 @@ def create_token(
         )
         return {**token_doc(row), "token": secret}
 
-    doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"token {doc['id']} ({doc['name']}, {doc['role']}): shown once, keep it safe")
-        typer.echo(doc["token"])
+    show(guarded(json, act), json, print_token_created)
 
 
 @token_app.command("list")
@@ -127,27 +129,15 @@ def list_tokens(
     json: bool = JsonOpt,
 ) -> None:
     """List tokens (never their secrets)."""
-    from vmvault.server.accounts import token_doc
+    from vmvault.server.accounts import token_doc  # SQLAlchemy, as in _accounts
 
     rows = guarded(
         json, lambda: [token_doc(t) for t in _accounts(vault, catalog, passphrase_file).tokens()]
     )
     if json:
         emit_json({"tokens": rows})
-        return
-    table = Table(title="API tokens")
-    for col in ("id", "name", "role", "created", "last used", "revoked"):
-        table.add_column(col)
-    for t in rows:
-        table.add_row(
-            str(t["id"]),
-            t["name"],
-            t["role"],
-            t["created_at"][:19],
-            (t["last_used_at"] or "-")[:19],
-            "yes" if t["revoked"] else "no",
-        )
-    console.print(table)
+    else:
+        print_tokens(rows)
 
 
 @token_app.command("revoke")
@@ -159,15 +149,12 @@ def revoke_token(
     json: bool = JsonOpt,
 ) -> None:
     """Revoke a token at once (its dashboard sessions end too)."""
-    from vmvault.server.accounts import token_doc
+    from vmvault.server.accounts import token_doc  # SQLAlchemy, as in _accounts
 
     doc = guarded(
         json, lambda: token_doc(_accounts(vault, catalog, passphrase_file).revoke(token_id))
     )
-    if json:
-        emit_json(doc)
-    else:
-        console.print(f"token {doc['id']} ({doc['name']}) revoked")
+    show(doc, json, print_token_revoked)
 
 
 alerts_app = typer.Typer(help="Alerts: job failures and security events.", no_args_is_help=True)
@@ -182,35 +169,9 @@ def list_alerts(
     json: bool = JsonOpt,
 ) -> None:
     """Alerts, newest first, with where each was delivered (works with --server too)."""
-    from vmvault.cli.options import remote
-
-    def act() -> list[dict[str, Any]]:
-        if (server := remote()) is not None:
-            return list(server.get("/api/v1/alerts", limit=limit)["items"])
-        from vmvault.alerts.store import alert_doc
-        from vmvault.alerts.store import list_alerts as stored
-
-        ctx = context(vault, catalog, passphrase_file)
-        vault_id = ctx.open_vault(load_index=False).config.vault_id
-        _, rows = stored(ctx.catalog(), vault_id, limit=limit)
-        return [alert_doc(a) for a in rows]
-
-    rows = guarded(json, act)
+    client = get_client(vault, catalog, passphrase_file)
+    rows = guarded(json, lambda: client.list_alerts(limit))
     if json:
         emit_json({"alerts": rows})
-        return
-    table = Table(title="alerts")
-    for col in ("id", "at", "severity", "kind", "vm", "message", "delivered"):
-        table.add_column(col)
-    for a in rows:
-        sent = sum(1 for d in a["deliveries"] if d["ok"])
-        table.add_row(
-            str(a["id"]),
-            a["at"][:19],
-            a["severity"],
-            a["kind"],
-            a["vm"] or "-",
-            a["message"],
-            f"{sent}/{len(a['deliveries'])}" if a["deliveries"] else "-",
-        )
-    console.print(table)
+    else:
+        print_alerts(rows)

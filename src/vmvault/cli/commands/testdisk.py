@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from vmvault import testdisk
-from vmvault.cli.output import console, emit_json, guarded
+from vmvault.cli.options import json_option
+from vmvault.cli.output import emit_json, guarded
+from vmvault.cli.render.testdisk import print_created, print_mutated
 from vmvault.errors import UsageError
 
 app = typer.Typer(help="Generate and mutate realistic test disk images.", no_args_is_help=True)
@@ -23,17 +25,14 @@ def create(
     image: str = typer.Argument(..., help="Image file to write (overwritten)."),
     size: str = typer.Option("1G", "--size", help="Logical size, e.g. 512M, 4G."),
     seed: int = typer.Option(1, "--seed"),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = json_option(None),
 ) -> None:
     """Create a sparse raw image: holes, zeros, log-like text, random data, duplicates."""
     stats = guarded(json, lambda: testdisk.create_disk(image, _size(size), seed=seed))
     if json:
         emit_json(stats.__dict__)
     else:
-        console.print(
-            f"created {stats.path}: {stats.size} bytes, {stats.written} written "
-            f"in {stats.extents} extents, {stats.seconds:.1f} s"
-        )
+        print_created(stats)
 
 
 @app.command("mutate")
@@ -41,7 +40,7 @@ def mutate(
     image: str = typer.Argument(..., help="Existing image to change in place."),
     percent: float = typer.Option(1.0, "--percent", help="Share of the disk to rewrite."),
     seed: int = typer.Option(2, "--seed"),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = json_option(None),
 ) -> None:
     """Rewrite PERCENT of the image in scattered 64 KiB writes (a day of guest writes)."""
 
@@ -57,7 +56,4 @@ def mutate(
     if json:
         emit_json(stats.__dict__)
     else:
-        console.print(
-            f"mutated {stats.path}: {stats.writes} writes of 64 KiB "
-            f"({stats.bytes_written} bytes), {stats.seconds:.1f} s"
-        )
+        print_mutated(stats)

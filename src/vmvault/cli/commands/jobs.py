@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
 import typer
-from rich.table import Table
 
+from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
+    JobIdArg,
     JsonOpt,
     MaintenanceAtOpt,
     PassFileOpt,
     VaultOpt,
     context,
+    full_option,
     maintenance_time,
-    remote,
+    once_option,
 )
-from vmvault.cli.output import console, emit_json, guarded, human_bytes
+from vmvault.cli.output import emit_json, guarded, show
+from vmvault.cli.render.jobs import (
+    print_cancelled,
+    print_job,
+    print_jobs,
+    print_queued,
+    print_worker_ran,
+)
+from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile, load_inventory
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
-
-
-def job_doc(job: Any) -> dict[str, Any]:
-    from vmvault.jobs.queue import job_doc as doc  # SQLAlchemy: imported when needed
-
-    return doc(job)
-
-
-def _queue(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
-    from vmvault.jobs.queue import JobQueue
-
-    ctx = context(vault, catalog, passphrase_file)
-    return JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
 
 
 @app.command("list")
@@ -45,85 +42,45 @@ def list_jobs(
     json: bool = JsonOpt,
 ) -> None:
     """Queued, running and finished jobs, newest first."""
-
-    def act() -> list[dict[str, Any]]:
-        if (server := remote()) is not None:
-            return list(server.get("/api/v1/jobs", limit=limit)["items"])
-        queue = _queue(vault, catalog, passphrase_file)
-        return [job_doc(j) for j in queue.catalog.jobs(queue.vault_id, limit)]
-
-    jobs = guarded(json, act)
+    client = get_client(vault, catalog, passphrase_file)
+    jobs = guarded(json, lambda: client.list_jobs(limit))
     if json:
         emit_json({"jobs": jobs})
-        return
-    table = Table(title="jobs")
-    for col in ("id", "kind", "vm", "state", "queued", "wait", "point", "read", "written", "error"):
-        table.add_column(col)
-    for j in jobs:
-        table.add_row(
-            str(j["id"]),
-            j["kind"],
-            j["vm"] or "",
-            j["state"],
-            str(j["queued_at"] or j["started_at"])[:19],
-            f"{j['queue_wait'] or 0:.0f} s",
-            j["point_id"] or "",
-            human_bytes(j["bytes_read"] or 0),
-            human_bytes(j["bytes_written"] or 0),
-            j["error_message"] or "",
-        )
-    console.print(table)
+    else:
+        print_jobs(jobs)
 
 
 @app.command("show")
 def show_job(
-    job_id: int = typer.Argument(...),
+    job_id: int = JobIdArg,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
     """One job in full."""
-
-    def act() -> dict[str, Any]:
-        if (server := remote()) is not None:
-            return dict(server.get(f"/api/v1/jobs/{job_id}"))
-        return job_doc(_queue(vault, catalog, passphrase_file).get(job_id))
-
-    doc = guarded(json, act)
-    if json:
-        emit_json(doc)
-        return
-    for key, value in doc.items():
-        console.print(f"{key:14} {value}")
+    client = get_client(vault, catalog, passphrase_file)
+    show(guarded(json, lambda: client.show_job(job_id)), json, print_job)
 
 
 @app.command("cancel")
 def cancel_job(
-    job_id: int = typer.Argument(...),
+    job_id: int = JobIdArg,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
     """Cancel a queued job, or stop a running one at its next block."""
-
-    def act() -> str:
-        if (server := remote()) is not None:
-            return str(server.post(f"/api/v1/jobs/{job_id}/cancel")["outcome"])
-        return str(_queue(vault, catalog, passphrase_file).cancel(job_id))
-
-    state = guarded(json, act)
-    if json:
-        emit_json({"id": job_id, "state": state})
-    else:
-        console.print(f"job {job_id}: {state}")
+    client = get_client(vault, catalog, passphrase_file)
+    state = guarded(json, lambda: client.cancel_job(job_id))
+    show({"id": job_id, "state": state}, json, print_cancelled)
 
 
 @app.command("run-now")
 def run_now(
     vm: str = typer.Argument(..., help="VM to back up."),
-    full: bool = typer.Option(False, "--full"),
+    full: bool = full_option(None),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -131,24 +88,16 @@ def run_now(
     json: bool = JsonOpt,
 ) -> None:
     """Queue an on-demand backup of a VM (a worker runs it)."""
-
-    def act() -> int:
-        if (server := remote()) is not None:
-            return int(server.post(f"/api/v1/vms/{vm}/backup", {"full": full})["id"])
-        from vmvault.inventory import load_inventory
-
-        load_inventory(inventory).vm(vm)  # refuse unknown VMs now, not in the worker
-        return int(_queue(vault, catalog, passphrase_file).enqueue("backup", vm, {"full": full}))
-
-    job_id = guarded(json, act)
+    client = get_client(vault, catalog, passphrase_file)
+    job_id = guarded(json, lambda: client.run_now(vm, full, inventory))
     if json:
         emit_json({"id": job_id, "state": "queued"})
     else:
-        console.print(f"queued job {job_id}: backup of {vm}")
+        print_queued(job_id, vm)
 
 
 def worker(
-    once: bool = typer.Option(False, "--once", help="Stop when the queue is empty."),
+    once: bool = once_option("Stop when the queue is empty."),
     concurrency: int | None = typer.Option(None, "--concurrency", help="Jobs at once."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
@@ -157,8 +106,7 @@ def worker(
     json: bool = JsonOpt,
 ) -> None:
     """Run queued jobs within the inventory's limits (40 VMs, 20 disks per pool)."""
-    from vmvault.inventory import load_inventory
-    from vmvault.jobs.worker import run_worker
+    from vmvault.jobs.worker import run_worker  # SQLAlchemy, slow: the worker alone
 
     started = guarded(
         json,
@@ -172,22 +120,20 @@ def worker(
     if json:
         emit_json({"jobs_run": started})
     else:
-        console.print(f"ran {len(started)} job(s): {', '.join(map(str, started)) or '-'}")
+        print_worker_ran(started)
 
 
 def scheduler(
     interval: float = typer.Option(30.0, "--interval", help="Seconds between checks."),
     maintenance_at: str = MaintenanceAtOpt,
-    once: bool = typer.Option(False, "--once", help="One check, run what is due, stop."),
+    once: bool = once_option("One check, run what is due, stop."),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
 ) -> None:
     """Run backups when their policies say, retention and GC daily; logs what it does."""
-    import logging
-
-    from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile
+    # SQLAlchemy and the alert senders, slow to import: loaded when the scheduler starts.
     from vmvault.jobs.daemon import Daemon
     from vmvault.jobs.queue import JobQueue
 

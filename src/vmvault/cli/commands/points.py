@@ -1,0 +1,198 @@
+"""Recovery points: back up disks, list, restore, verify, forget, prune (retention)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from vmvault.app.backup import run_backup
+from vmvault.app.disks import DiskSpec
+from vmvault.app.points import forget_point
+from vmvault.app.restore import run_restore
+from vmvault.app.retention import run_prune
+from vmvault.cli.client import get_client
+from vmvault.cli.options import (
+    CatalogOpt,
+    FullOpt,
+    InventoryOpt,
+    JsonOpt,
+    LatestVmOpt,
+    LimitRateOpt,
+    PassFileOpt,
+    VaultOpt,
+    WorkersOpt,
+    context,
+    force_option,
+    format_option,
+    point_argument,
+    rate_limit_bytes,
+    vm_option,
+)
+from vmvault.cli.output import emit_json, guarded, progress_bar, show
+from vmvault.cli.render.points import (
+    print_forgotten,
+    print_point,
+    print_points,
+    print_pruned,
+    print_restored,
+    print_verified,
+)
+from vmvault.errors import EXIT_DAMAGE, UsageError
+from vmvault.inventory import load_inventory
+from vmvault.model.point import RecoveryPoint
+
+
+def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[DiskSpec]:
+    if names and len(names) != len(images):
+        raise UsageError("give one --disk-name per image, or none")
+    if not names:
+        names = [Path(img).stem or f"disk{i}" for i, img in enumerate(images)]
+        if len(set(names)) != len(names):
+            names = [f"disk{i}" for i in range(len(images))]
+    return [DiskSpec(n, img, format=fmt) for n, img in zip(names, images, strict=True)]
+
+
+def backup_cmd(
+    images: list[str] = typer.Argument(..., help="Disk images or block devices of one VM."),
+    vm: str = vm_option("Name of the VM the disks belong to.", required=True),
+    disk_name: list[str] | None = typer.Option(None, "--disk-name", help="Name per disk."),
+    full: bool = FullOpt,
+    fmt: str = format_option("Image format: raw, qcow2, vpc (VHD) or vhdx."),
+    limit_rate: float | None = LimitRateOpt,
+    workers: int | None = WorkersOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Back up the disks of a VM into a new recovery point (incremental after the first)."""
+
+    def act() -> RecoveryPoint:
+        ctx = context(vault, catalog, passphrase_file)
+        rate = rate_limit_bytes(limit_rate)
+        with progress_bar(not json) as progress:
+            return run_backup(
+                ctx,
+                vm,
+                _disk_specs(images, disk_name, fmt),
+                full=full,
+                workers=workers,
+                rate_limit=rate,
+                progress=progress,
+            )
+
+    show(guarded(json, act), json, print_point)
+
+
+def list_cmd(
+    vm: str | None = vm_option("Only this VM's points."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """List recovery points."""
+    client = get_client(vault, catalog, passphrase_file)
+    listing = guarded(json, lambda: client.list_points(vm))
+    if json:
+        emit_json({"points": listing.points, "damaged": listing.damaged})
+    else:
+        print_points(listing.summaries, listing.damaged)
+
+
+def restore(
+    point: str = point_argument(),
+    target: str = typer.Argument(..., help="File (created sparse) or block device."),
+    disk: str | None = typer.Option(None, "--disk", help="Which disk of the point."),
+    fmt: str = format_option("Target format: raw, qcow2, vpc (VHD) or vhdx."),
+    vm: str | None = LatestVmOpt,
+    ignore_errors: bool = typer.Option(
+        False, "--ignore-errors", help="Restore all that is readable; list the damaged ranges."
+    ),
+    workers: int | None = WorkersOpt,
+    sync: bool = typer.Option(False, "--sync", help="fsync a file target before finishing."),
+    force: bool = force_option("Replace an existing file (never written through a symlink)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Restore a disk of a recovery point, verifying every chunk."""
+
+    def act() -> dict[str, Any]:
+        ctx = context(vault, catalog, passphrase_file)
+        with progress_bar(not json) as progress:
+            report = run_restore(
+                ctx,
+                point,
+                target,
+                disk=disk,
+                vm=vm,
+                target_format=fmt,
+                ignore_errors=ignore_errors,
+                workers=workers,
+                sync=sync,
+                force=force,
+                progress=progress,
+            )
+        return {"target": os.path.abspath(target), **report.to_dict()}
+
+    show(guarded(json, act), json, print_restored)
+
+
+def verify(
+    point: str = point_argument("latest"),
+    vm: str | None = LatestVmOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Read back every chunk of a point: authenticate, decompress, re-hash."""
+    client = get_client(vault, catalog, passphrase_file, progress=not json)
+
+    def act() -> dict[str, Any]:
+        point_id, disks = client.verify(point, vm)
+        return {"point": point_id, "ok": not any(d["damaged"] for d in disks), "disks": disks}
+
+    doc = guarded(json, act)
+    show(doc, json, print_verified)
+    if not doc["ok"]:
+        raise typer.Exit(EXIT_DAMAGE)
+
+
+def forget(
+    point: str = typer.Argument(..., help="Point id (or a unique prefix)."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Delete a recovery point; its data is freed by the next `vmvault gc`."""
+    point_id = guarded(json, lambda: forget_point(context(vault, catalog, passphrase_file), point))
+    show({"forgotten": point_id}, json, print_forgotten)
+
+
+def prune(
+    vm: str | None = vm_option("Only this VM (default: every VM)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; delete nothing."),
+    inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Apply each VM's retention policy (GFS): delete the points it no longer keeps."""
+    doc = guarded(
+        json,
+        lambda: run_prune(
+            context(vault, catalog, passphrase_file),
+            load_inventory(inventory),
+            vm_name=vm,
+            dry_run=dry_run,
+        ),
+    )
+    show(doc, json, lambda d: print_pruned(d, dry_run))

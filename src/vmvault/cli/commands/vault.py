@@ -1,0 +1,114 @@
+"""The vault: create it, check it, collect its garbage, rebuild its index (`vmvault vault`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
+from vmvault.cli.options import (
+    CatalogOpt,
+    JsonOpt,
+    PassFileOpt,
+    VaultOpt,
+    context,
+    force_option,
+)
+from vmvault.cli.output import guarded, show
+from vmvault.cli.render.vault import (
+    print_checked,
+    print_collected,
+    print_created,
+    print_reindexed,
+)
+from vmvault.errors import EXIT_DAMAGE
+
+app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
+
+
+def init(
+    compression_level: int = typer.Option(
+        3,
+        "--compression-level",
+        min=1,
+        max=19,
+        help="zstd level for new data: 3 is the default balance; 1 is faster, larger.",
+    ),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Create a new, empty, encrypted vault."""
+
+    def act() -> dict[str, Any]:
+        v = init_vault(
+            context(vault, catalog, passphrase_file), compression_level=compression_level
+        )
+        return {
+            "vault": v.backend.describe(),
+            "vault_id": v.config.vault_id,
+            "format_version": v.config.version,
+            "compression_level": v.config.compression_level,
+        }
+
+    show(guarded(json, act), json, print_created)
+
+
+def check(
+    read_data: bool = typer.Option(False, "--read-data", help="Also re-read every pack's bytes."),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Check the whole vault: index vs packs, orphans, missing objects, (optionally) data."""
+    report = guarded(
+        json,
+        lambda: run_check(context(vault, catalog, passphrase_file), read_data=read_data),
+    )
+    doc = report.to_dict()
+    show(doc, json, lambda d: print_checked(d, read_data))
+    if not doc["ok"]:
+        raise typer.Exit(EXIT_DAMAGE)
+
+
+def gc(
+    grace: float = typer.Option(
+        3600.0, "--grace", help="Never touch packs younger than this many seconds."
+    ),
+    repack_threshold: float = typer.Option(
+        0.25, "--repack-threshold", help="Repack packs at least this dead (0-1)."
+    ),
+    force: bool = force_option(
+        "Collect even with damaged points or records (what only they used is freed)."
+    ),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Free what no recovery point uses; safe while backups run (it defers its sweep)."""
+    report = guarded(
+        json,
+        lambda: run_gc(
+            context(vault, catalog, passphrase_file),
+            grace=grace,
+            repack_threshold=repack_threshold,
+            force=force,
+        ),
+    )
+    show(report.to_dict(), json, print_collected)
+
+
+@app.command("reindex")
+def reindex_cmd(
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Rebuild the chunk index from the packs and the catalog from the recovery points."""
+    doc = guarded(json, lambda: reindex(context(vault, catalog, passphrase_file)))
+    show(doc, json, print_reindexed)

@@ -1,0 +1,138 @@
+"""Human output of the planning commands: the simulated day (`plan`) and the bill (`cost`)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from vmvault.cli.output import console, human_bytes
+from vmvault.planning.cost import rows_to_csv
+
+
+def print_plan(doc: dict[str, Any]) -> None:
+    """The simulated day: jobs, estimates and their sources, pool load, findings, stagger."""
+    table = Table(title=f"backups on {doc['day']} (UTC)")
+    for col in ("vm", "kind", "due", "start", "end", "wait", "in window"):
+        table.add_column(col)
+    for j in doc["jobs"]:
+        table.add_row(
+            j["vm"],
+            doc["estimates"][j["vm"]]["tonight"],
+            _time_of(j["due"], doc["day"]),
+            _time_of(j["start"], doc["day"]),
+            _time_of(j["end"], doc["day"]),
+            f"{j['wait_s']} s",
+            "[red]no[/]" if j["late"] else "yes",
+        )
+    console.print(table)
+    estimates = Table(title="estimates per VM: duration (transfer + snapshot), and the sources")
+    for col in ("vm", "data", "initial", "at", "incremental", "at", "changed"):
+        estimates.add_column(col)
+    for vm, e in doc["estimates"].items():
+        initial, incremental = e["initial"], e["incremental"]
+        estimates.add_row(
+            vm,
+            f"{_decimal_bytes(initial['data_bytes'])}\n[dim]{e['data_source']}[/]",
+            _duration(initial["total_s"]),
+            f"{initial['rate_mb_s']:g} MB/s\n[dim]{initial['rate_source']}[/]",
+            _duration(incremental["total_s"]),
+            f"{incremental['rate_mb_s']:g} MB/s\n[dim]{incremental['rate_source']}[/]",
+            f"{_decimal_bytes(incremental['changed_bytes'])}\n"
+            f"[dim]{incremental['changed_source']}[/]",
+        )
+    console.print(estimates)
+    for pool, load in doc["pools"].items():
+        budget = f" of {load['egress_mb_s']:g}" if load["egress_mb_s"] is not None else ""
+        console.print(
+            f"pool {pool}: peak {load['peak_mb_s']}{budget} MB/s, "
+            f"demand up to {load['demand_peak_mb_s']} MB/s"
+        )
+    console.print(_fit(doc["summary"]))
+    for f in doc["findings"]:
+        console.print(f"[yellow]{f['code']}[/]: {f['message']}")
+    if "chart" in doc:
+        console.print(f"chart: {doc['chart']}")
+    if doc["stagger"]:
+        proposal = doc["stagger"]
+        for vm, start in proposal["start"].items():
+            console.print(
+                f'proposed for {vm}: start = "{start}" ({proposal["starts"][vm][11:16]} UTC)'
+            )
+        for pool, before in proposal["demand_before_mb_s"].items():
+            after = proposal["demand_after_mb_s"].get(pool)
+            console.print(f"pool {pool}: demand up to {before} MB/s -> {after} MB/s")
+        console.print(f"staggered: {_fit(proposal['summary_after'])}")
+        if proposal["applied"]:
+            console.print(f"written to {proposal['applied']}: {len(proposal['start'])} start(s)")
+        elif not proposal["start"]:
+            console.print("every VM keeps its start")
+
+
+def _time_of(moment: str | None, day: str) -> str:
+    """HH:MM of an ISO instant, marked +1d (+2d) when it falls after ``day``."""
+    if moment is None:
+        return "-"
+    days = (date.fromisoformat(moment[:10]) - date.fromisoformat(day)).days
+    return moment[11:16] + (f" +{days}d" if days else "")
+
+
+def _fit(summary: dict[str, Any]) -> str:
+    if summary["fits"]:
+        return "[green]fits[/]: no pool over its budget, no job waiting or late"
+    problems = []
+    if summary["pools_over_budget"]:
+        problems.append(
+            f"pools over their egress budget: {', '.join(summary['pools_over_budget'])}"
+        )
+    if summary["jobs_waiting"]:
+        problems.append(f"{summary['jobs_waiting']} job(s) wait for the admission limits")
+    if summary["jobs_late"]:
+        problems.append(f"{summary['jobs_late']} job(s) end after their window")
+    return "[red]over-subscribed[/]: " + "; ".join(problems)
+
+
+def _decimal_bytes(count: int) -> str:
+    """GB and MB as the seed counts them (10^9, 10^6)."""
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.1f} s"
+    return f"{minutes // 60}:{minutes % 60:02d} h"
+
+
+def print_cost(report: dict[str, Any], csv: bool) -> None:
+    """The month's bill per VM, as a table (and its total) or as CSV."""
+    if csv:
+        typer.echo(rows_to_csv(report["rows"]), nl=False)
+        return
+    table = Table(title=f"monthly cost ({report['currency']})")
+    for col in (
+        "vm",
+        "protected",
+        "instances",
+        "instance cost",
+        "storage",
+        "storage cost",
+        "total",
+        "billed",
+    ):
+        table.add_column(col)
+    for row in report["rows"]:
+        table.add_row(
+            row["vm"],
+            human_bytes(row["protected_instance_bytes"]),
+            str(row["instances"]),
+            row["instance_cost"],
+            human_bytes(row["storage_bytes"]),
+            row["storage_cost"],
+            row["total"],
+            "yes" if row["billed"] else f"no ({row['reason']})",
+        )
+    console.print(table)
+    console.print(f"total: {report['totals']['total']} {report['currency']}")

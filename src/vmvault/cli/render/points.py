@@ -1,0 +1,101 @@
+"""Human output of the point commands: backup, list, restore, verify, forget, prune."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.table import Table
+
+from vmvault.cli.output import console, human_bytes
+
+
+def print_point(point: Mapping[str, Any]) -> None:
+    """A backup's summary: per disk what was read, changed, new and written, and how fast."""
+    table = Table(title=f"recovery point {point['id']} ({point['type']}, {point['vm']})")
+    for col in ("disk", "size", "read", "changed", "new", "written", "time", "MB/s"):
+        table.add_column(col, justify="left" if col == "disk" else "right")
+    for d in point["disks"]:
+        st = d["stats"]
+        seconds = max(st["seconds"], 1e-9)
+        table.add_row(
+            d["name"],
+            human_bytes(d["size"]),
+            human_bytes(st["read"]),
+            human_bytes(st["changed"]),
+            human_bytes(st["new"]),
+            human_bytes(st["stored"]),
+            f"{st['seconds']:.2f} s",
+            f"{d['size'] / seconds / 1e6:.0f}",
+        )
+    console.print(table)
+    for d in point.get("excluded", []):
+        console.print(f"excluded: {d['name']} ({d['reason']})")
+    level = point["consistency"]
+    console.print(f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})")
+
+
+def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]]) -> None:
+    """The recovery points (their summaries), then the points that could not be read."""
+    table = Table(title="recovery points")
+    for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
+        table.add_column(col)
+    for p in summaries:
+        table.add_row(
+            p["id"],
+            p["vm"],
+            p["type"],
+            p["consistency"],
+            ", ".join(p["disks"]),
+            human_bytes(p["size"]),
+            human_bytes(p["changed"]),
+            human_bytes(p["stored"]),
+        )
+    console.print(table)
+    for d in damaged:
+        console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
+
+
+def print_restored(doc: dict[str, Any]) -> None:
+    """A disk restore: size, bytes verified, speed, and the damaged ranges it skipped."""
+    rate = doc["size"] / max(doc["seconds"], 1e-9) / 1e6
+    console.print(
+        f"restored {doc['disk']} to {doc['target']}: {human_bytes(doc['size'])}, "
+        f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate:.0f} MB/s)"
+    )
+    _print_damaged(doc["damaged"])
+
+
+def print_verified(doc: dict[str, Any]) -> None:
+    """A verify: per disk ok or damaged (with the damaged ranges)."""
+    for d in doc["disks"]:
+        state = "[green]ok[/]" if not d["damaged"] else "[red]DAMAGED[/]"
+        console.print(
+            f"{doc['point']} {d['disk']}: {state}, {d['chunks']} chunks, "
+            f"{human_bytes(d['bytes_verified'])} verified"
+        )
+        _print_damaged(d["damaged"], indent="  ")
+
+
+def _print_damaged(ranges: list[dict[str, Any]], indent: str = "") -> None:
+    """The byte ranges a restore or verify could not read back, one a line."""
+    for r in ranges:
+        console.print(f"{indent}[red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
+
+
+def print_forgotten(doc: dict[str, Any]) -> None:
+    console.print(f"forgot {doc['forgotten']}; run `vmvault gc` to free its data")
+
+
+def print_pruned(doc: dict[str, Any], dry_run: bool) -> None:
+    """Per VM the points its policy keeps (and why) and those it deletes (or would)."""
+    verb = "would delete" if dry_run else "deleted"
+    for name, plan in doc["vms"].items():
+        console.print(
+            f"{name} (policy {plan['policy']}): keeps {len(plan['keep'])}, "
+            f"{verb} {len(plan['prune'])}"
+        )
+        for point_id, reasons in plan["keep"].items():
+            console.print(f"  keep   {point_id}  {', '.join(reasons)}")
+        for point_id in plan["prune"]:
+            console.print(f"  [red]delete[/] {point_id}")

@@ -1,0 +1,49 @@
+"""Human output of the vault commands: init, check, gc, vault reindex."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmvault.cli.output import console, human_bytes
+
+
+def print_created(doc: dict[str, Any]) -> None:
+    console.print(f"created vault {doc['vault_id']} at {doc['vault']}")
+
+
+def print_checked(doc: dict[str, Any], read_data: bool) -> None:
+    """What a check read, each problem found, and the verdict."""
+    console.print(
+        f"{doc['packs']} packs, {doc['chunks']} chunks, {doc['points']} points, "
+        f"{doc['records']} block records checked"
+        + (f", {human_bytes(doc['bytes_read'])} read" if read_data else "")
+    )
+    for p in doc["problems"]:
+        colour = "red" if p["severity"] == "error" else "yellow"
+        console.print(f"[{colour}]{p['severity']}[/] {p['kind']} {p['object']}: {p['message']}")
+    console.print("[green]vault is consistent[/]" if doc["ok"] else "[red]vault has errors[/]")
+
+
+def print_collected(doc: dict[str, Any]) -> None:
+    """A garbage collection: what it deleted and repacked, or why it deferred its sweep."""
+    console.print(
+        f"{doc['points']} points, {doc['live_chunks']} live chunks, {doc['packs']} packs: "
+        f"{doc['deleted_packs']} deleted, {doc['repacked_packs']} repacked, "
+        f"{human_bytes(doc['bytes_freed'])} freed"
+    )
+    if doc["deferred"]:
+        console.print(f"[yellow]deferred[/]: {doc['deferred']}")
+    for what in doc["damaged"]:
+        console.print(f"[red]damaged[/] {what}: skipped (--force)")
+
+
+def print_reindexed(doc: dict[str, Any]) -> None:
+    """A reindex: what it indexed, and the packs and points it could not read."""
+    console.print(
+        f"indexed {doc['packs']} packs ({doc['chunks']} chunks); "
+        f"catalog holds {doc['points']} points"
+    )
+    for key in doc["unreadable_packs"]:
+        console.print(f"[red]unreadable[/] {key}")
+    for point_id in doc["damaged_points"]:
+        console.print(f"[red]damaged point[/] {point_id} (`vmvault forget` removes it)")

@@ -1,0 +1,98 @@
+"""Human output of `vmvault vm`: the inventory's VMs, the fleet's state, VM restores, jobs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from vmvault.cli.output import console
+from vmvault.inventory import Inventory, Vm
+
+if TYPE_CHECKING:  # discovery parses XML: imported by `vm discover` alone
+    from vmvault.inventory.discovery import Discovery
+
+
+def print_inventory(inv: Inventory) -> None:
+    """The VMs an inventory declares, with their disks and pools."""
+    table = Table(title=f"VMs in {inv.source}")
+    for col in ("name", "host", "state", "policy", "protected disks", "excluded", "pools"):
+        table.add_column(col)
+    for vm in inv.vms:
+        table.add_row(
+            vm.name,
+            vm.host,
+            vm.state.value,
+            vm.policy or "-",
+            ", ".join(f"{d.name} ({d.role.value})" for d in vm.protected_disks()),
+            ", ".join(d.name for d in vm.excluded_disks()) or "-",
+            ", ".join(sorted({d.pool for d in vm.disks if d.pool})) or "-",
+        )
+    console.print(table)
+
+
+def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
+    """One VM of the inventory: its settings, then its disks (``doc``: its JSON document)."""
+    console.print(
+        f"[bold]{vm.name}[/] on {vm.host}: {vm.state.value}, policy {vm.policy or '-'}, "
+        f"snapshot {vm.snapshot}, scripts {vm.scripts or '-'}"
+        + (f", guest agent {vm.guest_agent}" if vm.guest_agent else "")
+    )
+    table = Table()
+    for col in ("disk", "role", "format", "pool", "path", "backed up"):
+        table.add_column(col)
+    for d in vm.disks:
+        table.add_row(
+            d.name,
+            d.role.value,
+            d.format.value,
+            d.pool or "-",
+            d.path,
+            "no (temporary)" if d.name in doc["excluded"] else "yes",
+        )
+    console.print(table)
+
+
+def print_fleet(rows: list[dict[str, Any]]) -> None:
+    """VMs as the server sees them: protection, last backup, next run."""
+    table = Table(title="VMs")
+    for col in ("name", "state", "policy", "protection", "last backup", "consistency", "next run"):
+        table.add_column(col)
+    for vm in rows:
+        table.add_row(
+            vm["name"],
+            vm["state"],
+            vm["policy"] or "-",
+            vm["protection"],
+            (vm["last_backup"] or "-")[:19],
+            vm["consistency"] or "-",
+            (vm["next_run"] or "-")[:16],
+        )
+    console.print(table)
+
+
+def print_discovered(found: Discovery) -> None:
+    # Plain text, not rich: TOML's [[tables]] would be taken for markup.
+    sys.stdout.write(found.to_toml())
+
+
+def print_vm_restored(doc: Mapping[str, Any]) -> None:
+    """A VM restore: its warnings, where each disk went, the safety point, the new entry."""
+    for warning in doc["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+    for d in doc["disks"]:
+        console.print(f"restored {d['name']} -> {d['path']}")
+    if "safety_point" in doc:
+        console.print(f"the disks as they were are kept in point {doc['safety_point']}")
+    if "inventory" in doc:
+        console.print(f"new VM {doc['new_vm']}: inventory entry in {doc['inventory']}")
+
+
+def print_job_end(job: dict[str, Any]) -> None:
+    """A server job as it stands (queued, or followed to its end): state, point, error."""
+    point = f", point {job['point_id']}" if job.get("point_id") else ""
+    console.print(f"job {job['id']} ({job['kind']} of {job['vm']}): {job['state']}{point}")
+    if job.get("error_message"):
+        console.print(f"[red]error:[/] {job['error_message']}")
