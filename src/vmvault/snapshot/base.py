@@ -7,7 +7,7 @@ Kept apart from the providers themselves so that ``providers``, ``lvm``, ``qemu_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from vmvault.errors import VmvaultError
 
@@ -25,3 +25,27 @@ class SnapshotProvider(Protocol):
 
     def release(self) -> None:
         """Remove whatever ``take`` created."""
+
+
+@runtime_checkable
+class TwoPhaseSnapshot(SnapshotProvider, Protocol):
+    """A provider whose snapshot is instant (``start``, while quiesced) and whose copies are
+    made after the thaw (``wait``), with what it knows of each disk's changes (a live QEMU
+    VM's dirty bitmaps); ``commit`` once the point is committed."""
+
+    def start(self, paths: Sequence[str]) -> list[str]: ...
+
+    def wait(self) -> None: ...
+
+    def formats(self) -> list[str]:
+        """How to read each image ``start`` returned."""
+
+    def changed(self) -> list[list[tuple[int, int]] | None]:
+        """Per disk the byte ranges that may differ from the parent point (None: unknown)."""
+
+    def notes(self) -> list[str]: ...
+
+    def generation(self) -> str:
+        """The dirty-bitmap generation the next backup's change hints are valid against."""
+
+    def commit(self) -> None: ...

@@ -7,18 +7,17 @@ QMP socket, else what the disks' file system allows (``choose_provider``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from vmvault.engine.parents import parent_manifests
 from vmvault.errors import UsageError
-from vmvault.snapshot.base import SnapshotProvider
+from vmvault.snapshot.base import SnapshotProvider, TwoPhaseSnapshot
 from vmvault.snapshot.providers import choose_provider
 from vmvault.vault.vault import Vault
 
 if TYPE_CHECKING:
     from vmvault.inventory import Disk as VmDisk
     from vmvault.inventory import Vm
-    from vmvault.snapshot.qemu_live import QemuLiveSnapshot
 
 
 def choose_for_vm(
@@ -57,9 +56,9 @@ def bitmap_generation(vault: Vault, vm: str, disks: Sequence[VmDisk]) -> str | N
     return None
 
 
-def live_snapshot(provider: SnapshotProvider) -> QemuLiveSnapshot | None:
-    """The provider as a live QEMU snapshot (two phases, change hints), or None."""
-    return cast("QemuLiveSnapshot", provider) if provider.name == "qemu-live" else None
+def live_snapshot(provider: SnapshotProvider) -> TwoPhaseSnapshot | None:
+    """The provider if its snapshot has two phases and change hints (live QEMU), or None."""
+    return provider if isinstance(provider, TwoPhaseSnapshot) else None
 
 
 def start_snapshot(provider: SnapshotProvider, paths: list[str]) -> list[str]:
