@@ -88,13 +88,14 @@ def test_lvm_in_a_vm_whose_kernel_has_device_mapper(tmp_path: Path) -> None:
     """Where this kernel lacks device-mapper, the test above runs in a VM that has it."""
     from support import dmvm
 
+    here = Path(__file__).resolve().relative_to(ROOT)
     status, output = dmvm.run(
         f"""
         cd {ROOT}
-        {sys.executable} -m pytest -q -p no:cacheprovider -rA tests/test_lvm.py \\
+        {sys.executable} -m pytest -q -p no:cacheprovider -rA {here} \\
             -k running_vm_on_a_logical_volume
         """,
         tmp_path / "vm",
     )
     assert status == 0, output
-    assert "PASSED tests/test_lvm.py::test_running_vm_on_a_logical_volume" in output, output
+    assert f"PASSED {here}::test_running_vm_on_a_logical_volume" in output, output
