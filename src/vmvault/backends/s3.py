@@ -35,6 +35,10 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from vmvault.backends.base import Payload, TransientBackendError, validate_key
@@ -133,7 +137,8 @@ class S3Backend:
                     return BackendReadOnly(f"the vault at {where} may not be written: {op} {key}")
                 return BackendDenied(f"the vault at {where} may not be read ({code}): {op} {key}")
             return S3Error(f"the store refused {op} {key} in {where}: {status} {code}")
-        if isinstance(exc, HTTPClientError):  # reset, closed or timed-out connections
+        if isinstance(exc, HTTPClientError | BotoConnectionError | ReadTimeoutError):
+            # refused, reset, closed or timed-out connections
             return TransientBackendError(f"{op} {key} in {where}: {type(exc).__name__}")
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return BackendDenied(
