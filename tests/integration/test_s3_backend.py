@@ -17,7 +17,7 @@ from vmvault.app.disks import DiskSpec
 from vmvault.app.points import forget_point
 from vmvault.app.restore import run_restore
 from vmvault.app.vaults import init_vault, run_check, run_gc
-from vmvault.backends.base import put_new
+from vmvault.backends.base import TransientBackendError, put_new
 from vmvault.backends.retry import RetryingBackend
 from vmvault.backends.s3 import BucketMissing, ObjectExists, S3Backend
 from vmvault.backends.url import open_backend
@@ -103,6 +103,32 @@ def test_creation_only_put_refuses_a_taken_key(s3_vault: S3Vault) -> None:
     with pytest.raises(ObjectExists):
         put_new(retrying, "points/p2", b"theirs")
     assert backend.get("points/p2") == b"mine"
+
+
+class _AnswerLost:
+    """The real S3 backend, but the first creation's answer is lost after the object was
+    stored (a connection dropped on the way back): the retry then meets its own object."""
+
+    def __init__(self, inner: S3Backend) -> None:
+        self.inner, self.lost = inner, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def create(self, key: str, data: bytes) -> None:
+        self.inner.create(key, data)
+        if not self.lost:
+            self.lost = True
+            raise TransientBackendError("connection reset after the put")
+
+
+def test_a_retried_creation_accepts_its_own_object(s3_vault: S3Vault) -> None:
+    backend = _backend(s3_vault)
+    retrying = RetryingBackend(_AnswerLost(backend), base_delay=0.01)  # type: ignore[arg-type]
+    put_new(retrying, "packs/ab/abcd", b"pack")
+    assert backend.get("packs/ab/abcd") == b"pack"
+    with pytest.raises(ObjectExists):  # without a failed attempt before: refused
+        put_new(retrying, "packs/ab/abcd", b"other")
 
 
 def test_invalid_keys_and_urls_are_refused(s3_vault: S3Vault) -> None:
