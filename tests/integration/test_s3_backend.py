@@ -105,6 +105,16 @@ def test_creation_only_put_refuses_a_taken_key(s3_vault: S3Vault) -> None:
     assert backend.get("points/p2") == b"mine"
 
 
+def test_creation_without_conditional_writes_falls_back(s3_vault: S3Vault) -> None:
+    # The path of a store that rejects If-None-Match, run against the real server.
+    backend = _backend(s3_vault)
+    backend._conditional = False
+    backend.create("points/p3", b"first")
+    with pytest.raises(ObjectExists):
+        backend.create("points/p3", b"second")
+    assert backend.get("points/p3") == b"first"
+
+
 class _AnswerLost:
     """The real S3 backend, but the first creation's answer is lost after the object was
     stored (a connection dropped on the way back): the retry then meets its own object."""
