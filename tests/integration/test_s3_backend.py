@@ -240,3 +240,9 @@ def test_cli_with_an_s3_vault(s3_vault: S3Vault, tmp_path: Path) -> None:
     missing = run_cli("init", "--vault", "s3://no-such-bucket-here/x", env=env)
     assert missing.returncode != 0
     assert "no-such-bucket-here" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    no_bucket = run_cli("list", "--vault", "s3://", env=env)  # its message has brackets
+    assert no_bucket.returncode == 2, no_bucket.stderr
+    assert (
+        no_bucket.stderr.strip()
+        == "error: no bucket in vault URL 's3://': use s3://BUCKET[/PREFIX]"
+    )

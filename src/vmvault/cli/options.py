@@ -66,7 +66,7 @@ VaultOpt = typer.Option(
     "--vault",
     "-V",
     envvar="VMVAULT_VAULT",
-    help="Vault: a directory, or s3://BUCKET[/PREFIX] (env VMVAULT_VAULT).",
+    help="Vault: a directory, or s3://BUCKET/PREFIX (env VMVAULT_VAULT).",
 )
 CatalogOpt = typer.Option(
     None,
