@@ -17,6 +17,9 @@ from vmvault import testdisk
 from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.vaults import init_vault
 
+# The S3 server fixtures (s3_server, s3_vault); the server starts only for a test using them.
+pytest_plugins = ["support.s3kit"]
+
 
 @pytest.fixture(autouse=True)
 def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmvault.backends.base import Backend
-from vmvault.backends.local import BackendReadOnly, LocalBackend
-from vmvault.backends.retry import RetryingBackend
+from vmvault.backends.local import BackendReadOnly
+from vmvault.backends.url import open_backend
 from vmvault.errors import PassphraseMissing
 from vmvault.vault.locks import VaultLock, live_locks
 from vmvault.vault.vault import Vault
@@ -61,13 +61,14 @@ def resolve_passphrase(
 
 @dataclass
 class Context:
-    """Where things are: the vault's directory, the catalog's URL, how to get the passphrase."""
+    """Where things are: the vault (a directory or an s3:// URL), the catalog's URL, how to
+    get the passphrase."""
 
     vault_path: str
     catalog_url: str | None = None
     passphrase_file: str | None = None
     # The backend for ``vault_path`` (tests give a fault-injecting one); by default the
-    # local directory behind the retry layer.
+    # directory or ``s3://`` URL's backend behind the retry layer (backends/url.py).
     backend_factory: Callable[[str], Backend] | None = field(
         default=None, repr=False, compare=False
     )
@@ -82,7 +83,7 @@ class Context:
     def backend(self) -> Backend:
         if self.backend_factory is not None:
             return self.backend_factory(self.vault_path)
-        return RetryingBackend(LocalBackend(self.vault_path))
+        return open_backend(self.vault_path)
 
     def open_vault(self, *, load_index: bool = True) -> Vault:
         return Vault.open(self.backend(), self.passphrase(), load_index=load_index)

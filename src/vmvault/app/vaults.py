@@ -3,12 +3,14 @@ the catalog from it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmvault.app.context import Context
 from vmvault.app.points import read_points
 from vmvault.app.records import report_damaged_points, report_lost_packs
+from vmvault.backends.url import is_directory_vault
 from vmvault.engine.check import CheckReport, Problem, check_vault
 from vmvault.engine.gc import GcReport, collect_garbage
 from vmvault.errors import UsageError
@@ -20,6 +22,15 @@ if TYPE_CHECKING:
 
 def init_vault(ctx: Context, **options: Any) -> Vault:
     backend = ctx.backend()
+    if not is_directory_vault(ctx.vault_path):
+        # An object store has no directory to check: the bucket must exist (vmvault never
+        # creates one), and Vault.init refuses a prefix that already holds a config.
+        check_bucket: Callable[[], None] | None = getattr(
+            getattr(backend, "inner", backend), "check_bucket", None
+        )
+        if check_bucket is not None:
+            check_bucket()
+        return Vault.init(backend, ctx.passphrase(confirm=True), **options)
     root = Path(ctx.vault_path).absolute()
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root} exists and is not a directory")

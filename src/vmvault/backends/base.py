@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from vmvault.errors import UsageError, VmvaultError
@@ -77,9 +77,21 @@ def put_new(backend: Backend, key: str, data: Payload) -> None:
     When the put fails, whatever it may have left under the key is removed at once (best
     effort): a prefix from a store without atomic puts, or the whole object of a put whose
     success was never reported. Nothing can rely on it yet, and an unreadable leftover
-    would be reported by ``check`` (or, for a point, be a damaged point) for ever."""
+    would be reported by ``check`` (or, for a point, be a damaged point) for ever.
+
+    A backend with a ``create`` method (S3: ``If-None-Match: *``) has the store refuse a
+    key already taken; that refusal leaves the other object alone (it is not ours)."""
+    create: Callable[[str, Payload], None] | None = getattr(backend, "create", None)
     try:
-        backend.put(key, data)
+        if create is not None:
+            create(key, data)
+        else:
+            backend.put(key, data)
+    except VmvaultError as exc:
+        if exc.code != "object_exists":
+            with contextlib.suppress(Exception):
+                backend.delete(key)
+        raise
     except BaseException:
         with contextlib.suppress(Exception):
             backend.delete(key)

@@ -145,6 +145,31 @@ class RetryingBackend:
     def put(self, key: str, data: Payload) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))
 
+    def create(self, key: str, data: Payload) -> None:
+        """A creation-only put (see ``base.put_new``): the inner backend's ``create`` where
+        it has one (a store that refuses a taken key), else its plain ``put``."""
+        inner_create: Callable[[str, Payload], None] = getattr(self.inner, "create", None) or (
+            self.inner.put
+        )
+        failed_before = False
+
+        def attempt() -> None:
+            nonlocal failed_before
+            try:
+                inner_create(key, data)
+            except VmvaultError as exc:
+                # After an attempt whose answer was lost, "already exists" is most likely
+                # that attempt's own object: creation-only keys are unique names.
+                if exc.code == "object_exists" and failed_before:
+                    return
+                failed_before = is_transient(exc)
+                raise
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                failed_before = is_transient(exc)
+                raise
+
+        self._call("create", key, attempt)
+
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key, offset, length))
 

@@ -62,7 +62,11 @@ def once_option(help: str) -> Any:
 
 
 VaultOpt = typer.Option(
-    None, "--vault", "-V", envvar="VMVAULT_VAULT", help="Vault directory (env VMVAULT_VAULT)."
+    None,
+    "--vault",
+    "-V",
+    envvar="VMVAULT_VAULT",
+    help="Vault: a directory, or s3://BUCKET/PREFIX (env VMVAULT_VAULT).",
 )
 CatalogOpt = typer.Option(
     None,
@@ -102,7 +106,9 @@ def context(vault: str | None, catalog: str | None, passphrase_file: str | None)
     if remote() is not None:
         raise UsageError("this command works on a local vault only, not with --server")
     if not vault:
-        raise UsageError("no vault given: use --vault DIR or set VMVAULT_VAULT")
+        raise UsageError(
+            "no vault given: use --vault DIR (or s3://BUCKET[/PREFIX]) or set VMVAULT_VAULT"
+        )
     return Context(vault, catalog, passphrase_file, ask_passphrase=prompt_passphrase)
 
 

@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -54,7 +55,10 @@ def fail(exc: VmvaultError, as_json: bool) -> NoReturn:
     if as_json:
         emit_json({"error": {"code": exc.code, "message": exc.message}})
     else:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets (a path, s3://BUCKET[/PREFIX]), not markup
+        err_console.print(
+            f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True
+        )
     raise typer.Exit(exc.exit_code)
 
 
