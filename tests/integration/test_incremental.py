@@ -88,7 +88,8 @@ def test_change_hint_reads_only_the_changed_chunks(
     """With a dirty-bitmap style hint, only the named ranges are read; the result is the
     same point a read-and-hash incremental gives."""
     from vmvault.disks.source import RawDisk
-    from vmvault.engine.backup import DiskInput, backup, merge_ranges
+    from vmvault.engine.backup import DiskInput, backup
+    from vmvault.engine.ranges import merge_ranges
 
     image = make_image(size=32 * MiB)
     run_backup(ctx, "web", [DiskSpec("os", str(image))])

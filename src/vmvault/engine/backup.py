@@ -35,6 +35,7 @@ from vmvault.engine.progress import (
     interrupt_check,
     no_progress,
 )
+from vmvault.engine.ranges import merge_ranges, runs_of
 from vmvault.engine.throttle import INTERRUPT_EVERY, TokenBucket
 from vmvault.errors import CorruptObject, UsageError
 from vmvault.model.point import (
@@ -182,7 +183,7 @@ class DiskBackup:
     def _store(self, new: Sequence[tuple[bytes, memoryview]], stats: DiskStats) -> None:
         """Pack the block's new chunks: runs of compressible ones share one zstd stream."""
         flags = [compressible(piece, self.compressor) for _, piece in new]
-        for lo, hi, compress in _runs(flags):
+        for lo, hi, compress in runs_of(flags):
             run = new[lo:hi]
             encoding, payload = encode_blob([p for _, p in run], compress, self.compressor)
             sealed = self.vault.seal_blob(encoding, payload)
@@ -345,30 +346,6 @@ class DiskBackup:
             return parent_record, stats
         stats.records_new += 1
         return self.vault.store_record(self.writer, ids), stats
-
-
-def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, non-overlapping, non-empty ranges covering the same bytes."""
-    merged: list[tuple[int, int]] = []
-    for lo, hi in sorted(r for r in ranges if r[1] > r[0]):
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    return merged
-
-
-def _runs(flags: Sequence[bool]) -> list[tuple[int, int, bool]]:
-    """Split a sequence into maximal runs of equal flags: (start, end, flag)."""
-    runs = []
-    i = 0
-    while i < len(flags):
-        j = i
-        while j < len(flags) and flags[j] == flags[i]:
-            j += 1
-        runs.append((i, j, flags[i]))
-        i = j
-    return runs
 
 
 def backup(

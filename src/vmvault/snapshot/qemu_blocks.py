@@ -114,3 +114,41 @@ def format_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" or size >= 100 else f"{size:.3g} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def bitmap_of(bitmap_name: str, generation: str) -> str:
+    """A dirty bitmap's name: vmvault's name for the vault, then the point's generation."""
+    return f"{bitmap_name}-{generation}"
+
+
+def judge_bitmap(
+    bitmaps: Sequence[dict[str, Any]],
+    path: str,
+    bitmap_name: str,
+    parent_generation: str | None,
+) -> tuple[str | None, str]:
+    """The parent's bitmap among a disk's ``bitmaps`` if it can be trusted, else None and the
+    reason (for the point's notes). Bitmaps are named ``<bitmap_name>-<generation>``."""
+    if parent_generation is None:
+        return None, "full read (no parent generation: first backup of this disk)"
+    wanted = bitmap_of(bitmap_name, parent_generation)
+    found = {b["name"]: b for b in bitmaps}
+    bitmap = found.get(wanted)
+    if bitmap is None:
+        others = sorted(n for n in found if n.startswith(f"{bitmap_name}-"))
+        why = (
+            f"bitmap {wanted!r} missing; found {', '.join(map(repr, others))} of another point"
+            if others
+            else f"bitmap {wanted!r} missing — VM restarted without saving it, or new disk"
+        )
+    elif bitmap.get("busy"):
+        raise SnapshotError(
+            f"dirty bitmap {wanted!r} of {path} is in use: is another backup of this VM running?"
+        )
+    elif bitmap.get("inconsistent"):
+        why = f"bitmap {wanted!r} inconsistent — QEMU was not shut down cleanly"
+    elif not bitmap.get("recording", True):
+        why = f"bitmap {wanted!r} disabled (not recording)"
+    else:
+        return wanted, f"incremental from bitmap {wanted!r}"
+    return None, f"no valid dirty bitmap ({why}): full read"

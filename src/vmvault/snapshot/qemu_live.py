@@ -68,7 +68,13 @@ from typing import Any
 
 from vmvault.disks.qemu import QemuError, create_image
 from vmvault.snapshot.base import SnapshotError
-from vmvault.snapshot.qemu_blocks import allocated_ranges, find_node, format_bytes
+from vmvault.snapshot.qemu_blocks import (
+    allocated_ranges,
+    bitmap_of,
+    find_node,
+    format_bytes,
+    judge_bitmap,
+)
 from vmvault.snapshot.qmp_client import DEFAULT_TIMEOUT, QmpConnection, QmpError
 
 _POLL_FIRST = 0.02
@@ -304,7 +310,7 @@ class QemuLiveSnapshot:
             qmp.close()
 
     def _bitmap(self, generation: str) -> str:
-        return f"{self.bitmap_name}-{generation}"
+        return bitmap_of(self.bitmap_name, generation)
 
     def _ours(self, name: str) -> bool:
         return name.startswith(f"{self.bitmap_name}-")
@@ -319,7 +325,9 @@ class QemuLiveSnapshot:
             node = find_node(path, devices, nodes)
             if any(d.node == node["node-name"] for d in disks):
                 raise SnapshotError(f"{path} is given twice (node {node['node-name']})")
-            parent_bitmap, note = self._judge(node.get("dirty-bitmaps", []), path)
+            parent_bitmap, note = judge_bitmap(
+                node.get("dirty-bitmaps", []), path, self.bitmap_name, self.parent_generation
+            )
             disks.append(
                 _Disk(
                     path=path,
@@ -331,33 +339,6 @@ class QemuLiveSnapshot:
                 )
             )
         return disks
-
-    def _judge(self, bitmaps: Sequence[dict[str, Any]], path: str) -> tuple[str | None, str]:
-        """The parent's bitmap if it can be trusted, else None and the reason (for notes)."""
-        if self.parent_generation is None:
-            return None, "full read (no parent generation: first backup of this disk)"
-        wanted = self._bitmap(self.parent_generation)
-        found = {b["name"]: b for b in bitmaps}
-        bitmap = found.get(wanted)
-        if bitmap is None:
-            others = sorted(n for n in found if self._ours(n))
-            why = (
-                f"bitmap {wanted!r} missing; found {', '.join(map(repr, others))} of another point"
-                if others
-                else f"bitmap {wanted!r} missing — VM restarted without saving it, or new disk"
-            )
-        elif bitmap.get("busy"):
-            raise SnapshotError(
-                f"dirty bitmap {wanted!r} of {path} is in use: "
-                "is another backup of this VM running?"
-            )
-        elif bitmap.get("inconsistent"):
-            why = f"bitmap {wanted!r} inconsistent — QEMU was not shut down cleanly"
-        elif not bitmap.get("recording", True):
-            why = f"bitmap {wanted!r} disabled (not recording)"
-        else:
-            return wanted, f"incremental from bitmap {wanted!r}"
-        return None, f"no valid dirty bitmap ({why}): full read"
 
     def _attach_target(self, index: int, disk: _Disk) -> None:
         """Create the target qcow2 and make it a node of the VM, passed as a descriptor."""
