@@ -3,8 +3,10 @@ and the field at fault."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import threading
 import tomllib
 from pathlib import Path
@@ -68,7 +70,7 @@ def parse_inventory(text: str, source: str) -> Inventory:
 def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     p = Path(path or os.environ.get("VMVAULT_INVENTORY") or DEFAULT_INVENTORY)
     try:
-        text = p.read_text()
+        text = _read_regular_file(p).decode()
     except FileNotFoundError:
         raise InventoryError(f"inventory {p} does not exist (use --inventory FILE)") from None
     except OSError as exc:
@@ -78,6 +80,16 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
             f"inventory {p} is not UTF-8 text (byte {exc.start} cannot be decoded)"
         ) from None
     return parse_inventory(text, str(p))
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file; a FIFO, device or directory is refused at once (opened
+    non-blocking and checked on the descriptor, so a FIFO swapped in cannot hang a daemon)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read()
 
 
 class InventoryFile:

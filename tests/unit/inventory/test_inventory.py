@@ -162,3 +162,21 @@ def test_write_starts_keeps_the_file_as_written(tmp_path: Path) -> None:
         write_starts(path, {"nope": "02:00"})
     assert path.read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.toml"]  # no temporary left
+
+
+def test_an_inventory_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO (or a directory) named as the inventory: one line, no hang, for the CLI and for
+    the daemons' reloading inventory."""
+    import os
+
+    from vmvault.inventory import InventoryError, InventoryFile
+
+    fifo = tmp_path / "inventory.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(InventoryError, match="not a regular file"):
+        InventoryFile(str(fifo))()
+    done = run_cli("vm", "list", "--inventory", str(fifo))
+    assert done.returncode == 2 and "not a regular file" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    with pytest.raises(InventoryError, match="cannot be read: Is a directory"):
+        InventoryFile(str(tmp_path))()
