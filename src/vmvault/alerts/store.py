@@ -24,6 +24,7 @@ KINDS: dict[str, str] = {
     "retention_shortened": "warning",
     "point_damaged": "critical",
     "vault_damaged": "critical",
+    "replication_failed": "error",
 }
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 PASSPHRASE_ENV = "VMVAULT_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "VMVAULT_PASSPHRASE_FILE"
-READ_ONLY_KINDS = ("restore", "verify", "check")  # jobs that never write to the vault
+READ_ONLY_KINDS = ("restore", "verify", "check", "replicate")  # never write to the vault
 log = logging.getLogger("vmvault")
 # Asks a person for the passphrase (``confirm``: twice, for a new vault); None without one.
 PassphrasePrompt = Callable[[bool], str]
@@ -111,7 +111,7 @@ class Context:
                 # Nothing can be swept from a vault nobody can write: reading needs no lock.
                 log.warning("warning: %s; reading without a lock", exc.message)
             vault.load_index()
-            if kind in ("restore", "verify", "check"):
+            if kind in READ_ONLY_KINDS:
                 # Packs no readable index object names still hold data a point may need.
                 vault.adopt_orphan_packs(write=False)
             yield vault

@@ -11,6 +11,7 @@ from typing import Any
 from vmvault.app.context import Context
 from vmvault.app.protection import purge_soft_deleted
 from vmvault.app.records import raise_alert
+from vmvault.app.replication import note_pruned
 from vmvault.app.vaults import run_gc
 from vmvault.errors import VmvaultError
 from vmvault.inventory import Inventory
@@ -106,6 +107,10 @@ def run_prune(
             "retention_shortened": shortened,
         }
     if not dry_run:
+        # In a copy: what its own retention removed stays removed (see replication).
+        note_pruned(
+            vault, [pid for vm_result in result["vms"].values() for pid in vm_result["prune"]]
+        )
         with suppress(VmvaultError):  # the rows are right already; this only refreshes them
             ctx.catalog().rebuild(vault.config.vault_id, vault.points())
     return result

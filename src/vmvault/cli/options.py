@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from datetime import time as clock_time
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,12 @@ FullOpt = full_option()
 LatestVmOpt = vm_option("With 'latest': the VM's latest point.")
 LimitRateOpt = typer.Option(None, "--limit-rate", help="Read at most this many MB/s per disk.")
 WorkersOpt = typer.Option(None, "--workers", help="Threads (default: cores).")
+FromOpt = typer.Option(
+    None,
+    "--from",
+    help="Restore from this copy of the vault (see `vault replicate`) instead of --vault; "
+    "--passphrase-file (or VMVAULT_COPY_PASSPHRASE_FILE) gives the copy's own passphrase.",
+)
 JobIdArg = typer.Argument(...)
 
 
@@ -110,6 +117,18 @@ def context(vault: str | None, catalog: str | None, passphrase_file: str | None)
             "no vault given: use --vault DIR (or s3://BUCKET[/PREFIX]) or set VMVAULT_VAULT"
         )
     return Context(vault, catalog, passphrase_file, ask_passphrase=prompt_passphrase)
+
+
+def restore_source(
+    vault: str | None, copy: str | None, passphrase_file: str | None
+) -> tuple[str | None, str | None]:
+    """Where a restore reads, and its passphrase file: the copy given by ``--from`` (the
+    vault may be gone) with the copy's passphrase file if one is set, else the vault."""
+    if copy is None:
+        return vault, passphrase_file
+    if remote() is not None:
+        raise UsageError("--from restores from a copy on this machine, not with --server")
+    return copy, passphrase_file or os.environ.get("VMVAULT_COPY_PASSPHRASE_FILE")
 
 
 MIN_RATE_MB_S = MIN_RATE  # slower than this, a 4 MiB block takes minutes: surely a typo

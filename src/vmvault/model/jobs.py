@@ -11,6 +11,7 @@ class JobKind(StrEnum):
     RESTORE = "restore"
     VERIFY = "verify"
     MAINTENANCE = "maintenance"  # purge, retention, instant-restore expiry, GC
+    REPLICATE = "replicate"  # the points a copy of the vault lacks, sent to it
 
 
 class JobState(StrEnum):

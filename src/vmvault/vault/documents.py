@@ -17,3 +17,9 @@ AAD_PROTECTION = b"vmvault-protection-v1"
 
 def protection_key(vault: Vault, vm: str) -> str:
     return f"{PROTECTION_PREFIX}{vault.keys.chunk_id(b'vm:' + vm.encode()).hex()[:32]}"
+
+
+# In a copy made by replication: where it came from, and the points its own retention
+# removed (so the next replication does not bring them back).
+REPLICA_KEY = "replica"
+AAD_REPLICA = b"vmvault-replica-v1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,6 +115,42 @@ class Vault:
         return cls(backend, config, keys)
 
     @classmethod
+    def init_copy(
+        cls,
+        backend: Backend,
+        source: Vault,
+        passphrase: str,
+        *,
+        documents: Mapping[str, tuple[bytes, Mapping[str, Any]]] | None = None,
+        scrypt: dict[str, int] | None = None,
+    ) -> Vault:
+        """A new, empty copy of ``source`` in ``backend``: the same master keys (so sealed
+        objects cross as they are), wrapped under ``passphrase``, and a vault id of its own
+        (its catalog rows, locks and cache are its own). ``documents`` (key -> (AAD, doc))
+        are sealed into it before its config, which is written last, as by ``init``."""
+        if backend.exists(CONFIG_KEY):
+            raise VaultExists(f"a vault already exists at {backend.describe()}")
+        config = replace(
+            source.config,
+            vault_id=secrets.token_hex(16),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        keys = replace(source.keys, vault_id=config.vault_id)
+        backend.put(DEFAULT_KEY_NAME, wrap_keys(keys, passphrase, scrypt))
+        copy = cls(backend, config, keys)
+        for key, (aad, doc) in (documents or {}).items():
+            copy.put_document(key, doc, aad)
+        backend.put(CONFIG_KEY, config.to_json())
+        return copy
+
+    def shares_keys(self, other: Vault) -> bool:
+        """Whether ``other`` is this vault or a copy of it (the same master keys)."""
+        return (self.keys.encryption_key, self.keys.id_key) == (
+            other.keys.encryption_key,
+            other.keys.id_key,
+        )
+
+    @classmethod
     def open(cls, backend: Backend, passphrase: str, *, load_index: bool = True) -> Vault:
         if not backend.exists(CONFIG_KEY):
             raise VaultNotFound(f"no vault at {backend.describe()} (run `vmvault init` first)")
@@ -200,9 +237,22 @@ class Vault:
         tail = self.backend.get(key, max(size - PACK_TRAILER.size, 0), min(size, PACK_TRAILER.size))
         header_length = split_pack_tail(tail, size, key)
         start = size - PACK_TRAILER.size - header_length
-        sealed = self.backend.get(key, start, header_length)
+        return self._pack_header(key, self.backend.get(key, start, header_length), start)
+
+    def pack_entries(self, pack_id: bytes, pack: bytes | memoryview) -> list[PackEntry]:
+        """The entries of a pack held whole in memory (a copy in transit), its name checked:
+        a pack is named by the BLAKE3 of its bytes."""
+        key = pack_key(pack_id)
+        if blake3.blake3(pack).digest() != pack_id:
+            raise CorruptObject(f"{key}: content does not match its name")
+        size = len(pack)
+        header_length = split_pack_tail(bytes(pack[max(size - PACK_TRAILER.size, 0) :]), size, key)
+        start = size - PACK_TRAILER.size - header_length
+        return self._pack_header(key, pack[start : start + header_length], start)
+
+    def _pack_header(self, key: str, sealed: bytes | memoryview, data_end: int) -> list[PackEntry]:
         entries = decode_pack_header(self.cipher.open(sealed, AAD_PACK_HEADER, key), key)
-        if pack_data_end(entries) != start:
+        if pack_data_end(entries) != data_end:
             raise CorruptObject(f"{key}: header does not match the pack's size")
         return entries
 

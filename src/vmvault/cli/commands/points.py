@@ -16,6 +16,7 @@ from vmvault.app.retention import run_prune
 from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
+    FromOpt,
     FullOpt,
     InventoryOpt,
     JsonOpt,
@@ -29,6 +30,7 @@ from vmvault.cli.options import (
     format_option,
     point_argument,
     rate_limit_bytes,
+    restore_source,
     vm_option,
 )
 from vmvault.cli.output import emit_json, guarded, progress_bar, show
@@ -115,6 +117,7 @@ def restore(
     workers: int | None = WorkersOpt,
     sync: bool = typer.Option(False, "--sync", help="fsync a file target before finishing."),
     force: bool = force_option("Replace an existing file (never written through a symlink)."),
+    copy: str | None = FromOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -123,7 +126,8 @@ def restore(
     """Restore a disk of a recovery point, verifying every chunk."""
 
     def act() -> dict[str, Any]:
-        ctx = context(vault, catalog, passphrase_file)
+        location, key_file = restore_source(vault, copy, passphrase_file)
+        ctx = context(location, catalog, key_file)
         with progress_bar(not json) as progress:
             report = run_restore(
                 ctx,

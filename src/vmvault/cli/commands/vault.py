@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from vmvault.app.replication import run_replicate
 from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
 from vmvault.cli.options import (
     CatalogOpt,
@@ -15,13 +16,15 @@ from vmvault.cli.options import (
     context,
     force_option,
 )
-from vmvault.cli.output import guarded, show
+from vmvault.cli.output import guarded, progress_bar, show
 from vmvault.cli.render.vault import (
     print_checked,
     print_collected,
     print_created,
     print_reindexed,
+    print_replicated,
 )
+from vmvault.engine.replicate import DEFAULT_SAMPLE
 from vmvault.errors import EXIT_DAMAGE
 
 app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
@@ -112,3 +115,39 @@ def reindex_cmd(
     """Rebuild the chunk index from the packs and the catalog from the recovery points."""
     doc = guarded(json, lambda: reindex(context(vault, catalog, passphrase_file)))
     show(doc, json, print_reindexed)
+
+
+@app.command("replicate")
+def replicate_cmd(
+    to: str = typer.Option(
+        ..., "--to", help="Where the copy lives: a directory, s3://BUCKET/PREFIX or azure://..."
+    ),
+    to_passphrase_file: str | None = typer.Option(
+        None,
+        "--to-passphrase-file",
+        help="A passphrase of the copy's own (env VMVAULT_COPY_PASSPHRASE[_FILE]); "
+        "default: the vault's.",
+    ),
+    vm: str | None = typer.Option(None, "--vm", help="Only this VM's points."),
+    sample: int = typer.Option(
+        DEFAULT_SAMPLE, "--sample", min=0, help="Chunks of each copied point read back."
+    ),
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Copy the recovery points a copy of the vault lacks (made if missing), still sealed."""
+
+    def act() -> dict[str, Any]:
+        ctx = context(vault, catalog, passphrase_file)
+        with progress_bar(not json) as progress:
+            report = run_replicate(
+                ctx, to, passphrase_file=to_passphrase_file, vm=vm, sample=sample, progress=progress
+            )
+        return report.to_dict()
+
+    doc = guarded(json, act)
+    show(doc, json, print_replicated)
+    if doc["skipped"]:
+        raise typer.Exit(EXIT_DAMAGE)

@@ -10,6 +10,7 @@ import typer
 from vmvault.cli.client import Fleet, Job, VmRestore, get_client
 from vmvault.cli.options import (
     CatalogOpt,
+    FromOpt,
     FullOpt,
     InventoryOpt,
     JsonOpt,
@@ -17,6 +18,7 @@ from vmvault.cli.options import (
     PassFileOpt,
     VaultOpt,
     force_option,
+    restore_source,
     vm_argument,
 )
 from vmvault.cli.output import emit_json, guarded, show
@@ -121,6 +123,7 @@ def restore_vm(
     in_place: bool = typer.Option(False, "--in-place", help="Replace the VM's disks (stopped)."),
     yes: bool = typer.Option(False, "--yes", help="Confirm replacing disks in place."),
     force: bool = force_option("With --as: replace files of the same names in --to."),
+    copy: str | None = FromOpt,
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -128,7 +131,8 @@ def restore_vm(
     json: bool = JsonOpt,
 ) -> None:
     """Restore all disks and the config of a VM: as a new VM beside it, or in place."""
-    client = get_client(vault, catalog, passphrase_file, progress=not json)
+    location, key_file = guarded(json, lambda: restore_source(vault, copy, passphrase_file))
+    client = get_client(location, catalog, key_file, progress=not json)
     restored = guarded(
         json,
         lambda: client.vm_restore(

@@ -47,3 +47,17 @@ def print_reindexed(doc: dict[str, Any]) -> None:
         console.print(f"[red]unreadable[/] {key}")
     for point_id in doc["damaged_points"]:
         console.print(f"[red]damaged point[/] {point_id} (`vmvault forget` removes it)")
+
+
+def print_replicated(doc: dict[str, Any]) -> None:
+    """A replication: what crossed, what the copy had, what could not be copied."""
+    console.print(
+        f"{len(doc['copied'])} point(s) copied to {doc['destination']} "
+        f"({doc['present']} already there): {doc['packs']} packs, "
+        f"{human_bytes(doc['bytes'])} sent, {doc['verified_chunks']} chunks read back, "
+        f"{doc['seconds']:.1f} s"
+    )
+    if doc["adopted"]:
+        console.print(f"{doc['adopted']} pack(s) of an interrupted replication reused")
+    for point_id, why in doc["skipped"].items():
+        console.print(f"[red]not copied[/] {point_id}: {why}")

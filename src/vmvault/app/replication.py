@@ -1,0 +1,186 @@
+"""Keeping a copy of the vault elsewhere (``run_replicate``), and what the copy remembers.
+
+The copy is a vault of its own (its own id, its own passphrase if asked, its own settings,
+retention and immutability, its own garbage collection) that shares the vault's master
+keys, so what replication sends is the sealed objects as they are (engine/replicate.py).
+Restoring from it needs nothing of the vault: it is opened like any vault
+(``restore --from``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any
+
+from vmvault.app.context import Context, resolve_passphrase
+from vmvault.app.records import raise_alert, recorded_job
+from vmvault.backends.url import is_directory_vault
+from vmvault.engine.progress import ProgressCallback, no_progress
+from vmvault.engine.replicate import DEFAULT_SAMPLE, ReplicationReport, replicate
+from vmvault.errors import UsageError, VmvaultError
+from vmvault.model.jobs import JobKind
+from vmvault.protection import settings
+from vmvault.vault.documents import AAD_REPLICA, AAD_SETTINGS, REPLICA_KEY, SETTINGS_KEY
+from vmvault.vault.locks import VaultLock
+from vmvault.vault.vault import CONFIG_KEY, Vault
+
+COPY_PASSPHRASE_ENV = "VMVAULT_COPY_PASSPHRASE"
+COPY_PASSPHRASE_FILE_ENV = "VMVAULT_COPY_PASSPHRASE_FILE"
+
+
+def copy_passphrase(ctx: Context, passphrase_file: str | None) -> str:
+    """The copy's passphrase: its own file or variables when given, else the vault's."""
+    path = passphrase_file or os.environ.get(COPY_PASSPHRASE_FILE_ENV)
+    if path:
+        return resolve_passphrase(path)
+    if own := os.environ.get(COPY_PASSPHRASE_ENV):
+        return own
+    return ctx.passphrase()
+
+
+def copy_context(ctx: Context, location: str, passphrase_file: str | None = None) -> Context:
+    """A context for the copy at ``location``: the same catalog and backends as ``ctx``."""
+    return Context(
+        location,
+        catalog_url=ctx.catalog_url,
+        passphrase_file=passphrase_file or os.environ.get(COPY_PASSPHRASE_FILE_ENV),
+        backend_factory=ctx.backend_factory,
+        ask_passphrase=ctx.ask_passphrase,
+    )
+
+
+def replica_doc(copy: Vault) -> dict[str, Any] | None:
+    """What a copy records of its origin (None: the vault is no copy)."""
+    return copy.get_document(REPLICA_KEY, AAD_REPLICA)
+
+
+def note_pruned(vault: Vault, point_ids: Iterable[str]) -> None:
+    """In a copy, remember points its own retention removed: replication must not bring
+    them back while the vault still keeps them. No-op in a vault that is no copy."""
+    ids = list(point_ids)
+    if not ids:
+        return
+    doc = replica_doc(vault)
+    if doc is None:
+        return
+    doc["pruned"] = sorted(set(doc.get("pruned", [])) | set(ids))
+    vault.put_document(REPLICA_KEY, doc, AAD_REPLICA)
+
+
+def open_copy(source: Vault, copy_ctx: Context, passphrase: str) -> tuple[Vault, bool]:
+    """The copy at ``copy_ctx``'s location, made if there is none; (vault, created).
+
+    An existing vault there must be a copy of ``source`` (the same master keys): any other
+    vault is refused, never written into."""
+    backend = copy_ctx.backend()
+    if backend.describe() == source.backend.describe():
+        raise UsageError("the copy must be somewhere else than the vault itself")
+    if backend.exists(CONFIG_KEY):
+        copy = Vault.open(backend, passphrase, load_index=False)
+        if not copy.shares_keys(source):
+            raise UsageError(
+                f"{backend.describe()} holds another vault, not a copy of this one; "
+                "choose an empty place for the copy"
+            )
+        return copy, False
+    _check_empty_place(copy_ctx.vault_path, backend)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    origin: dict[str, Any] = {
+        "source_vault_id": source.config.vault_id,
+        "source": source.backend.describe(),
+        "created": now,
+        "pruned": [],
+    }
+    # The copy starts with the vault's protection settings (immutability, soft delete,
+    # the retention each VM's points are kept for); from then on they are its own.
+    documents: dict[str, tuple[bytes, Mapping[str, Any]]] = {REPLICA_KEY: (AAD_REPLICA, origin)}
+    with suppress(VmvaultError):
+        documents[SETTINGS_KEY] = (AAD_SETTINGS, dict(settings(source)))
+    copy = Vault.init_copy(backend, source, passphrase, documents=documents)
+    return copy, True
+
+
+def _check_empty_place(location: str, backend: Any) -> None:
+    if is_directory_vault(location):
+        from pathlib import Path
+
+        root = Path(location).absolute()
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"{root} exists and is not a directory")
+        if root.is_dir() and any(root.iterdir()):
+            raise UsageError(f"{root} is not empty and not a vault; choose an empty directory")
+        return
+    check_bucket = getattr(getattr(backend, "inner", backend), "check_bucket", None)
+    if check_bucket is not None:
+        check_bucket()
+
+
+def run_replicate(
+    ctx: Context,
+    to: str,
+    *,
+    passphrase_file: str | None = None,
+    vm: str | None = None,
+    sample: int = DEFAULT_SAMPLE,
+    progress: ProgressCallback = no_progress,
+) -> ReplicationReport:
+    """Copy to the copy at ``to`` (made if missing) every point it lacks, all of ``vm``'s
+    when given; records a ``replicate`` job and, in the copy, when it last succeeded."""
+    copy_ctx = copy_context(ctx, to, passphrase_file)
+    passphrase = copy_passphrase(ctx, passphrase_file)
+    # The vault's lock first: its garbage collection sweeps nothing while the copy reads.
+    with ctx.session(JobKind.REPLICATE) as source:
+        copy, created = open_copy(source, copy_ctx, passphrase)
+        with recorded_job(ctx, source, JobKind.REPLICATE, vm) as record:
+            try:
+                with VaultLock(copy.backend, JobKind.REPLICATE):
+                    copy.load_index()
+                    origin = replica_doc(copy) or {}
+                    points = [p for p in source.points() if vm is None or p["vm"] == vm]
+                    source_ids = {p["id"] for p in points}
+                    report = replicate(
+                        source,
+                        copy,
+                        points=points,
+                        exclude=set(origin.get("pruned", [])) & source_ids,
+                        sample=sample,
+                        progress=progress,
+                    )
+                    if origin:  # a vault made a copy by hand keeps no origin to update
+                        origin["last_success"] = datetime.now(UTC).isoformat(timespec="seconds")
+                        origin["pruned"] = sorted(set(origin.get("pruned", [])) & source_ids)
+                        copy.put_document(REPLICA_KEY, origin, AAD_REPLICA)
+            except VmvaultError as exc:
+                raise_alert(
+                    ctx,
+                    source,
+                    "replication_failed",
+                    f"replication to {copy.backend.describe()} failed: {exc.message}",
+                    details={"destination": copy.backend.describe()},
+                )
+                raise
+            _record_copied_points(ctx, copy, report)
+            record.finish(
+                source,
+                vm,
+                "partially_succeeded" if report.skipped else "succeeded",
+                counters={"bytes_sent": report.bytes, "bytes_written": report.bytes},
+                details={
+                    **report.to_dict(),
+                    "created": created,
+                    "copy_vault_id": copy.config.vault_id,
+                },
+            )
+    return report
+
+
+def _record_copied_points(ctx: Context, copy: Vault, report: ReplicationReport) -> None:
+    """The copy's catalog rows, so `list --vault COPY` shows them (best effort: the copy
+    is right whatever the catalog says, and `vault reindex` rebuilds the rows)."""
+    with suppress(VmvaultError):
+        catalog = ctx.catalog()
+        for point_id in report.copied:
+            catalog.record_point(copy.config.vault_id, copy.get_point(point_id))
