@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,16 +17,25 @@ from vmvault import testdisk
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
-from vmvault.app.replication import replica_doc, run_replicate
+from vmvault.app.points import forget_point
+from vmvault.app.replication import run_replicate
 from vmvault.app.restore import run_restore
+from vmvault.app.retention import run_prune
 from vmvault.app.vaults import init_vault, run_check
 from vmvault.backends.base import Backend
 from vmvault.backends.local import LocalBackend
 from vmvault.backends.retry import RetryingBackend
 from vmvault.backends.url import open_backend
+from vmvault.catalog.backups import replication_jobs
 from vmvault.errors import UsageError, VmvaultError, WrongPassphrase
+from vmvault.inventory import load_inventory
+from vmvault.jobs.queue import JobQueue
+from vmvault.jobs.scheduler import SchedulerState, tick
+from vmvault.jobs.worker import run_worker
+from vmvault.model.jobs import JobKind
 from vmvault.model.point import RecoveryPoint
 from vmvault.vault.packs import pack_key
+from vmvault.vault.replica import replica_doc
 from vmvault.vault.vault import Vault
 
 MiB = testdisk.MiB
@@ -147,8 +157,8 @@ def test_an_interrupted_replication_resumes_and_reuses_what_it_sent(tmp_path: Pa
     def backends(where: str) -> Backend:
         if where.endswith("copy"):
             faulty = FaultyBackend(LocalBackend(where), seed=1)
-            # The store fills up after a few packs have crossed: every put fails.
-            faulty.inject("put", "packs/", "enospc", skip=3, times=10_000)
+            # The store fills up after the first pack crossed: every later put fails.
+            faulty.inject("put", "packs/", "enospc", skip=1, times=10_000)
             return RetryingBackend(faulty)
         return open_backend(where)
 
@@ -230,3 +240,99 @@ def test_replication_to_s3_and_restore_from_it(s3_vault: S3Vault, tmp_path: Path
         assert same_content(as_it_was, out)
     checked = run_cli("check", "--vault", url, "--read-data", "--json", env=env)
     assert checked.returncode == 0 and json.loads(checked.stdout)["ok"], checked.stdout
+
+
+def _inventory(tmp_path: Path, image: Path, extra: str = "") -> Path:
+    path = tmp_path / "inv.toml"
+    path.write_text(
+        f"""
+[policies.short]
+schedule = {{ kind = "daily", time = "22:00" }}
+retention = {{ daily_days = 1 }}
+
+[[vms]]
+name = "web"
+policy = "short"
+  [[vms.disks]]
+  name = "os"
+  path = "{image}"
+
+[replication.offsite]
+to = "{tmp_path / "offsite"}"
+start = "01:00"
+window_hours = 4
+{extra}
+"""
+    )
+    return path
+
+
+def test_the_scheduler_replicates_in_the_window_after_the_backups(
+    tmp_path: Path, ctx: Context
+) -> None:
+    image = tmp_path / "disk.img"
+    testdisk.create_disk(image, 8 * MiB, seed=21, jobs=1)
+    inventory = load_inventory(_inventory(tmp_path, image))
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    queue = JobQueue(ctx.catalog(), vault_id)
+    state = SchedulerState()
+    night = datetime(2026, 11, 21, 0, 30, tzinfo=UTC)
+    assert tick(queue, inventory, state, night) == []  # before the window opens
+    backup = queue.enqueue(JobKind.BACKUP, "web", {"due": night.isoformat()}, now=night)
+    in_window = night + timedelta(hours=1)
+    assert tick(queue, inventory, state, in_window) == []  # a backup is still to run
+    assert run_worker(ctx, inventory, once=True, poll=0.05) == [backup]
+    [replication] = tick(queue, inventory, state, in_window + timedelta(minutes=5))
+    job = queue.get(replication)
+    assert job.kind == "replicate" and job.spec["copy"] == "offsite"
+    assert tick(queue, inventory, state, in_window + timedelta(minutes=10)) == []  # once
+    # Another scheduler on the same catalog (a server beside a CLI scheduler) agrees.
+    assert tick(queue, inventory, SchedulerState(), in_window + timedelta(minutes=15)) == []
+
+    assert run_worker(ctx, inventory, once=True, poll=0.05) == [replication]
+    done = queue.get(replication)
+    assert done.state == "succeeded", done.error_message
+    assert len(done.details["copied"]) == 1 and done.details["retention"]["pruned"] == 0
+    copy = Vault.open(open_backend(str(tmp_path / "offsite")), PASSPHRASE, load_index=False)
+    assert copy.point_ids() == ctx.open_vault(load_index=False).point_ids()
+    assert [j.id for j in replication_jobs(ctx.catalog(), vault_id)] == [replication]
+    # The next night's window queues the next replication.
+    [tomorrow] = tick(queue, inventory, state, in_window + timedelta(days=1))
+    assert tomorrow != replication
+
+
+def test_the_copy_keeps_by_its_own_retention_and_pruned_points_stay_out(
+    tmp_path: Path, ctx: Context
+) -> None:
+    image = tmp_path / "disk.img"
+    testdisk.create_disk(image, 8 * MiB, seed=22, jobs=1)
+    points = []
+    for n in range(3):
+        testdisk.mutate_disk(image, 3, seed=n, jobs=1)
+        points.append(run_backup(ctx, "web", [DiskSpec("os", str(image))]))
+    inventory = _inventory(tmp_path, image)
+    base = ("vault", "replicate", "--to", str(tmp_path / "offsite"), "--vault", ctx.vault_path,
+            "--catalog", ctx.catalog_url or "", "-i", str(inventory), "--json")  # fmt: skip
+    stray = run_cli(*base, "--policy", "short")
+    assert stray.returncode == 2 and "--prune" in stray.stdout  # the JSON error
+    first = run_cli(*base, "--prune", "--policy", "short")
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert len(doc["copied"]) == 3
+    # Today's points are all kept for instant restore (2 days), by the copy as by the vault.
+    assert doc["retention"]["pruned"] == 0 and "gc" in doc["retention"]
+
+    # Ten days on, the copy's retention (one day) removes them; the vault keeps its own.
+    copy_ctx = Context(str(tmp_path / "offsite"), ctx.catalog_url)
+    later = datetime.now(UTC) + timedelta(days=10)
+    run_prune(copy_ctx, load_inventory(inventory), now=later)
+    copy = Vault.open(open_backend(str(tmp_path / "offsite")), PASSPHRASE, load_index=False)
+    kept = copy.point_ids()
+    assert len(kept) < 3
+    forget_point(copy_ctx, kept[0])  # by hand, too
+    assert copy.point_ids() == kept[1:]
+    assert len(ctx.open_vault(load_index=False).point_ids()) == 3
+    again = run_cli(*base)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["copied"] == []  # what the copy removed stays out
+    assert copy.point_ids() == kept[1:]

@@ -74,6 +74,8 @@ class Context:
     )
     # How to ask a person (the CLI on a terminal); without it a missing passphrase fails.
     ask_passphrase: PassphrasePrompt | None = field(default=None, repr=False, compare=False)
+    # A passphrase already known (a copy's own, from its variable): asked for nowhere else.
+    known_passphrase: str | None = field(default=None, repr=False, compare=False)
     # One catalog (engine and connection pool) per context, opened on first use.
     _catalog: Catalog | None = field(default=None, init=False, repr=False, compare=False)
     _catalog_lock: threading.Lock = field(
@@ -89,6 +91,8 @@ class Context:
         return Vault.open(self.backend(), self.passphrase(), load_index=load_index)
 
     def passphrase(self, *, confirm: bool = False) -> str:
+        if self.known_passphrase is not None:
+            return self.known_passphrase
         return resolve_passphrase(self.passphrase_file, confirm=confirm, ask=self.ask_passphrase)
 
     @contextmanager

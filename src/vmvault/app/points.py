@@ -10,6 +10,7 @@ from vmvault.app.records import raise_alert, report_damaged_points
 from vmvault.errors import PointNotFound, UsageError
 from vmvault.model.point import RecoveryPoint
 from vmvault.protection import check_may_delete
+from vmvault.vault.replica import note_pruned
 from vmvault.vault.vault import Vault
 
 
@@ -70,6 +71,7 @@ def forget_point(ctx: Context, point_ref: str) -> str:
     vm = point["vm"] if point is not None else None  # a damaged point can be forgotten too
     ctx.catalog().forget_points(vault.config.vault_id, [point_id])  # first: see run_prune
     vault.delete_point(point_id)
+    note_pruned(vault, [point_id])  # in a copy: replication must not bring it back
     raise_alert(
         ctx,
         vault,

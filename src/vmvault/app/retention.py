@@ -11,13 +11,13 @@ from typing import Any
 from vmvault.app.context import Context
 from vmvault.app.protection import purge_soft_deleted
 from vmvault.app.records import raise_alert
-from vmvault.app.replication import note_pruned
 from vmvault.app.vaults import run_gc
 from vmvault.errors import VmvaultError
 from vmvault.inventory import Inventory
 from vmvault.policy import Point, prune_plan
 from vmvault.protection import RetentionShortenedError, accept_retentions, settings, state_of
 from vmvault.snapshot import instant
+from vmvault.vault.replica import note_pruned
 
 log = logging.getLogger("vmvault.scheduler")
 

@@ -53,6 +53,7 @@ class ReplicationReport:
     adopted: int = 0  # packs of an interrupted run indexed again
     verified_chunks: int = 0
     seconds: float = 0.0
+    retention: dict[str, Any] | None = None  # the copy's own, when it was applied after
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +68,7 @@ class ReplicationReport:
             "adopted": self.adopted,
             "verified_chunks": self.verified_chunks,
             "seconds": round(self.seconds, 3),
+            "retention": self.retention,
         }
 
 

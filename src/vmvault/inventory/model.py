@@ -19,6 +19,8 @@ VM's name where there is one) and what is wrong, in one line each. Example:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vmvault.alerts.settings import AlertSettings
+from vmvault.backends.url import vault_scheme
 from vmvault.errors import NotFound, UsageError
 from vmvault.planning.cost import GB, PriceTable
 from vmvault.policy import DEFAULT_POLICY, Policy, PolicyError, Timetable, start_delay
@@ -179,16 +182,62 @@ class Pricing(_Strict):
         )
 
 
+class Replication(_Strict):
+    """A copy of the vault that the scheduler keeps up to date (``vmvault vault replicate``),
+    once a day in its window, after the backups queued before it have finished.
+
+        [replication.offsite]
+        to = "s3://backups-eu/vault-copy"
+        start = "01:00"        # UTC: the window opens (default 00:00)
+        window_hours = 6       # and closes this much later (default 24)
+        policy = "long-term"   # the copy keeps every VM's points by this policy (default:
+                               # each VM's own); it may keep longer than the vault
+        passphrase_file = "/etc/vmvault/copy.key"  # the copy's own (default: the vault's)
+    """
+
+    name: str = ""
+    to: str = Field(min_length=1)
+    start: str = "00:00"
+    window_hours: float = Field(default=24.0, gt=0, le=24)
+    policy: str | None = None
+    passphrase_file: str | None = None
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> str:
+        return as_hhmm(value)
+
+    @field_validator("to")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        try:
+            vault_scheme(value)
+        except UsageError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    def window_opened(self, now: datetime) -> datetime | None:
+        """When the window ``now`` (UTC) falls in opened; None outside any window."""
+        hour, minute = (int(x) for x in self.start.split(":"))
+        for days_back in (0, 1):  # a window may run past midnight
+            day = (now - timedelta(days=days_back)).date()
+            opened = datetime.combine(day, clock_time(hour, minute), tzinfo=UTC)
+            if opened <= now < opened + timedelta(hours=self.window_hours):
+                return opened
+        return None
+
+
 class Inventory(_Strict):
     limits: Limits = Field(default_factory=Limits)
     pools: dict[str, StoragePool] = Field(default_factory=dict)
     policies: dict[str, Policy] = Field(default_factory=dict)
     vms: list[Vm] = Field(default_factory=list)
+    replication: dict[str, Replication] = Field(default_factory=dict)
     alerts: AlertSettings = AlertSettings()
     pricing: Pricing = Pricing()
     source: str = ""
 
-    @field_validator("pools", "policies", mode="before")
+    @field_validator("pools", "policies", "replication", mode="before")
     @classmethod
     def _name_tables(cls, value: Any) -> Any:
         if isinstance(value, dict):
@@ -223,6 +272,12 @@ class Inventory(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"VM names repeat: {', '.join(duplicates)}")
+        for copy in self.replication.values():
+            if copy.policy not in (None, "default") and copy.policy not in self.policies:
+                raise ValueError(
+                    f"replication {copy.name}: unknown policy {copy.policy!r} "
+                    f"(declared: {', '.join(sorted(self.policies)) or 'none'}; or 'default')"
+                )
         for vm in self.vms:
             if vm.policy not in (None, "default") and vm.policy not in self.policies:
                 raise ValueError(

@@ -10,13 +10,14 @@ from typing import Any
 
 from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
+from vmvault.app.replication import copy_retention_inventory, run_replicate
 from vmvault.app.restore import run_verify
 from vmvault.app.retention import run_maintenance
 from vmvault.app.vm_restore import run_vm_restore
 from vmvault.catalog.models import Job
 from vmvault.catalog.store import Catalog
 from vmvault.engine.progress import ProgressCallback
-from vmvault.errors import VmvaultError
+from vmvault.errors import UsageError, VmvaultError
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.model.jobs import JobKind, JobState
@@ -113,11 +114,27 @@ def _maintenance(run: JobRun) -> None:
     run.finish(JobState.SUCCEEDED, details=run_maintenance(run.ctx, run.inventory))
 
 
+def _replicate(run: JobRun) -> None:
+    name = str(run.spec.get("copy", ""))
+    copy = run.inventory.replication.get(name)
+    if copy is None:
+        raise UsageError(f"no replication named {name!r} in the inventory (removed since?)")
+    run_replicate(
+        run.ctx,
+        copy.to,
+        passphrase_file=copy.passphrase_file,
+        keep=copy_retention_inventory(run.inventory, copy.policy),
+        progress=run.progress,
+        recorder=run.recorder,
+    )
+
+
 HANDLERS: dict[JobKind, Callable[[JobRun], None]] = {
     JobKind.BACKUP: _backup,
     JobKind.RESTORE: _restore,
     JobKind.VERIFY: _verify,
     JobKind.MAINTENANCE: _maintenance,
+    JobKind.REPLICATE: _replicate,
 }
 
 

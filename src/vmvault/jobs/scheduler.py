@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as clock_time
 
-from vmvault.catalog.backups import last_scheduled_due
+from vmvault.catalog.backups import last_scheduled_due, replication_queued_since
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.model.jobs import JobKind
@@ -32,6 +32,7 @@ class SchedulerState:
 
     first_seen: dict[str, datetime] = field(default_factory=dict)
     maintenance_done: set[str] = field(default_factory=set)  # dates (UTC) already done
+    replications_done: set[str] = field(default_factory=set)  # "copy@window opened"
 
 
 def tick(
@@ -62,10 +63,39 @@ def tick(
             )
             log.info("queued job %d: backup of %s due %s", job_id, vm.name, due.isoformat())
             queued.append(job_id)
+    queued += _replications(queue, inventory, state, now)
     today = now.date().isoformat()
     if now.time() >= maintenance_time and today not in state.maintenance_done:
         state.maintenance_done.add(today)
         job_id = queue.enqueue(JobKind.MAINTENANCE, "", {"due": now.isoformat()}, now=now)
         log.info("queued job %d: retention and garbage collection", job_id)
+        queued.append(job_id)
+    return queued
+
+
+def _replications(
+    queue: JobQueue, inventory: Inventory, state: SchedulerState, now: datetime
+) -> list[int]:
+    """Queue each copy's replication once per window, when no backup is queued or running
+    (so the day's points go across the same night). A window that ends while backups still
+    run is missed; the next one sends everything the copy lacks."""
+    queued: list[int] = []
+    for copy in inventory.replication.values():
+        opened = copy.window_opened(now)
+        if opened is None:
+            continue
+        window = f"{copy.name}@{opened.isoformat()}"
+        if window in state.replications_done:
+            continue
+        if replication_queued_since(queue.catalog, queue.vault_id, copy.name, opened):
+            state.replications_done.add(window)  # queued by another scheduler, or before
+            continue
+        if any(job.kind == JobKind.BACKUP for job in queue.queued(now) + queue.running()):
+            continue  # after the backups
+        state.replications_done.add(window)
+        job_id = queue.enqueue(
+            JobKind.REPLICATE, "", {"copy": copy.name, "due": opened.isoformat()}, now=now
+        )
+        log.info("queued job %d: replication to %s (%s)", job_id, copy.name, copy.to)
         queued.append(job_id)
     return queued

@@ -6,10 +6,11 @@ from typing import Any
 
 import typer
 
-from vmvault.app.replication import run_replicate
+from vmvault.app.replication import copy_retention_inventory, run_replicate
 from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
 from vmvault.cli.options import (
     CatalogOpt,
+    InventoryOpt,
     JsonOpt,
     PassFileOpt,
     VaultOpt,
@@ -25,7 +26,8 @@ from vmvault.cli.render.vault import (
     print_replicated,
 )
 from vmvault.engine.replicate import DEFAULT_SAMPLE
-from vmvault.errors import EXIT_DAMAGE
+from vmvault.errors import EXIT_DAMAGE, UsageError
+from vmvault.inventory import load_inventory
 
 app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
 
@@ -132,6 +134,16 @@ def replicate_cmd(
     sample: int = typer.Option(
         DEFAULT_SAMPLE, "--sample", min=0, help="Chunks of each copied point read back."
     ),
+    prune: bool = typer.Option(
+        False,
+        "--prune",
+        help="Then apply the copy's own retention (each VM's policy of --inventory, or "
+        "--policy) and collect the copy's garbage.",
+    ),
+    policy: str | None = typer.Option(
+        None, "--policy", help="With --prune: keep every VM's points in the copy by this policy."
+    ),
+    inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
@@ -141,9 +153,18 @@ def replicate_cmd(
 
     def act() -> dict[str, Any]:
         ctx = context(vault, catalog, passphrase_file)
+        if policy is not None and not prune:
+            raise UsageError("--policy is the copy's retention: give it with --prune")
+        keep = copy_retention_inventory(load_inventory(inventory), policy) if prune else None
         with progress_bar(not json) as progress:
             report = run_replicate(
-                ctx, to, passphrase_file=to_passphrase_file, vm=vm, sample=sample, progress=progress
+                ctx,
+                to,
+                passphrase_file=to_passphrase_file,
+                vm=vm,
+                sample=sample,
+                keep=keep,
+                progress=progress,
             )
         return report.to_dict()
 
