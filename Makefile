@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean sysdeps
+.PHONY: demo test lint bench clean sysdeps azurite
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/mypy
 
-test: $(STAMP) sysdeps lint
+# Azurite, Microsoft's Azure Storage emulator, for the azure-marked tests
+# (tests/support/azuritekit.py): its blob server from npm when missing (Node.js from Debian
+# first, if that is missing too).
+AZURITE_VERSION := 3.37.0
+azurite:
+	@command -v azurite-blob >/dev/null || { \
+		command -v npm >/dev/null || { \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -q nodejs npm >/dev/null || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q nodejs npm >/dev/null; }; \
+		}; \
+		echo "installing: azurite@$(AZURITE_VERSION) (npm)"; \
+		npm install -g --no-fund --no-audit azurite@$(AZURITE_VERSION) >/dev/null; \
+	}
+
+test: $(STAMP) sysdeps azurite lint
 	$(BIN)/pytest -n auto -q
 
 bench: $(STAMP)

@@ -17,8 +17,9 @@ from vmvault import testdisk
 from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.vaults import init_vault
 
-# The S3 server fixtures (s3_server, s3_vault); the server starts only for a test using them.
-pytest_plugins = ["support.s3kit"]
+# The object-store fixtures: S3 (s3_server, s3_vault) and Azure Blob (azurite_server,
+# azure_vault); each server starts only for a test using it.
+pytest_plugins = ["support.s3kit", "support.azuritekit"]
 
 
 @pytest.fixture(autouse=True)

@@ -61,14 +61,14 @@ def resolve_passphrase(
 
 @dataclass
 class Context:
-    """Where things are: the vault (a directory or an s3:// URL), the catalog's URL, how to
-    get the passphrase."""
+    """Where things are: the vault (a directory, an s3:// or an azure:// URL), the catalog's
+    URL, how to get the passphrase."""
 
     vault_path: str
     catalog_url: str | None = None
     passphrase_file: str | None = None
     # The backend for ``vault_path`` (tests give a fault-injecting one); by default the
-    # directory or ``s3://`` URL's backend behind the retry layer (backends/url.py).
+    # directory's or object store's backend behind the retry layer (backends/url.py).
     backend_factory: Callable[[str], Backend] | None = field(
         default=None, repr=False, compare=False
     )

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 def init_vault(ctx: Context, **options: Any) -> Vault:
     backend = ctx.backend()
     if not is_directory_vault(ctx.vault_path):
-        # An object store has no directory to check: the bucket must exist (vmvault never
-        # creates one), and Vault.init refuses a prefix that already holds a config.
+        # An object store has no directory to check: the bucket or container must exist
+        # (vmvault never creates one), and Vault.init refuses a prefix that holds a config.
         check_bucket: Callable[[], None] | None = getattr(
             getattr(backend, "inner", backend), "check_bucket", None
         )

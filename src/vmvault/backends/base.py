@@ -35,6 +35,20 @@ class TransientBackendError(VmvaultError):
     code = "backend_transient"
 
 
+class BucketMissing(VmvaultError):
+    """The vault URL names a bucket (S3) or container (Azure) the store does not have:
+    vmvault never creates one."""
+
+    code = "bucket_missing"
+
+
+class ObjectExists(VmvaultError):
+    """A creation-only put found the key already taken (the store refused
+    ``If-None-Match: *``); ``put_new`` leaves the other writer's object alone."""
+
+    code = "object_exists"
+
+
 Payload = bytes | bytearray | memoryview | Sequence[bytes]  # one buffer, or parts in order
 
 
@@ -79,8 +93,9 @@ def put_new(backend: Backend, key: str, data: Payload) -> None:
     success was never reported. Nothing can rely on it yet, and an unreadable leftover
     would be reported by ``check`` (or, for a point, be a damaged point) for ever.
 
-    A backend with a ``create`` method (S3: ``If-None-Match: *``) has the store refuse a
-    key already taken; that refusal leaves the other object alone (it is not ours)."""
+    A backend with a ``create`` method (S3 and Azure: ``If-None-Match: *``) has the store
+    refuse a key already taken (``ObjectExists``); that refusal leaves the other object
+    alone (it is not ours)."""
     create: Callable[[str, Payload], None] | None = getattr(backend, "create", None)
     try:
         if create is not None:

@@ -41,7 +41,13 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from vmvault.backends.base import Payload, TransientBackendError, validate_key
+from vmvault.backends.base import (
+    BucketMissing,
+    ObjectExists,
+    Payload,
+    TransientBackendError,
+    validate_key,
+)
 from vmvault.backends.local import BackendDenied, BackendReadOnly
 from vmvault.errors import CorruptObject, ObjectMissing, UsageError, VmvaultError
 
@@ -62,17 +68,7 @@ _TRANSIENT_CODES = frozenset(
 )
 _WRITES = frozenset({"put", "create", "delete"})
 
-
-class BucketMissing(VmvaultError):
-    """The vault URL names a bucket the store does not have (vmvault never creates one)."""
-
-    code = "bucket_missing"
-
-
-class ObjectExists(VmvaultError):
-    """A creation-only put found the key already taken (If-None-Match: * refused)."""
-
-    code = "object_exists"
+__all__ = ["BucketMissing", "ObjectExists", "S3Backend", "S3Error", "parse_s3_url"]
 
 
 class S3Error(VmvaultError):

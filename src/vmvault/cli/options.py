@@ -67,7 +67,8 @@ VaultOpt = typer.Option(
     "--vault",
     "-V",
     envvar="VMVAULT_VAULT",
-    help="Vault: a directory, or s3://BUCKET/PREFIX (env VMVAULT_VAULT).",
+    help="Vault: a directory, s3://BUCKET/PREFIX or azure://ACCOUNT/CONTAINER/PREFIX"
+    " (env VMVAULT_VAULT).",
 )
 CatalogOpt = typer.Option(
     None,
@@ -114,7 +115,8 @@ def context(vault: str | None, catalog: str | None, passphrase_file: str | None)
         raise UsageError("this command works on a local vault only, not with --server")
     if not vault:
         raise UsageError(
-            "no vault given: use --vault DIR (or s3://BUCKET[/PREFIX]) or set VMVAULT_VAULT"
+            "no vault given: use --vault DIR (or s3://BUCKET[/PREFIX],"
+            " azure://ACCOUNT/CONTAINER[/PREFIX]) or set VMVAULT_VAULT"
         )
     return Context(vault, catalog, passphrase_file, ask_passphrase=prompt_passphrase)
 
