@@ -17,12 +17,14 @@ from fastapi.testclient import TestClient
 
 from support.cli import same_content
 from support.serverkit import Site, make_site
+from vmvault.app.replication import run_replicate
 from vmvault.server.app import create_app
 
 # Every route: method, path, least role, a valid body. Paths use ids the site has.
 ROUTES: list[tuple[str, str, str, Any]] = [
     ("GET", "/api/v1/vault", "reader", None),
     ("PATCH", "/api/v1/vault", "admin", {}),
+    ("GET", "/api/v1/vault/copies", "reader", None),
     ("GET", "/api/v1/vms", "reader", None),
     ("GET", "/api/v1/vms/web01", "reader", None),
     ("GET", "/api/v1/vms/web01/points", "reader", None),
@@ -315,6 +317,23 @@ def test_session_cookie_login_csrf_and_logout(client: TestClient, site: Site) ->
     actions = [(e["actor"], e["action"]) for e in entries]
     assert ("operator-token", "POST /logout") in actions
     assert ("operator-token", "POST /login") in actions
+
+
+def test_copies_with_last_success_and_lag_in_api_and_dashboard(
+    client: TestClient, site: Site
+) -> None:
+    _point(client, site)  # the site has a point by now (the backup tests ran before)
+    report = run_replicate(site.ctx, str(site.root / "offsite-copy"))
+    assert report.copied
+    doc = client.get("/api/v1/vault/copies", headers=site.auth("reader")).json()
+    [copy] = [c for c in doc["items"] if c["destination"] == str(site.root / "offsite-copy")]
+    assert copy["last_success"] and copy["last_run"]["state"] == "succeeded"
+    assert copy["points_waiting"] == 0 and copy["lag_seconds"] == 0
+    with TestClient(client.app) as browser:
+        browser.post("/login", data={"token": site.tokens["reader"]})
+        page = browser.get("/copies")
+        assert page.status_code == 200
+        assert str(site.root / "offsite-copy") in page.text and "in sync" in page.text
 
 
 class _Hook(BaseHTTPRequestHandler):

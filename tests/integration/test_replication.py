@@ -26,7 +26,7 @@ from vmvault.backends.base import Backend
 from vmvault.backends.local import LocalBackend
 from vmvault.backends.retry import RetryingBackend
 from vmvault.backends.url import open_backend
-from vmvault.catalog.backups import replication_jobs
+from vmvault.catalog.replication import copies_status, replication_jobs
 from vmvault.errors import UsageError, VmvaultError, WrongPassphrase
 from vmvault.inventory import load_inventory
 from vmvault.jobs.queue import JobQueue
@@ -296,6 +296,13 @@ def test_the_scheduler_replicates_in_the_window_after_the_backups(
     copy = Vault.open(open_backend(str(tmp_path / "offsite")), PASSPHRASE, load_index=False)
     assert copy.point_ids() == ctx.open_vault(load_index=False).point_ids()
     assert [j.id for j in replication_jobs(ctx.catalog(), vault_id)] == [replication]
+    [status] = copies_status(ctx.catalog(), vault_id, inventory)
+    assert status["name"] == "offsite" and status["destination"] == str(tmp_path / "offsite")
+    assert status["last_success"] and status["last_run"]["state"] == "succeeded"
+    assert status["points_waiting"] == 0 and status["lag_seconds"] == 0
+    run_backup(ctx, "web", [DiskSpec("os", str(image))])  # a point the copy lacks
+    [behind] = copies_status(ctx.catalog(), vault_id, inventory)
+    assert behind["points_waiting"] == 1 and behind["lag_seconds"] > 0
     # The next night's window queues the next replication.
     [tomorrow] = tick(queue, inventory, state, in_window + timedelta(days=1))
     assert tomorrow != replication

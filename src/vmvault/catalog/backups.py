@@ -40,23 +40,3 @@ def last_scheduled_due(catalog: Catalog, vault_id: str, vm: str) -> datetime | N
             if due:
                 return datetime.fromisoformat(due)
     return None
-
-
-def replication_jobs(catalog: Catalog, vault_id: str, limit: int = 200) -> list[Job]:
-    """The vault's newest replication jobs (queued, running or ended), newest first."""
-    with catalog.session() as s:
-        query = (
-            select(Job)
-            .where(Job.vault_id == vault_id, Job.kind == JobKind.REPLICATE)
-            .order_by(Job.id.desc())
-            .limit(limit)
-        )
-        return list(s.scalars(query))
-
-
-def replication_queued_since(catalog: Catalog, vault_id: str, copy: str, since: datetime) -> bool:
-    """Whether the inventory's copy ``copy`` had a replication queued at or after ``since``."""
-    for job in replication_jobs(catalog, vault_id):
-        if (job.spec or {}).get("copy") == copy and job.created_at >= since:
-            return True
-    return False

@@ -130,7 +130,13 @@ def replicate(
         check()
         # Packs another point of this run already sent are in the copy's index now.
         plan.packs = {p for p in plan.packs if not copy.index.has_pack(p)}
-        copied = _copy_packs(source, copy, sorted(plan.packs), workers, check)
+        try:
+            copied = _copy_packs(source, copy, sorted(plan.packs), workers, check)
+        except (CorruptObject, ObjectMissing) as exc:
+            # A pack of the vault is damaged or gone: this point cannot cross whole. What
+            # its other packs sent is adopted by the next run; the other points go on.
+            report.skipped[point["id"]] = exc.message
+            continue
         if copied:
             copy.write_index_object([(pack_id, entries) for pack_id, entries, _ in copied])
             report.objects += 1
@@ -202,7 +208,11 @@ def _copy_packs(
         key = pack_key(pack_id)
         data = source.backend.get(key)
         # Checked before it leaves: a pack damaged in the vault must not become the copy's.
-        entries = source.pack_entries(pack_id, data)
+        try:
+            entries = source.pack_entries(pack_id, data)
+        except CorruptObject as exc:
+            source.damage.mark(pack_id, exc.message)  # as any read that finds it does
+            raise
         try:
             put_new(copy.backend, key, data)
         except VmvaultError as exc:

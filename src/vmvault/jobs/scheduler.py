@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as clock_time
 
-from vmvault.catalog.backups import last_scheduled_due, replication_queued_since
+from vmvault.catalog.backups import last_scheduled_due
+from vmvault.catalog.replication import replication_queued_since
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.model.jobs import JobKind

@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from vmvault import __version__
 from vmvault.errors import VmvaultError
 from vmvault.server.accounts import Principal, RefusalLog, Role
-from vmvault.server.api import admin, jobs, planning, points, vms
+from vmvault.server.api import admin, jobs, planning, points, vault, vms
 from vmvault.server.auth import (
     SESSION_COOKIE,
     Forbidden,
@@ -67,6 +67,19 @@ def size(value: float | None) -> str:
     return NOTHING if value is None else human_bytes(value)
 
 
+def duration(seconds: float | None) -> str:
+    """A lag as people say it: 0 s, 42 min, 5.2 h, 3.1 days."""
+    if seconds is None:
+        return NOTHING
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def when(value: str | None) -> str:
     """An ISO time as 'YYYY-MM-DD HH:MM:SS UTC' (app.js's ``when`` writes the same)."""
     if not value:
@@ -86,7 +99,7 @@ def segment(value: object) -> str:
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(bytes=size, when=when, segment=segment)
+templates.env.filters.update(bytes=size, when=when, segment=segment, duration=duration)
 
 
 class LoginFirst(Exception):
@@ -310,6 +323,14 @@ def mount(app: FastAPI, server: ServerState) -> None:
         principal = session(request)
         report = planning.cost(server, principal)
         return render(request, "cost.html", principal, title="Cost", nav="cost", report=report)
+
+    @app.get("/copies", response_class=HTMLResponse, include_in_schema=False)
+    def copies_page(request: Request) -> Response:
+        principal = session(request)
+        copies = vault.vault_copies(server, principal)
+        return render(
+            request, "copies.html", principal, title="Copies", nav="copies", copies=copies
+        )
 
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
     def alerts_page(request: Request, offset: int = 0) -> Response:

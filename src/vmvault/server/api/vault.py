@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from vmvault import __version__
 from vmvault.app.protection import set_immutability, set_soft_delete
+from vmvault.catalog.replication import copies_status
 from vmvault.errors import CorruptObject
 from vmvault.protection import settings
 from vmvault.server.api.schemas import Admin, Reader, State, VaultSettingsRequest
@@ -39,6 +40,14 @@ def vault_info(state: State, _: Reader) -> dict[str, Any]:
         "points": len(state.points()),
         "damaged_points": sorted(state.damaged_points()),
     }
+
+
+@router.get("/vault/copies", tags=["vault"])
+def vault_copies(state: State, _: Reader) -> dict[str, Any]:
+    """The vault's copies (the inventory's replication entries and every destination a
+    replication ran to): last run, last success, points waiting, lag."""
+    items = copies_status(state.catalog, state.vault_id, state.inventory())
+    return {"items": items, "total": len(items)}
 
 
 @router.patch("/vault", tags=["vault"])
