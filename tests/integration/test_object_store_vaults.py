@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from support.azuritekit import AzureVault
 from support.cli import PASSPHRASE, run_cli, same_content
 from support.s3kit import S3Vault
+from support.serverkit import make_site
 from vmvault import testdisk
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
@@ -22,6 +25,7 @@ from vmvault.app.points import forget_point
 from vmvault.app.vaults import init_vault, run_check, run_gc
 from vmvault.backends.url import open_backend
 from vmvault.model.point import RecoveryPoint
+from vmvault.server.app import create_app
 from vmvault.vault.locks import VaultLock
 
 MiB = testdisk.MiB
@@ -120,3 +124,22 @@ def test_a_copy_in_another_store_restores_the_vm(
     [restored] = [p for p in restored_dir.rglob("*") if p.is_file() and p.suffix == ".img"]
     assert same_content(disk, restored)
     shutil.rmtree(restored_dir)
+
+
+def test_the_server_on_an_object_store_vault(store_url: str, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", vault=store_url, backup=False)
+    with TestClient(create_app(site.config)) as client:
+        info = client.get("/api/v1/vault", headers=site.auth("reader")).json()
+        assert info["location"] == store_url and info["points"] == 0
+        queued = client.post("/api/v1/vms/db01/backup", json={}, headers=site.auth("operator"))
+        assert queued.status_code == 202, queued.text
+        job_id = queued.json()["id"]
+        deadline = time.monotonic() + 120
+        while (job := client.get(f"/api/v1/jobs/{job_id}", headers=site.auth("reader")).json())[
+            "state"
+        ] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["state"] == "succeeded", job
+        points = client.get("/api/v1/points", headers=site.auth("reader")).json()
+        assert points["total"] == 1

@@ -95,7 +95,12 @@ policy = "nightly"
 
 
 def make_site(
-    root: Path, *, backup: bool = True, extra_inventory: str = "", catalog_url: str | None = None
+    root: Path,
+    *,
+    backup: bool = True,
+    extra_inventory: str = "",
+    catalog_url: str | None = None,
+    vault: str | None = None,
 ) -> Site:
     root.mkdir(parents=True, exist_ok=True)
     passfile = root / "passphrase"
@@ -104,7 +109,7 @@ def make_site(
     inventory = root / "inventory.toml"
     inventory.write_text(inventory_text(root, extra_inventory))
     catalog_url = catalog_url or f"sqlite:///{root / 'catalog.db'}"
-    ctx = Context(str(root / "vault"), catalog_url, str(passfile))
+    ctx = Context(vault or str(root / "vault"), catalog_url, str(passfile))
     init_vault(ctx)
     if backup:
         run_vm_backup(ctx, load_inventory(inventory), "web01")
