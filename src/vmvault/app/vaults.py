@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from vmvault.app.context import Context
 from vmvault.app.points import read_points
 from vmvault.app.records import report_damaged_points, report_lost_packs
+from vmvault.backends.base import innermost
 from vmvault.backends.url import is_directory_vault
 from vmvault.engine.check import CheckReport, Problem, check_vault
 from vmvault.engine.gc import GcReport, collect_garbage
@@ -25,9 +26,7 @@ def init_vault(ctx: Context, **options: Any) -> Vault:
     if not is_directory_vault(ctx.vault_path):
         # An object store has no directory to check: the bucket must exist (vmvault never
         # creates one), and Vault.init refuses a prefix that already holds a config.
-        check_bucket: Callable[[], None] | None = getattr(
-            getattr(backend, "inner", backend), "check_bucket", None
-        )
+        check_bucket: Callable[[], None] | None = getattr(innermost(backend), "check_bucket", None)
         if check_bucket is not None:
             check_bucket()
         return Vault.init(backend, ctx.passphrase(confirm=True), **options)
