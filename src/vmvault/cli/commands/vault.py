@@ -1,4 +1,5 @@
-"""The vault: create it, check it, collect its garbage, rebuild its index (`vmvault vault`)."""
+"""The vault: create it, check it, collect its garbage, rebuild its index, its local cache
+(`vmvault vault`)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,26 @@ from typing import Any
 
 import typer
 
-from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
+from vmvault.app.vaults import init_vault, local_cache, reindex, run_check, run_gc
 from vmvault.cli.options import (
     CatalogOpt,
     JsonOpt,
     PassFileOpt,
     VaultOpt,
+    cache_setting,
     context,
     force_option,
+    remote,
 )
 from vmvault.cli.output import guarded, show
 from vmvault.cli.render.vault import (
+    print_cache,
     print_checked,
     print_collected,
     print_created,
     print_reindexed,
 )
-from vmvault.errors import EXIT_DAMAGE
+from vmvault.errors import EXIT_DAMAGE, UsageError
 
 app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
 
@@ -112,3 +116,21 @@ def reindex_cmd(
     """Rebuild the chunk index from the packs and the catalog from the recovery points."""
     doc = guarded(json, lambda: reindex(context(vault, catalog, passphrase_file)))
     show(doc, json, print_reindexed)
+
+
+@app.command("cache")
+def cache_cmd(
+    clear: bool = typer.Option(
+        False, "--clear", help="Delete the cached copies (only --vault's, if a vault is given)."
+    ),
+    vault: str | None = VaultOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """The local cache of object-store vaults: where it is, its size and bound; --clear."""
+
+    def act() -> dict[str, Any]:
+        if remote() is not None:
+            raise UsageError("the cache is this machine's: `vault cache` does not take --server")
+        return local_cache(vault, clear=clear, enabled=cache_setting())
+
+    show(guarded(json, act), json, print_cache)
