@@ -16,6 +16,7 @@ from support.cli import PASSPHRASE
 from vmvault import testdisk
 from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.vaults import init_vault
+from vmvault.backends.cache import CACHE_DIR_ENV, CACHE_LIMIT_ENV, NO_CACHE_ENV
 
 # The object-store fixtures: S3 (s3_server, s3_vault) and Azure Blob (azurite_server,
 # azure_vault); each server starts only for a test using it.
@@ -26,6 +27,17 @@ pytest_plugins = ["support.s3kit", "support.azuritekit"]
 def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
     monkeypatch.delenv(PASSPHRASE_FILE_ENV, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each test its own local cache of object-store vaults, never the user's ~/.cache (a
+    directory of its own: some tests want their tmp_path empty)."""
+    root = tmp_path_factory.mktemp("cache") / "vmvault"
+    monkeypatch.setenv(CACHE_DIR_ENV, str(root))
+    monkeypatch.delenv(NO_CACHE_ENV, raising=False)
+    monkeypatch.delenv(CACHE_LIMIT_ENV, raising=False)
+    return root
 
 
 @pytest.fixture

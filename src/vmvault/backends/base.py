@@ -85,6 +85,14 @@ class Backend(Protocol):
         """Where the objects live, for messages (never contains secrets)."""
 
 
+def innermost(backend: Backend) -> Backend:
+    """The store under a backend's wrappers (retries, request counting, the local cache),
+    each of which names what it wraps ``inner``: for what only the store itself offers."""
+    while (inner := getattr(backend, "inner", None)) is not None:
+        backend = inner
+    return backend
+
+
 def put_new(backend: Backend, key: str, data: Payload) -> None:
     """Put an object under a key nobody else writes (a pack, an index object, a point).
 

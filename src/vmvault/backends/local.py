@@ -131,7 +131,7 @@ class LocalBackend:
                 if offset:
                     f.seek(offset)
                 return f.read() if length is None else _read_exactly(f, length, key)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a file where a folder would be
             raise ObjectMissing(f"object {key} is missing from {self.root}") from None
         except PermissionError:
             raise _denied(key, self.root) from None

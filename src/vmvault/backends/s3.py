@@ -99,6 +99,8 @@ class S3Backend:
     One client for all calls: boto3 clients are thread-safe and keep a pool of connections,
     so the many threads of a backup reuse them."""
 
+    list_page_size = 1000  # keys per ListObjectsV2 answer: what backends.metering counts
+
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         prefix = prefix.strip("/")
         if prefix:

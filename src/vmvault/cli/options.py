@@ -97,12 +97,23 @@ JobIdArg = typer.Argument(...)
 
 
 _remote: list[Remote] = []  # set by the root command's --server / --token
+_no_cache: list[bool] = [False]  # set by the root command's --no-cache
 
 
 def use_remote(remote: Remote | None) -> None:
     _remote.clear()
     if remote is not None:
         _remote.append(remote)
+
+
+def use_cache(enabled: bool) -> None:
+    """``--no-cache``: every context of this command reads its object store directly."""
+    _no_cache[0] = not enabled
+
+
+def cache_setting() -> bool | None:
+    """False with ``--no-cache``; None leaves it to ``$VMVAULT_NO_CACHE``."""
+    return False if _no_cache[0] else None
 
 
 def remote() -> Remote | None:
@@ -118,7 +129,13 @@ def context(vault: str | None, catalog: str | None, passphrase_file: str | None)
             "no vault given: use --vault DIR (or s3://BUCKET[/PREFIX],"
             " azure://ACCOUNT/CONTAINER[/PREFIX]) or set VMVAULT_VAULT"
         )
-    return Context(vault, catalog, passphrase_file, ask_passphrase=prompt_passphrase)
+    return Context(
+        vault,
+        catalog,
+        passphrase_file,
+        ask_passphrase=prompt_passphrase,
+        cache=cache_setting(),
+    )
 
 
 def restore_source(

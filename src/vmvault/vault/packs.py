@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import blake3
 
-from vmvault.backends.base import Backend, put_new
+from vmvault.backends.base import Backend, Payload, put_new
 from vmvault.vault.crypto import Cipher
 from vmvault.vault.format import (
     AAD_INDEX,
     AAD_PACK_HEADER,
+    KIND_RECORD,
     PACK_MAGIC,
     PACK_TRAILER,
     PackEntry,
@@ -69,6 +70,7 @@ class PackWriter:
         index_every: int = 64,
     ) -> None:
         self._backend = backend
+        self._remember: Callable[[str, Payload], None] | None = getattr(backend, "remember", None)
         self._cipher = cipher
         self._index = index
         self._target = pack_target
@@ -153,6 +155,10 @@ class PackWriter:
                     assert isinstance(item, tuple)
                     pack_id, entries, data = item
                     put_new(self._backend, pack_key(pack_id), data)  # no torn leftover
+                    if self._remember is not None and entries[0].kind == KIND_RECORD:
+                        # The next backup reads these records back: a local cache keeps
+                        # the pack now (backends/cache.py), not after a GET then.
+                        self._remember(pack_key(pack_id), data)
                     self._index.add_pack(pack_id, entries)
                     with self._lock:
                         self._uploaded.append((pack_id, entries))
