@@ -34,6 +34,12 @@ class TransientBackendError(VmvaultError):
 
     code = "backend_transient"
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        # What went wrong in a few words ("503 SlowDown", "the connection was cut"), for a
+        # caller that names the operation and the store itself (RetryingBackend's last word).
+        self.reason = reason or message
+
 
 Payload = bytes | bytearray | memoryview | Sequence[bytes]  # one buffer, or parts in order
 

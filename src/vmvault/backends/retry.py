@@ -74,7 +74,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, VmvaultError):
+    if isinstance(exc, TransientBackendError):
+        text = exc.reason  # the operation and the store are named by the caller's message
+    elif isinstance(exc, VmvaultError):
         text = exc.message
     elif isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
