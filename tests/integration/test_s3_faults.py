@@ -12,6 +12,8 @@ intact; a backup after an interrupted one reuses the packs that reached the stor
 from __future__ import annotations
 
 import http.client
+import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from botocore.config import Config
 
 from support.cli import PASSPHRASE, run_cli, same_content
 from support.faultproxy import FAULTS, Seen
-from support.s3kit import ProxiedS3Vault
+from support.s3kit import KillableS3Vault, ProxiedS3Vault
 from vmvault import testdisk
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
@@ -27,6 +29,7 @@ from vmvault.app.disks import DiskSpec
 from vmvault.app.restore import run_restore
 from vmvault.app.vaults import init_vault, run_check
 from vmvault.backends.url import open_backend
+from vmvault.errors import VmvaultError
 
 pytestmark = pytest.mark.s3
 MiB = testdisk.MiB
@@ -192,3 +195,69 @@ def test_store_down_fails_the_backup_with_one_line(
     jobs = ctx.catalog().jobs(ctx.open_vault().config.vault_id)
     backups = [(j.state, j.error_code) for j in jobs if j.kind == "backup"]
     assert backups == [("failed", "backend_unavailable"), ("succeeded", None)]
+
+
+def test_store_killed_mid_backup_then_the_next_backup_adopts_its_packs(
+    killable_s3_vault: KillableS3Vault, tmp_path: Path
+) -> None:
+    """SeaweedFS is killed (SIGKILL) once a few packs of a backup are stored: the backup
+    fails with one error and writes no point. The store is started again on its data; the
+    next backup adopts the packs that had reached it and uploads only the rest."""
+    vault = killable_s3_vault
+    ctx = _ctx(vault, tmp_path)
+    # 1 MiB blocks and packs: about a pack per MiB of new data.
+    init_vault(ctx, pack_target=1 * MiB, block_size=1 * MiB, scrypt=FAST_SCRYPT)
+    small = tmp_path / "small.img"
+    testdisk.create_disk(small, 4 * MiB, seed=31, jobs=1)
+    first = run_backup(ctx, "vm", [DiskSpec("os", str(small))])
+
+    image = tmp_path / "big.img"
+    image.write_bytes(random.Random(32).randbytes(32 * MiB))  # incompressible: ~32 packs
+    stored_before_kill = 8
+    killed = threading.Event()
+    kill_lock = threading.Lock()
+
+    def kill_after_some_packs(seen: Seen) -> None:
+        with kill_lock:
+            stored = len(_pack_puts(vault.proxy.seen("PUT")))
+            if not killed.is_set() and stored >= stored_before_kill:
+                vault.weed.kill()
+                killed.set()
+
+    vault.proxy.reset_counts()
+    vault.proxy.on_forwarded = kill_after_some_packs
+    with pytest.raises(VmvaultError) as raised:
+        run_backup(ctx, "vm", [DiskSpec("os", str(image))])
+    assert killed.is_set()
+    assert raised.value.code == "backend_unavailable", raised.value.message
+    acknowledged = len(_pack_puts(vault.proxy.seen("PUT")))
+    vault.proxy.on_forwarded = None
+
+    vault.weed.start()  # the same data directory and ports
+    vault_now = ctx.open_vault()
+    assert vault_now.point_ids() == [first["id"]]
+    orphans = vault_now.adopt_orphan_packs(write=False)
+    assert orphans >= acknowledged >= stored_before_kill
+
+    vault.proxy.reset_counts()
+    rerun = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
+    resumed = _pack_puts(vault.proxy.seen("PUT"))
+
+    # What a full backup of the same disk uploads, counted the same way: a fresh vault.
+    reference_ctx = Context(vault.url("reference"), f"sqlite:///{tmp_path / 'ref.db'}")
+    init_vault(reference_ctx, pack_target=1 * MiB, block_size=1 * MiB, scrypt=FAST_SCRYPT)
+    vault.proxy.reset_counts()
+    run_backup(reference_ctx, "vm", [DiskSpec("os", str(image))])
+    full = _pack_puts(vault.proxy.seen("PUT"))
+    # The packs stored before the kill are not uploaded again: their chunks count as
+    # already in the vault (adopted), and the uploads are a full backup's less theirs.
+    assert rerun["disks"][0]["stats"]["deduplicated"] >= (acknowledged - 1) * MiB
+    assert len(resumed) <= len(full) - acknowledged + 1
+    assert sum(s.body for s in resumed) < sum(s.body for s in full) - (acknowledged - 1) * MiB
+
+    for point, expected in ((first, small), (rerun, image)):
+        out = tmp_path / f"restored-{point['id']}.img"
+        run_restore(ctx, point["id"], str(out))
+        assert same_content(expected, out)
+    report = run_check(ctx, read_data=True)
+    assert report.ok, [p.message for p in report.problems]

@@ -117,6 +117,9 @@ class WeedServer:
             f"-master.port.grpc={ports['mg']}",
             "-master.volumeSizeLimitMB=64",  # small volumes: the default 30 GiB preallocates
             "-master.telemetry=false",
+            # A restarted master (its raft state resumed) waits this long before it leads
+            # again; alone in its cluster it has nobody to wait for (default 10 s).
+            "-master.electionTimeout=1s",
             f"-volume.port={ports['v']}",
             f"-volume.port.grpc={ports['vg']}",
             "-volume.max=0",
