@@ -288,6 +288,7 @@ def test_a_store_gone_for_good_is_one_error_not_two(
 ) -> None:
     """The backup failed because the store stopped answering: its error is the one line a
     person sees; that the lock could not be released either is only logged (info)."""
+    caplog.set_level(logging.INFO, logger="vmvault")
     clean = _clean_ctx(tmp_path)
     faulty = _faulty(clean)
     faulty.inject("put", "packs/", "transient", times=1000)
