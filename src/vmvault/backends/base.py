@@ -50,7 +50,11 @@ class Backend(Protocol):
     Every call may be repeated after a failure (see ``backends.retry``): a put of the same
     bytes again, a delete of what is already gone. ``put`` must be atomic: a put that fails
     leaves the old object or none, never a prefix under the key (the objects vmvault
-    rewrites in place, settings and protection records, depend on it)."""
+    rewrites in place, settings and protection records, depend on it).
+
+    Optional, looked up with ``getattr``: ``create`` (see ``put_new``) and
+    ``parallel_writes``, how many pack uploads at once pay off on this store (1 if absent;
+    read by ``Vault.pack_writer``)."""
 
     def put(self, key: str, data: Payload) -> None:
         """Store ``data`` under ``key`` atomically and durably (replacing nothing half-way)."""

@@ -144,6 +144,11 @@ class RetryingBackend:
     def describe(self) -> str:
         return self.inner.describe()
 
+    @property
+    def parallel_writes(self) -> int:
+        """The inner backend's hint (see ``base.Backend``): retries change nothing there."""
+        return int(getattr(self.inner, "parallel_writes", 1))
+
     def put(self, key: str, data: Payload) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))
 

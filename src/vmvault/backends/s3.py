@@ -65,6 +65,7 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _WRITES = frozenset({"put", "create", "delete"})
+S3_PARALLEL_WRITES = 4
 # What a call to boto3 may raise. urllib3's own errors are among them: botocore reads the
 # body of an error answer (and of HeadObject, a listing) outside the code that turns a cut
 # connection into one of its own errors, so a connection reset there arrives as urllib3's
@@ -111,6 +112,10 @@ class S3Backend:
 
     One client for all calls: boto3 clients are thread-safe and keep a pool of connections,
     so the many threads of a backup reuse them."""
+
+    # A PutObject spends most of its time waiting on the network and the store: a backup
+    # uploads this many packs at once (``Vault.pack_writer``; memory: docs/ARCHITECTURE.md).
+    parallel_writes = S3_PARALLEL_WRITES
 
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         prefix = prefix.strip("/")
