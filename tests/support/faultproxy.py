@@ -19,6 +19,10 @@ By configuration it fails some requests instead, as a store's load balancer does
 - ``down()`` / ``up()``: while down, every request's connection is reset at once and
   nothing is forwarded; ``up()`` resumes. An upstream that refuses connections (a killed
   store) is passed on the same way: the client's connection is reset.
+- ``slow(latency, rate)``: each forwarded request waits ``latency`` seconds, and as long
+  as its body would take at ``rate`` bytes per second, before it goes on: one connection's
+  round trip and throughput to a distant store (each connection is slowed on its own, as
+  TCP streams are; bench/s3_uploads.py uses it).
 - ``on_forwarded``: called with each forwarded request's ``Seen`` once its answer is sent
   (a test kills the store after the n-th pack was stored, from inside the request's thread).
 
@@ -36,6 +40,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -88,6 +93,8 @@ class FaultProxy:
         self._countdown = 0
         self._methods: frozenset[str] = frozenset()
         self._down = False
+        self._latency = 0.0
+        self._rate: float | None = None
         self._number = 0
         self._seen: list[Seen] = []
         self.counts: Counter[str] = Counter()  # method -> requests received
@@ -125,6 +132,15 @@ class FaultProxy:
             self._every, self._faults, self._faulted = n, tuple(faults), 0
             self._methods = frozenset(methods)
             self._countdown = n
+
+    def slow(self, latency: float = 0.0, rate: float | None = None) -> None:
+        """Delay each forwarded request by ``latency`` s plus its body's size / ``rate``."""
+        with self._lock:
+            self._latency, self._rate = latency, rate
+
+    def _delay(self, body: int) -> float:
+        with self._lock:
+            return self._latency + (body / self._rate if self._rate else 0.0)
 
     def down(self) -> None:
         """Stop forwarding: every request's connection is reset until ``up()``."""
@@ -271,6 +287,9 @@ class _Handler(BaseHTTPRequestHandler):
                 record(fault, None, len(body))
                 self._answer_slow_down(path)
                 return
+            delay = proxy._delay(len(body))
+            if delay:
+                time.sleep(delay)
             try:
                 status, head, payload = self._forward(body)
             except OSError:  # the store is gone (killed, refusing): as if it had no proxy
