@@ -136,7 +136,7 @@ def cipher() -> Cipher:
 
 @pytest.mark.parametrize("threads", [1, 4])
 def test_uploads_overlap_up_to_the_thread_count(cipher: Cipher, threads: int) -> None:
-    store = SlowStore(0.05, cipher=cipher)
+    store = SlowStore(0.1, cipher=cipher)  # long enough for every uploader to start one
     writer, index = _writer(store, cipher, upload_threads=threads)
     try:
         ids = _add_packs(writer, 12)
@@ -202,6 +202,7 @@ def test_a_failed_upload_fails_the_writer(cipher: Cipher) -> None:
     error, no index object is written at the flush, and the threads end at close."""
     store = SlowStore(0.02, cipher=cipher)
     store.fail_pack = 3
+    before = set(threading.enumerate())
     writer, _ = _writer(store, cipher, upload_threads=4, index_every=1000)
     with pytest.raises(StoreFailed, match="the store refused packs/"):
         try:
@@ -211,7 +212,7 @@ def test_a_failed_upload_fails_the_writer(cipher: Cipher) -> None:
             writer.close()
     assert not [k for k in store.objects if k.startswith("index/")]
     assert len(store.packs()) < 20  # packs queued after the failure were not uploaded
-    assert not [t for t in threading.enumerate() if t.name.startswith("pack-upload")]
+    assert not set(threading.enumerate()) - before  # every uploader ended
 
 
 def test_bad_settings_are_refused(cipher: Cipher) -> None:
@@ -231,9 +232,11 @@ def test_the_backend_decides_how_many_uploaders(cipher: Cipher, tmp_path: Path) 
     for hint, chosen, expected in ((None, None, 1), (3, None, 3), (3, 2, 2)):
         if hint is not None:
             store.parallel_writes = hint  # type: ignore[attr-defined]
+        before = set(threading.enumerate())
         writer = vault.pack_writer(upload_threads=chosen)  # a caller's choice wins
         try:
-            uploaders = [t for t in threading.enumerate() if t.name.startswith("pack-upload")]
+            uploaders = set(threading.enumerate()) - before
             assert len(uploaders) == expected
+            assert all(t.name.startswith("pack-upload") for t in uploaders)
         finally:
             writer.close()
