@@ -119,6 +119,9 @@ class AzureBackend:
     threads of a backup reuse the pool's connections."""
 
     page_size: int | None = None  # names per listing page: the service's (5000) unless set
+    # A Put Blob spends most of its time waiting on the network and the service: a backup
+    # uploads this many packs at once (``Vault.pack_writer``), as to S3.
+    parallel_writes = 4
 
     def __init__(
         self, account: str, container: str, prefix: str, client: ContainerClient | None

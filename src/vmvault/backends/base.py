@@ -34,6 +34,12 @@ class TransientBackendError(VmvaultError):
 
     code = "backend_transient"
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        # What went wrong in a few words ("503 SlowDown", "the connection was cut"), for a
+        # caller that names the operation and the store itself (RetryingBackend's last word).
+        self.reason = reason or message
+
 
 class BucketMissing(VmvaultError):
     """The vault URL names a bucket (S3) or container (Azure) the store does not have:
@@ -58,7 +64,11 @@ class Backend(Protocol):
     Every call may be repeated after a failure (see ``backends.retry``): a put of the same
     bytes again, a delete of what is already gone. ``put`` must be atomic: a put that fails
     leaves the old object or none, never a prefix under the key (the objects vmvault
-    rewrites in place, settings and protection records, depend on it)."""
+    rewrites in place, settings and protection records, depend on it).
+
+    Optional, looked up with ``getattr``: ``create`` (see ``put_new``) and
+    ``parallel_writes``, how many pack uploads at once pay off on this store (1 if absent;
+    read by ``Vault.pack_writer``)."""
 
     def put(self, key: str, data: Payload) -> None:
         """Store ``data`` under ``key`` atomically and durably (replacing nothing half-way)."""

@@ -444,6 +444,11 @@ class CachingBackend:
     def describe(self) -> str:
         return self.inner.describe()
 
+    @property
+    def parallel_writes(self) -> int:
+        """The inner backend's hint (see ``base.Backend``): this layer changes nothing there."""
+        return int(getattr(self.inner, "parallel_writes", 1))
+
     # -- which copies -------------------------------------------------------------------
 
     def _bind(self, config: bytes) -> None:

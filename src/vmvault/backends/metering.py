@@ -109,6 +109,11 @@ class CountingBackend:
     def describe(self) -> str:
         return self.inner.describe()
 
+    @property
+    def parallel_writes(self) -> int:
+        """The inner backend's hint (see ``base.Backend``): this layer changes nothing there."""
+        return int(getattr(self.inner, "parallel_writes", 1))
+
     def put(self, key: str, data: Payload) -> None:
         self._count("put", key, lambda: self.inner.put(key, data), up=payload_size(data))
 

@@ -74,7 +74,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, VmvaultError):
+    if isinstance(exc, TransientBackendError):
+        text = exc.reason  # the operation and the store are named by the caller's message
+    elif isinstance(exc, VmvaultError):
         text = exc.message
     elif isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
@@ -141,6 +143,11 @@ class RetryingBackend:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    @property
+    def parallel_writes(self) -> int:
+        """The inner backend's hint (see ``base.Backend``): retries change nothing there."""
+        return int(getattr(self.inner, "parallel_writes", 1))
 
     def put(self, key: str, data: Payload) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))

@@ -32,7 +32,10 @@ from typing import Any
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
     HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
     ReadTimeoutError,
@@ -40,6 +43,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from urllib3.exceptions import HTTPError as URLLib3Error
 
 from vmvault.backends.base import (
     BucketMissing,
@@ -67,6 +71,12 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _WRITES = frozenset({"put", "create", "delete"})
+S3_PARALLEL_WRITES = 4
+# What a call to boto3 may raise. urllib3's own errors are among them: botocore reads the
+# body of an error answer (and of HeadObject, a listing) outside the code that turns a cut
+# connection into one of its own errors, so a connection reset there arrives as urllib3's
+# ProtocolError (found by tests/integration/test_s3_faults.py).
+_CLIENT_ERRORS = (ClientError, BotoCoreError, URLLib3Error)
 
 __all__ = ["BucketMissing", "ObjectExists", "S3Backend", "S3Error", "parse_s3_url"]
 
@@ -100,6 +110,9 @@ class S3Backend:
     so the many threads of a backup reuse them."""
 
     list_page_size = 1000  # keys per ListObjectsV2 answer: what backends.metering counts
+    # A PutObject spends most of its time waiting on the network and the store: a backup
+    # uploads this many packs at once (``Vault.pack_writer``; memory: docs/ARCHITECTURE.md).
+    parallel_writes = S3_PARALLEL_WRITES
 
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         prefix = prefix.strip("/")
@@ -129,15 +142,24 @@ class S3Backend:
             if code == "PreconditionFailed" or status == 412:
                 return ObjectExists(f"object {key} already exists in {where}")
             if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
-                return TransientBackendError(f"{op} {key} in {where}: {status} {code}")
+                answer = f"{status} {code}"
+                return TransientBackendError(f"{op} {key} in {where}: {answer}", reason=answer)
             if status == 403 or code in _DENIED_CODES:
                 if op in _WRITES and code == "AccessDenied":
                     return BackendReadOnly(f"the vault at {where} may not be written: {op} {key}")
                 return BackendDenied(f"the vault at {where} may not be read ({code}): {op} {key}")
             return S3Error(f"the store refused {op} {key} in {where}: {status} {code}")
-        if isinstance(exc, HTTPClientError | BotoConnectionError | ReadTimeoutError):
-            # refused, reset, closed or timed-out connections
-            return TransientBackendError(f"{op} {key} in {where}: {type(exc).__name__}")
+        if isinstance(
+            exc,
+            HTTPClientError
+            | BotoConnectionError
+            | ReadTimeoutError
+            | IncompleteReadError
+            | URLLib3Error,
+        ):
+            # refused, reset, closed or timed-out connections; an answer cut short
+            why = _connection_trouble(exc)
+            return TransientBackendError(f"{op} {key} in {where}: {why}", reason=why)
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return BackendDenied(
                 f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
@@ -149,7 +171,7 @@ class S3Backend:
         full = self._key(key)
         try:
             self.client.put_object(Bucket=self.bucket, Key=full, Body=_body(data))
-        except (ClientError, BotoCoreError) as exc:
+        except _CLIENT_ERRORS as exc:
             raise self._error("put", key, exc) from None
 
     def create(self, key: str, data: Payload) -> None:
@@ -161,7 +183,7 @@ class S3Backend:
                     Bucket=self.bucket, Key=full, Body=_body(data), IfNoneMatch="*"
                 )
                 return
-            except (ClientError, BotoCoreError) as exc:
+            except _CLIENT_ERRORS as exc:
                 if not (isinstance(exc, ClientError) and _rejects_condition(exc)):
                     raise self._error("create", key, exc) from None
                 with self._lock:
@@ -189,7 +211,7 @@ class S3Backend:
                     return b""  # reading from the end, as a file read does
                 raise CorruptObject(f"object {key} is shorter than expected (truncated)") from None
             raise self._error("get", key, exc) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, URLLib3Error) as exc:
             raise self._error("get", key, exc) from None
         if length is not None and len(data) != length:
             raise CorruptObject(f"object {key} is shorter than expected (truncated)")
@@ -199,7 +221,7 @@ class S3Backend:
         try:
             head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return head
-        except (ClientError, BotoCoreError) as exc:
+        except _CLIENT_ERRORS as exc:
             raise self._error("head", key, exc) from None
 
     def exists(self, key: str) -> bool:
@@ -224,7 +246,7 @@ class S3Backend:
                     key: str = item["Key"]
                     if not key.endswith("/"):  # folder markers some tools leave
                         yield key[start:]
-        except (ClientError, BotoCoreError) as exc:
+        except _CLIENT_ERRORS as exc:
             raise self._error("list", prefix or "/", exc) from None
 
     def delete(self, key: str) -> None:
@@ -234,7 +256,7 @@ class S3Backend:
             if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
                 return  # already gone: no error, as the protocol asks
             raise self._error("delete", key, exc) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, URLLib3Error) as exc:
             raise self._error("delete", key, exc) from None
 
     def check_bucket(self) -> None:
@@ -247,12 +269,21 @@ class S3Backend:
                     f"bucket {self.bucket!r} does not exist: create it first ({self.describe()})"
                 ) from None
             raise self._error("head", "/", exc) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, URLLib3Error) as exc:
             raise self._error("head", "/", exc) from None
 
     def list_leftovers(self) -> builtins.list[str]:
         """None: a PutObject that fails leaves nothing (no temporary objects on S3)."""
         return []
+
+
+def _connection_trouble(exc: Exception) -> str:
+    """A dropped or timed-out connection in a few words, for the error line."""
+    if isinstance(exc, EndpointConnectionError):
+        return "cannot connect to the store"
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        return "the store did not answer in time"
+    return f"the connection was cut ({type(exc).__name__})"
 
 
 def _rejects_condition(exc: ClientError) -> bool:

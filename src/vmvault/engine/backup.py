@@ -8,8 +8,10 @@ block's list of chunk ids becomes a record; an unchanged block reuses its parent
 id, so an incremental backup writes roughly the changed chunks and nothing else.
 
 Memory is bounded: at most ``2 * workers`` blocks are in flight (one block buffer each),
-plus the pack writer's open and queued packs (4 x 16 MiB): about 100 MiB with 2 workers,
-whatever the disk size, plus the chunk index (see vmvault.vault.index).
+plus the pack writer's open packs and at most ``max_pending`` sealed ones (16 MiB each; 3
+for a directory vault, 6 for S3: vmvault.vault.packs): about 100 MiB with 2 workers and a
+directory vault (~100 MiB more with S3's 4 uploaders: docs/ARCHITECTURE.md), whatever the
+disk size, plus the chunk index (see vmvault.vault.index).
 """
 
 from __future__ import annotations

@@ -331,9 +331,17 @@ class Vault:
         put_new(self.backend, key, sealed)
         return key
 
-    def pack_writer(self) -> PackWriter:
+    def pack_writer(self, *, upload_threads: int | None = None) -> PackWriter:
+        """A writer of new packs; by default with as many uploaders as the backend says
+        pay off (its ``parallel_writes`` hint: 1 for a directory, more for an object store)."""
+        if upload_threads is None:
+            upload_threads = max(1, int(getattr(self.backend, "parallel_writes", 1)))
         return PackWriter(
-            self.backend, self.cipher, self.index, pack_target=self.config.pack_target
+            self.backend,
+            self.cipher,
+            self.index,
+            pack_target=self.config.pack_target,
+            upload_threads=upload_threads,
         )
 
     # -- chunks -------------------------------------------------------------------------
