@@ -30,6 +30,10 @@ from support.faultproxy import FaultProxy
 
 ACCESS_KEY = "vmvault-test"
 SECRET_KEY = "vmvault-test-secret"
+# A second identity that may only read and list: what a restore from an off-site copy
+# is often given.
+READER_KEY = "vmvault-reader"
+READER_SECRET = "vmvault-reader-secret"
 REGION = "us-east-1"
 START_TIMEOUT = 60.0
 
@@ -94,7 +98,12 @@ class WeedServer:
                     "name": "vmvault",
                     "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                {
+                    "name": "reader",
+                    "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         (base / "s3.json").write_text(json.dumps(identities))
