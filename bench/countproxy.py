@@ -71,6 +71,7 @@ class Counts:
     bytes_down: int = 0
     errors: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)  # one line per request, in order
 
     @property
     def total(self) -> int:
@@ -228,9 +229,11 @@ class CountingProxy:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _record(self, kind: str, up: int, down: int, status: int) -> None:
+    def _record(self, kind: str, target: str, up: int, down: int, status: int) -> None:
+        line = f"{kind}\t{status}\t{up}\t{down}\t{target}"
         with self._lock:
             c = self._counts
+            c.log.append(line)
             c.requests[kind] = c.requests.get(kind, 0) + 1
             c.bytes_up += up
             c.bytes_down += down
@@ -286,7 +289,7 @@ class CountingProxy:
                     0 if no_body else _relay_body(up_stream, conn, answer_headers, until_close=True)
                 )
                 kind = self.classify(method.decode("ascii"), target.decode("latin-1"))
-                self._record(kind, sent, got, status)
+                self._record(kind, target.decode("latin-1"), sent, got, status)
                 if _wants_close(answer_headers, answer[0][:8]) or (
                     not no_body
                     and "content-length" not in answer_headers

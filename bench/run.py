@@ -180,11 +180,15 @@ def store_name(store: stores.Store | None) -> str:
     return store.name if store else "local"
 
 
-def take_requests(store: stores.Store | None) -> dict[str, Any] | None:
-    """The proxy's counts since the last take (None on a local directory)."""
+def take_requests(store: stores.Store | None, log: Path | None = None) -> dict[str, Any] | None:
+    """The proxy's counts since the last take (None on a local directory); ``log`` gets one
+    line per request (kind, status, bytes up, bytes down, target) for a closer look."""
     if store is None or store.proxy is None:
         return None
-    return store.proxy.take().as_dict()
+    counts = store.proxy.take()
+    if log is not None:
+        log.write_text("".join(line + "\n" for line in counts.log))
+    return counts.as_dict()
 
 
 def repo_size(tool: bench_tools.Tool, store: stores.Store | None) -> int:
@@ -198,14 +202,11 @@ def timed_backup(
     bench: Bench, tool: bench_tools.Tool, rep: int, number: int, store: stores.Store | None
 ) -> StepRun:
     step, where = f"backup{number}", store_name(store)
+    stem = bench.logs / f"{where}-{tool.name}-{rep}-{step}"
     take_requests(store)
-    m = bench_proc.run_timed(
-        tool.backup_cmd(number, bench.image),
-        bench.logs / f"{where}-{tool.name}-{rep}-{step}",
-        env=tool.env(),
-    )
+    m = bench_proc.run_timed(tool.backup_cmd(number, bench.image), stem, env=tool.env())
     run = StepRun.measured(tool.name, rep, step, m, where)
-    run.requests = take_requests(store)
+    run.requests = take_requests(store, stem.with_suffix(".requests"))
     run.repo_bytes = repo_size(tool, store)
     if tool.name == "vmvault" and run.ok:
         doc = parse_json(m.stdout)
@@ -221,12 +222,11 @@ def timed_restore(
     target = tool.home / "restore"
     target.mkdir(parents=True)
     argv, cwd = tool.restore_cmd(target, bench.image)
+    stem = bench.logs / f"{where}-{tool.name}-{rep}-restore"
     take_requests(store)
-    m = bench_proc.run_timed(
-        argv, bench.logs / f"{where}-{tool.name}-{rep}-restore", env=tool.env(), cwd=cwd
-    )
+    m = bench_proc.run_timed(argv, stem, env=tool.env(), cwd=cwd)
     run = StepRun.measured(tool.name, rep, "restore", m, where)
-    run.requests = take_requests(store)
+    run.requests = take_requests(store, stem.with_suffix(".requests"))
     if tool.name == "vmvault" and run.ok:
         run.extra["result"] = {
             k: v for k, v in parse_json(m.stdout).items() if k in ("bytes_verified", "chunks")
