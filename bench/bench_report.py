@@ -332,6 +332,7 @@ STORE_HEADER = [
     "n",
     "wall s",
     "MB/s",
+    "CPU s",
     "GET",
     "PUT",
     "HEAD",
@@ -372,6 +373,7 @@ def store_rows(report: dict[str, Any]) -> list[list[str]]:
                         str(c["n"]),
                         _fmt(c["wall_s"]),
                         _fmt(c["mb_per_s"], 0),
+                        _fmt(c["cpu_s"]),
                         *(_count(kinds.get(k)) for k in REQUEST_KINDS),
                         _count(c.get("requests_total")),
                         _fmt(c.get("mb_up"), 1),
@@ -382,7 +384,7 @@ def store_rows(report: dict[str, Any]) -> list[list[str]]:
                 )
     for store, info in report.get("stores", {}).items():
         if not info.get("ok"):
-            rows.append([store, "all", "all", "0", *["-"] * 12, f"not available: {info['error']}"])
+            rows.append([store, "all", "all", "0", *["-"] * 13, f"not available: {info['error']}"])
     return rows
 
 
@@ -573,7 +575,8 @@ STORE_METHOD = (
     "image, mutation and verification as above. Requests are counted from the outside: "
     "each tool talks to the server through the same counting HTTP proxy (bench/countproxy.py),"
     " which forwards every request verbatim. LIST = S3 ListObjects / Azure List Blobs; "
-    "MB up/down = request/response body bytes; repo MB = the objects' sizes after the step. "
+    "MB up/down = request/response body bytes; repo MB = the objects' sizes after the step; "
+    "CPU s = the tool's own (the server and the proxy share the cores and are not in it). "
     "S3 is plain HTTP for both tools; Azure is HTTPS for both (restic 0.14 reaches Azure only "
     "at https://ACCOUNT.blob.core.windows.net: it goes through the proxy as an HTTPS proxy "
     "that terminates TLS with its own CA). restic keeps its index in a local cache "

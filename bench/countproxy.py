@@ -207,6 +207,8 @@ class CountingProxy:
 
     def stop(self) -> None:
         self._stopping = True
+        with contextlib.suppress(OSError):  # wakes the accept() below (close alone does not)
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             conns = list(self._conns)
@@ -248,6 +250,8 @@ class CountingProxy:
             self._conns.add(raw)
         upstream: socket.socket | None = None
         try:
+            if self._stopping:  # accepted while stop() was closing the others
+                return
             if self.tls is not None and conn.recv(1, socket.MSG_PEEK) == b"\x16":
                 conn = self.tls.wrap_socket(conn, server_side=True)  # a TLS ClientHello
             client = conn.makefile("rb", buffering=BUFFER)
