@@ -152,8 +152,7 @@ def store_ratios(
             "speedup vmvault vs restic": speedup,
             "speedup vmvault vs restic, local directory": on_local,
             "speedup at least the local one": {
-                s: None if speedup[s] is None or on_local[s] is None else speedup[s] >= on_local[s]
-                for s in STEPS
+                s: _at_least(speedup[s], on_local[s]) for s in STEPS
             },
             "requests restic / vmvault": requests,
             "vmvault incremental requests": incremental,
@@ -162,6 +161,10 @@ def store_ratios(
             ),
         }
     return result
+
+
+def _at_least(value: float | None, floor: float | None) -> bool | None:
+    return None if value is None or floor is None else value >= floor
 
 
 def _requests(summary: dict[str, dict[str, Any]], tool: str, step: str) -> float | None:

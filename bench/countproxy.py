@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import ipaddress
 import socket
 import ssl
@@ -31,7 +32,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urlsplit
 
 KINDS = ("GET", "PUT", "HEAD", "LIST", "DELETE", "OTHER")
@@ -88,11 +88,12 @@ class Counts:
         }
 
 
-class _Closed(Exception):
-    """The client or the upstream closed the connection between requests."""
+def _reader(sock: socket.socket) -> io.BufferedReader:
+    """A buffered reader of the socket (TLS or not): lines for heads, read1 for bodies."""
+    return io.BufferedReader(socket.SocketIO(sock, "rb"), BUFFER)
 
 
-def _read_head(stream: BinaryIO) -> list[bytes]:
+def _read_head(stream: io.BufferedReader) -> list[bytes]:
     """The start line and header lines of one message, raw (CRLF kept); [] at a clean EOF."""
     lines: list[bytes] = []
     while True:
@@ -119,7 +120,7 @@ def _headers(lines: list[bytes]) -> dict[str, str]:
 
 
 def _relay_body(
-    src: BinaryIO, dst: socket.socket | None, headers: dict[str, str], *, until_close: bool
+    src: io.BufferedReader, dst: socket.socket | None, headers: dict[str, str], *, until_close: bool
 ) -> int:
     """Copy one message body from ``src`` to ``dst`` as it is framed; returns its length
     (chunked bodies: the bytes on the wire, chunk framing included)."""
@@ -156,7 +157,7 @@ def _relay_body(
     return total
 
 
-def _relay_exact(src: BinaryIO, send: Callable[[bytes], None], left: int) -> int:
+def _relay_exact(src: io.BufferedReader, send: Callable[[bytes], None], left: int) -> int:
     done = 0
     while left > 0:
         data = src.read1(min(left, BUFFER))
@@ -254,8 +255,8 @@ class CountingProxy:
                 return
             if self.tls is not None and conn.recv(1, socket.MSG_PEEK) == b"\x16":
                 conn = self.tls.wrap_socket(conn, server_side=True)  # a TLS ClientHello
-            client = conn.makefile("rb", buffering=BUFFER)
-            up_stream: BinaryIO | None = None
+            client = _reader(conn)
+            up_stream: io.BufferedReader | None = None
             while True:
                 head = _read_head(client)
                 if not head:
@@ -268,12 +269,12 @@ class CountingProxy:
                         return
                     conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     conn = self.tls.wrap_socket(conn, server_side=True)
-                    client = conn.makefile("rb", buffering=BUFFER)
+                    client = _reader(conn)
                     continue
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream)
                     upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    up_stream = upstream.makefile("rb", buffering=BUFFER)
+                    up_stream = _reader(upstream)
                 assert up_stream is not None
                 if "100-continue" in headers.get("expect", "").lower():
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
