@@ -4,7 +4,7 @@ A job asks the gate before it starts (``try_admit``) and holds a lease while it 
 lease is renewed by the job's heartbeat and expires by itself when its worker dies, so a
 place is never lost. The rules are ``jobs.admission.admit``'s, the planner's too.
 
-Two implementations share the callers (the broker's task in ``vmvault.cluster.tasks``):
+Two implementations share the callers (the broker's task in ``vmvault.cluster.worker``):
 ``LocalGate`` here, for the jobs of one process, and ``RedisGate``
 (``vmvault.cluster.redis_limits``), one Lua script per step, for every worker of a fleet.
 The embedded worker (``jobs.worker``) needs no lease: its catalog rows are its running set.
