@@ -432,3 +432,22 @@ def test_the_sweep_sends_again_a_due_job_whose_message_was_lost(ctx: Context) ->
     assert sent[-1] == (job_id, 0.0)
     queue.cancel(job_id)
     assert sweep(now=2000.0) == []  # only queued jobs
+
+
+def test_a_budget_whose_redis_is_gone_is_a_transient_error() -> None:
+    from vmvault.cluster.redis_limits import FleetUnavailable
+
+    port = _closed_port()
+    budget = RedisPoolBudget(redis.Redis.from_url(f"redis://127.0.0.1:{port}/0"), "v")
+    egress, _ = budget.buckets("p", 1.0, 1.0)
+    with pytest.raises(FleetUnavailable) as caught:
+        egress.consume(1)
+    assert caught.value.transient  # the job is retried later, not failed
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

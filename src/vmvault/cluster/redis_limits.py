@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from vmvault.engine.throttle import Bucket, wait_for
+from vmvault.errors import VmvaultError
 from vmvault.jobs.admission import JobLoad, Limits
 
 log = logging.getLogger("vmvault.cluster")
@@ -125,6 +126,14 @@ return string.format('%.6f', -tokens / rate)
 """
 
 
+class FleetUnavailable(VmvaultError):
+    """Redis (the fleet's budgets) did not answer: the job is tried again later."""
+
+    code = "fleet_unavailable"
+    http_status = 503
+    transient = True
+
+
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
@@ -190,7 +199,11 @@ class RedisBucket:
         self._take, self.key, self.rate, self.burst = take, key, rate, burst
 
     def reserve(self, amount: float) -> float:
-        return float(self._take(keys=[self.key], args=[repr(self.rate), repr(self.burst), amount]))
+        try:
+            wait = self._take(keys=[self.key], args=[repr(self.rate), repr(self.burst), amount])
+        except redis.RedisError as exc:  # Redis down: the job is retried, not failed
+            raise FleetUnavailable(f"the fleet's Redis did not answer ({exc})") from None
+        return float(wait)
 
     def consume(self, amount: float, interrupt: Callable[[], None] | None = None) -> None:
         wait_for(self.reserve(amount), interrupt)
