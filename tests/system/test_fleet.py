@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import update
 
 from support.cli import PASSPHRASE, run_cli
 from support.serverkit import make_site, serving
@@ -26,6 +27,7 @@ from vmvault.catalog.models import Job
 from vmvault.cluster.broker import Sweeper, fleet_queue, queue_for
 from vmvault.cluster.redis_limits import RedisGate, RedisPoolBudget
 from vmvault.cluster.settings import FleetSettings
+from vmvault.cluster.worker import FleetWorker
 from vmvault.inventory import InventoryFile, parse_inventory
 from vmvault.jobs.admission import JobLoad, Limits, admit
 from vmvault.jobs.gate import LocalGate
@@ -451,3 +453,39 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_message_runs_its_job_once_and_is_a_no_op_for_a_job_not_queued(
+    ctx: Context, tmp_path: Path
+) -> None:
+    """The task's logic in this process, with the in-process gate (the same caller as
+    Redis's): a duplicate message, one for a running or finished job, does nothing; a job
+    whose worker was reaped is claimable again."""
+    image = _image(tmp_path, "disk", 4, 9)
+    inventory = parse_inventory(_vm("vm", "hv1", [("os", image, None)]), "inv.toml")
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    sent: list[tuple[int, float]] = []
+    queue = JobQueue(ctx.catalog(), vault_id, dispatch=lambda j, k, v, d: sent.append((j, d)))
+    gate = LocalGate(Limits(max_vms=1), ttl=5)
+    settings = FleetSettings("redis://x", heartbeat=0.5)
+    worker = FleetWorker(ctx, lambda: inventory, queue, gate, "hv1/test:1", settings)
+
+    job_id = queue.enqueue("backup", "vm")
+    assert worker.run(job_id) == "ran"
+    job = queue.get(job_id)
+    assert (job.state, job.worker, job.attempts) == ("succeeded", "hv1/test:1", 1)
+    assert worker.run(job_id) == "not queued"  # the same message again: nothing
+    assert queue.get(job_id).attempts == 1 and gate.held() == []
+    assert worker.run(10_000) == "not queued"  # no such job
+
+    other = queue.enqueue("backup", "vm")
+    assert queue.claim_id(other, "hv1/dead:2") is not None  # a worker that then died
+    assert worker.run(other) == "not queued"  # running elsewhere: left alone
+    stale = datetime.now(UTC) + timedelta(minutes=5)
+    [(_, outcome)] = queue.reap(now=stale)
+    assert outcome == "queued" and sent[-1][0] == other and sent[-1][1] > 0  # sent again
+    assert worker.run(other) == "not yet"  # its backoff first: sent again for then
+    with queue.catalog.session.begin() as s:
+        s.execute(update(Job).where(Job.id == other).values(not_before=None))
+    assert worker.run(other) == "ran"
+    assert queue.get(other).attempts == 2 and queue.get(other).state == "succeeded"
