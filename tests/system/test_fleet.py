@@ -489,3 +489,26 @@ def test_a_message_runs_its_job_once_and_is_a_no_op_for_a_job_not_queued(
         s.execute(update(Job).where(Job.id == other).values(not_before=None))
     assert worker.run(other) == "ran"
     assert queue.get(other).attempts == 2 and queue.get(other).state == "succeeded"
+
+
+def test_a_worker_stopped_by_sigterm_hands_its_job_back_to_the_fleet(
+    ctx: Context, tmp_path: Path, fleet: Callable[[Path], Fleet]
+) -> None:
+    image = _image(tmp_path, "disk", 8, 4)
+    vm = _vm("vm", "hv1", [("os", image, None)])
+    inventory = _write(tmp_path / "inventory.toml", "[limits]\ndisk_mb_per_s = 0.3\n\n" + vm)
+    f = fleet(inventory)
+    stopped = f.worker("hv1")
+    job_id = f.queue.enqueue("backup", "vm")
+    deadline = time.monotonic() + 60
+    while f.queue.get(job_id).state != "running":
+        assert time.monotonic() < deadline and stopped.poll() is None, f.log()
+        time.sleep(0.1)
+    first = str(f.queue.get(job_id).worker)
+    f.worker("hv1")
+    _write(inventory, vm)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=30) == 0, f.log()  # at once: the job was handed back
+    [job] = f.wait([job_id], timeout=60)
+    assert job.state == "succeeded", (job.error_message, f.log())
+    assert job.worker != first and (job.attempts, job.error_code) == (2, "interrupted")

@@ -41,7 +41,7 @@ from vmvault.jobs.worker import alert_failure, run_claimed_job
 from vmvault.model.jobs import JobKind
 
 log = logging.getLogger("vmvault.cluster")
-ADMIT_POLL = 0.25  # seconds between asks of a job waiting for its place
+ADMIT_POLL = 0.5  # seconds between asks (and looks at its row) of a job waiting for its place
 
 
 @dataclass
