@@ -4,6 +4,7 @@ and a pool's egress budget shared by two processes, the Lua admission against ``
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -171,7 +172,9 @@ def test_a_job_runs_on_its_host_s_worker_and_shared_jobs_on_any(
     f = fleet(inventory)
     f.worker("hv1")
     f.worker("hv2")
-    first = f.queue.enqueue("backup", "vm1")
+    queued = run_cli("jobs", "run-now", "vm1", "--json", env=f.env)  # the CLI sends it too
+    assert queued.returncode == 0, queued.stderr
+    first = int(json.loads(queued.stdout)["id"])
     second = f.queue.enqueue("backup", "vm2")
     orphan = f.queue.enqueue("backup", "vm3")  # no worker on hv3: nobody else takes it
     jobs = f.wait([first, second])
@@ -182,6 +185,9 @@ def test_a_job_runs_on_its_host_s_worker_and_shared_jobs_on_any(
     assert verified.state == "succeeded", (verified.error_message, f.log())
     assert str(verified.worker).split("/")[0] in ("hv1", "hv2")  # the shared queue
     assert f.queue.get(orphan).state == "queued"  # hv1's and hv2's workers left it
+    once = run_cli("scheduler", "--once", env=f.env)  # with a broker it runs no job itself
+    assert once.returncode == 0, once.stderr
+    assert f.queue.get(orphan).state == "queued"
     assert f.queue.cancel(orphan) == "cancelled"
 
 
