@@ -427,6 +427,25 @@ def test_serve_with_a_broker_sends_the_api_s_jobs_to_the_fleet(
         worker.wait(timeout=20)
 
 
+@pytest.mark.parametrize("kind", ["redis", "local"])
+def test_one_task_at_a_time_waits_for_a_job_s_turn(redis_url: str, kind: str) -> None:
+    limits = Limits()
+    gate: RedisGate | LocalGate = (
+        RedisGate(redis.Redis.from_url(redis_url), "v", lambda: limits, ttl=0.5)
+        if kind == "redis"
+        else LocalGate(limits, ttl=0.5)
+    )
+    assert not gate.waiting(7)
+    assert gate.wait_turn(7, "a") and gate.wait_turn(7, "a")  # kept by its holder
+    assert not gate.wait_turn(7, "b") and gate.waiting(7)
+    gate.done_waiting(7, "b")  # not b's: stays
+    assert gate.waiting(7)
+    gate.done_waiting(7, "a")
+    assert gate.wait_turn(7, "b")
+    time.sleep(0.7)  # b's worker died: the mark expires with it
+    assert not gate.waiting(7) and gate.wait_turn(7, "c")
+
+
 def test_the_sweep_sends_again_a_due_job_whose_message_was_lost(ctx: Context) -> None:
     sent: list[tuple[int, float]] = []
     vault_id = ctx.open_vault(load_index=False).config.vault_id
@@ -438,6 +457,9 @@ def test_the_sweep_sends_again_a_due_job_whose_message_was_lost(ctx: Context) ->
     assert sweep(now=1059.0) == []
     assert sweep(now=1061.0) == [job_id]  # a minute queued after its message: again
     assert sent[-1] == (job_id, 0.0)
+    waited = {job_id}
+    sweep.waiting = lambda j: j in waited  # a worker's task waits for its turn
+    assert sweep(now=1200.0) == []
     queue.cancel(job_id)
     assert sweep(now=2000.0) == []  # only queued jobs
 
@@ -495,6 +517,13 @@ def test_a_message_runs_its_job_once_and_is_a_no_op_for_a_job_not_queued(
         s.execute(update(Job).where(Job.id == other).values(not_before=None))
     assert worker.run(other) == "ran"
     assert queue.get(other).attempts == 2 and queue.get(other).state == "succeeded"
+
+    # A duplicate message while the job waits for its place elsewhere: it ends at once.
+    third = queue.enqueue("backup", "vm")
+    assert gate.try_admit("busy", JobLoad("another", {})) is None  # the one VM place
+    assert gate.wait_turn(third, "the first message")
+    assert worker.run(third) == "waiting elsewhere"
+    assert queue.get(third).state == "queued" and gate.waiting(third)
 
 
 def test_a_worker_stopped_by_sigterm_hands_its_job_back_to_the_fleet(

@@ -88,19 +88,29 @@ def fleet_queue(
 
 class Sweeper:
     """Sends again the due jobs still queued ``resend_after`` after their last sending (a
-    message lost with a broker restarted without its data, or a send that failed). A
-    duplicate is a no-op, so this errs on the side of sending."""
+    message lost with a broker restarted without its data, or a send that failed), unless
+    a worker's task waits for the job's place in the admission (``waiting``). A duplicate
+    is a no-op, so this errs on the side of sending."""
 
-    def __init__(self, queue: JobQueue, settings: FleetSettings) -> None:
-        self.queue, self.every = queue, settings.resend_after
+    def __init__(
+        self,
+        queue: JobQueue,
+        settings: FleetSettings,
+        waiting: Callable[[int], bool] = lambda job_id: False,
+    ) -> None:
+        self.queue, self.every, self.waiting = queue, settings.resend_after, waiting
         self._sent: dict[int, float] = {}
 
     def __call__(self, now: float | None = None) -> list[int]:
         now = time.monotonic() if now is None else now
         due = self.queue.queued(datetime.now(UTC))
         self._sent = {j.id: self._sent.get(j.id, now) for j in due}  # forget the rest
-        again = [j for j in due if now - self._sent[j.id] >= self.every]
-        for job in again:
+        again = []
+        for job in due:
+            if now - self._sent[job.id] < self.every:
+                continue
             self._sent[job.id] = now
-            self.queue.send(job)
-        return [j.id for j in again]
+            if not self.waiting(job.id):  # a task waiting for its turn holds its message
+                self.queue.send(job)
+                again.append(job.id)
+        return again

@@ -103,6 +103,19 @@ return 0
 """
 )
 
+# KEYS: the job's waiting mark. ARGV: holder, ttl ms. Returns 1 if the holder has it.
+_WAIT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
+_DONE_WAITING = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 _RELEASE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -154,6 +167,9 @@ class RedisGate:
         self._admit = client.register_script(_ADMIT)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._wait = client.register_script(_WAIT)
+        self._done_waiting = client.register_script(_DONE_WAITING)
+        self.waiting_prefix = f"{prefix}:waiting:"
 
     def try_admit(self, lease: str, load: JobLoad) -> str | None:
         limits = self.limits()
@@ -174,6 +190,16 @@ class RedisGate:
 
     def release(self, lease: str) -> None:
         self._release(keys=self.keys[:2], args=[lease])
+
+    def wait_turn(self, job_id: int, holder: str) -> bool:
+        key = f"{self.waiting_prefix}{job_id}"
+        return bool(self._wait(keys=[key], args=[holder, self.ttl_ms]))
+
+    def done_waiting(self, job_id: int, holder: str) -> None:
+        self._done_waiting(keys=[f"{self.waiting_prefix}{job_id}"], args=[holder])
+
+    def waiting(self, job_id: int) -> bool:
+        return bool(self.client.exists(f"{self.waiting_prefix}{job_id}"))
 
     def held(self) -> list[JobLoad]:
         """The live leases' loads (for tests and the curious)."""

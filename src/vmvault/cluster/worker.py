@@ -27,6 +27,7 @@ from celery import Celery
 from celery.signals import worker_shutting_down
 
 from vmvault.app.context import Context
+from vmvault.catalog.models import Job
 from vmvault.cluster.broker import fleet_queue, make_app
 from vmvault.cluster.redis_limits import RedisGate, RedisPoolBudget, connect
 from vmvault.cluster.settings import ANY_QUEUE, TASK, FleetSettings, host_queue
@@ -34,7 +35,7 @@ from vmvault.engine.budgets import use_pool_budget
 from vmvault.engine.progress import SHUTDOWN
 from vmvault.errors import NotFound
 from vmvault.inventory import Inventory
-from vmvault.jobs.admission import job_load, limits_of
+from vmvault.jobs.admission import JobLoad, job_load, limits_of
 from vmvault.jobs.gate import AdmissionGate
 from vmvault.jobs.queue import JobQueue
 from vmvault.jobs.worker import alert_failure, run_claimed_job
@@ -73,20 +74,12 @@ class FleetWorker:
         load = job_load(inventory, job.vm) if job.kind == JobKind.BACKUP else None
         if load is not None:
             lease = f"{job_id}:{uuid.uuid4().hex}"
-            told = None
-            while (why := self.gate.try_admit(lease, load)) is not None:
-                if why != told:
-                    log.info("job %d waits: %s", job_id, why)
-                    told = why
-                # Waits as queued, as in the embedded worker: the wait is recorded when it
-                # starts (queue_wait). A cancel or another worker's claim ends the wait.
-                if SHUTDOWN.is_set():
-                    queue.send(job)  # this message is acknowledged: a new one
-                    return "stopping"
-                time.sleep(ADMIT_POLL)
-                current = queue.get(job_id)
-                if current.state != "queued" or current.cancel_requested:
-                    return "not queued"
+            try:
+                waited = self._wait_for_place(job, lease, load)
+            finally:
+                self.gate.done_waiting(job_id, lease)
+            if waited is not None:
+                return waited
         try:
             claimed = queue.claim_id(job_id, self.name)
             if claimed is None:
@@ -106,6 +99,28 @@ class FleetWorker:
         finally:
             if lease is not None:
                 self.gate.release(lease)
+
+    def _wait_for_place(self, job: Job, lease: str, load: JobLoad) -> str | None:
+        """None once admitted (the lease held), else why this message ends here.
+
+        The job waits as queued, as in the embedded worker: the wait is recorded when it
+        starts (queue_wait). A cancel or another worker's claim ends the wait, and so does
+        another message's task already waiting for the same job (a duplicate)."""
+        told = None
+        while (why := self.gate.try_admit(lease, load)) is not None:
+            if not self.gate.wait_turn(job.id, lease):
+                return "waiting elsewhere"
+            if why != told:
+                log.info("job %d waits: %s", job.id, why)
+                told = why
+            if SHUTDOWN.is_set():
+                self.queue.send(job)  # this message is acknowledged: a new one
+                return "stopping"
+            time.sleep(ADMIT_POLL)
+            current = self.queue.get(job.id)
+            if current.state != "queued" or current.cancel_requested:
+                return "not queued"
+        return None
 
     def reap_forever(self, stop: threading.Event) -> None:
         """Requeue (and so send again) the jobs of workers that stopped beating."""

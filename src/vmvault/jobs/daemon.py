@@ -135,10 +135,19 @@ class Daemon:
     def _dispatch(self) -> None:
         """A fleet's "worker" loop: reap lost jobs (sent again) and send again the lost
         messages; the jobs themselves run in the workers."""
-        from vmvault.cluster.broker import Sweeper  # Celery: only with a broker
+        # Celery and redis: only with a broker
+        from vmvault.cluster.broker import Sweeper
+        from vmvault.cluster.redis_limits import RedisGate, connect
+        from vmvault.jobs.admission import limits_of
 
         assert self.fleet is not None
-        sweep = Sweeper(self.queue, self.fleet)
+        gate = RedisGate(
+            connect(self.fleet.broker),
+            self.vault.config.vault_id,
+            lambda: limits_of(self.inventory()),
+            self.fleet.lease,
+        )
+        sweep = Sweeper(self.queue, self.fleet, waiting=gate.waiting)
         every = max(0.2, min(self.fleet.heartbeat, self.fleet.stale_after / 3))
         while not self._stop.is_set():
             self._reap()

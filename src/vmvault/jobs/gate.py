@@ -31,6 +31,18 @@ class AdmissionGate(Protocol):
 
     def release(self, lease: str) -> None: ...
 
+    def wait_turn(self, job_id: int, holder: str) -> bool:
+        """Mark job ``job_id`` as waited for by ``holder`` (one message's task), or keep
+        the mark: False when another holder waits for it already (a duplicate message:
+        it can end). The mark expires as a lease does, with its holder."""
+        ...
+
+    def done_waiting(self, job_id: int, holder: str) -> None: ...
+
+    def waiting(self, job_id: int) -> bool:
+        """Whether some task waits for the job's turn (its message is not lost)."""
+        ...
+
 
 class LocalGate:
     """Leases in this process's memory, expiring after ``ttl`` seconds without renewal."""
@@ -40,6 +52,7 @@ class LocalGate:
     ) -> None:
         self.limits, self.ttl, self.clock = limits, ttl, clock
         self._leases: dict[str, tuple[float, JobLoad]] = {}
+        self._waits: dict[int, tuple[str, float]] = {}  # job -> (holder, expiry)
         self._lock = threading.Lock()
 
     def _live(self) -> list[JobLoad]:
@@ -62,6 +75,24 @@ class LocalGate:
     def release(self, lease: str) -> None:
         with self._lock:
             self._leases.pop(lease, None)
+
+    def wait_turn(self, job_id: int, holder: str) -> bool:
+        with self._lock:
+            found = self._waits.get(job_id)
+            if found is not None and found[0] != holder and found[1] > self.clock():
+                return False
+            self._waits[job_id] = (holder, self.clock() + self.ttl)
+            return True
+
+    def done_waiting(self, job_id: int, holder: str) -> None:
+        with self._lock:
+            if self._waits.get(job_id, ("",))[0] == holder:
+                del self._waits[job_id]
+
+    def waiting(self, job_id: int) -> bool:
+        with self._lock:
+            found = self._waits.get(job_id)
+            return found is not None and found[1] > self.clock()
 
     def held(self) -> list[JobLoad]:
         with self._lock:
