@@ -19,8 +19,9 @@ from vmvault.app.vaults import init_vault
 from vmvault.backends.cache import CACHE_DIR_ENV, CACHE_LIMIT_ENV, NO_CACHE_ENV
 
 # The object-store fixtures: S3 (s3_server, s3_vault) and Azure Blob (azurite_server,
-# azure_vault); each server starts only for a test using it.
-pytest_plugins = ["support.s3kit", "support.azuritekit"]
+# azure_vault); Redis (redis_server, redis_url: a fleet's broker). Each server starts only
+# for a test using it.
+pytest_plugins = ["support.s3kit", "support.azuritekit", "support.rediskit"]
 
 
 @pytest.fixture(autouse=True)

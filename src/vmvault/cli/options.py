@@ -96,6 +96,16 @@ FromOpt = typer.Option(
 JobIdArg = typer.Argument(...)
 
 
+def broker_option(help: str) -> Any:
+    return typer.Option(None, "--broker", envvar="VMVAULT_BROKER", help=help)
+
+
+BrokerOpt = broker_option(
+    "A fleet: send jobs to `vmvault worker --host` processes through this Redis "
+    "(redis://HOST:PORT/DB; env VMVAULT_BROKER). Without it jobs run in this process."
+)
+
+
 _remote: list[Remote] = []  # set by the root command's --server / --token
 _no_cache: list[bool] = [False]  # set by the root command's --no-cache
 

@@ -38,7 +38,7 @@ from vmvault.engine.progress import (
     no_progress,
 )
 from vmvault.engine.ranges import merge_ranges, runs_of
-from vmvault.engine.throttle import INTERRUPT_EVERY, TokenBucket
+from vmvault.engine.throttle import INTERRUPT_EVERY, Bucket
 from vmvault.errors import CorruptObject, UsageError
 from vmvault.model.point import (
     ConsistencyDoc,
@@ -98,8 +98,8 @@ class DiskInput:
     changes_only: bool = False
     # Shared budgets (a storage pool's egress bytes and requests per second), and the
     # semaphore of the pool's disks in flight; the engine honours them, the caller owns them.
-    byte_buckets: Sequence[TokenBucket] = ()
-    request_buckets: Sequence[TokenBucket] = ()
+    byte_buckets: Sequence[Bucket] = ()
+    request_buckets: Sequence[Bucket] = ()
     slot: threading.BoundedSemaphore | None = None
 
 

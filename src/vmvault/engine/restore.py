@@ -27,7 +27,7 @@ from vmvault.disks.qemu import create_image, fuse_export
 from vmvault.engine.blocks import map_blocks
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.targets import restore_target, target_failure
-from vmvault.engine.throttle import TokenBucket
+from vmvault.engine.throttle import Bucket
 from vmvault.errors import PointNotFound, RestoreDamaged, UsageError
 from vmvault.model.point import DiskEntry, RecoveryPoint
 from vmvault.vault.format import ZERO_ID, DiskManifest
@@ -143,7 +143,7 @@ class DiskRestore:
         executor: ThreadPoolExecutor,
         workers: int,
         *,
-        byte_buckets: Sequence[TokenBucket] = (),
+        byte_buckets: Sequence[Bucket] = (),
         progress: ProgressCallback = no_progress,
     ) -> None:
         self.vault = vault
@@ -243,7 +243,7 @@ def restore_disk(
     target_format: str = "raw",
     ignore_errors: bool = False,
     workers: int | None = None,
-    byte_buckets: Sequence[TokenBucket] = (),
+    byte_buckets: Sequence[Bucket] = (),
     sync: bool = False,
     force: bool = False,
     new_file: bool = False,
