@@ -14,7 +14,7 @@ from typing import Any
 
 import blake3
 
-from vmvault.backends.base import Backend, put_new
+from vmvault.backends.base import Backend, WriteRetention, put_new
 from vmvault.errors import (
     CorruptObject,
     ObjectMissing,
@@ -24,6 +24,7 @@ from vmvault.errors import (
     VmvaultError,
 )
 from vmvault.model.point import RecoveryPoint
+from vmvault.vault import store_retention
 from vmvault.vault.config import VaultConfig
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
 from vmvault.vault.damage import DamageMarks
@@ -81,6 +82,13 @@ class Vault:
         self.listed_packs: set[bytes] | None = None
         self.index_problems: dict[str, VmvaultError] = {}
         self.damage = DamageMarks(backend)  # packs a read found damaged (vault/damage.py)
+        # What the store retains on write (vault/store_retention.py); set when opened.
+        self.store_retention: WriteRetention | None = None
+
+    def configure_store_retention(self) -> WriteRetention | None:
+        """Ask the store to retain what the vault's settings say (again, after they change)."""
+        self.store_retention = store_retention.configure(self)
+        return self.store_retention
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class Vault:
         copy = cls(backend, config, keys)
         for key, (aad, doc) in (documents or {}).items():
             copy.put_document(key, doc, aad)
+        copy.configure_store_retention()  # the settings it inherited may ask for it
         backend.put(CONFIG_KEY, config.to_json())
         return copy
 
@@ -157,6 +166,7 @@ class Vault:
         config = VaultConfig.from_json(backend.get(CONFIG_KEY))
         keys = unwrap_keys(backend.get(DEFAULT_KEY_NAME), passphrase, config.vault_id)
         vault = cls(backend, config, keys)
+        vault.configure_store_retention()  # before anything is written
         if load_index:
             vault.load_index()
         return vault
