@@ -12,8 +12,10 @@ grace period, adapted to packs:
    candidates: they may belong to a backup that has not committed its point yet.
 3. **Sweep**, only when no backup or restore holds a live lock (one that started before
    the plan may already reference a doomed chunk): live blobs of candidate packs are copied
-   as they are (still sealed) into new packs, then the candidates are deleted and the index
-   is rewritten as one object. Otherwise the sweep is left for the next run.
+   as they are (still sealed) into new packs, the index is rewritten as one object without
+   the candidates, the old index objects go, then the candidates. An interrupted sweep
+   leaves them unindexed but announced: no backup adopts them, the next collection does
+   and finishes. Otherwise the sweep is left for the next run.
 
 A blob is live when one of its chunks is live *and* the index locates that chunk in this
 blob: a second copy of a chunk (written by two concurrent backups) is garbage.
@@ -21,9 +23,10 @@ blob: a second copy of a chunk (written by two concurrent backups) is garbage.
 A store that retains objects may refuse a delete (``ObjectRetained``: a container-level
 policy, a legal hold, a WORM store without versions); S3 Object Lock and Azure's
 version-level immutability do not (a delete only hides the retained version). A refused
-pack stays, unindexed (its live chunks were copied), and is named in ``retained``; the
-next collection adopts it again as an orphan and retries. A refused index object keeps the
-packs it names. Nothing is lost either way; the collection goes on.
+pack stays, unindexed (its live chunks were copied) and still announced in ``gc/pending``
+(no backup reuses or adopts it), and is named in ``retained``; the next collection adopts it
+again and retries. A refused index object keeps the packs it names. Nothing is lost either
+way; the collection goes on.
 """
 
 from __future__ import annotations
@@ -187,7 +190,9 @@ def collect_garbage(
 ) -> GcReport:
     now = time.time() if now is None else now
     report = GcReport()
-    vault.adopt_orphan_packs()  # a crashed backup's packs are garbage too, once old enough
+    # A crashed backup's packs are garbage too, once old enough; so are those a crashed
+    # sweep (or a store that refused the delete) left unindexed, which it plans again.
+    vault.adopt_orphan_packs(doomed=True)
     vault.load_index()
     live, live_manifests, report.points, damaged = mark(vault, force=force)
     report.damaged = [f"{kind} {name}" for kind, name in damaged]
@@ -238,8 +243,10 @@ def collect_garbage(
         kinds = ", ".join(sorted({h.kind for h in holders}))
         report.deferred = f"{len(holders)} job(s) running ({kinds}): sweep left for the next run"
         return report
-    _sweep(vault, candidates, entries, index_keys, live, report)
-    vault.set_gc_pending(None)
+    kept = _sweep(vault, candidates, entries, index_keys, live, report)
+    # Packs the store would not delete stay announced: no backup reuses or adopts them, and
+    # the next collection (which adopts them itself) tries again.
+    vault.set_gc_pending({"created": now, "packs": [p.hex() for p in kept]} if kept else None)
     report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace, report)
     return report
 
@@ -251,7 +258,9 @@ def _sweep(
     index_keys: list[str],
     live: set[bytes],
     report: GcReport,
-) -> None:
+) -> list[bytes]:
+    """Copy what is live out of the candidates, rewrite the index, delete the candidates;
+    returns those the store would not let go."""
     writer = vault.pack_writer()
     compressor = Compressor(vault.config.compression_level)
     moved: dict[bytes, bool] = {}
@@ -280,18 +289,21 @@ def _sweep(
         if not _delete(vault, key, report):
             with contextlib.suppress(CorruptObject, ObjectMissing):
                 named.update(p for p, _ in vault.read_index_object(key))
+    kept: list[bytes] = []
     for pack_id in candidates:
         key = pack_key(pack_id)
         if pack_id in named:
             # Kept so that no index object ever names a pack that is gone (`check` would
             # call it lost); it goes with that index object, when the store lets it.
             report.retained.append(f"{key}: named by an index object the store retains")
+            kept.append(pack_id)
             continue
         size = 0
         with contextlib.suppress(ObjectMissing):
             size = vault.backend.size(key)
         if not _delete(vault, key, report):
-            continue  # still there, still readable: a later collection tries again
+            kept.append(pack_id)  # still there, still readable: a later collection retries
+            continue
         report.bytes_freed += size
         if moved[pack_id]:
             report.repacked_packs += 1
@@ -300,6 +312,7 @@ def _sweep(
         if pack_id in vault.damage.packs:
             vault.damage.clear(pack_id)
     vault.load_index()
+    return kept
 
 
 def _move_live_blobs(

@@ -267,13 +267,19 @@ class Vault:
             raise CorruptObject(f"{key}: header does not match the pack's size")
         return entries
 
-    def adopt_orphan_packs(self, *, write: bool = True) -> int:
+    def adopt_orphan_packs(self, *, write: bool = True, doomed: bool = False) -> int:
         """Index packs that a crashed backup wrote but never indexed, so a re-run reuses them.
 
         ``write=False`` indexes them in memory only: a restore or verify reads chunks of
-        packs whose index object is lost or damaged, and writes nothing to the vault."""
+        packs whose index object is lost or damaged, and writes nothing to the vault.
+
+        Packs ``gc/pending`` names are left alone unless ``doomed`` (garbage collection's
+        own adoption): a sweep unindexes them before deleting them, and an index object
+        written meanwhile would name them once they are gone. What was live in them was
+        copied, and indexed, first."""
         listed = self.pack_ids() if self.listed_packs is None else self.listed_packs
-        orphans = [p for p in listed if not self.index.has_pack(p)]
+        skip = set() if doomed else self.gc_pending_packs()
+        orphans = [p for p in listed if not self.index.has_pack(p) and p not in skip]
         adopted = []
         for pack_id in orphans:
             try:
