@@ -81,6 +81,7 @@ def set_immutability(
         "mode": rule.mode if rule else None,
         "days": doc.get("store_retention_days"),
         "detail": support.detail,
+        "note": support.note or None,
         "retained_now": refreshed.to_dict() if refreshed else None,
     }
     return {**doc, "store": store}

@@ -143,6 +143,7 @@ class RetentionSupport:
     feature: str  # what the store calls it: "S3 Object Lock", "Azure version-level immutability"
     available: bool
     detail: str  # one sentence: what it keeps, or why it is not there
+    note: str = ""  # something the user should know even when it is there
 
 
 @dataclass(frozen=True, slots=True)

@@ -309,14 +309,19 @@ class S3Backend:
             return RetentionSupport(
                 feature, False, f"Object Lock is not enabled on bucket {self.bucket!r}"
             )
-        detail = f"Object Lock is enabled on bucket {self.bucket!r}"
+        note = ""
         default = config.get("Rule", {}).get("DefaultRetention")
         if default:
             # Said, not changed: a bucket default applies to every object version, the
             # ones vmvault rewrites in place (settings, locks) included.
             span = f"{default.get('Days') or default.get('Years', 0) * 365} days"
-            detail += f"; its default retention ({default.get('Mode')}, {span}) covers every object"
-        return RetentionSupport(feature, True, detail)
+            note = (
+                f"bucket {self.bucket!r} also has a default retention ({default.get('Mode')},"
+                f" {span}): every version of every object is kept that long, each lock and"
+                " settings rewrite included"
+            )
+        detail = f"Object Lock is enabled on bucket {self.bucket!r}"
+        return RetentionSupport(feature, True, detail, note)
 
     def retain_writes(self, rule: WriteRetention | None) -> None:
         self._write_retention = rule

@@ -30,6 +30,8 @@ def print_immutability(doc: Mapping[str, Any]) -> None:
         f"the store enforces it too: {store['feature']}, {store['mode'].upper()} mode; every"
         f" object the vault needs is retained {store['days']} days past the last maintenance"
     )
+    if store.get("note"):
+        _say(f"note: {store['note']}")
     done = store.get("retained_now")
     if done:
         line = f"objects already there: {done['checked']} checked, {done['extended']} retained now"
