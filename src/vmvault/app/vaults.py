@@ -17,6 +17,7 @@ from vmvault.backends.url import is_directory_vault, open_backend
 from vmvault.engine.check import CheckReport, Problem, check_vault
 from vmvault.engine.gc import GcReport, collect_garbage
 from vmvault.errors import UsageError
+from vmvault.vault import store_retention
 from vmvault.vault.vault import Vault
 
 if TYPE_CHECKING:
@@ -75,11 +76,21 @@ def _check_catalog(catalog: Catalog, vault: Vault, report: CheckReport) -> None:
 
 
 def run_gc(ctx: Context, **options: Any) -> GcReport:
-    """Collect garbage (see engine/gc.py); takes no lock: it looks for them.
+    """Collect garbage (see engine/gc.py); takes no lock: it looks for them. Then, where
+    the store enforces immutability too, extend its retention of every object the vault
+    still has (vault/store_retention.py): after the collection, so that what it deleted is
+    not extended, and even when it failed (a damaged vault must not lose the store's
+    protection for it).
 
     ``force=True`` collects even when a point or block record is damaged: what only the
     damaged objects used is then freed too."""
-    return collect_garbage(ctx.open_vault(), **options)
+    vault = ctx.open_vault()
+    try:
+        report = collect_garbage(vault, **options)
+    finally:
+        refreshed = store_retention.refresh(vault, vault.store_retention)  # never raises
+    report.store_retention = refreshed.to_dict() if refreshed else None
+    return report
 
 
 def reindex(ctx: Context) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import blake3
 
-from vmvault.backends.base import Backend, Payload, validate_key
+from vmvault.backends.base import Backend, Payload, Retaining, retaining, validate_key
 from vmvault.errors import UsageError, VmvaultError
 
 CACHE_DIR_ENV = "VMVAULT_CACHE_DIR"
@@ -443,6 +443,10 @@ class CachingBackend:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def retaining(self) -> Retaining | None:
+        """The store's retention capability (``base.retaining``), past this layer."""
+        return retaining(self.inner)
 
     @property
     def parallel_writes(self) -> int:

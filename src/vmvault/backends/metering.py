@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from vmvault.backends.base import Backend, Payload
+from vmvault.backends.base import Backend, Payload, Retaining, retaining
 
 T = TypeVar("T")
 
@@ -108,6 +108,10 @@ class CountingBackend:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def retaining(self) -> Retaining | None:
+        """The store's retention capability (``base.retaining``), past this layer."""
+        return retaining(self.inner)
 
     @property
     def parallel_writes(self) -> int:

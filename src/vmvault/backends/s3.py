@@ -16,6 +16,13 @@ What S3 gives and vmvault relies on:
   rejects the header (501, or 400 naming it) falls back, for the life of this backend, to
   HeadObject then PutObject, which has a race window: said in docs/ARCHITECTURE.md.
 
+- Object Lock (``Retaining``, see ``backends/base.py``): in a bucket created with Object
+  Lock enabled, the objects the vault's rule covers are written with a mode and a
+  retain-until date (``x-amz-object-lock-*`` on the same PutObject), and extended later
+  with PutObjectRetention. Object Lock implies versioning: a DeleteObject without a version
+  id only adds a delete marker, so vmvault's own deletes (prune, gc) still work, and the
+  retained version stays readable by its version id until its date has passed.
+
 Errors: a missing key is ``ObjectMissing``; 403 is ``BackendDenied`` (reads) or
 ``BackendReadOnly`` (writes refused with AccessDenied); 408, 429, 5xx and dropped or timed-out
 connections are ``TransientBackendError``, which ``RetryingBackend`` repeats. boto3's own
@@ -27,6 +34,7 @@ from __future__ import annotations
 import builtins
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import (
@@ -48,8 +56,13 @@ from urllib3.exceptions import HTTPError as URLLib3Error
 from vmvault.backends.base import (
     BucketMissing,
     ObjectExists,
+    ObjectRetained,
     Payload,
+    RetentionMode,
+    RetentionSupport,
+    StoreRetention,
     TransientBackendError,
+    WriteRetention,
     validate_key,
 )
 from vmvault.backends.local import BackendDenied, BackendReadOnly
@@ -70,7 +83,11 @@ _TRANSIENT_CODES = frozenset(
         "RequestLimitExceeded",
     }
 )
-_WRITES = frozenset({"put", "create", "delete"})
+_WRITES = frozenset({"put", "create", "delete", "retain"})
+_NO_LOCK_CONFIG = frozenset(
+    {"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"}
+)
+_MODES: dict[str, RetentionMode] = {"GOVERNANCE": "governance", "COMPLIANCE": "compliance"}
 S3_PARALLEL_WRITES = 4
 # What a call to boto3 may raise. urllib3's own errors are among them: botocore reads the
 # body of an error answer (and of HeadObject, a listing) outside the code that turns a cut
@@ -123,6 +140,7 @@ class S3Backend:
         self.client = client
         self._conditional = True  # If-None-Match works until the store says otherwise
         self._lock = threading.Lock()
+        self._write_retention: WriteRetention | None = None
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -167,10 +185,19 @@ class S3Backend:
             )
         return S3Error(f"the store failed {op} {key} in {where}: {type(exc).__name__}")
 
+    def _lock_args(self, key: str) -> dict[str, Any]:
+        """The Object Lock headers of a write of ``key``, if the vault's rule covers it."""
+        rule = self._write_retention
+        if rule is None or not rule.covers(key):
+            return {}
+        return {"ObjectLockMode": rule.mode.upper(), "ObjectLockRetainUntilDate": rule.until()}
+
     def put(self, key: str, data: Payload) -> None:
         full = self._key(key)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=_body(data))
+            self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=_body(data), **self._lock_args(key)
+            )
         except _CLIENT_ERRORS as exc:
             raise self._error("put", key, exc) from None
 
@@ -180,7 +207,11 @@ class S3Backend:
         if self._conditional:
             try:
                 self.client.put_object(
-                    Bucket=self.bucket, Key=full, Body=_body(data), IfNoneMatch="*"
+                    Bucket=self.bucket,
+                    Key=full,
+                    Body=_body(data),
+                    IfNoneMatch="*",
+                    **self._lock_args(key),
                 )
                 return
             except _CLIENT_ERRORS as exc:
@@ -255,9 +286,96 @@ class S3Backend:
         except ClientError as exc:
             if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
                 return  # already gone: no error, as the protocol asks
-            raise self._error("delete", key, exc) from None
+            error = self._error("delete", key, exc)
+            if isinstance(error, BackendReadOnly):
+                # In a versioned bucket a delete only adds a marker, whatever the lock; a
+                # store that refuses it instead answers AccessDenied, as for a credential
+                # without delete rights: the object's own retention tells them apart.
+                held = self._retention_or_none(key)
+                if held is not None and held.active():
+                    raise ObjectRetained(
+                        f"the store retains {key} in {self.describe()}{held.describe()}:"
+                        " it cannot be deleted before then"
+                    ) from None
+            raise error from None
         except (BotoCoreError, URLLib3Error) as exc:
             raise self._error("delete", key, exc) from None
+
+    # -- Object Lock (the Retaining capability) ---------------------------------------
+
+    def retention_support(self) -> RetentionSupport:
+        feature = "S3 Object Lock"
+        try:
+            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            status, code = _status(exc), _code(exc)
+            if code in _NO_LOCK_CONFIG or (status == 404 and code != "NoSuchBucket"):
+                return RetentionSupport(
+                    feature,
+                    False,
+                    f"bucket {self.bucket!r} has no Object Lock (it is enabled when a bucket"
+                    " is created, or on a versioned bucket where the store allows it)",
+                )
+            if status == 501 or code == "NotImplemented":
+                return RetentionSupport(feature, False, "the store does not implement Object Lock")
+            if status == 403 or code in _DENIED_CODES:
+                return RetentionSupport(
+                    feature,
+                    False,
+                    f"these credentials may not read the Object Lock configuration of bucket"
+                    f" {self.bucket!r} (s3:GetBucketObjectLockConfiguration)",
+                )
+            raise self._error("head", "/", exc) from None
+        except (BotoCoreError, URLLib3Error) as exc:
+            raise self._error("head", "/", exc) from None
+        config = answer.get("ObjectLockConfiguration", {})
+        if config.get("ObjectLockEnabled") != "Enabled":
+            return RetentionSupport(
+                feature, False, f"Object Lock is not enabled on bucket {self.bucket!r}"
+            )
+        note = ""
+        default = config.get("Rule", {}).get("DefaultRetention")
+        if default:
+            # Said, not changed: a bucket default applies to every object version, the
+            # ones vmvault rewrites in place (settings, locks) included.
+            span = f"{default.get('Days') or default.get('Years', 0) * 365} days"
+            note = (
+                f"bucket {self.bucket!r} also has a default retention ({default.get('Mode')},"
+                f" {span}): every version of every object is kept that long, each lock and"
+                " settings rewrite included"
+            )
+        detail = f"Object Lock is enabled on bucket {self.bucket!r}"
+        return RetentionSupport(feature, True, detail, note)
+
+    def retain_writes(self, rule: WriteRetention | None) -> None:
+        self._write_retention = rule
+
+    def _retention_or_none(self, key: str) -> StoreRetention | None:
+        try:
+            return self.retention(key)
+        except VmvaultError:
+            return None
+
+    def retention(self, key: str) -> StoreRetention | None:
+        head = self._head(key)
+        mode = _MODES.get(str(head.get("ObjectLockMode", "")).upper())
+        until: datetime | None = head.get("ObjectLockRetainUntilDate")
+        hold = str(head.get("ObjectLockLegalHoldStatus", "")).upper() == "ON"
+        if mode is None and until is None and not hold:
+            return None
+        return StoreRetention(mode, until.astimezone(UTC) if until else None, hold)
+
+    def retain(self, key: str, retention: StoreRetention) -> None:
+        if retention.mode is None or retention.until is None:
+            raise ValueError("a retention to set needs a mode and a date")
+        try:
+            self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Retention={"Mode": retention.mode.upper(), "RetainUntilDate": retention.until},
+            )
+        except _CLIENT_ERRORS as exc:
+            raise self._error("retain", key, exc) from None
 
     def check_bucket(self) -> None:
         """Fail with one clear line if the bucket is missing or closed to these credentials."""

@@ -6,6 +6,7 @@ store and fetch chunks, records, manifests and recovery points.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import blake3
 
-from vmvault.backends.base import Backend, put_new
+from vmvault.backends.base import Backend, ObjectRetained, WriteRetention, put_new
 from vmvault.errors import (
     CorruptObject,
     ObjectMissing,
@@ -24,6 +25,7 @@ from vmvault.errors import (
     VmvaultError,
 )
 from vmvault.model.point import RecoveryPoint
+from vmvault.vault import store_retention
 from vmvault.vault.config import VaultConfig
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
 from vmvault.vault.damage import DamageMarks
@@ -85,6 +87,13 @@ class Vault:
         self.listed_packs: set[bytes] | None = None
         self.index_problems: dict[str, VmvaultError] = {}
         self.damage = DamageMarks(backend)  # packs a read found damaged (vault/damage.py)
+        # What the store retains on write (vault/store_retention.py); set when opened.
+        self.store_retention: WriteRetention | None = None
+
+    def configure_store_retention(self) -> WriteRetention | None:
+        """Ask the store to retain what the vault's settings say (again, after they change)."""
+        self.store_retention = store_retention.configure(self)
+        return self.store_retention
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -144,6 +153,7 @@ class Vault:
         copy = cls(backend, config, keys)
         for key, (aad, doc) in (documents or {}).items():
             copy.put_document(key, doc, aad)
+        copy.configure_store_retention()  # the settings it inherited may ask for it
         backend.put(CONFIG_KEY, config.to_json())
         return copy
 
@@ -166,6 +176,7 @@ class Vault:
         config = VaultConfig.from_json(raw_config)
         keys = unwrap_keys(backend.get(DEFAULT_KEY_NAME), passphrase, config.vault_id)
         vault = cls(backend, config, keys)
+        vault.configure_store_retention()  # before anything is written
         if load_index:
             vault.load_index()
         return vault
@@ -283,13 +294,19 @@ class Vault:
             raise CorruptObject(f"{key}: header does not match the pack's size")
         return entries
 
-    def adopt_orphan_packs(self, *, write: bool = True) -> int:
+    def adopt_orphan_packs(self, *, write: bool = True, doomed: bool = False) -> int:
         """Index packs that a crashed backup wrote but never indexed, so a re-run reuses them.
 
         ``write=False`` indexes them in memory only: a restore or verify reads chunks of
-        packs whose index object is lost or damaged, and writes nothing to the vault."""
+        packs whose index object is lost or damaged, and writes nothing to the vault.
+
+        Packs ``gc/pending`` names are left alone unless ``doomed`` (garbage collection's
+        own adoption): a sweep unindexes them before deleting them, and an index object
+        written meanwhile would name them once they are gone. What was live in them was
+        copied, and indexed, first."""
         listed = self.pack_ids() if self.listed_packs is None else self.listed_packs
-        orphans = [p for p in listed if not self.index.has_pack(p)]
+        skip = set() if doomed else self.gc_pending_packs()
+        orphans = [p for p in listed if not self.index.has_pack(p) and p not in skip]
         adopted = []
         for pack_id in orphans:
             try:
@@ -322,7 +339,10 @@ class Vault:
         new_key = self.write_index_object(found) if found else None
         for key in old:
             if key != new_key:
-                self.backend.delete(key)
+                # One the store still retains stays, read beside the new one (what it names
+                # that is gone counts as absent, as for any index object).
+                with contextlib.suppress(ObjectRetained):
+                    self.backend.delete(key)
         return len(found), unreadable
 
     def write_index_object(self, packs: list[tuple[bytes, list[PackEntry]]]) -> str:

@@ -106,3 +106,5 @@ def print_pruned(doc: dict[str, Any], dry_run: bool) -> None:
             console.print(f"  keep   {point_id}  {', '.join(reasons)}")
         for point_id in plan["prune"]:
             console.print(f"  [red]delete[/] {point_id}")
+        for point_id in plan.get("retained", []):
+            console.print(f"  [yellow]kept[/]   {point_id}  the store retains it: pruned later")

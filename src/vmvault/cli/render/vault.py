@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
 from vmvault.cli.output import console, human_bytes
 
 
@@ -35,6 +37,17 @@ def print_collected(doc: dict[str, Any]) -> None:
         console.print(f"[yellow]deferred[/]: {doc['deferred']}")
     for what in doc["damaged"]:
         console.print(f"[red]damaged[/] {what}: skipped (--force)")
+    for what in doc.get("retained", []):
+        console.print(f"[yellow]retained[/] {escape(what)}: left for a later collection")
+    store = doc.get("store_retention")
+    if store:
+        line = (
+            f"store retention ({store['mode']}, {store['days']} days): {store['checked']} "
+            f"objects checked, {store['extended']} extended"
+        )
+        console.print(escape(line))
+        if store["problem"]:
+            console.print(f"[yellow]warning[/]: retention not extended: {escape(store['problem'])}")
 
 
 def print_reindexed(doc: dict[str, Any]) -> None:
