@@ -191,6 +191,8 @@ class CountingProxy:
         self.classify = classify
         self.tls = tls
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # no request in flight
+        self._inflight = 0
         self._counts = Counts()
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port: int = self._listener.getsockname()[1]
@@ -218,8 +220,13 @@ class CountingProxy:
                 conn.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
 
-    def take(self) -> Counts:
+    def take(self, settle: float = 5.0) -> Counts:
+        """The counts so far, and new ones from here. A request is recorded after its
+        answer was relayed, so a client may have its answer first: wait (up to
+        ``settle`` s) until no request is in flight, or a step's last request could be
+        counted in the next."""
         with self._lock:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=settle)
             counts, self._counts = self._counts, Counts()
         return counts
 
@@ -271,30 +278,39 @@ class CountingProxy:
                     conn = self.tls.wrap_socket(conn, server_side=True)
                     client = _reader(conn)
                     continue
-                if upstream is None:
-                    upstream = socket.create_connection(self.upstream)
-                    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    up_stream = _reader(upstream)
-                assert up_stream is not None
-                if "100-continue" in headers.get("expect", "").lower():
-                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                upstream.sendall(b"".join(head))
-                sent = _relay_body(client, upstream, headers, until_close=False)
-                while True:  # the upstream's 100 Continue (and any 1xx) stays here
-                    answer = _read_head(up_stream)
-                    if not answer:
-                        raise ConnectionError("upstream closed without an answer")
-                    status = int(answer[0].split(b" ", 2)[1])
-                    if status >= 200 or status == 101:
-                        break
-                answer_headers = _headers(answer)
-                conn.sendall(b"".join(answer))
-                no_body = method == b"HEAD" or status in (204, 304)
-                got = (
-                    0 if no_body else _relay_body(up_stream, conn, answer_headers, until_close=True)
-                )
-                kind = self.classify(method.decode("ascii"), target.decode("latin-1"))
-                self._record(kind, target.decode("latin-1"), sent, got, status)
+                with self._lock:
+                    self._inflight += 1
+                try:
+                    if upstream is None:
+                        upstream = socket.create_connection(self.upstream)
+                        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        up_stream = _reader(upstream)
+                    assert up_stream is not None
+                    if "100-continue" in headers.get("expect", "").lower():
+                        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    upstream.sendall(b"".join(head))
+                    sent = _relay_body(client, upstream, headers, until_close=False)
+                    while True:  # the upstream's 100 Continue (and any 1xx) stays here
+                        answer = _read_head(up_stream)
+                        if not answer:
+                            raise ConnectionError("upstream closed without an answer")
+                        status = int(answer[0].split(b" ", 2)[1])
+                        if status >= 200 or status == 101:
+                            break
+                    answer_headers = _headers(answer)
+                    conn.sendall(b"".join(answer))
+                    no_body = method == b"HEAD" or status in (204, 304)
+                    got = (
+                        0
+                        if no_body
+                        else _relay_body(up_stream, conn, answer_headers, until_close=True)
+                    )
+                    kind = self.classify(method.decode("ascii"), target.decode("latin-1"))
+                    self._record(kind, target.decode("latin-1"), sent, got, status)
+                finally:
+                    with self._lock:
+                        self._inflight -= 1
+                        self._idle.notify_all()
                 if _wants_close(answer_headers, answer[0][:8]) or (
                     not no_body
                     and "content-length" not in answer_headers
