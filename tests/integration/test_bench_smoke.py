@@ -67,8 +67,10 @@ def test_bench_quick_s3(tmp_path: Path) -> None:
             cell = steps[step]
             assert cell["n"] == 1 and cell["failed"] == 0, cell
             assert cell["requests_total"] > 0
-        assert steps["backup1"]["mb_up"] > 10  # the image's data went up through the proxy
-        assert steps["restore"]["mb_down"] > 10
+        # The 32 MiB image's data (about 10 MB once deduplicated and compressed, by
+        # either tool) went up through the proxy, and came back down for the restore.
+        assert steps["backup1"]["mb_up"] > 5
+        assert steps["restore"]["mb_down"] > 5
         assert steps["restore"]["verified"] is True
         assert steps["backup2"]["requests"]["PUT"] >= 1
     if "restic" in tools:
