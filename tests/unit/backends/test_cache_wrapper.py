@@ -13,10 +13,10 @@ from pathlib import Path
 import blake3
 import pytest
 
-from vmvault.backends.cache import (
+from vmvault.backends.cache import CachingBackend
+from vmvault.backends.cache_files import (
     HEADER,
     MAGIC,
-    CachingBackend,
     ObjectCache,
     cache_enabled,
     cache_root,
