@@ -287,3 +287,22 @@ def test_cli_requests_and_vault_cache(s3_vault: S3Vault, tmp_path: Path, image: 
     assert json.loads(run_cli("vault", "cache", "--json", env=env).stdout)["entries"] == 0
     listing = run_cli("vault", "cache", "--vault", str(tmp_path / "dir"), env=env)
     assert "no cache" in listing.stdout
+
+
+def test_a_restore_from_the_store_reads_about_one_range_per_pack(
+    s3_vault: S3Vault, tmp_path: Path
+) -> None:
+    """Blocks restored four packs' worth at a time from an object store: a block stores
+    under half a pack, so with one pack's worth per task each pack was read in several
+    requests; now the reads of a task coalesce to about one per pack it touches."""
+    image = tmp_path / "big.img"
+    testdisk.create_disk(image, 96 * MiB, seed=12, jobs=1)  # 24 blocks, several packs
+    init_vault(_ctx(s3_vault, tmp_path))
+    point = _backup(_ctx(s3_vault, tmp_path), image)
+    packs = len(list(open_backend(s3_vault.url(), cache=False).list("packs/")))
+    assert packs >= 3
+
+    ctx = Context(s3_vault.url(), f"sqlite:///{tmp_path / 'catalog.db'}", cache=False)
+    assert _restored(ctx, point, tmp_path, image)
+    # Two tasks (16 blocks each); each may read a pack its neighbour also reads.
+    assert ctx.requests.count("get", "packs") <= packs + 2, ctx.requests.by_kind()
