@@ -7,7 +7,7 @@ share is in ``support/``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,22 @@ from support.cli import PASSPHRASE
 from vmvault import testdisk
 from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.vaults import init_vault
+from vmvault.vault.localindex import CACHE_DIR_ENV
 
 # The object-store fixtures: S3 (s3_server, s3_vault) and Azure Blob (azurite_server,
 # azure_vault); each server starts only for a test using it.
 pytest_plugins = ["support.s3kit", "support.azuritekit"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The hosts' caches (the chunk index under <vault id>/chunk-index/) of every test go to
+    one temporary folder, never the real ~/.cache; vault ids are random, so tests do not
+    share an index. Subprocesses (the CLI run as a program) inherit the variable."""
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_DIR_ENV, str(root))
+        yield root
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,737 @@
+"""The host's persistent chunk index of one vault: an LMDB file under the cache directory.
+
+A cache of the vault's index objects, never a source of truth: it holds what the index
+objects it has *absorbed* (recorded by key) name, so a process opening the vault reads only
+the index objects it has not absorbed yet. When an absorbed index object is gone from the
+vault (garbage collection rewrote the index, `vault reindex`), entries may name packs that no
+longer exist: the whole file is rebuilt from the index objects the vault lists, so it never
+names a chunk they do not.
+
+Layout, under ``<cache root>/<vault id>/chunk-index/`` (mode 0700):
+
+    lock          flock(2) held while updating (absorb, rebuild): one updater per host
+    CURRENT       the name of the generation in use, replaced by rename
+    g-<random>/   a generation: data.mdb + lock.mdb (LMDB), filter.bin (Bloom filter)
+
+A rebuild writes a new generation and switches CURRENT to it only once it is complete, so a
+kill -9 mid-rebuild leaves the old generation (or none) in use, never a half-built one.
+Processes still reading the old generation keep their mapping of it; their next open moves
+to the new one. LMDB gives readers a consistent snapshot while another process appends.
+
+Named databases of a generation:
+
+    meta       format, vault id, ``complete``
+    objects    index object key -> the pack numbers it named (u32 each)
+    packs      pack number (u32 big-endian) -> pack id;  pack_nos: pack id -> number
+    chunks     chunk id -> its first location (VALUE)
+    extra      chunk id -> further locations in other packs (duplicates; rare)
+
+A location is 25 bytes (pack number, kind, offset, length, start, raw length, CRC-32 of the
+key and those fields): a value damaged on disk is detected and the generation dropped, not
+followed to a wrong offset.
+
+Memory: the file is mapped, not read; a process's own memory does not grow with the vault
+(the pages it touches are the kernel's page cache, shared by every process of the host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import logging
+import mmap
+import os
+import secrets
+import shutil
+import struct
+import tempfile
+import threading
+import weakref
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import numpy as np
+
+from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
+from vmvault.vault.format import PackEntry
+
+log = logging.getLogger("vmvault")
+_T = TypeVar("_T")
+
+CACHE_DIR_ENV = "VMVAULT_CACHE_DIR"
+SUBDIR = "chunk-index"
+SCHEMA = b"vmvault-chunk-index-1"
+CURRENT = "CURRENT"
+DATA = "data.mdb"
+FILTER = "filter.bin"
+# Address space only (the file is sparse and grows with use): about 2 billion chunks, 128 TB
+# of unique data at 64 KiB, and still room for a few hundred open generations in a process.
+MAP_SIZE = 256 << 30
+MAX_READERS = 1024
+# Entries per write transaction while absorbing: bounds the dirty pages LMDB keeps in memory.
+BATCH = 1 << 20
+
+VALUE = struct.Struct("<IBIIIII")  # pack no, kind, offset, length, start, raw length, crc32
+PACK_NO = struct.Struct(">I")  # big-endian: the packs table iterates in number order
+
+# The Bloom filter in front of the lookups: most chunks of a full backup are new, and a
+# filter answers "not in the vault" from one mapped page where LMDB walks a B-tree. Bits are
+# taken straight from the chunk id (a keyed BLAKE3 hash: already uniform). 16 bits per entry
+# and 3 probes: 0.5 % false positives; capped at 2**31 bits (256 MiB, 13 bits per entry at
+# 160 million chunks). Only `claimable` trusts a "no" from it: a filter that missed a chunk
+# (damaged, or a process mapping an older filter) costs a duplicate copy, never a wrong answer.
+FILTER_MAGIC = b"VMVBLOOM"
+FILTER_HEADER = struct.Struct("<8sI16s")  # magic, log2 of the bit count, generation id
+FILTER_MIN_BITS = 23
+FILTER_MAX_BITS = 31
+FILTER_BITS_PER_ENTRY = 16
+FILTER_PROBES = 3
+
+
+class LocalIndexBroken(Exception):
+    """The local file cannot be trusted (unreadable, damaged, another vault's): rebuilt."""
+
+
+class LocalIndexDamaged(VmvaultError):
+    """The local index failed a check in the middle of a job: the job stops (it cannot tell
+    where a chunk lives) and the next open rebuilds the index from the vault."""
+
+    code = "local_index_damaged"
+    transient = True  # a queued job's retry opens the vault again: the index is rebuilt
+
+
+def cache_root() -> Path:
+    """``$VMVAULT_CACHE_DIR``, else ``$XDG_CACHE_HOME/vmvault``, else ``~/.cache/vmvault``."""
+    if chosen := os.environ.get(CACHE_DIR_ENV):
+        return Path(chosen).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # the spec: absolute only
+    return base / "vmvault"
+
+
+def index_dir(vault_id: str) -> Path:
+    return cache_root() / vault_id / SUBDIR
+
+
+def _private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents as 0700: chunk ids and sizes are the vault's
+    metadata, readable by its owner only."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+
+
+def encode_value(chunk_id: bytes, pack_no: int, e: PackEntry) -> bytes:
+    body = VALUE.pack(pack_no, e.kind, e.offset, e.length, e.start, e.raw_length, 0)[:-4]
+    return body + struct.pack("<I", zlib.crc32(body, zlib.crc32(chunk_id)))
+
+
+def decode_value(chunk_id: bytes, value: bytes) -> tuple[int, int, int, int, int, int]:
+    if len(value) != VALUE.size:
+        raise LocalIndexBroken("a location of the wrong size")
+    fields = VALUE.unpack(value)
+    if zlib.crc32(value[:-4], zlib.crc32(chunk_id)) != fields[6]:
+        raise LocalIndexBroken("a location fails its checksum")
+    return fields[:6]
+
+
+# -- the Bloom filter ----------------------------------------------------------------------
+
+
+def filter_bits_for(entries: int) -> int:
+    bits = FILTER_MIN_BITS
+    while bits < FILTER_MAX_BITS and (1 << bits) < entries * FILTER_BITS_PER_ENTRY:
+        bits += 1
+    return bits
+
+
+class BloomFilter:
+    """A bit array in a mapped file: set by the updater (under the lock), read by everyone."""
+
+    def __init__(self, path: Path, generation: bytes) -> None:
+        with open(path, "r+b") as f:
+            self._map = mmap.mmap(f.fileno(), 0)
+        try:
+            magic, self.log2, gen = FILTER_HEADER.unpack_from(self._map)
+        except struct.error:
+            raise LocalIndexBroken("filter: truncated") from None
+        size = FILTER_HEADER.size + (1 << self.log2 >> 3)
+        if magic != FILTER_MAGIC or gen != generation or len(self._map) != size:
+            self._map.close()
+            raise LocalIndexBroken("filter: not this generation's")
+        self.mask = (1 << self.log2) - 1
+        self._bits = np.frombuffer(self._map, np.uint8, offset=FILTER_HEADER.size)
+
+    @staticmethod
+    def create(path: Path, log2: int, generation: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(FILTER_HEADER.pack(FILTER_MAGIC, log2, generation))
+            f.truncate(FILTER_HEADER.size + (1 << log2 >> 3))  # sparse zeros
+
+    def may_contain(self, chunk_id: bytes) -> bool:
+        bits, mask, base = self._map, self.mask, FILTER_HEADER.size
+        for i in range(0, 8 * FILTER_PROBES, 8):
+            n = int.from_bytes(chunk_id[i : i + 8], "little") & mask
+            if not bits[base + (n >> 3)] >> (n & 7) & 1:
+                return False
+        return True
+
+    def add(self, chunk_ids: Sequence[bytes]) -> None:
+        """Set the bits of many ids at once (numpy: a rebuild adds millions)."""
+        if not chunk_ids:
+            return
+        words = np.frombuffer(b"".join(chunk_ids), "<u8").reshape(len(chunk_ids), 4)
+        probes = (words[:, :FILTER_PROBES] & np.uint64(self.mask)).ravel()
+        bits = self._bits
+        np.bitwise_or.at(
+            bits,
+            (probes >> np.uint64(3)).astype(np.intp),
+            np.left_shift(1, probes & np.uint64(7)).astype(np.uint8),
+        )
+
+    def flush(self) -> None:
+        self._map.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a numpy view still alive: the GC closes it
+            del self._bits
+            self._map.close()
+
+
+# -- one generation, opened once per process -------------------------------------------------
+
+
+@dataclass
+class _Generation:
+    path: Path
+    env: lmdb.Environment
+    meta: Any
+    objects: Any
+    packs: Any
+    pack_nos: Any
+    chunks: Any
+    extra: Any
+    generation: bytes
+    filter: BloomFilter | None
+    users: int = 0
+
+
+# LMDB forbids opening one file twice in a process (closing one handle drops the other's
+# locks): every ChunkIndex of this process shares one handle per generation, counted.
+_OPEN: dict[Path, _Generation] = {}
+_OPEN_LOCK = threading.Lock()
+_OPEN_PID = os.getpid()
+
+
+def _open_generation(path: Path, *, create: bool = False) -> _Generation:
+    global _OPEN_PID
+    with _OPEN_LOCK:
+        if os.getpid() != _OPEN_PID:  # a forked child must not use its parent's handles
+            _OPEN.clear()
+            _OPEN_PID = os.getpid()
+        gen = _OPEN.get(path)
+        if gen is None:
+            gen = _load_generation(path, create=create)
+            _OPEN[path] = gen
+        gen.users += 1
+        return gen
+
+
+def _release_generation(gen: _Generation) -> None:
+    with _OPEN_LOCK:
+        gen.users -= 1
+        if gen.users > 0 or _OPEN.get(gen.path) is not gen:
+            return
+        del _OPEN[gen.path]
+    if gen.filter is not None:
+        gen.filter.close()
+    gen.env.close()
+
+
+def _load_generation(path: Path, *, create: bool) -> _Generation:
+    if not create and not (path / DATA).is_file():
+        raise LocalIndexBroken(f"{path.name}: no data file")
+    try:
+        env = lmdb.open(
+            str(path),
+            map_size=MAP_SIZE,
+            max_dbs=8,
+            max_readers=MAX_READERS,
+            readahead=False,  # lookups are random: reading ahead only evicts useful pages
+            create=create,
+            mode=0o600,
+        )
+        dbs = {
+            name: env.open_db(name.encode(), dupsort=name == "extra", create=create)
+            for name in ("meta", "objects", "packs", "pack_nos", "chunks", "extra")
+        }
+        with env.begin(db=dbs["meta"]) as txn:
+            generation = txn.get(b"generation") or b""
+    except lmdb.Error as exc:
+        raise LocalIndexBroken(f"{path.name}: {exc}") from None
+    gen = _Generation(
+        path,
+        env,
+        meta=dbs["meta"],
+        objects=dbs["objects"],
+        packs=dbs["packs"],
+        pack_nos=dbs["pack_nos"],
+        chunks=dbs["chunks"],
+        extra=dbs["extra"],
+        generation=generation,
+        filter=None,
+    )
+    if not create:
+        try:
+            gen.filter = BloomFilter(path / FILTER, generation)
+        except (OSError, ValueError, LocalIndexBroken) as exc:
+            log.debug("chunk index %s: no usable filter (%s)", path, exc)
+    return gen
+
+
+# -- the index of one vault ------------------------------------------------------------------
+
+
+def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
+    """LMDB's errors on a read (a damaged page, a file cut short) as LocalIndexBroken."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except lmdb.Error as exc:
+            raise LocalIndexBroken(str(exc)) from None
+
+    return wrapper
+
+
+class LocalIndex:
+    """A vault's persistent chunk index on this host (see the module's docstring)."""
+
+    def __init__(self, directory: Path, vault_id: str) -> None:
+        self.directory = directory
+        self.vault_id = vault_id
+        self._gen: _Generation | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self.rebuilt = False  # set by sync: the last sync built a new generation
+        self.absorbed_now = 0  # index objects the last sync read
+
+    @classmethod
+    def for_vault(cls, vault_id: str) -> LocalIndex:
+        """The index under the cache directory; a private temporary one if that cannot be
+        written (a read-only home): then each open reads every index object, as before."""
+        directory = index_dir(vault_id)
+        try:
+            _private_dirs(directory)
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermissionError(f"{directory} is not writable")
+        except OSError as exc:
+            fallback = Path(tempfile.mkdtemp(prefix="vmvault-chunk-index-"))
+            log.warning("chunk index: %s unusable (%s); using %s", directory, exc, fallback)
+            index = cls(fallback, vault_id)
+            weakref.finalize(index, shutil.rmtree, fallback, True)
+            return index
+        return cls(directory, vault_id)
+
+    # -- opening and updating ------------------------------------------------------------
+
+    def sync(
+        self,
+        listed: Sequence[str],
+        read_object: Callable[[str], list[tuple[bytes, list[PackEntry]]]],
+    ) -> dict[str, VmvaultError]:
+        """Bring the index up to the index objects ``listed``: absorb new ones; rebuild when
+        one it absorbed is gone or the file cannot be trusted. Returns the index objects
+        that could not be read (not absorbed: tried again at the next open)."""
+        self.rebuilt = False
+        self.absorbed_now = 0
+        wanted = set(listed)
+        gen, absorbed = self._try_current()
+        if gen is not None and absorbed == wanted:  # the common case: nothing new, no lock
+            self._use(gen)
+            return {}
+        if gen is not None:
+            self._release(gen)
+        problems: dict[str, VmvaultError] = {}
+        with self._update_lock():
+            gen, absorbed = self._try_current()  # another process may have updated it
+            if gen is None or absorbed is None or not absorbed <= wanted:
+                if gen is not None:
+                    self._release(gen)
+                gen = self._rebuild(listed, read_object, problems)
+                self.rebuilt = True
+            else:
+                todo = [k for k in listed if k not in absorbed]
+                try:
+                    self._absorb_keys(gen, todo, read_object, problems)
+                except BaseException:
+                    self._release(gen)
+                    raise
+        self._use(gen)
+        return problems
+
+    def absorb(self, key: str, packs: Sequence[tuple[bytes, Sequence[PackEntry]]]) -> bool:
+        """Record an index object this process has just written (no need to read it back);
+        False when the index was rebuilt meanwhile (the next open absorbs it then)."""
+        gen = self._gen
+        if gen is None:
+            return False
+        with self._update_lock():
+            if self._read_current_name() != gen.path.name:
+                return False
+            _write_objects(gen, [(key, packs)])
+        return True
+
+    def drop(self) -> None:
+        """Make the next open rebuild from the vault (this process keeps its mapping)."""
+        gen = self._gen
+        with contextlib.suppress(OSError), self._update_lock():
+            if gen is None or self._read_current_name() == gen.path.name:
+                (self.directory / CURRENT).unlink(missing_ok=True)
+
+    def invalidate(self, reason: str) -> LocalIndexDamaged:
+        """Stop trusting the current generation (the next open rebuilds it); the error to
+        raise to the job that found the damage."""
+        self.drop()
+        return LocalIndexDamaged(
+            f"the local chunk index {self.directory} is damaged ({reason}); "
+            "it is rebuilt from the vault's index objects at the next open: run the job again"
+        )
+
+    def _absorb_keys(
+        self,
+        gen: _Generation,
+        keys: Sequence[str],
+        read_object: Callable[[str], list[tuple[bytes, list[PackEntry]]]],
+        problems: dict[str, VmvaultError],
+    ) -> None:
+        batch: list[tuple[str, Sequence[tuple[bytes, Sequence[PackEntry]]]]] = []
+        size = 0
+        for key in keys:
+            try:
+                packs = read_object(key)
+            except (CorruptObject, ObjectMissing) as exc:
+                problems[key] = exc
+                continue
+            batch.append((key, packs))
+            self.absorbed_now += 1
+            size += sum(len(e) for _, e in packs)
+            if size >= BATCH:
+                _write_objects(gen, batch)
+                batch, size = [], 0
+        if batch:
+            _write_objects(gen, batch)
+
+    def _rebuild(
+        self,
+        listed: Sequence[str],
+        read_object: Callable[[str], list[tuple[bytes, list[PackEntry]]]],
+        problems: dict[str, VmvaultError],
+    ) -> _Generation:
+        """A new generation from every listed index object, made current once complete.
+        Called under the update lock."""
+        for stale in self.directory.glob("g-*"):
+            if stale.name != self._read_current_name():
+                shutil.rmtree(stale, ignore_errors=True)  # an interrupted build, or replaced
+        name = f"g-{secrets.token_hex(8)}"
+        path = self.directory / name
+        path.mkdir(mode=0o700)
+        generation = secrets.token_bytes(16)
+        gen = _open_generation(path, create=True)
+        try:
+            BloomFilter.create(path / FILTER, filter_bits_for(0), generation)
+            gen.filter = BloomFilter(path / FILTER, generation)
+            gen.generation = generation
+            with gen.env.begin(write=True) as txn:
+                txn.put(b"schema", SCHEMA, db=gen.meta)
+                txn.put(b"vault", self.vault_id.encode(), db=gen.meta)
+                txn.put(b"generation", generation, db=gen.meta)
+            self._absorb_keys(gen, listed, read_object, problems)
+            with gen.env.begin(write=True) as txn:
+                txn.put(b"complete", b"1", db=gen.meta)
+            gen.env.sync(True)
+            _write_current(self.directory, name)
+        except BaseException:
+            _release_generation(gen)
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        for old in self.directory.glob("g-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)  # its readers keep their mapping
+        return gen
+
+    # -- generations ----------------------------------------------------------------------
+
+    def _read_current_name(self) -> str | None:
+        try:
+            name = (self.directory / CURRENT).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return name if name.startswith("g-") and "/" not in name else None
+
+    def _try_current(self) -> tuple[_Generation | None, set[str] | None]:
+        """The current generation (opened, checked) and the index objects it absorbed."""
+        name = self._read_current_name()
+        if name is None:
+            return None, None
+        try:
+            gen = _open_generation(self.directory / name)
+        except LocalIndexBroken as exc:
+            log.warning("chunk index %s unusable (%s): rebuilding it", self.directory, exc)
+            return None, None
+        try:
+            self._validate(gen)
+            return gen, self._absorbed(gen)
+        except LocalIndexBroken as exc:
+            log.warning("chunk index %s unusable (%s): rebuilding it", self.directory, exc)
+            self._release(gen)
+            return None, None
+
+    def _validate(self, gen: _Generation) -> None:
+        try:
+            with gen.env.begin(db=gen.meta) as txn:
+                schema, vault, complete = (txn.get(k) for k in (b"schema", b"vault", b"complete"))
+        except lmdb.Error as exc:
+            raise LocalIndexBroken(str(exc)) from None
+        if schema != SCHEMA or vault != self.vault_id.encode() or complete != b"1":
+            raise LocalIndexBroken("not a complete index of this vault")
+
+    def _absorbed(self, gen: _Generation) -> set[str]:
+        try:
+            with gen.env.begin(db=gen.objects) as txn:
+                return {bytes(k).decode() for k in txn.cursor().iternext(values=False)}
+        except (lmdb.Error, UnicodeDecodeError) as exc:
+            raise LocalIndexBroken(str(exc)) from None
+
+    def _use(self, gen: _Generation) -> None:
+        if self._gen is not None and self._gen is not gen:
+            self._release(self._gen)
+        self._gen = gen
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _release_generation, gen)
+
+    def _release(self, gen: _Generation) -> None:
+        if self._gen is gen:
+            self._gen = None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+        _release_generation(gen)
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._release(self._gen)
+
+    @contextlib.contextmanager
+    def _update_lock(self) -> Iterator[None]:
+        _private_dirs(self.directory)
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _current(self) -> _Generation:
+        if self._gen is None:
+            raise LocalIndexBroken("not opened")
+        return self._gen
+
+    def may_contain(self, chunk_id: bytes) -> bool:
+        f = self._gen.filter if self._gen is not None else None
+        return f is None or f.may_contain(chunk_id)
+
+    def locations(self, chunk_id: bytes) -> list[tuple[int, int, int, int, int, int]]:
+        """The chunk's locations, the first indexed first (usually one, or none)."""
+        gen = self._current()
+        try:
+            with gen.env.begin() as txn:
+                first = txn.get(chunk_id, db=gen.chunks)
+                if first is None:
+                    return []
+                out = [decode_value(chunk_id, first)]
+                cursor = txn.cursor(db=gen.extra)
+                if cursor.set_key(chunk_id):
+                    out += [decode_value(chunk_id, v) for v in cursor.iternext_dup()]
+                return out
+        except lmdb.Error as exc:
+            raise LocalIndexBroken(str(exc)) from None
+
+    def first_location(self, chunk_id: bytes) -> tuple[int, int, int, int, int, int] | None:
+        gen = self._current()
+        try:
+            with gen.env.begin(db=gen.chunks) as txn:
+                value = txn.get(chunk_id)
+        except lmdb.Error as exc:
+            raise LocalIndexBroken(str(exc)) from None
+        return None if value is None else decode_value(chunk_id, value)
+
+    @_guarded
+    def pack_id(self, pack_no: int) -> bytes:
+        gen = self._current()
+        with gen.env.begin(db=gen.packs) as txn:
+            pack_id = txn.get(PACK_NO.pack(pack_no))
+        if pack_id is None or len(pack_id) != 32:
+            raise LocalIndexBroken(f"pack number {pack_no} is not in the pack table")
+        return bytes(pack_id)
+
+    @_guarded
+    def pack_no(self, pack_id: bytes) -> int | None:
+        gen = self._current()
+        with gen.env.begin(db=gen.pack_nos) as txn:
+            value = txn.get(pack_id)
+        return None if value is None else int(PACK_NO.unpack(value)[0])
+
+    @_guarded
+    def pack_nos(self, pack_ids: Iterable[bytes]) -> dict[bytes, int]:
+        """Numbers of those of ``pack_ids`` the index names (one transaction for all)."""
+        gen = self._current()
+        out = {}
+        with gen.env.begin(db=gen.pack_nos) as txn:
+            for pack_id in pack_ids:
+                value = txn.get(pack_id)
+                if value is not None:
+                    out[pack_id] = int(PACK_NO.unpack(value)[0])
+        return out
+
+    def named_packs(self) -> Iterator[tuple[bytes, int]]:
+        """Every pack id the index names, with its number (pack id order)."""
+        gen = self._current()
+        try:
+            with gen.env.begin(db=gen.pack_nos) as txn:
+                for pack_id, value in txn.cursor().iternext():
+                    yield bytes(pack_id), int(PACK_NO.unpack(value)[0])
+        except (lmdb.Error, struct.error) as exc:
+            raise LocalIndexBroken(str(exc)) from None
+
+    @_guarded
+    def pack_count(self) -> int:
+        gen = self._current()
+        with gen.env.begin() as txn:
+            return int(txn.stat(gen.packs)["entries"])
+
+    @_guarded
+    def __len__(self) -> int:
+        gen = self._current()
+        with gen.env.begin() as txn:
+            return int(txn.stat(gen.chunks)["entries"])
+
+    def entries(self) -> Iterator[tuple[bytes, list[tuple[int, int, int, int, int, int]]]]:
+        """Every chunk with its locations, in chunk id order (one snapshot)."""
+        gen = self._current()
+        try:
+            with gen.env.begin() as txn:
+                extra = txn.cursor(db=gen.extra)
+                for key, value in txn.cursor(db=gen.chunks).iternext():
+                    cid = bytes(key)
+                    locs = [decode_value(cid, value)]
+                    if extra.set_key(cid):
+                        locs += [decode_value(cid, v) for v in extra.iternext_dup()]
+                    yield cid, locs
+        except lmdb.Error as exc:
+            raise LocalIndexBroken(str(exc)) from None
+
+    def disk_usage(self) -> int:
+        gen = self._current()
+        return sum(f.stat().st_size for f in gen.path.iterdir() if f.is_file())
+
+
+def _write_current(directory: Path, name: str) -> None:
+    tmp = directory / f".{CURRENT}.{secrets.token_hex(4)}"
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / CURRENT)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_objects(
+    gen: _Generation, objects: Sequence[tuple[str, Sequence[tuple[bytes, Sequence[PackEntry]]]]]
+) -> None:
+    """Absorb index objects in one write transaction (called under the update lock).
+
+    In listing order the first location of a chunk wins; later locations in *other* packs go
+    to ``extra`` (a copy in a lost pack is then replaced by one that is present). A pack the
+    index already names adds nothing: a pack is immutable, so its entries are the same in
+    every index object that names it. The filter's bits are set before the commit: a crash
+    in between leaves bits for absent chunks (a lookup more), never a missing bit.
+    """
+    new_keys: list[bytes] = []
+    try:
+        with gen.env.begin(write=True) as txn:
+            next_no = int(txn.stat(gen.packs)["entries"])
+            rows: list[tuple[bytes, bytes, int]] = []  # chunk id, value, pack no
+            for key, packs in objects:
+                if txn.get(key.encode(), db=gen.objects) is not None:
+                    continue
+                numbers = []
+                for pack_id, entries in packs:
+                    known = txn.get(pack_id, db=gen.pack_nos)
+                    if known is not None:
+                        numbers.append(int(PACK_NO.unpack(known)[0]))
+                        continue
+                    no = next_no
+                    next_no += 1
+                    txn.put(PACK_NO.pack(no), pack_id, db=gen.packs)
+                    txn.put(pack_id, PACK_NO.pack(no), db=gen.pack_nos)
+                    numbers.append(no)
+                    rows += [(e.chunk_id, encode_value(e.chunk_id, no, e), no) for e in entries]
+                txn.put(key.encode(), b"".join(PACK_NO.pack(n) for n in numbers), db=gen.objects)
+            rows.sort(key=lambda r: r[0])  # stable: equal ids keep their listing order
+            chunks = txn.cursor(db=gen.chunks)
+            for cid, value, no in rows:
+                if chunks.put(cid, value, overwrite=False):
+                    new_keys.append(cid)
+                    continue
+                current = chunks.value()
+                if PACK_NO.pack(no) != PACK_NO.pack(VALUE.unpack(current)[0]):
+                    txn.put(cid, value, db=gen.extra, dupdata=False)
+            if gen.filter is not None:
+                entries_now = int(txn.stat(gen.chunks)["entries"])
+                if filter_bits_for(entries_now) > gen.filter.log2:
+                    _grow_filter(gen, txn)
+                else:
+                    gen.filter.add(new_keys)
+                    gen.filter.flush()
+    except lmdb.Error as exc:
+        raise LocalIndexBroken(str(exc)) from None
+
+
+def _grow_filter(gen: _Generation, txn: lmdb.Transaction) -> None:
+    """A larger filter from every key in the transaction's view, swapped in by rename.
+
+    Processes that mapped the old file keep it; chunks added later are then missing from
+    their filter, which costs them a duplicate copy at most (see FILTER_*)."""
+    entries = int(txn.stat(gen.chunks)["entries"])
+    log2 = filter_bits_for(entries * 2)  # room to grow before the next rebuild of the filter
+    tmp = gen.path / f".{FILTER}.{secrets.token_hex(4)}"
+    BloomFilter.create(tmp, log2, gen.generation)
+    fresh = BloomFilter(tmp, gen.generation)
+    keys: list[bytes] = []
+    for key in txn.cursor(db=gen.chunks).iternext(values=False):
+        keys.append(bytes(key))
+        if len(keys) >= BATCH:
+            fresh.add(keys)
+            keys = []
+    fresh.add(keys)
+    fresh.flush()
+    os.replace(tmp, gen.path / FILTER)
+    gen.filter = fresh  # the old map is closed when the last thread reading it lets it go
