@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vmvault.vault.format import PackEntry
 from vmvault.vault.localindex import LocalIndex, LocalIndexBroken, LocalIndexDamaged
@@ -26,8 +26,10 @@ from vmvault.vault.localindex import LocalIndex, LocalIndexBroken, LocalIndexDam
 PACK_ID_CACHE = 1 << 16
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
+    """A chunk's place (a tuple: one is made per lookup of the host's index, and a frozen
+    dataclass costs several times more to build)."""
+
     pack_id: bytes
     kind: int
     offset: int  # of the sealed blob in the pack
@@ -142,9 +144,20 @@ class ChunkIndex:
         return sorted(self._missing - self._excluded)
 
     def get(self, chunk_id: bytes) -> Location | None:
-        stored = self._stored(chunk_id) if self._store is not None else None
-        if stored is not None and stored.pack_id not in self._missing:
-            return stored
+        store = self._store
+        stored = None
+        if store is not None:
+            try:
+                raw = store.first_location(chunk_id)
+            except LocalIndexBroken as exc:
+                raise store.invalidate(str(exc)) from None
+            if raw is not None:
+                pack_id = self._pack_ids.get(raw[0])
+                if pack_id is None:
+                    pack_id = self._pack_id(raw[0])
+                if pack_id not in self._missing:
+                    return Location(pack_id, *raw[1:])  # the common case: one B-tree lookup
+                stored = self._stored(chunk_id)
         mine = self._entries.get(chunk_id)
         if mine is not None and (stored is None or mine.pack_id not in self._missing):
             return mine
@@ -216,15 +229,18 @@ class ChunkIndex:
         return next((loc for loc in resolved if loc.pack_id not in self._missing), resolved[0])
 
     def _location(self, raw: tuple[int, int, int, int, int, int]) -> Location:
-        pack_no, kind, offset, length, start, raw_length = raw
-        pack_id = self._pack_ids.get(pack_no)
+        pack_id = self._pack_ids.get(raw[0])
         if pack_id is None:
-            assert self._store is not None
-            pack_id = self._store.pack_id(pack_no)
-            if len(self._pack_ids) >= PACK_ID_CACHE:
-                self._pack_ids.clear()
-            self._pack_ids[pack_no] = pack_id
-        return Location(pack_id, kind, offset, length, start, raw_length)
+            pack_id = self._pack_id(raw[0])
+        return Location(pack_id, *raw[1:])
+
+    def _pack_id(self, pack_no: int) -> bytes:
+        assert self._store is not None
+        pack_id = self._store.pack_id(pack_no)
+        if len(self._pack_ids) >= PACK_ID_CACHE:
+            self._pack_ids.clear()
+        self._pack_ids[pack_no] = pack_id
+        return pack_id
 
     def _stored_pack(self, pack_id: bytes) -> bool:
         assert self._store is not None

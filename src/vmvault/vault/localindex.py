@@ -133,14 +133,14 @@ def _private_dirs(path: Path) -> None:
 
 def encode_value(chunk_id: bytes, pack_no: int, e: PackEntry) -> bytes:
     body = VALUE.pack(pack_no, e.kind, e.offset, e.length, e.start, e.raw_length, 0)[:-4]
-    return body + struct.pack("<I", zlib.crc32(body, zlib.crc32(chunk_id)))
+    return body + struct.pack("<I", zlib.crc32(chunk_id + body))
 
 
 def decode_value(chunk_id: bytes, value: bytes) -> tuple[int, int, int, int, int, int]:
     if len(value) != VALUE.size:
         raise LocalIndexBroken("a location of the wrong size")
     fields = VALUE.unpack(value)
-    if zlib.crc32(value[:-4], zlib.crc32(chunk_id)) != fields[6]:
+    if zlib.crc32(chunk_id + value[:-4]) != fields[6]:
         raise LocalIndexBroken("a location fails its checksum")
     return fields[:6]
 
@@ -179,10 +179,12 @@ class BloomFilter:
             f.truncate(FILTER_HEADER.size + (1 << log2 >> 3))  # sparse zeros
 
     def may_contain(self, chunk_id: bytes) -> bool:
+        # Probe i is the id's little-endian 64-bit word i, masked (as ``add`` computes it).
+        n = int.from_bytes(chunk_id[: 8 * FILTER_PROBES], "little")
         bits, mask, base = self._map, self.mask, FILTER_HEADER.size
-        for i in range(0, 8 * FILTER_PROBES, 8):
-            n = int.from_bytes(chunk_id[i : i + 8], "little") & mask
-            if not bits[base + (n >> 3)] >> (n & 7) & 1:
+        for shift in range(0, 64 * FILTER_PROBES, 64):
+            i = (n >> shift) & mask
+            if not bits[base + (i >> 3)] >> (i & 7) & 1:
                 return False
         return True
 
@@ -571,13 +573,21 @@ class LocalIndex:
             raise LocalIndexBroken(str(exc)) from None
 
     def first_location(self, chunk_id: bytes) -> tuple[int, int, int, int, int, int] | None:
-        gen = self._current()
+        """The chunk's first location: the hot path of every lookup, kept flat."""
+        gen = self._gen
+        if gen is None:
+            raise LocalIndexBroken("not opened")
         try:
             with gen.env.begin(db=gen.chunks) as txn:
                 value = txn.get(chunk_id)
         except lmdb.Error as exc:
             raise LocalIndexBroken(str(exc)) from None
-        return None if value is None else decode_value(chunk_id, value)
+        if value is None:
+            return None
+        fields = VALUE.unpack(value) if len(value) == VALUE.size else None
+        if fields is None or zlib.crc32(chunk_id + value[:-4]) != fields[6]:
+            raise LocalIndexBroken("a location fails its checksum")
+        return fields[:6]
 
     @_guarded
     def pack_id(self, pack_no: int) -> bytes:
