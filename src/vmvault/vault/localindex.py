@@ -58,7 +58,7 @@ import lmdb
 import numpy as np
 
 from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
-from vmvault.vault.format import PackEntry
+from vmvault.vault.format import INDEX_ENTRY, INDEX_PACK, PackEntry, index_plaintext
 
 log = logging.getLogger("vmvault")
 _T = TypeVar("_T")
@@ -78,6 +78,31 @@ BATCH = 1 << 20
 
 VALUE = struct.Struct("<IBIIIII")  # pack no, kind, offset, length, start, raw length, crc32
 PACK_NO = struct.Struct(">I")  # big-endian: the packs table iterates in number order
+
+# The same layouts as numpy records: index objects are absorbed by the million, column-wise.
+INDEX_DTYPE = np.dtype(
+    [
+        ("id", "V32"),
+        ("kind", "u1"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("start", "<u4"),
+        ("raw", "<u4"),
+    ]
+)
+VALUE_DTYPE = np.dtype(
+    [
+        ("pack", "<u4"),
+        ("kind", "u1"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("start", "<u4"),
+        ("raw", "<u4"),
+        ("crc", "<u4"),
+    ]
+)
+assert INDEX_DTYPE.itemsize == INDEX_ENTRY.size and VALUE_DTYPE.itemsize == VALUE.size
+IndexArrays = list[tuple[bytes, "np.ndarray[Any, Any]"]]  # an index object: (pack id, entries)
 
 # The Bloom filter in front of the lookups: most chunks of a full backup are new, and a
 # filter answers "not in the vault" from one mapped page where LMDB walks a B-tree. Bits are
@@ -145,6 +170,38 @@ def decode_value(chunk_id: bytes, value: bytes) -> tuple[int, int, int, int, int
     return fields[:6]
 
 
+def decode_index_arrays(blob: bytes, what: str) -> IndexArrays:
+    """An index object (decrypted) as numpy records per pack: format.decode_index without a
+    Python object per entry."""
+    plain = index_plaintext(blob, what)
+    out: IndexArrays = []
+    pos = 1
+    while pos < len(plain):
+        if pos + INDEX_PACK.size > len(plain):
+            raise CorruptObject(f"{what}: index is truncated")
+        pack_id, count = INDEX_PACK.unpack_from(plain, pos)
+        pos += INDEX_PACK.size
+        end = pos + count * INDEX_ENTRY.size
+        if end > len(plain):
+            raise CorruptObject(f"{what}: index is truncated")
+        out.append((pack_id, np.frombuffer(plain, INDEX_DTYPE, count, pos)))
+        pos = end
+    return out
+
+
+def as_arrays(packs: Sequence[tuple[bytes, Any]]) -> IndexArrays:
+    """Packs given as PackEntry lists (what a writer has in hand) as numpy records."""
+    out: IndexArrays = []
+    for pack_id, entries in packs:
+        if not isinstance(entries, np.ndarray):
+            rows = [
+                (e.chunk_id, e.kind, e.offset, e.length, e.start, e.raw_length) for e in entries
+            ]
+            entries = np.array(rows, INDEX_DTYPE)
+        out.append((pack_id, entries))
+    return out
+
+
 # -- the Bloom filter ----------------------------------------------------------------------
 
 
@@ -188,15 +245,14 @@ class BloomFilter:
                 return False
         return True
 
-    def add(self, chunk_ids: Sequence[bytes]) -> None:
-        """Set the bits of many ids at once (numpy: a rebuild adds millions)."""
+    def add(self, chunk_ids: bytes) -> None:
+        """Set the bits of many ids at once (``chunk_ids``: 32 bytes each, end to end)."""
         if not chunk_ids:
             return
-        words = np.frombuffer(b"".join(chunk_ids), "<u8").reshape(len(chunk_ids), 4)
+        words = np.frombuffer(chunk_ids, "<u8").reshape(-1, 4)
         probes = (words[:, :FILTER_PROBES] & np.uint64(self.mask)).ravel()
-        bits = self._bits
         np.bitwise_or.at(
-            bits,
+            self._bits,
             (probes >> np.uint64(3)).astype(np.intp),
             np.left_shift(1, probes & np.uint64(7)).astype(np.uint8),
         )
@@ -350,7 +406,7 @@ class LocalIndex:
     def sync(
         self,
         listed: Sequence[str],
-        read_object: Callable[[str], list[tuple[bytes, list[PackEntry]]]],
+        read_object: Callable[[str], Sequence[tuple[bytes, Any]]],
     ) -> dict[str, VmvaultError]:
         """Bring the index up to the index objects ``listed``: absorb new ones; rebuild when
         one it absorbed is gone or the file cannot be trusted. Returns the index objects
@@ -391,7 +447,7 @@ class LocalIndex:
         with self._update_lock():
             if self._read_current_name() != gen.path.name:
                 return False
-            _write_objects(gen, [(key, packs)])
+            _write_objects(gen, [(key, as_arrays(packs))])
         return True
 
     def drop(self) -> None:
@@ -414,10 +470,10 @@ class LocalIndex:
         self,
         gen: _Generation,
         keys: Sequence[str],
-        read_object: Callable[[str], list[tuple[bytes, list[PackEntry]]]],
+        read_object: Callable[[str], Sequence[tuple[bytes, Any]]],
         problems: dict[str, VmvaultError],
     ) -> None:
-        batch: list[tuple[str, Sequence[tuple[bytes, Sequence[PackEntry]]]]] = []
+        batch: list[tuple[str, IndexArrays]] = []
         size = 0
         for key in keys:
             try:
@@ -425,9 +481,10 @@ class LocalIndex:
             except (CorruptObject, ObjectMissing) as exc:
                 problems[key] = exc
                 continue
-            batch.append((key, packs))
+            arrays = as_arrays(packs)
+            batch.append((key, arrays))
             self.absorbed_now += 1
-            size += sum(len(e) for _, e in packs)
+            size += sum(len(e) for _, e in arrays)
             if size >= BATCH:
                 _write_objects(gen, batch)
                 batch, size = [], 0
@@ -437,7 +494,7 @@ class LocalIndex:
     def _rebuild(
         self,
         listed: Sequence[str],
-        read_object: Callable[[str], list[tuple[bytes, list[PackEntry]]]],
+        read_object: Callable[[str], Sequence[tuple[bytes, Any]]],
         problems: dict[str, VmvaultError],
     ) -> _Generation:
         """A new generation from every listed index object, made current once complete.
@@ -673,9 +730,7 @@ def _write_current(directory: Path, name: str) -> None:
         os.close(dir_fd)
 
 
-def _write_objects(
-    gen: _Generation, objects: Sequence[tuple[str, Sequence[tuple[bytes, Sequence[PackEntry]]]]]
-) -> None:
+def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]]) -> None:
     """Absorb index objects in one write transaction (called under the update lock).
 
     In listing order the first location of a chunk wins; later locations in *other* packs go
@@ -683,12 +738,12 @@ def _write_objects(
     index already names adds nothing: a pack is immutable, so its entries are the same in
     every index object that names it. The filter's bits are set before the commit: a crash
     in between leaves bits for absent chunks (a lookup more), never a missing bit.
+    Column-wise (numpy): a first open absorbs every chunk of the vault.
     """
-    new_keys: list[bytes] = []
     try:
         with gen.env.begin(write=True) as txn:
             next_no = int(txn.stat(gen.packs)["entries"])
-            rows: list[tuple[bytes, bytes, int]] = []  # chunk id, value, pack no
+            arrays, numbers_of = [], []
             for key, packs in objects:
                 if txn.get(key.encode(), db=gen.objects) is not None:
                     continue
@@ -703,26 +758,57 @@ def _write_objects(
                     txn.put(PACK_NO.pack(no), pack_id, db=gen.packs)
                     txn.put(pack_id, PACK_NO.pack(no), db=gen.pack_nos)
                     numbers.append(no)
-                    rows += [(e.chunk_id, encode_value(e.chunk_id, no, e), no) for e in entries]
+                    arrays.append(entries)
+                    numbers_of.append(np.full(len(entries), no, np.uint32))
                 txn.put(key.encode(), b"".join(PACK_NO.pack(n) for n in numbers), db=gen.objects)
-            rows.sort(key=lambda r: r[0])  # stable: equal ids keep their listing order
-            chunks = txn.cursor(db=gen.chunks)
-            for cid, value, no in rows:
-                if chunks.put(cid, value, overwrite=False):
-                    new_keys.append(cid)
-                    continue
-                current = chunks.value()
-                if PACK_NO.pack(no) != PACK_NO.pack(VALUE.unpack(current)[0]):
-                    txn.put(cid, value, db=gen.extra, dupdata=False)
-            if gen.filter is not None:
-                entries_now = int(txn.stat(gen.chunks)["entries"])
-                if filter_bits_for(entries_now) > gen.filter.log2:
-                    _grow_filter(gen, txn)
-                else:
-                    gen.filter.add(new_keys)
-                    gen.filter.flush()
+            if arrays:
+                _put_entries(gen, txn, np.concatenate(arrays), np.concatenate(numbers_of))
     except lmdb.Error as exc:
         raise LocalIndexBroken(str(exc)) from None
+
+
+def _put_entries(
+    gen: _Generation,
+    txn: lmdb.Transaction,
+    entries: np.ndarray[Any, Any],
+    numbers: np.ndarray[Any, Any],
+) -> None:
+    n = len(entries)
+    ids = np.ascontiguousarray(entries["id"])
+    values = np.empty(n, VALUE_DTYPE)
+    values["pack"] = numbers
+    for name in ("kind", "offset", "length", "start", "raw"):
+        values[name] = entries[name]
+    # CRC-32 of id + fields, as first_location checks it: one C call per entry.
+    both = np.concatenate(
+        [ids.view(np.uint8).reshape(n, 32), values.view(np.uint8).reshape(n, VALUE.size)[:, :-4]],
+        axis=1,
+    ).tobytes()
+    width = 32 + VALUE.size - 4
+    crc32 = zlib.crc32
+    values["crc"] = np.fromiter(
+        (crc32(both[i : i + width]) for i in range(0, n * width, width)), np.uint32, n
+    )
+    order = np.argsort(ids.view("S32"), kind="stable")  # B-tree order; listing order on ties
+    keys = ids[order].tobytes()
+    packed = values[order].tobytes()
+    size = VALUE.size
+    items = [(keys[i * 32 : i * 32 + 32], packed[i * size : i * size + size]) for i in range(n)]
+    _consumed, added = txn.cursor(db=gen.chunks).putmulti(items, overwrite=False)
+    if added < n:
+        # Some ids were indexed already (a copy in another pack, or twice in this batch): a
+        # copy in another pack is kept as a further location.
+        for key, value in items:
+            current = txn.get(key, db=gen.chunks)
+            if current is not None and current != value and current[:4] != value[:4]:
+                txn.put(key, value, db=gen.extra, dupdata=False)
+    if gen.filter is not None:
+        entries_now = int(txn.stat(gen.chunks)["entries"])
+        if filter_bits_for(entries_now) > gen.filter.log2:
+            _grow_filter(gen, txn)
+        else:
+            gen.filter.add(keys)
+            gen.filter.flush()
 
 
 def _grow_filter(gen: _Generation, txn: lmdb.Transaction) -> None:
@@ -739,9 +825,9 @@ def _grow_filter(gen: _Generation, txn: lmdb.Transaction) -> None:
     for key in txn.cursor(db=gen.chunks).iternext(values=False):
         keys.append(bytes(key))
         if len(keys) >= BATCH:
-            fresh.add(keys)
+            fresh.add(b"".join(keys))
             keys = []
-    fresh.add(keys)
+    fresh.add(b"".join(keys))
     fresh.flush()
     os.replace(tmp, gen.path / FILTER)
     gen.filter = fresh  # the old map is closed when the last thread reading it lets it go

@@ -56,7 +56,7 @@ from vmvault.vault.format import (
     split_pack_tail,
 )
 from vmvault.vault.index import ChunkIndex, Location
-from vmvault.vault.localindex import LocalIndex
+from vmvault.vault.localindex import IndexArrays, LocalIndex, decode_index_arrays
 from vmvault.vault.packs import PackWriter, index_key, pack_key
 
 CONFIG_KEY = "config"
@@ -177,7 +177,8 @@ class Vault:
         if self._local_index is None:
             self._local_index = LocalIndex.for_vault(self.config.vault_id)
         store = self._local_index
-        self.index_problems = store.sync(list(self.backend.list("index/")), self.read_index_object)
+        listed = list(self.backend.list("index/"))
+        self.index_problems = store.sync(listed, self.read_index_arrays)
         named_before = store.pack_count()  # packs indexed after this may be newer than the listing
         self.listed_packs = set(self.pack_ids())
         usable = self.listed_packs - self.damage.load()
@@ -235,6 +236,11 @@ class Vault:
     def read_index_object(self, key: str) -> list[tuple[bytes, list[PackEntry]]]:
         plain = self.cipher.open(self.backend.get(key), AAD_INDEX, key)
         return decode_index(plain, key)
+
+    def read_index_arrays(self, key: str) -> IndexArrays:
+        """An index object as numpy records per pack (for the host's index: no object per
+        entry)."""
+        return decode_index_arrays(self.cipher.open(self.backend.get(key), AAD_INDEX, key), key)
 
     def pack_ids(self) -> list[bytes]:
         return [bytes.fromhex(k.rsplit("/", 1)[1]) for k in self.backend.list("packs/")]
