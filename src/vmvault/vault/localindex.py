@@ -52,10 +52,12 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
 from vmvault.vault.format import INDEX_ENTRY, INDEX_PACK, PackEntry, index_plaintext
@@ -79,30 +81,45 @@ BATCH = 1 << 20
 VALUE = struct.Struct("<IBIIIII")  # pack no, kind, offset, length, start, raw length, crc32
 PACK_NO = struct.Struct(">I")  # big-endian: the packs table iterates in number order
 
-# The same layouts as numpy records: index objects are absorbed by the million, column-wise.
-INDEX_DTYPE = np.dtype(
-    [
-        ("id", "V32"),
-        ("kind", "u1"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("start", "<u4"),
-        ("raw", "<u4"),
-    ]
-)
-VALUE_DTYPE = np.dtype(
-    [
-        ("pack", "<u4"),
-        ("kind", "u1"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("start", "<u4"),
-        ("raw", "<u4"),
-        ("crc", "<u4"),
-    ]
-)
-assert INDEX_DTYPE.itemsize == INDEX_ENTRY.size and VALUE_DTYPE.itemsize == VALUE.size
-IndexArrays = list[tuple[bytes, "np.ndarray[Any, Any]"]]  # an index object: (pack id, entries)
+# Writes of up to this many entries (a writer's own index object: 64 packs of 256 chunks)
+# take a plain Python path; larger ones (a first open, a rebuild) go column-wise with numpy,
+# imported only then: a daily backup that finds nothing new to read never loads it.
+SMALL_WRITE = 1 << 16
+
+
+@functools.cache
+def _numpy() -> Any:
+    import numpy  # late on purpose: see SMALL_WRITE
+
+    return numpy
+
+
+@functools.cache
+def _dtypes() -> tuple[Any, Any]:
+    """The index entry and location layouts as numpy records (the same bytes as INDEX_ENTRY
+    and VALUE)."""
+    np = _numpy()
+    u4 = "<u4"
+    index = np.dtype(
+        [("id", "V32"), ("kind", "u1"), ("offset", u4), ("length", u4), ("start", u4), ("raw", u4)]
+    )
+    value = np.dtype(
+        [
+            ("pack", u4),
+            ("kind", "u1"),
+            ("offset", u4),
+            ("length", u4),
+            ("start", u4),
+            ("raw", u4),
+            ("crc", u4),
+        ]
+    )
+    assert index.itemsize == INDEX_ENTRY.size and value.itemsize == VALUE.size
+    return index, value
+
+
+# An index object as (pack id, entries) with entries as numpy records or PackEntry objects.
+IndexArrays = list[tuple[bytes, Any]]
 
 # The Bloom filter in front of the lookups: most chunks of a full backup are new, and a
 # filter answers "not in the vault" from one mapped page where LMDB walks a B-tree. Bits are
@@ -184,20 +201,21 @@ def decode_index_arrays(blob: bytes, what: str) -> IndexArrays:
         end = pos + count * INDEX_ENTRY.size
         if end > len(plain):
             raise CorruptObject(f"{what}: index is truncated")
-        out.append((pack_id, np.frombuffer(plain, INDEX_DTYPE, count, pos)))
+        out.append((pack_id, _numpy().frombuffer(plain, _dtypes()[0], count, pos)))
         pos = end
     return out
 
 
-def as_arrays(packs: Sequence[tuple[bytes, Any]]) -> IndexArrays:
+def _as_arrays(packs: Sequence[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
     """Packs given as PackEntry lists (what a writer has in hand) as numpy records."""
-    out: IndexArrays = []
+    np = _numpy()
+    out = []
     for pack_id, entries in packs:
         if not isinstance(entries, np.ndarray):
             rows = [
                 (e.chunk_id, e.kind, e.offset, e.length, e.start, e.raw_length) for e in entries
             ]
-            entries = np.array(rows, INDEX_DTYPE)
+            entries = np.array(rows, _dtypes()[0])
         out.append((pack_id, entries))
     return out
 
@@ -227,7 +245,7 @@ class BloomFilter:
             self._map.close()
             raise LocalIndexBroken("filter: not this generation's")
         self.mask = (1 << self.log2) - 1
-        self._bits = np.frombuffer(self._map, np.uint8, offset=FILTER_HEADER.size)
+        self._bits: Any = None  # a numpy view of the bits, made by the first bulk add
 
     @staticmethod
     def create(path: Path, log2: int, generation: bytes) -> None:
@@ -249,6 +267,17 @@ class BloomFilter:
         """Set the bits of many ids at once (``chunk_ids``: 32 bytes each, end to end)."""
         if not chunk_ids:
             return
+        if len(chunk_ids) <= 32 * SMALL_WRITE:
+            bits, mask, base = self._map, self.mask, FILTER_HEADER.size
+            for at in range(0, len(chunk_ids), 32):
+                n = int.from_bytes(chunk_ids[at : at + 8 * FILTER_PROBES], "little")
+                for shift in range(0, 64 * FILTER_PROBES, 64):
+                    i = (n >> shift) & mask
+                    bits[base + (i >> 3)] |= 1 << (i & 7)
+            return
+        np = _numpy()
+        if self._bits is None:
+            self._bits = np.frombuffer(self._map, np.uint8, offset=FILTER_HEADER.size)
         words = np.frombuffer(chunk_ids, "<u8").reshape(-1, 4)
         probes = (words[:, :FILTER_PROBES] & np.uint64(self.mask)).ravel()
         np.bitwise_or.at(
@@ -262,7 +291,7 @@ class BloomFilter:
 
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # a numpy view still alive: the GC closes it
-            del self._bits
+            self._bits = None
             self._map.close()
 
 
@@ -447,7 +476,7 @@ class LocalIndex:
         with self._update_lock():
             if self._read_current_name() != gen.path.name:
                 return False
-            _write_objects(gen, [(key, as_arrays(packs))])
+            _write_objects(gen, [(key, [(p, list(e)) for p, e in packs])])
         return True
 
     def drop(self) -> None:
@@ -481,10 +510,9 @@ class LocalIndex:
             except (CorruptObject, ObjectMissing) as exc:
                 problems[key] = exc
                 continue
-            arrays = as_arrays(packs)
-            batch.append((key, arrays))
+            batch.append((key, list(packs)))
             self.absorbed_now += 1
-            size += sum(len(e) for _, e in arrays)
+            size += sum(len(e) for _, e in packs)
             if size >= BATCH:
                 _write_objects(gen, batch)
                 batch, size = [], 0
@@ -743,7 +771,8 @@ def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]])
     try:
         with gen.env.begin(write=True) as txn:
             next_no = int(txn.stat(gen.packs)["entries"])
-            arrays, numbers_of = [], []
+            arrays: list[Any] = []  # entries of each new pack: PackEntry lists or numpy records
+            numbers_of: list[int] = []
             for key, packs in objects:
                 if txn.get(key.encode(), db=gen.objects) is not None:
                     continue
@@ -759,10 +788,24 @@ def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]])
                     txn.put(pack_id, PACK_NO.pack(no), db=gen.pack_nos)
                     numbers.append(no)
                     arrays.append(entries)
-                    numbers_of.append(np.full(len(entries), no, np.uint32))
+                    numbers_of.append(no)
                 txn.put(key.encode(), b"".join(PACK_NO.pack(n) for n in numbers), db=gen.objects)
-            if arrays:
-                _put_entries(gen, txn, np.concatenate(arrays), np.concatenate(numbers_of))
+            total = sum(len(e) for e in arrays)
+            if total and total <= SMALL_WRITE and all(isinstance(e, list) for e in arrays):
+                rows = [
+                    (e.chunk_id, encode_value(e.chunk_id, no, e))
+                    for entries, no in zip(arrays, numbers_of, strict=True)
+                    for e in entries
+                ]
+                rows.sort(key=lambda r: r[0])  # stable: equal ids keep their listing order
+                _put_items(gen, txn, rows, b"".join(r[0] for r in rows))
+            elif total:
+                np = _numpy()
+                arrays = [a for _, a in _as_arrays([(b"", e) for e in arrays])]
+                numbers = [
+                    np.full(len(a), no, np.uint32) for a, no in zip(arrays, numbers_of, strict=True)
+                ]
+                _put_entries(gen, txn, np.concatenate(arrays), np.concatenate(numbers))
     except lmdb.Error as exc:
         raise LocalIndexBroken(str(exc)) from None
 
@@ -773,9 +816,10 @@ def _put_entries(
     entries: np.ndarray[Any, Any],
     numbers: np.ndarray[Any, Any],
 ) -> None:
+    np = _numpy()
     n = len(entries)
     ids = np.ascontiguousarray(entries["id"])
-    values = np.empty(n, VALUE_DTYPE)
+    values = np.empty(n, _dtypes()[1])
     values["pack"] = numbers
     for name in ("kind", "offset", "length", "start", "raw"):
         values[name] = entries[name]
@@ -794,8 +838,15 @@ def _put_entries(
     packed = values[order].tobytes()
     size = VALUE.size
     items = [(keys[i * 32 : i * 32 + 32], packed[i * size : i * size + size]) for i in range(n)]
+    _put_items(gen, txn, items, keys)
+
+
+def _put_items(
+    gen: _Generation, txn: lmdb.Transaction, items: list[tuple[bytes, bytes]], keys: bytes
+) -> None:
+    """Put (chunk id, location) pairs in id order; ``keys``: their ids end to end."""
     _consumed, added = txn.cursor(db=gen.chunks).putmulti(items, overwrite=False)
-    if added < n:
+    if added < len(items):
         # Some ids were indexed already (a copy in another pack, or twice in this batch): a
         # copy in another pack is kept as a further location.
         for key, value in items:

@@ -20,7 +20,7 @@ import pytest
 from vmvault.backends.local import LocalBackend
 from vmvault.errors import CorruptObject
 from vmvault.vault import localindex
-from vmvault.vault.format import PackEntry
+from vmvault.vault.format import PackEntry, encode_index
 from vmvault.vault.index import ChunkIndex, LocalIndexDamaged
 from vmvault.vault.localindex import CURRENT, DATA, LocalIndex, index_dir
 from vmvault.vault.vault import Vault
@@ -49,15 +49,29 @@ class Objects:
     def add(self, key: str, *packs: tuple[bytes, list[PackEntry]]) -> None:
         self.objects[key] = list(packs)
 
+    as_records = False  # answer as a vault does: numpy records decoded from the bytes
+
     def read(self, key: str) -> Packs:
         self.reads.append(key)
         if key not in self.objects:
             raise CorruptObject(f"{key}: damaged")
+        if self.as_records:
+            return localindex.decode_index_arrays(encode_index(self.objects[key]), key)
         return self.objects[key]
 
     def sync(self, store: LocalIndex) -> dict[str, object]:
         self.reads = []
         return dict(store.sync(sorted(self.objects), self.read))
+
+
+@pytest.fixture(autouse=True, params=["python", "numpy"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: small writes take a plain Python path, large ones numpy's; index
+    objects read from a vault come as numpy records (``decode_index_arrays``)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(localindex, "SMALL_WRITE", 0)
+        monkeypatch.setattr(Objects, "as_records", True)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -299,7 +313,7 @@ def test_the_filter_grows_and_answers_for_every_chunk(
 CHILD = """
 import hashlib, os, sys, time
 sys.path.insert(0, {src!r})
-from vmvault.vault.format import PackEntry
+from vmvault.vault.format import PackEntry, encode_index
 from vmvault.vault.localindex import LocalIndex
 
 def cid(name):
