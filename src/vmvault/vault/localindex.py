@@ -543,7 +543,7 @@ class LocalIndex:
                 txn.put(b"schema", SCHEMA, db=gen.meta)
                 txn.put(b"vault", self.vault_id.encode(), db=gen.meta)
                 txn.put(b"generation", generation, db=gen.meta)
-            self._absorb_keys(gen, listed, read_object, problems)
+            self._bulk_load(gen, listed, read_object, problems)
             with gen.env.begin(write=True) as txn:
                 txn.put(b"complete", b"1", db=gen.meta)
             gen.env.sync(True)
@@ -556,6 +556,107 @@ class LocalIndex:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)  # its readers keep their mapping
         return gen
+
+    def _bulk_load(
+        self,
+        gen: _Generation,
+        listed: Sequence[str],
+        read_object: Callable[[str], Sequence[tuple[bytes, Any]]],
+        problems: dict[str, VmvaultError],
+    ) -> None:
+        """Every listed index object into an empty generation, by an external sort.
+
+        Inserting ids in the order index objects list them would touch a random page of
+        the B-tree per chunk: each transaction rewrites most of the file (measured: 343 s
+        and 271 bytes a chunk at 20 million, and LMDB's dirty pages in the process's own
+        memory). Instead the locations go to 256 bucket files by the id's first byte (in
+        listing order), then each bucket is sorted in memory (stable: the first location
+        of an id stays first) and appended at the end of the B-tree: sequential writes, full
+        pages, memory one bucket (1/256 of the index).
+        """
+        np = _numpy()
+        record = np.dtype([("id", "V32"), ("value", f"V{VALUE.size}")])
+        work = gen.path / "sort"
+        work.mkdir(mode=0o700)
+        buckets = [open(work / f"{b:02x}", "wb") for b in range(256)]  # noqa: SIM115
+        try:
+            next_no = total = 0
+            for key in listed:
+                try:
+                    packs = read_object(key)
+                except (CorruptObject, ObjectMissing) as exc:
+                    problems[key] = exc
+                    continue
+                self.absorbed_now += 1
+                with gen.env.begin(write=True) as txn:
+                    numbers, arrays, numbers_of = [], [], []
+                    for pack_id, entries in _as_arrays(packs):
+                        value = txn.get(pack_id, db=gen.pack_nos)
+                        if value is not None:  # named by an earlier object: the same entries
+                            numbers.append(int(PACK_NO.unpack(value)[0]))
+                            continue
+                        no, next_no = next_no, next_no + 1
+                        txn.put(PACK_NO.pack(no), pack_id, db=gen.packs)
+                        txn.put(pack_id, PACK_NO.pack(no), db=gen.pack_nos)
+                        numbers.append(no)
+                        arrays.append(entries)
+                        numbers_of.append(np.full(len(entries), no, np.uint32))
+                    txn.put(
+                        key.encode(), b"".join(PACK_NO.pack(n) for n in numbers), db=gen.objects
+                    )
+                if not arrays:
+                    continue
+                ids, values = _locations(np.concatenate(arrays), np.concatenate(numbers_of))
+                rows = np.empty(len(ids), record)
+                rows["id"] = ids
+                rows["value"] = values.view(f"V{VALUE.size}")
+                first = ids.view(np.uint8).reshape(-1, 32)[:, 0]
+                order = np.argsort(first, kind="stable")
+                bounds = np.searchsorted(first[order], np.arange(257))
+                rows = rows[order]
+                for b in range(256):
+                    if bounds[b] < bounds[b + 1]:
+                        buckets[b].write(rows[bounds[b] : bounds[b + 1]].tobytes())
+                total += len(ids)
+            for f in buckets:
+                f.close()
+            BloomFilter.create(gen.path / FILTER, filter_bits_for(total * 2), gen.generation)
+            gen.filter = BloomFilter(gen.path / FILTER, gen.generation)
+            for b in range(256):
+                rows = np.fromfile(work / f"{b:02x}", record)
+                (work / f"{b:02x}").unlink()
+                if len(rows):
+                    self._append_bucket(gen, rows)
+            gen.filter.flush()
+        finally:
+            for f in buckets:
+                f.close()
+            shutil.rmtree(work, ignore_errors=True)
+
+    @staticmethod
+    def _append_bucket(gen: _Generation, rows: Any) -> None:
+        """One bucket's locations, sorted, appended to the B-tree (ids above every id there)."""
+        np = _numpy()
+        rows = rows[np.argsort(rows["id"].view("S32"), kind="stable")]
+        ids = np.ascontiguousarray(rows["id"]).view("S32")
+        first = np.ones(len(rows), bool)
+        first[1:] = ids[1:] != ids[:-1]  # a later location of an id (another pack's copy)
+        keys = np.ascontiguousarray(rows["id"][first]).tobytes()
+        values = np.ascontiguousarray(rows["value"][first]).tobytes()
+        size = VALUE.size
+        items = [
+            (keys[i * 32 : i * 32 + 32], values[i * size : i * size + size])
+            for i in range(len(keys) // 32)
+        ]
+        with gen.env.begin(write=True) as txn:
+            txn.cursor(db=gen.chunks).putmulti(items, append=True)
+            for i in np.flatnonzero(~first):
+                key, value = bytes(rows["id"][i]), bytes(rows["value"][i])
+                current = txn.get(key, db=gen.chunks)
+                if current is not None and current[:4] != value[:4]:
+                    txn.put(key, value, db=gen.extra, dupdata=False)
+        assert gen.filter is not None
+        gen.filter.add(keys)
 
     # -- generations ----------------------------------------------------------------------
 
@@ -810,12 +911,9 @@ def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]])
         raise LocalIndexBroken(str(exc)) from None
 
 
-def _put_entries(
-    gen: _Generation,
-    txn: lmdb.Transaction,
-    entries: np.ndarray[Any, Any],
-    numbers: np.ndarray[Any, Any],
-) -> None:
+def _locations(entries: Any, numbers: Any) -> tuple[Any, Any]:
+    """Index entries (numpy records) and their pack numbers as ids (contiguous ``V32``) and
+    locations (``VALUE`` records, CRC included)."""
     np = _numpy()
     n = len(entries)
     ids = np.ascontiguousarray(entries["id"])
@@ -833,11 +931,24 @@ def _put_entries(
     values["crc"] = np.fromiter(
         (crc32(both[i : i + width]) for i in range(0, n * width, width)), np.uint32, n
     )
+    return ids, values
+
+
+def _put_entries(
+    gen: _Generation,
+    txn: lmdb.Transaction,
+    entries: np.ndarray[Any, Any],
+    numbers: np.ndarray[Any, Any],
+) -> None:
+    np = _numpy()
+    ids, values = _locations(entries, numbers)
     order = np.argsort(ids.view("S32"), kind="stable")  # B-tree order; listing order on ties
     keys = ids[order].tobytes()
     packed = values[order].tobytes()
     size = VALUE.size
-    items = [(keys[i * 32 : i * 32 + 32], packed[i * size : i * size + size]) for i in range(n)]
+    items = [
+        (keys[i * 32 : i * 32 + 32], packed[i * size : i * size + size]) for i in range(len(ids))
+    ]
     _put_items(gen, txn, items, keys)
 
 

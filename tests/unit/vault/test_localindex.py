@@ -295,10 +295,13 @@ def test_the_filter_grows_and_answers_for_every_chunk(
     names = [f"c{i}" for i in range(300)]
     for i in range(0, 300, 50):
         objects.add(f"index/{i:03}", pack(f"p{i}", names[i : i + 50]))
+    first = dict(list(objects.objects.items())[:1])
+    LocalIndex(tmp_path, VAULT_ID).sync(sorted(first), first.__getitem__)  # 50: 2 ** 11 bits
     store = LocalIndex(tmp_path, VAULT_ID)
-    objects.sync(store)
+    objects.sync(store)  # 250 more, absorbed: the filter grows
+    assert store.absorbed_now == 5 and not store.rebuilt
     assert store._gen is not None and store._gen.filter is not None
-    assert store._gen.filter.log2 > 8
+    assert store._gen.filter.log2 > 11
     index = ChunkIndex.opened(store, {p for o in objects.objects.values() for p, _ in o})
     assert all(index.claimable(cid(n)) for n in names)
     reopened = LocalIndex(tmp_path, VAULT_ID)  # maps the grown filter
