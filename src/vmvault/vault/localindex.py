@@ -37,6 +37,7 @@ Memory: the file is mapped, not read; a process's own memory does not grow with 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import logging
@@ -120,6 +121,11 @@ def _dtypes() -> tuple[Any, Any]:
 
 # An index object as (pack id, entries) with entries as numpy records or PackEntry objects.
 IndexArrays = list[tuple[bytes, Any]]
+
+# Every this many lookups a process lets go of the index pages it has mapped (madvise
+# MADV_DONTNEED: they stay in the page cache, a later touch is a minor fault): a worker's RSS
+# then stays its own memory plus at most this many lookups' pages, however big the vault.
+TRIM_EVERY = 1 << 14
 
 # The Bloom filter in front of the lookups: most chunks of a full backup are new, and a
 # filter answers "not in the vault" from one mapped page where LMDB walks a B-tree. Bits are
@@ -289,6 +295,10 @@ class BloomFilter:
     def flush(self) -> None:
         self._map.flush()
 
+    def trim(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # a numpy view still alive: the GC closes it
             self._bits = None
@@ -311,6 +321,43 @@ class _Generation:
     generation: bytes
     filter: BloomFilter | None
     users: int = 0
+    mapped: tuple[int, int] | None = None  # the data file's mapping in this process
+
+    def trim(self) -> None:
+        """Drop this process's page-table entries for the index's mapped files (read-only
+        shared mappings: nothing is lost, the pages stay in the page cache)."""
+        if self.mapped is None:
+            self.mapped = _mapping_of(self.path / DATA) or (0, 0)
+        start, end = self.mapped
+        if end > start:
+            _libc_madvise(start, end - start)
+        if self.filter is not None:
+            self.filter.trim()
+
+
+def _mapping_of(path: Path) -> tuple[int, int] | None:
+    """Where ``path`` is mapped in this process (Linux's /proc/self/maps), or None."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n").removesuffix(" (deleted)") == target:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    return start, end
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _libc_madvise(start: int, length: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), mmap.MADV_DONTNEED)
 
 
 # LMDB forbids opening one file twice in a process (closing one handle drops the other's
@@ -412,6 +459,7 @@ class LocalIndex:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.rebuilt = False  # set by sync: the last sync built a new generation
         self.absorbed_now = 0  # index objects the last sync read
+        self._lookups = 0  # since the last trim (approximate: threads race on it, harmlessly)
 
     @classmethod
     def for_vault(cls, vault_id: str) -> LocalIndex:
@@ -740,7 +788,15 @@ class LocalIndex:
 
     def may_contain(self, chunk_id: bytes) -> bool:
         f = self._gen.filter if self._gen is not None else None
+        self._counted()
         return f is None or f.may_contain(chunk_id)
+
+    def _counted(self) -> None:
+        self._lookups += 1
+        if self._lookups >= TRIM_EVERY:
+            self._lookups = 0
+            if self._gen is not None:
+                self._gen.trim()
 
     def locations(self, chunk_id: bytes) -> list[tuple[int, int, int, int, int, int]]:
         """The chunk's locations, the first indexed first (usually one, or none)."""
@@ -763,6 +819,7 @@ class LocalIndex:
         gen = self._gen
         if gen is None:
             raise LocalIndexBroken("not opened")
+        self._counted()
         try:
             with gen.env.begin(db=gen.chunks) as txn:
                 value = txn.get(chunk_id)

@@ -421,3 +421,19 @@ def test_a_vault_opens_without_reading_absorbed_index_objects(
     # `vault reindex` replaces the index objects: the host's index follows
     assert lost.rebuild_index() == (0, []) and list(backend.list("index/")) == []
     assert len(lost.index) == 0 and key not in read
+
+
+def test_lookups_let_go_of_mapped_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objects: Objects
+) -> None:
+    """A worker's RSS stays its own: every TRIM_EVERY lookups the mapped index pages go back
+    to the page cache; the answers do not change."""
+    monkeypatch.setattr(localindex, "TRIM_EVERY", 3)
+    index = opened(tmp_path, objects)
+    store = index._store
+    assert store is not None and store._gen is not None
+    for _ in range(5):
+        assert index.claimable(cid("c1")) and not index.claimable(cid("new"))
+        assert index.get(cid("c3")).pack_id == cid("pack p2")  # type: ignore[union-attr]
+    start, end = store._gen.mapped or (0, 0)
+    assert end > start  # the data file's mapping was found in /proc/self/maps
