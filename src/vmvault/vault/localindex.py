@@ -122,10 +122,25 @@ def _dtypes() -> tuple[Any, Any]:
 # An index object as (pack id, entries) with entries as numpy records or PackEntry objects.
 IndexArrays = list[tuple[bytes, Any]]
 
-# Every this many lookups a process lets go of the index pages it has mapped (madvise
-# MADV_DONTNEED: they stay in the page cache, a later touch is a minor fault): a worker's RSS
-# then stays its own memory plus at most this many lookups' pages, however big the vault.
-TRIM_EVERY = 1 << 14
+# A process's RSS counts the pages of the mapped index it has touched (the kernel's page
+# cache, shared and reclaimable, but counted). Every TRIM_EVERY lookups it reads how many file
+# pages it has mapped and, past MAPPED_BUDGET, lets go of the data file's (madvise
+# MADV_DONTNEED: they stay in the page cache; a later touch is a minor fault, ~2-10 µs here).
+# So a worker's RSS stays its own memory + the filter (<= 256 MiB) + the budget, however big
+# the vault, and a vault whose index fits the budget never pays a fault.
+TRIM_EVERY = 1 << 12
+MAPPED_BUDGET = 512 << 20
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _mapped_file_bytes() -> int:
+    """Resident shared (file-backed) memory of this process, from /proc/self/statm."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[2]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
 
 # The Bloom filter in front of the lookups: most chunks of a full backup are new, and a
 # filter answers "not in the vault" from one mapped page where LMDB walks a B-tree. Bits are
@@ -295,10 +310,6 @@ class BloomFilter:
     def flush(self) -> None:
         self._map.flush()
 
-    def trim(self) -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            self._map.madvise(mmap.MADV_DONTNEED)
-
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # a numpy view still alive: the GC closes it
             self._bits = None
@@ -324,15 +335,17 @@ class _Generation:
     mapped: tuple[int, int] | None = None  # the data file's mapping in this process
 
     def trim(self) -> None:
-        """Drop this process's page-table entries for the index's mapped files (read-only
-        shared mappings: nothing is lost, the pages stay in the page cache)."""
+        """Drop this process's page-table entries for the index's data file (a read-only
+        shared mapping: nothing is lost, the pages stay in the page cache)."""
         if self.mapped is None:
             self.mapped = _mapping_of(self.path / DATA) or (0, 0)
         start, end = self.mapped
+        with contextlib.suppress(OSError):  # only the file's length: LMDB reserves far more
+            end = min(end, start + (self.path / DATA).stat().st_size)
         if end > start:
             _libc_madvise(start, end - start)
-        if self.filter is not None:
-            self.filter.trim()
+        # Not the filter: every lookup probes it, so dropping it would cost a fault per probe
+        # after each trim, and it is capped (FILTER_MAX_BITS).
 
 
 def _mapping_of(path: Path) -> tuple[int, int] | None:
@@ -795,7 +808,7 @@ class LocalIndex:
         self._lookups += 1
         if self._lookups >= TRIM_EVERY:
             self._lookups = 0
-            if self._gen is not None:
+            if self._gen is not None and _mapped_file_bytes() > MAPPED_BUDGET:
                 self._gen.trim()
 
     def locations(self, chunk_id: bytes) -> list[tuple[int, int, int, int, int, int]]:

@@ -429,6 +429,7 @@ def test_lookups_let_go_of_mapped_pages(
     """A worker's RSS stays its own: every TRIM_EVERY lookups the mapped index pages go back
     to the page cache; the answers do not change."""
     monkeypatch.setattr(localindex, "TRIM_EVERY", 3)
+    monkeypatch.setattr(localindex, "MAPPED_BUDGET", 0)
     index = opened(tmp_path, objects)
     store = index._store
     assert store is not None and store._gen is not None
