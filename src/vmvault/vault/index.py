@@ -62,9 +62,10 @@ class ChunkIndex:
         listing, and is present (a pack is durable before an index object names it)."""
         index = cls(store)
         limit = store.pack_count() if named_before is None else named_before
-        index._missing = {
-            pack_id for pack_id, no in store.named_packs() if no < limit and pack_id not in usable
-        }
+        try:
+            index._missing = {p for p in store.first_packs(limit) if p not in usable}
+        except LocalIndexBroken as exc:
+            raise store.invalidate(str(exc)) from None
         return index
 
     def add_pack(

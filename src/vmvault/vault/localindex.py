@@ -873,6 +873,18 @@ class LocalIndex:
                     out[pack_id] = int(PACK_NO.unpack(value)[0])
         return out
 
+    def first_packs(self, count: int) -> Iterator[bytes]:
+        """The ids of packs numbered below ``count`` (number order)."""
+        gen = self._current()
+        try:
+            with gen.env.begin(db=gen.packs) as txn:
+                for i, pack_id in enumerate(txn.cursor().iternext(keys=False)):
+                    if i >= count:
+                        break
+                    yield bytes(pack_id)
+        except lmdb.Error as exc:
+            raise LocalIndexBroken(str(exc)) from None
+
     def named_packs(self) -> Iterator[tuple[bytes, int]]:
         """Every pack id the index names, with its number (pack id order)."""
         gen = self._current()
