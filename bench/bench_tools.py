@@ -80,6 +80,9 @@ class Vmvault(Tool):
             "VMVAULT_PASSPHRASE": PASSPHRASE,
             "VMVAULT_VAULT": str(self.repo),
             "VMVAULT_CATALOG": f"sqlite:///{self.catalog}",
+            # The host's chunk index of this run's vault, removed with the run, never the
+            # user's ~/.cache (clean_env drops any VMVAULT_CACHE_DIR given to the bench).
+            "VMVAULT_CACHE_DIR": str(self.home / "cache"),
         }
 
     def init_cmd(self) -> list[str]:
