@@ -48,6 +48,9 @@ class ChunkIndex:
         self._excluded: frozenset[bytes] = frozenset()
         self._missing: set[bytes] = set()  # indexed, but the backend does not have them
         self._pack_ids: dict[int, bytes] = {}
+        # Index objects this process wrote that the store has not taken yet (its lock was
+        # busy): their packs stay in memory meanwhile.
+        self._unabsorbed: list[tuple[str, Sequence[tuple[bytes, Sequence[PackEntry]]]]] = []
         self._lock = threading.Lock()
 
     @classmethod
@@ -96,23 +99,32 @@ class ChunkIndex:
 
     def absorbed(self, key: str, packs: Sequence[tuple[bytes, Sequence[PackEntry]]]) -> None:
         """This process wrote index object ``key`` naming ``packs``: the persistent index
-        takes them over, and memory lets them go."""
+        takes them over, and memory lets them go. While another process holds the host's
+        update lock they wait here and go with the next one."""
         if self._store is None:
             return
+        with self._lock:
+            self._unabsorbed.append((key, packs))
+            batch = list(self._unabsorbed)
         try:
-            taken = self._store.absorb(key, packs)
+            taken = self._store.absorb(batch)
         except LocalIndexBroken as exc:
             raise self._store.invalidate(str(exc)) from None
-        if not taken:
-            return  # the index was rebuilt meanwhile: they stay in memory for this run
+        if taken is None:
+            return  # the lock is busy: still in memory, absorbed with the next object
         with self._lock:
-            for pack_id, entries in packs:
-                if self._packs.pop(pack_id, None) is None:
-                    continue
-                for e in entries:
-                    loc = self._entries.get(e.chunk_id)
-                    if loc is not None and loc.pack_id == pack_id:
-                        del self._entries[e.chunk_id]
+            taken_ids = {id(o) for o in batch}
+            self._unabsorbed = [o for o in self._unabsorbed if id(o) not in taken_ids]
+            if not taken:
+                return  # the index was rebuilt meanwhile: they stay in memory for this run
+            for _, object_packs in batch:
+                for pack_id, entries in object_packs:
+                    if self._packs.pop(pack_id, None) is None:
+                        continue
+                    for e in entries:
+                        loc = self._entries.get(e.chunk_id)
+                        if loc is not None and loc.pack_id == pack_id:
+                            del self._entries[e.chunk_id]
 
     def exclude_packs(self, packs: Iterable[bytes]) -> None:
         """Packs that garbage collection is about to remove: readable, but not to be reused."""

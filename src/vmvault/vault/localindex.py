@@ -528,22 +528,30 @@ class LocalIndex:
         self._use(gen)
         return problems
 
-    def absorb(self, key: str, packs: Sequence[tuple[bytes, Sequence[PackEntry]]]) -> bool:
-        """Record an index object this process has just written (no need to read it back);
-        False when the index was rebuilt meanwhile (the next open absorbs it then)."""
+    def absorb(
+        self, objects: Sequence[tuple[str, Sequence[tuple[bytes, Sequence[PackEntry]]]]]
+    ) -> bool | None:
+        """Record index objects this process has just written (no need to read them back).
+
+        Never waits: a backup's uploader calls this, and another process may hold the lock
+        for minutes (a rebuild). None when the lock is busy (try again later); False when
+        the index was rebuilt meanwhile (the next open absorbs them from the listing)."""
         gen = self._gen
         if gen is None:
             return False
-        with self._update_lock():
+        with self._update_lock(wait=False) as locked:
+            if not locked:
+                return None
             if self._read_current_name() != gen.path.name:
                 return False
-            _write_objects(gen, [(key, [(p, list(e)) for p, e in packs])])
+            _write_objects(gen, [(k, [(p, list(e)) for p, e in packs]) for k, packs in objects])
         return True
 
     def drop(self) -> None:
-        """Make the next open rebuild from the vault (this process keeps its mapping)."""
+        """Make the next open rebuild from the vault (this process keeps its mapping).
+        Without waiting for the lock: at worst a rebuild finishing meanwhile is redone."""
         gen = self._gen
-        with contextlib.suppress(OSError), self._update_lock():
+        with contextlib.suppress(OSError), self._update_lock(wait=False):
             if gen is None or self._read_current_name() == gen.path.name:
                 (self.directory / CURRENT).unlink(missing_ok=True)
 
@@ -783,12 +791,17 @@ class LocalIndex:
             self._release(self._gen)
 
     @contextlib.contextmanager
-    def _update_lock(self) -> Iterator[None]:
+    def _update_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """The host-wide update lock; yields whether it is held (always, when waiting)."""
         _private_dirs(self.directory)
         fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
         finally:
             os.close(fd)  # releases the lock
 

@@ -162,6 +162,31 @@ def test_first_location_wins_across_objects_and_in_memory(tmp_path: Path) -> Non
     assert objects.reads == ["index/1", "index/2"]  # the open above; index/3 was never read
 
 
+def test_a_busy_lock_never_holds_up_a_writer(tmp_path: Path, objects: Objects) -> None:
+    """Another process rebuilding (holding the update lock) does not stall a backup's
+    uploader: its packs stay in memory and go to the store with the next index object."""
+    import fcntl
+
+    index = opened(tmp_path, objects)
+    first, second = pack("p3", ["x"]), pack("p4", ["y"])
+    fd = os.open(tmp_path / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another process would
+        index.add_pack(*first)
+        index.absorbed("index/3", [first])  # returns at once
+        assert index._packs == {cid("pack p3"): 1} and index.get(cid("x")) is not None
+    finally:
+        os.close(fd)
+    index.add_pack(*second)
+    index.absorbed("index/4", [second])
+    assert index._entries == {} and index._unabsorbed == []
+    objects.add("index/3", first)
+    objects.add("index/4", second)
+    again = LocalIndex(tmp_path, VAULT_ID)
+    objects.sync(again)
+    assert objects.reads == [] and len(ChunkIndex.opened(again, set())) == 5
+
+
 def test_a_lost_packs_chunks_are_placeholders(tmp_path: Path) -> None:
     objects = Objects()
     objects.add("index/1", pack("lost", ["x", "y"]))
