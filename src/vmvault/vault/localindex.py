@@ -48,6 +48,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -129,6 +130,10 @@ IndexArrays = list[tuple[bytes, Any]]
 # So a worker's RSS stays its own memory + the filter (<= 256 MiB) + the budget, however big
 # the vault, and a vault whose index fits the budget never pays a fault.
 TRIM_EVERY = 1 << 12
+# Lookups reuse their thread's read transaction (beginning one per lookup costs 3-4 times the
+# lookup itself) for at most this long: a reader pins the snapshot it sees, and pages freed
+# after it cannot be reused by writers until it ends.
+READER_AGE = 0.5
 MAPPED_BUDGET = 512 << 20
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -473,6 +478,10 @@ class LocalIndex:
         self.rebuilt = False  # set by sync: the last sync built a new generation
         self.absorbed_now = 0  # index objects the last sync read
         self._lookups = 0  # since the last trim (approximate: threads race on it, harmlessly)
+        # Each thread's read transaction of the chunks table (thread id -> (txn, generation,
+        # epoch, when)); the epoch moves when this process writes, so its own writes are seen.
+        self._readers: dict[int, tuple[lmdb.Transaction, _Generation, int, float]] = {}
+        self._epoch = 0
 
     @classmethod
     def for_vault(cls, vault_id: str) -> LocalIndex:
@@ -545,6 +554,7 @@ class LocalIndex:
             if self._read_current_name() != gen.path.name:
                 return False
             _write_objects(gen, [(k, [(p, list(e)) for p, e in packs]) for k, packs in objects])
+        self._epoch += 1  # every thread's next lookup takes a snapshot that has them
         return True
 
     def drop(self) -> None:
@@ -774,11 +784,13 @@ class LocalIndex:
         if self._gen is not None and self._gen is not gen:
             self._release(self._gen)
         self._gen = gen
+        self._epoch += 1  # synced: readers take a fresh snapshot
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _release_generation, gen)
+        self._finalizer = weakref.finalize(self, _release_readers, self._readers, gen)
 
     def _release(self, gen: _Generation) -> None:
+        self._end_readers()
         if self._gen is gen:
             self._gen = None
             if self._finalizer is not None:
@@ -817,6 +829,29 @@ class LocalIndex:
         self._counted()
         return f is None or f.may_contain(chunk_id)
 
+    def _reader(self, gen: _Generation) -> lmdb.Transaction:
+        """This thread's read transaction of the chunks table (renewed: see READER_AGE)."""
+        me = threading.get_ident()
+        now = time.monotonic()
+        held = self._readers.get(me)
+        if held is not None:
+            txn, its_gen, epoch, since = held
+            if its_gen is gen and epoch == self._epoch and now - since < READER_AGE:
+                return txn
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+        txn = gen.env.begin(db=gen.chunks)
+        self._readers[me] = (txn, gen, self._epoch, now)
+        return txn
+
+    def _end_readers(self) -> None:
+        """Abort every thread's read transaction (the index is let go, or written)."""
+        readers = list(self._readers.values())
+        self._readers.clear()  # in place: the finalizer holds this dict
+        for txn, *_ in readers:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+
     def _counted(self) -> None:
         self._lookups += 1
         if self._lookups >= TRIM_EVERY:
@@ -847,8 +882,7 @@ class LocalIndex:
             raise LocalIndexBroken("not opened")
         self._counted()
         try:
-            with gen.env.begin(db=gen.chunks) as txn:
-                value = txn.get(chunk_id)
+            value = self._reader(gen).get(chunk_id)
         except lmdb.Error as exc:
             raise LocalIndexBroken(str(exc)) from None
         if value is None:
@@ -938,6 +972,17 @@ class LocalIndex:
     def disk_usage(self) -> int:
         gen = self._current()
         return sum(f.stat().st_size for f in gen.path.iterdir() if f.is_file())
+
+
+def _release_readers(
+    readers: dict[int, tuple[lmdb.Transaction, _Generation, int, float]], gen: _Generation
+) -> None:
+    """A LocalIndex was let go: its threads' read transactions end, then its generation."""
+    for txn, *_ in list(readers.values()):
+        with contextlib.suppress(lmdb.Error):
+            txn.abort()
+    readers.clear()
+    _release_generation(gen)
 
 
 def _write_current(directory: Path, name: str) -> None:
