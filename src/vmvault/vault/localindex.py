@@ -653,6 +653,8 @@ class LocalIndex:
         of an id stays first) and appended at the end of the B-tree: sequential writes, full
         pages, memory one bucket (1/256 of the index).
         """
+        if not listed:  # a new vault: nothing to sort, and no numpy to load for it
+            return
         np = _numpy()
         record = np.dtype([("id", "V32"), ("value", f"V{VALUE.size}")])
         work = gen.path / "sort"
