@@ -31,7 +31,8 @@ key and those fields): a value damaged on disk is detected and the generation dr
 followed to a wrong offset.
 
 Memory: the file is mapped, not read; a process's own memory does not grow with the vault
-(the pages it touches are the kernel's page cache, shared by every process of the host).
+(the pages it touches are the kernel's page cache, shared by every process of the host, and
+past MAPPED_BUDGET of them a process lets the data file's go: see TRIM_EVERY).
 """
 
 from __future__ import annotations
