@@ -130,13 +130,18 @@ IndexArrays = list[tuple[bytes, Any]]
 # MADV_DONTNEED: they stay in the page cache; a later touch is a minor fault, ~2-10 µs here).
 # So a worker's RSS stays its own memory + the filter (<= 256 MiB) + the budget, however big
 # the vault, and a vault whose index fits the budget never pays a fault.
-TRIM_EVERY = 1 << 12
+TRIM_EVERY = 1 << 11
 # Lookups reuse their thread's read transaction (beginning one per lookup costs 3-4 times the
 # lookup itself) for at most this long: a reader pins the snapshot it sees, and pages freed
 # after it cannot be reused by writers until it ends.
 READER_AGE = 0.5
-MAPPED_BUDGET = 512 << 20
+MAPPED_BUDGET = 384 << 20  # all of the process's file pages: the filter's and libraries' too
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _trim_if_over(gen: _Generation) -> None:
+    if _mapped_file_bytes() > MAPPED_BUDGET:
+        gen.trim()
 
 
 def _mapped_file_bytes() -> int:
@@ -739,6 +744,7 @@ class LocalIndex:
                     txn.put(key, value, db=gen.extra, dupdata=False)
         assert gen.filter is not None
         gen.filter.add(keys)
+        _trim_if_over(gen)
 
     # -- generations ----------------------------------------------------------------------
 
@@ -859,8 +865,8 @@ class LocalIndex:
         self._lookups += 1
         if self._lookups >= TRIM_EVERY:
             self._lookups = 0
-            if self._gen is not None and _mapped_file_bytes() > MAPPED_BUDGET:
-                self._gen.trim()
+            if self._gen is not None:
+                _trim_if_over(self._gen)
 
     def locations(self, chunk_id: bytes) -> list[tuple[int, int, int, int, int, int]]:
         """The chunk's locations, the first indexed first (usually one, or none)."""
@@ -1099,7 +1105,13 @@ def _put_items(
     gen: _Generation, txn: lmdb.Transaction, items: list[tuple[bytes, bytes]], keys: bytes
 ) -> None:
     """Put (chunk id, location) pairs in id order; ``keys``: their ids end to end."""
-    _consumed, added = txn.cursor(db=gen.chunks).putmulti(items, overwrite=False)
+    # In slices, with the mapped-pages budget checked between them: each insert reads a
+    # random leaf through the map (LMDB's dirty copies are apart: the map is read-only).
+    cursor = txn.cursor(db=gen.chunks)
+    added = 0
+    for lo in range(0, len(items), TRIM_EVERY):
+        added += cursor.putmulti(items[lo : lo + TRIM_EVERY], overwrite=False)[1]
+        _trim_if_over(gen)
     if added < len(items):
         # Some ids were indexed already (a copy in another pack, or twice in this batch): a
         # copy in another pack is kept as a further location.
