@@ -458,7 +458,7 @@ def test_lookups_let_go_of_mapped_pages(
     """A worker's RSS stays its own: every TRIM_EVERY lookups the mapped index pages go back
     to the page cache; the answers do not change."""
     monkeypatch.setattr(localindex, "TRIM_EVERY", 3)
-    monkeypatch.setattr(localindex, "MAPPED_BUDGET", 0)
+    monkeypatch.setattr(localindex, "MAPPED_BUDGET", 1)  # one byte: always over
     index = opened(tmp_path, objects)
     store = index._store
     assert store is not None and store._gen is not None
@@ -467,3 +467,13 @@ def test_lookups_let_go_of_mapped_pages(
         assert index.get(cid("c3")).pack_id == cid("pack p2")  # type: ignore[union-attr]
     start, end = store._gen.mapped or (0, 0)
     assert end > start  # the data file's mapping was found in /proc/self/maps
+
+
+def test_the_mapped_budget_can_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert localindex._mapped_budget() == localindex.MAPPED_BUDGET
+    monkeypatch.setenv("VMVAULT_INDEX_MAPPED_MB", "0")
+    assert localindex._mapped_budget() == 0  # never trim
+    monkeypatch.setenv("VMVAULT_INDEX_MAPPED_MB", "1024")
+    assert localindex._mapped_budget() == 1 << 30
+    monkeypatch.setenv("VMVAULT_INDEX_MAPPED_MB", "lots")
+    assert localindex._mapped_budget() == localindex.MAPPED_BUDGET
