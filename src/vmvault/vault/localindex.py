@@ -990,10 +990,6 @@ class LocalIndex:
         except lmdb.Error as exc:
             raise LocalIndexBroken(str(exc)) from None
 
-    def disk_usage(self) -> int:
-        gen = self._current()
-        return sum(f.stat().st_size for f in gen.path.iterdir() if f.is_file())
-
 
 def _release_readers(
     readers: dict[int, tuple[lmdb.Transaction, _Generation, int, float]], gen: _Generation
