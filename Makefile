@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 # kernel has the device-mapper LVM needs, where the host's has none), Chromium for the
 # dashboard's browser tests (Playwright drives it; it downloads no browser), the QEMU guest
 # agent (file-system freeze inside a guest), virsh (libvirt discovery, against libvirt's
-# daemonless test driver), PostgreSQL (the catalog's other database; tests start their own).
+# daemonless test driver), PostgreSQL (the catalog's other database; tests start their own),
+# Redis (a fleet's broker, admission and budgets; tests start their own).
 # Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
@@ -37,6 +38,7 @@ sysdeps:
 	command -v qemu-ga >/dev/null || missing="$$missing qemu-guest-agent"; \
 	command -v virsh >/dev/null || missing="$$missing libvirt-clients"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \

@@ -20,6 +20,8 @@ import bench_tools
 
 MB, MiB = 1e6, float(1 << 20)
 STEPS = ("backup1", "backup2", "restore")
+REQUEST_KINDS = ("GET", "PUT", "HEAD", "LIST", "DELETE", "OTHER")  # countproxy.KINDS
+INCREMENTAL_REQUEST_TARGET = 100  # the issue's: an incremental makes fewer than 100 requests
 TOOL_ORDER = ("vmvault", "restic", "borg", "machine", "limit")
 OTHERS = ("restic", "borg")
 
@@ -72,11 +74,15 @@ def _median(values: list[Any]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def summarize(runs: list[dict[str, Any]], image_size: int) -> dict[str, dict[str, Any]]:
-    """Median over the successful reps of each (tool, step); failures are counted, not averaged."""
+def summarize(
+    runs: list[dict[str, Any]], image_size: int, store: str = "local"
+) -> dict[str, dict[str, Any]]:
+    """Median over the successful reps of each (tool, step) on one store (a local directory
+    unless named); failures are counted, not averaged."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["tool"], r["step"]), []).append(r)
+        if r.get("store", "local") == store:  # reports from before object stores: local
+            groups.setdefault((r["tool"], r["step"]), []).append(r)
     summary: dict[str, dict[str, Any]] = {}
     for (tool, step), group in groups.items():
         ok = [r for r in group if r["ok"]]
@@ -100,8 +106,70 @@ def summarize(runs: list[dict[str, Any]], image_size: int) -> dict[str, dict[str
             cell["restored_allocated_mb"] = _median(
                 [r["extra"].get("restored_allocated", 0) / MB for r in ok]
             )
+        counted = [r["requests"] for r in ok if r.get("requests")]
+        if counted:
+            cell["requests"] = {
+                kind: _median([c["requests"].get(kind, 0) for c in counted])
+                for kind in REQUEST_KINDS
+            }
+            cell["requests_total"] = _median([c["total"] for c in counted])
+            cell["mb_up"] = _median([c["bytes_up"] / MB for c in counted])
+            cell["mb_down"] = _median([c["bytes_down"] / MB for c in counted])
+            cell["error_answers"] = _median([c["errors"] for c in counted])
         summary.setdefault(tool, {})[step] = cell
     return summary
+
+
+def store_names(runs: list[dict[str, Any]]) -> list[str]:
+    """The object stores that runs were made on, in the order they ran."""
+    seen: dict[str, None] = {}
+    for r in runs:
+        if r.get("store", "local") != "local":
+            seen.setdefault(r["store"], None)
+    return list(seen)
+
+
+def store_ratios(
+    stores: dict[str, dict[str, dict[str, Any]]], local: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Per object store: vmvault's speedup against restic there and on the local directory
+    (the target: at least as large), requests restic / vmvault, and the incremental's
+    request count against the target of fewer than 100."""
+    result: dict[str, Any] = {}
+    for store, summary in stores.items():
+        if "restic" not in summary or "vmvault" not in summary:
+            continue
+        speedup = {
+            s: _div(_wall(summary, "restic", s), _wall(summary, "vmvault", s)) for s in STEPS
+        }
+        on_local = {s: _div(_wall(local, "restic", s), _wall(local, "vmvault", s)) for s in STEPS}
+        requests = {
+            s: _div(_requests(summary, "restic", s), _requests(summary, "vmvault", s))
+            for s in STEPS
+        }
+        incremental = _requests(summary, "vmvault", "backup2")
+        result[store] = {
+            "speedup vmvault vs restic": speedup,
+            "speedup vmvault vs restic, local directory": on_local,
+            "speedup at least the local one": {
+                s: _at_least(speedup[s], on_local[s]) for s in STEPS
+            },
+            "requests restic / vmvault": requests,
+            "vmvault incremental requests": incremental,
+            "vmvault incremental under 100 requests": (
+                None if incremental is None else incremental < INCREMENTAL_REQUEST_TARGET
+            ),
+        }
+    return result
+
+
+def _at_least(value: float | None, floor: float | None) -> bool | None:
+    return None if value is None or floor is None else value >= floor
+
+
+def _requests(summary: dict[str, dict[str, Any]], tool: str, step: str) -> float | None:
+    total: float | None = summary.get(tool, {}).get(step, {}).get("requests_total")
+    return total
 
 
 def add_limits(summary: dict[str, dict[str, Any]], limits: dict[str, Any], size: int) -> None:
@@ -161,9 +229,11 @@ def build(
     runs: list[dict[str, Any]],
     machine: dict[str, Any],
     sparse: dict[str, Any] | None,
+    stores: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the JSON holds; the text and Markdown views are made from this alone."""
     summary = summarize(runs, image["size"])
+    on_stores = {s: summarize(runs, image["size"], s) for s in store_names(runs)}
     add_limits(summary, machine.get("limits", {}), image["size"])
     changed = image.get("mutation", {}).get("bytes_written", 0)
     # Other work on the machine skews every number: the load average says how much there was.
@@ -180,6 +250,9 @@ def build(
         "ratios": ratios(summary, changed),
         "limits": machine,
         "sparse": sparse,
+        "stores": stores or {},
+        "object_stores": on_stores,
+        "store_ratios": store_ratios(on_stores, summary),
         "runs": runs,
     }
 
@@ -255,6 +328,96 @@ def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
 
 RATIO_HEADER = ["ratio", "backup1", "backup2", "restore"]
 
+STORE_HEADER = [
+    "store",
+    "tool",
+    "step",
+    "n",
+    "wall s",
+    "MB/s",
+    "CPU s",
+    "GET",
+    "PUT",
+    "HEAD",
+    "LIST",
+    "DELETE",
+    "other",
+    "requests",
+    "MB up",
+    "MB down",
+    "repo MB",
+    "note",
+]
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def store_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per object store, tool and step: time, requests by kind, bytes each way."""
+    rows = []
+    for store, summary in report.get("object_stores", {}).items():
+        for tool in TOOL_ORDER:
+            for step, c in summary.get(tool, {}).items():
+                note = []
+                if c["failed"]:
+                    note.append(f"FAILED {c['failed']}/{c['failed'] + c['n']}")
+                if step == "restore" and c["n"]:
+                    note.append("verified" if c.get("verified") else "NOT VERIFIED")
+                if c.get("error_answers"):
+                    note.append(f"{c['error_answers']:.0f} answers >= 400")
+                kinds = c.get("requests") or {}
+                rows.append(
+                    [
+                        store,
+                        tool,
+                        step,
+                        str(c["n"]),
+                        _fmt(c["wall_s"]),
+                        _fmt(c["mb_per_s"], 0),
+                        _fmt(c["cpu_s"]),
+                        *(_count(kinds.get(k)) for k in REQUEST_KINDS),
+                        _count(c.get("requests_total")),
+                        _fmt(c.get("mb_up"), 1),
+                        _fmt(c.get("mb_down"), 1),
+                        _fmt(c.get("repo_mb"), 1),
+                        "; ".join(note),
+                    ]
+                )
+    for store, info in report.get("stores", {}).items():
+        if not info.get("ok"):
+            rows.append([store, "all", "all", "0", *["-"] * 13, f"not available: {info['error']}"])
+    return rows
+
+
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "NO")
+
+
+def store_ratio_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for store, r in report.get("store_ratios", {}).items():
+        speed, local = (
+            r["speedup vmvault vs restic"],
+            r["speedup vmvault vs restic, local directory"],
+        )
+        met, req = r["speedup at least the local one"], r["requests restic / vmvault"]
+        rows.append([f"{store}: speedup vmvault vs restic", *(_times(speed[s]) for s in STEPS)])
+        rows.append([f"{store}: same on the local directory", *(_times(local[s]) for s in STEPS)])
+        rows.append([f"{store}: at least the local speedup", *(_yes(met[s]) for s in STEPS)])
+        rows.append([f"{store}: requests restic / vmvault", *(_times(req[s]) for s in STEPS)])
+        rows.append(
+            [
+                f"{store}: vmvault incremental < {INCREMENTAL_REQUEST_TARGET} requests",
+                "",
+                f"{_yes(r['vmvault incremental under 100 requests'])} "
+                f"({_count(r['vmvault incremental requests'])})",
+                "",
+            ]
+        )
+    return rows
+
 
 def align(header: list[str], rows: list[list[str]]) -> str:
     """A plain-text table; numbers right-aligned, text left-aligned."""
@@ -305,15 +468,17 @@ def sparse_line(report: dict[str, Any]) -> str:
 
 
 def text(report: dict[str, Any]) -> str:
-    """The stdout view: main table, ratios, sparse check."""
-    return "\n\n".join(
-        [
-            _headline(report),
-            align(MAIN_HEADER, main_rows(report)),
-            align(RATIO_HEADER, ratio_rows(report)),
-            sparse_line(report),
-        ]
-    )
+    """The stdout view: main table, ratios, object stores, sparse check."""
+    parts = [
+        _headline(report),
+        align(MAIN_HEADER, main_rows(report)),
+        align(RATIO_HEADER, ratio_rows(report)),
+    ]
+    if report.get("object_stores") or report.get("stores"):
+        parts.append(align(STORE_HEADER, store_rows(report)))
+        parts.append(align(RATIO_HEADER, store_ratio_rows(report)))
+    parts.append(sparse_line(report))
+    return "\n\n".join(parts)
 
 
 def _limit_rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
@@ -334,6 +499,7 @@ def _run_rows(report: dict[str, Any]) -> list[list[str]]:
     for r in report["runs"]:
         rows.append(
             [
+                r.get("store", "local"),
                 r["tool"],
                 str(r["rep"]),
                 r["step"],
@@ -343,6 +509,7 @@ def _run_rows(report: dict[str, Any]) -> list[list[str]]:
                 _fmt(None if r["maxrss"] is None else r["maxrss"] / MiB, 0),
                 _fmt(None if r["repo_bytes"] is None else r["repo_bytes"] / MB, 1),
                 _fmt(None if r["growth_bytes"] is None else r["growth_bytes"] / MB, 1),
+                _count((r.get("requests") or {}).get("total")),
                 (r["error"] or "").replace("\n", " ")[:120],
             ]
         )
@@ -380,11 +547,13 @@ def markdown(report: dict[str, Any]) -> str:
         "How a limit is computed:\n\n```text\n" + report["limits"].get("formula", "") + "\n```",
         "Limit parts (CPU seconds before dividing by the cores):",
         markdown_table(["step", "parts"], [[r[0], ", ".join(r[1:])] for r in part_rows]),
+        *_store_section(report),
         "## Sparse image (memory independent of disk size)",
         sparse_line(report) + ".",
         "## Every run",
         markdown_table(
             [
+                "store",
                 "tool",
                 "rep",
                 "step",
@@ -394,12 +563,46 @@ def markdown(report: dict[str, Any]) -> str:
                 "RSS MiB",
                 "repo MB",
                 "growth MB",
+                "requests",
                 "error",
             ],
             _run_rows(report),
         ),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+STORE_METHOD = (
+    "vmvault and restic on each object store started here on loopback (SeaweedFS's S3 "
+    "gateway; Azurite's blob service), each run in a new bucket or container, the same "
+    "image, mutation and verification as above. Requests are counted from the outside: "
+    "each tool talks to the server through the same counting HTTP proxy (bench/countproxy.py),"
+    " which forwards every request verbatim. LIST = S3 ListObjects / Azure List Blobs; "
+    "MB up/down = request/response body bytes; repo MB = the objects' sizes after the step; "
+    "CPU s = the tool's own (the server and the proxy share the cores and are not in it). "
+    "S3 is plain HTTP for both tools; Azure is HTTPS for both (restic 0.14 reaches Azure only "
+    "at https://ACCOUNT.blob.core.windows.net: it goes through the proxy as an HTTPS proxy "
+    "that terminates TLS with its own CA). restic keeps its index in a local cache "
+    "(fresh per run, kept between its steps, as in normal use)."
+)
+
+
+def _store_section(report: dict[str, Any]) -> list[str]:
+    if not (report.get("object_stores") or report.get("stores")):
+        return []
+    servers = ", ".join(
+        f"{s} `{i['server']}`" for s, i in report.get("stores", {}).items() if i.get("server")
+    )
+    return [
+        "## Object stores (median of successful reps)",
+        STORE_METHOD + (f" Servers: {servers}." if servers else ""),
+        markdown_table(STORE_HEADER, store_rows(report)),
+        "Speedup = restic's time / vmvault's on the same store; requests restic / vmvault "
+        "> 1 means vmvault made fewer. Targets: a speedup on each store at least the one on "
+        f"the local directory; an incremental of fewer than {INCREMENTAL_REQUEST_TARGET} "
+        "requests.",
+        markdown_table(RATIO_HEADER, store_ratio_rows(report)),
+    ]
 
 
 def write(report: dict[str, Any], out: Path) -> list[Path]:

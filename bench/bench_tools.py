@@ -15,17 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_proc
+from stores import Remote
 
 PASSPHRASE = "vmvault bench passphrase"
-# Settings from the user's shell must not change what is measured.
-_FOREIGN_ENV_PREFIXES = ("VMVAULT_", "RESTIC_", "BORG_")
+# Settings from the user's shell must not change what is measured: the tools' own, and the
+# object stores' credentials, endpoints, proxies and CA bundles.
+_FOREIGN_ENV_PREFIXES = ("VMVAULT_", "RESTIC_", "BORG_", "AWS_", "AZURE_")
+_FOREIGN_ENV = {"http_proxy", "https_proxy", "no_proxy", "all_proxy", "requests_ca_bundle"}
 _APT_PACKAGES = {"restic": "restic", "borg": "borgbackup"}
 ALL_TOOLS = ("vmvault", "restic", "borg")
 
 
 def clean_env() -> dict[str, str]:
     """The current environment without any tool's own configuration variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_ENV_PREFIXES)}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_FOREIGN_ENV_PREFIXES) and k.lower() not in _FOREIGN_ENV
+    }
 
 
 def vmvault_command() -> list[str]:
@@ -44,7 +51,8 @@ class Tool:
     """One tool in one repetition: a repository and cache directory under ``home``."""
 
     name: str
-    home: Path  # everything this run creates: repository, caches, catalog
+    home: Path  # everything this run creates: repository (if local), caches, catalog
+    remote: Remote | None = None  # the repository on an object store instead of home/repo
 
     @property
     def repo(self) -> Path:
@@ -76,14 +84,20 @@ class Tool:
 
 class Vmvault(Tool):
     def env(self) -> dict[str, str]:
-        return clean_env() | {
-            "VMVAULT_PASSPHRASE": PASSPHRASE,
-            "VMVAULT_VAULT": str(self.repo),
-            "VMVAULT_CATALOG": f"sqlite:///{self.catalog}",
-            # The host's chunk index of this run's vault, removed with the run, never the
-            # user's ~/.cache (clean_env drops any VMVAULT_CACHE_DIR given to the bench).
-            "VMVAULT_CACHE_DIR": str(self.home / "cache"),
-        }
+        remote = self.remote.vmvault_env if self.remote else {}
+        return (
+            clean_env()
+            | remote
+            | {
+                "VMVAULT_PASSPHRASE": PASSPHRASE,
+                "VMVAULT_VAULT": self.remote.vmvault_vault if self.remote else str(self.repo),
+                "VMVAULT_CATALOG": f"sqlite:///{self.catalog}",
+                # The host's caches (the chunk index, an object store's copies) of this run's
+                # vault, removed with the run, never the user's ~/.cache (clean_env drops any
+                # VMVAULT_CACHE_DIR given to the bench).
+                "VMVAULT_CACHE_DIR": str(self.home / "cache"),
+            }
+        )
 
     def init_cmd(self) -> list[str]:
         return [*vmvault_command(), "init", "--json"]
@@ -98,20 +112,28 @@ class Vmvault(Tool):
 
 class Restic(Tool):
     def env(self) -> dict[str, str]:
-        return clean_env() | {
-            "RESTIC_PASSWORD": PASSPHRASE,
-            "RESTIC_REPOSITORY": str(self.repo),
-            "RESTIC_CACHE_DIR": str(self.home / "cache"),
-        }
+        remote = self.remote.restic_env if self.remote else {}
+        return (
+            clean_env()
+            | remote
+            | {
+                "RESTIC_PASSWORD": PASSPHRASE,
+                "RESTIC_REPOSITORY": self.remote.restic_repo if self.remote else str(self.repo),
+                "RESTIC_CACHE_DIR": str(self.home / "cache"),
+            }
+        )
+
+    def _restic(self) -> list[str]:
+        return ["restic", *(self.remote.restic_args if self.remote else [])]
 
     def init_cmd(self) -> list[str]:
-        return ["restic", "init", "-q"]
+        return [*self._restic(), "init", "-q"]
 
     def backup_cmd(self, number: int, image: Path) -> list[str]:
-        return ["restic", "backup", str(image.parent)]
+        return [*self._restic(), "backup", str(image.parent)]
 
     def restore_cmd(self, target_dir: Path, image: Path) -> tuple[list[str], Path]:
-        return ["restic", "restore", "latest", "--target", str(target_dir)], target_dir
+        return [*self._restic(), "restore", "latest", "--target", str(target_dir)], target_dir
 
 
 class Borg(Tool):
@@ -135,8 +157,11 @@ class Borg(Tool):
 TOOL_CLASSES: dict[str, type[Tool]] = {"vmvault": Vmvault, "restic": Restic, "borg": Borg}
 
 
-def make_tool(name: str, home: Path) -> Tool:
-    return TOOL_CLASSES[name](name, home)
+REMOTE_TOOLS = ("vmvault", "restic")  # the tools that speak S3 and Azure Blob (borg does not)
+
+
+def make_tool(name: str, home: Path, remote: Remote | None = None) -> Tool:
+    return TOOL_CLASSES[name](name, home, remote)
 
 
 def _apt_install(packages: list[str]) -> bool:

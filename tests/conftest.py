@@ -7,7 +7,7 @@ share is in ``support/``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,28 +16,29 @@ from support.cli import PASSPHRASE
 from vmvault import testdisk
 from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.vaults import init_vault
-from vmvault.vault.localindex import CACHE_DIR_ENV
+from vmvault.backends.cache import CACHE_DIR_ENV, CACHE_LIMIT_ENV, NO_CACHE_ENV
 
 # The object-store fixtures: S3 (s3_server, s3_vault) and Azure Blob (azurite_server,
-# azure_vault); each server starts only for a test using it.
-pytest_plugins = ["support.s3kit", "support.azuritekit"]
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The hosts' caches (the chunk index under <vault id>/chunk-index/) of every test go to
-    one temporary folder, never the real ~/.cache; vault ids are random, so tests do not
-    share an index. Subprocesses (the CLI run as a program) inherit the variable."""
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_DIR_ENV, str(root))
-        yield root
+# azure_vault); Redis (redis_server, redis_url: a fleet's broker). Each server starts only
+# for a test using it.
+pytest_plugins = ["support.s3kit", "support.azuritekit", "support.rediskit"]
 
 
 @pytest.fixture(autouse=True)
 def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
     monkeypatch.delenv(PASSPHRASE_FILE_ENV, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each test its own local cache of object-store vaults, never the user's ~/.cache (a
+    directory of its own: some tests want their tmp_path empty)."""
+    root = tmp_path_factory.mktemp("cache") / "vmvault"
+    monkeypatch.setenv(CACHE_DIR_ENV, str(root))
+    monkeypatch.delenv(NO_CACHE_ENV, raising=False)
+    monkeypatch.delenv(CACHE_LIMIT_ENV, raising=False)
+    return root
 
 
 @pytest.fixture

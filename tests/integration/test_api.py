@@ -407,3 +407,17 @@ def test_alerts_reach_webhook_and_smtp_and_are_listed(tmp_path: Path) -> None:
     finally:
         smtp.stop()
         hook.shutdown()
+
+
+def test_store_retention_is_asked_only_where_the_store_can(client: TestClient, site: Site) -> None:
+    admin = site.auth("admin")
+    before = client.get("/api/v1/vault", headers=admin).json()
+    assert before["store_retention_days"] is None  # a directory: the store is never asked
+    refused = client.patch("/api/v1/vault", headers=admin, json={"store_retention_days": 5})
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "store_retention_unavailable" and "a directory" in error["message"]
+    after = client.get("/api/v1/vault", headers=admin).json()
+    assert after["immutability"] == before["immutability"]  # refused before any change
+    bad = client.patch("/api/v1/vault", headers=admin, json={"store_retention_days": -1})
+    assert bad.status_code == 422 and "store_retention_days" in bad.json()["error"]["message"]

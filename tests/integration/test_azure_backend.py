@@ -23,7 +23,13 @@ from vmvault.app.points import forget_point
 from vmvault.app.restore import run_restore
 from vmvault.app.vaults import init_vault, run_check, run_gc
 from vmvault.backends.azure import AzureBackend
-from vmvault.backends.base import BucketMissing, ObjectExists, TransientBackendError, put_new
+from vmvault.backends.base import (
+    BucketMissing,
+    ObjectExists,
+    TransientBackendError,
+    innermost,
+    put_new,
+)
 from vmvault.backends.local import BackendDenied, BackendReadOnly
 from vmvault.backends.retry import RetryingBackend
 from vmvault.backends.url import AZURE_SINGLE_PUT, open_backend
@@ -38,8 +44,8 @@ WRONG_KEY = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=
 
 def _backend(vault: AzureVault, prefix: str = "v1") -> AzureBackend:
     """The backend as ``open_backend`` makes it (the connection string of the fixture),
-    without the retry layer."""
-    backend = open_backend(vault.url(prefix)).inner  # type: ignore[attr-defined]
+    without the retry, counting and cache layers."""
+    backend = innermost(open_backend(vault.url(prefix)))
     assert isinstance(backend, AzureBackend)
     return backend
 
@@ -312,7 +318,7 @@ def test_unreachable_store_is_transient_then_unavailable(
         azure_vault.server.endpoint, f"http://127.0.0.1:{free_port()}/{ACCOUNT}"
     )
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", closed)
-    inner = open_backend(azure_vault.url()).inner  # type: ignore[attr-defined]
+    inner = innermost(open_backend(azure_vault.url()))
     with pytest.raises(TransientBackendError):  # the SDK's own retries are off: at once
         inner.get("config")
     backend = RetryingBackend(inner, attempts=2, base_delay=0.01)

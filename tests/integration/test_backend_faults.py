@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import time
 from collections.abc import Callable
@@ -268,15 +269,35 @@ def test_a_failed_lock_write_leaves_no_lock_behind(tmp_path: Path, image: Path) 
 
 
 def test_a_lock_that_cannot_be_released_does_not_fail_a_finished_backup(
-    tmp_path: Path, image: Path
+    tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The point is committed and recorded: the job succeeded. The lock goes stale."""
+    """The point is committed and recorded: the job succeeded. The lock goes stale, and a
+    warning says so."""
     clean = _clean_ctx(tmp_path)
     faulty = _faulty(clean)
     faulty.inject("delete", "locks/", "transient", times=FAST_RETRY["attempts"])
     point = run_backup(_faulty_ctx(clean, faulty), "web", [DiskSpec("os", str(image))])
     assert clean.open_vault().point_ids() == [point["id"]]
     _restores_identical(clean, point["id"], "os", _digest(image), tmp_path / "out.img")
+    released = [r for r in caplog.records if "could not release the lock" in r.getMessage()]
+    assert [r.levelno for r in released] == [logging.WARNING]
+
+
+def test_a_store_gone_for_good_is_one_error_not_two(
+    tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backup failed because the store stopped answering: its error is the one line a
+    person sees; that the lock could not be released either is only logged (info)."""
+    caplog.set_level(logging.INFO, logger="vmvault")
+    clean = _clean_ctx(tmp_path)
+    faulty = _faulty(clean)
+    faulty.inject("put", "packs/", "transient", times=1000)
+    faulty.inject("delete", "locks/", "transient", times=FAST_RETRY["attempts"])
+    with pytest.raises(BackendUnavailable):
+        run_backup(_faulty_ctx(clean, faulty), "web", [DiskSpec("os", str(image))])
+    released = [r for r in caplog.records if "could not release the lock" in r.getMessage()]
+    assert [r.levelno for r in released] == [logging.INFO]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 # -- objects vanishing between list and read ----------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from support.cli import PASSPHRASE, run_cli, same_content
 from support.faultkit import FaultyBackend
-from support.s3kit import S3Vault
+from support.s3kit import READER_KEY, READER_SECRET, S3Vault
 from vmvault import testdisk
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
@@ -343,3 +343,34 @@ def test_the_copy_keeps_by_its_own_retention_and_pruned_points_stay_out(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["copied"] == []  # what the copy removed stays out
     assert copy.point_ids() == kept[1:]
+
+
+@pytest.mark.s3
+def test_a_restore_from_the_copy_with_read_only_credentials(
+    s3_vault: S3Vault, tmp_path: Path
+) -> None:
+    ctx = _ctx(tmp_path, str(tmp_path / "vault"))
+    init_vault(ctx)
+    [(point, as_it_was)] = _history(tmp_path, ctx, rounds=1)
+    url = s3_vault.url("offsite")
+    assert run_replicate(ctx, url).copied == [point["id"]]
+    shutil.rmtree(tmp_path / "vault")
+    reader = {
+        **s3_vault.server.env(),
+        "AWS_ACCESS_KEY_ID": READER_KEY,
+        "AWS_SECRET_ACCESS_KEY": READER_SECRET,
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_CATALOG": ctx.catalog_url or "",
+    }
+    out = tmp_path / "restored.img"
+    done = run_cli("restore", "latest", str(out), "--from", url, env=reader)
+    assert done.returncode == 0, done.stderr
+    assert same_content(as_it_was, out)
+    assert "without a lock" in done.stderr  # the lock could not be written: said once
+    # A copy of the copy cannot be made with them: one clear line, nothing written.
+    other = s3_vault.url("other")
+    refused = run_cli("vault", "replicate", "--vault", url, "--to", other, env=reader)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].startswith("error:"), refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert list(open_backend(other).list()) == []

@@ -20,7 +20,7 @@ from vmvault.app.vaults import init_vault, run_check, run_gc
 from vmvault.backends.base import TransientBackendError, put_new
 from vmvault.backends.retry import RetryingBackend
 from vmvault.backends.s3 import BucketMissing, ObjectExists, S3Backend
-from vmvault.backends.url import open_backend
+from vmvault.backends.url import open_backend, open_s3
 from vmvault.errors import CorruptObject, ObjectMissing, UsageError
 from vmvault.vault.vault import VaultExists
 
@@ -173,11 +173,7 @@ def test_unreachable_store_is_transient_then_unavailable(
     from support.s3kit import _free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{_free_port()}")
-    backend = RetryingBackend(
-        open_backend(s3_vault.url()).inner,  # type: ignore[attr-defined]
-        attempts=2,
-        base_delay=0.01,
-    )
+    backend = RetryingBackend(open_s3(s3_vault.url()), attempts=2, base_delay=0.01)
     with pytest.raises(Exception) as raised:
         backend.get("config")
     assert getattr(raised.value, "code", None) == "backend_unavailable"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from vmvault.backends.base import Backend
 from vmvault.backends.local import BackendReadOnly
+from vmvault.backends.metering import RequestCounter
 from vmvault.backends.url import open_backend
 from vmvault.errors import PassphraseMissing
 from vmvault.vault.locks import VaultLock, live_locks
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 PASSPHRASE_ENV = "VMVAULT_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "VMVAULT_PASSPHRASE_FILE"
 READ_ONLY_KINDS = ("restore", "verify", "check", "replicate")  # never write to the vault
+# Jobs that exist to find out what the store holds: never answered from the local cache.
+UNCACHED_KINDS = ("verify", "check")
 log = logging.getLogger("vmvault")
 # Asks a person for the passphrase (``confirm``: twice, for a new vault); None without one.
 PassphrasePrompt = Callable[[bool], str]
@@ -76,19 +79,29 @@ class Context:
     ask_passphrase: PassphrasePrompt | None = field(default=None, repr=False, compare=False)
     # A passphrase already known (a copy's own, from its variable): asked for nowhere else.
     known_passphrase: str | None = field(default=None, repr=False, compare=False)
+    # The local cache of an object-store vault (backends/cache.py): False turns it off
+    # (--no-cache), None leaves it to $VMVAULT_NO_CACHE.
+    cache: bool | None = None
+    # Every request the backends this context opens make to an object store.
+    requests: RequestCounter = field(
+        default_factory=RequestCounter, init=False, repr=False, compare=False
+    )
     # One catalog (engine and connection pool) per context, opened on first use.
     _catalog: Catalog | None = field(default=None, init=False, repr=False, compare=False)
     _catalog_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
-    def backend(self) -> Backend:
+    def backend(self, *, cached: bool = True) -> Backend:
+        """The vault's backend; ``cached=False``: no local cache, every read from the store."""
         if self.backend_factory is not None:
             return self.backend_factory(self.vault_path)
-        return open_backend(self.vault_path)
+        cache = self.cache if cached else False
+        return open_backend(self.vault_path, counter=self.requests, cache=cache)
 
-    def open_vault(self, *, load_index: bool = True) -> Vault:
-        return Vault.open(self.backend(), self.passphrase(), load_index=load_index)
+    def open_vault(self, *, load_index: bool = True, cached: bool = True) -> Vault:
+        backend = self.backend(cached=cached)
+        return Vault.open(backend, self.passphrase(), load_index=load_index)
 
     def passphrase(self, *, confirm: bool = False) -> str:
         if self.known_passphrase is not None:
@@ -103,7 +116,7 @@ class Context:
         the index is read, so the index shows every announced collection. ``pools`` are
         the storage pools the job reads, recorded (as keyed hashes) for restore warnings.
         """
-        vault = self.open_vault(load_index=False)
+        vault = self.open_vault(load_index=False, cached=kind not in UNCACHED_KINDS)
         with ExitStack() as stack:
             try:
                 stack.enter_context(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from vmvault.app.context import Context
 from vmvault.app.records import raise_alert, report_damaged_points
+from vmvault.backends.base import ObjectRetained
 from vmvault.errors import PointNotFound, UsageError
 from vmvault.model.point import RecoveryPoint
 from vmvault.protection import check_may_delete
@@ -70,7 +71,12 @@ def forget_point(ctx: Context, point_ref: str) -> str:
     point = vault.readable_point(point_id)
     vm = point["vm"] if point is not None else None  # a damaged point can be forgotten too
     ctx.catalog().forget_points(vault.config.vault_id, [point_id])  # first: see run_prune
-    vault.delete_point(point_id)
+    try:
+        vault.delete_point(point_id)
+    except ObjectRetained:
+        if point is not None:  # the store keeps it (a WORM store): so does the catalog
+            ctx.catalog().record_point(vault.config.vault_id, point)
+        raise
     note_pruned(vault, [point_id])  # in a copy: replication must not bring it back
     raise_alert(
         ctx,

@@ -13,6 +13,7 @@ from vmvault.app.records import raise_alert
 from vmvault.errors import UsageError
 from vmvault.model.settings import VaultSettings
 from vmvault.policy import ProtectionState, upcoming_purge_alert
+from vmvault.vault import store_retention
 from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.scheduler")
@@ -52,10 +53,18 @@ def change_protection(
     return protection_doc(vm, state)
 
 
-def set_immutability(ctx: Context, value: str) -> VaultSettings:
+def set_immutability(
+    ctx: Context, value: str, *, store_days: int | None = None, retain_existing: bool = False
+) -> dict[str, Any]:
+    """Set the vault's immutability, and ask the store to enforce it too where it can
+    (``store_days``: how long past the last maintenance; 0: vmvault only; None: as before,
+    or the default where the store can). ``retain_existing`` sets the store's retention of
+    the objects already there at once (the CLI); otherwise the next maintenance does (the
+    API: a large vault takes one request per object). Returns the settings with ``store``:
+    what the store enforces."""
     vault = ctx.open_vault(load_index=False)
     before = protection.settings(vault)["immutability"]
-    doc = protection.set_vault_immutability(vault, value)
+    doc, support = protection.set_vault_immutability(vault, value, store_days)
     if before != "off" and doc["immutability"] == "off":
         raise_alert(
             ctx,
@@ -63,7 +72,19 @@ def set_immutability(ctx: Context, value: str) -> VaultSettings:
             "immutability_disabled",
             "vault immutability was turned off: backup data can be deleted again",
         )
-    return doc
+    rule = vault.store_retention
+    refreshed = store_retention.refresh(vault, rule) if retain_existing else None
+    store = {
+        "feature": support.feature or None,
+        "available": support.available,
+        "enforced": rule is not None,
+        "mode": rule.mode if rule else None,
+        "days": doc.get("store_retention_days"),
+        "detail": support.detail,
+        "note": support.note or None,
+        "retained_now": refreshed.to_dict() if refreshed else None,
+    }
+    return {**doc, "store": store}
 
 
 def set_soft_delete(ctx: Context, days: int) -> VaultSettings:

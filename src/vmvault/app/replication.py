@@ -48,6 +48,9 @@ def copy_context(ctx: Context, location: str, passphrase_file: str | None = None
         backend_factory=ctx.backend_factory,
         ask_passphrase=ctx.ask_passphrase,
         known_passphrase=own,
+        # What replication reads back from the copy must come from the copy's store, not
+        # from a local copy of what it just sent.
+        cache=False,
     )
 
 

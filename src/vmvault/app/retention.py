@@ -12,6 +12,7 @@ from vmvault.app.context import Context
 from vmvault.app.protection import purge_soft_deleted
 from vmvault.app.records import raise_alert
 from vmvault.app.vaults import run_gc
+from vmvault.backends.base import ObjectRetained
 from vmvault.errors import VmvaultError
 from vmvault.inventory import Inventory
 from vmvault.policy import Point, prune_plan
@@ -79,6 +80,7 @@ def run_prune(
             stopped_retain=stopped,
             immutable=immutable,
         )
+        deleted, retained = list(plan.prune), []
         if not dry_run:
             for point_id in plan.prune:
                 # The catalog's row goes first, without listing the vault again (the store
@@ -87,6 +89,13 @@ def run_prune(
                 catalog.forget_points(vault.config.vault_id, [point_id])
                 try:
                     vault.delete_point(point_id)
+                except ObjectRetained:
+                    # The store keeps it for now (a WORM store that refuses deletes): it
+                    # stays a point, with its row, and a later prune deletes it.
+                    with suppress(VmvaultError):
+                        catalog.record_point(vault.config.vault_id, vault.get_point(point_id))
+                    deleted.remove(point_id)
+                    retained.append(point_id)
                 except BaseException:
                     with suppress(VmvaultError):  # still there after all: it keeps its row
                         catalog.record_point(vault.config.vault_id, vault.get_point(point_id))
@@ -103,7 +112,8 @@ def run_prune(
         result["vms"][vm.name] = {
             "policy": policy.name,
             "keep": {pid: sorted(reasons) for pid, reasons in sorted(plan.keep.items())},
-            "prune": list(plan.prune),
+            "prune": deleted,
+            "retained": retained,  # due for deletion, but the store still retains them
             "retention_shortened": shortened,
         }
     if not dry_run:

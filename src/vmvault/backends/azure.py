@@ -18,6 +18,16 @@ What Azure gives and vmvault relies on:
   so a second writer of the same key is refused by the service (409 BlobAlreadyExists,
   or 412 ConditionNotMet). Azure and Azurite both honour it; there is no fallback.
 
+- Version-level immutability (``Retaining``, see ``backends/base.py``): in a container
+  with version-level immutability enabled (which needs blob versioning on the account), the
+  blobs the vault's rule covers are uploaded with an immutability policy (mode Locked or
+  Unlocked, an expiry time) on the same Put Blob, and extended later with Set Blob
+  Immutability Policy. Deleting such a blob makes it a previous version, kept until the
+  policy expires, so vmvault's own deletes still work. This follows Azure's documented API
+  but has not run against Azure itself: Azurite implements none of it (it answers 501 to
+  the policy calls and ignores the upload headers), so no container there reports the
+  feature and vmvault never uses it there.
+
 Errors: a missing blob is ``ObjectMissing``; a missing container ``BucketMissing``; 401 and
 403 are ``BackendDenied`` (reads, bad credentials) or ``BackendReadOnly`` (writes the
 credential may not make); 408, 429, 5xx and refused, reset or timed-out connections are
@@ -31,7 +41,8 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import (
     AzureError,
@@ -45,8 +56,13 @@ from azure.core.exceptions import (
 from vmvault.backends.base import (
     BucketMissing,
     ObjectExists,
+    ObjectRetained,
     Payload,
+    RetentionMode,
+    RetentionSupport,
+    StoreRetention,
     TransientBackendError,
+    WriteRetention,
     validate_key,
 )
 from vmvault.backends.local import BackendDenied, BackendReadOnly
@@ -61,7 +77,11 @@ _TRANSIENT_CODES = frozenset({"OperationTimedOut", "ServerBusy", "InternalError"
 # AuthorizationFailure (a firewall rule, or Azurite's answer to a wrong key): no access.
 _NOT_PERMITTED_CODES = frozenset({"AuthorizationPermissionMismatch"})
 _TAKEN_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
-_WRITES = frozenset({"put", "create", "delete"})
+_WRITES = frozenset({"put", "create", "delete", "retain"})
+# Azure's policy modes: Locked cannot be shortened or removed by anyone, Unlocked can (by
+# whoever may set policies), like S3's COMPLIANCE and GOVERNANCE.
+_POLICY_MODES: dict[RetentionMode, str] = {"compliance": "Locked", "governance": "Unlocked"}
+_MODES_BY_POLICY: dict[str, RetentionMode] = {v.lower(): k for k, v in _POLICY_MODES.items()}
 # Account names: 3-24 lowercase letters and digits. Container names: 3-63 lowercase
 # letters, digits and single hyphens, starting and ending with a letter or digit.
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
@@ -119,6 +139,9 @@ class AzureBackend:
     threads of a backup reuse the pool's connections."""
 
     page_size: int | None = None  # names per listing page: the service's (5000) unless set
+    # A Put Blob spends most of its time waiting on the network and the service: a backup
+    # uploads this many packs at once (``Vault.pack_writer``), as to S3.
+    parallel_writes = 4
 
     def __init__(
         self, account: str, container: str, prefix: str, client: ContainerClient | None
@@ -130,6 +153,7 @@ class AzureBackend:
         self.container = container
         self.prefix = f"{prefix}/" if prefix else ""
         self._client = client
+        self._write_retention: WriteRetention | None = None
 
     @property
     def client(self) -> ContainerClient:
@@ -160,6 +184,12 @@ class AzureBackend:
                 return ObjectMissing(f"object {key} is missing from {where}")
             if op == "create" and (status == 412 or code in _TAKEN_CODES):
                 return ObjectExists(f"object {key} already exists in {where}")
+            if op == "delete" and status == 409 and code.startswith("BlobImmutable"):
+                # A container-level policy or legal hold (or a version-level one on a blob
+                # whose delete the service refuses): it goes when the store lets it.
+                return ObjectRetained(
+                    f"the store retains {key} in {where} ({code}): it cannot be deleted yet"
+                )
             if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
                 return TransientBackendError(f"{op} {key} in {where}: {status} {code}")
             if status in (401, 403):
@@ -175,10 +205,20 @@ class AzureBackend:
             )
         return AzureStoreError(f"the store failed {op} {key} in {where}: {type(exc).__name__}")
 
+    def _policy_args(self, key: str) -> dict[str, Any]:
+        """The immutability policy of an upload of ``key``, if the vault's rule covers it."""
+        rule = self._write_retention
+        if rule is None or not rule.covers(key):
+            return {}
+        from azure.storage.blob import ImmutabilityPolicy
+
+        policy = ImmutabilityPolicy(expiry_time=rule.until(), policy_mode=_POLICY_MODES[rule.mode])
+        return {"immutability_policy": policy}
+
     def put(self, key: str, data: Payload) -> None:
         full = self._key(key)
         try:
-            self.client.upload_blob(full, _body(data), overwrite=True)
+            self.client.upload_blob(full, _body(data), overwrite=True, **self._policy_args(key))
         except AzureError as exc:
             raise self._error("put", key, exc) from None
 
@@ -187,7 +227,7 @@ class AzureBackend:
         full = self._key(key)
         try:
             # overwrite=False: the SDK sends If-None-Match: *, the service refuses a taken key
-            self.client.upload_blob(full, _body(data), overwrite=False)
+            self.client.upload_blob(full, _body(data), overwrite=False, **self._policy_args(key))
         except AzureError as exc:
             raise self._error("create", key, exc) from None
 
@@ -274,6 +314,62 @@ class AzureBackend:
             next(iter(pages), None)
         except AzureError as exc:
             raise self._error("list", "/", exc) from None
+
+    # -- version-level immutability (the Retaining capability) -------------------------
+
+    def retention_support(self) -> RetentionSupport:
+        feature = "Azure version-level immutability"
+        try:
+            props = self.client.get_container_properties()
+        except AzureError as exc:
+            raise self._error("head", "/", exc) from None
+        if props.immutable_storage_with_versioning_enabled:
+            return RetentionSupport(
+                feature,
+                True,
+                f"container {self.container!r} has version-level immutability (untested by"
+                " vmvault against Azure itself: Azurite has none)",
+            )
+        if props.has_immutability_policy or props.has_legal_hold:
+            # A container-level policy or hold makes every blob read-only, the few vmvault
+            # rewrites in place (settings, locks) included: backups would fail.
+            return RetentionSupport(
+                feature,
+                False,
+                f"container {self.container!r} has a container-level immutability policy or"
+                " legal hold, which vmvault cannot work under (it rewrites its settings and"
+                " locks in place); use version-level immutability instead",
+            )
+        return RetentionSupport(
+            feature, False, f"container {self.container!r} has no version-level immutability"
+        )
+
+    def retain_writes(self, rule: WriteRetention | None) -> None:
+        self._write_retention = rule
+
+    def retention(self, key: str) -> StoreRetention | None:
+        props = self._properties(key)
+        policy = props.immutability_policy
+        mode_name = str(getattr(policy.policy_mode, "value", policy.policy_mode) or "").lower()
+        mode = _MODES_BY_POLICY.get(mode_name)  # "mutable" or none: no policy
+        until = policy.expiry_time if mode is not None else None
+        hold = bool(props.has_legal_hold)
+        if mode is None and not hold:
+            return None
+        return StoreRetention(mode, until.astimezone(UTC) if until else None, hold)
+
+    def retain(self, key: str, retention: StoreRetention) -> None:
+        if retention.mode is None or retention.until is None:
+            raise ValueError("a retention to set needs a mode and a date")
+        from azure.storage.blob import ImmutabilityPolicy
+
+        policy = ImmutabilityPolicy(
+            expiry_time=retention.until, policy_mode=_POLICY_MODES[retention.mode]
+        )
+        try:
+            self.client.get_blob_client(self._key(key)).set_immutability_policy(policy)
+        except AzureError as exc:
+            raise self._error("retain", key, exc) from None
 
     def list_leftovers(self) -> builtins.list[str]:
         """None: a failed Put Blob leaves nothing; blocks staged for a larger upload that

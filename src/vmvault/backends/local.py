@@ -69,6 +69,10 @@ def _walk(root: Path, base: Path) -> Iterator[tuple[str, builtins.list[str], bui
 
 
 class LocalBackend:
+    # One pack writer keeps a local disk busy (each put ends with fsyncs): more would only
+    # make them compete for it.
+    parallel_writes = 1
+
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root).absolute()
         self.fsync = fsync
@@ -131,7 +135,7 @@ class LocalBackend:
                 if offset:
                     f.seek(offset)
                 return f.read() if length is None else _read_exactly(f, length, key)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a file where a folder would be
             raise ObjectMissing(f"object {key} is missing from {self.root}") from None
         except PermissionError:
             raise _denied(key, self.root) from None

@@ -36,7 +36,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from vmvault.backends.base import Backend, Payload, TransientBackendError
+from vmvault.backends.base import (
+    Backend,
+    Payload,
+    Retaining,
+    RetentionSupport,
+    StoreRetention,
+    TransientBackendError,
+    WriteRetention,
+    retaining,
+)
 from vmvault.backends.local import BackendDenied, BackendFull, BackendReadOnly
 from vmvault.errors import VmvaultError
 
@@ -48,7 +57,7 @@ DEFAULT_DEADLINE = 60.0
 TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE})
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
-_WRITES = frozenset({"put", "delete"})
+_WRITES = frozenset({"put", "delete", "retain"})
 
 log = logging.getLogger("vmvault")
 T = TypeVar("T")
@@ -74,7 +83,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, VmvaultError):
+    if isinstance(exc, TransientBackendError):
+        text = exc.reason  # the operation and the store are named by the caller's message
+    elif isinstance(exc, VmvaultError):
         text = exc.message
     elif isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
@@ -142,6 +153,11 @@ class RetryingBackend:
     def describe(self) -> str:
         return self.inner.describe()
 
+    @property
+    def parallel_writes(self) -> int:
+        """The inner backend's hint (see ``base.Backend``): retries change nothing there."""
+        return int(getattr(self.inner, "parallel_writes", 1))
+
     def put(self, key: str, data: Payload) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))
 
@@ -196,3 +212,31 @@ class RetryingBackend:
             self.inner, "list_leftovers", None
         )
         return leftovers() if leftovers is not None else []
+
+    # -- store retention (forwarded when the inner backend has it) ------------------------
+
+    def retaining(self) -> Retaining | None:
+        """This backend, as the inner backend's retention capability with retries, or None
+        when the inner backend has none (a directory)."""
+        return self if retaining(self.inner) is not None else None
+
+    def _inner_retaining(self) -> Retaining:
+        inner = retaining(self.inner)
+        if inner is None:
+            raise TypeError(f"{self.inner.describe()} cannot retain objects")
+        return inner
+
+    def retention_support(self) -> RetentionSupport:
+        inner = self._inner_retaining()
+        return self._call("head", "/", inner.retention_support)
+
+    def retain_writes(self, rule: WriteRetention | None) -> None:
+        self._inner_retaining().retain_writes(rule)
+
+    def retention(self, key: str) -> StoreRetention | None:
+        inner = self._inner_retaining()
+        return self._call("head", key, lambda: inner.retention(key))
+
+    def retain(self, key: str, retention: StoreRetention) -> None:
+        inner = self._inner_retaining()
+        self._call("retain", key, lambda: inner.retain(key, retention))

@@ -2,6 +2,15 @@
 ``azure://`` URL.
 
 ``open_backend`` is the only place that tells them apart; everything else holds a Backend.
+What it builds for an object store (any scheme), from the vault down:
+
+    CachingBackend (backends/cache.py: copies of immutable objects; unless disabled)
+      -> RetryingBackend (backends/retry.py)
+        -> CountingBackend (backends/metering.py: every attempt is a request)
+          -> the store's backend (S3Backend)
+
+A directory is only ``RetryingBackend(LocalBackend)``: reading its files is as cheap as
+reading a cached copy, and nobody bills its requests.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import re
 from typing import TYPE_CHECKING
 
 from vmvault.backends.base import Backend
+from vmvault.backends.cache import with_cache
 from vmvault.backends.local import LocalBackend
+from vmvault.backends.metering import CountingBackend, RequestCounter
 from vmvault.backends.retry import RetryingBackend
 from vmvault.errors import UsageError
 
@@ -49,15 +60,19 @@ def is_directory_vault(location: str) -> bool:
     return vault_scheme(location) is None
 
 
-def open_backend(location: str) -> Backend:
+def open_backend(
+    location: str, *, counter: RequestCounter | None = None, cache: bool | None = None
+) -> Backend:
     """The vault's backend behind the retry layer: S3 for ``s3://BUCKET[/PREFIX]``, Azure
-    Blob Storage for ``azure://ACCOUNT/CONTAINER[/PREFIX]``, else a local directory."""
+    Blob Storage for ``azure://ACCOUNT/CONTAINER[/PREFIX]``, else a local directory. An
+    object store's requests go into ``counter`` (a new one if None:
+    ``metering.request_counter`` finds it), and it gets the local cache unless ``cache`` is
+    False (None: unless ``$VMVAULT_NO_CACHE`` says so)."""
     scheme = vault_scheme(location)
-    if scheme == "s3":
-        return RetryingBackend(open_s3(location))
-    if scheme == "azure":
-        return RetryingBackend(open_azure(location))
-    return RetryingBackend(LocalBackend(location))
+    if scheme is None:
+        return RetryingBackend(LocalBackend(location))
+    store: Backend = open_s3(location) if scheme == "s3" else open_azure(location)
+    return with_cache(RetryingBackend(CountingBackend(store, counter)), cache)
 
 
 def open_s3(url: str) -> S3Backend:

@@ -12,6 +12,7 @@ Commands that only work locally do not come here: ``options.context`` refuses ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from vmvault.app.restore import run_verify
 from vmvault.app.vm_restore import run_vm_restore
 from vmvault.cli.options import context, rate_limit_bytes, remote
 from vmvault.cli.output import progress_bar
+from vmvault.cluster.settings import BROKER_ENV
 from vmvault.errors import UsageError
 from vmvault.fleet import point_summary
 from vmvault.inventory import Inventory, Vm, load_inventory
@@ -275,8 +277,17 @@ class LocalClient:
         return str(self._queue().cancel(job_id))
 
     def run_now(self, vm: str, full: bool, inventory: str | None) -> int:
-        load_inventory(inventory).vm(vm)  # refuse unknown VMs now, not in the worker
-        return int(self._queue().enqueue("backup", vm, {"full": full}))
+        found = load_inventory(inventory)
+        found.vm(vm)  # refuse unknown VMs now, not in the worker
+        queue = self._queue()
+        broker = os.environ.get(BROKER_ENV)
+        if broker:  # a fleet: the job is sent to its host's worker (Celery: only then)
+            from vmvault.cluster.broker import Dispatcher, make_app
+            from vmvault.cluster.settings import FleetSettings
+
+            app = make_app(FleetSettings.from_env(broker))
+            queue.dispatch = Dispatcher(app, lambda: found)
+        return int(queue.enqueue("backup", vm, {"full": full}))
 
     def list_alerts(self, limit: int) -> list[JsonDoc]:
         # The alert store is SQLAlchemy's (slow to import): loaded by `alerts list` alone.

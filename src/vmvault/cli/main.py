@@ -22,7 +22,7 @@ from vmvault.cli.commands import (
     vm,
 )
 from vmvault.cli.commands import server as server_commands
-from vmvault.cli.options import JsonOpt, use_remote
+from vmvault.cli.options import JsonOpt, use_cache, use_remote
 from vmvault.cli.output import console, emit_json, fail
 from vmvault.errors import UsageError
 
@@ -48,8 +48,15 @@ def main(
     ca_cert: str | None = typer.Option(
         None, "--ca-cert", envvar="VMVAULT_CA_CERT", help="CA bundle to trust for an https server."
     ),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        envvar="VMVAULT_NO_CACHE",
+        help="Read an object-store vault directly, without the local cache (env VMVAULT_NO_CACHE).",
+    ),
 ) -> None:
     """vmvault: incremental, deduplicated, encrypted backups of VM disks."""
+    use_cache(not no_cache)
     if server is None:
         use_remote(None)
         return

@@ -96,13 +96,34 @@ FromOpt = typer.Option(
 JobIdArg = typer.Argument(...)
 
 
+def broker_option(help: str) -> Any:
+    return typer.Option(None, "--broker", envvar="VMVAULT_BROKER", help=help)
+
+
+BrokerOpt = broker_option(
+    "A fleet: send jobs to `vmvault worker --host` processes through this Redis "
+    "(redis://HOST:PORT/DB; env VMVAULT_BROKER). Without it jobs run in this process."
+)
+
+
 _remote: list[Remote] = []  # set by the root command's --server / --token
+_no_cache: list[bool] = [False]  # set by the root command's --no-cache
 
 
 def use_remote(remote: Remote | None) -> None:
     _remote.clear()
     if remote is not None:
         _remote.append(remote)
+
+
+def use_cache(enabled: bool) -> None:
+    """``--no-cache``: every context of this command reads its object store directly."""
+    _no_cache[0] = not enabled
+
+
+def cache_setting() -> bool | None:
+    """False with ``--no-cache``; None leaves it to ``$VMVAULT_NO_CACHE``."""
+    return False if _no_cache[0] else None
 
 
 def remote() -> Remote | None:
@@ -118,7 +139,13 @@ def context(vault: str | None, catalog: str | None, passphrase_file: str | None)
             "no vault given: use --vault DIR (or s3://BUCKET[/PREFIX],"
             " azure://ACCOUNT/CONTAINER[/PREFIX]) or set VMVAULT_VAULT"
         )
-    return Context(vault, catalog, passphrase_file, ask_passphrase=prompt_passphrase)
+    return Context(
+        vault,
+        catalog,
+        passphrase_file,
+        ask_passphrase=prompt_passphrase,
+        cache=cache_setting(),
+    )
 
 
 def restore_source(

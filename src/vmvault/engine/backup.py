@@ -8,8 +8,10 @@ block's list of chunk ids becomes a record; an unchanged block reuses its parent
 id, so an incremental backup writes roughly the changed chunks and nothing else.
 
 Memory is bounded: at most ``2 * workers`` blocks are in flight (one block buffer each),
-plus the pack writer's open and queued packs (4 x 16 MiB): about 100 MiB with 2 workers,
-whatever the disk size, plus the chunk index (see vmvault.vault.index).
+plus the pack writer's open packs and at most ``max_pending`` sealed ones (16 MiB each; 3
+for a directory vault, 6 for S3: vmvault.vault.packs): about 100 MiB with 2 workers and a
+directory vault (~100 MiB more with S3's 4 uploaders: docs/ARCHITECTURE.md), whatever the
+disk size, plus the chunk index (see vmvault.vault.index).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from vmvault.engine.progress import (
     no_progress,
 )
 from vmvault.engine.ranges import merge_ranges, runs_of
-from vmvault.engine.throttle import INTERRUPT_EVERY, TokenBucket
+from vmvault.engine.throttle import INTERRUPT_EVERY, Bucket
 from vmvault.errors import CorruptObject, UsageError
 from vmvault.model.point import (
     ConsistencyDoc,
@@ -96,8 +98,8 @@ class DiskInput:
     changes_only: bool = False
     # Shared budgets (a storage pool's egress bytes and requests per second), and the
     # semaphore of the pool's disks in flight; the engine honours them, the caller owns them.
-    byte_buckets: Sequence[TokenBucket] = ()
-    request_buckets: Sequence[TokenBucket] = ()
+    byte_buckets: Sequence[Bucket] = ()
+    request_buckets: Sequence[Bucket] = ()
     slot: threading.BoundedSemaphore | None = None
 
 

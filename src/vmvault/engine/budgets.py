@@ -3,14 +3,19 @@
 A pool's egress (MB/s) and request rate are shared by all disks read from it, whichever VM
 they belong to; each disk also has its own cap. Restores take their share of the same pool
 buckets as backups.
+
+Where a pool's buckets come from is a ``PoolBudget``: this process's own (the default), or,
+for workers of a fleet, buckets kept in Redis and shared by every worker
+(``vmvault.cluster.redis_limits.RedisPoolBudget``, installed by ``use_pool_budget``).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
-from vmvault.engine.throttle import TokenBucket
+from vmvault.engine.throttle import Bucket, TokenBucket
 
 _lock = threading.Lock()
 _pools: dict[str, tuple[TokenBucket, TokenBucket]] = {}
@@ -27,7 +32,41 @@ def pool_slots(pool: str, disks_in_flight: int) -> threading.BoundedSemaphore:
         return found[1]
 
 
+class PoolBudget(Protocol):
+    """Where a pool's shared (bytes, requests) buckets come from."""
+
+    def buckets(
+        self, pool: str, egress_mb_per_s: float, requests_per_second: float
+    ) -> tuple[Bucket, Bucket]: ...
+
+
+class LocalPoolBudget:
+    """This process's buckets: every job of the process shares them."""
+
+    def buckets(
+        self, pool: str, egress_mb_per_s: float, requests_per_second: float
+    ) -> tuple[Bucket, Bucket]:
+        return local_pool_buckets(pool, egress_mb_per_s, requests_per_second)
+
+
+_budget: PoolBudget = LocalPoolBudget()
+
+
+def use_pool_budget(budget: PoolBudget | None) -> None:
+    """Make ``budget`` the source of every pool's buckets from now on (None: this
+    process's own again). A fleet worker installs Redis's at its start."""
+    global _budget
+    _budget = budget if budget is not None else LocalPoolBudget()
+
+
 def pool_buckets(
+    pool: str, egress_mb_per_s: float, requests_per_second: float
+) -> tuple[Bucket, Bucket]:
+    """The (bytes, requests) buckets of a pool, from the installed ``PoolBudget``."""
+    return _budget.buckets(pool, egress_mb_per_s, requests_per_second)
+
+
+def local_pool_buckets(
     pool: str, egress_mb_per_s: float, requests_per_second: float
 ) -> tuple[TokenBucket, TokenBucket]:
     """The (bytes, requests) buckets of a pool, created once per process and shared."""
@@ -48,8 +87,8 @@ class DiskBudget:
     """What one disk's transfer must respect: its own cap, its pool's shared buckets, and
     a place among the pool's disks in flight."""
 
-    byte_buckets: tuple[TokenBucket, ...] = ()
-    request_buckets: tuple[TokenBucket, ...] = ()
+    byte_buckets: tuple[Bucket, ...] = ()
+    request_buckets: tuple[Bucket, ...] = ()
     slot: threading.BoundedSemaphore | None = None
 
 
@@ -61,7 +100,9 @@ def disk_budget(
     requests_per_second: float = 0.0,
     disks_in_flight: int = 0,
 ) -> DiskBudget:
-    own = (TokenBucket(disk_mb_per_s * 1e6, burst=4 * 1024 * 1024),) if disk_mb_per_s else ()
+    own: tuple[Bucket, ...] = (
+        (TokenBucket(disk_mb_per_s * 1e6, burst=4 * 1024 * 1024),) if disk_mb_per_s else ()
+    )
     if pool is None:
         return DiskBudget(own)
     egress, requests = pool_buckets(pool, egress_mb_per_s, requests_per_second)

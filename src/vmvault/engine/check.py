@@ -99,7 +99,26 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
         report.problems.append(
             Problem("warning", "leftover_temp", name, "temporary file of an interrupted write")
         )
+    try:
+        vault.gc_pending()
+    except CorruptObject as exc:
+        report.problems.append(
+            Problem("warning", "gc_pending_unreadable", "gc/pending", exc.message)
+        )
+    pending = vault.gc_pending_packs()
     for pack_id in sorted(present - set(indexed)):
+        if pack_id in pending:
+            report.problems.append(
+                Problem(
+                    "warning",
+                    "sweep_interrupted",
+                    pack_key(pack_id),
+                    "garbage collection rewrote the index without this pack (after copying"
+                    " what was live) and was interrupted before deleting it, or the store"
+                    " retains it; the next `gc` finishes it",
+                )
+            )
+            continue
         report.problems.append(
             Problem(
                 "warning",
@@ -108,13 +127,6 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
                 "pack named by no index (an interrupted backup); the next backup adopts it",
             )
         )
-    try:
-        vault.gc_pending()
-    except CorruptObject as exc:
-        report.problems.append(
-            Problem("warning", "gc_pending_unreadable", "gc/pending", exc.message)
-        )
-    pending = vault.gc_pending_packs()
     for pack_id, by_place in sorted(indexed.items()):
         key = pack_key(pack_id)
         entries = list(by_place.values())

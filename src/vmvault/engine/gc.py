@@ -12,11 +12,21 @@ grace period, adapted to packs:
    candidates: they may belong to a backup that has not committed its point yet.
 3. **Sweep**, only when no backup or restore holds a live lock (one that started before
    the plan may already reference a doomed chunk): live blobs of candidate packs are copied
-   as they are (still sealed) into new packs, then the candidates are deleted and the index
-   is rewritten as one object. Otherwise the sweep is left for the next run.
+   as they are (still sealed) into new packs, the index is rewritten as one object without
+   the candidates, the old index objects go, then the candidates. An interrupted sweep
+   leaves them unindexed but announced: no backup adopts them, the next collection does
+   and finishes. Otherwise the sweep is left for the next run.
 
 A blob is live when one of its chunks is live *and* the index locates that chunk in this
 blob: a second copy of a chunk (written by two concurrent backups) is garbage.
+
+A store that retains objects may refuse a delete (``ObjectRetained``: a container-level
+policy, a legal hold, a WORM store without versions); S3 Object Lock and Azure's
+version-level immutability do not (a delete only hides the retained version). A refused
+pack stays, unindexed (its live chunks were copied) and still announced in ``gc/pending``
+(no backup reuses or adopts it), and is named in ``retained``; the next collection adopts it
+again and retries. A refused index object keeps the packs it names. Nothing is lost either
+way; the collection goes on.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmvault.backends.base import ObjectRetained
 from vmvault.engine.blobs import Compressor, encode_blob
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, VmvaultError
 from vmvault.vault.format import ZERO_ID, PackEntry
@@ -51,9 +62,22 @@ class GcReport:
     damaged_points: list[str] = field(default_factory=list)  # skipped under --force
     damaged: list[str] = field(default_factory=list)  # every damaged object skipped
     problems: list[str] = field(default_factory=list)
+    retained: list[str] = field(default_factory=list)  # garbage the store would not delete yet
+    # What the maintenance did to the store's retention (vault/store_retention.py), if any.
+    store_retention: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _delete(vault: Vault, key: str, report: GcReport) -> bool:
+    """Delete one object; False (and named in the report) when the store still retains it."""
+    try:
+        vault.backend.delete(key)
+    except ObjectRetained as exc:
+        report.retained.append(f"{key}: {exc.message}")
+        return False
+    return True
 
 
 class DamagedVault(VmvaultError):
@@ -171,7 +195,9 @@ def collect_garbage(
 ) -> GcReport:
     now = time.time() if now is None else now
     report = GcReport()
-    vault.adopt_orphan_packs()  # a crashed backup's packs are garbage too, once old enough
+    # A crashed backup's packs are garbage too, once old enough; so are those a crashed
+    # sweep (or a store that refused the delete) left unindexed, which it plans again.
+    vault.adopt_orphan_packs(doomed=True)
     vault.load_index()
     live, live_manifests, report.points, damaged = mark(vault, force=force)
     report.damaged = [f"{kind} {name}" for kind, name in damaged]
@@ -218,7 +244,7 @@ def collect_garbage(
     # were adopted from their own headers above), even when nothing else is garbage.
     if not candidates and not vault.index_problems:
         vault.set_gc_pending(None)
-        report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace)
+        report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace, report)
         return report
     # Announce first, then look for holders: a backup that starts after this line reads
     # the announcement and will not reference the candidates' chunks.
@@ -229,9 +255,11 @@ def collect_garbage(
         kinds = ", ".join(sorted({h.kind for h in holders}))
         report.deferred = f"{len(holders)} job(s) running ({kinds}): sweep left for the next run"
         return report
-    _sweep(vault, candidates, entries, index_keys, live, report)
-    vault.set_gc_pending(None)
-    report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace)
+    kept = _sweep(vault, candidates, entries, index_keys, live, report)
+    # Packs the store would not delete stay announced: no backup reuses or adopts them, and
+    # the next collection (which adopts them itself) tries again.
+    vault.set_gc_pending({"created": now, "packs": [p.hex() for p in kept]} if kept else None)
+    report.manifests_deleted = _drop_manifests(vault, live_manifests, now, grace, report)
     return report
 
 
@@ -242,36 +270,61 @@ def _sweep(
     index_keys: list[str],
     live: set[bytes],
     report: GcReport,
-) -> None:
+) -> list[bytes]:
+    """Copy what is live out of the candidates, rewrite the index, delete the candidates;
+    returns those the store would not let go."""
     writer = vault.pack_writer()
     compressor = Compressor(vault.config.compression_level)
+    moved: dict[bytes, bool] = {}
     try:
         for pack_id in candidates:
-            if _move_live_blobs(vault, writer, compressor, pack_id, entries[pack_id], live):
-                report.repacked_packs += 1
-            else:
-                report.deleted_packs += 1
+            moved[pack_id] = _move_live_blobs(
+                vault, writer, compressor, pack_id, entries[pack_id], live
+            )
         writer.flush()  # the copies are durable and indexed before any original goes
     finally:
         writer.close()
-    for pack_id in candidates:
-        key = pack_key(pack_id)
-        with contextlib.suppress(ObjectMissing):
-            report.bytes_freed += vault.backend.size(key)
-        vault.backend.delete(key)
-        entries.pop(pack_id, None)
-        if pack_id in vault.damage.packs:
-            vault.damage.clear(pack_id)
-    # One index object for what remains (the writer indexed its new packs already); the
-    # index objects read at the start go. Objects written meanwhile are left alone.
+    # One index object for what remains (the writer indexed its new packs already), then
+    # the index objects read at the start go, then the candidates. Objects written
+    # meanwhile are left alone. A crash before the candidates go leaves them unindexed:
+    # orphans that gc/pending still excludes from reuse, collected by the next run.
+    doomed = set(candidates)
     remaining = [
-        (p, list({(e.chunk_id, e.offset): e for e in es}.values())) for p, es in entries.items()
+        (p, list({(e.chunk_id, e.offset): e for e in es}.values()))
+        for p, es in entries.items()
+        if p not in doomed
     ]
     if remaining:
         vault.write_index_object(remaining)
+    named: set[bytes] = set()  # packs an index object the store kept still names
     for key in index_keys:
-        vault.backend.delete(key)
+        if not _delete(vault, key, report):
+            with contextlib.suppress(CorruptObject, ObjectMissing):
+                named.update(p for p, _ in vault.read_index_object(key))
+    kept: list[bytes] = []
+    for pack_id in candidates:
+        key = pack_key(pack_id)
+        if pack_id in named:
+            # Kept so that no index object ever names a pack that is gone (`check` would
+            # call it lost); it goes with that index object, when the store lets it.
+            report.retained.append(f"{key}: named by an index object the store retains")
+            kept.append(pack_id)
+            continue
+        size = 0
+        with contextlib.suppress(ObjectMissing):
+            size = vault.backend.size(key)
+        if not _delete(vault, key, report):
+            kept.append(pack_id)  # still there, still readable: a later collection retries
+            continue
+        report.bytes_freed += size
+        if moved[pack_id]:
+            report.repacked_packs += 1
+        else:
+            report.deleted_packs += 1
+        if pack_id in vault.damage.packs:
+            vault.damage.clear(pack_id)
     vault.load_index()
+    return kept
 
 
 def _move_live_blobs(
@@ -308,7 +361,9 @@ def _move_live_blobs(
     return True
 
 
-def _drop_manifests(vault: Vault, live: set[str], now: float, grace: float) -> int:
+def _drop_manifests(
+    vault: Vault, live: set[str], now: float, grace: float, report: GcReport
+) -> int:
     """Manifests no point names (an interrupted commit, or deleted points), once old."""
     dropped = 0
     for key in list(vault.backend.list("manifests/")):
@@ -319,6 +374,6 @@ def _drop_manifests(vault: Vault, live: set[str], now: float, grace: float) -> i
                 continue
         except ObjectMissing:
             continue
-        vault.backend.delete(key)
-        dropped += 1
+        if _delete(vault, key, report):
+            dropped += 1
     return dropped

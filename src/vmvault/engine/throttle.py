@@ -5,8 +5,32 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 INTERRUPT_EVERY = 0.2  # seconds between looks for a cancel while a wait lasts
+
+
+class Bucket(Protocol):
+    """What the engine asks of a rate cap: take units, waiting for them. ``TokenBucket``
+    is this process's; a fleet's shared one lives in Redis (``vmvault.cluster.redis_limits``)."""
+
+    rate: float
+
+    def consume(self, amount: float, interrupt: Callable[[], None] | None = None) -> None: ...
+
+
+def wait_for(
+    wait: float,
+    interrupt: Callable[[], None] | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Sleep ``wait`` seconds, calling ``interrupt`` every ``INTERRUPT_EVERY`` seconds."""
+    while wait > 0:
+        step = min(wait, INTERRUPT_EVERY) if interrupt is not None else wait
+        sleep(step)
+        wait -= step
+        if interrupt is not None and wait > 0:
+            interrupt()
 
 
 class TokenBucket:
@@ -46,10 +70,4 @@ class TokenBucket:
     def consume(self, amount: float, interrupt: Callable[[], None] | None = None) -> None:
         """Take ``amount`` units, waiting for them; ``interrupt`` is called every
         ``INTERRUPT_EVERY`` seconds of the wait and may raise to abandon it (a cancel)."""
-        wait = self.reserve(amount)
-        while wait > 0:
-            step = min(wait, INTERRUPT_EVERY) if interrupt is not None else wait
-            self._sleep(step)
-            wait -= step
-            if interrupt is not None and wait > 0:
-                interrupt()
+        wait_for(self.reserve(amount), interrupt, self._sleep)

@@ -1,7 +1,11 @@
 """The one daemon loop of a process that serves the queue: scheduler ticks, a worker and
 alert delivery, each in its own thread, so a long backup never holds up the scheduling of
 the next one. ``vmvault scheduler`` runs it in the foreground, ``vmvault serve`` beside its
-API."""
+API.
+
+With a broker (a fleet: ``fleet`` is given) the queue sends each job to the workers of its
+host, and the "worker" loop runs no job here: it reaps the jobs of lost workers (which sends
+them again) and sends again the due jobs still queued long after their message."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as clock_time
+from typing import TYPE_CHECKING
 
 from vmvault.alerts.deliver import deliver_pending
 from vmvault.app.context import Context
@@ -18,8 +23,11 @@ from vmvault.engine.progress import SHUTDOWN
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.jobs.scheduler import SchedulerState, tick
-from vmvault.jobs.worker import STOP_GRACE, run_worker
+from vmvault.jobs.worker import STOP_GRACE, alert_failure, run_worker
 from vmvault.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from vmvault.cluster.settings import FleetSettings
 
 log = logging.getLogger("vmvault.scheduler")
 LOOPS = ("scheduler", "worker", "alerts")
@@ -41,6 +49,7 @@ class Daemon:
     tick_seconds: float = 30.0
     maintenance_time: clock_time = clock_time(12, 0)
     worker_poll: float = 0.2
+    fleet: FleetSettings | None = None  # jobs go to a fleet's workers through its broker
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
 
@@ -74,7 +83,10 @@ class Daemon:
         """One turn of each loop in order: queue what is due, run the queue until it is
         empty, deliver alerts. Returns the ids of the jobs queued."""
         queued = self._tick(SchedulerState())
-        run_worker(self.ctx, self.inventory(), once=True, poll=self.worker_poll)
+        if self.fleet is not None:
+            self._reap()  # the fleet's workers run the jobs
+        else:
+            run_worker(self.ctx, self.inventory(), once=True, poll=self.worker_poll)
         deliver_pending(self.queue.catalog, self.vault.config.vault_id, self.inventory().alerts)
         return queued
 
@@ -103,7 +115,15 @@ class Daemon:
             self._tick(state)
             self._stop.wait(self.tick_seconds)
 
+    def _reap(self) -> None:
+        for lost, outcome in self.queue.reap():
+            if outcome == "failed":
+                alert_failure(self.queue, lost, ("worker_lost", "its worker stopped answering"))
+
     def _work(self) -> None:
+        if self.fleet is not None:
+            self._dispatch()
+            return
         while not self._stop.is_set():
             if self.queue.queued() or self.queue.running():
                 run_worker(
@@ -111,6 +131,28 @@ class Daemon:
                 )
             else:
                 self._stop.wait(IDLE_POLL)
+
+    def _dispatch(self) -> None:
+        """A fleet's "worker" loop: reap lost jobs (sent again) and send again the lost
+        messages; the jobs themselves run in the workers."""
+        # Celery and redis: only with a broker
+        from vmvault.cluster.broker import Sweeper
+        from vmvault.cluster.redis_limits import RedisGate, connect
+        from vmvault.jobs.admission import limits_of
+
+        assert self.fleet is not None
+        gate = RedisGate(
+            connect(self.fleet.broker),
+            self.vault.config.vault_id,
+            lambda: limits_of(self.inventory()),
+            self.fleet.lease,
+        )
+        sweep = Sweeper(self.queue, self.fleet, waiting=gate.waiting)
+        every = max(0.2, min(self.fleet.heartbeat, self.fleet.stale_after / 3))
+        while not self._stop.is_set():
+            self._reap()
+            sweep()
+            self._stop.wait(every)
 
     def _deliver(self) -> None:
         while not self._stop.is_set():

@@ -9,6 +9,11 @@ attempts remain, then failed (the worker raises a ``job_failed`` alert); a job w
 was asked for is cancelled instead. Transient failures are retried with exponential backoff
 up to ``max_attempts``; a job that succeeds on a later attempt keeps the error of the last
 failed one and its ``attempts`` count, so a lost attempt stays visible.
+
+With a broker (``vmvault.cluster``) the queue is given a ``dispatch`` callback: every time a
+job becomes queued (enqueued, retried, reaped) it is called after the commit, with the delay
+before the job may start, and sends a message naming the job to a worker. The row stays the
+record; the message only says "look at job N".
 """
 
 from __future__ import annotations
@@ -67,10 +72,29 @@ def job_doc(job: Job) -> dict[str, Any]:
     return doc
 
 
+# job id, kind, VM, seconds before it may start: sends the job to a worker (a broker's task)
+Dispatch = Callable[[int, str, str, float], None]
+
+
 class JobQueue:
-    def __init__(self, catalog: Catalog, vault_id: str) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        vault_id: str,
+        *,
+        dispatch: Dispatch | None = None,
+        backoff: timedelta | None = None,
+        stale_after: timedelta | None = None,
+    ) -> None:
         self.catalog = catalog
         self.vault_id = vault_id
+        self.dispatch = dispatch
+        self.backoff = BACKOFF if backoff is None else backoff
+        self.stale_after = STALE_AFTER if stale_after is None else stale_after
+
+    def _dispatch(self, job_id: int, kind: str, vm: str, delay: timedelta) -> None:
+        if self.dispatch is not None:
+            self.dispatch(job_id, kind, vm, max(0.0, delay.total_seconds()))
 
     def enqueue(
         self,
@@ -96,7 +120,13 @@ class JobQueue:
             )
             s.add(job)
             s.flush()
-            return job.id
+            job_id = int(job.id)
+        self._dispatch(job_id, kind, vm, timedelta(0))
+        return job_id
+
+    def send(self, job: Job, delay: timedelta | None = None) -> None:
+        """Send a queued job to the workers again (with a broker; else nothing to do)."""
+        self._dispatch(job.id, job.kind, job.vm or "", delay or timedelta(0))
 
     def get(self, job_id: int) -> Job:
         with self.catalog.session() as s:
@@ -140,22 +170,39 @@ class JobQueue:
         for job in self.queued(now):
             if blocked(running, job) is not None:
                 continue
-            with self.catalog.session.begin() as s:
-                claimed = s.execute(
-                    update(Job)
-                    .where(Job.id == job.id, Job.state == "queued")
-                    .values(
-                        state="running",
-                        worker=worker,
-                        started_at=now,
-                        heartbeat_at=now,
-                        attempts=Job.attempts + 1,
-                        queue_wait=(now - (job.queued_at or now)).total_seconds(),
-                    )
-                )
-            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            if self._take(job, worker, now):
                 return self.get(job.id)
         return None
+
+    def claim_id(self, job_id: int, worker: str, now: datetime | None = None) -> Job | None:
+        """Job ``job_id`` marked running by ``worker`` if it is queued, due and not
+        cancelled (a broker's message names the job; admission was asked before), else
+        None: a message for a job already running or finished is a no-op."""
+        now = now or datetime.now(UTC)
+        try:
+            job = self.get(job_id)
+        except NotFound:
+            return None
+        if job.state != "queued" or job.cancel_requested or (job.not_before or now) > now:
+            return None
+        return self.get(job_id) if self._take(job, worker, now) else None
+
+    def _take(self, job: Job, worker: str, now: datetime) -> bool:
+        """The conditional update: the job becomes ``worker``'s only if still queued."""
+        with self.catalog.session.begin() as s:
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.state == "queued")
+                .values(
+                    state="running",
+                    worker=worker,
+                    started_at=now,
+                    heartbeat_at=now,
+                    attempts=Job.attempts + 1,
+                    queue_wait=(now - (job.queued_at or now)).total_seconds(),
+                )
+            )
+        return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
 
     def heartbeat(
         self, job_id: int, now: datetime | None = None, *, worker: str | None = None
@@ -203,7 +250,7 @@ class JobQueue:
         now = now or datetime.now(UTC)
         job = self.get(job_id)
         if transient and job.attempts < job.max_attempts and not job.cancel_requested:
-            delay = BACKOFF * (2 ** (job.attempts - 1))
+            delay = self.backoff * (2 ** (job.attempts - 1))
             with self.catalog.session.begin() as s:
                 s.execute(
                     update(Job)
@@ -216,12 +263,13 @@ class JobQueue:
                         error_message=error[1],
                     )
                 )
+            self._dispatch(job_id, job.kind, job.vm or "", delay)
             return "queued"
         self.finish(job_id, "failed", error=error)
         return "failed"
 
     def reap(
-        self, now: datetime | None = None, stale_after: timedelta = STALE_AFTER
+        self, now: datetime | None = None, stale_after: timedelta | None = None
     ) -> list[tuple[Job, str]]:
         """Running jobs whose worker stopped beating (killed, host lost): a transient
         failure, so queued again with backoff while attempts remain, else failed; a job
@@ -233,6 +281,7 @@ class JobQueue:
         worker whose heartbeat came back just in time keeps its job.
         """
         now = now or datetime.now(UTC)
+        stale_after = self.stale_after if stale_after is None else stale_after
         reaped = []
         for job in self.running():
             if now - (job.heartbeat_at or now) <= stale_after:
@@ -244,7 +293,7 @@ class JobQueue:
                 values.update(state="cancelled", finished_at=now)
             elif job.attempts < job.max_attempts:
                 outcome = "queued"
-                delay = BACKOFF * (2 ** (job.attempts - 1))
+                delay = self.backoff * (2 ** (job.attempts - 1))
                 values.update(state="queued", worker=None, not_before=now + delay)
             else:
                 outcome = "failed"
@@ -263,6 +312,8 @@ class JobQueue:
                 )
             if changed.rowcount == 1:  # type: ignore[attr-defined]
                 reaped.append((job, outcome))
+                if outcome == "queued":
+                    self._dispatch(job.id, job.kind, job.vm or "", values["not_before"] - now)
         return reaped
 
     def cancel(self, job_id: int) -> str:

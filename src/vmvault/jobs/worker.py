@@ -95,7 +95,7 @@ def _serve(
     while True:
         for lost, outcome in queue.reap():
             if outcome == "failed":  # attempts spent; "queued" is retried, "cancelled" wanted
-                _alert_failure(queue, lost, ("worker_lost", "its worker stopped answering"))
+                alert_failure(queue, lost, ("worker_lost", "its worker stopped answering"))
         stopping = SHUTDOWN.is_set() or (stop is not None and stop.is_set())
         while (
             not stopping
@@ -103,7 +103,7 @@ def _serve(
             and (job := queue.claim(name, blocked)) is not None
         ):
             thread = threading.Thread(
-                target=_run_job,
+                target=run_claimed_job,
                 args=(ctx, inventory, queue, job),
                 name=f"job-{job.id}",
                 daemon=True,
@@ -150,7 +150,17 @@ class _Progress:
             self.queue.report_progress(self.job_id, dict(self.disks))
 
 
-def _run_job(ctx: Context, inventory: Inventory, queue: JobQueue, job: Job) -> None:
+def run_claimed_job(
+    ctx: Context,
+    inventory: Inventory,
+    queue: JobQueue,
+    job: Job,
+    *,
+    heartbeat: float = HEARTBEAT,
+    beat: Callable[[], None] | None = None,
+) -> None:
+    """Run a claimed job to its outcome. ``beat`` is called at every look for a cancel
+    (about every second): a broker's worker renews its admission lease there."""
     worker = str(job.worker)
     cancel = threading.Event()
     stop = threading.Event()
@@ -162,7 +172,9 @@ def _run_job(ctx: Context, inventory: Inventory, queue: JobQueue, job: Job) -> N
         beaten = time.monotonic()
         while not stop.wait(CANCEL_POLL):
             try:
-                if time.monotonic() - beaten >= HEARTBEAT:
+                if beat is not None:
+                    beat()
+                if time.monotonic() - beaten >= heartbeat:
                     beaten = time.monotonic()
                     stop_now = queue.heartbeat(job.id, worker=worker)
                 else:
@@ -197,7 +209,7 @@ def _run_job(ctx: Context, inventory: Inventory, queue: JobQueue, job: Job) -> N
         stop.set()
         watcher.join()
     if outcome == "failed":
-        _alert_failure(queue, job, error)
+        alert_failure(queue, job, error)
 
 
 def _retry_or_fail(
@@ -210,7 +222,7 @@ def _retry_or_fail(
     return queue.retry_or_fail(job_id, error, transient=transient)
 
 
-def _alert_failure(queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
+def alert_failure(queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
     what = f"{job.kind} of {job.vm}" if job.vm else job.kind
     raise_alert(
         queue.catalog,

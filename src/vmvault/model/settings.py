@@ -14,3 +14,7 @@ class VaultSettings(TypedDict):
     # record (protection/guard.py); older vaults kept one per policy name in ``retention``.
     retention_by_vm: NotRequired[dict[str, Any]]
     retention: NotRequired[dict[str, Any]]
+    # How many days the store retains each object the vault still needs, past the last
+    # maintenance, while the vault is immutable (vault/store_retention.py); absent: the
+    # store is not asked (it cannot, or the user said no).
+    store_retention_days: NotRequired[int]

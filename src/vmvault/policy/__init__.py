@@ -6,7 +6,12 @@ pin every instant. See ``model`` for the configuration, ``schedule`` for due tim
 ``retention`` for what to keep and ``protection`` for stop/soft-delete/undelete/purge.
 """
 
-from vmvault.policy.errors import ImmutableVaultError, PolicyError, ProtectionStateError
+from vmvault.policy.errors import (
+    ImmutableVaultError,
+    PolicyError,
+    ProtectionStateError,
+    StoreRetentionUnavailable,
+)
 from vmvault.policy.model import (
     DEFAULT_POLICY,
     HOURLY_INTERVALS,
@@ -24,10 +29,12 @@ from vmvault.policy.protection import (
     PURGE_ALERT_BEFORE,
     SOFT_DELETE_DAYS,
     SOFT_DELETE_RANGE,
+    STORE_RETENTION_DAYS,
     ProtectionState,
     ProtectionStatus,
     check_retention_change,
     check_soft_delete_days,
+    choose_store_retention_days,
     due_for_purge,
     purge,
     resume_protection,
@@ -65,6 +72,7 @@ __all__ = [
     "REASONS",
     "SOFT_DELETE_DAYS",
     "SOFT_DELETE_RANGE",
+    "STORE_RETENTION_DAYS",
     "WEEKDAYS",
     "Immutability",
     "ImmutableVaultError",
@@ -80,10 +88,12 @@ __all__ = [
     "Run",
     "Schedule",
     "ScheduleKind",
+    "StoreRetentionUnavailable",
     "Timetable",
     "Weekday",
     "check_retention_change",
     "check_soft_delete_days",
+    "choose_store_retention_days",
     "due_for_purge",
     "due_times",
     "local_to_utc",

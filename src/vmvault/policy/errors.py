@@ -28,3 +28,12 @@ class ProtectionStateError(PolicyError):
 
     code = "protection_state"
     http_status = 409
+
+
+class StoreRetentionUnavailable(PolicyError):
+    """Store enforcement of immutability was asked for, but the vault's store cannot retain
+    objects (a directory, a bucket without Object Lock, a container without version-level
+    immutability)."""
+
+    code = "store_retention_unavailable"
+    http_status = 409

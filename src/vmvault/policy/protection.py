@@ -20,13 +20,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, get_args
 
-from vmvault.policy.errors import ImmutableVaultError, PolicyError, ProtectionStateError
+from vmvault.policy.errors import (
+    ImmutableVaultError,
+    PolicyError,
+    ProtectionStateError,
+    StoreRetentionUnavailable,
+)
 from vmvault.policy.model import IMMUTABILITY_STATES, Immutability, Retention
 from vmvault.policy.retention import retention_shortened
 
 ProtectionStatus = Literal["protected", "stopped-retain", "stopped-deleted", "purged"]
 PROTECTION_STATUSES: Final[tuple[ProtectionStatus, ...]] = get_args(ProtectionStatus)
 
+# How long the store retains each object vmvault still needs, past the last maintenance,
+# when the vault is immutable and the store can (S3 Object Lock, Azure immutability).
+STORE_RETENTION_DAYS: Final = 30
+STORE_RETENTION_RANGE: Final = (1, 36500)
 SOFT_DELETE_DAYS: Final = 14
 SOFT_DELETE_RANGE: Final = (14, 180)
 # Azure raises its "upcoming purge" security alert this long before the purge.
@@ -188,6 +197,45 @@ def set_immutability(current: Immutability, new: Immutability) -> Immutability:
     if current == "locked" and new != "locked":
         raise ImmutableVaultError("the vault's immutability is locked and cannot be changed")
     return new
+
+
+def choose_store_retention_days(
+    current: Immutability,
+    current_days: int | None,
+    new: Immutability,
+    requested: int | None,
+    *,
+    available: bool,
+    why_not: str = "",
+) -> int | None:
+    """How many days the store is to retain the vault's objects (None: not asked of it).
+
+    ``requested`` is what the user asked for (None: nothing said; 0: vmvault only). Asking
+    a store that cannot is refused, as is shortening the period while the vault stays
+    immutable (the same promise as for a retention). Nothing said keeps the recorded period,
+    or takes the default where the store can retain; while immutability is off the record
+    stays, unapplied, for the next time it is turned on."""
+    _check_immutability(current, "current immutability")
+    _check_immutability(new, "new immutability")
+    if requested is None:
+        if current_days or new == "off":
+            return current_days
+        return STORE_RETENTION_DAYS if available else None
+    low, high = STORE_RETENTION_RANGE
+    if type(requested) is not int or not (requested == 0 or low <= requested <= high):
+        raise PolicyError(f"store retention days must be 0 (none) or {low} to {high}")
+    if requested and not available:
+        raise StoreRetentionUnavailable(
+            f"the store cannot enforce immutability: {why_not}"
+            if why_not
+            else "the store cannot enforce immutability"
+        )
+    if current != "off" and new != "off" and current_days and requested < current_days:
+        raise ImmutableVaultError(
+            f"the vault is immutable ({current}): the store's retention of its objects cannot"
+            f" be shortened from {current_days} days"
+        )
+    return requested or None
 
 
 def check_retention_change(old: Retention, new: Retention, immutable: Immutability) -> list[str]:

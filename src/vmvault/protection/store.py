@@ -10,12 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import cast
 
+from vmvault.backends.base import ObjectRetained, RetentionSupport, retaining
 from vmvault.errors import CorruptObject
 from vmvault.model.settings import VaultSettings
 from vmvault.policy import (
     SOFT_DELETE_DAYS,
     ProtectionState,
     check_soft_delete_days,
+    choose_store_retention_days,
     due_for_purge,
     purge,
     resume_protection,
@@ -40,6 +42,8 @@ def settings(vault: Vault) -> VaultSettings:
         or type(doc.get("soft_delete_days")) is not int
     ):
         raise CorruptObject(f"{SETTINGS_KEY}: no immutability or soft delete days")
+    if "store_retention_days" in doc and type(doc["store_retention_days"]) is not int:
+        raise CorruptObject(f"{SETTINGS_KEY}: store retention days are not a number")
     return cast("VaultSettings", doc)
 
 
@@ -47,11 +51,42 @@ def save_settings(vault: Vault, doc: VaultSettings) -> None:
     vault.put_document(SETTINGS_KEY, doc, AAD_SETTINGS)
 
 
-def set_vault_immutability(vault: Vault, value: str) -> VaultSettings:
+def store_support(vault: Vault) -> RetentionSupport:
+    """Whether the vault's store can retain objects (one question to it, none for a
+    directory)."""
+    capability = retaining(vault.backend)
+    if capability is None:
+        return RetentionSupport(
+            "", False, "a directory: vmvault has no way to ask a file system to retain files"
+        )
+    return capability.retention_support()
+
+
+def set_vault_immutability(
+    vault: Vault, value: str, store_days: int | None = None
+) -> tuple[VaultSettings, RetentionSupport]:
+    """Change the vault's immutability and what the store is asked to retain (see
+    ``policy.choose_store_retention_days``); everything is checked before anything is
+    written. Returns the settings and what the store can do."""
     doc = settings(vault)
-    doc["immutability"] = set_immutability(doc["immutability"], value)  # type: ignore[arg-type]
+    new = set_immutability(doc["immutability"], value)  # type: ignore[arg-type]
+    support = store_support(vault)
+    days = choose_store_retention_days(
+        doc["immutability"],
+        doc.get("store_retention_days"),
+        new,
+        store_days,
+        available=support.available,
+        why_not=support.detail,
+    )
+    doc["immutability"] = new
+    if days:
+        doc["store_retention_days"] = days
+    else:
+        doc.pop("store_retention_days", None)
     save_settings(vault, doc)
-    return doc
+    vault.configure_store_retention()
+    return doc, support
 
 
 def set_soft_delete_days(vault: Vault, days: int) -> VaultSettings:
@@ -115,8 +150,13 @@ def purge_due(vault: Vault, vms: list[str], now: datetime | None = None) -> dict
         state = state_of(vault, vm)
         if due_for_purge(state, now):
             ids = [p["id"] for p in vault.points() if p["vm"] == vm]
-            for point_id in ids:
-                vault.delete_point(point_id)
+            try:
+                for point_id in ids:
+                    vault.delete_point(point_id)
+            except ObjectRetained:
+                # The store keeps a point for now: the VM stays soft-deleted, not purged,
+                # and the next purge tries again.
+                continue
             _save(vault, vm, purge(state))
             purged[vm] = len(ids)
     return purged

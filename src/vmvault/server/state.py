@@ -48,6 +48,9 @@ class ServerConfig:
     maintenance_time: clock_time = clock_time(12, 0)  # UTC: daily retention and GC
     secure_cookies: bool = False  # set when serving TLS
     ask_passphrase: PassphrasePrompt | None = None  # a terminal's prompt, if started at one
+    # A fleet: jobs are sent through this Redis to `vmvault worker --host` processes, and
+    # the worker loop here only reaps lost jobs and sends lost messages again.
+    broker: str | None = None
 
 
 @dataclass
@@ -72,8 +75,16 @@ class ServerState:
         self.vault = self.ctx.open_vault(load_index=False)  # fails early on a bad passphrase
         self.catalog = self.ctx.catalog()
         self.accounts = Accounts(self.catalog)
-        self.queue = JobQueue(self.catalog, self.vault.config.vault_id)
         self._inventory = InventoryFile(c.inventory)
+        fleet = None
+        if c.broker:  # Celery: loaded only for a fleet
+            from vmvault.cluster.broker import fleet_queue
+            from vmvault.cluster.settings import FleetSettings
+
+            fleet = FleetSettings.from_env(c.broker)
+            self.queue = fleet_queue(self.catalog, self.vault_id, fleet, self._inventory)
+        else:
+            self.queue = JobQueue(self.catalog, self.vault.config.vault_id)
         wanted = {"scheduler": c.scheduler, "worker": c.worker, "alerts": c.alerts}
         self.daemon = Daemon(
             self.ctx,
@@ -83,6 +94,7 @@ class ServerState:
             loops=[name for name in LOOPS if wanted[name]],
             tick_seconds=c.tick_seconds,
             maintenance_time=c.maintenance_time,
+            fleet=fleet,
         )
         self.inventory()  # a broken inventory stops the server at start, not at first use
 

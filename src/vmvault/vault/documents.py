@@ -7,7 +7,10 @@ vault's key (``Vault.get_document`` / ``put_document``); no VM name appears in a
 
 from __future__ import annotations
 
-from vmvault.vault.vault import Vault
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # vault.py reads the settings when it opens a vault
+    from vmvault.vault.vault import Vault
 
 SETTINGS_KEY = "settings"
 PROTECTION_PREFIX = "protection/"

@@ -62,14 +62,14 @@ import lmdb
 if TYPE_CHECKING:
     import numpy as np
 
+from vmvault.backends.cache_files import CHUNK_INDEX_DIR, cache_root
 from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
 from vmvault.vault.format import INDEX_ENTRY, INDEX_PACK, PackEntry, index_plaintext
 
 log = logging.getLogger("vmvault")
 _T = TypeVar("_T")
 
-CACHE_DIR_ENV = "VMVAULT_CACHE_DIR"
-SUBDIR = "chunk-index"
+SUBDIR = CHUNK_INDEX_DIR
 SCHEMA = b"vmvault-chunk-index-1"
 CURRENT = "CURRENT"
 DATA = "data.mdb"
@@ -189,15 +189,6 @@ class LocalIndexDamaged(VmvaultError):
 
     code = "local_index_damaged"
     transient = True  # a queued job's retry opens the vault again: the index is rebuilt
-
-
-def cache_root() -> Path:
-    """``$VMVAULT_CACHE_DIR``, else ``$XDG_CACHE_HOME/vmvault``, else ``~/.cache/vmvault``."""
-    if chosen := os.environ.get(CACHE_DIR_ENV):
-        return Path(chosen).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # the spec: absolute only
-    return base / "vmvault"
 
 
 def index_dir(vault_id: str) -> Path:

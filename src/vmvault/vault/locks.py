@@ -98,8 +98,12 @@ class VaultLock:
             self.backend.delete(self.key)
         except (OSError, VmvaultError) as failure:
             # The job's work is done (or its own error is on its way): a lock left behind
-            # only holds off garbage collection until it goes stale.
-            log.warning(
+            # only holds off garbage collection until it goes stale. When the job itself
+            # failed because the store stopped answering, that error says it all: the
+            # lock's fate is no second line beside it.
+            store_down = getattr(exc, "code", None) == "backend_unavailable"
+            log.log(
+                logging.INFO if store_down else logging.WARNING,
                 "warning: could not release the lock %s (%s); it goes stale in %d minutes",
                 self.key,
                 getattr(failure, "message", failure),

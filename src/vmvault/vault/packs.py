@@ -5,27 +5,36 @@ account limits), so chunks travel in packs of ``pack_target`` bytes (16 MiB by d
 Data blobs and block records go to separate packs, so the records of a backup sit together
 and the next backup reads them back in a few large ranges.
 
-Packs are sealed by the worker thread that fills them and handed to one uploader thread
-through a queue of at most ``max_pending`` packs: that bounds memory whatever the disk
-size. Every ``index_every`` packs (and at ``flush``) an index object covering the uploaded
-packs is written, so a crash loses at most the packs since the last index object, and even
-those are recovered by reading their headers (see ``Vault.adopt_orphan_packs``).
+Packs are sealed by the worker thread that fills them and handed through a queue to
+``upload_threads`` uploader threads (1 for a local directory, where one writer keeps the
+disk busy; several for an object store, where each PutObject spends most of its time
+waiting on the network: see ``Vault.pack_writer``). At most ``max_pending`` sealed packs
+wait or are being uploaded at any time (a worker that seals one more waits for a slot):
+that bounds memory whatever the disk size and the number of uploaders.
+
+A pack is named by an index object only once its put has returned (it is durable). Every
+``index_every`` uploaded packs (and at ``flush``) an index object covering them is
+written, so a crash loses at most the packs since the last index object, and even those
+are recovered by reading their headers (see ``Vault.adopt_orphan_packs``). The first
+upload that fails is kept and raised to the pipeline at its next ``add`` (and by
+``flush``); packs queued after it are dropped, not uploaded.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import blake3
 
-from vmvault.backends.base import Backend, put_new
+from vmvault.backends.base import Backend, Payload, put_new
 from vmvault.vault.crypto import Cipher
 from vmvault.vault.format import (
     AAD_INDEX,
     AAD_PACK_HEADER,
+    KIND_RECORD,
     PACK_MAGIC,
     PACK_TRAILER,
     PackEntry,
@@ -65,10 +74,18 @@ class PackWriter:
         index: ChunkIndex,
         *,
         pack_target: int,
-        max_pending: int = 2,
+        upload_threads: int = 1,
+        max_pending: int | None = None,
         index_every: int = 64,
     ) -> None:
+        """``max_pending``: sealed packs queued or being uploaded, at most (by default two
+        more than the uploaders, so each uploader finds the next pack waiting)."""
+        if max_pending is None:
+            max_pending = upload_threads + 2
+        if upload_threads < 1 or max_pending < upload_threads:
+            raise ValueError("upload_threads must be >= 1 and max_pending >= upload_threads")
         self._backend = backend
+        self._remember: Callable[[str, Payload], None] | None = getattr(backend, "remember", None)
         self._cipher = cipher
         self._index = index
         self._target = pack_target
@@ -77,10 +94,17 @@ class PackWriter:
         self._open: dict[int, _OpenPack] = {}
         self._claimed: set[bytes] = set()
         self._uploaded: list[tuple[bytes, list[PackEntry]]] = []  # not yet in an index object
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        # The bound is a semaphore, not the queue's size: a pack being uploaded has left
+        # the queue but still holds its memory until its put returns.
+        self._slots = threading.Semaphore(max_pending)
+        self._queue: queue.Queue[object] = queue.Queue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._upload_loop, name=f"pack-upload-{n}", daemon=True)
+            for n in range(upload_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- called by pipeline workers ------------------------------------------------------
 
@@ -118,7 +142,7 @@ class PackWriter:
                 del self._open[kind]
                 full = self._seal(pack)
         if full is not None:
-            self._queue.put(full)  # blocks while max_pending packs wait: bounded memory
+            self._submit(full)
 
     # -- called by the pipeline's owner ---------------------------------------------------
 
@@ -128,14 +152,16 @@ class PackWriter:
             sealed = [self._seal(p) for p in self._open.values() if p.entries]
             self._open.clear()
         for item in sealed:
-            self._queue.put(item)
-        self._queue.join()
+            self._submit(item)
+        self._queue.join()  # every uploader is idle: all puts returned (or failed)
         self._raise_if_failed()
         self._write_index()
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join()
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join()
 
     # -- internals -----------------------------------------------------------------------
 
@@ -147,32 +173,53 @@ class PackWriter:
             hasher.update(part)
         return hasher.digest(), pack.entries, pack.parts
 
+    def _submit(self, item: SealedPack) -> None:
+        """Queue a sealed pack; blocks while ``max_pending`` are pending: bounded memory."""
+        self._slots.acquire()
+        self._queue.put(item)
+
     def _upload_loop(self) -> None:
         while True:
             item = self._queue.get()
-            try:
-                if item is _STOP:
-                    return
-                if self._error is None:
-                    assert isinstance(item, tuple)
-                    pack_id, entries, data = item
-                    put_new(self._backend, pack_key(pack_id), data)  # no torn leftover
-                    self._index.add_pack(pack_id, entries)
-                    # Claims go once the index answers for them, so they stay as few as the
-                    # packs in flight, not one per new chunk of the run. A chunk the index
-                    # still will not let be reused (its first copy is in a pack GC is
-                    # removing) keeps its claim: it is stored once.
-                    indexed = [e.chunk_id for e in entries if self._index.claimable(e.chunk_id)]
-                    with self._lock:
-                        self._claimed.difference_update(indexed)
-                        self._uploaded.append((pack_id, entries))
-                        checkpoint = len(self._uploaded) >= self._index_every
-                    if checkpoint:
-                        self._write_index()
-            except BaseException as exc:  # surfaced to the pipeline on its next call
-                self._error = exc
-            finally:
+            if item is _STOP:
                 self._queue.task_done()
+                return
+            assert isinstance(item, tuple)
+            try:
+                self._upload(item)
+            except BaseException as exc:  # surfaced to the pipeline on its next call
+                with self._lock:
+                    if self._error is None:  # the first failure is the one to report
+                        self._error = exc
+            finally:
+                # The pack's bytes are let go before its slot is given back, not when the
+                # next one arrives: the slots bound the memory really held.
+                del item
+                self._slots.release()
+                self._queue.task_done()
+
+    def _upload(self, item: SealedPack) -> None:
+        if self._error is not None:
+            return  # the backup has failed: nothing more is written for it
+        pack_id, entries, data = item
+        put_new(self._backend, pack_key(pack_id), data)  # no torn leftover
+        if self._remember is not None and entries[0].kind == KIND_RECORD:
+            # The next backup reads these records back: a local cache keeps the pack now
+            # (backends/cache.py), not after a GET then.
+            self._remember(pack_key(pack_id), data)
+        # Durable now: only from here on may an index object name it.
+        self._index.add_pack(pack_id, entries)
+        # Claims go once the index answers for them, so they stay as few as the packs in
+        # flight, not one per new chunk of the run. A chunk the index still will not let be
+        # reused (its first copy is in a pack GC is removing) keeps its claim: it is stored
+        # once.
+        indexed = [e.chunk_id for e in entries if self._index.claimable(e.chunk_id)]
+        with self._lock:
+            self._claimed.difference_update(indexed)
+            self._uploaded.append((pack_id, entries))
+            checkpoint = len(self._uploaded) >= self._index_every
+        if checkpoint:
+            self._write_index()
 
     def _write_index(self) -> None:
         with self._lock:

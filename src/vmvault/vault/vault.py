@@ -6,15 +6,16 @@ store and fetch chunks, records, manifests and recovery points.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import blake3
 
-from vmvault.backends.base import Backend, put_new
+from vmvault.backends.base import Backend, ObjectRetained, WriteRetention, put_new
 from vmvault.errors import (
     CorruptObject,
     ObjectMissing,
@@ -24,6 +25,7 @@ from vmvault.errors import (
     VmvaultError,
 )
 from vmvault.model.point import RecoveryPoint
+from vmvault.vault import store_retention
 from vmvault.vault.config import VaultConfig
 from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
 from vmvault.vault.damage import DamageMarks
@@ -69,6 +71,10 @@ DEFAULT_PACK_TARGET = 16 * 1024 * 1024
 DEFAULT_COMPRESSION_LEVEL = 3
 # Ranges of one pack closer than this are fetched in one read (fewer requests).
 COALESCE_GAP = 256 * 1024
+# Record packs are kept whole in a local cache (backends/cache.py ``hold``) only in vaults
+# whose packs are at most this large: the first use reads the whole pack into memory.
+MAX_HELD_PACK_TARGET = 64 * 1024 * 1024
+T = TypeVar("T")
 
 
 class Vault:
@@ -83,6 +89,13 @@ class Vault:
         self.listed_packs: set[bytes] | None = None
         self.index_problems: dict[str, VmvaultError] = {}
         self.damage = DamageMarks(backend)  # packs a read found damaged (vault/damage.py)
+        # What the store retains on write (vault/store_retention.py); set when opened.
+        self.store_retention: WriteRetention | None = None
+
+    def configure_store_retention(self) -> WriteRetention | None:
+        """Ask the store to retain what the vault's settings say (again, after they change)."""
+        self.store_retention = store_retention.configure(self)
+        return self.store_retention
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -142,6 +155,7 @@ class Vault:
         copy = cls(backend, config, keys)
         for key, (aad, doc) in (documents or {}).items():
             copy.put_document(key, doc, aad)
+        copy.configure_store_retention()  # the settings it inherited may ask for it
         backend.put(CONFIG_KEY, config.to_json())
         return copy
 
@@ -154,11 +168,17 @@ class Vault:
 
     @classmethod
     def open(cls, backend: Backend, passphrase: str, *, load_index: bool = True) -> Vault:
-        if not backend.exists(CONFIG_KEY):
-            raise VaultNotFound(f"no vault at {backend.describe()} (run `vmvault init` first)")
-        config = VaultConfig.from_json(backend.get(CONFIG_KEY))
+        try:
+            # Read, not asked for first: one request fewer on an object store.
+            raw_config = backend.get(CONFIG_KEY)
+        except ObjectMissing:
+            raise VaultNotFound(
+                f"no vault at {backend.describe()} (run `vmvault init` first)"
+            ) from None
+        config = VaultConfig.from_json(raw_config)
         keys = unwrap_keys(backend.get(DEFAULT_KEY_NAME), passphrase, config.vault_id)
         vault = cls(backend, config, keys)
+        vault.configure_store_retention()  # before anything is written
         if load_index:
             vault.load_index()
         return vault
@@ -234,13 +254,33 @@ class Vault:
         self.put_document(GC_PENDING_KEY, doc, AAD_GC)
 
     def read_index_object(self, key: str) -> list[tuple[bytes, list[PackEntry]]]:
-        plain = self.cipher.open(self.backend.get(key), AAD_INDEX, key)
-        return decode_index(plain, key)
+        return self._open_object(
+            key, lambda sealed: decode_index(self.cipher.open(sealed, AAD_INDEX, key), key)
+        )
+
+    def _open_object(self, key: str, open_: Callable[[bytes], T]) -> T:
+        """``open_`` (authenticate and decode) an object read whole.
+
+        A copy from a local cache (backends/cache.py) that does not open is dropped and the
+        store's read instead: a damaged or stale copy may cost a request, never a read."""
+        try:
+            return open_(self.backend.get(key))
+        except CorruptObject:
+            uncache: Callable[[str], bool] | None = getattr(self.backend, "uncache", None)
+            if uncache is None or not uncache(key):
+                raise
+        try:
+            return open_(self.backend.get(key))
+        except CorruptObject:
+            uncache(key)  # the store's copy is damaged too: not kept either
+            raise
 
     def read_index_arrays(self, key: str) -> IndexArrays:
         """An index object as numpy records per pack (for the host's index: no object per
         entry)."""
-        return decode_index_arrays(self.cipher.open(self.backend.get(key), AAD_INDEX, key), key)
+        return self._open_object(
+            key, lambda sealed: decode_index_arrays(self.cipher.open(sealed, AAD_INDEX, key), key)
+        )
 
     def pack_ids(self) -> list[bytes]:
         return [bytes.fromhex(k.rsplit("/", 1)[1]) for k in self.backend.list("packs/")]
@@ -270,13 +310,19 @@ class Vault:
             raise CorruptObject(f"{key}: header does not match the pack's size")
         return entries
 
-    def adopt_orphan_packs(self, *, write: bool = True) -> int:
+    def adopt_orphan_packs(self, *, write: bool = True, doomed: bool = False) -> int:
         """Index packs that a crashed backup wrote but never indexed, so a re-run reuses them.
 
         ``write=False`` indexes them in memory only: a restore or verify reads chunks of
-        packs whose index object is lost or damaged, and writes nothing to the vault."""
+        packs whose index object is lost or damaged, and writes nothing to the vault.
+
+        Packs ``gc/pending`` names are left alone unless ``doomed`` (garbage collection's
+        own adoption): a sweep unindexes them before deleting them, and an index object
+        written meanwhile would name them once they are gone. What was live in them was
+        copied, and indexed, first."""
         listed = self.pack_ids() if self.listed_packs is None else self.listed_packs
-        orphans = self.index.unindexed(sorted(listed))
+        skip = set() if doomed else self.gc_pending_packs()
+        orphans = [p for p in self.index.unindexed(sorted(listed)) if p not in skip]
         adopted = []
         for pack_id in orphans:
             try:
@@ -309,7 +355,10 @@ class Vault:
         new_key = self.write_index_object(found) if found else None
         for key in old:
             if key != new_key:
-                self.backend.delete(key)
+                # One the store still retains stays, read beside the new one (what it names
+                # that is gone counts as absent, as for any index object).
+                with contextlib.suppress(ObjectRetained):
+                    self.backend.delete(key)
         self.load_index()  # the host's index drops what the old index objects named
         return len(found), unreadable
 
@@ -320,9 +369,17 @@ class Vault:
         self.index.absorbed(key, packs)  # the host's index need not read it back
         return key
 
-    def pack_writer(self) -> PackWriter:
+    def pack_writer(self, *, upload_threads: int | None = None) -> PackWriter:
+        """A writer of new packs; by default with as many uploaders as the backend says
+        pay off (its ``parallel_writes`` hint: 1 for a directory, more for an object store)."""
+        if upload_threads is None:
+            upload_threads = max(1, int(getattr(self.backend, "parallel_writes", 1)))
         return PackWriter(
-            self.backend, self.cipher, self.index, pack_target=self.config.pack_target
+            self.backend,
+            self.cipher,
+            self.index,
+            pack_target=self.config.pack_target,
+            upload_threads=upload_threads,
         )
 
     # -- chunks -------------------------------------------------------------------------
@@ -420,6 +477,7 @@ class Vault:
     def records(self, record_ids: Iterable[bytes]) -> dict[bytes, list[bytes] | Exception]:
         """Block records by id (small LRU-less cache: records are read once per block)."""
         wanted = [r for r in dict.fromkeys(record_ids) if r != ZERO_ID]
+        self._hold_record_packs(wanted)
         out: dict[bytes, list[bytes] | Exception] = {}
         for rid, plain in self.fetch(wanted).items():
             if isinstance(plain, Exception):
@@ -430,6 +488,27 @@ class Vault:
                 except CorruptObject as exc:
                     out[rid] = exc
         return out
+
+    def _hold_record_packs(self, record_ids: Sequence[bytes]) -> None:
+        """With a local cache, keep the packs of these records whole (``hold``): a backup
+        reads its parent's record of every block, one ranged GET each without it; with it,
+        one GET per record pack the first time, none after.
+
+        Only packs the store listed (``available``): a record of a pack the store lost
+        must fail to read, as without a cache, so the block is read and recorded again."""
+        hold: Callable[[str, int], bool] | None = getattr(self.backend, "hold", None)
+        if hold is None or self.config.pack_target > MAX_HELD_PACK_TARGET:
+            return
+        packs = set()
+        for rid in record_ids:
+            loc = self.index.get(rid)
+            if loc is not None and loc.kind == KIND_RECORD and self.index.available(rid):
+                packs.add(loc.pack_id)
+        # At most: the target, one more blob (a block and its sealing), the header (small
+        # beside the blobs: 43 bytes per record of ~2 KiB), rounded up generously.
+        bound = 2 * self.config.pack_target + self.config.block_size
+        for pack_id in packs:
+            hold(pack_key(pack_id), bound)
 
     # -- manifests and recovery points ---------------------------------------------------
 
@@ -450,10 +529,14 @@ class Vault:
 
     def get_manifest(self, manifest_id: str) -> DiskManifest:
         key = f"manifests/{manifest_id}"
-        plain = self.cipher.open(self.backend.get(key), AAD_MANIFEST + manifest_id.encode(), key)
-        if self.keys.chunk_id(plain).hex() != manifest_id:
-            raise CorruptObject(f"{key}: content does not match its id")
-        return decode_manifest(plain, key)
+
+        def open_(sealed: bytes) -> DiskManifest:
+            plain = self.cipher.open(sealed, AAD_MANIFEST + manifest_id.encode(), key)
+            if self.keys.chunk_id(plain).hex() != manifest_id:
+                raise CorruptObject(f"{key}: content does not match its id")
+            return decode_manifest(plain, key)
+
+        return self._open_object(key, open_)
 
     def put_point(self, point: RecoveryPoint) -> None:
         """Commit a recovery point: called last, after every object it names is durable."""
@@ -465,10 +548,14 @@ class Vault:
     def get_point(self, point_id: str) -> RecoveryPoint:
         key = f"points/{point_id}"
         try:
-            sealed = self.backend.get(key)
+            return self._open_object(
+                key,
+                lambda sealed: decode_point(
+                    self.cipher.open(sealed, AAD_POINT + key.encode(), key), point_id, key
+                ),
+            )
         except ObjectMissing:
             raise PointNotFound(f"no recovery point {point_id!r} in this vault") from None
-        return decode_point(self.cipher.open(sealed, AAD_POINT + key.encode(), key), point_id, key)
 
     def readable_point(self, point_id: str) -> RecoveryPoint | None:
         """The point, or None when its object is damaged or gone (it costs that point only)."""

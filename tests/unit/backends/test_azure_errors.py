@@ -24,7 +24,12 @@ from vmvault.backends.azure import (
     connection_string_account,
     parse_azure_url,
 )
-from vmvault.backends.base import BucketMissing, ObjectExists, TransientBackendError
+from vmvault.backends.base import (
+    BucketMissing,
+    ObjectExists,
+    ObjectRetained,
+    TransientBackendError,
+)
 from vmvault.backends.local import BackendDenied, BackendReadOnly
 from vmvault.backends.retry import is_transient
 from vmvault.backends.url import vault_scheme
@@ -73,6 +78,8 @@ def _answer(status: int, code: str, body: bytes = b"") -> HttpResponseError:
         (401, "NoAuthenticationInformation", "get", BackendDenied),
         (409, "BlobAlreadyExists", "put", AzureStoreError),  # only a creation is refused so
         (409, "LeaseIdMissing", "create", AzureStoreError),  # a conflict, not "taken"
+        (409, "BlobImmutableDueToPolicy", "delete", ObjectRetained),  # left for later
+        (409, "BlobImmutableDueToPolicy", "put", AzureStoreError),  # a write is no cleanup
         (400, "InvalidHeaderValue", "put", AzureStoreError),
     ],
 )

@@ -6,11 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import ProtocolError
 
 from vmvault.backends.base import TransientBackendError
 from vmvault.backends.local import BackendDenied, BackendReadOnly
-from vmvault.backends.retry import is_transient
+from vmvault.backends.retry import BackendUnavailable, RetryingBackend, is_transient
 from vmvault.backends.s3 import (
     BucketMissing,
     ObjectExists,
@@ -63,6 +70,51 @@ def test_dropped_connections_are_transient() -> None:
     ):
         error = BACKEND._error("get", "config", exc)
         assert isinstance(error, TransientBackendError) and is_transient(error)
+
+
+def test_cut_answers_are_transient() -> None:
+    """A connection cut while an answer's body is read, or an answer shorter than it said."""
+    cut = ProtocolError("Connection broken", ConnectionResetError(104, "reset by peer"))
+    for exc in (
+        cut,
+        IncompleteReadError(actual_bytes=1, expected_bytes=2),
+        ConnectionClosedError(endpoint_url="http://127.0.0.1:1"),
+    ):
+        error = BACKEND._error("get", "config", exc)
+        assert isinstance(error, TransientBackendError) and is_transient(error)
+        assert error.reason.startswith("the connection was cut")
+
+
+class _CutClient:
+    """A boto3 client whose answers are cut: urllib3's own error, as botocore lets it
+    through when the body of an error answer or a HeadObject is read."""
+
+    def __getattr__(self, name: str) -> Any:
+        def call(**kwargs: Any) -> Any:
+            raise ProtocolError("Connection broken", ConnectionResetError(104, "reset"))
+
+        return call
+
+
+def test_raw_urllib3_errors_are_retried_and_named_once() -> None:
+    backend = S3Backend("bucket", "v", client=_CutClient())
+    for call in (
+        lambda: backend.get("config"),
+        lambda: backend.exists("config"),
+        lambda: backend.put("config", b""),
+        lambda: backend.create("points/p", b""),
+        lambda: backend.delete("config"),
+    ):
+        with pytest.raises(TransientBackendError):
+            call()
+    retrying = RetryingBackend(backend, attempts=2, base_delay=0)
+    with pytest.raises(BackendUnavailable) as raised:
+        retrying.get("config")
+    # The operation and the store once, then what went wrong: one readable line.
+    assert raised.value.message.startswith(
+        "the vault's storage (s3://bucket/v) kept failing: get config: the connection was cut"
+    )
+    assert raised.value.message.count("config") == 1
 
 
 def test_a_store_without_conditional_writes_is_told_apart() -> None:

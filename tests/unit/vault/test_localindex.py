@@ -248,7 +248,7 @@ def test_the_local_index_lives_under_the_cache_directory(
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     monkeypatch.delenv("VMVAULT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert localindex.cache_root() == tmp_path / "xdg" / "vmvault"
+    assert index_dir(VAULT_ID) == tmp_path / "xdg" / "vmvault" / VAULT_ID / "chunk-index"
 
 
 def test_an_unwritable_cache_falls_back_to_a_private_folder(

@@ -8,6 +8,7 @@ import typer
 
 from vmvault.cli.client import get_client
 from vmvault.cli.options import (
+    BrokerOpt,
     CatalogOpt,
     InventoryOpt,
     JobIdArg,
@@ -15,6 +16,7 @@ from vmvault.cli.options import (
     MaintenanceAtOpt,
     PassFileOpt,
     VaultOpt,
+    broker_option,
     context,
     full_option,
     maintenance_time,
@@ -28,6 +30,7 @@ from vmvault.cli.render.jobs import (
     print_queued,
     print_worker_ran,
 )
+from vmvault.errors import UsageError
 from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile, load_inventory
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
@@ -98,7 +101,18 @@ def run_now(
 
 def worker(
     once: bool = once_option("Stop when the queue is empty."),
-    concurrency: int | None = typer.Option(None, "--concurrency", help="Jobs at once."),
+    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Jobs at once."),
+    broker: str | None = broker_option(
+        "A fleet's worker: take the jobs of --host's queue and the shared one from this "
+        "Redis (redis://HOST:PORT/DB; env VMVAULT_BROKER), within the fleet's limits."
+    ),
+    host: str | None = typer.Option(
+        None,
+        "--host",
+        help="With --broker: the hypervisor this worker runs on (default: localhost, the "
+        "inventory's default host); it runs the backups and restores of that host's VMs, "
+        "and verify, replicate, maintenance.",
+    ),
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -106,6 +120,12 @@ def worker(
     json: bool = JsonOpt,
 ) -> None:
     """Run queued jobs within the inventory's limits (40 VMs, 20 disks per pool)."""
+    if broker:
+        where = host or "localhost"
+        _fleet_worker(broker, where, once, concurrency, inventory, vault, catalog, passphrase_file)
+        return
+    if host is not None:
+        guarded(json, lambda: _refuse("--host names a fleet worker's host: it needs --broker"))
     from vmvault.jobs.worker import run_worker  # SQLAlchemy, slow: the worker alone
 
     started = guarded(
@@ -123,10 +143,44 @@ def worker(
         print_worker_ran(started)
 
 
+def _refuse(message: str) -> None:
+    raise UsageError(message)
+
+
+def _fleet_worker(
+    broker: str,
+    host: str,
+    once: bool,
+    concurrency: int | None,
+    inventory: str | None,
+    vault: str | None,
+    catalog: str | None,
+    passphrase_file: str | None,
+) -> None:
+    """A fleet's worker: a Celery worker on ``host``'s queue and the shared one."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    def act() -> None:
+        if once:
+            raise UsageError("--once runs the catalog's queue here: not with --broker")
+        # Celery and redis: loaded only for a fleet
+        from vmvault.cluster.settings import FleetSettings
+        from vmvault.cluster.worker import run_fleet_worker
+
+        settings = FleetSettings.from_env(broker)
+        watched = InventoryFile(inventory or DEFAULT_INVENTORY)
+        watched()  # a broken inventory stops it now
+        ctx = context(vault, catalog, passphrase_file)
+        run_fleet_worker(ctx, watched, settings, host=host, concurrency=concurrency)
+
+    guarded(False, act)
+
+
 def scheduler(
     interval: float = typer.Option(30.0, "--interval", help="Seconds between checks."),
     maintenance_at: str = MaintenanceAtOpt,
     once: bool = once_option("One check, run what is due, stop."),
+    broker: str | None = BrokerOpt,
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -145,13 +199,15 @@ def scheduler(
         opened = ctx.open_vault(load_index=False)
         watched = InventoryFile(inventory or DEFAULT_INVENTORY)
         watched()  # a broken inventory stops it now, not at the first tick
+        fleet, queue = None, JobQueue(ctx.catalog(), opened.config.vault_id)
+        if broker:  # Celery: loaded only for a fleet
+            from vmvault.cluster.broker import fleet_queue
+            from vmvault.cluster.settings import FleetSettings
+
+            fleet = FleetSettings.from_env(broker)
+            queue = fleet_queue(ctx.catalog(), opened.config.vault_id, fleet, watched)
         daemon = Daemon(
-            ctx,
-            opened,
-            JobQueue(ctx.catalog(), opened.config.vault_id),
-            watched,
-            tick_seconds=interval,
-            maintenance_time=at,
+            ctx, opened, queue, watched, tick_seconds=interval, maintenance_time=at, fleet=fleet
         )
         if once:
             daemon.run_once()

@@ -13,6 +13,7 @@ from vmvault.app.disks import DiskSpec
 from vmvault.app.points import forget_point
 from vmvault.app.restore import run_restore
 from vmvault.app.retention import run_prune
+from vmvault.backends.url import is_directory_vault
 from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
@@ -44,7 +45,6 @@ from vmvault.cli.render.points import (
 )
 from vmvault.errors import EXIT_DAMAGE, UsageError
 from vmvault.inventory import load_inventory
-from vmvault.model.point import RecoveryPoint
 
 
 def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[DiskSpec]:
@@ -72,11 +72,11 @@ def backup_cmd(
 ) -> None:
     """Back up the disks of a VM into a new recovery point (incremental after the first)."""
 
-    def act() -> RecoveryPoint:
+    def act() -> dict[str, Any]:
         ctx = context(vault, catalog, passphrase_file)
         rate = rate_limit_bytes(limit_rate)
         with progress_bar(not json) as progress:
-            return run_backup(
+            point = run_backup(
                 ctx,
                 vm,
                 _disk_specs(images, disk_name, fmt),
@@ -85,6 +85,10 @@ def backup_cmd(
                 rate_limit=rate,
                 progress=progress,
             )
+        if is_directory_vault(ctx.vault_path):
+            return dict(point)
+        # What an object store bills: every request the command made, retries included.
+        return {**point, "requests": ctx.requests.to_dict()}
 
     show(guarded(json, act), json, print_point)
 

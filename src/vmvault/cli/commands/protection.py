@@ -94,13 +94,28 @@ def show_state(
 
 def immutability(
     value: str = typer.Argument(..., help="off, on, or locked (cannot be undone)."),
+    store_days: int | None = typer.Option(
+        None,
+        "--store-days",
+        help="Have the store enforce it too (S3 Object Lock, Azure immutability): keep every"
+        " object the vault needs this many days past the last maintenance; refused where the"
+        " store cannot. 0: vmvault only. Default: 30 where the store can, else vmvault only.",
+    ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
     """Make the vault immutable: no backup data deleted, no retention shortened."""
-    doc = guarded(json, lambda: set_immutability(context(vault, catalog, passphrase_file), value))
+    doc = guarded(
+        json,
+        lambda: set_immutability(
+            context(vault, catalog, passphrase_file),
+            value,
+            store_days=store_days,
+            retain_existing=True,
+        ),
+    )
     show(doc, json, print_immutability)
 
 

@@ -9,6 +9,7 @@ import typer
 
 from vmvault.cli.client import get_client
 from vmvault.cli.options import (
+    BrokerOpt,
     CatalogOpt,
     InventoryOpt,
     JsonOpt,
@@ -46,6 +47,7 @@ def serve(
     ),
     tick: float = typer.Option(30.0, "--tick", min=0.1, help="Seconds between scheduler ticks."),
     maintenance_at: str = MaintenanceAtOpt,
+    broker: str | None = BrokerOpt,
     inventory: str | None = InventoryOpt,
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
@@ -75,6 +77,7 @@ def serve(
             maintenance_time=maintenance_time(maintenance_at),
             secure_cookies=bool(tls_cert),
             ask_passphrase=ctx.ask_passphrase,
+            broker=broker,
         )
         return create_app(config)
 

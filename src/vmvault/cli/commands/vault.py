@@ -1,4 +1,5 @@
-"""The vault: create it, check it, collect its garbage, rebuild its index (`vmvault vault`)."""
+"""The vault: create it, check it, collect its garbage, rebuild its index, its local cache
+(`vmvault vault`)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ from typing import Any
 import typer
 
 from vmvault.app.replication import copy_retention_inventory, run_replicate
-from vmvault.app.vaults import init_vault, reindex, run_check, run_gc
+from vmvault.app.vaults import init_vault, local_cache, reindex, run_check, run_gc
 from vmvault.cli.options import (
     CatalogOpt,
     InventoryOpt,
     JsonOpt,
     PassFileOpt,
     VaultOpt,
+    cache_setting,
     context,
     force_option,
+    remote,
 )
 from vmvault.cli.output import guarded, progress_bar, show
 from vmvault.cli.render.vault import (
+    print_cache,
     print_checked,
     print_collected,
     print_created,
@@ -172,3 +176,21 @@ def replicate_cmd(
     show(doc, json, print_replicated)
     if doc["skipped"]:
         raise typer.Exit(EXIT_DAMAGE)
+
+
+@app.command("cache")
+def cache_cmd(
+    clear: bool = typer.Option(
+        False, "--clear", help="Delete the cached copies (only --vault's, if a vault is given)."
+    ),
+    vault: str | None = VaultOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """The local cache of object-store vaults: where it is, its size and bound; --clear."""
+
+    def act() -> dict[str, Any]:
+        if remote() is not None:
+            raise UsageError("the cache is this machine's: `vault cache` does not take --server")
+        return local_cache(vault, clear=clear, enabled=cache_setting())
+
+    show(guarded(json, act), json, print_cache)

@@ -33,6 +33,13 @@ def print_point(point: Mapping[str, Any]) -> None:
         console.print(f"excluded: {d['name']} ({d['reason']})")
     level = point["consistency"]
     console.print(f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})")
+    if requests := point.get("requests"):
+        ops = ", ".join(f"{n} {op}" for op, n in requests["ops"].items())
+        console.print(
+            f"requests to the store: {requests['total']} ({ops}); "
+            f"{human_bytes(requests['bytes_in'])} in, {human_bytes(requests['bytes_out'])} out",
+            highlight=False,
+        )
 
 
 def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]]) -> None:
@@ -99,3 +106,5 @@ def print_pruned(doc: dict[str, Any], dry_run: bool) -> None:
             console.print(f"  keep   {point_id}  {', '.join(reasons)}")
         for point_id in plan["prune"]:
             console.print(f"  [red]delete[/] {point_id}")
+        for point_id in plan.get("retained", []):
+            console.print(f"  [yellow]kept[/]   {point_id}  the store retains it: pruned later")

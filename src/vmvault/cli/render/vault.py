@@ -1,8 +1,10 @@
-"""Human output of the vault commands: init, check, gc, vault reindex."""
+"""Human output of the vault commands: init, check, gc, vault reindex, vault cache."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from rich.markup import escape
 
 from vmvault.cli.output import console, human_bytes
 
@@ -35,6 +37,17 @@ def print_collected(doc: dict[str, Any]) -> None:
         console.print(f"[yellow]deferred[/]: {doc['deferred']}")
     for what in doc["damaged"]:
         console.print(f"[red]damaged[/] {what}: skipped (--force)")
+    for what in doc.get("retained", []):
+        console.print(f"[yellow]retained[/] {escape(what)}: left for a later collection")
+    store = doc.get("store_retention")
+    if store:
+        line = (
+            f"store retention ({store['mode']}, {store['days']} days): {store['checked']} "
+            f"objects checked, {store['extended']} extended"
+        )
+        console.print(escape(line))
+        if store["problem"]:
+            console.print(f"[yellow]warning[/]: retention not extended: {escape(store['problem'])}")
 
 
 def print_reindexed(doc: dict[str, Any]) -> None:
@@ -61,3 +74,29 @@ def print_replicated(doc: dict[str, Any]) -> None:
         console.print(f"{doc['adopted']} pack(s) of an interrupted replication reused")
     for point_id, why in doc["skipped"].items():
         console.print(f"[red]not copied[/] {point_id}: {why}")
+
+
+def print_cache(doc: dict[str, Any]) -> None:
+    """The local cache: where, its bound and use, per vault; what --clear deleted."""
+    state = "" if doc["enabled"] else " (disabled)"
+    console.print(
+        f"local cache {doc['path']}{state}: {human_bytes(doc['size'])} in {doc['entries']} "
+        f"copies, limit {human_bytes(doc['limit'])}",
+        highlight=False,
+        markup=False,
+    )
+    if "note" in doc:
+        console.print(doc["note"], highlight=False, markup=False)
+    for v in doc["vaults"]:
+        console.print(
+            f"  vault {v['vault_id']} ({v['location'] or 'location unknown'}): "
+            f"{human_bytes(v['size'])} in {v['entries']} copies",
+            highlight=False,
+            markup=False,
+        )
+    if cleared := doc.get("cleared"):
+        console.print(
+            f"cleared {cleared['entries']} copies ({human_bytes(cleared['size'])})",
+            highlight=False,
+            markup=False,
+        )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmvault.inventory import NEW_VM_NAME_PATTERN
 from vmvault.policy import SOFT_DELETE_RANGE
+from vmvault.policy.protection import STORE_RETENTION_RANGE
 from vmvault.server.accounts import Principal, Role
 from vmvault.server.auth import require
 from vmvault.server.state import ServerState
@@ -50,6 +51,8 @@ class ProtectionRequest(_Body):
 class VaultSettingsRequest(_Body):
     immutability: Literal["off", "on", "locked"] | None = None
     soft_delete_days: int | None = Field(None, ge=SOFT_DELETE_RANGE[0], le=SOFT_DELETE_RANGE[1])
+    # Days the store retains each object past the last maintenance; 0: vmvault only.
+    store_retention_days: int | None = Field(None, ge=0, le=STORE_RETENTION_RANGE[1])
 
 
 class TokenRequest(_Body):

@@ -37,6 +37,8 @@ def vault_info(state: State, _: Reader) -> dict[str, Any]:
         "format_version": state.vault.config.version,
         "immutability": doc["immutability"],
         "soft_delete_days": doc["soft_delete_days"],
+        # What the settings ask of the store; whether it can is `vault immutability`'s answer
+        "store_retention_days": doc.get("store_retention_days"),
         "points": len(state.points()),
         "damaged_points": sorted(state.damaged_points()),
     }
@@ -55,6 +57,8 @@ def vault_settings(body: VaultSettingsRequest, state: State, _: Admin) -> dict[s
 
     if body.soft_delete_days is not None:
         set_soft_delete(state.ctx, body.soft_delete_days)
-    if body.immutability is not None:
-        set_immutability(state.ctx, body.immutability)
+    if body.immutability is not None or body.store_retention_days is not None:
+        # The objects already stored get the store's retention at the next maintenance.
+        value = body.immutability or settings(state.vault)["immutability"]
+        set_immutability(state.ctx, value, store_days=body.store_retention_days)
     return vault_info(state, _)
