@@ -92,6 +92,10 @@ class Vmvault(Tool):
                 "VMVAULT_PASSPHRASE": PASSPHRASE,
                 "VMVAULT_VAULT": self.remote.vmvault_vault if self.remote else str(self.repo),
                 "VMVAULT_CATALOG": f"sqlite:///{self.catalog}",
+                # The host's caches (the chunk index, an object store's copies) of this run's
+                # vault, removed with the run, never the user's ~/.cache (clean_env drops any
+                # VMVAULT_CACHE_DIR given to the bench).
+                "VMVAULT_CACHE_DIR": str(self.home / "cache"),
             }
         )
 

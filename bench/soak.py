@@ -85,6 +85,8 @@ def digest(path: Path) -> str:
 
 def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     os.environ.setdefault(PASSPHRASE_ENV, "soak passphrase")
+    # The host's chunk index of the soak's vault goes with its scratch, not into ~/.cache.
+    os.environ.setdefault("VMVAULT_CACHE_DIR", str(work / "cache"))
     ctx = Context(str(work / "vault"), f"sqlite:///{work / 'catalog.db'}")
     init_vault(ctx)
     image = work / "disk.img"

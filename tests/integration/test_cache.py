@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import blake3
@@ -23,6 +24,7 @@ from vmvault.app.disks import DiskSpec
 from vmvault.app.restore import run_restore
 from vmvault.app.vaults import init_vault, local_cache, run_check
 from vmvault.backends.cache import CACHE_LIMIT_ENV, HEADER, cache_root
+from vmvault.backends.cache_files import CHUNK_INDEX_DIR
 from vmvault.backends.url import open_backend
 from vmvault.model.point import RecoveryPoint
 from vmvault.vault.format import ZERO_ID
@@ -61,7 +63,12 @@ def _restored(ctx: Context, point: RecoveryPoint, tmp_path: Path, image: Path) -
 
 
 def _copies(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    """The cache's copies (not the host's chunk index kept beside them)."""
+    return [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and CHUNK_INDEX_DIR not in p.parts
+    ]
 
 
 def _damage_markers(s3_vault: S3Vault) -> list[str]:
@@ -108,7 +115,6 @@ def test_a_cold_cache_reads_each_immutable_object_once(
     _backup(_ctx(s3_vault, tmp_path), image)
     testdisk.mutate_disk(image, 1, seed=8, jobs=1)
     parent = _backup(_ctx(s3_vault, tmp_path), image)
-    local_cache(None, clear=True)
     store = open_backend(s3_vault.url(), cache=False)
     index_objects = len(list(store.list("index/")))
     vault = _ctx(s3_vault, tmp_path).open_vault(cached=False)
@@ -116,6 +122,10 @@ def test_a_cold_cache_reads_each_immutable_object_once(
     locations = [vault.index.get(r) for r in records if r != ZERO_ID]
     record_packs = len({loc.pack_id for loc in locations if loc is not None})
     assert len(locations) == 4 and record_packs == 2  # the full's and the incremental's
+    del vault
+    # Cleared last: the host's chunk index (which the open above kept up to date) goes too,
+    # so the next start reads every index object again.
+    local_cache(None, clear=True)
 
     ctx = _ctx(s3_vault, tmp_path)
     _backup(ctx, image)
@@ -155,6 +165,9 @@ def test_damaged_copies_are_dropped_and_the_result_is_right(
         else:
             del raw[HEADER + (len(raw) - HEADER) // 2 :]
         path.write_bytes(bytes(raw))
+    # Without the host's chunk index the next start needs the index objects' copies too.
+    for index_dir in _cache_dir.glob(f"*/{CHUNK_INDEX_DIR}"):
+        shutil.rmtree(index_dir)
 
     testdisk.mutate_disk(image, 2, seed=10, jobs=1)
     ctx = _ctx(s3_vault, tmp_path)

@@ -30,6 +30,10 @@ MAGIC = b"VMVC\x01"
 DIGEST = 32
 HEADER = len(MAGIC) + DIGEST
 TMP_PREFIX = ".tmp-"
+# The host's chunk index of the vault (vault/localindex.py) lives beside the copies, under
+# the same vault id: not copies, never counted or evicted as such (``clear`` removes it; the
+# next open rebuilds it).
+CHUNK_INDEX_DIR = "chunk-index"
 LOCATION_FILE = ".location"  # where a vault's copies came from, for `vmvault vault cache`
 STALE_TMP = 3600.0  # a temporary file this old is a crashed writer's: removed on the next scan
 LOW_WATER = 0.9  # eviction frees down to this share of the limit, so it does not run per write
@@ -314,7 +318,8 @@ class ObjectCache:
         """The copies under ``folder`` (not the temporary files, which a stale one is
         removed, nor the location notes)."""
         now = time.time()
-        for dirpath, _dirs, names in os.walk(folder):
+        for dirpath, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if d != CHUNK_INDEX_DIR]
             for name in names:
                 path = Path(dirpath) / name
                 try:

@@ -170,10 +170,13 @@ class LocalBackend:
         for dirpath, dirnames, filenames in _walk(self.root, base):
             dirnames.sort()
             rel = Path(dirpath).relative_to(self.root)
+            # The folder's part of the key once, not a Path per file: a vault lists its
+            # packs at every open (625 000 of them at 10 TB).
+            folder = rel.as_posix() + "/" if rel.parts else ""
             for name in sorted(filenames):
                 if name.startswith(TMP_PREFIX):
                     continue
-                yield (rel / name).as_posix() if rel.parts else name
+                yield folder + name
 
     def list_leftovers(self) -> builtins.list[str]:
         """Temporary files of writes that never finished (a crash mid-put)."""

@@ -88,6 +88,10 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
             report.index_objects -= 1
         except CorruptObject as exc:
             error(Problem("error", "index_unreadable", key, exc.message))
+            if key not in vault.index_problems:
+                # This host's index absorbed it while it read: the next open rebuilds the
+                # index without it, and the next backup adopts its packs again.
+                vault.forget_local_index()
     present = set(vault.pack_ids())
     report.packs = len(present)
     leftovers = getattr(vault.backend, "list_leftovers", None)

@@ -134,20 +134,25 @@ def mark(
     return live, manifests, len(point_ids), damaged
 
 
-def _pack_entries(vault: Vault) -> tuple[dict[bytes, list[PackEntry]], list[str]]:
-    """Every entry of every indexed pack (copies included), and the index objects read."""
+def _pack_entries(vault: Vault) -> tuple[dict[bytes, list[PackEntry]], list[str], set[str]]:
+    """Every entry of every indexed pack (copies included), the index objects listed, and
+    those that did not read."""
     entries: dict[bytes, list[PackEntry]] = {}
     keys = list(vault.backend.list("index/"))
+    unreadable = set()
     for key in keys:
         try:
             objects = vault.read_index_object(key)
-        except (CorruptObject, ObjectMissing):
+        except ObjectMissing:
+            continue  # deleted since the listing
+        except CorruptObject:
             # Skipped, and replaced at the sweep: the packs it named were adopted as
             # orphans from their own headers when this collection began.
+            unreadable.add(key)
             continue
         for pack_id, pack_entries in objects:
             entries.setdefault(pack_id, []).extend(pack_entries)
-    return entries, keys
+    return entries, keys, unreadable
 
 
 def _blobs(entries: list[PackEntry]) -> dict[int, list[PackEntry]]:
@@ -198,7 +203,14 @@ def collect_garbage(
     report.damaged = [f"{kind} {name}" for kind, name in damaged]
     report.damaged_points = [name for kind, name in damaged if kind == "recovery point"]
     report.live_chunks = len(live)
-    entries, index_keys = _pack_entries(vault)
+    entries, index_keys, unreadable = _pack_entries(vault)
+    if unreadable - set(vault.index_problems):
+        # Damaged after this host's index absorbed it, so the opening did not see it: the
+        # index is rebuilt without it, and the packs it named adopted from their headers.
+        vault.forget_local_index()
+        vault.load_index()
+        vault.adopt_orphan_packs()
+        entries, index_keys, unreadable = _pack_entries(vault)
     report.packs = len(entries)
     candidates: list[bytes] = []
     for pack_id, pack_entries in entries.items():

@@ -179,7 +179,9 @@ def encode_index(packs: Iterable[tuple[bytes, Sequence[PackEntry]]]) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
 
 
-def decode_index(blob: bytes, what: str) -> list[tuple[bytes, list[PackEntry]]]:
+def index_plaintext(blob: bytes, what: str) -> bytes:
+    """An index object's decompressed plaintext, its version checked: a version byte, then
+    per pack an INDEX_PACK header and its INDEX_ENTRY records."""
     _check_declared_size(blob, len(blob) * ZSTD_MAX_RATIO, what)
     try:
         plain = zstandard.ZstdDecompressor().decompress(blob)
@@ -187,6 +189,11 @@ def decode_index(blob: bytes, what: str) -> list[tuple[bytes, list[PackEntry]]]:
         raise CorruptObject(f"{what}: cannot decompress index ({exc})") from None
     if not plain or plain[0] != FORMAT_VERSION:
         raise CorruptObject(f"{what}: unsupported index version")
+    return bytes(plain)
+
+
+def decode_index(blob: bytes, what: str) -> list[tuple[bytes, list[PackEntry]]]:
+    plain = index_plaintext(blob, what)
     out = []
     pos = 1
     try:

@@ -118,6 +118,10 @@ class PackWriter:
         with self._lock:
             if chunk_id in self._claimed:
                 return False
+            # The uploader drops a claim once its pack is indexed (under this lock): look
+            # again, or a chunk indexed since the first look would be stored twice.
+            if self._index.claimable(chunk_id):
+                return False
             self._claimed.add(chunk_id)
             return True
 
@@ -205,7 +209,13 @@ class PackWriter:
             self._remember(pack_key(pack_id), data)
         # Durable now: only from here on may an index object name it.
         self._index.add_pack(pack_id, entries)
+        # Claims go once the index answers for them, so they stay as few as the packs in
+        # flight, not one per new chunk of the run. A chunk the index still will not let be
+        # reused (its first copy is in a pack GC is removing) keeps its claim: it is stored
+        # once.
+        indexed = [e.chunk_id for e in entries if self._index.claimable(e.chunk_id)]
         with self._lock:
+            self._claimed.difference_update(indexed)
             self._uploaded.append((pack_id, entries))
             checkpoint = len(self._uploaded) >= self._index_every
         if checkpoint:
@@ -217,7 +227,9 @@ class PackWriter:
         if not batch:
             return
         sealed = self._cipher.seal(encode_index(batch), AAD_INDEX)
-        put_new(self._backend, index_key(blake3.blake3(sealed).digest()), sealed)
+        key = index_key(blake3.blake3(sealed).digest())
+        put_new(self._backend, key, sealed)
+        self._index.absorbed(key, batch)  # the host's index takes them over from memory
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

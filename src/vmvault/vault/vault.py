@@ -58,6 +58,7 @@ from vmvault.vault.format import (
     split_pack_tail,
 )
 from vmvault.vault.index import ChunkIndex, Location
+from vmvault.vault.localindex import IndexArrays, LocalIndex, decode_index_arrays
 from vmvault.vault.packs import PackWriter, index_key, pack_key
 
 CONFIG_KEY = "config"
@@ -83,6 +84,7 @@ class Vault:
         self.keys = keys
         self.cipher = keys.cipher()
         self.index = ChunkIndex()
+        self._local_index: LocalIndex | None = None  # the host's index of this vault, once opened
         # Filled by load_index: the packs the backend listed, and unreadable index objects.
         self.listed_packs: set[bytes] | None = None
         self.index_problems: dict[str, VmvaultError] = {}
@@ -182,26 +184,33 @@ class Vault:
         return vault
 
     def load_index(self) -> None:
-        """Read every index object, then list the packs once.
+        """Bring the host's chunk index up to the vault's index objects, then list the packs.
 
-        Packs are listed after the index objects are read: a pack is durable before any
-        index object names it, so a pack named but not listed is lost, not merely new.
-        Its chunks count as absent (a backup stores them again). A damaged index object is
-        skipped (``index_problems``); the packs it named are orphans the next backup adopts.
+        Only index objects the host's index has not absorbed are read (vault/localindex.py);
+        one that vanished (a collection or `vault reindex` rewrote the index) makes it
+        rebuild from all of them. Packs are listed after the index objects are read: a pack
+        is durable before any index object names it, so a pack named but not listed is
+        lost, not merely new. Its chunks count as absent (a backup stores them again). A
+        damaged index object is skipped (``index_problems``); the packs it named are orphans
+        the next backup adopts.
         """
-        self.index = ChunkIndex()
-        self.index_problems = {}
-        indexed: list[tuple[bytes, list[PackEntry]]] = []
-        for key in self.backend.list("index/"):
-            try:
-                indexed += self.read_index_object(key)
-            except (CorruptObject, ObjectMissing) as exc:
-                self.index_problems[key] = exc
+        if self._local_index is None:
+            self._local_index = LocalIndex.for_vault(self.config.vault_id)
+        store = self._local_index
+        listed = list(self.backend.list("index/"))
+        self.index_problems = store.sync(listed, self.read_index_arrays)
+        named_before = store.pack_count()  # packs indexed after this may be newer than the listing
         self.listed_packs = set(self.pack_ids())
         usable = self.listed_packs - self.damage.load()
-        for pack_id, entries in indexed:
-            self.index.add_pack(pack_id, entries, present=pack_id in usable)
+        self.index = ChunkIndex.opened(store, usable, named_before=named_before)
         self.index.exclude_packs(self.gc_pending_packs())
+
+    def forget_local_index(self) -> None:
+        """The host's index absorbed an index object that is now unreadable in the vault
+        (``check`` or GC found it damaged): the next open rebuilds it from the objects that
+        read, so the packs it named become orphans that are adopted again."""
+        if self._local_index is not None:
+            self._local_index.drop()
 
     # -- garbage collection hand-off ------------------------------------------------------
 
@@ -266,6 +275,13 @@ class Vault:
             uncache(key)  # the store's copy is damaged too: not kept either
             raise
 
+    def read_index_arrays(self, key: str) -> IndexArrays:
+        """An index object as numpy records per pack (for the host's index: no object per
+        entry)."""
+        return self._open_object(
+            key, lambda sealed: decode_index_arrays(self.cipher.open(sealed, AAD_INDEX, key), key)
+        )
+
     def pack_ids(self) -> list[bytes]:
         return [bytes.fromhex(k.rsplit("/", 1)[1]) for k in self.backend.list("packs/")]
 
@@ -306,7 +322,7 @@ class Vault:
         copied, and indexed, first."""
         listed = self.pack_ids() if self.listed_packs is None else self.listed_packs
         skip = set() if doomed else self.gc_pending_packs()
-        orphans = [p for p in listed if not self.index.has_pack(p) and p not in skip]
+        orphans = [p for p in self.index.unindexed(sorted(listed)) if p not in skip]
         adopted = []
         for pack_id in orphans:
             try:
@@ -343,12 +359,14 @@ class Vault:
                 # that is gone counts as absent, as for any index object).
                 with contextlib.suppress(ObjectRetained):
                     self.backend.delete(key)
+        self.load_index()  # the host's index drops what the old index objects named
         return len(found), unreadable
 
     def write_index_object(self, packs: list[tuple[bytes, list[PackEntry]]]) -> str:
         sealed = self.cipher.seal(encode_index(packs), AAD_INDEX)
         key = index_key(blake3.blake3(sealed).digest())
         put_new(self.backend, key, sealed)
+        self.index.absorbed(key, packs)  # the host's index need not read it back
         return key
 
     def pack_writer(self, *, upload_threads: int | None = None) -> PackWriter:
