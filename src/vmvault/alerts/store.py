@@ -25,6 +25,7 @@ KINDS: dict[str, str] = {
     "point_damaged": "critical",
     "vault_damaged": "critical",
     "replication_failed": "error",
+    "host_without_worker": "error",
 }
 
 

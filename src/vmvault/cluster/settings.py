@@ -45,6 +45,8 @@ class FleetSettings:
     # brings a dead worker's job back within ``stale_after``.
     visibility_timeout: float = 6 * 3600.0
     resend_after: float = 300.0  # a due job still queued this long is sent again
+    # A due job of a host with no live worker this long raises `host_without_worker`.
+    no_worker_after: float = 300.0
 
     @classmethod
     def from_env(cls, broker: str) -> FleetSettings:
@@ -58,6 +60,7 @@ class FleetSettings:
             lease=_seconds("VMVAULT_LEASE_SECONDS", cls.lease),
             visibility_timeout=_seconds("VMVAULT_VISIBILITY_TIMEOUT", cls.visibility_timeout),
             resend_after=_seconds("VMVAULT_RESEND_AFTER_SECONDS", cls.resend_after),
+            no_worker_after=_seconds("VMVAULT_NO_WORKER_AFTER_SECONDS", cls.no_worker_after),
         )
 
     def queue_timings(self) -> dict[str, timedelta]:

@@ -12,6 +12,7 @@ sends them again), as the embedded worker's loop does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -29,6 +30,7 @@ from celery.signals import worker_shutting_down
 from vmvault.app.context import Context
 from vmvault.catalog.models import Job
 from vmvault.cluster.broker import fleet_queue, make_app
+from vmvault.cluster.presence import WorkerPresence
 from vmvault.cluster.redis_limits import RedisGate, RedisPoolBudget, connect
 from vmvault.cluster.settings import ANY_QUEUE, TASK, FleetSettings, host_queue
 from vmvault.engine.budgets import use_pool_budget
@@ -122,10 +124,19 @@ class FleetWorker:
                 return "not queued"
         return None
 
-    def reap_forever(self, stop: threading.Event) -> None:
-        """Requeue (and so send again) the jobs of workers that stopped beating."""
+    def reap_forever(
+        self, stop: threading.Event, announce: Callable[[float], None] = lambda ttl: None
+    ) -> None:
+        """Requeue (and so send again) the jobs of workers that stopped beating; and say,
+        as often, that this worker is alive (``announce``, for ``HostWatch``)."""
         every = max(0.2, min(self.settings.heartbeat, self.settings.stale_after / 3))
-        while not stop.wait(every):
+        while True:
+            try:
+                announce(3 * every)  # three missed renewals and it no longer counts
+            except Exception as exc:
+                log.warning("warning: cannot announce this worker (%s); trying again", exc)
+            if stop.wait(every):
+                return
             try:
                 for lost, outcome in self.queue.reap():
                     log.warning("job %d of %s was reaped: %s", lost.id, lost.worker, outcome)
@@ -175,7 +186,12 @@ def run_fleet_worker(
     register(app)
     worker_shutting_down.connect(_shutting_down, weak=False)
     stop = threading.Event()
-    reaper = threading.Thread(target=_current.reap_forever, args=(stop,), daemon=True)
+    presence = WorkerPresence(client, vault_id)
+
+    def announce(ttl: float) -> None:
+        presence.announce(host, name, ttl)
+
+    reaper = threading.Thread(target=_current.reap_forever, args=(stop, announce), daemon=True)
     reaper.start()
     slots = concurrency or limits_of(inventory()).max_vms
     log.info("worker %s: queues %s and %s", name, host_queue(host), ANY_QUEUE)
@@ -194,6 +210,9 @@ def run_fleet_worker(
         )
     finally:
         stop.set()
+        reaper.join(timeout=5)  # its last announce may not land after the withdrawal
+        with contextlib.suppress(Exception):  # the broker may be what stopped us
+            presence.withdraw(host, name)
         use_pool_budget(None)
         _current = None
 

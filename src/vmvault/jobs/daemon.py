@@ -137,21 +137,26 @@ class Daemon:
         messages; the jobs themselves run in the workers."""
         # Celery and redis: only with a broker
         from vmvault.cluster.broker import Sweeper
+        from vmvault.cluster.presence import HostWatch, WorkerPresence
         from vmvault.cluster.redis_limits import RedisGate, connect
         from vmvault.jobs.admission import limits_of
 
         assert self.fleet is not None
-        gate = RedisGate(
-            connect(self.fleet.broker),
-            self.vault.config.vault_id,
-            lambda: limits_of(self.inventory()),
-            self.fleet.lease,
-        )
+        client = connect(self.fleet.broker)
+        vault_id = self.vault.config.vault_id
+        gate = RedisGate(client, vault_id, lambda: limits_of(self.inventory()), self.fleet.lease)
         sweep = Sweeper(self.queue, self.fleet, waiting=gate.waiting)
+        watch = HostWatch(
+            self.queue, WorkerPresence(client, vault_id), self.inventory, self.fleet.no_worker_after
+        )
         every = max(0.2, min(self.fleet.heartbeat, self.fleet.stale_after / 3))
         while not self._stop.is_set():
             self._reap()
             sweep()
+            try:
+                watch()
+            except Exception as exc:  # Redis or the catalog away for a moment: next turn
+                log.warning("warning: cannot look for hosts without a worker (%s)", exc)
             self._stop.wait(every)
 
     def _deliver(self) -> None:
