@@ -116,6 +116,9 @@ def summarize(
             cell["mb_up"] = _median([c["bytes_up"] / MB for c in counted])
             cell["mb_down"] = _median([c["bytes_down"] / MB for c in counted])
             cell["error_answers"] = _median([c["errors"] for c in counted])
+            cell["store_cpu_s"] = _median(
+                [r["extra"]["store_cpu"] for r in ok if "store_cpu" in r.get("extra", {})]
+            )
         summary.setdefault(tool, {})[step] = cell
     return summary
 
@@ -336,6 +339,7 @@ STORE_HEADER = [
     "wall s",
     "MB/s",
     "CPU s",
+    "store CPU s",
     "GET",
     "PUT",
     "HEAD",
@@ -377,6 +381,7 @@ def store_rows(report: dict[str, Any]) -> list[list[str]]:
                         _fmt(c["wall_s"]),
                         _fmt(c["mb_per_s"], 0),
                         _fmt(c["cpu_s"]),
+                        _fmt(c.get("store_cpu_s")),
                         *(_count(kinds.get(k)) for k in REQUEST_KINDS),
                         _count(c.get("requests_total")),
                         _fmt(c.get("mb_up"), 1),
@@ -387,7 +392,7 @@ def store_rows(report: dict[str, Any]) -> list[list[str]]:
                 )
     for store, info in report.get("stores", {}).items():
         if not info.get("ok"):
-            rows.append([store, "all", "all", "0", *["-"] * 13, f"not available: {info['error']}"])
+            rows.append([store, "all", "all", "0", *["-"] * 14, f"not available: {info['error']}"])
     return rows
 
 
@@ -579,7 +584,9 @@ STORE_METHOD = (
     "each tool talks to the server through the same counting HTTP proxy (bench/countproxy.py),"
     " which forwards every request verbatim. LIST = S3 ListObjects / Azure List Blobs; "
     "MB up/down = request/response body bytes; repo MB = the objects' sizes after the step; "
-    "CPU s = the tool's own (the server and the proxy share the cores and are not in it). "
+    "CPU s = the tool's own; store CPU s = the server's and the counting proxy's during the "
+    "step (they share the machine's cores with the tool, so on 2 cores a step takes at least "
+    "(CPU s + store CPU s) / 2). "
     "S3 is plain HTTP for both tools; Azure is HTTPS for both (restic 0.14 reaches Azure only "
     "at https://ACCOUNT.blob.core.windows.net: it goes through the proxy as an HTTPS proxy "
     "that terminates TLS with its own CA). restic keeps its index in a local cache "

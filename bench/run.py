@@ -204,9 +204,12 @@ def timed_backup(
     step, where = f"backup{number}", store_name(store)
     stem = bench.logs / f"{where}-{tool.name}-{rep}-{step}"
     take_requests(store)
+    store_cpu = store.cpu_seconds() if store else 0.0
     m = bench_proc.run_timed(tool.backup_cmd(number, bench.image), stem, env=tool.env())
     run = StepRun.measured(tool.name, rep, step, m, where)
     run.requests = take_requests(store, stem.with_suffix(".requests"))
+    if store is not None:
+        run.extra["store_cpu"] = store.cpu_seconds() - store_cpu
     run.repo_bytes = repo_size(tool, store)
     if tool.name == "vmvault" and run.ok:
         doc = parse_json(m.stdout)
@@ -224,9 +227,12 @@ def timed_restore(
     argv, cwd = tool.restore_cmd(target, bench.image)
     stem = bench.logs / f"{where}-{tool.name}-{rep}-restore"
     take_requests(store)
+    store_cpu = store.cpu_seconds() if store else 0.0
     m = bench_proc.run_timed(argv, stem, env=tool.env(), cwd=cwd)
     run = StepRun.measured(tool.name, rep, "restore", m, where)
     run.requests = take_requests(store, stem.with_suffix(".requests"))
+    if store is not None:
+        run.extra["store_cpu"] = store.cpu_seconds() - store_cpu
     if tool.name == "vmvault" and run.ok:
         run.extra["result"] = {
             k: v for k, v in parse_json(m.stdout).items() if k in ("bytes_verified", "chunks")

@@ -23,6 +23,7 @@ How each tool reaches them:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -154,6 +155,18 @@ class Store:
             ("127.0.0.1", self.upstream_port), self.classify, self.tls_context()
         ).start()
         bench_proc.progress(self.name, f"server up, counting proxy on {self.proxy.url}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time so far of the server process (and its children) and of this process,
+        whose threads are the counting proxy (its main thread only waits while a step
+        runs): the store's share of the machine's cores during a step."""
+        server = 0.0
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                # utime, stime, cutime, cstime: fields 14-17 of proc(5), 12-15 after the name
+                server = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return server + time.process_time()
 
     def stop(self) -> None:
         if self.proxy is not None:

@@ -67,6 +67,7 @@ def test_bench_quick_s3(tmp_path: Path) -> None:
             cell = steps[step]
             assert cell["n"] == 1 and cell["failed"] == 0, cell
             assert cell["requests_total"] > 0
+            assert cell["store_cpu_s"] > 0  # the server and the proxy did some work
         # The 32 MiB image's data (about 10 MB once deduplicated and compressed, by
         # either tool) went up through the proxy, and came back down for the restore.
         assert steps["backup1"]["mb_up"] > 5
