@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 # dashboard's browser tests (Playwright drives it; it downloads no browser), the QEMU guest
 # agent (file-system freeze inside a guest), virsh (libvirt discovery, against libvirt's
 # daemonless test driver), PostgreSQL (the catalog's other database; tests start their own),
-# Redis (a fleet's broker, admission and budgets; tests start their own).
+# Redis (a fleet's broker, admission and budgets; tests start their own), nbdkit with its
+# Python plugin (`vmvault export` serves a recovery point over NBD) and libnbd's tools
+# (nbdcopy, nbdinfo: the export's clients in the tests, beside qemu-img and qemu-io).
 # Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
@@ -39,6 +41,10 @@ sysdeps:
 	command -v virsh >/dev/null || missing="$$missing libvirt-clients"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v nbdkit >/dev/null || missing="$$missing nbdkit"; \
+	ls /usr/lib/*/nbdkit/plugins/nbdkit-python-plugin.so >/dev/null 2>&1 || \
+		missing="$$missing nbdkit-plugin-python"; \
+	command -v nbdcopy >/dev/null || missing="$$missing libnbd-bin"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
