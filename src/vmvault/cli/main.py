@@ -13,6 +13,7 @@ import typer
 from vmvault import __version__
 from vmvault.cli.commands import (
     demo,
+    export,
     jobs,
     planning,
     points,
@@ -84,6 +85,7 @@ def _register_commands() -> None:
     app.command("list")(points.list_cmd)
     app.command("restore")(points.restore)
     app.command("verify")(points.verify)
+    app.command("export")(export.export_cmd)
     app.command("check")(vault.check)
     app.command("forget")(points.forget)
     app.command("prune")(points.prune)
