@@ -347,6 +347,10 @@ class PointReader:
                 self._zero_maps.popitem(last=False)
         return zero_map
 
+    def cached_blocks(self) -> int:
+        with self._lock:
+            return len(self._blocks)
+
     # -- end ----------------------------------------------------------------------------
 
     def close(self) -> None:
