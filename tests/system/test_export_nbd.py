@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -233,6 +234,64 @@ def test_writable_export_keeps_writes_in_an_overlay_never_in_the_vault(
     stopped = run_cli("export", "--stop", "all", "--json")
     assert sorted(json.loads(stopped.stdout)["stopped"]) == sorted([writable["id"], second["id"]])
     assert _vault_files(ctx.vault_path) == before
+
+
+def _qmp(qemu: subprocess.Popen[str], command: str, **arguments: Any) -> None:
+    assert qemu.stdin is not None
+    qemu.stdin.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
+    qemu.stdin.flush()
+
+
+def _qmp_wait(qemu: subprocess.Popen[str], event: str, timeout: float = 60.0) -> dict[str, Any]:
+    """QMP's lines until ``event`` (an error answer fails the test)."""
+    assert qemu.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([qemu.stdout], [], [], 1.0)
+        if not ready:
+            continue
+        line = qemu.stdout.readline()
+        assert line, "QEMU ended"
+        if not line.startswith("{"):
+            continue  # what QEMU says to people on the same stream ("Formatting ...")
+        message: dict[str, Any] = json.loads(line)
+        assert "error" not in message, message
+        if message.get("event") == event:
+            return message
+    raise AssertionError(f"no {event} from QEMU within {timeout} s")
+
+
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs QEMU")
+def test_qemu_copies_the_export_as_a_drive(
+    ctx: Context, backed_up: tuple[Path, RecoveryPoint], export_dir: Path, tmp_path: Path
+) -> None:
+    """QEMU itself, with the export as a read-only drive: a full drive-backup of it is the
+    backed-up image byte for byte."""
+    image, _ = backed_up
+    doc = _export(ctx, "latest")
+    target = tmp_path / "from-qemu.img"
+    qemu = subprocess.Popen(
+        [
+            "qemu-system-x86_64",
+            *("-M", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"),
+            *("-drive", f"if=none,id=d0,file={doc['uri']},format=raw,readonly=on"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _qmp(qemu, "qmp_capabilities")
+        _qmp(qemu, "drive-backup", device="d0", target=str(target), sync="full", format="raw")
+        done = _qmp_wait(qemu, "BLOCK_JOB_COMPLETED")
+        assert "error" not in done["data"], done
+        _qmp(qemu, "quit")
+        qemu.wait(timeout=30)
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+    assert same_content(image, target)
 
 
 def test_export_on_a_tcp_port_answers_on_loopback(
