@@ -138,7 +138,6 @@ def pread(h: int, buf: memoryview, offset: int, flags: int) -> None:
 
 def extents(h: int, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
     hole_zero = int(nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO)
-    found = _state["service"].reader.extents(offset, count)
-    if flags & nbdkit.FLAG_REQ_ONE:
-        found = found[:1]
+    one = bool(flags & nbdkit.FLAG_REQ_ONE)
+    found = _state["service"].reader.extents(offset, count, one=one)
     return [(e.start, e.length, hole_zero if e.zero else 0) for e in found]

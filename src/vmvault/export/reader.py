@@ -29,9 +29,9 @@ from vmvault.vault.vault import Vault
 
 MiB = 1024 * 1024
 DEFAULT_CACHE_BYTES = 128 * MiB
-# Zero maps of block records kept for ``extents`` (one byte per chunk, ~130 bytes a block
-# with its bookkeeping): 65536 of them describe 256 GiB of disk in about 8 MiB.
-MAX_ZERO_MAPS = 65536
+# Blocks' layouts (runs of data and zeros) kept for ``extents``: a few hundred bytes each
+# at most, 65536 of them describe 256 GiB of disk.
+MAX_LAYOUTS = 65536
 # Blocks one ``extents`` answer describes at most (1 GiB of disk: at most 256 records to
 # read); a client asks again from where the answer ended.
 EXTENT_BLOCKS = 256
@@ -60,6 +60,10 @@ class Damage:
 class Block:
     data: memoryview  # the block's bytes, read-only (zeros where damaged)
     damaged: tuple[Damage, ...] = ()
+
+
+# A block's runs: (start, end, 1 if zero else 0), offsets within the block.
+Layout = tuple[tuple[int, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class PointReader:
         self._lock = threading.Lock()
         self._blocks: OrderedDict[int, Block] = OrderedDict()
         self._loading: dict[int, Future[Block]] = {}  # blocks being fetched, by any thread
-        self._zero_maps: OrderedDict[int, bytes] = OrderedDict()
+        self._known_layouts: OrderedDict[int, Layout] = OrderedDict()
         self._recent: deque[int] = deque(maxlen=RECENT_BLOCKS)
         self._ahead = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-read-ahead")
         self._closed = False
@@ -202,7 +206,7 @@ class PointReader:
         for b in blocks:
             record = records[m.records[b]]
             if not isinstance(record, Exception):
-                self._remember_zero_map(b, record)
+                self._remember_layout(b, record)
             out[b] = self._assemble(b, record, fetched)
         return out
 
@@ -277,9 +281,11 @@ class PointReader:
 
     # -- block status -------------------------------------------------------------------
 
-    def extents(self, offset: int, length: int) -> list[Extent]:
+    def extents(self, offset: int, length: int, *, one: bool = False) -> list[Extent]:
         """From ``offset``, runs of data and of zeros (never stored: holes reading as
-        zeros), at chunk granularity, for up to ``EXTENT_BLOCKS`` blocks of ``length``.
+        zeros), at chunk granularity, over at most ``EXTENT_BLOCKS`` blocks of ``length``;
+        ``one``: only the first run (what a client asking with NBD's REQ_ONE flag uses,
+        as QEMU's does).
 
         A block whose record cannot be read is reported as data: reading it then fails
         and says why, where a zero would hide the damage."""
@@ -290,40 +296,34 @@ class PointReader:
         last = min(
             (offset + length - 1) // m.block_size, first + EXTENT_BLOCKS - 1, len(m.records) - 1
         )
-        maps = self._zero_maps_for(range(first, last + 1))
+        layouts = self._layouts(range(first, last + 1))
         runs: list[list[int]] = []  # [start, end, zero]
-
-        def add(start: int, end: int, zero: int) -> None:
-            if runs and runs[-1][2] == zero and runs[-1][1] == start:
-                runs[-1][1] = end
-            else:
-                runs.append([start, end, zero])
-
         for b in range(first, last + 1):
-            start = b * m.block_size
-            end = min(start + m.block_size, m.size)
-            zero_map = maps[b]
-            if zero_map is None:
-                add(start, end, 1)
-                continue
-            for c, zero in enumerate(zero_map):
-                lo = start + c * m.chunk_size
-                add(lo, min(lo + m.chunk_size, end), zero)
-        return [
-            Extent(max(s, offset), e - max(s, offset), bool(z)) for s, e, z in runs if e > offset
-        ]
+            base = b * m.block_size
+            for lo, hi, zero in layouts[b]:
+                start, end = max(base + lo, offset), base + hi
+                if end <= start:
+                    continue
+                if runs and runs[-1][2] == zero and runs[-1][1] == start:
+                    runs[-1][1] = end
+                elif one and runs:
+                    return [Extent(runs[0][0], runs[0][1] - runs[0][0], bool(runs[0][2]))]
+                else:
+                    runs.append([start, end, zero])
+        return [Extent(s, e - s, bool(z)) for s, e, z in runs]
 
-    def _zero_maps_for(self, blocks: range) -> dict[int, bytes | None]:
-        """Per block: None when all of it is zero, else one byte per chunk (1: zero)."""
+    def _layouts(self, blocks: range) -> dict[int, Layout]:
+        """Each block's runs of data and zeros (offsets within the block), from its record:
+        read once (the records of the blocks not known yet, in one batch), then kept."""
         m = self.manifest
-        out: dict[int, bytes | None] = {}
+        out: dict[int, Layout] = {}
         missing = []
         with self._lock:
             for b in blocks:
                 if m.records[b] == ZERO_ID:
-                    out[b] = None
-                elif (known := self._zero_maps.get(b)) is not None:
-                    self._zero_maps.move_to_end(b)
+                    out[b] = ((0, self._block_length(b), 1),)
+                elif (known := self._known_layouts.get(b)) is not None:
+                    self._known_layouts.move_to_end(b)
                     out[b] = known
                 else:
                     missing.append(b)
@@ -332,20 +332,32 @@ class PointReader:
             for b in missing:
                 record = records[m.records[b]]
                 if isinstance(record, Exception):
-                    chunks = -(-(min(m.block_size, m.size - b * m.block_size)) // m.chunk_size)
-                    out[b] = bytes(chunks)  # all data: see ``extents``
+                    out[b] = ((0, self._block_length(b), 0),)  # data: see ``extents``
                 else:
-                    out[b] = self._remember_zero_map(b, record)
+                    out[b] = self._remember_layout(b, record)
         return out
 
-    def _remember_zero_map(self, b: int, record: list[bytes]) -> bytes:
-        zero_map = bytes(cid == ZERO_ID for cid in record)
+    def _block_length(self, b: int) -> int:
+        return min(self.manifest.block_size, self.size - b * self.manifest.block_size)
+
+    def _remember_layout(self, b: int, record: list[bytes]) -> Layout:
+        cs, length = self.manifest.chunk_size, self._block_length(b)
+        if len(record) != -(-length // cs):  # damaged: reads of it fail (``_assemble``)
+            record = [b"\xff"] * -(-length // cs)
+        runs: list[tuple[int, int, int]] = []
+        for c, cid in enumerate(record):
+            lo, hi, zero = c * cs, min((c + 1) * cs, length), int(cid == ZERO_ID)
+            if runs and runs[-1][2] == zero:
+                runs[-1] = (runs[-1][0], hi, zero)
+            else:
+                runs.append((lo, hi, zero))
+        layout = tuple(runs)
         with self._lock:
-            self._zero_maps[b] = zero_map
-            self._zero_maps.move_to_end(b)
-            while len(self._zero_maps) > MAX_ZERO_MAPS:
-                self._zero_maps.popitem(last=False)
-        return zero_map
+            self._known_layouts[b] = layout
+            self._known_layouts.move_to_end(b)
+            while len(self._known_layouts) > MAX_LAYOUTS:
+                self._known_layouts.popitem(last=False)
+        return layout
 
     def cached_blocks(self) -> int:
         with self._lock:
