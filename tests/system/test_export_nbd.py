@@ -7,6 +7,7 @@ is stopped at its end, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -242,8 +243,10 @@ def _qmp(qemu: subprocess.Popen[str], command: str, **arguments: Any) -> None:
     qemu.stdin.flush()
 
 
-def _qmp_wait(qemu: subprocess.Popen[str], event: str, timeout: float = 60.0) -> dict[str, Any]:
-    """QMP's lines until ``event`` (an error answer fails the test)."""
+def _qmp_wait(
+    qemu: subprocess.Popen[str], wanted: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+) -> dict[str, Any]:
+    """QMP's messages until one is ``wanted`` (an error answer fails the test)."""
     assert qemu.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -256,25 +259,20 @@ def _qmp_wait(qemu: subprocess.Popen[str], event: str, timeout: float = 60.0) ->
             continue  # what QEMU says to people on the same stream ("Formatting ...")
         message: dict[str, Any] = json.loads(line)
         assert "error" not in message, message
-        if message.get("event") == event:
+        if wanted(message):
             return message
-    raise AssertionError(f"no {event} from QEMU within {timeout} s")
+    raise AssertionError(f"QEMU did not answer within {timeout} s")
 
 
-@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs QEMU")
-def test_qemu_copies_the_export_as_a_drive(
-    ctx: Context, backed_up: tuple[Path, RecoveryPoint], export_dir: Path, tmp_path: Path
-) -> None:
-    """QEMU itself, with the export as a read-only drive: a full drive-backup of it is the
-    backed-up image byte for byte."""
-    image, _ = backed_up
-    doc = _export(ctx, "latest")
-    target = tmp_path / "from-qemu.img"
+@contextlib.contextmanager
+def _qemu_attached(uri: str) -> Iterator[subprocess.Popen[str]]:
+    """QEMU (no guest, QMP on its stdin and stdout) with the export as read-only drive d0:
+    connected to the export until it ends or the block is left."""
     qemu = subprocess.Popen(
         [
             "qemu-system-x86_64",
             *("-M", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"),
-            *("-drive", f"if=none,id=d0,file={doc['uri']},format=raw,readonly=on"),
+            *("-drive", f"if=none,id=d0,file={uri},format=raw,readonly=on"),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -282,16 +280,39 @@ def test_qemu_copies_the_export_as_a_drive(
     )
     try:
         _qmp(qemu, "qmp_capabilities")
-        _qmp(qemu, "drive-backup", device="d0", target=str(target), sync="full", format="raw")
-        done = _qmp_wait(qemu, "BLOCK_JOB_COMPLETED")
-        assert "error" not in done["data"], done
-        _qmp(qemu, "quit")
-        qemu.wait(timeout=30)
+        _qmp_wait(qemu, lambda m: "return" in m)  # the drive is open: QEMU is connected
+        yield qemu
     finally:
-        if qemu.poll() is None:
-            qemu.kill()
-            qemu.wait()
-    assert same_content(image, target)
+        qemu.kill()
+        qemu.wait()
+
+
+needs_qemu = pytest.mark.skipif(
+    not shutil.which("qemu-system-x86_64"), reason="needs qemu-system-x86_64"
+)
+
+
+@needs_qemu
+def test_qemu_copies_the_export_as_a_drive_and_stop_ends_its_connection(
+    ctx: Context, backed_up: tuple[Path, RecoveryPoint], export_dir: Path, tmp_path: Path
+) -> None:
+    """QEMU itself, with the export as a read-only drive: a full drive-backup of it is the
+    backed-up image byte for byte. QEMU stays connected, idle: --stop still ends the
+    export at once (nbdkit alone would wait for QEMU to leave) and releases the lock."""
+    image, _ = backed_up
+    doc = _export(ctx, "latest")
+    target = tmp_path / "from-qemu.img"
+    with _qemu_attached(doc["uri"]) as qemu:
+        _qmp(qemu, "drive-backup", device="d0", target=str(target), sync="full", format="raw")
+        done = _qmp_wait(qemu, lambda m: m.get("event") == "BLOCK_JOB_COMPLETED")
+        assert "error" not in done["data"], done
+        assert same_content(image, target)
+
+        stopped = run_cli("export", "--stop", doc["id"], "--json")
+        assert json.loads(stopped.stdout) == {"stopped": [doc["id"]]}, stopped.stderr
+        assert not is_running(doc)  # type: ignore[arg-type]
+        assert qemu.poll() is None  # the client is still there; the export is not
+    assert list(Path(ctx.vault_path, "locks").iterdir()) == []
 
 
 def test_export_on_a_tcp_port_answers_on_loopback(
@@ -308,11 +329,13 @@ def test_export_on_a_tcp_port_answers_on_loopback(
     assert int(size.stdout) == image.stat().st_size
 
 
-def test_export_ends_by_itself_when_it_expires(
+@needs_qemu
+def test_export_ends_by_itself_when_it_expires_even_with_a_client_attached(
     ctx: Context, backed_up: tuple[Path, RecoveryPoint], export_dir: Path
 ) -> None:
     doc = _export(ctx, "latest", "--expires", "3s")
-    assert _wait_until(lambda: not is_running(doc), GONE_TIMEOUT)  # type: ignore[arg-type]
+    with _qemu_attached(doc["uri"]):
+        assert _wait_until(lambda: not is_running(doc), GONE_TIMEOUT)  # type: ignore[arg-type]
     # It cleaned up after itself: socket, record, and the vault's lock.
     assert _wait_until(lambda: not os.path.exists(doc["socket"]), 5.0)
     assert read_records(export_dir) == []

@@ -6,8 +6,9 @@ foreground of a new session of its own (so it outlives this command and no termi
 signal reaches it), its log in the export's folder, and waits for the plugin's word that
 it serves the disk, then for the NBD greeting at the address it prints. The passphrase
 reaches the plugin through a pipe, never nbdkit's command line or environment.
-``stop_export`` ends one (SIGTERM: nbdkit closes its connections, the plugin releases the
-vault's lock and removes the export's files).
+``stop_exports`` ends them: a stop request the plugin's watchdog acts on (it disconnects
+the clients, nbdkit exits, the plugin releases the vault's lock and removes the export's
+files), then signals if that does not do it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from vmvault.export.state import (
     read_records,
     record_path,
     remove_export,
+    stop_request_path,
     write_record,
 )
 
@@ -189,6 +191,7 @@ def start_export(
         f"export-id={export_id}",
         f"expires-in={expires_in:g}",
         f"record={path}",
+        *([f"socket={sock}"] if sock is not None else [f"port={port}"]),
         f"cache-mb={cache_mb}",
         *(["vault-cache=off"] if ctx.cache is False else []),
     ]
@@ -247,7 +250,7 @@ def start_export(
         status = _wait_for_plugin(status_read, process, log_path)
         _wait_for_greeting(sock, address, port)
     except BaseException:
-        _end(process.pid, record)
+        _end(process.pid, record, path, ask=False)
         remove_export(path)
         raise
     finally:
@@ -332,21 +335,31 @@ def _wait_for_greeting(sock: str | None, address: str, port: int | None) -> None
             time.sleep(0.1)
 
 
-def _end(pid: int, record: ExportRecord) -> None:
-    """SIGTERM (nbdkit closes its connections and runs the plugin's cleanup), SIGKILL if
-    it is still there after ``STOP_TIMEOUT``."""
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
-        if not is_running(record):
+def _end(pid: int, record: ExportRecord, path: Path, *, ask: bool = True) -> None:
+    """Ask the export's watchdog to end it (it disconnects the clients, which nbdkit alone
+    would wait for), then SIGTERM (enough while no client is connected: an export that has
+    not started, ``ask=False``), then SIGKILL, each given ``STOP_TIMEOUT``."""
+    if ask:
+        stop_request_path(path).touch()
+        if _wait_gone(record, STOP_TIMEOUT):
             return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + wait
-        while is_running(record) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    if is_running(record):
-        raise ExportFailed(f"export {record['id']} (pid {pid}) does not stop")
+        if _wait_gone(record, STOP_TIMEOUT):
+            return
+    raise ExportFailed(f"export {record['id']} (pid {pid}) does not stop")
+
+
+def _wait_gone(record: ExportRecord, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while is_running(record):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def list_exports() -> list[ExportRecord]:
@@ -362,7 +375,7 @@ def stop_exports(which: str) -> list[str]:
     stopped = []
     for path, record in chosen:
         if is_running(record):
-            _end(record["pid"], record)
+            _end(record["pid"], record, path)
             stopped.append(record["id"])
         remove_export(path)
     return stopped

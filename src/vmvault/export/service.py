@@ -1,5 +1,6 @@
 """What one nbdkit process serves: the settings the launcher gave, the vault held open
-under an ``export`` lock, the disk's reader, and the export's end at its expiry.
+under an ``export`` lock, the disk's reader, and the watchdog that ends the export at its
+expiry or when asked (export/watchdog.py).
 
 Nothing here knows nbdkit: the plugin (export/plugin.py) hands over its ``key=value``
 parameters and a function that shuts the server down, and calls ``close`` at its end.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -22,13 +22,14 @@ from vmvault.app.context import Context
 from vmvault.engine.restore import point_disk
 from vmvault.errors import UsageError, VmvaultError
 from vmvault.export.reader import MiB, PointReader
-from vmvault.export.state import remove_export
+from vmvault.export.state import remove_export, stop_request_path
+from vmvault.export.watchdog import Watchdog
 
 log = logging.getLogger("vmvault")
 # The nbdkit parameters the launcher passes (export/launch.py), beside ``sys-path``, which
 # the plugin itself takes first.
 REQUIRED = ("vault", "point", "disk", "export-id", "expires-in", "passphrase-fd", "status-fd")
-OPTIONAL = ("cache-mb", "vault-cache", "record")
+OPTIONAL = ("cache-mb", "vault-cache", "record", "socket", "port")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ServiceSettings:
     cache_bytes: int = 128 * MiB
     vault_cache: bool | None = None  # False: --no-cache
     record: str | None = None  # the export's record (export/state.py), removed at the end
+    socket: str | None = None  # where nbdkit listens: its Unix socket, or
+    port: int | None = None  # its TCP port
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str]) -> ServiceSettings:
@@ -62,6 +65,8 @@ class ServiceSettings:
                 cache_bytes=int(params.get("cache-mb", "128")) * MiB,
                 vault_cache=False if params.get("vault-cache") == "off" else None,
                 record=params.get("record"),
+                socket=params.get("socket"),
+                port=int(params["port"]) if "port" in params else None,
             )
         except ValueError as exc:
             raise UsageError(f"plugin parameters: {exc}") from None
@@ -116,10 +121,15 @@ class ExportService:
             )
             self._stack.callback(self.reader.close)
             self.expires = time.time() + s.expires_in
-            timer = threading.Timer(s.expires_in, self._expire)
-            timer.daemon = True
-            timer.start()
-            self._stack.callback(timer.cancel)
+            watchdog = Watchdog(
+                self.expires,
+                stop_request_path(Path(s.record)) if s.record else None,
+                self._shutdown,
+                socket_path=s.socket,
+                port=s.port,
+            )
+            watchdog.start()
+            self._stack.callback(watchdog.stop)
         except BaseException:
             self.close()
             raise
@@ -130,10 +140,6 @@ class ExportService:
             manifest.size,
             time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.expires)),
         )
-
-    def _expire(self) -> None:
-        log.info("expired: shutting down")
-        self._shutdown()
 
     def close(self) -> None:
         """Release the vault's lock, then remove the export's record and the files it

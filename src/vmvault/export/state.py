@@ -74,6 +74,12 @@ def record_path(directory: Path, export_id: str) -> Path:
     return directory / f"{export_id}.json"
 
 
+def stop_request_path(path: Path) -> Path:
+    """The file whose appearance asks the export of record ``path`` to end (its watchdog
+    looks for it: export/watchdog.py)."""
+    return path.with_suffix(".stop")
+
+
 def write_record(path: Path, record: ExportRecord) -> None:
     """Written whole or not at all (a reader never sees half a record), mode 0600."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -130,6 +136,7 @@ def remove_export(path: Path) -> None:
         for key in ("pidfile", "log"):
             if name := record.get(key):
                 Path(str(name)).unlink(missing_ok=True)
+    stop_request_path(path).unlink(missing_ok=True)
     path.unlink(missing_ok=True)
 
 
