@@ -161,6 +161,8 @@ def _grant_read(vault: Path) -> None:
 def _nobody_env(vault: Path, home: Path) -> dict[str, str]:
     return {
         "HOME": str(home),
+        # nobody's own caches (the host's chunk index), not the test run's, which is root's
+        "VMVAULT_CACHE_DIR": str(home / ".cache" / "vmvault"),
         "VMVAULT_PASSPHRASE": PASSPHRASE,
         "VMVAULT_VAULT": str(vault),
         "VMVAULT_CATALOG": f"sqlite:///{home / 'catalog.db'}",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -147,6 +148,15 @@ def test_another_vault_or_the_vault_itself_is_refused(tmp_path: Path) -> None:
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="not empty"):
         run_replicate(ctx, str(tmp_path / "busy"))
+    # A FIFO (or any file) as the destination: refused before anything opens it, so
+    # nothing blocks on a pipe no one writes to.
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(UsageError, match="not a directory"):
+        run_replicate(ctx, str(tmp_path / "pipe"))
+    (tmp_path / "pipes").mkdir()
+    os.mkfifo(tmp_path / "pipes" / "p")
+    with pytest.raises(UsageError, match="not empty"):
+        run_replicate(ctx, str(tmp_path / "pipes"))
 
 
 def test_an_interrupted_replication_resumes_and_reuses_what_it_sent(tmp_path: Path) -> None:

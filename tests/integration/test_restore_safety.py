@@ -328,6 +328,8 @@ def test_a_folder_the_user_may_not_write_is_one_line(ctx: Context, backed_up: Pa
         env = {
             **os.environ,
             "HOME": str(home),
+            # nobody's own caches (the host's chunk index), not the test run's (root's)
+            "VMVAULT_CACHE_DIR": str(home / ".cache" / "vmvault"),
             "VMVAULT_PASSPHRASE": PASSPHRASE,
             "VMVAULT_VAULT": str(base / "vault"),
             "VMVAULT_CATALOG": f"sqlite:///{home / 'catalog.db'}",

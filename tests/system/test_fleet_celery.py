@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,92 +19,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
-from support.cli import PASSPHRASE, run_cli
+from support.cli import run_cli
+from support.fleetkit import (
+    CLI,
+    TIMINGS,
+    Fleet,
+    disk_image,
+    peak_overlap,
+    vm_entry,
+    write_file,
+)
 from support.serverkit import make_site, serving
-from vmvault import testdisk
 from vmvault.app.context import Context
 from vmvault.catalog.models import Job
-from vmvault.cluster.broker import Sweeper, fleet_queue, queue_for
+from vmvault.cluster.broker import Sweeper, queue_for
 from vmvault.cluster.redis_limits import RedisGate, RedisPoolBudget
 from vmvault.cluster.settings import FleetSettings
 from vmvault.cluster.worker import FleetWorker
-from vmvault.inventory import InventoryFile, parse_inventory
+from vmvault.inventory import parse_inventory
 from vmvault.jobs.admission import JobLoad, Limits, admit
 from vmvault.jobs.gate import LocalGate
 from vmvault.jobs.queue import JobQueue
 
 pytestmark = pytest.mark.redis
-
-CLI = [sys.executable, "-c", "from vmvault.cli.main import run; run()"]
-# Short timings, so that a lost worker's job comes back within seconds.
-TIMINGS = {
-    "VMVAULT_HEARTBEAT_SECONDS": "0.5",
-    "VMVAULT_STALE_AFTER_SECONDS": "4",
-    "VMVAULT_RETRY_BACKOFF_SECONDS": "0.5",
-    "VMVAULT_LEASE_SECONDS": "3",
-    "VMVAULT_VISIBILITY_TIMEOUT": "10",
-}
-
-
-def _env(ctx: Context, broker: str, inventory: Path) -> dict[str, str]:
-    return {
-        **TIMINGS,
-        "VMVAULT_PASSPHRASE": PASSPHRASE,
-        "VMVAULT_VAULT": ctx.vault_path,
-        "VMVAULT_CATALOG": str(ctx.catalog_url),
-        "VMVAULT_BROKER": broker,
-        "VMVAULT_INVENTORY": str(inventory),
-    }
-
-
-class Fleet:
-    """`vmvault worker --host` processes of one test, stopped at its end."""
-
-    def __init__(self, ctx: Context, broker: str, inventory: Path, logs: Path) -> None:
-        self.ctx, self.broker, self.inventory, self.logs = ctx, broker, inventory, logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.env = _env(ctx, broker, inventory)
-        self.settings = FleetSettings.from_env(broker)
-        self.vault_id = ctx.open_vault(load_index=False).config.vault_id
-        self.queue = fleet_queue(
-            ctx.catalog(), self.vault_id, self.settings, InventoryFile(str(inventory))
-        )
-
-    def worker(self, host: str, *extra: str) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"worker-{len(self.procs)}-{host}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [*CLI, "worker", "--host", host, *extra],
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def log(self) -> str:
-        return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("worker-*.log")))
-
-    def wait(self, job_ids: list[int], timeout: float = 60.0) -> list[Job]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            jobs = [self.queue.get(j) for j in job_ids]
-            if all(j.state in ("succeeded", "failed", "cancelled") for j in jobs):
-                return jobs
-            time.sleep(0.2)
-        states = {j: self.queue.get(j).state for j in job_ids}
-        raise AssertionError(f"jobs not done in {timeout} s: {states}\n{self.log()}")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 3  # a warm shutdown; then no more waiting
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture
@@ -123,51 +59,18 @@ def fleet(ctx: Context, redis_url: str, tmp_path: Path) -> Iterator[Callable[[Pa
         f.stop()
 
 
-def _vm(name: str, host: str, disks: list[tuple[str, Path, str | None]]) -> str:
-    text = f'[[vms]]\nname = "{name}"\nhost = "{host}"\n'
-    for disk, path, pool in disks:
-        text += f'  [[vms.disks]]\n  name = "{disk}"\n  path = "{path}"\n'
-        if pool:
-            text += f'  pool = "{pool}"\n'
-    return text
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def _image(tmp_path: Path, name: str, mib: int, seed: int) -> Path:
-    path = tmp_path / f"{name}.img"
-    testdisk.create_disk(path, mib * testdisk.MiB, seed=seed, jobs=1)
-    return path
-
-
-def _overlap(jobs: list[Job], key: Callable[[Job], int] = lambda j: 1) -> int:
-    """The most of ``key`` over jobs running at one time (from their own timestamps)."""
-    events: list[tuple[datetime, int]] = []
-    for job in jobs:
-        assert job.started_at is not None and job.finished_at is not None
-        events += [(job.started_at, key(job)), (job.finished_at, -key(job))]
-    peak = now = 0
-    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):  # ends before starts
-        now += delta
-        peak = max(peak, now)
-    return peak
-
-
 # -- routing ----------------------------------------------------------------------------
 
 
 def test_a_job_runs_on_its_host_s_worker_and_shared_jobs_on_any(
     ctx: Context, tmp_path: Path, fleet: Callable[[Path], Fleet]
 ) -> None:
-    images = {n: _image(tmp_path, n, 4, seed) for seed, n in enumerate(["a", "b", "c"], 1)}
-    inventory = _write(
+    images = {n: disk_image(tmp_path, n, 4, seed) for seed, n in enumerate(["a", "b", "c"], 1)}
+    inventory = write_file(
         tmp_path / "inventory.toml",
-        _vm("vm1", "hv1", [("os", images["a"], None)])
-        + _vm("vm2", "hv2", [("os", images["b"], None)])
-        + _vm("vm3", "hv3", [("os", images["c"], None)]),
+        vm_entry("vm1", "hv1", [("os", images["a"], None)])
+        + vm_entry("vm2", "hv2", [("os", images["b"], None)])
+        + vm_entry("vm3", "hv3", [("os", images["c"], None)]),
     )
     f = fleet(inventory)
     f.worker("hv1")
@@ -209,10 +112,10 @@ def test_the_queue_of_each_kind_of_job() -> None:
 def test_a_sigkilled_worker_s_job_is_delivered_again_and_finished_by_another(
     ctx: Context, tmp_path: Path, fleet: Callable[[Path], Fleet], redis_url: str
 ) -> None:
-    image = _image(tmp_path, "disk", 8, 3)
-    vm = _vm("vm", "hv1", [("os", image, None)])
+    image = disk_image(tmp_path, "disk", 8, 3)
+    vm = vm_entry("vm", "hv1", [("os", image, None)])
     throttled = "[limits]\ndisk_mb_per_s = 0.3\n\n" + vm
-    inventory = _write(tmp_path / "inventory.toml", throttled)
+    inventory = write_file(tmp_path / "inventory.toml", throttled)
     f = fleet(inventory)
     doomed = f.worker("hv1")
     job_id = f.queue.enqueue("backup", "vm")
@@ -233,7 +136,7 @@ def test_a_sigkilled_worker_s_job_is_delivered_again_and_finished_by_another(
     doomed.wait(timeout=10)
     gate = RedisGate(redis.Redis.from_url(redis_url), f.vault_id, Limits, 3.0)
     assert [load.vm for load in gate.held()] == ["vm"]  # the dead worker's lease, for now
-    _write(inventory, vm)  # unthrottled from now on (the workers reload the file)
+    write_file(inventory, vm)  # unthrottled from now on (the workers reload the file)
 
     [job] = f.wait([job_id], timeout=60)
     assert job.state == "succeeded", (job.error_message, f.log())
@@ -261,13 +164,14 @@ def test_workers_together_never_exceed_max_vms_nor_a_pool_s_disks(
     for i in range(9):
         if i % 3 == 0:  # two disks on pool b: at most one such VM at a time (2 + 2 > 3)
             disks = [
-                (d, _image(tmp_path, f"vm{i}{d}", 2, 10 * i + n), "b") for n, d in enumerate("xy")
+                (d, disk_image(tmp_path, f"vm{i}{d}", 2, 10 * i + n), "b")
+                for n, d in enumerate("xy")
             ]
             two_disk_vms.add(f"vm{i}")
         else:
-            disks = [("x", _image(tmp_path, f"vm{i}x", 3, 10 * i), "a")]
-        text += _vm(f"vm{i}", "hv1" if i % 2 else "hv2", disks)
-    inventory = _write(tmp_path / "inventory.toml", text)
+            disks = [("x", disk_image(tmp_path, f"vm{i}x", 3, 10 * i), "a")]
+        text += vm_entry(f"vm{i}", "hv1" if i % 2 else "hv2", disks)
+    inventory = write_file(tmp_path / "inventory.toml", text)
     f = fleet(inventory)
     for host in ("hv1", "hv1", "hv2"):  # three workers, each could run 3 at once
         f.worker(host)
@@ -275,8 +179,8 @@ def test_workers_together_never_exceed_max_vms_nor_a_pool_s_disks(
     jobs = f.wait(ids, timeout=90)
     assert {j.state for j in jobs} == {"succeeded"}, f.log()
 
-    assert _overlap(jobs) <= 3
-    assert _overlap(jobs, lambda j: 2 if j.vm in two_disk_vms else 0) <= 2  # pool b
+    assert peak_overlap(jobs) <= 3
+    assert peak_overlap(jobs, lambda j: 2 if j.vm in two_disk_vms else 0) <= 2  # pool b
     gate = RedisGate(redis.Redis.from_url(redis_url), f.vault_id, Limits, 3.0)
     peaks = gate.peaks()
     assert peaks["vms"] == 3  # the limit was reached, never passed
@@ -341,14 +245,16 @@ def test_two_workers_share_a_pool_s_egress_budget(
     rate = 1.0  # MB/s for the pool, whoever reads it: well below what the CPU allows
     text = f"[pools.shared]\negress_mb_per_s = {rate}\n\n"
     for n, host in enumerate(("hv1", "hv2")):
-        text += _vm(f"vm{n}", host, [("os", _image(tmp_path, f"d{n}", 8, n + 5), "shared")])
-    inventory = _write(tmp_path / "inventory.toml", text)
+        text += vm_entry(
+            f"vm{n}", host, [("os", disk_image(tmp_path, f"d{n}", 8, n + 5), "shared")]
+        )
+    inventory = write_file(tmp_path / "inventory.toml", text)
     f = fleet(inventory)
     f.worker("hv1")
     f.worker("hv2")
     jobs = f.wait([f.queue.enqueue("backup", f"vm{n}") for n in range(2)], timeout=90)
     assert {j.state for j in jobs} == {"succeeded"}, f.log()
-    assert _overlap(jobs) == 2  # both read at once, from two processes
+    assert peak_overlap(jobs) == 2  # both read at once, from two processes
     begin = min(j.started_at for j in jobs if j.started_at)
     end = max(j.finished_at for j in jobs if j.finished_at)
     seconds = (end - begin).total_seconds()
@@ -489,8 +395,8 @@ def test_a_message_runs_its_job_once_and_is_a_no_op_for_a_job_not_queued(
     """The task's logic in this process, with the in-process gate (the same caller as
     Redis's): a duplicate message, one for a running or finished job, does nothing; a job
     whose worker was reaped is claimable again."""
-    image = _image(tmp_path, "disk", 4, 9)
-    inventory = parse_inventory(_vm("vm", "hv1", [("os", image, None)]), "inv.toml")
+    image = disk_image(tmp_path, "disk", 4, 9)
+    inventory = parse_inventory(vm_entry("vm", "hv1", [("os", image, None)]), "inv.toml")
     vault_id = ctx.open_vault(load_index=False).config.vault_id
     sent: list[tuple[int, float]] = []
     queue = JobQueue(ctx.catalog(), vault_id, dispatch=lambda j, k, v, d: sent.append((j, d)))
@@ -529,9 +435,9 @@ def test_a_message_runs_its_job_once_and_is_a_no_op_for_a_job_not_queued(
 def test_a_worker_stopped_by_sigterm_hands_its_job_back_to_the_fleet(
     ctx: Context, tmp_path: Path, fleet: Callable[[Path], Fleet]
 ) -> None:
-    image = _image(tmp_path, "disk", 8, 4)
-    vm = _vm("vm", "hv1", [("os", image, None)])
-    inventory = _write(tmp_path / "inventory.toml", "[limits]\ndisk_mb_per_s = 0.3\n\n" + vm)
+    image = disk_image(tmp_path, "disk", 8, 4)
+    vm = vm_entry("vm", "hv1", [("os", image, None)])
+    inventory = write_file(tmp_path / "inventory.toml", "[limits]\ndisk_mb_per_s = 0.3\n\n" + vm)
     f = fleet(inventory)
     stopped = f.worker("hv1")
     job_id = f.queue.enqueue("backup", "vm")
@@ -541,7 +447,7 @@ def test_a_worker_stopped_by_sigterm_hands_its_job_back_to_the_fleet(
         time.sleep(0.1)
     first = str(f.queue.get(job_id).worker)
     f.worker("hv1")
-    _write(inventory, vm)
+    write_file(inventory, vm)
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(timeout=30) == 0, f.log()  # at once: the job was handed back
     [job] = f.wait([job_id], timeout=60)

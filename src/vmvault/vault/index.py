@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from vmvault.vault.format import PackEntry
-from vmvault.vault.localindex import LocalIndex, LocalIndexBroken, LocalIndexDamaged
+from vmvault.vault.indexrows import LocalIndexBroken
+from vmvault.vault.localindex import LocalIndex, LocalIndexDamaged
 
 # Pack numbers of the persistent index resolved to pack ids, kept per run: a restore reads
 # its packs' chunks in runs, so the same few packs come back; bounded all the same.

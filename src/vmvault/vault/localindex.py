@@ -18,31 +18,21 @@ kill -9 mid-rebuild leaves the old generation (or none) in use, never a half-bui
 Processes still reading the old generation keep their mapping of it; their next open moves
 to the new one. LMDB gives readers a consistent snapshot while another process appends.
 
-Named databases of a generation:
-
-    meta       format, vault id, ``complete``
-    objects    index object key -> the pack numbers it named (u32 each)
-    packs      pack number (u32 big-endian) -> pack id;  pack_nos: pack id -> number
-    chunks     chunk id -> its first location (VALUE)
-    extra      chunk id -> further locations in other packs (duplicates; rare)
-
-A location is 25 bytes (pack number, kind, offset, length, start, raw length, CRC-32 of the
-key and those fields): a value damaged on disk is detected and the generation dropped, not
-followed to a wrong offset.
+The parts: a generation's databases and its handle in this process (vault/indexgeneration.py),
+the bytes of a location and index objects as numpy records (vault/indexrows.py), the Bloom
+filter (vault/chunkfilter.py), the budget of mapped pages (vault/mappedpages.py).
 
 Memory: the file is mapped, not read; a process's own memory does not grow with the vault
 (the pages it touches are the kernel's page cache, shared by every process of the host, and
-past MAPPED_BUDGET of them a process lets the data file's go: see TRIM_EVERY).
+past a budget of them a process lets the data file's go: see vault/mappedpages.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import functools
 import logging
-import mmap
 import os
 import secrets
 import shutil
@@ -53,7 +43,6 @@ import time
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -64,7 +53,21 @@ if TYPE_CHECKING:
 
 from vmvault.backends.cache_files import CHUNK_INDEX_DIR, cache_root
 from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
-from vmvault.vault.format import INDEX_ENTRY, INDEX_PACK, PackEntry, index_plaintext
+from vmvault.vault import indexrows
+from vmvault.vault.chunkfilter import BloomFilter, filter_bits_for, grown_filter
+from vmvault.vault.format import PackEntry
+from vmvault.vault.indexgeneration import FILTER, Generation, open_generation, release_generation
+from vmvault.vault.indexrows import (
+    PACK_NO,
+    VALUE,
+    IndexArrays,
+    LocalIndexBroken,
+    as_arrays,
+    decode_value,
+    encode_locations,
+    encode_value,
+    load_numpy,
+)
 
 log = logging.getLogger("vmvault")
 _T = TypeVar("_T")
@@ -72,115 +75,16 @@ _T = TypeVar("_T")
 SUBDIR = CHUNK_INDEX_DIR
 SCHEMA = b"vmvault-chunk-index-1"
 CURRENT = "CURRENT"
-DATA = "data.mdb"
-FILTER = "filter.bin"
-# Address space only (the file is sparse and grows with use): about 2 billion chunks, 128 TB
-# of unique data at 64 KiB, and still room for a few hundred open generations in a process.
-MAP_SIZE = 256 << 30
-MAX_READERS = 1024
 # Entries per write transaction while absorbing: bounds the dirty pages LMDB keeps in memory.
 BATCH = 1 << 20
 
-VALUE = struct.Struct("<IBIIIII")  # pack no, kind, offset, length, start, raw length, crc32
-PACK_NO = struct.Struct(">I")  # big-endian: the packs table iterates in number order
-
-# Writes of up to this many entries (a writer's own index object: 64 packs of 256 chunks)
-# take a plain Python path; larger ones (a first open, a rebuild) go column-wise with numpy,
-# imported only then: a daily backup that finds nothing new to read never loads it.
-SMALL_WRITE = 1 << 16
-
-
-@functools.cache
-def _numpy() -> Any:
-    import numpy  # late on purpose: see SMALL_WRITE
-
-    return numpy
-
-
-@functools.cache
-def _dtypes() -> tuple[Any, Any]:
-    """The index entry and location layouts as numpy records (the same bytes as INDEX_ENTRY
-    and VALUE)."""
-    np = _numpy()
-    u4 = "<u4"
-    index = np.dtype(
-        [("id", "V32"), ("kind", "u1"), ("offset", u4), ("length", u4), ("start", u4), ("raw", u4)]
-    )
-    value = np.dtype(
-        [
-            ("pack", u4),
-            ("kind", "u1"),
-            ("offset", u4),
-            ("length", u4),
-            ("start", u4),
-            ("raw", u4),
-            ("crc", u4),
-        ]
-    )
-    assert index.itemsize == INDEX_ENTRY.size and value.itemsize == VALUE.size
-    return index, value
-
-
-# An index object as (pack id, entries) with entries as numpy records or PackEntry objects.
-IndexArrays = list[tuple[bytes, Any]]
-
-# A process's RSS counts the pages of the mapped index it has touched (the kernel's page
-# cache, shared and reclaimable, but counted). Every TRIM_EVERY lookups it reads how many file
-# pages it has mapped and, past MAPPED_BUDGET, lets go of the data file's (madvise
-# MADV_DONTNEED: they stay in the page cache; a later touch is a minor fault, ~2-10 µs here).
-# So a worker's RSS stays its own memory + the filter (<= 256 MiB) + the budget, however big
-# the vault, and a vault whose index fits the budget never pays a fault.
+# How often a process checks its mapped pages against the budget (vault/mappedpages.py):
+# every TRIM_EVERY lookups, and between slices of TRIM_EVERY entries of a write.
 TRIM_EVERY = 1 << 11
 # Lookups reuse their thread's read transaction (beginning one per lookup costs 3-4 times the
 # lookup itself) for at most this long: a reader pins the snapshot it sees, and pages freed
 # after it cannot be reused by writers until it ends.
 READER_AGE = 0.5
-MAPPED_BUDGET = 384 << 20  # all of the process's file pages: the filter's and libraries' too
-# The budget in MiB, for a host that prefers faster lookups to a bounded RSS ("0": never
-# trim: a worker maps as much of the index as it touches; the kernel still reclaims it).
-MAPPED_BUDGET_ENV = "VMVAULT_INDEX_MAPPED_MB"
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _trim_if_over(gen: _Generation) -> None:
-    budget = _mapped_budget()
-    if budget and _mapped_file_bytes() > budget:
-        gen.trim()
-
-
-def _mapped_budget() -> int:
-    """MAPPED_BUDGET, or $VMVAULT_INDEX_MAPPED_MB (0: no budget); a bad value is ignored."""
-    text = os.environ.get(MAPPED_BUDGET_ENV, "").strip()
-    if text.isdigit():
-        return int(text) << 20
-    return MAPPED_BUDGET
-
-
-def _mapped_file_bytes() -> int:
-    """Resident shared (file-backed) memory of this process, from /proc/self/statm."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[2]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-# The Bloom filter in front of the lookups: most chunks of a full backup are new, and a
-# filter answers "not in the vault" from one mapped page where LMDB walks a B-tree. Bits are
-# taken straight from the chunk id (a keyed BLAKE3 hash: already uniform). 16 bits per entry
-# and 3 probes: 0.5 % false positives; capped at 2**31 bits (256 MiB, 13 bits per entry at
-# 160 million chunks). Only `claimable` trusts a "no" from it: a filter that missed a chunk
-# (damaged, or a process mapping an older filter) costs a duplicate copy, never a wrong answer.
-FILTER_MAGIC = b"VMVBLOOM"
-FILTER_HEADER = struct.Struct("<8sI16s")  # magic, log2 of the bit count, generation id
-FILTER_MIN_BITS = 23
-FILTER_MAX_BITS = 31
-FILTER_BITS_PER_ENTRY = 16
-FILTER_PROBES = 3
-
-
-class LocalIndexBroken(Exception):
-    """The local file cannot be trusted (unreadable, damaged, another vault's): rebuilt."""
 
 
 class LocalIndexDamaged(VmvaultError):
@@ -208,258 +112,6 @@ def _private_dirs(path: Path) -> None:
             d.mkdir(mode=0o700)
 
 
-def encode_value(chunk_id: bytes, pack_no: int, e: PackEntry) -> bytes:
-    body = VALUE.pack(pack_no, e.kind, e.offset, e.length, e.start, e.raw_length, 0)[:-4]
-    return body + struct.pack("<I", zlib.crc32(chunk_id + body))
-
-
-def decode_value(chunk_id: bytes, value: bytes) -> tuple[int, int, int, int, int, int]:
-    if len(value) != VALUE.size:
-        raise LocalIndexBroken("a location of the wrong size")
-    fields = VALUE.unpack(value)
-    if zlib.crc32(chunk_id + value[:-4]) != fields[6]:
-        raise LocalIndexBroken("a location fails its checksum")
-    return fields[:6]
-
-
-def decode_index_arrays(blob: bytes, what: str) -> IndexArrays:
-    """An index object (decrypted) as numpy records per pack: format.decode_index without a
-    Python object per entry."""
-    plain = index_plaintext(blob, what)
-    out: IndexArrays = []
-    pos = 1
-    while pos < len(plain):
-        if pos + INDEX_PACK.size > len(plain):
-            raise CorruptObject(f"{what}: index is truncated")
-        pack_id, count = INDEX_PACK.unpack_from(plain, pos)
-        pos += INDEX_PACK.size
-        end = pos + count * INDEX_ENTRY.size
-        if end > len(plain):
-            raise CorruptObject(f"{what}: index is truncated")
-        out.append((pack_id, _numpy().frombuffer(plain, _dtypes()[0], count, pos)))
-        pos = end
-    return out
-
-
-def _as_arrays(packs: Sequence[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
-    """Packs given as PackEntry lists (what a writer has in hand) as numpy records."""
-    np = _numpy()
-    out = []
-    for pack_id, entries in packs:
-        if not isinstance(entries, np.ndarray):
-            rows = [
-                (e.chunk_id, e.kind, e.offset, e.length, e.start, e.raw_length) for e in entries
-            ]
-            entries = np.array(rows, _dtypes()[0])
-        out.append((pack_id, entries))
-    return out
-
-
-# -- the Bloom filter ----------------------------------------------------------------------
-
-
-def filter_bits_for(entries: int) -> int:
-    bits = FILTER_MIN_BITS
-    while bits < FILTER_MAX_BITS and (1 << bits) < entries * FILTER_BITS_PER_ENTRY:
-        bits += 1
-    return bits
-
-
-class BloomFilter:
-    """A bit array in a mapped file: set by the updater (under the lock), read by everyone."""
-
-    def __init__(self, path: Path, generation: bytes) -> None:
-        with open(path, "r+b") as f:
-            self._map = mmap.mmap(f.fileno(), 0)
-        try:
-            magic, self.log2, gen = FILTER_HEADER.unpack_from(self._map)
-        except struct.error:
-            raise LocalIndexBroken("filter: truncated") from None
-        size = FILTER_HEADER.size + (1 << self.log2 >> 3)
-        if magic != FILTER_MAGIC or gen != generation or len(self._map) != size:
-            self._map.close()
-            raise LocalIndexBroken("filter: not this generation's")
-        self.mask = (1 << self.log2) - 1
-        self._bits: Any = None  # a numpy view of the bits, made by the first bulk add
-
-    @staticmethod
-    def create(path: Path, log2: int, generation: bytes) -> None:
-        with open(path, "wb") as f:
-            f.write(FILTER_HEADER.pack(FILTER_MAGIC, log2, generation))
-            f.truncate(FILTER_HEADER.size + (1 << log2 >> 3))  # sparse zeros
-
-    def may_contain(self, chunk_id: bytes) -> bool:
-        # Probe i is the id's little-endian 64-bit word i, masked (as ``add`` computes it).
-        n = int.from_bytes(chunk_id[: 8 * FILTER_PROBES], "little")
-        bits, mask, base = self._map, self.mask, FILTER_HEADER.size
-        for shift in range(0, 64 * FILTER_PROBES, 64):
-            i = (n >> shift) & mask
-            if not bits[base + (i >> 3)] >> (i & 7) & 1:
-                return False
-        return True
-
-    def add(self, chunk_ids: bytes) -> None:
-        """Set the bits of many ids at once (``chunk_ids``: 32 bytes each, end to end)."""
-        if not chunk_ids:
-            return
-        if len(chunk_ids) <= 32 * SMALL_WRITE:
-            bits, mask, base = self._map, self.mask, FILTER_HEADER.size
-            for at in range(0, len(chunk_ids), 32):
-                n = int.from_bytes(chunk_ids[at : at + 8 * FILTER_PROBES], "little")
-                for shift in range(0, 64 * FILTER_PROBES, 64):
-                    i = (n >> shift) & mask
-                    bits[base + (i >> 3)] |= 1 << (i & 7)
-            return
-        np = _numpy()
-        if self._bits is None:
-            self._bits = np.frombuffer(self._map, np.uint8, offset=FILTER_HEADER.size)
-        words = np.frombuffer(chunk_ids, "<u8").reshape(-1, 4)
-        probes = (words[:, :FILTER_PROBES] & np.uint64(self.mask)).ravel()
-        np.bitwise_or.at(
-            self._bits,
-            (probes >> np.uint64(3)).astype(np.intp),
-            np.left_shift(1, probes & np.uint64(7)).astype(np.uint8),
-        )
-
-    def flush(self) -> None:
-        self._map.flush()
-
-    def close(self) -> None:
-        with contextlib.suppress(BufferError):  # a numpy view still alive: the GC closes it
-            self._bits = None
-            self._map.close()
-
-
-# -- one generation, opened once per process -------------------------------------------------
-
-
-@dataclass
-class _Generation:
-    path: Path
-    env: lmdb.Environment
-    meta: Any
-    objects: Any
-    packs: Any
-    pack_nos: Any
-    chunks: Any
-    extra: Any
-    generation: bytes
-    filter: BloomFilter | None
-    users: int = 0
-    mapped: tuple[int, int] | None = None  # the data file's mapping in this process
-
-    def trim(self) -> None:
-        """Drop this process's page-table entries for the index's data file (a read-only
-        shared mapping: nothing is lost, the pages stay in the page cache)."""
-        if self.mapped is None:
-            self.mapped = _mapping_of(self.path / DATA) or (0, 0)
-        start, end = self.mapped
-        with contextlib.suppress(OSError):  # only the file's length: LMDB reserves far more
-            end = min(end, start + (self.path / DATA).stat().st_size)
-        if end > start:
-            _libc_madvise(start, end - start)
-        # Not the filter: every lookup probes it, so dropping it would cost a fault per probe
-        # after each trim, and it is capped (FILTER_MAX_BITS).
-
-
-def _mapping_of(path: Path) -> tuple[int, int] | None:
-    """Where ``path`` is mapped in this process (Linux's /proc/self/maps), or None."""
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].rstrip("\n").removesuffix(" (deleted)") == target:
-                    start, end = (int(x, 16) for x in fields[0].split("-"))
-                    return start, end
-    except OSError:
-        pass
-    return None
-
-
-@functools.cache
-def _libc() -> Any:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _libc_madvise(start: int, length: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), mmap.MADV_DONTNEED)
-
-
-# LMDB forbids opening one file twice in a process (closing one handle drops the other's
-# locks): every ChunkIndex of this process shares one handle per generation, counted.
-_OPEN: dict[Path, _Generation] = {}
-_OPEN_LOCK = threading.Lock()
-_OPEN_PID = os.getpid()
-
-
-def _open_generation(path: Path, *, create: bool = False) -> _Generation:
-    global _OPEN_PID
-    with _OPEN_LOCK:
-        if os.getpid() != _OPEN_PID:  # a forked child must not use its parent's handles
-            _OPEN.clear()
-            _OPEN_PID = os.getpid()
-        gen = _OPEN.get(path)
-        if gen is None:
-            gen = _load_generation(path, create=create)
-            _OPEN[path] = gen
-        gen.users += 1
-        return gen
-
-
-def _release_generation(gen: _Generation) -> None:
-    with _OPEN_LOCK:
-        gen.users -= 1
-        if gen.users > 0 or _OPEN.get(gen.path) is not gen:
-            return
-        del _OPEN[gen.path]
-    if gen.filter is not None:
-        gen.filter.close()
-    gen.env.close()
-
-
-def _load_generation(path: Path, *, create: bool) -> _Generation:
-    if not create and not (path / DATA).is_file():
-        raise LocalIndexBroken(f"{path.name}: no data file")
-    try:
-        env = lmdb.open(
-            str(path),
-            map_size=MAP_SIZE,
-            max_dbs=8,
-            max_readers=MAX_READERS,
-            readahead=False,  # lookups are random: reading ahead only evicts useful pages
-            create=create,
-            mode=0o600,
-        )
-        dbs = {
-            name: env.open_db(name.encode(), dupsort=name == "extra", create=create)
-            for name in ("meta", "objects", "packs", "pack_nos", "chunks", "extra")
-        }
-        with env.begin(db=dbs["meta"]) as txn:
-            generation = txn.get(b"generation") or b""
-    except lmdb.Error as exc:
-        raise LocalIndexBroken(f"{path.name}: {exc}") from None
-    gen = _Generation(
-        path,
-        env,
-        meta=dbs["meta"],
-        objects=dbs["objects"],
-        packs=dbs["packs"],
-        pack_nos=dbs["pack_nos"],
-        chunks=dbs["chunks"],
-        extra=dbs["extra"],
-        generation=generation,
-        filter=None,
-    )
-    if not create:
-        try:
-            gen.filter = BloomFilter(path / FILTER, generation)
-        except (OSError, ValueError, LocalIndexBroken) as exc:
-            log.debug("chunk index %s: no usable filter (%s)", path, exc)
-    return gen
-
-
 # -- the index of one vault ------------------------------------------------------------------
 
 
@@ -482,14 +134,14 @@ class LocalIndex:
     def __init__(self, directory: Path, vault_id: str) -> None:
         self.directory = directory
         self.vault_id = vault_id
-        self._gen: _Generation | None = None
+        self._gen: Generation | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.rebuilt = False  # set by sync: the last sync built a new generation
         self.absorbed_now = 0  # index objects the last sync read
         self._lookups = 0  # since the last trim (approximate: threads race on it, harmlessly)
         # Each thread's read transaction of the chunks table (thread id -> (txn, generation,
         # epoch, when)); the epoch moves when this process writes, so its own writes are seen.
-        self._readers: dict[int, tuple[lmdb.Transaction, _Generation, int, float]] = {}
+        self._readers: dict[int, tuple[lmdb.Transaction, Generation, int, float]] = {}
         self._epoch = 0
 
     @classmethod
@@ -585,7 +237,7 @@ class LocalIndex:
 
     def _absorb_keys(
         self,
-        gen: _Generation,
+        gen: Generation,
         keys: Sequence[str],
         read_object: Callable[[str], Sequence[tuple[bytes, Any]]],
         problems: dict[str, VmvaultError],
@@ -612,7 +264,7 @@ class LocalIndex:
         listed: Sequence[str],
         read_object: Callable[[str], Sequence[tuple[bytes, Any]]],
         problems: dict[str, VmvaultError],
-    ) -> _Generation:
+    ) -> Generation:
         """A new generation from every listed index object, made current once complete.
         Called under the update lock."""
         for stale in self.directory.glob("g-*"):
@@ -622,7 +274,7 @@ class LocalIndex:
         path = self.directory / name
         path.mkdir(mode=0o700)
         generation = secrets.token_bytes(16)
-        gen = _open_generation(path, create=True)
+        gen = open_generation(path, create=True)
         try:
             BloomFilter.create(path / FILTER, filter_bits_for(0), generation)
             gen.filter = BloomFilter(path / FILTER, generation)
@@ -637,7 +289,7 @@ class LocalIndex:
             gen.env.sync(True)
             _write_current(self.directory, name)
         except BaseException:
-            _release_generation(gen)
+            release_generation(gen)
             shutil.rmtree(path, ignore_errors=True)
             raise
         for old in self.directory.glob("g-*"):
@@ -647,7 +299,7 @@ class LocalIndex:
 
     def _bulk_load(
         self,
-        gen: _Generation,
+        gen: Generation,
         listed: Sequence[str],
         read_object: Callable[[str], Sequence[tuple[bytes, Any]]],
         problems: dict[str, VmvaultError],
@@ -664,7 +316,7 @@ class LocalIndex:
         """
         if not listed:  # a new vault: nothing to sort, and no numpy to load for it
             return
-        np = _numpy()
+        np = load_numpy()
         record = np.dtype([("id", "V32"), ("value", f"V{VALUE.size}")])
         work = gen.path / "sort"
         work.mkdir(mode=0o700)
@@ -680,7 +332,7 @@ class LocalIndex:
                 self.absorbed_now += 1
                 with gen.env.begin(write=True) as txn:
                     numbers, arrays, numbers_of = [], [], []
-                    for pack_id, entries in _as_arrays(packs):
+                    for pack_id, entries in as_arrays(packs):
                         value = txn.get(pack_id, db=gen.pack_nos)
                         if value is not None:  # named by an earlier object: the same entries
                             numbers.append(int(PACK_NO.unpack(value)[0]))
@@ -696,7 +348,7 @@ class LocalIndex:
                     )
                 if not arrays:
                     continue
-                ids, values = _locations(np.concatenate(arrays), np.concatenate(numbers_of))
+                ids, values = encode_locations(np.concatenate(arrays), np.concatenate(numbers_of))
                 rows = np.empty(len(ids), record)
                 rows["id"] = ids
                 rows["value"] = values.view(f"V{VALUE.size}")
@@ -724,9 +376,9 @@ class LocalIndex:
             shutil.rmtree(work, ignore_errors=True)
 
     @staticmethod
-    def _append_bucket(gen: _Generation, rows: Any) -> None:
+    def _append_bucket(gen: Generation, rows: Any) -> None:
         """One bucket's locations, sorted, appended to the B-tree (ids above every id there)."""
-        np = _numpy()
+        np = load_numpy()
         rows = rows[np.argsort(rows["id"].view("S32"), kind="stable")]
         ids = np.ascontiguousarray(rows["id"]).view("S32")
         first = np.ones(len(rows), bool)
@@ -747,7 +399,7 @@ class LocalIndex:
                     txn.put(key, value, db=gen.extra, dupdata=False)
         assert gen.filter is not None
         gen.filter.add(keys)
-        _trim_if_over(gen)
+        gen.trim_if_over_budget()
 
     # -- generations ----------------------------------------------------------------------
 
@@ -758,13 +410,13 @@ class LocalIndex:
             return None
         return name if name.startswith("g-") and "/" not in name else None
 
-    def _try_current(self) -> tuple[_Generation | None, set[str] | None]:
+    def _try_current(self) -> tuple[Generation | None, set[str] | None]:
         """The current generation (opened, checked) and the index objects it absorbed."""
         name = self._read_current_name()
         if name is None:
             return None, None
         try:
-            gen = _open_generation(self.directory / name)
+            gen = open_generation(self.directory / name)
         except LocalIndexBroken as exc:
             log.warning("chunk index %s unusable (%s): rebuilding it", self.directory, exc)
             return None, None
@@ -776,7 +428,7 @@ class LocalIndex:
             self._release(gen)
             return None, None
 
-    def _validate(self, gen: _Generation) -> None:
+    def _validate(self, gen: Generation) -> None:
         try:
             with gen.env.begin(db=gen.meta) as txn:
                 schema, vault, complete = (txn.get(k) for k in (b"schema", b"vault", b"complete"))
@@ -785,14 +437,14 @@ class LocalIndex:
         if schema != SCHEMA or vault != self.vault_id.encode() or complete != b"1":
             raise LocalIndexBroken("not a complete index of this vault")
 
-    def _absorbed(self, gen: _Generation) -> set[str]:
+    def _absorbed(self, gen: Generation) -> set[str]:
         try:
             with gen.env.begin(db=gen.objects) as txn:
                 return {bytes(k).decode() for k in txn.cursor().iternext(values=False)}
         except (lmdb.Error, UnicodeDecodeError) as exc:
             raise LocalIndexBroken(str(exc)) from None
 
-    def _use(self, gen: _Generation) -> None:
+    def _use(self, gen: Generation) -> None:
         if self._gen is not None and self._gen is not gen:
             self._release(self._gen)
         self._gen = gen
@@ -801,14 +453,14 @@ class LocalIndex:
             self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _release_readers, self._readers, gen)
 
-    def _release(self, gen: _Generation) -> None:
+    def _release(self, gen: Generation) -> None:
         self._end_readers()
         if self._gen is gen:
             self._gen = None
             if self._finalizer is not None:
                 self._finalizer.detach()
                 self._finalizer = None
-        _release_generation(gen)
+        release_generation(gen)
 
     def close(self) -> None:
         if self._gen is not None:
@@ -831,7 +483,7 @@ class LocalIndex:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _current(self) -> _Generation:
+    def _current(self) -> Generation:
         if self._gen is None:
             raise LocalIndexBroken("not opened")
         return self._gen
@@ -841,7 +493,7 @@ class LocalIndex:
         self._counted()
         return f is None or f.may_contain(chunk_id)
 
-    def _reader(self, gen: _Generation) -> lmdb.Transaction:
+    def _reader(self, gen: Generation) -> lmdb.Transaction:
         """This thread's read transaction of the chunks table (renewed: see READER_AGE)."""
         me = threading.get_ident()
         now = time.monotonic()
@@ -869,7 +521,7 @@ class LocalIndex:
         if self._lookups >= TRIM_EVERY:
             self._lookups = 0
             if self._gen is not None:
-                _trim_if_over(self._gen)
+                self._gen.trim_if_over_budget()
 
     def locations(self, chunk_id: bytes) -> list[tuple[int, int, int, int, int, int]]:
         """The chunk's locations, the first indexed first (usually one, or none)."""
@@ -983,14 +635,14 @@ class LocalIndex:
 
 
 def _release_readers(
-    readers: dict[int, tuple[lmdb.Transaction, _Generation, int, float]], gen: _Generation
+    readers: dict[int, tuple[lmdb.Transaction, Generation, int, float]], gen: Generation
 ) -> None:
     """A LocalIndex was let go: its threads' read transactions end, then its generation."""
     for txn, *_ in list(readers.values()):
         with contextlib.suppress(lmdb.Error):
             txn.abort()
     readers.clear()
-    _release_generation(gen)
+    release_generation(gen)
 
 
 def _write_current(directory: Path, name: str) -> None:
@@ -1007,7 +659,7 @@ def _write_current(directory: Path, name: str) -> None:
         os.close(dir_fd)
 
 
-def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]]) -> None:
+def _write_objects(gen: Generation, objects: Sequence[tuple[str, IndexArrays]]) -> None:
     """Absorb index objects in one write transaction (called under the update lock).
 
     In listing order the first location of a chunk wins; later locations in *other* packs go
@@ -1040,7 +692,11 @@ def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]])
                     numbers_of.append(no)
                 txn.put(key.encode(), b"".join(PACK_NO.pack(n) for n in numbers), db=gen.objects)
             total = sum(len(e) for e in arrays)
-            if total and total <= SMALL_WRITE and all(isinstance(e, list) for e in arrays):
+            if (
+                total
+                and total <= indexrows.SMALL_WRITE
+                and all(isinstance(e, list) for e in arrays)
+            ):
                 rows = [
                     (e.chunk_id, encode_value(e.chunk_id, no, e))
                     for entries, no in zip(arrays, numbers_of, strict=True)
@@ -1049,8 +705,8 @@ def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]])
                 rows.sort(key=lambda r: r[0])  # stable: equal ids keep their listing order
                 _put_items(gen, txn, rows, b"".join(r[0] for r in rows))
             elif total:
-                np = _numpy()
-                arrays = [a for _, a in _as_arrays([(b"", e) for e in arrays])]
+                np = load_numpy()
+                arrays = [a for _, a in as_arrays([(b"", e) for e in arrays])]
                 numbers = [
                     np.full(len(a), no, np.uint32) for a, no in zip(arrays, numbers_of, strict=True)
                 ]
@@ -1059,37 +715,14 @@ def _write_objects(gen: _Generation, objects: Sequence[tuple[str, IndexArrays]])
         raise LocalIndexBroken(str(exc)) from None
 
 
-def _locations(entries: Any, numbers: Any) -> tuple[Any, Any]:
-    """Index entries (numpy records) and their pack numbers as ids (contiguous ``V32``) and
-    locations (``VALUE`` records, CRC included)."""
-    np = _numpy()
-    n = len(entries)
-    ids = np.ascontiguousarray(entries["id"])
-    values = np.empty(n, _dtypes()[1])
-    values["pack"] = numbers
-    for name in ("kind", "offset", "length", "start", "raw"):
-        values[name] = entries[name]
-    # CRC-32 of id + fields, as first_location checks it: one C call per entry.
-    both = np.concatenate(
-        [ids.view(np.uint8).reshape(n, 32), values.view(np.uint8).reshape(n, VALUE.size)[:, :-4]],
-        axis=1,
-    ).tobytes()
-    width = 32 + VALUE.size - 4
-    crc32 = zlib.crc32
-    values["crc"] = np.fromiter(
-        (crc32(both[i : i + width]) for i in range(0, n * width, width)), np.uint32, n
-    )
-    return ids, values
-
-
 def _put_entries(
-    gen: _Generation,
+    gen: Generation,
     txn: lmdb.Transaction,
     entries: np.ndarray[Any, Any],
     numbers: np.ndarray[Any, Any],
 ) -> None:
-    np = _numpy()
-    ids, values = _locations(entries, numbers)
+    np = load_numpy()
+    ids, values = encode_locations(entries, numbers)
     order = np.argsort(ids.view("S32"), kind="stable")  # B-tree order; listing order on ties
     keys = ids[order].tobytes()
     packed = values[order].tobytes()
@@ -1101,7 +734,7 @@ def _put_entries(
 
 
 def _put_items(
-    gen: _Generation, txn: lmdb.Transaction, items: list[tuple[bytes, bytes]], keys: bytes
+    gen: Generation, txn: lmdb.Transaction, items: list[tuple[bytes, bytes]], keys: bytes
 ) -> None:
     """Put (chunk id, location) pairs in id order; ``keys``: their ids end to end."""
     # In slices, with the mapped-pages budget checked between them: each insert reads a
@@ -1110,7 +743,7 @@ def _put_items(
     added = 0
     for lo in range(0, len(items), TRIM_EVERY):
         added += cursor.putmulti(items[lo : lo + TRIM_EVERY], overwrite=False)[1]
-        _trim_if_over(gen)
+        gen.trim_if_over_budget()
     if added < len(items):
         # Some ids were indexed already (a copy in another pack, or twice in this batch): a
         # copy in another pack is kept as a further location.
@@ -1127,23 +760,20 @@ def _put_items(
             gen.filter.flush()
 
 
-def _grow_filter(gen: _Generation, txn: lmdb.Transaction) -> None:
-    """A larger filter from every key in the transaction's view, swapped in by rename.
-
-    Processes that mapped the old file keep it; chunks added later are then missing from
-    their filter, which costs them a duplicate copy at most (see FILTER_*)."""
+def _grow_filter(gen: Generation, txn: lmdb.Transaction) -> None:
+    """A larger filter from every key in the transaction's view (chunkfilter.grown_filter)."""
     entries = int(txn.stat(gen.chunks)["entries"])
-    log2 = filter_bits_for(entries * 2)  # room to grow before the next rebuild of the filter
-    tmp = gen.path / f".{FILTER}.{secrets.token_hex(4)}"
-    BloomFilter.create(tmp, log2, gen.generation)
-    fresh = BloomFilter(tmp, gen.generation)
+    batches = _key_batches(txn, gen.chunks)
+    # The old map is closed when the last thread reading it lets it go.
+    gen.filter = grown_filter(gen.path / FILTER, gen.generation, entries, batches)
+
+
+def _key_batches(txn: lmdb.Transaction, db: Any) -> Iterator[bytes]:
+    """The keys of ``db`` in the transaction's view, BATCH at a time, end to end."""
     keys: list[bytes] = []
-    for key in txn.cursor(db=gen.chunks).iternext(values=False):
+    for key in txn.cursor(db=db).iternext(values=False):
         keys.append(bytes(key))
         if len(keys) >= BATCH:
-            fresh.add(b"".join(keys))
+            yield b"".join(keys)
             keys = []
-    fresh.add(b"".join(keys))
-    fresh.flush()
-    os.replace(tmp, gen.path / FILTER)
-    gen.filter = fresh  # the old map is closed when the last thread reading it lets it go
+    yield b"".join(keys)

@@ -58,7 +58,8 @@ from vmvault.vault.format import (
     split_pack_tail,
 )
 from vmvault.vault.index import ChunkIndex, Location
-from vmvault.vault.localindex import IndexArrays, LocalIndex, decode_index_arrays
+from vmvault.vault.indexrows import IndexArrays, decode_index_arrays
+from vmvault.vault.localindex import LocalIndex
 from vmvault.vault.packs import PackWriter, index_key, pack_key
 
 CONFIG_KEY = "config"

@@ -1,4 +1,4 @@
-"""The host's persistent chunk index (vault/localindex.py) and the ChunkIndex over it.
+"""The host's persistent chunk index (vault/localindex.py and its parts) and the ChunkIndex over it.
 
 Index objects are stood in for by a dict of key -> packs, read through a counting reader,
 so each test says exactly which objects an open had to read."""
@@ -19,10 +19,11 @@ import pytest
 
 from vmvault.backends.local import LocalBackend
 from vmvault.errors import CorruptObject
-from vmvault.vault import localindex
+from vmvault.vault import chunkfilter, indexrows, localindex, mappedpages
 from vmvault.vault.format import PackEntry, encode_index
 from vmvault.vault.index import ChunkIndex, LocalIndexDamaged
-from vmvault.vault.localindex import CURRENT, DATA, LocalIndex, index_dir
+from vmvault.vault.indexgeneration import DATA, MAP_SIZE
+from vmvault.vault.localindex import CURRENT, LocalIndex, index_dir
 from vmvault.vault.vault import Vault
 
 Packs = list[tuple[bytes, list[PackEntry]]]
@@ -56,7 +57,7 @@ class Objects:
         if key not in self.objects:
             raise CorruptObject(f"{key}: damaged")
         if self.as_records:
-            return localindex.decode_index_arrays(encode_index(self.objects[key]), key)
+            return indexrows.decode_index_arrays(encode_index(self.objects[key]), key)
         return self.objects[key]
 
     def sync(self, store: LocalIndex) -> dict[str, object]:
@@ -69,7 +70,7 @@ def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Each test twice: small writes take a plain Python path, large ones numpy's; index
     objects read from a vault come as numpy records (``decode_index_arrays``)."""
     if request.param == "numpy":
-        monkeypatch.setattr(localindex, "SMALL_WRITE", 0)
+        monkeypatch.setattr(indexrows, "SMALL_WRITE", 0)
         monkeypatch.setattr(Objects, "as_records", True)
     return str(request.param)
 
@@ -286,7 +287,7 @@ def test_a_location_failing_its_checksum_stops_the_job_and_rebuilds(
 
     objects.sync(LocalIndex(tmp_path, VAULT_ID))
     generation = tmp_path / (tmp_path / CURRENT).read_text().strip()
-    env = lmdb.open(str(generation), max_dbs=8, map_size=localindex.MAP_SIZE)
+    env = lmdb.open(str(generation), max_dbs=8, map_size=MAP_SIZE)
     with env.begin(write=True) as txn:
         chunks = env.open_db(b"chunks", txn=txn)
         value = bytearray(txn.get(cid("c1"), db=chunks))
@@ -315,7 +316,7 @@ def test_an_unreadable_index_object_is_tried_again(tmp_path: Path, objects: Obje
 def test_the_filter_grows_and_answers_for_every_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(localindex, "FILTER_MIN_BITS", 8)  # 256 bits: grows after 16 entries
+    monkeypatch.setattr(chunkfilter, "FILTER_MIN_BITS", 8)  # 256 bits: grows after 16 entries
     objects = Objects()
     names = [f"c{i}" for i in range(300)]
     for i in range(0, 300, 50):
@@ -458,7 +459,7 @@ def test_lookups_let_go_of_mapped_pages(
     """A worker's RSS stays its own: every TRIM_EVERY lookups the mapped index pages go back
     to the page cache; the answers do not change."""
     monkeypatch.setattr(localindex, "TRIM_EVERY", 3)
-    monkeypatch.setattr(localindex, "MAPPED_BUDGET", 1)  # one byte: always over
+    monkeypatch.setattr(mappedpages, "MAPPED_BUDGET", 1)  # one byte: always over
     index = opened(tmp_path, objects)
     store = index._store
     assert store is not None and store._gen is not None
@@ -470,10 +471,10 @@ def test_lookups_let_go_of_mapped_pages(
 
 
 def test_the_mapped_budget_can_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert localindex._mapped_budget() == localindex.MAPPED_BUDGET
+    assert mappedpages._mapped_budget() == mappedpages.MAPPED_BUDGET
     monkeypatch.setenv("VMVAULT_INDEX_MAPPED_MB", "0")
-    assert localindex._mapped_budget() == 0  # never trim
+    assert mappedpages._mapped_budget() == 0  # never trim
     monkeypatch.setenv("VMVAULT_INDEX_MAPPED_MB", "1024")
-    assert localindex._mapped_budget() == 1 << 30
+    assert mappedpages._mapped_budget() == 1 << 30
     monkeypatch.setenv("VMVAULT_INDEX_MAPPED_MB", "lots")
-    assert localindex._mapped_budget() == localindex.MAPPED_BUDGET
+    assert mappedpages._mapped_budget() == mappedpages.MAPPED_BUDGET
