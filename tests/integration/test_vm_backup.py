@@ -15,7 +15,7 @@ from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.restore import run_restore
 from vmvault.app.vm_restore import run_vm_restore
-from vmvault.errors import Conflict, NotFound, UsageError
+from vmvault.errors import Conflict, FormatMismatch, NotFound, UsageError
 from vmvault.inventory import parse_inventory
 
 MiB = 1 << 20
@@ -94,6 +94,29 @@ def test_stopped_vm_backup_is_crash_consistent_and_excludes_temp(
         check=False,
     )
     assert compare.returncode == 0
+
+
+def test_inventory_disk_formats_are_detected_or_checked(tmp_path: Path, ctx: Context) -> None:
+    text = _inventory(tmp_path, "stopped")
+    undeclared = text.replace('  format = "qcow2"\n', "")
+    point = run_vm_backup(ctx, parse_inventory(undeclared, "inv.toml"), "web01")
+    formats = {d["name"]: (d["format"], d["format_from"]) for d in point["disks"]}
+    assert formats == {"os": ("raw", "detected"), "data": ("qcow2", "detected")}
+
+    wrong = text.replace('format = "qcow2"', 'format = "raw"')
+    with pytest.raises(FormatMismatch) as refused:
+        run_vm_backup(ctx, parse_inventory(wrong, "inv.toml"), "web01")
+    assert refused.value.message.startswith(
+        f"inv.toml: vms['web01'].disks['data']: disk {tmp_path / 'data.qcow2'} is a qcow2 "
+        "image, not raw (qemu-img finds a qcow2 header): "
+        'set format = "qcow2" to read it as qcow2, or set force_format = true'
+    )
+    forced = wrong.replace('format = "raw"', 'format = "raw"\n  force_format = true')
+    point = run_vm_backup(ctx, parse_inventory(forced, "inv.toml"), "web01")
+    assert (point["disks"][1]["format"], point["disks"][1]["format_from"]) == ("raw", "forced")
+    out = tmp_path / "data-bytes.img"
+    run_restore(ctx, point["id"], str(out), disk="data")
+    assert same_content(tmp_path / "data.qcow2", out)
 
 
 def test_running_vm_with_scripts_is_application_consistent(tmp_path: Path, ctx: Context) -> None:

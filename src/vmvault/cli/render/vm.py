@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from vmvault.cli.output import console
-from vmvault.inventory import Inventory, Vm
+from vmvault.inventory import Disk, Inventory, Vm
 
 if TYPE_CHECKING:  # discovery parses XML: imported by `vm discover` alone
     from vmvault.inventory.discovery import Discovery
@@ -47,12 +47,19 @@ def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
         table.add_row(
             d.name,
             d.role.value,
-            d.format.value,
+            _format_shown(d),
             d.pool or "-",
             d.path,
             "no (temporary)" if d.name in doc["excluded"] else "yes",
         )
     console.print(table)
+
+
+def _format_shown(disk: Disk) -> str:
+    """A disk's declared format; "auto": its header's, probed at each backup."""
+    if disk.format is None:
+        return "auto"
+    return disk.format.value + (", forced" if disk.force_format else "")
 
 
 def print_fleet(rows: list[dict[str, Any]]) -> None:
