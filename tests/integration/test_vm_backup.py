@@ -166,11 +166,21 @@ def test_vm_backup_cli(tmp_path: Path, ctx: Context) -> None:
         "VMVAULT_CATALOG": str(ctx.catalog_url),
         "VMVAULT_INVENTORY": str(inv_path),
     }
+    before = run_cli("vm", "show", "web01", env=env)
+    assert before.returncode == 0, before.stderr
+    assert "last backup: never" in before.stdout
+    doc = json.loads(run_cli("vm", "show", "web01", "--json", env=env).stdout)
+    assert (doc["last_backup"], doc["last_point"]) == (None, None)
     text = run_cli("vm", "backup", "web01", env=env)
     assert text.returncode == 0, text.stderr
     assert (
         "excluded: resource (temporary disk" in text.stdout and "consistency: crash" in text.stdout
     )
+    [point] = json.loads(run_cli("list", "--json", env=env).stdout)["points"]
+    doc = json.loads(run_cli("vm", "show", "web01", "--json", env=env).stdout)
+    assert (doc["last_backup"], doc["last_point"]) == (point["completed"], point["id"])
+    after = run_cli("vm", "show", "web01", env={**env, "COLUMNS": "200"})
+    assert f"(point {point['id']})" in after.stdout and "last backup: 20" in after.stdout
     unknown = run_cli("vm", "backup", "db01", env=env)
     assert unknown.returncode == 2 and "no VM named 'db01'" in unknown.stderr
 

@@ -121,8 +121,14 @@ def test_vm_list_and_show_cli(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     [vm] = json.loads(listed.stdout)["vms"]
     assert vm["protected"] == ["os", "data"] and vm["excluded"] == ["resource"]
-    shown = run_cli("vm", "show", "web01", "--inventory", str(path))
+    wide = {"COLUMNS": "200", "VMVAULT_VAULT": ""}
+    shown = run_cli("vm", "show", "web01", "--inventory", str(path), env=wide)
     assert shown.returncode == 0 and "no (temporary)" in shown.stdout
+    # whether a disk is included is not whether it was backed up: without a vault, unknown
+    assert "included in backups" in shown.stdout and "backed up" not in shown.stdout
+    assert "last backup: unknown (no vault given" in shown.stdout
+    as_json = run_cli("vm", "show", "web01", "--inventory", str(path), "--json", env=wide)
+    assert "last_backup" not in json.loads(as_json.stdout)
     path.write_text(EXAMPLE.replace('role = "os"', 'role = "boot"'))
     broken = run_cli("vm", "list", "--inventory", str(path))
     assert broken.returncode == 2
