@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from support.cli import same_content
 from support.serverkit import Site, make_site
 from vmvault.app.replication import run_replicate
+from vmvault.protection import stop as stop_protection
 from vmvault.server.app import create_app
 
 # Every route: method, path, least role, a valid body. Paths use ids the site has.
@@ -216,6 +217,14 @@ def test_verify_and_restore_as_a_new_vm(client: TestClient, site: Site) -> None:
         "/api/v1/restores", headers=operator, json={"vm": "web01", "new_name": "db01"}
     )
     assert clash.status_code == 409
+    # A VM gone from the inventory whose protection the vault still keeps: the same clash.
+    stop_protection(site.ctx.open_vault(load_index=False), "retired01", delete_data=False)
+    retired = client.post(
+        "/api/v1/restores", headers=operator, json={"vm": "web01", "new_name": "retired01"}
+    )
+    assert retired.status_code == 409, retired.text
+    error = retired.json()["error"]
+    assert error["code"] == "conflict" and "'retired01' exists in the vault" in error["message"]
 
 
 def test_tokens_are_shown_once_work_and_can_be_revoked(client: TestClient, site: Site) -> None:

@@ -185,6 +185,52 @@ def test_vm_backup_cli(tmp_path: Path, ctx: Context) -> None:
     assert unknown.returncode == 2 and "no VM named 'db01'" in unknown.stderr
 
 
+def test_restore_as_a_new_vm_refuses_the_name_of_an_existing_vm(
+    tmp_path: Path, ctx: Context
+) -> None:
+    text = _inventory(tmp_path, "stopped")
+    retired_disk = _write(tmp_path / "old01.img", 4 * MiB, [(0, os.urandom(MiB))])
+    with_old = (
+        text
+        + f"""
+[[vms]]
+name = "old01"
+  [[vms.disks]]
+  name = "os"
+  path = "{retired_disk}"
+"""
+    )
+    run_vm_backup(ctx, parse_inventory(with_old, "inv.toml"), "old01")
+    inv_path = tmp_path / "inv.toml"
+    inv_path.write_text(text)  # old01 left the inventory; its points stay in the vault
+    run_vm_backup(ctx, parse_inventory(text, str(inv_path)), "web01")
+    env = {
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+        "VMVAULT_INVENTORY": str(inv_path),
+    }
+    target = tmp_path / "restored"
+    for name, says in [
+        ("web01", "a VM named 'web01' exists already; choose another name"),
+        (
+            "old01",
+            f"a VM named 'old01' exists in the vault (its recovery points or settings), "
+            f"though not in {inv_path}; choose another name",
+        ),
+    ]:
+        refused = run_cli("vm", "restore", "web01", "--as", name, "--to", str(target), env=env)
+        assert refused.returncode == 2
+        assert refused.stderr == f"error: {says}\n"
+        as_json = run_cli(
+            "vm", "restore", "web01", "--as", name, "--to", str(target), "--json", env=env
+        )
+        assert json.loads(as_json.stdout)["error"]["code"] == "conflict"
+    assert not target.exists()  # no disk, no inventory entry
+    done = run_cli("vm", "restore", "web01", "--as", "web02", "--to", str(target), env=env)
+    assert done.returncode == 0, done.stderr
+
+
 def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: Context) -> None:
     text = _inventory(tmp_path, "stopped")
     inv = parse_inventory(text, "inv.toml")
