@@ -100,9 +100,9 @@ def test_health_needs_no_auth_and_everything_else_does(client: TestClient, site:
         assert answer.json()["error"]["code"] == "unauthorized"
         assert answer.headers["www-authenticate"] == "Bearer"
     bad = client.get("/api/v1/vms", headers={"Authorization": "Bearer vmv_not-a-token"})
-    assert bad.status_code == 401
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_token"
     basic = client.get("/api/v1/vms", headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
-    assert basic.status_code == 401
+    assert basic.status_code == 401 and basic.json()["error"]["code"] == "unauthorized"
 
 
 @pytest.mark.parametrize("role", ["reader", "operator", "admin"])
@@ -240,7 +240,8 @@ def test_tokens_are_shown_once_work_and_can_be_revoked(client: TestClient, site:
     assert client.get("/api/v1/tokens", headers=mine).status_code == 403
     revoked = client.delete(f"/api/v1/tokens/{made.json()['id']}", headers=admin)
     assert revoked.status_code == 200 and revoked.json()["revoked"]
-    assert client.get("/api/v1/vms", headers=mine).status_code == 401
+    gone = client.get("/api/v1/vms", headers=mine)
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "invalid_token"
 
 
 def test_every_write_is_audited_with_who_and_outcome(client: TestClient, site: Site) -> None:
