@@ -6,7 +6,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vmvault.disks.qemu import FORMATS, ProbeFailed, check_format, fuse_export, probe_image
+from vmvault.disks.qemu import FORMATS, QemuError, check_format, fuse_export, probe_image
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput
 from vmvault.engine.budgets import DiskBudget, disk_budget
@@ -95,9 +95,9 @@ def disk_format(spec: DiskSpec) -> tuple[str, str]:
         on_device = opened.is_block_device
     try:
         header = probe_image(image)
-    except ProbeFailed as exc:
+    except QemuError as exc:  # a header qemu-img cannot make out, or no qemu-img at all
         advice = _force_advice(spec, declared or "raw")
-        raise ProbeFailed(_located(spec, f"{exc.message}; for a raw disk, {advice}")) from None
+        raise type(exc)(_located(spec, f"{exc.message}; for a raw disk, {advice}")) from None
     found = header.format
     readable = found in FORMATS and not on_device  # QEMU images are read from files only
     if declared is not None:
