@@ -55,6 +55,19 @@ class UnsupportedFormat(VmvaultError):
     code = "unsupported_format"
 
 
+class ImageFormatRefused(UsageError):
+    """A disk image's format cannot be taken from its header without the user's word: a
+    format vmvault does not read, or a backing file a detected format would follow."""
+
+    code = "image_format_refused"
+
+
+class FormatMismatch(ImageFormatRefused):
+    """A disk image's header says another format than the one declared for it."""
+
+    code = "format_mismatch"
+
+
 class WrongPassphrase(VmvaultError):
     code = "wrong_passphrase"
 

@@ -68,7 +68,7 @@ def vm_status(
             {
                 "name": d.name,
                 "role": d.role.value,
-                "format": d.format.value,
+                "format": d.format.value if d.format else None,  # None: the header's
                 "pool": d.pool,
                 "protected": d in protected,
             }

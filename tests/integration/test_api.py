@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from support.cli import same_content
 from support.serverkit import Site, make_site
 from vmvault.app.replication import run_replicate
+from vmvault.protection import stop as stop_protection
 from vmvault.server.app import create_app
 
 # Every route: method, path, least role, a valid body. Paths use ids the site has.
@@ -99,9 +100,9 @@ def test_health_needs_no_auth_and_everything_else_does(client: TestClient, site:
         assert answer.json()["error"]["code"] == "unauthorized"
         assert answer.headers["www-authenticate"] == "Bearer"
     bad = client.get("/api/v1/vms", headers={"Authorization": "Bearer vmv_not-a-token"})
-    assert bad.status_code == 401
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_token"
     basic = client.get("/api/v1/vms", headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
-    assert basic.status_code == 401
+    assert basic.status_code == 401 and basic.json()["error"]["code"] == "unauthorized"
 
 
 @pytest.mark.parametrize("role", ["reader", "operator", "admin"])
@@ -216,6 +217,14 @@ def test_verify_and_restore_as_a_new_vm(client: TestClient, site: Site) -> None:
         "/api/v1/restores", headers=operator, json={"vm": "web01", "new_name": "db01"}
     )
     assert clash.status_code == 409
+    # A VM gone from the inventory whose protection the vault still keeps: the same clash.
+    stop_protection(site.ctx.open_vault(load_index=False), "retired01", delete_data=False)
+    retired = client.post(
+        "/api/v1/restores", headers=operator, json={"vm": "web01", "new_name": "retired01"}
+    )
+    assert retired.status_code == 409, retired.text
+    error = retired.json()["error"]
+    assert error["code"] == "conflict" and "'retired01' exists in the vault" in error["message"]
 
 
 def test_tokens_are_shown_once_work_and_can_be_revoked(client: TestClient, site: Site) -> None:
@@ -231,7 +240,8 @@ def test_tokens_are_shown_once_work_and_can_be_revoked(client: TestClient, site:
     assert client.get("/api/v1/tokens", headers=mine).status_code == 403
     revoked = client.delete(f"/api/v1/tokens/{made.json()['id']}", headers=admin)
     assert revoked.status_code == 200 and revoked.json()["revoked"]
-    assert client.get("/api/v1/vms", headers=mine).status_code == 401
+    gone = client.get("/api/v1/vms", headers=mine)
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "invalid_token"
 
 
 def test_every_write_is_audited_with_who_and_outcome(client: TestClient, site: Site) -> None:

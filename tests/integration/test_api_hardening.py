@@ -169,6 +169,31 @@ def test_failed_token_checks_are_throttled_per_address(app: Any, site: Site) -> 
     assert attacker.get("/api/v1/health").status_code == 200
 
 
+def test_a_token_that_is_not_valid_is_told_apart_from_none(app: Any, site: Site) -> None:
+    caller = _client(app, "203.0.113.9")
+    wrong = {"Authorization": "Bearer vmv_not-a-token"}
+    read = caller.get("/api/v1/vms", headers=wrong)  # refused by the route's dependency
+    write = caller.post("/api/v1/tokens", headers=wrong, json={})  # by the gate, bodiless
+    for answer in (read, write):
+        assert answer.status_code == 401
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_token"
+        assert error["message"].startswith("the token is not valid: this server does not know")
+        assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    # No token: none at all, an empty one, another scheme (four failures in all: not blocked)
+    for answer in (
+        caller.get("/api/v1/vms"),
+        caller.post("/api/v1/tokens", json={}),
+        caller.get("/api/v1/vms", headers={"Authorization": "Bearer "}),
+        caller.get("/api/v1/vms", headers={"Authorization": "Basic eDp5"}),
+    ):
+        assert answer.status_code == 401
+        error = answer.json()["error"]
+        assert error["code"] == "unauthorized"
+        assert error["message"].startswith("authentication required: send 'Authorization")
+        assert answer.headers["www-authenticate"] == "Bearer"
+
+
 def test_failed_writes_with_wrong_tokens_count_too(app: Any, site: Site) -> None:
     attacker = _client(app, "203.0.113.7")
     for attempt in range(5):

@@ -224,7 +224,8 @@ def test_remote_errors_are_one_line(served: tuple[Site, str, Path]) -> None:
     assert refused.stderr.strip().count("\n") == 0
     assert "needs the operator role" in refused.stderr
     wrong = _remote(served, "vmv_wrong", "vm", "list")
-    assert wrong.returncode == 2 and "authentication required" in wrong.stderr
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
+    assert wrong.stderr.startswith("error: server: the token is not valid")
     unknown = _remote(served, site.tokens["reader"], "jobs", "show", "424242")
     assert unknown.returncode == 2 and "no job 424242" in unknown.stderr
     local_only = _remote(served, site.tokens["admin"], "check")

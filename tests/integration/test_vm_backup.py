@@ -15,7 +15,7 @@ from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.restore import run_restore
 from vmvault.app.vm_restore import run_vm_restore
-from vmvault.errors import Conflict, NotFound, UsageError
+from vmvault.errors import Conflict, FormatMismatch, NotFound, UsageError
 from vmvault.inventory import parse_inventory
 
 MiB = 1 << 20
@@ -96,6 +96,29 @@ def test_stopped_vm_backup_is_crash_consistent_and_excludes_temp(
     assert compare.returncode == 0
 
 
+def test_inventory_disk_formats_are_detected_or_checked(tmp_path: Path, ctx: Context) -> None:
+    text = _inventory(tmp_path, "stopped")
+    undeclared = text.replace('  format = "qcow2"\n', "")
+    point = run_vm_backup(ctx, parse_inventory(undeclared, "inv.toml"), "web01")
+    formats = {d["name"]: (d["format"], d["format_from"]) for d in point["disks"]}
+    assert formats == {"os": ("raw", "detected"), "data": ("qcow2", "detected")}
+
+    wrong = text.replace('format = "qcow2"', 'format = "raw"')
+    with pytest.raises(FormatMismatch) as refused:
+        run_vm_backup(ctx, parse_inventory(wrong, "inv.toml"), "web01")
+    assert refused.value.message.startswith(
+        f"inv.toml: vms['web01'].disks['data']: disk {tmp_path / 'data.qcow2'} is a qcow2 "
+        "image, not raw (qemu-img finds a qcow2 header): "
+        'set format = "qcow2" to read it as qcow2, or set force_format = true'
+    )
+    forced = wrong.replace('format = "raw"', 'format = "raw"\n  force_format = true')
+    point = run_vm_backup(ctx, parse_inventory(forced, "inv.toml"), "web01")
+    assert (point["disks"][1]["format"], point["disks"][1]["format_from"]) == ("raw", "forced")
+    out = tmp_path / "data-bytes.img"
+    run_restore(ctx, point["id"], str(out), disk="data")
+    assert same_content(tmp_path / "data.qcow2", out)
+
+
 def test_running_vm_with_scripts_is_application_consistent(tmp_path: Path, ctx: Context) -> None:
     log = tmp_path / "log"
     pre = _script(tmp_path / "pre.sh", f"echo pre >> {log}")
@@ -143,13 +166,69 @@ def test_vm_backup_cli(tmp_path: Path, ctx: Context) -> None:
         "VMVAULT_CATALOG": str(ctx.catalog_url),
         "VMVAULT_INVENTORY": str(inv_path),
     }
+    before = run_cli("vm", "show", "web01", env=env)
+    assert before.returncode == 0, before.stderr
+    assert "last backup: never" in before.stdout
+    doc = json.loads(run_cli("vm", "show", "web01", "--json", env=env).stdout)
+    assert (doc["last_backup"], doc["last_point"]) == (None, None)
     text = run_cli("vm", "backup", "web01", env=env)
     assert text.returncode == 0, text.stderr
     assert (
         "excluded: resource (temporary disk" in text.stdout and "consistency: crash" in text.stdout
     )
+    [point] = json.loads(run_cli("list", "--json", env=env).stdout)["points"]
+    doc = json.loads(run_cli("vm", "show", "web01", "--json", env=env).stdout)
+    assert (doc["last_backup"], doc["last_point"]) == (point["completed"], point["id"])
+    after = run_cli("vm", "show", "web01", env={**env, "COLUMNS": "200"})
+    assert f"(point {point['id']})" in after.stdout and "last backup: 20" in after.stdout
     unknown = run_cli("vm", "backup", "db01", env=env)
     assert unknown.returncode == 2 and "no VM named 'db01'" in unknown.stderr
+
+
+def test_restore_as_a_new_vm_refuses_the_name_of_an_existing_vm(
+    tmp_path: Path, ctx: Context
+) -> None:
+    text = _inventory(tmp_path, "stopped")
+    retired_disk = _write(tmp_path / "old01.img", 4 * MiB, [(0, os.urandom(MiB))])
+    with_old = (
+        text
+        + f"""
+[[vms]]
+name = "old01"
+  [[vms.disks]]
+  name = "os"
+  path = "{retired_disk}"
+"""
+    )
+    run_vm_backup(ctx, parse_inventory(with_old, "inv.toml"), "old01")
+    inv_path = tmp_path / "inv.toml"
+    inv_path.write_text(text)  # old01 left the inventory; its points stay in the vault
+    run_vm_backup(ctx, parse_inventory(text, str(inv_path)), "web01")
+    env = {
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+        "VMVAULT_INVENTORY": str(inv_path),
+    }
+    target = tmp_path / "restored"
+    for name, says in [
+        ("web01", "a VM named 'web01' exists already; choose another name"),
+        (
+            "old01",
+            f"a VM named 'old01' exists in the vault (its recovery points or settings), "
+            f"though not in {inv_path}; choose another name",
+        ),
+    ]:
+        refused = run_cli("vm", "restore", "web01", "--as", name, "--to", str(target), env=env)
+        assert refused.returncode == 2
+        assert refused.stderr == f"error: {says}\n"
+        as_json = run_cli(
+            "vm", "restore", "web01", "--as", name, "--to", str(target), "--json", env=env
+        )
+        assert json.loads(as_json.stdout)["error"]["code"] == "conflict"
+    assert not target.exists()  # no disk, no inventory entry
+    done = run_cli("vm", "restore", "web01", "--as", "web02", "--to", str(target), env=env)
+    assert done.returncode == 0, done.stderr
 
 
 def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: Context) -> None:

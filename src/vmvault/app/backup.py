@@ -131,7 +131,7 @@ def run_vm_backup(
             specs = [
                 replace(spec, budget=inventory_budget(inventory, d, rate_limit))
                 for spec, d in zip(
-                    _snapshot_specs(provider, disks, images, meta), disks, strict=True
+                    _snapshot_specs(inventory, vm, provider, images, meta), disks, strict=True
                 )
             ]
             point = _backup_and_record(
@@ -169,30 +169,35 @@ def _keeps_snapshots(inventory: Inventory, vm: Vm) -> bool:
     return bool(vm.policy and inventory.policy(vm.policy).retention.instant_restore_days)
 
 
+def _disk_spec(inventory: Inventory, vm: Vm, disk: VmDisk, image: str) -> DiskSpec:
+    """The spec of an inventory disk read from ``image`` (the disk or its snapshot)."""
+    return DiskSpec(
+        disk.name,
+        image,
+        disk.format.value if disk.format else None,
+        disk.role.value,
+        origin=disk.path,
+        force_format=disk.force_format,
+        declared_in=f"{inventory.source}: vms[{vm.name!r}].disks[{disk.name!r}]",
+    )
+
+
 def _snapshot_specs(
-    provider: SnapshotProvider, disks: Sequence[VmDisk], images: list[str], meta: dict[str, Any]
+    inventory: Inventory,
+    vm: Vm,
+    provider: SnapshotProvider,
+    images: list[str],
+    meta: dict[str, Any],
 ) -> list[DiskSpec]:
+    disks = vm.protected_disks()
+    specs = [_disk_spec(inventory, vm, d, image) for d, image in zip(disks, images, strict=True)]
     live = live_snapshot(provider)
     if live is None:
-        return [
-            DiskSpec(d.name, image, d.format.value, d.role.value, origin=d.path)
-            for d, image in zip(disks, images, strict=True)
-        ]
+        return specs
     live.wait()
     meta["qemu_generation"] = live.generation()
     meta["qemu_notes"] = dict(zip([d.name for d in disks], live.notes(), strict=True))
     return [
-        DiskSpec(
-            d.name,
-            image,
-            d.format.value,
-            d.role.value,
-            origin=d.path,
-            read_format=fmt,
-            changed=changed,
-            changes_only=changed is not None,
-        )
-        for d, image, fmt, changed in zip(
-            disks, images, live.formats(), live.changed(), strict=True
-        )
+        replace(spec, read_format=fmt, changed=changed, changes_only=changed is not None)
+        for spec, fmt, changed in zip(specs, live.formats(), live.changed(), strict=True)
     ]

@@ -21,6 +21,7 @@ from vmvault.errors import Conflict, NotFound, UsageError
 from vmvault.inventory import Inventory, Vm, VmState, check_new_vm_name
 from vmvault.inventory.write import vm_entry
 from vmvault.model.point import RecoveryPoint
+from vmvault.protection import has_state, settings
 from vmvault.vault.vault import Vault
 
 _EXTENSIONS = {"raw": "img", "qcow2": "qcow2", "vpc": "vhd", "vhdx": "vhdx"}
@@ -146,15 +147,31 @@ def check_new_vm_restore(
     pool: str | None,
 ) -> str:
     """What a restore as a new VM needs, checked before it is queued (the API) and again
-    when it runs: a valid new name no VM of the inventory has, a point of ``vm``, a known
-    pool. Returns the point's id."""
+    when it runs: a valid new name that neither a VM of the inventory nor a VM the vault
+    still keeps anything of has, a point of ``vm``, a known pool. Returns the point's id."""
     check_new_vm_name(new_name)
     if any(v.name == new_name for v in inventory.vms):
         raise Conflict(f"a VM named {new_name!r} exists already; choose another name")
     point_id = _point_of(vault, vm, point_ref)
+    if _kept_by_vault(vault, new_name):
+        # Points, protection and retention are the vault's by VM name: a new VM of this
+        # name would take over the old one's history (its latest point, a soft delete's
+        # purge, an immutable vault's retention).
+        raise Conflict(
+            f"a VM named {new_name!r} exists in the vault (its recovery points or "
+            f"settings), though not in {inventory.source}; choose another name"
+        )
     if pool is not None and pool not in inventory.pools:
         raise NotFound(f"no pool named {pool!r} in {inventory.source}")
     return point_id
+
+
+def _kept_by_vault(vault: Vault, name: str) -> bool:
+    """Whether the vault keeps anything under VM ``name``: a protection state, a retention
+    record, or a readable point (read last: every point is one object to read)."""
+    if has_state(vault, name) or name in settings(vault).get("retention_by_vm", {}):
+        return True
+    return any(p["vm"] == name for p in vault.points())
 
 
 def _point_of(vault: Vault, vm: Vm, point_ref: str) -> str:

@@ -67,6 +67,15 @@ class Fleet(NamedTuple):
     rows: list[JsonDoc]
 
 
+class VmShown(NamedTuple):
+    """A VM of the inventory, and its newest recovery point when the vault was read:
+    ``newest`` is None for a VM never backed up; nobody looked without a vault."""
+
+    vm: Vm
+    vault_read: bool
+    newest: RecoveryPoint | None
+
+
 class VmRestore(NamedTuple):
     """How `vm restore` restores a VM: which point, as what, where."""
 
@@ -102,7 +111,7 @@ class Client(Protocol):
 
     def list_vms(self, inventory: str | None) -> Inventory | Fleet: ...
 
-    def show_vm(self, name: str, inventory: str | None) -> Vm | Fleet: ...
+    def show_vm(self, name: str, inventory: str | None) -> VmShown | Fleet: ...
 
     def vm_backup(
         self,
@@ -220,8 +229,12 @@ class LocalClient:
     def list_vms(self, inventory: str | None) -> Inventory:
         return load_inventory(inventory)
 
-    def show_vm(self, name: str, inventory: str | None) -> Vm:
-        return load_inventory(inventory).vm(name)
+    def show_vm(self, name: str, inventory: str | None) -> VmShown:
+        vm = load_inventory(inventory).vm(name)
+        if not self.vault:
+            return VmShown(vm, vault_read=False, newest=None)
+        points = list_points(self._context(), vm.name).points  # oldest first
+        return VmShown(vm, vault_read=True, newest=points[-1] if points else None)
 
     def vm_backup(
         self,

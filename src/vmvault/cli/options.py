@@ -45,9 +45,9 @@ def point_argument(default: Any = ...) -> Any:
     return typer.Argument(default, help="Point id (or a unique prefix, or 'latest').")
 
 
-def format_option(help: str) -> Any:
-    """``--format/-f`` of a disk image (raw unless given)."""
-    return typer.Option("raw", "--format", "-f", help=help)
+def format_option(help: str, default: str | None = "raw") -> Any:
+    """``--format/-f`` of a disk image (``default`` unless given)."""
+    return typer.Option(default, "--format", "-f", help=help)
 
 
 def full_option(help: str | None = "Ignore the parent point: read everything.") -> Any:

@@ -9,6 +9,7 @@ are never written, so they stay unallocated and the image stays compact.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmvault.errors import DiskNotFound, UsageError, VmvaultError
@@ -28,6 +30,14 @@ _START_TIMEOUT = 30.0
 class QemuError(VmvaultError):
     code = "qemu_failed"
     transient = True
+
+
+class ProbeFailed(QemuError):
+    """qemu-img could not make out an image's header: a damaged image, or a raw disk whose
+    first bytes look like a header. Trying again changes neither."""
+
+    code = "format_probe_failed"
+    transient = False
 
 
 def _need(tool: str) -> str:
@@ -44,11 +54,55 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What ``qemu-img info`` makes of an image when it is not told the format."""
+
+    format: str  # "raw" when qemu-img recognises no header
+    backing_file: str | None = None
+    data_file: str | None = None  # a qcow2 image's external data file
+
+
+def probe_image(image: str | os.PathLike[str]) -> ImageHeader:
+    """The format ``image``'s header claims, probed by ``qemu-img info``.
+
+    The header is whatever was written at the start of the file: for a raw disk that is the
+    guest's own data. qemu-img info opens the image alone, never its backing file; ``-U``
+    lets it read an image a running QEMU holds locked. The absolute path keeps a name with
+    a colon from being taken for a protocol (``nbd:...``) or options (``json:...``)."""
+    path = os.path.abspath(image)
+    try:
+        result = subprocess.run(
+            [_need("qemu-img"), "info", "--output=json", "-U", path],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_START_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise QemuError(f"qemu-img info {path} gave no answer in {_START_TIMEOUT:.0f} s") from None
+    if result.returncode != 0:
+        # "qemu-img: Could not open '<path>': Unsupported cluster size: 2^0"
+        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
+        reason = lines[-1].removeprefix("qemu-img: ").removeprefix(f"Could not open '{path}': ")
+        raise ProbeFailed(f"qemu-img cannot make out the format of {image}: {reason}")
+    info = json.loads(result.stdout)
+    specific = info.get("format-specific", {}).get("data", {})
+    return ImageHeader(
+        format=str(info["format"]),
+        backing_file=info.get("backing-filename"),
+        data_file=specific.get("data-file"),
+    )
+
+
 @contextmanager
 def fuse_export(
-    image: str | os.PathLike[str], fmt: str, *, writable: bool = False
+    image: str | os.PathLike[str], fmt: str, *, writable: bool = False, backing: bool = True
 ) -> Iterator[str]:
-    """Yield the path of a file showing ``image``'s guest-visible bytes while in the block."""
+    """Yield the path of a file showing ``image``'s guest-visible bytes while in the block.
+
+    ``backing=False`` opens a qcow2 image without the backing file its header names (the
+    unallocated clusters then read as zeros)."""
     check_format(fmt)
     source = Path(image)
     if not source.is_file():
@@ -58,12 +112,20 @@ def fuse_export(
     mountpoint = workdir / "disk"
     mountpoint.touch()
     ro, rw = ("off", "on") if writable else ("on", "off")
+    image_node: dict[str, object] = {
+        "driver": fmt,
+        "node-name": "fmt",
+        "file": "file",
+        "read-only": not writable,
+    }
+    if fmt == "qcow2" and not backing:
+        image_node["backing"] = None  # only the JSON form of --blockdev can say null
     argv = [
         daemon,
         "--blockdev",
         f"driver=file,node-name=file,filename={source.absolute()},read-only={ro}",
         "--blockdev",
-        f"driver={fmt},node-name=fmt,file=file,read-only={ro}",
+        json.dumps(image_node),
         "--export",
         f"type=fuse,id=exp,node-name=fmt,mountpoint={mountpoint},writable={rw}",
     ]

@@ -90,6 +90,7 @@ class DiskInput:
     source: DiskSource
     role: str = "data"
     format: str = "raw"
+    format_from: str | None = None  # how ``format`` was settled: detected, declared, forced
     # Byte ranges that may differ from the parent point (a dirty bitmap). None: unknown,
     # read and hash everything. Only a hint: it is used only when the parent is known.
     changed: list[tuple[int, int]] | None = None
@@ -404,18 +405,19 @@ def backup(
     disk_docs: list[DiskEntry] = []
     for disk, (manifest, stats) in zip(disks, outcomes, strict=True):
         parent_id = parents[disk.name][0] if disk.name in parents else None
-        disk_docs.append(
-            {
-                "name": disk.name,
-                "role": disk.role,
-                "format": disk.format,
-                "source": disk.source.path,
-                "size": manifest.size,
-                "parent": parent_id,
-                "manifest": vault.put_manifest(manifest),
-                "stats": stats.to_dict(),
-            }
-        )
+        entry: DiskEntry = {
+            "name": disk.name,
+            "role": disk.role,
+            "format": disk.format,
+            "source": disk.source.path,
+            "size": manifest.size,
+            "parent": parent_id,
+            "manifest": vault.put_manifest(manifest),
+            "stats": stats.to_dict(),
+        }
+        if disk.format_from:
+            entry["format_from"] = disk.format_from
+        disk_docs.append(entry)
     parent_ids = {p for p, _ in parents.values()}
     point: RecoveryPoint = {
         "id": new_point_id(created),

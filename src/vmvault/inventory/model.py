@@ -85,13 +85,23 @@ class StoragePool(_Strict):
 class Disk(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     path: str = Field(min_length=1)
-    format: DiskFormat = DiskFormat.RAW
+    # None: the format the image's header says, probed at each backup; a declared one is
+    # checked against the header unless ``force_format`` (a raw disk whose guest may write
+    # what looks like an image header).
+    format: DiskFormat | None = None
+    force_format: bool = False
     role: DiskRole = DiskRole.DATA
     pool: str | None = None
     # The data on the disk (used, not provisioned) for planning before its first backup,
     # where the planner cannot see the disk (another host); the host's allocated bytes
     # otherwise.
     used_gb: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _forced_format_named(self) -> Disk:
+        if self.force_format and self.format is None:
+            raise ValueError('force_format needs the format to force (format = "raw")')
+        return self
 
 
 class Vm(_Strict):

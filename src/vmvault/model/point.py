@@ -30,6 +30,9 @@ class DiskEntry(TypedDict):
     name: str
     role: NotRequired[str]  # "os" or "data"; older points lack it (data)
     format: NotRequired[str]  # the image format to restore; older points lack it (raw)
+    # How ``format`` was settled: "detected" from the image's header, "declared" and checked
+    # against it, "forced" (declared, header not looked at); older points lack it.
+    format_from: NotRequired[str]
     source: str
     size: int
     parent: str | None  # the point whose manifest this disk's backup compared with

@@ -9,6 +9,7 @@ from vmvault.protection.guard import (
 )
 from vmvault.protection.store import (
     check_may_delete,
+    has_state,
     purge_due,
     recover,
     resume,
@@ -24,6 +25,7 @@ __all__ = [
     "RetentionShortenedError",
     "accept_retentions",
     "check_may_delete",
+    "has_state",
     "purge_due",
     "record_accepted_retentions",
     "recover",

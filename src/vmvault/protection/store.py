@@ -107,6 +107,11 @@ def state_of(vault: Vault, vm: str) -> ProtectionState:
         raise CorruptObject(f"{key}: {exc.message}") from None
 
 
+def has_state(vault: Vault, vm: str) -> bool:
+    """Whether protection was ever stopped, resumed or undeleted for a VM of this name."""
+    return vault.get_document(protection_key(vault, vm), AAD_PROTECTION) is not None
+
+
 def _save(vault: Vault, vm: str, state: ProtectionState) -> ProtectionState:
     doc = {"vm": vm, **state.to_dict()}
     vault.put_document(protection_key(vault, vm), doc, AAD_PROTECTION)

@@ -28,6 +28,7 @@ from vmvault.server.auth import (
     TooManyRequests,
     Unauthorized,
     principal_of,
+    refusal,
     remote_address,
     require,
 )
@@ -42,7 +43,6 @@ BODY_LIMITS = {("PUT", "/api/v1/inventory"): 16 * MiB}
 # Writes the gate lets through unauthenticated and does not audit: logging in and out is
 # anonymous by nature, and these routes audit themselves (they know who).
 SELF_AUDITED = frozenset({"/login", "/logout"})
-UNAUTHENTICATED = "authentication required: send 'Authorization: Bearer <token>'"
 # Query parameters whose names contain one of these have their values kept out of the audit
 # log and the access log. Tokens are never taken from a query string; a client may still
 # put one there by mistake.
@@ -100,7 +100,8 @@ def _error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     if status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        challenge = 'Bearer error="invalid_token"' if code == "invalid_token" else "Bearer"
+        headers = {**(headers or {}), "WWW-Authenticate": challenge}
     return JSONResponse(
         {"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers
     )
@@ -199,7 +200,7 @@ class Gate:
             except VmvaultError as exc:  # the address is throttled
                 return error_response(exc)
             if principal is None:
-                return _error(401, "unauthorized", UNAUTHENTICATED)
+                return error_response(refusal(request))
             request.scope["state"][PRE_AUTHENTICATED] = principal
         declared = request.headers.get("content-length")
         if declared is not None:

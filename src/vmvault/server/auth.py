@@ -32,11 +32,18 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The scope["state"] key under which the app's outer middleware leaves the caller it
 # authenticated before reading a write's body (so the route does not look it up again).
 PRE_AUTHENTICATED = "vmvault.pre_authenticated"
+UNAUTHENTICATED = "authentication required: send 'Authorization: Bearer <token>'"
 
 
 class Unauthorized(VmvaultError):
     code = "unauthorized"
     http_status = 401
+
+
+class InvalidToken(Unauthorized):
+    """A bearer token was sent, and it is no token of this server (or a revoked one)."""
+
+    code = "invalid_token"  # RFC 6750's name, also in the answer's WWW-Authenticate
 
 
 class Forbidden(VmvaultError):
@@ -193,12 +200,24 @@ def principal_of(request: Request) -> Principal | None:
     return None
 
 
+def refusal(request: Request) -> Unauthorized:
+    """Why a request ``principal_of`` found no caller for is refused: the bearer token it
+    sent is not valid, or it sent none (a session cookie that expired is none either)."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secret.strip():
+        return InvalidToken(
+            "the token is not valid: this server does not know it, or it was revoked "
+            "(`vmvault token list` shows the server's tokens)"
+        )
+    return Unauthorized(UNAUTHENTICATED)
+
+
 def require(role: Role) -> Callable[[Request], Principal]:
     def dependency(request: Request) -> Principal:
         principal = principal_of(request)
         request.state.principal = principal
         if principal is None:
-            raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+            raise refusal(request)
         if principal.csrf is not None and request.method not in SAFE_METHODS:
             if not same_origin(request):
                 raise Forbidden("a session request from another site (Origin/Referer) is refused")

@@ -9,6 +9,7 @@ import pytest
 
 from support.cli import run_cli
 from vmvault.inventory import (
+    DiskFormat,
     DiskRole,
     InventoryError,
     load_inventory,
@@ -59,6 +60,8 @@ def test_example_loads_with_defaults() -> None:
     assert [d.name for d in vm.protected_disks()] == ["os", "data"]
     assert [d.name for d in vm.excluded_disks()] == ["resource"]
     assert vm.disks[1].role == DiskRole.DATA and vm.snapshot == "auto"
+    assert vm.disks[0].format is None  # the image's header says, at each backup
+    assert vm.disks[1].format == DiskFormat.QCOW2 and not vm.disks[1].force_format
     policy = inv.policy("daily")
     assert policy.retention.daily_days == 30 and policy.schedule.timezone == "Europe/Berlin"
     assert inv.policy("default").retention.daily_days == 30  # Azure's default policy
@@ -91,6 +94,10 @@ def test_example_loads_with_defaults() -> None:
         (('policy = "daily"', 'start = "01:30"'), "start needs a policy"),
         (('"daily"\ntags', '"daily"\nstart = 01:30:15\ntags'), "give the time as HH:MM"),
         (('path = "/mnt/resource.img"', 'path = "/r"\n  used_gb = -1'), "used_gb"),
+        (
+            ('path = "/mnt/resource.img"', 'path = "/r"\n  force_format = true'),
+            "vms['web01'].disks['resource']: force_format needs the format to force",
+        ),
     ],
 )
 def test_broken_inventories_name_the_field(change: tuple[str, str], message: str) -> None:
@@ -114,8 +121,14 @@ def test_vm_list_and_show_cli(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     [vm] = json.loads(listed.stdout)["vms"]
     assert vm["protected"] == ["os", "data"] and vm["excluded"] == ["resource"]
-    shown = run_cli("vm", "show", "web01", "--inventory", str(path))
+    wide = {"COLUMNS": "200", "VMVAULT_VAULT": ""}
+    shown = run_cli("vm", "show", "web01", "--inventory", str(path), env=wide)
     assert shown.returncode == 0 and "no (temporary)" in shown.stdout
+    # whether a disk is included is not whether it was backed up: without a vault, unknown
+    assert "included in backups" in shown.stdout and "backed up" not in shown.stdout
+    assert "last backup: unknown (no vault given" in shown.stdout
+    as_json = run_cli("vm", "show", "web01", "--inventory", str(path), "--json", env=wide)
+    assert "last_backup" not in json.loads(as_json.stdout)
     path.write_text(EXAMPLE.replace('role = "os"', 'role = "boot"'))
     broken = run_cli("vm", "list", "--inventory", str(path))
     assert broken.returncode == 2

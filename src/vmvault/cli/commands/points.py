@@ -47,14 +47,21 @@ from vmvault.errors import EXIT_DAMAGE, UsageError
 from vmvault.inventory import load_inventory
 
 
-def _disk_specs(images: list[str], names: list[str] | None, fmt: str) -> list[DiskSpec]:
+def _disk_specs(
+    images: list[str], names: list[str] | None, fmt: str | None, force_format: bool
+) -> list[DiskSpec]:
     if names and len(names) != len(images):
         raise UsageError("give one --disk-name per image, or none")
+    if force_format and fmt is None:
+        raise UsageError("--force-format needs --format: the format to read the images as")
     if not names:
         names = [Path(img).stem or f"disk{i}" for i, img in enumerate(images)]
         if len(set(names)) != len(names):
             names = [f"disk{i}" for i in range(len(images))]
-    return [DiskSpec(n, img, format=fmt) for n, img in zip(names, images, strict=True)]
+    return [
+        DiskSpec(n, img, format=fmt, force_format=force_format)
+        for n, img in zip(names, images, strict=True)
+    ]
 
 
 def backup_cmd(
@@ -62,7 +69,17 @@ def backup_cmd(
     vm: str = vm_option("Name of the VM the disks belong to.", required=True),
     disk_name: list[str] | None = typer.Option(None, "--disk-name", help="Name per disk."),
     full: bool = FullOpt,
-    fmt: str = format_option("Image format: raw, qcow2, vpc (VHD) or vhdx."),
+    fmt: str | None = format_option(
+        "Image format: raw, qcow2, vpc (VHD) or vhdx (default: what the image's header says; "
+        "a header that says otherwise is refused).",
+        default=None,
+    ),
+    force_format: bool = typer.Option(
+        False,
+        "--force-format",
+        help="Read the images as --format says without looking at their headers (a raw "
+        "disk whose guest may write what looks like an image header).",
+    ),
     limit_rate: float | None = LimitRateOpt,
     workers: int | None = WorkersOpt,
     vault: str | None = VaultOpt,
@@ -79,7 +96,7 @@ def backup_cmd(
             point = run_backup(
                 ctx,
                 vm,
-                _disk_specs(images, disk_name, fmt),
+                _disk_specs(images, disk_name, fmt, force_format),
                 full=full,
                 workers=workers,
                 rate_limit=rate,

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from vmvault.cli.client import Fleet, Job, VmRestore, get_client
+from vmvault.cli.client import Fleet, Job, VmRestore, VmShown, get_client
 from vmvault.cli.options import (
     CatalogOpt,
     FromOpt,
@@ -44,6 +44,17 @@ def vm_doc(vm: Vm) -> dict[str, Any]:
     }
 
 
+def shown_doc(shown: VmShown) -> dict[str, Any]:
+    """``vm show``'s document: the VM, and with a vault its last backup as the server's
+    fleet rows give it (None: never backed up)."""
+    doc = vm_doc(shown.vm)
+    if shown.vault_read:
+        newest = shown.newest
+        doc["last_backup"] = (newest.get("completed") or newest["created"]) if newest else None
+        doc["last_point"] = newest["id"] if newest else None
+    return doc
+
+
 @app.command("list")
 def list_vms(inventory: str | None = InventoryOpt, json: bool = JsonOpt) -> None:
     """List the VMs of the inventory with their disks (with --server: the fleet's state)."""
@@ -61,15 +72,19 @@ def list_vms(inventory: str | None = InventoryOpt, json: bool = JsonOpt) -> None
 def show_vm(
     name: str = vm_argument(),
     inventory: str | None = InventoryOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
-    """Show one VM: its disks, roles, formats, pools and consistency settings."""
-    client = get_client()
-    vm = guarded(json, lambda: client.show_vm(name, inventory))
-    if isinstance(vm, Fleet):
-        show(vm.rows[0], json, lambda row: print_fleet([row]))
+    """Show one VM: its disks, roles, formats, pools, consistency settings and, with a
+    vault, its last backup."""
+    client = get_client(vault, catalog, passphrase_file)
+    shown = guarded(json, lambda: client.show_vm(name, inventory))
+    if isinstance(shown, Fleet):
+        show(shown.rows[0], json, lambda row: print_fleet([row]))
     else:
-        show(vm_doc(vm), json, lambda doc: print_vm(vm, doc))
+        show(shown_doc(shown), json, lambda doc: print_vm(shown.vm, doc))
 
 
 @app.command("discover")

@@ -29,6 +29,12 @@ def print_point(point: Mapping[str, Any]) -> None:
             f"{d['size'] / seconds / 1e6:.0f}",
         )
     console.print(table)
+    for d in point["disks"]:
+        name, fmt = d["name"], d.get("format", "raw")
+        if d.get("format_from") == "detected" and fmt != "raw":  # raw: no header, as ever
+            console.print(f"{name}: read as {fmt}, the format its header names (none declared)")
+        elif d.get("format_from") == "forced":
+            console.print(f"{name}: read as {fmt}, as forced (its header not looked at)")
     for d in point.get("excluded", []):
         console.print(f"excluded: {d['name']} ({d['reason']})")
     level = point["consistency"]

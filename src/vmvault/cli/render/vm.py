@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from vmvault.cli.output import console
-from vmvault.inventory import Inventory, Vm
+from vmvault.inventory import Disk, Inventory, Vm
 
 if TYPE_CHECKING:  # discovery parses XML: imported by `vm discover` alone
     from vmvault.inventory.discovery import Discovery
@@ -41,18 +41,32 @@ def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
         + (f", guest agent {vm.guest_agent}" if vm.guest_agent else "")
     )
     table = Table()
-    for col in ("disk", "role", "format", "pool", "path", "backed up"):
+    for col in ("disk", "role", "format", "pool", "path", "included in backups"):
         table.add_column(col)
     for d in vm.disks:
         table.add_row(
             d.name,
             d.role.value,
-            d.format.value,
+            _format_shown(d),
             d.pool or "-",
             d.path,
             "no (temporary)" if d.name in doc["excluded"] else "yes",
         )
     console.print(table)
+    if "last_backup" not in doc:
+        console.print("last backup: unknown (no vault given: --vault or VMVAULT_VAULT)")
+    elif doc["last_backup"] is None:
+        console.print("last backup: never")
+    else:
+        when = doc["last_backup"][:19].replace("T", " ")
+        console.print(f"last backup: {when} UTC (point {doc['last_point']})", highlight=False)
+
+
+def _format_shown(disk: Disk) -> str:
+    """A disk's declared format; "auto": its header's, probed at each backup."""
+    if disk.format is None:
+        return "auto"
+    return disk.format.value + (", forced" if disk.force_format else "")
 
 
 def print_fleet(rows: list[dict[str, Any]]) -> None:
@@ -66,7 +80,7 @@ def print_fleet(rows: list[dict[str, Any]]) -> None:
             vm["state"],
             vm["policy"] or "-",
             vm["protection"],
-            (vm["last_backup"] or "-")[:19],
+            (vm["last_backup"] or "never")[:19],
             vm["consistency"] or "-",
             (vm["next_run"] or "-")[:16],
         )
