@@ -205,6 +205,13 @@ def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return _wait_or_kill(proc, timeout)
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (every core, every process) since boot."""
+    # /proc/stat's "cpu" line: user nice system idle iowait irq softirq steal ... (proc(5))
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
+
+
 # -- the fleet's workers ------------------------------------------------------------------
 
 
@@ -385,13 +392,13 @@ def run_round(
     fleet = Fleet.start(hosts, env, run_dir / f"logs-{name}")
     start_s = time.monotonic() - booting
     try:
-        cpu_before = fleet.cpu_seconds()
+        cpu_before, machine_before = fleet.cpu_seconds(), machine_cpu_seconds()
         sent_at = datetime.now(UTC)
         started = time.monotonic()
         job_ids = [queue.enqueue("backup", image.stem) for image in images]
         jobs = wait_for_jobs(queue, job_ids, fleet, timeout)
         observed = time.monotonic() - started
-        cpu_after = fleet.cpu_seconds()
+        cpu_after, machine_after = fleet.cpu_seconds(), machine_cpu_seconds()
         peaks = fleet.peak_rss()
     finally:
         stopping = time.monotonic()
@@ -421,6 +428,9 @@ def run_round(
         "cpu_s": round(sum(cpu), 2),
         "cpu_s_per_worker": [round(c, 2) for c in cpu],
         "cores_busy": round(sum(cpu) / wall, 2),
+        # The whole machine over the same time: the workers, Redis, the catalog's server,
+        # this script, and whatever else runs here (a shared machine's other work).
+        "machine_cores_busy": round((machine_after - machine_before) / observed, 2),
         "peak_rss_per_worker": peaks,
         "worker_exit_codes": exits,
         "workers_start_s": round(start_s, 2),  # outside the wall time: up to "ready."
@@ -539,7 +549,7 @@ def markdown(report: dict[str, Any]) -> str:
     p, m = report["parameters"], report["machine"]
     runs = report["runs"]
     first = runs[0]["full"]
-    load = ", ".join(f"{x:.2f}" for x in m["loadavg_start"])
+    load, load_end = (", ".join(f"{x:.2f}" for x in m[k]) for k in ("loadavg_start", "loadavg_end"))
     lines = [
         f"## Fleet throughput: {', '.join(str(r['workers']) for r in runs)} workers on one "
         f"machine ({report['date']})",
@@ -549,11 +559,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"each changed before the incremental; vault: a local directory; catalog: "
         f"{report['catalog']}; broker: redis-server on loopback. Machine: {m.get('nproc')} "
         f"cores ({m.get('cpu', '?')}), {m.get('ram_bytes', 0) / 2**30:.0f} GiB RAM; load "
-        f"average at start {load}.",
+        f"average at start {load}, at the end {load_end}.",
         "",
         "| workers | round | wall s | MB/s logical | MB/s allocated | CPU s | cores busy "
-        "| peak RSS MiB per worker | load at start |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| machine cores busy | peak RSS MiB per worker | load at start |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for name in ROUNDS:
@@ -561,6 +571,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {run['workers']} | {name} | {r['wall_s']:.1f} | {r['logical_mb_s']:.0f} "
                 f"| {r['allocated_mb_s']:.0f} | {r['cpu_s']:.1f} | {r['cores_busy']:.2f} "
+                f"| {r['machine_cores_busy']:.2f} "
                 f"| {' / '.join(mib(x) for x in r['peak_rss_per_worker'])} "
                 f"| {r['loadavg_start'][0]:.2f} |"
             )
@@ -641,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
+    machine["loadavg_end"] = list(os.getloadavg())
     report = {
         "date": date,
         "machine": machine,

@@ -47,7 +47,8 @@ def test_fleet_throughput_bench_reports_every_round(tmp_path: Path) -> None:
             assert [job["state"] for job in result["jobs"]] == ["succeeded"] * VMS
             # round-robin: every host has a VM, and its own worker ran it
             assert {job["worker"].split("/")[0] for job in result["jobs"]} == hosts
-            for figure in ("wall_s", "logical_mb_s", "allocated_mb_s", "cpu_s"):
+            figures = ("wall_s", "logical_mb_s", "allocated_mb_s", "cpu_s", "machine_cores_busy")
+            for figure in figures:
                 assert result[figure] > 0, (name, figure, result[figure])
             assert len(result["peak_rss_per_worker"]) == run["workers"]
             assert min(result["peak_rss_per_worker"]) > 0
