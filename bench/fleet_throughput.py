@@ -575,9 +575,9 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {' / '.join(mib(x) for x in r['peak_rss_per_worker'])} "
                 f"| {r['loadavg_start'][0]:.2f} |"
             )
+    lines.append("")
     ratio = report["ratios"]
     if ratio:
-        lines.append("")
         for name in ROUNDS:
             q = ratio[name]
             lines.append(
@@ -585,10 +585,15 @@ def markdown(report: dict[str, Any]) -> str:
                 f"CPU x{q['cpu']:.2f}, sum of peak RSS x{q['peak_rss_sum']:.2f}"
             )
     retried = sum(run[n]["attempts_over_1"] for run in runs for n in ROUNDS)
-    lines.append(
+    lines += [
         "- every job succeeded on a worker of its VM's host"
-        + (f" ({retried} after a retry)" if retried else ", each at its first attempt")
-    )
+        + (f" ({retried} after a retry)" if retried else ", each at its first attempt"),
+        "",
+        "Cores busy: the workers' CPU seconds over the wall time; machine: every process's "
+        "(the workers, Redis, the catalog, this script and any other work), so the "
+        "difference is what the rest of the machine took. The load average at a round's "
+        "start counts the previous round's own threads too.",
+    ]
     return "\n".join(lines) + "\n"
 
 
