@@ -13,16 +13,21 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from playwright.sync_api import expect
 
+from support.browserkit import chromium
 from support.cli import PASSPHRASE, run_cli
 from support.guestdisk import MTIME, GuestDisk, build_guest_disk, tools_missing
+from support.serverkit import make_site, serving
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
@@ -269,3 +274,58 @@ def test_mount_serves_every_volume_read_only(backed: Backed, tmp_path: Path) -> 
             proc.wait()
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     assert not os.path.ismount(mnt)
+
+
+@pytest.mark.browser
+def test_dashboard_browses_a_point_and_downloads_a_file_and_a_folder(
+    backed: Backed, tmp_path: Path
+) -> None:
+    site = make_site(tmp_path / "site", backup=False)
+    point = run_backup(site.ctx, "guest", [DiskSpec("sda", str(backed.guest.path))])
+    with serving(site, tmp_path / "server.log") as served, chromium() as browser:
+        context = browser.new_context(base_url=served.url, accept_downloads=True)
+        context.set_default_timeout(20_000)
+        page = context.new_page()
+        page.goto("/login")
+        page.fill("#token", site.tokens["reader"])
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{served.url}/")
+
+        page.goto(f"/points/{point['id']}")
+        page.click("a.browse")
+        expect(page.locator("#volumes")).to_contain_text("xfs")
+        page.click("#volumes >> text=part2")
+        page.click("#entries >> text=etc/")
+        expect(page.locator("#entries")).to_contain_text("hostname")
+        expect(page.locator("#entries")).to_contain_text("1234:99")
+
+        with page.expect_download() as one:
+            page.click("#entries tr.file:has-text('hostname') a.download")
+        saved = tmp_path / "hostname"
+        one.value.save_as(saved)
+        assert saved.read_text() == "guest-one\n"
+
+        page.click("#path >> text=part2")
+        with page.expect_download() as folder:
+            page.click("#entries tr.dir:has-text('data') a.download")
+        archive = tmp_path / "data.tar"
+        folder.value.save_as(archive)
+        assert folder.value.suggested_filename == "data.tar"
+        with tarfile.open(archive) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            assert members["data/link"].issym() and members["data/link"].linkname == (
+                "../etc/hostname"
+            )
+            big = tar.extractfile(members["data/big"])
+            assert big is not None and big.read() == backed.guest.big
+            assert members["data/deep/er/note.txt"].mtime == MTIME
+
+        missing = page.goto(f"/points/{point['id']}/files?path=/part2/nothing")
+        assert missing is not None and missing.status == 404
+        expect(page.locator("p.missing")).to_contain_text("no such file or directory")
+        context.close()
+
+        api = f"{served.url}/api/v1/points/{point['id']}/files"
+        assert httpx.get(api, timeout=10).status_code == 401
+        listed = served.get(f"/api/v1/points/{point['id']}/files?path=/part4/etc", "reader")
+        assert [e["name"] for e in listed.json()["entries"]] == ["hostname", "motd"]

@@ -82,8 +82,8 @@ def list_files(
         if not split_path(path):
             doc.update(path="/", volumes=pd.browser.describe_volumes())
         else:
-            shown, entries = pd.browser.listing(path)
-            doc.update(path=shown, entries=[e.as_dict() for e in entries])
+            shown, kind, entries = pd.browser.listing(path)
+            doc.update(path=shown, kind=kind, entries=[e.as_dict() for e in entries])
         doc.update(blocks_read=pd.blocks_fetched(), seconds=round(time.monotonic() - started, 3))
         return doc
 

@@ -124,14 +124,17 @@ class DiskBrowser:
             ) from None
         raise FileNotInPoint(f"{path}: no such file or directory in {self.label}")
 
-    def listing(self, path: str) -> tuple[str, list[Entry]]:
-        """The entries below a volume's path: a directory's children, or the one file."""
+    def listing(self, path: str) -> tuple[str, str, list[Entry]]:
+        """What a path below a volume names: its path, its kind, and its entries (a
+        directory's children, or the one file or link itself)."""
         located = self.locate(path)
         if located.node is None:
             raise UsageError("/ holds the disk's volumes: see describe_volumes")
-        if located.node.entry.kind != DIRECTORY:
-            return located.path, [located.node.entry]
-        return located.path, sorted(self.children(located.node, located.path), key=_by_name)
+        kind = located.node.entry.kind
+        if kind != DIRECTORY:
+            return located.path, kind, [located.node.entry]
+        entries = sorted(self.children(located.node, located.path), key=_by_name)
+        return located.path, kind, entries
 
     def children(self, node: Node, path: str) -> Iterator[Entry]:
         try:
