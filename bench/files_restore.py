@@ -266,7 +266,7 @@ class Bench:
             ),
         )
         doc = json.loads(m.stdout)
-        self.point = doc["point"]
+        self.point = doc["id"]
         out["vmvault"] = measured(m) | {"repo_bytes": bench_proc.tree_size(vm.repo)}
         bench_proc.progress("backup", f"vmvault {m.wall:.1f} s, point {self.point}")
         tree = self.work / "tree"

@@ -85,7 +85,7 @@ class Node:
         return None
 
 
-def _runs_to_ranges(
+def runs_to_ranges(
     runs: list[tuple[int | None, int]], unit: int, size: int
 ) -> list[tuple[int, int]]:
     """A parser's runs (start block or None for a hole, block count) as byte ranges."""
@@ -144,7 +144,7 @@ class InodeNode(Node):
         raise NotImplementedError
 
     def data_ranges(self) -> list[tuple[int, int]] | None:
-        return _runs_to_ranges(self._runs(), self._block_size, self.entry.size)
+        return runs_to_ranges(self._runs(), self._block_size, self.entry.size)
 
 
 class ExtNode(InodeNode):
@@ -277,7 +277,7 @@ class NtfsNode(Node):
         data = self._record.attributes[0x80]
         if not data or data[0].resident:
             return None
-        return _runs_to_ranges(self._record.dataruns(), self._cluster_size, self.entry.size)
+        return runs_to_ranges(self._record.dataruns(), self._cluster_size, self.entry.size)
 
 
 # -- opening a file system --------------------------------------------------------------
