@@ -329,3 +329,43 @@ def test_dashboard_browses_a_point_and_downloads_a_file_and_a_folder(
         assert httpx.get(api, timeout=10).status_code == 401
         listed = served.get(f"/api/v1/points/{point['id']}/files?path=/part4/etc", "reader")
         assert [e["name"] for e in listed.json()["entries"]] == ["hostname", "motd"]
+
+
+def test_a_full_or_read_only_destination_is_one_error_and_no_partial_file(
+    backed: Backed, tmp_path: Path
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        full = run_cli(
+            "files",
+            "get",
+            "--vault",
+            backed.vault,
+            "latest",
+            "/part1/data",
+            "--to",
+            str(small / "out"),
+        )
+        assert full.returncode != 0
+        lines = full.stderr.strip().splitlines()
+        assert len(lines) == 1 and "No space left on device" in lines[0], full.stderr
+        assert not (small / "out" / "data" / "big").exists()  # no half-written file
+
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        read_only = run_cli(
+            "files",
+            "get",
+            "--vault",
+            backed.vault,
+            "latest",
+            "/part1/etc",
+            "--to",
+            str(small / "out"),
+            "--json",
+        )
+        assert read_only.returncode != 0
+        assert "Read-only file system" in json.loads(read_only.stdout)["error"]["message"]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

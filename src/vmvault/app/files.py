@@ -122,7 +122,7 @@ def get_files(
                 extractor.refuse_existing(name, f"{to.rstrip('/')}/{name}")
             for where, name in zip(located, names, strict=True):
                 assert where.node is not None
-                extractor.extract(where.node, name, where.path)
+                extractor.extract(where.node, name, where.path, to)
         finally:
             os.close(fd)
         report = extractor.report

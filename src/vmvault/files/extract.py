@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from vmvault.errors import Conflict, UsageError
+from vmvault.errors import Conflict, UsageError, VmvaultError
 from vmvault.export.reader import ExportReadError
 from vmvault.files.filesystems import DIRECTORY, FILE, SYMLINK, Entry, Node
 
@@ -49,6 +49,12 @@ class ExtractReport:
             "skipped": self.skipped,
             "failed": self.failed,
         }
+
+
+class CopyFailed(VmvaultError):
+    """The destination refused a write (full, read-only, no permission)."""
+
+    code = "copy_failed"
 
 
 def safe_name(name: str) -> bool:
@@ -91,9 +97,17 @@ class Extractor:
             return
         raise Conflict(f"{shown} already exists: nothing was overwritten")
 
-    def extract(self, node: Node, name: str, path: str) -> None:
-        """Copy ``node`` (and below it) as ``name`` in the destination."""
-        self._copy(node, self.target_fd, name, path)
+    def extract(self, node: Node, name: str, path: str, shown_target: str) -> None:
+        """Copy ``node`` (and below it) as ``name`` in the destination; a write the
+        destination refuses stops the copy with one error (what was copied stays)."""
+        try:
+            self._copy(node, self.target_fd, name, path)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise CopyFailed(
+                f"cannot write into {shown_target}{where}: {exc.strerror or exc}; "
+                f"{self.report.files} files were copied before"
+            ) from None
 
     def _copy(self, node: Node, dir_fd: int, name: str, path: str) -> None:
         entry = node.entry
@@ -145,8 +159,10 @@ class Extractor:
             os.unlink(name, dir_fd=dir_fd)
             self.report.failed.append({"path": path, "reason": exc.message})
             return
-        except BaseException:
+        except BaseException:  # a full or failing disk, a signal: no half-written file
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
             raise
         os.close(fd)
         self.report.files += 1
