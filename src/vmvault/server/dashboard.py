@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from vmvault import __version__
 from vmvault.errors import VmvaultError
 from vmvault.server.accounts import Principal, RefusalLog, Role
-from vmvault.server.api import admin, jobs, planning, points, vault, vms
+from vmvault.server.api import admin, files, jobs, planning, points, vault, vms
 from vmvault.server.auth import (
     SESSION_COOKIE,
     Forbidden,
@@ -98,8 +98,13 @@ def segment(value: object) -> str:
     return quote(str(value), safe="")
 
 
+def epoch(value: float | None) -> str:
+    """POSIX seconds (a file's times in a point) written as ``when`` writes ISO times."""
+    return NOTHING if value is None else when(datetime.fromtimestamp(value, UTC).isoformat())
+
+
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(bytes=size, when=when, segment=segment, duration=duration)
+templates.env.filters.update(bytes=size, when=when, segment=segment, duration=duration, epoch=epoch)
 
 
 class LoginFirst(Exception):
@@ -123,6 +128,15 @@ def local_path(target: str) -> str:
     only lead back here, never to another site."""
     ok = target.startswith("/") and not target.startswith(("//", "/\\")) and target.isprintable()
     return target if ok else "/"
+
+
+def _crumbs(path: str) -> list[tuple[str, str]]:
+    """A path's components, each with the path up to it (the file browser's breadcrumbs)."""
+    crumbs, walked = [], ""
+    for part in [p for p in path.split("/") if p]:
+        walked += "/" + part
+        crumbs.append((part, walked))
+    return crumbs
 
 
 def bounded(offset: int) -> int:
@@ -268,6 +282,27 @@ def mount(app: FastAPI, server: ServerState) -> None:
         point = found(principal, points.get_point, point_id, server, principal)
         return render(
             request, "point.html", principal, title=f"Point {point_id}", nav="fleet", point=point
+        )
+
+    @app.get("/points/{point_id}/files", response_class=HTMLResponse, include_in_schema=False)
+    def files_page(request: Request, point_id: str, path: str = "/", disk: str = "") -> Response:
+        principal = session(request)
+        point = found(principal, points.get_point, point_id, server, principal)
+        chosen = disk[:255] or point["detail"]["disks"][0]["name"]
+        listing = found(
+            principal, files.list_point_files, point["id"], server, principal, path[:4096], chosen
+        )
+        return render(
+            request,
+            "files.html",
+            principal,
+            title=f"Files of point {point['id']}",
+            nav="fleet",
+            point=point,
+            disk=chosen,
+            disks=[d["name"] for d in point["detail"]["disks"]],
+            listing=listing,
+            crumbs=_crumbs(listing["path"]),
         )
 
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
