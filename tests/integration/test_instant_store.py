@@ -70,7 +70,7 @@ def test_only_the_snapshots_the_policy_needs_are_kept(ctx: Context, tmp_path: Pa
 def test_caps_drop_the_oldest_first(ctx: Context, tmp_path: Path) -> None:
     # Each snapshot holds about 2 MiB of data (a 4 MiB disk with a hole).
     inv = parse_inventory(
-        _inventory(tmp_path, vm_cap="instant_restore_max_gb = 0.003", days=5), "inv.toml"
+        _inventory(tmp_path, vm_cap="instant_restore_max_gib = 0.0028", days=5), "inv.toml"
     )
     points = [run_vm_backup(ctx, inv, "web01")["id"] for _ in range(3)]
     assert _kept(tmp_path, "web01") == points[-1:]  # 3 MB: room for one
@@ -78,7 +78,7 @@ def test_caps_drop_the_oldest_first(ctx: Context, tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     pool.mkdir()
     inv = parse_inventory(
-        _inventory(pool, pool_cap="instant_restore_max_gb = 0.005", days=5), "inv.toml"
+        _inventory(pool, pool_cap="instant_restore_max_gib = 0.0047", days=5), "inv.toml"
     )
     first = run_vm_backup(ctx, inv, "web01")["id"]
     second = run_vm_backup(ctx, inv, "web02")["id"]
@@ -115,7 +115,7 @@ def test_a_file_system_running_low_drops_snapshots_and_warns(ctx: Context, tmp_p
 
 
 def test_vm_show_and_plan_report_the_snapshots(ctx: Context, tmp_path: Path) -> None:
-    text = _inventory(tmp_path, pool_cap="instant_restore_max_gb = 1")
+    text = _inventory(tmp_path, pool_cap="instant_restore_max_gib = 1")
     (tmp_path / "inv.toml").write_text(text)
     run_vm_backup(ctx, parse_inventory(text, "inv.toml"), "web01")
     shown = run_cli("vm", "show", "web01", "--inventory", str(tmp_path / "inv.toml"))
@@ -126,4 +126,4 @@ def test_vm_show_and_plan_report_the_snapshots(ctx: Context, tmp_path: Path) -> 
     planned = run_cli("plan", "--inventory", str(tmp_path / "inv.toml"), "--json")
     assert planned.returncode == 0, planned.stderr
     held = json.loads(planned.stdout)["instant_restore"]["fast"]
-    assert held["bytes"] >= 2 * MiB and held["cap_bytes"] == 10**9
+    assert held["bytes"] >= 2 * MiB and held["cap_bytes"] == 1024**3

@@ -16,7 +16,7 @@ from vmvault.snapshot import instant
 from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault")
-GB = 1e9  # caps are given in GB, as pools' sizes are
+GiB = 1024**3  # caps are given in GiB
 
 
 def limits_for(inventory: Inventory, vm: Vm) -> instant.Limits | None:
@@ -31,11 +31,11 @@ def limits_for(inventory: Inventory, vm: Vm) -> instant.Limits | None:
     needed = instant.snapshots_needed(days, schedule.kind, schedule.every_hours)
     pools = []
     for name in sorted({d.pool for d in vm.disks if d.pool}):
-        cap = inventory.pools[name].instant_restore_max_gb if name in inventory.pools else None
+        cap = inventory.pools[name].instant_restore_max_gib if name in inventory.pools else None
         if cap is not None:
             disks = [d.path for other in inventory.vms for d in other.disks if d.pool == name]
-            pools.append((name, int(cap * GB), disks))
-    vm_cap = int(vm.instant_restore_max_gb * GB) if vm.instant_restore_max_gb else None
+            pools.append((name, int(cap * GiB), disks))
+    vm_cap = int(vm.instant_restore_max_gib * GiB) if vm.instant_restore_max_gib else None
     return instant.Limits(keep_days=days, max_points=needed, vm_cap=vm_cap, pool_caps=pools)
 
 
@@ -77,6 +77,6 @@ def pool_usage(inventory: Inventory) -> dict[str, dict[str, Any]]:
     for name, pool in sorted(inventory.pools.items()):
         disks = [d.path for vm in inventory.vms for d in vm.disks if d.pool == name]
         held = sum(k.allocated for k in instant.kept_snapshots(disks))
-        cap = int(pool.instant_restore_max_gb * GB) if pool.instant_restore_max_gb else None
+        cap = int(pool.instant_restore_max_gib * GiB) if pool.instant_restore_max_gib else None
         rows[name] = {"bytes": held, "cap_bytes": cap}
     return rows

@@ -81,7 +81,7 @@ class StoragePool(_Strict):
     max_disks_in_flight: int = Field(default=20, ge=1)
     premium: bool = False
     # What the instant-restore snapshots of all the pool's VMs may hold beside their disks.
-    instant_restore_max_gb: float | None = Field(default=None, gt=0)
+    instant_restore_max_gib: float | None = Field(default=None, gt=0)
 
 
 class Disk(_Strict):
@@ -116,7 +116,7 @@ class Vm(_Strict):
     start: str | None = None
     scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
     snapshot: str = "auto"  # provider: auto, in-place, reflink, copy, lvm, qemu-live
-    instant_restore_max_gb: float | None = Field(default=None, gt=0)  # its snapshots' cap
+    instant_restore_max_gib: float | None = Field(default=None, gt=0)  # its snapshots' cap
     qmp: str | None = None  # QMP socket of a live QEMU VM: live snapshots, dirty bitmaps
     # Mount points to freeze while the snapshot is taken: the host's, frozen with fsfreeze;
     # or, with guest_agent set, the guest's (none: all of the guest's file systems).

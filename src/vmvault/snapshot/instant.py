@@ -11,7 +11,7 @@ and uses the vault only if the copy does not match.
 The store is bounded after every backup that adds to it (``bound``): snapshots older than
 the policy's days go, then all but the newest the policy's schedule needs (two for a daily
 backup kept two days, however many backups ran), then the oldest while the VM's or a
-pool's cap (``instant_restore_max_gb``) is exceeded, then the oldest of the VM while the
+pool's cap (``instant_restore_max_gib``) is exceeded, then the oldest of the VM while the
 file system holding them has less than ``LOW_SPACE_FRACTION`` free (with a warning: the
 disks' own file system must not fill up with copies). A copy is a reflink where the file
 system makes them (then it costs only the blocks the VM changed since), else a full copy.

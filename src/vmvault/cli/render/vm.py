@@ -54,7 +54,7 @@ def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
         )
     console.print(table)
     if instant := doc.get("instant_restore"):
-        console.print(instant_line(instant), highlight=False)
+        console.print(instant_line(instant), highlight=False, soft_wrap=True)
     if "last_backup" not in doc:
         console.print("last backup: unknown (no vault given: --vault or VMVAULT_VAULT)")
     elif doc["last_backup"] is None:
