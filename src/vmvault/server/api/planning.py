@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
+from vmvault.app.snapshots import pool_usage
 from vmvault.errors import UsageError
 from vmvault.planning.chart import render_load_chart
 from vmvault.planning.runner import cost_report, run_plan
@@ -64,6 +65,7 @@ def plan(state: State, _: Reader, day: DayQuery = None, stagger: bool = False) -
 
     inventory = state.inventory()
     result = run_plan(state.ctx, inventory, _plan_day(day), stagger=stagger)
+    result["instant_restore"] = pool_usage(inventory)  # what each pool's snapshots hold now
     budgets = _budgets(inventory)
     for name, pool in result["pools"].items():
         pool["budget_mb_s"] = budgets.get(name)
