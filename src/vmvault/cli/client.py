@@ -27,7 +27,7 @@ from vmvault.app.vm_restore import run_vm_restore
 from vmvault.cli.options import context, rate_limit_bytes, remote
 from vmvault.cli.output import progress_bar
 from vmvault.cluster.settings import BROKER_ENV
-from vmvault.errors import UsageError
+from vmvault.errors import COST_MODEL_OFF, CostModelOff, UsageError
 from vmvault.fleet import point_summary
 from vmvault.inventory import Inventory, Vm, load_inventory
 from vmvault.planning.chart import render_load_chart
@@ -225,7 +225,10 @@ class LocalClient:
 
         prices = None
         if inventory:
-            prices = load_inventory(inventory).pricing.table()
+            pricing = load_inventory(inventory).pricing
+            if not pricing.enabled:
+                raise CostModelOff(COST_MODEL_OFF)
+            prices = pricing.table()
         ctx = self._context()
         return cost_report(ctx, currency=currency, prices=prices).to_dict()
 

@@ -168,9 +168,11 @@ class Pricing(_Strict):
     """The cost report's price table (``[pricing]``); the defaults are Azure's list prices.
 
     Sizes are decimal GB, as Azure bills them. The storage rate depends on region and
-    redundancy: set your own.
+    redundancy: set your own. ``enabled = false`` switches the cost model off (a
+    self-hosted vault with no bill to compare against): no cost page, report or API.
     """
 
+    enabled: bool = True
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     # At most an exabyte: more is a typo (inf, 1e308), and bytes must stay a finite number.
     small_limit_gb: float = Field(default=50, gt=0, le=1e9)  # up to this: one small instance

@@ -147,6 +147,13 @@ def bounded(offset: int) -> int:
 def mount(app: FastAPI, server: ServerState) -> None:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    def cost_on() -> bool:
+        """Whether the nav shows the cost page (an unreadable inventory: as by default)."""
+        try:
+            return server.inventory().pricing.enabled
+        except VmvaultError:
+            return True
+
     def render(
         request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
     ) -> Response:
@@ -158,6 +165,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
                 "csrf": (principal.csrf or "") if principal else "",
                 "can_operate": principal is not None and principal.may(Role.operator),
                 "version": __version__,
+                "cost_on": cost_on(),
                 **context,
             },
             status_code=status,
@@ -356,7 +364,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
     @app.get("/cost", response_class=HTMLResponse, include_in_schema=False)
     def cost_page(request: Request) -> Response:
         principal = session(request)
-        report = planning.cost(server, principal)
+        report = found(principal, planning.cost, server, principal)
         return render(request, "cost.html", principal, title="Cost", nav="cost", report=report)
 
     @app.get("/copies", response_class=HTMLResponse, include_in_schema=False)

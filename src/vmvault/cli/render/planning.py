@@ -117,7 +117,7 @@ def print_cost(report: dict[str, Any], csv: bool) -> None:
     if csv:
         typer.echo(rows_to_csv(report["rows"]), nl=False)
         return
-    table = Table(title=f"monthly cost ({report['currency']})")
+    table = Table(title=f"monthly cost, Azure-equivalent price ({report['currency']})")
     for col in (
         "vm",
         "protected",

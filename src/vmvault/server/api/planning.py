@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from vmvault.app.snapshots import pool_usage
-from vmvault.errors import UsageError
+from vmvault.errors import COST_MODEL_OFF, CostModelOff, UsageError
 from vmvault.planning.chart import render_load_chart
 from vmvault.planning.runner import cost_report, run_plan
 from vmvault.server.api.schemas import Reader, State
@@ -97,5 +97,8 @@ def cost(
     """This month's bill per VM: protected instances by size tier, and vault storage, with
     the inventory's ``[pricing]`` table."""
 
-    prices = state.inventory().pricing.table()
+    pricing = state.inventory().pricing
+    if not pricing.enabled:
+        raise CostModelOff(COST_MODEL_OFF)
+    prices = pricing.table()
     return cost_report(state.ctx, currency=currency, prices=prices).to_dict()
