@@ -66,7 +66,7 @@ with open_point_disk(ctx, point) as pd:
     blocks_fs = pd.blocks_fetched()
     fd = open_target(to)
     try:
-        Extractor(fd).extract(where.node, path.rsplit("/", 1)[-1], where.path)
+        Extractor(fd).extract(where.node, path.rsplit("/", 1)[-1], where.path, to)
     finally:
         os.close(fd)
     t5 = time.monotonic()
@@ -195,6 +195,7 @@ def make_tree(work: Path, size: int) -> dict[str, Any]:
         "big_file_bytes": (tree / BIG_FILE).stat().st_size,
         "small_file_bytes": (tree / SMALL_FILE).stat().st_size,
         "directories": sum(1 for p in tree.rglob("*") if p.is_dir()),
+        "listed_entries": len(list((tree / LISTED_DIR).iterdir())),
     }
 
 
@@ -233,7 +234,8 @@ class Bench:
         self.restic = bench_tools.make_tool("restic", self.work / "restic")
         self.point = ""
         self.rows: dict[str, list[dict[str, Any]]] = {}
-        self.split: list[dict[str, Any]] = []
+        self.split: dict[str, list[dict[str, Any]]] = {}
+        self.split_errors: list[str] = []
         self.count = 0
 
     def run(self, label: str, argv: list[str], env: dict[str, str], *, cold: bool) -> Any:
@@ -281,6 +283,18 @@ class Bench:
         bench_proc.progress("backup", f"restic {m.wall:.1f} s")
         return out
 
+    def probe(self, label: str, path: str, to: Path, env: dict[str, str]) -> None:
+        """The get of ``path`` timed phase by phase inside one process, cold."""
+        drop_caches()
+        argv = [sys.executable, "-c", SPLIT_PROBE, self.point, path, str(to)]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if done.returncode != 0:  # the other figures do not depend on it
+            tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+            self.split_errors.append(f"{label}: {tail[0]}")
+            bench_proc.progress("split", f"{label} FAILED: {tail[0]}")
+            return
+        self.split.setdefault(label, []).append(json.loads(done.stdout))
+
     def files_cmd(self, *args: str) -> list[str]:
         return [*bench_tools.vmvault_command(), "files", *args]
 
@@ -307,12 +321,7 @@ class Bench:
             cold=True,
         )
         check_same(out / "small" / Path(SMALL_FILE).name, self.work / "tree" / SMALL_FILE)
-        drop_caches()
-        argv = [py, "-c", SPLIT_PROBE, self.point, small, str(out / "split")]
-        done = subprocess.run(argv, env=vm_env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"in-process split failed:\n{done.stderr[-2000:]}")
-        self.split.append(json.loads(done.stdout))
+        self.probe("small", small, out / "split-small", vm_env)
         self.run(
             "files ls (warm)",
             self.files_cmd("ls", self.point, f"/{VOLUME}/{LISTED_DIR}"),
@@ -335,7 +344,7 @@ class Bench:
                 if tool == "vmvault":
                     dest = out / f"big-{state}"
                     self.run(
-                        f"files get 100 MiB ({state})",
+                        f"files get big ({state})",
                         self.files_cmd("get", self.point, big, "--to", str(dest)),
                         vm_env,
                         cold=cold,
@@ -345,12 +354,13 @@ class Bench:
                     dest_file = out / f"restic-{state}.bin"
                     cmd = 'exec restic dump latest "$1" > "$2"'
                     self.run(
-                        f"restic dump 100 MiB ({state})",
+                        f"restic dump big ({state})",
                         ["sh", "-c", cmd, "sh", restic_path, str(dest_file)],
                         rs_env,
                         cold=cold,
                     )
                     check_same(dest_file, source)
+        self.probe("big", big, out / "split-big", vm_env)
         shutil.rmtree(out)
         bench_proc.progress(f"rep {rep}", "done")
 
@@ -372,15 +382,15 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def split_summary(split: list[dict[str, Any]]) -> dict[str, float]:
-    return {k: statistics.median(s[k] for s in split) for k in split[0]}
+def split_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for state in ("cold", "warm"):
-        vm = results[f"files get 100 MiB ({state})"]
-        rs = results[f"restic dump 100 MiB ({state})"]
+        vm = results[f"files get big ({state})"]
+        rs = results[f"restic dump big ({state})"]
         out[state] = {"wall": rs["wall"] / vm["wall"], "cpu": rs["cpu"] / vm["cpu"]}
     return out
 
@@ -420,19 +430,28 @@ def markdown(report: dict[str, Any]) -> str:
     r = report["ratios"]
     lines += [
         "",
-        "restic dump / vmvault files get, 100 MiB file: "
+        f"big = {BIG_FILE} ({tree['big_file_bytes'] / MiB:.0f} MiB), small = {SMALL_FILE}"
+        f" ({tree['small_file_bytes']} bytes), ls = `files ls` of /{VOLUME}/{LISTED_DIR}"
+        f" ({tree['listed_entries']} entries).",
+        "",
+        "restic dump / vmvault files get, big file: "
         f"cold {r['cold']['wall']:.2f}x wall, {r['cold']['cpu']:.2f}x CPU; "
         f"warm {r['warm']['wall']:.2f}x wall, {r['warm']['cpu']:.2f}x CPU (> 1: vmvault faster).",
         "",
-        f"`files get {SMALL_FILE}` in one process, cold (median s): "
-        + ", ".join(
-            f"{k} {v:.3f}" for k, v in report["split"].items() if not k.startswith("blocks")
-        )
-        + f"; vault blocks read: {report['split']['blocks_open']:.0f} to open the point and"
-        f" find the volumes, {report['split']['blocks_fs']:.0f} for the file system and path,"
-        f" {report['split']['blocks_read']:.0f} for the file.",
+        "`files get` in one process, cold (median seconds of each phase, and the vault"
+        " blocks each read):",
         "",
+        "| file | imports vmvault | imports dissect | open point, volumes | file system, path"
+        " | read, write | total | blocks: open / fs / file |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    for label, p in report["split"].items():
+        phases = ("imports_vmvault", "imports_dissect", "open_point_volumes", "fs_and_path")
+        cells = [f"{p[k]:.3f}" for k in (*phases, "read_and_write", "total")]
+        blocks = f"{p['blocks_open']:.0f} / {p['blocks_fs']:.0f} / {p['blocks_read']:.0f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {blocks} |")
+    lines += [f"- in-process split FAILED: {e}" for e in report["split_errors"]]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -460,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {label: summary(rows) for label, rows in bench.rows.items()}
     report = {
         "date": started.isoformat(),
-        "command": "bench/files_restore.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["bench/files_restore.py", *(sys.argv[1:] if argv is None else argv)]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": bench_report.machine_info(),
         "versions": bench_report.versions(["vmvault", "restic"]),
@@ -472,8 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         "backups": backups,
         "results": results,
         "ratios": ratios(results),
-        "split": split_summary(bench.split),
+        "split": {label: split_summary(runs) for label, runs in bench.split.items()},
         "split_runs": bench.split,
+        "split_errors": bench.split_errors,
         "runs": bench.rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
