@@ -1,6 +1,11 @@
-"""Sizes as people read them, shared by the CLI and the dashboard."""
+"""Sizes as people read them, shared by the CLI and the dashboard; and the least rate a
+limit may name (light to import: the CLI's options need it before any use case)."""
 
 from __future__ import annotations
+
+# The least rate (MB/s, requests/s) a limit may name: below it a job would crawl for days
+# (1e-9 is surely a typo), like --limit-rate's minimum.
+MIN_RATE = 0.1
 
 
 def human_bytes(n: float) -> str:

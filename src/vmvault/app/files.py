@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from vmvault.app.context import Context
-from vmvault.app.points import resolve_point
+from vmvault.app.point_ref import resolve_point
 from vmvault.engine.restore import point_disk
 from vmvault.errors import EXIT_DAMAGE, UsageError, VmvaultError
 from vmvault.export.reader import DEFAULT_CACHE_BYTES, PointReader

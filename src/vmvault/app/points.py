@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmvault.app.context import Context
+from vmvault.app.point_ref import resolve_point
 from vmvault.app.records import raise_alert, report_damaged_points
 from vmvault.backends.base import ObjectRetained
-from vmvault.errors import PointNotFound, UsageError
 from vmvault.model.point import RecoveryPoint
 from vmvault.protection import check_may_delete
 from vmvault.vault.replica import note_pruned
@@ -39,27 +39,6 @@ def list_points(ctx: Context, vm: str | None = None) -> PointListing:
     listing = read_points(vault)
     report_damaged_points(ctx.catalog(), vault, listing.damaged)
     return PointListing([p for p in listing.points if vm is None or p["vm"] == vm], listing.damaged)
-
-
-def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
-    """A point id, a unique prefix of one, or ``latest`` (of ``vm`` if given; a damaged
-    point is nobody's latest)."""
-    ids = vault.point_ids()
-    if ref == "latest":
-        candidates = ids
-        if vm is not None:
-            candidates = [
-                i for i in ids if (p := vault.readable_point(i)) is not None and p["vm"] == vm
-            ]
-        if not candidates:
-            raise UsageError("the vault has no recovery points" + (f" for {vm}" if vm else ""))
-        return candidates[-1]
-    matches = [i for i in ids if i.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise PointNotFound(f"no recovery point {ref!r} in this vault")
-    raise UsageError(f"{ref!r} names {len(matches)} points; give more of the id")
 
 
 def forget_point(ctx: Context, point_ref: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vmvault.app.context import Context
-from vmvault.app.points import resolve_point
+from vmvault.app.point_ref import resolve_point
 from vmvault.app.records import recorded_job, report_damaged_points
 from vmvault.engine.budgets import DiskBudget
 from vmvault.engine.progress import ProgressCallback, no_progress

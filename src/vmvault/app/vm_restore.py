@@ -12,7 +12,7 @@ from typing import Any
 from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context, pools_being_backed_up
 from vmvault.app.disks import inventory_budget, pool_budget
-from vmvault.app.points import resolve_point
+from vmvault.app.point_ref import resolve_point
 from vmvault.app.records import JobRecorder, recorded_job
 from vmvault.app.restore import run_restore
 from vmvault.engine.progress import ProgressCallback, no_progress

@@ -8,22 +8,13 @@ are one line on stderr (or ``{"error": ...}`` with --json) and a non-zero exit c
 
 from __future__ import annotations
 
+import importlib
+import sys
+from typing import Any
+
 import typer
 
 from vmvault import __version__
-from vmvault.cli.commands import (
-    demo,
-    export,
-    files,
-    jobs,
-    planning,
-    points,
-    protection,
-    testdisk,
-    vault,
-    vm,
-)
-from vmvault.cli.commands import server as server_commands
 from vmvault.cli.options import JsonOpt, use_cache, use_remote
 from vmvault.cli.output import console, emit_json, fail
 from vmvault.errors import UsageError
@@ -78,40 +69,81 @@ def version(json: bool = JsonOpt) -> None:
         console.print(f"vmvault {__version__}")
 
 
-def _register_commands() -> None:
-    """Every command and group; `vmvault --help` lists the commands in this order, then the
-    groups in theirs."""
-    app.command("init")(vault.init)
-    app.command("backup")(points.backup_cmd)
-    app.command("list")(points.list_cmd)
-    app.command("restore")(points.restore)
-    app.command("verify")(points.verify)
-    app.command("export")(export.export_cmd)
-    app.add_typer(files.app, name="files")
-    app.command("mount")(files.mount_cmd)
-    app.command("check")(vault.check)
-    app.command("forget")(points.forget)
-    app.command("prune")(points.prune)
-    app.command("plan")(planning.plan)
-    app.command("cost")(planning.cost)
-    app.command("gc")(vault.gc)
-    app.add_typer(vault.app, name="vault")
-    app.command("demo")(demo.demo_cmd)
-    app.add_typer(testdisk.app, name="testdisk")
-    app.add_typer(vm.app, name="vm")
-    app.add_typer(jobs.app, name="jobs")
-    app.command("worker")(jobs.worker)
-    app.command("scheduler")(jobs.scheduler)
-    app.add_typer(protection.app, name="protection")
-    vault.app.command("immutability")(protection.immutability)
-    vault.app.command("soft-delete")(protection.soft_delete)
-    app.command("serve")(server_commands.serve)
-    app.add_typer(server_commands.token_app, name="token")
-    app.add_typer(server_commands.alerts_app, name="alerts")
+# Every command and group as (name, module of cli/commands, attribute, group or command);
+# `vmvault --help` lists the commands in this order, then the groups in theirs. A run
+# imports only the module of the command it names: each module imports the use cases its
+# commands need, so `vmvault files ls` does not load the backup engine (start-up time).
+COMMANDS: tuple[tuple[str, str, str, bool], ...] = (
+    ("init", "vault", "init", False),
+    ("backup", "points", "backup_cmd", False),
+    ("list", "points", "list_cmd", False),
+    ("restore", "points", "restore", False),
+    ("verify", "points", "verify", False),
+    ("export", "export", "export_cmd", False),
+    ("files", "files", "app", True),
+    ("mount", "files", "mount_cmd", False),
+    ("check", "vault", "check", False),
+    ("forget", "points", "forget", False),
+    ("prune", "points", "prune", False),
+    ("plan", "planning", "plan", False),
+    ("cost", "planning", "cost", False),
+    ("gc", "vault", "gc", False),
+    ("vault", "vault", "app", True),
+    ("demo", "demo", "demo_cmd", False),
+    ("testdisk", "testdisk", "app", True),
+    ("vm", "vm", "app", True),
+    ("jobs", "jobs", "app", True),
+    ("worker", "jobs", "worker", False),
+    ("scheduler", "jobs", "scheduler", False),
+    ("protection", "protection", "app", True),
+    ("serve", "server", "serve", False),
+    ("token", "server", "token_app", True),
+    ("alerts", "server", "alerts_app", True),
+)
+# Commands of a group defined in another group's module: (group, name, module, attribute).
+GROUP_COMMANDS = (
+    ("vault", "immutability", "protection", "immutability"),
+    ("vault", "soft-delete", "protection", "soft_delete"),
+)
+# The app's own options that take a value (what comes before the command's name).
+VALUE_OPTIONS = ("--server", "--token", "--ca-cert")
 
 
-_register_commands()
+def _module(name: str) -> Any:
+    return importlib.import_module(f"vmvault.cli.commands.{name}")
+
+
+def _register_commands(only: str | None = None) -> None:
+    """Register every command, or only the one named ``only`` (and what its group holds)."""
+    for name, module, attribute, group in COMMANDS:
+        if only is not None and name != only:
+            continue
+        target = getattr(_module(module), attribute)
+        if group:
+            app.add_typer(target, name=name)
+        else:
+            app.command(name)(target)
+        for parent, sub, sub_module, sub_attribute in GROUP_COMMANDS:
+            if parent == name:
+                target.command(sub)(getattr(_module(sub_module), sub_attribute))
+
+
+def command_named(argv: list[str]) -> str | None:
+    """The command a command line runs (its first word after the app's own options), if it
+    is one of ``COMMANDS``; None for ``--help``, ``version`` or a mistake (then all load)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg if any(arg == c[0] for c in COMMANDS) else None
+        elif arg in ("--help", "-h"):
+            return None
+    return None
 
 
 def run() -> None:
+    _register_commands(command_named(sys.argv[1:]))
     app()

@@ -12,7 +12,7 @@ import typer
 from vmvault.app.context import Context
 from vmvault.cli.passphrase import prompt_passphrase
 from vmvault.errors import UsageError
-from vmvault.inventory import MIN_RATE
+from vmvault.units import MIN_RATE
 
 if TYPE_CHECKING:
     from vmvault.cli.remote import Remote

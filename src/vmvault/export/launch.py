@@ -32,7 +32,7 @@ from typing import Any
 
 import vmvault
 from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
-from vmvault.app.points import resolve_point
+from vmvault.app.point_ref import resolve_point
 from vmvault.backends.url import is_directory_vault
 from vmvault.engine.restore import point_disk
 from vmvault.errors import NotFound, UsageError, VmvaultError

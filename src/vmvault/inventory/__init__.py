@@ -11,7 +11,6 @@ from vmvault.inventory.load import (
 )
 from vmvault.inventory.model import (
     DEFAULT_INVENTORY,
-    MIN_RATE,
     Disk,
     DiskFormat,
     DiskRole,
@@ -29,6 +28,7 @@ from vmvault.inventory.write import (
     write_inventory,
     write_starts,
 )
+from vmvault.units import MIN_RATE  # the least rate a limit may name
 
 __all__ = [
     "DEFAULT_INVENTORY",

@@ -33,6 +33,7 @@ from vmvault.errors import NotFound, UsageError
 from vmvault.planning.cost import GB, PriceTable
 from vmvault.policy import DEFAULT_POLICY, Policy, PolicyError, Timetable, start_delay
 from vmvault.policy.model import as_hhmm
+from vmvault.units import MIN_RATE  # the least rate a limit may name
 
 DEFAULT_INVENTORY = "/etc/vmvault/inventory.toml"
 
@@ -65,11 +66,6 @@ class VmState(StrEnum):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# The least rate (MB/s, requests/s) a limit may name: below it a job would crawl for days
-# (1e-9 is surely a typo), like --limit-rate's minimum.
-MIN_RATE = 0.1
 
 
 class StoragePool(_Strict):
