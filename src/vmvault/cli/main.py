@@ -15,6 +15,7 @@ from vmvault.cli.commands import (
     demo,
     export,
     jobs,
+    keys,
     planning,
     points,
     protection,
@@ -93,6 +94,7 @@ def _register_commands() -> None:
     app.command("cost")(planning.cost)
     app.command("gc")(vault.gc)
     app.add_typer(vault.app, name="vault")
+    vault.app.add_typer(keys.app, name="key")
     app.command("demo")(demo.demo_cmd)
     app.add_typer(testdisk.app, name="testdisk")
     app.add_typer(vm.app, name="vm")
