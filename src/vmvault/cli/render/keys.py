@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -12,7 +13,7 @@ from vmvault.cli.output import console, err_console
 
 
 def _kdf(kdf: dict[str, int] | None) -> str:
-    return f"scrypt {kdf['n']}/{kdf['r']}/{kdf['p']}" if kdf else "-"
+    return f"{kdf['n']}/{kdf['r']}/{kdf['p']}" if kdf else "-"
 
 
 def _time(created: str | None) -> str:
@@ -20,9 +21,9 @@ def _time(created: str | None) -> str:
 
 
 def print_keys(doc: dict[str, Any]) -> None:
-    table = Table(title=f"keys of vault {doc['vault_id']}")
-    for col in ("id", "kind", "label", "created (UTC)", "kdf (n/r/p)", "in use"):
-        table.add_column(col, no_wrap=col != "label")
+    table = Table(title=f"keys of vault {doc['vault_id']}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("id", "kind", "label", "created (UTC)", "scrypt", "used"):
+        table.add_column(col, no_wrap=col != "label", min_width=8 if col == "label" else None)
     for key in doc["keys"]:
         table.add_row(
             key["id"],
