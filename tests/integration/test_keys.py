@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from support.cli import PASSPHRASE, run_cli
+from support.s3kit import S3Vault
 from vmvault import testdisk
 from vmvault.app import keys
 from vmvault.app.backup import run_backup
@@ -25,6 +26,7 @@ from vmvault.app.disks import DiskSpec
 from vmvault.app.restore import run_verify
 from vmvault.app.vaults import init_vault
 from vmvault.backends.local import LocalBackend
+from vmvault.backends.url import open_backend
 from vmvault.errors import Conflict, NotFound, WrongPassphrase
 from vmvault.vault import keyring
 from vmvault.vault.paperkey import RecoveryKeyInvalid
@@ -203,6 +205,7 @@ def test_a_vault_made_before_key_slots_opens_and_migrates(root: Path) -> None:
 KILLED_CHANGE = """
 import os, signal, sys
 from vmvault.backends.local import LocalBackend
+from vmvault.backends.url import open_backend
 from vmvault.vault import keyring
 from vmvault.vault.vault import Vault
 
@@ -294,3 +297,28 @@ def test_the_command_line(tmp_path: Path) -> None:
     assert wrong.stderr.strip().splitlines() == ["error: wrong passphrase for this vault"]
     refused = run_cli("vault", "key", "remove", "default", "--json", env=env)
     assert refused.returncode == 2 and json.loads(refused.stdout)["error"]["code"] == "conflict"
+
+
+@pytest.mark.s3
+def test_keys_on_an_s3_vault_with_its_local_cache(s3_vault: S3Vault, tmp_path: Path) -> None:
+    """Slots are new objects (creation-only puts), removals deletes; a host whose cache holds
+    a removed slot's copy still refuses its passphrase."""
+
+    def ctx(passphrase: str) -> Context:
+        return Context(s3_vault.url(), f"sqlite:///{tmp_path}/c.db", known_passphrase=passphrase)
+
+    init_vault(ctx(PASSPHRASE), scrypt=TINY_SCRYPT)
+    alice = keys.add_key(ctx(PASSPHRASE), "alice", label="alice")["added"]
+    paper = keys.export_recovery_key(ctx("alice"))["paper"]
+    assert ctx("alice").open_vault(load_index=False).key_slot.id == alice  # type: ignore[union-attr]
+    assert ctx(PASSPHRASE).open_vault(load_index=False).key_slot.id == "default"  # type: ignore[union-attr]
+    # Changed from another host (no cache here): this host's cache keeps keys/default's copy.
+    elsewhere = ctx(PASSPHRASE)
+    elsewhere.cache = False
+    keys.change_passphrase(elsewhere, "changed")
+    with pytest.raises(WrongPassphrase):
+        ctx(PASSPHRASE).open_vault(load_index=False)
+    assert ctx("changed").open_vault(load_index=False).key_slot is not None
+    assert ctx(paper).open_vault(load_index=False).key_slot.kind == "recovery"  # type: ignore[union-attr]
+    store = open_backend(s3_vault.url(), cache=False)
+    assert len(list(store.list("keys/"))) == 3 and not store.exists("keys/default")
