@@ -10,8 +10,8 @@ the vault is ``locked`` (S3 COMPLIANCE, Azure Locked) or its relaxed one when it
 (GOVERNANCE, Unlocked).
 
 Why only these: they are written once and never rewritten (packs, index objects,
-manifests, points) or written at ``init`` only (``config``, ``keys/``, without which
-nothing can be decrypted). The objects rewritten in place (``settings``, ``protection/``,
+manifests, points, key slots under ``keys/``, without which nothing can be decrypted) or
+written at ``init`` only (``config``). The objects rewritten in place (``settings``, ``protection/``,
 ``gc/pending``, ``locks/``, ``damaged/``, ``replica``) are not: every rewrite would leave
 one more retained version behind.
 
