@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from support.azuritekit import AzureVault
 from support.cli import PASSPHRASE, run_cli
 from support.s3kit import S3Vault
 from vmvault import testdisk
@@ -27,6 +28,7 @@ from vmvault.app.restore import run_verify
 from vmvault.app.vaults import init_vault
 from vmvault.backends.local import LocalBackend
 from vmvault.backends.url import open_backend
+from vmvault.engine.check import check_vault
 from vmvault.errors import Conflict, NotFound, WrongPassphrase
 from vmvault.vault import keyring
 from vmvault.vault.paperkey import RecoveryKeyInvalid
@@ -206,6 +208,7 @@ KILLED_CHANGE = """
 import os, signal, sys
 from vmvault.backends.local import LocalBackend
 from vmvault.backends.url import open_backend
+from vmvault.engine.check import check_vault
 from vmvault.vault import keyring
 from vmvault.vault.vault import Vault
 
@@ -299,13 +302,24 @@ def test_the_command_line(tmp_path: Path) -> None:
     assert refused.returncode == 2 and json.loads(refused.stdout)["error"]["code"] == "conflict"
 
 
-@pytest.mark.s3
-def test_keys_on_an_s3_vault_with_its_local_cache(s3_vault: S3Vault, tmp_path: Path) -> None:
+@pytest.fixture(params=["s3", "azure"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """A vault URL in a fresh bucket or container, the store's variables set."""
+    if request.param == "s3":
+        request.applymarker(pytest.mark.s3)
+        s3: S3Vault = request.getfixturevalue("s3_vault")
+        return s3.url("keys")
+    request.applymarker(pytest.mark.azure)
+    azure: AzureVault = request.getfixturevalue("azure_vault")
+    return azure.url("keys")
+
+
+def test_keys_on_an_object_store_with_its_local_cache(store_url: str, tmp_path: Path) -> None:
     """Slots are new objects (creation-only puts), removals deletes; a host whose cache holds
     a removed slot's copy still refuses its passphrase."""
 
     def ctx(passphrase: str) -> Context:
-        return Context(s3_vault.url(), f"sqlite:///{tmp_path}/c.db", known_passphrase=passphrase)
+        return Context(store_url, f"sqlite:///{tmp_path}/c.db", known_passphrase=passphrase)
 
     init_vault(ctx(PASSPHRASE), scrypt=TINY_SCRYPT)
     alice = keys.add_key(ctx(PASSPHRASE), "alice", label="alice")["added"]
@@ -320,5 +334,20 @@ def test_keys_on_an_s3_vault_with_its_local_cache(s3_vault: S3Vault, tmp_path: P
         ctx(PASSPHRASE).open_vault(load_index=False)
     assert ctx("changed").open_vault(load_index=False).key_slot is not None
     assert ctx(paper).open_vault(load_index=False).key_slot.kind == "recovery"  # type: ignore[union-attr]
-    store = open_backend(s3_vault.url(), cache=False)
+    store = open_backend(store_url, cache=False)
     assert len(list(store.list("keys/"))) == 3 and not store.exists("keys/default")
+
+
+def test_check_names_a_damaged_key(root: Path) -> None:
+    recovery = keys.export_recovery_key(_ctx(root))["added"]
+    slot = root / "vault" / "keys" / recovery
+    slot.write_bytes(slot.read_bytes()[:100])
+    report = check_vault(_ctx(root).open_vault())
+    [problem] = report.problems
+    assert (problem.severity, problem.kind, problem.object) == (
+        "warning",
+        "key_unreadable",
+        f"keys/{recovery}",
+    )
+    [row] = [k for k in keys.list_keys(_ctx(root))["keys"] if k["id"] == recovery]
+    assert row["kind"] is None and "malformed" in row["problem"]
