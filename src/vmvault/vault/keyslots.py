@@ -1,11 +1,12 @@
 """Key slots: the objects under ``keys/``, each the vault's master keys wrapped under one
 passphrase or one recovery key (docs/FORMAT.md, "Keys").
 
-A vault opens with any of them. Each slot is its own object, written once under a new name
-(``keys/<16 hex>``; the first, from ``init``, is ``keys/default``) with a creation-only put,
-and only ever deleted: the set of slots is the listing of ``keys/``, so adding one is one
-atomic write and removing one is one delete, with no document to keep in step (and nothing
-rewritten in place, which S3 and Azure with immutability would keep as old versions).
+A vault opens with any of them. Each slot is its own object, written once and only ever
+deleted: the first, ``keys/default``, by ``init`` before the config; the others under a new
+name (``keys/<16 hex>``) with a creation-only put. The set of slots is the listing of
+``keys/``, so adding one is one atomic write and removing one is one delete, with no
+document to keep in step (and nothing rewritten in place, which S3 and Azure with
+immutability would keep as old versions).
 
 Version 1 (a vault made before key slots): ``keys/default`` alone, no kind, no label.
 Version 2 adds ``kind`` (``passphrase`` or ``recovery``) and ``about`` (its label and

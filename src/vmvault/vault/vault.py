@@ -83,7 +83,7 @@ def _put_first_key(
     passphrase: str,
     created: str,
     scrypt: dict[str, int] | None,
-) -> None:
+) -> keyslots.KeySlot:
     """A new vault's (or copy's) first key slot, ``keys/default``: written before its config."""
     slot = keyslots.encode(
         keys,
@@ -95,6 +95,7 @@ def _put_first_key(
         scrypt=scrypt,
     )
     backend.put(keyslots.DEFAULT_SLOT, slot)
+    return keyslots.parse(keyslots.DEFAULT_SLOT, slot)
 
 
 class Vault:
@@ -111,7 +112,7 @@ class Vault:
         self.damage = DamageMarks(backend)  # packs a read found damaged (vault/damage.py)
         # What the store retains on write (vault/store_retention.py); set when opened.
         self.store_retention: WriteRetention | None = None
-        # The key slot this vault was opened with (vault/keyslots.py); None when made here.
+        # The key slot this vault was opened with, or made with (vault/keyslots.py).
         self.key_slot: keyslots.KeySlot | None = None
 
     def configure_store_retention(self) -> WriteRetention | None:
@@ -147,9 +148,11 @@ class Vault:
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         keys = new_master_keys(config.vault_id)
-        _put_first_key(backend, keys, passphrase, config.created, scrypt)
+        slot = _put_first_key(backend, keys, passphrase, config.created, scrypt)
         backend.put(CONFIG_KEY, config.to_json())  # last: a vault exists once it has a config
-        return cls(backend, config, keys)
+        vault = cls(backend, config, keys)
+        vault.key_slot = slot
+        return vault
 
     @classmethod
     def init_copy(
@@ -173,8 +176,9 @@ class Vault:
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         keys = replace(source.keys, vault_id=config.vault_id)
-        _put_first_key(backend, keys, passphrase, config.created, scrypt)
+        slot = _put_first_key(backend, keys, passphrase, config.created, scrypt)
         copy = cls(backend, config, keys)
+        copy.key_slot = slot
         for key, (aad, doc) in (documents or {}).items():
             copy.put_document(key, doc, aad)
         copy.configure_store_retention()  # the settings it inherited may ask for it
