@@ -295,6 +295,17 @@ def test_the_command_line(tmp_path: Path) -> None:
     assert ["passphrase", "alice"] in [row[1:3] for row in rows]
     [recovery] = [row for row in rows if row[1:2] == ["recovery"]]
     assert recovery[-1] == "yes"  # the key this command opened the vault with
+    imported = run_cli(
+        "vault",
+        "key",
+        "import",
+        "--paper",
+        str(paper_file),
+        "--json",
+        env={**env, "VMVAULT_PASSPHRASE": "", "VMVAULT_NEW_PASSPHRASE": "after recovery"},
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert _opened_with(tmp_path, "after recovery") == json.loads(imported.stdout)["added"]
     wrong = run_cli("vault", "key", "list", env={**env, "VMVAULT_PASSPHRASE": "nope"})
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines() == ["error: wrong passphrase for this vault"]

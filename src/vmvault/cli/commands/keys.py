@@ -1,4 +1,5 @@
-"""The vault's keys (`vmvault vault key`): list, add, passwd, remove, export --paper.
+"""The vault's keys (`vmvault vault key`): list, add, passwd, remove, export --paper,
+import --paper.
 
 Local only (a server holds no one's passphrase): each command opens the vault with the
 passphrase (or recovery key) of --passphrase-file / VMVAULT_PASSPHRASE / the prompt."""
@@ -16,6 +17,7 @@ from vmvault.cli.output import guarded, show
 from vmvault.cli.passphrase import NEW_PASSPHRASE_ENV, new_passphrase
 from vmvault.cli.render.keys import print_added, print_keys, print_paper, print_removed
 from vmvault.errors import UsageError
+from vmvault.vault import paperkey
 
 app = typer.Typer(
     help="The vault's keys: several passphrases and recovery keys open the same vault.",
@@ -92,6 +94,28 @@ def remove_cmd(
         lambda: keys.remove_key(context(vault, catalog, passphrase_file), key_id, force=force),
     )
     show(doc, json, print_removed)
+
+
+@app.command("import")
+def import_cmd(
+    paper: str = typer.Option(
+        ..., "--paper", help="A file holding the recovery key as `key export --paper` printed it."
+    ),
+    label: str = typer.Option("", "--label", help="Whose key or what for (shown by `key list`)."),
+    new_passphrase_file: str | None = NewPassFileOpt,
+    vault: str | None = VaultOpt,
+    catalog: str | None = CatalogOpt,
+    json: bool = JsonOpt,
+) -> None:
+    """Every passphrase lost: open the vault with a recovery key and give it a new one."""
+
+    def act() -> dict[str, Any]:
+        ctx = context(vault, catalog, paper)
+        if not paperkey.looks_like_one(ctx.passphrase()):
+            raise UsageError(f"{paper} does not hold a recovery key (`vault key export --paper`)")
+        return keys.add_key(ctx, new_passphrase(new_passphrase_file), label=label)
+
+    show(guarded(json, act), json, print_added)
 
 
 def _write_private(path: str, text: str) -> None:
