@@ -143,7 +143,7 @@ def export_cmd(
     json: bool = JsonOpt,
 ) -> None:
     """Make a recovery key: it opens the vault as a passphrase does (a passphrase file
-    holding it), e.g. to `vault key add` a passphrase when every one is lost."""
+    holding it); `vault key import --paper` gives a new passphrase when every one is lost."""
 
     def act() -> dict[str, Any]:
         if not paper:
