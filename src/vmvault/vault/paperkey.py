@@ -34,7 +34,7 @@ _SUM_SIZE = LINES * LINE_BYTES - SECRET_SIZE  # the whole key's checksum: 8 byte
 _CHECK_CHARS = 2
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _LOOKALIKES = str.maketrans({"0": "O", "1": "I", "8": "B"})
-_NUMBERED = re.compile(r"^\s*(\d+)\s*[:.)]\s*(.*)$")
+_NUMBERED = re.compile(r"^\s*(\d{1,3})\s*[:.)]\s*(.*)$")  # no int() of 5000 digits
 
 
 class RecoveryKeyInvalid(UsageError):

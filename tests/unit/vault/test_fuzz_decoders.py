@@ -64,9 +64,10 @@ from vmvault.errors import (
 )
 from vmvault.inventory import InventoryError, load_inventory, parse_inventory
 from vmvault.vault import format as fmt
-from vmvault.vault import keyslots
+from vmvault.vault import keyslots, paperkey
 from vmvault.vault.crypto import MasterKeys
 from vmvault.vault.documents import SETTINGS_KEY
+from vmvault.vault.paperkey import RecoveryKeyInvalid
 from vmvault.vault.vault import AAD_GC, GC_PENDING_KEY, Vault
 
 T = TypeVar("T")
@@ -787,6 +788,25 @@ def test_a_key_file_asking_for_absurd_work_fails_in_one_line(
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: ") and "scrypt" in result.stderr, result.stderr
+
+
+# --- recovery keys on paper ------------------------------------------------------------------
+
+PRINTED_RECOVERY_KEY = paperkey.encode(bytes(range(32)), VAULT_ID, "keys/0123456789abcdef")
+
+
+@fuzz(200)
+@given(
+    hostile(PRINTED_RECOVERY_KEY.encode()).map(lambda b: b.decode("utf-8", "replace"))
+    | st.text(max_size=300)
+)
+@example("9" * 5000 + ": x\n2: y")  # a line number too long for int()
+@example("\n".join(f"{n}: " + "A" * 18 for n in range(1, 5)))
+def test_recovery_key_decoder(text: str) -> None:
+    """Whatever a passphrase file holds: a secret of 32 bytes or one named error."""
+    if paperkey.looks_like_one(text):
+        secret = outcome(lambda: paperkey.decode(text), RecoveryKeyInvalid)
+        assert isinstance(secret, RecoveryKeyInvalid) or len(secret) == 32
 
 
 # --- the scripts config ---------------------------------------------------------------------
