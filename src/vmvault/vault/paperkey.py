@@ -88,13 +88,13 @@ def looks_like_one(text: str) -> bool:
 def decode(text: str) -> bytes:
     """The secret of a printed recovery key; ``RecoveryKeyInvalid`` naming the line at fault."""
     found: list[tuple[int, str]] = []
-    for line in text.splitlines():
+    for position, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.lower().startswith(("vmvault", "vault ", "#")):
             continue
         match = _NUMBERED.match(stripped)
-        if match is None:
-            raise RecoveryKeyInvalid(f"recovery key: {stripped[:12]!r}… is not a numbered line")
+        if match is None:  # named by its place, never quoted: it may be part of a secret
+            raise RecoveryKeyInvalid(f"recovery key: line {position} of the text is not numbered")
         found.append((int(match.group(1)), match.group(2)))
     if [number for number, _ in found] != list(range(1, LINES + 1)):
         raise RecoveryKeyInvalid(

@@ -71,7 +71,7 @@ def test_lines_swapped_missing_or_mangled_are_refused() -> None:
         paperkey.decode("\n".join(lines[:2] + lines[3:]))
     with pytest.raises(RecoveryKeyInvalid, match="line 3: 18 letters"):
         paperkey.decode("\n".join([*lines[:2], lines[2][:-3], lines[3]]))
-    with pytest.raises(RecoveryKeyInvalid, match="not a numbered line"):
+    with pytest.raises(RecoveryKeyInvalid, match="line 7 of the text is not numbered"):
         paperkey.decode(PRINTED + "a stray line\n")
 
 
