@@ -55,9 +55,8 @@ def list_slots(vault: Vault) -> list[SlotInfo]:
         except (CorruptObject, UnsupportedFormat) as exc:
             out.append(SlotInfo(name, None, "", None, None, None, key == current, exc.message))
             continue
-        created = about["created"] or (
-            vault.config.created if key == keyslots.DEFAULT_SLOT else None
-        )
+        # A revision 1 slot has no time of its own: it was made with the vault.
+        created = about["created"] or (vault.config.created if slot.version == 1 else None)
         out.append(
             SlotInfo(
                 name, slot.kind, about["label"], created, slot.kdf, slot.version, key == current
