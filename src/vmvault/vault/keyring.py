@@ -79,7 +79,7 @@ def find_slot(vault: Vault, slot_id: str) -> str:
     return matches[0]
 
 
-def session_kdf(vault: Vault) -> dict[str, int] | None:
+def kdf_in_use(vault: Vault) -> dict[str, int] | None:
     """The KDF cost of the slot the vault was opened with: new slots cost what it costs (a
     vault made with a lower cost keeps it; None: the default)."""
     return vault.key_slot.kdf if vault.key_slot is not None else None
@@ -96,7 +96,7 @@ def add_slot(vault: Vault, secret: str, *, kind: Kind, label: str) -> str:
         kind=kind,
         label=label,
         created=created,
-        scrypt=session_kdf(vault),
+        scrypt=kdf_in_use(vault),
     )
     put_new(vault.backend, key, data)
     return key
