@@ -36,16 +36,16 @@ DISK = 16 * MiB  # 4 blocks of 4 MiB, 256 chunks of 64 KiB
 # What an incremental of a disk image must ask the store, with a warm cache: nothing else.
 #   get config (which vault: so which copies)        1
 #   put its lock, delete it at the end               2
-#   list index/, packs/, damaged/, points/           4
+#   list keys/, index/, packs/, damaged/, points/    5
 #   get gc/pending (absent: a 404), at the index's
 #   load and again before adopting orphans           2
 #   get settings (what the store must retain)        1
 #   size of the manifest it commits (stored?)        1
 #   create the point                                 1
-# = 12 for an unchanged disk (its manifest is the parent's: not written again). A changed
-# disk adds its data pack, its record pack, one index object and its manifest: 16.
-UNCHANGED_BOUND = 12
-CHANGED_BOUND = 16
+# = 13 for an unchanged disk (its manifest is the parent's: not written again). A changed
+# disk adds its data pack, its record pack, one index object and its manifest: 17.
+UNCHANGED_BOUND = 13
+CHANGED_BOUND = 17
 
 
 def _ctx(s3_vault: S3Vault, tmp_path: Path) -> Context:

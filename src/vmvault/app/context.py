@@ -38,6 +38,18 @@ log = logging.getLogger("vmvault")
 PassphrasePrompt = Callable[[bool], str]
 
 
+def read_passphrase_file(path: str) -> str:
+    """A passphrase file's content without its final line break (it may hold a recovery key
+    as printed: several lines)."""
+    try:
+        text = Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise PassphraseMissing(f"cannot read passphrase file {path}: {exc.strerror}") from None
+    if not text:
+        raise PassphraseMissing(f"passphrase file {path} is empty")
+    return text
+
+
 def resolve_passphrase(
     passphrase_file: str | None = None,
     *,
@@ -47,13 +59,7 @@ def resolve_passphrase(
     """From a key file, ``$VMVAULT_PASSPHRASE``, ``$VMVAULT_PASSPHRASE_FILE``, or ``ask``."""
     path = passphrase_file or os.environ.get(PASSPHRASE_FILE_ENV)
     if path:
-        try:
-            text = Path(path).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise PassphraseMissing(f"cannot read passphrase file {path}: {exc.strerror}") from None
-        if not text:
-            raise PassphraseMissing(f"passphrase file {path} is empty")
-        return text
+        return read_passphrase_file(path)
     if env := os.environ.get(PASSPHRASE_ENV):
         return env
     if ask is not None:

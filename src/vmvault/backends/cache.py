@@ -3,8 +3,8 @@ start, so that a daily incremental costs a few requests instead of one per objec
 
 What a backup reads at start (``Vault.open``, ``load_index``, the parent point) is mostly
 immutable: index objects and packs are named by the BLAKE3 of their sealed bytes, manifests
-by the keyed hash of their plaintext, points and ``keys/default`` are written once. Copies
-of those are kept under ``<root>/<vault id>/<key>``; everything else (``config``,
+by the keyed hash of their plaintext, points and key slots (``keys/…``) are written once.
+Copies of those are kept under ``<root>/<vault id>/<key>``; everything else (``config``,
 ``settings``, ``protection/``, ``gc/pending``, ``locks/``, ``damaged/``, every listing, and
 every ``exists``/``size``/``modified``) always goes to the store.
 
@@ -13,10 +13,10 @@ Which copy may be used, and why that is safe:
 - The cache of a vault is chosen by the vault id in ``config``, and ``config`` is read from
   the store at every start: a location re-initialised as another vault, or a second vault
   behind another URL, never meets another vault's copies.
-- ``index/…`` and ``points/…``: used only for keys the store listed in this process (the
-  vault lists them before reading them anyway: one LIST for all of them); a copy of a key
-  the listing lacks is deleted.
-- ``manifests/…`` and ``keys/default``: named by their content or written once per vault.
+- ``index/…``, ``points/…`` and ``keys/…``: used only for keys the store listed in this
+  process (the vault lists them before reading them anyway: one LIST for all of them); a
+  copy of a key the listing lacks is deleted (a removed key slot never opens the vault).
+- ``manifests/…``: named by their content.
   A manifest the store has lost is still read from here, which a backup may do (its content
   is right); ``check`` and ``verify`` bypass the cache to see what the store holds.
 - ``packs/…``: only whole record packs, and only those the vault asks to ``hold`` (it does
@@ -25,7 +25,7 @@ Which copy may be used, and why that is safe:
   reads its parent's block records from here instead of one ranged GET per block.
 
 Every entry is ``MAGIC | BLAKE3(payload) | payload``, the payload being the object exactly
-as stored (ciphertext, except ``keys/default``, which is plaintext KDF parameters and sealed
+as stored (ciphertext, except key slots, which are plaintext KDF parameters and sealed
 keys, as in the store). A copy whose checksum (or, for index objects and packs, whose name)
 does not match is deleted and the store is read instead, so a damaged cache costs requests,
 never a wrong read; the vault authenticates everything anyway (AES-GCM, keyed hashes) and
@@ -52,7 +52,6 @@ from vmvault.backends.cache_files import (
     CACHE_LIMIT_ENV,
     CONFIG_KEY,
     HEADER,
-    KEYS_KEY,
     LISTED,
     NO_CACHE_ENV,
     VAULT_ID,
@@ -74,7 +73,6 @@ __all__ = [
     "CACHE_LIMIT_ENV",
     "CONFIG_KEY",
     "HEADER",
-    "KEYS_KEY",
     "LISTED",
     "NO_CACHE_ENV",
     "CachingBackend",
@@ -149,11 +147,11 @@ class CachingBackend:
         for prefix in LISTED:
             if key.startswith(prefix):
                 return key in self._listed.get(prefix, ())
-        return key == KEYS_KEY or key.startswith("manifests/")
+        return key.startswith("manifests/")
 
     def _keep(self, key: str, data: Payload) -> None:
         """Keep a copy of an object just read from or written to the store, if it is one
-        worth keeping: an intact index object, a point, a manifest, ``keys/default``."""
+        worth keeping: an intact index object, a point, a manifest, a key slot."""
         vault_id = self.vault_id
         if vault_id is None:
             return
@@ -162,7 +160,7 @@ class CachingBackend:
         if key.startswith("index/"):
             if named is None or checksum(parts) != named:
                 return  # a damaged index object is not kept
-        elif not (key == KEYS_KEY or key.startswith(("points/", "manifests/"))):
+        elif not key.startswith(("points/", "manifests/", "keys/")):
             return
         self.cache.write(vault_id, key, parts, named)
 

@@ -41,8 +41,10 @@ VAULT_ID = re.compile(r"^[0-9a-f]{32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 CONFIG_KEY = "config"
-KEYS_KEY = "keys/default"
-LISTED = ("index/", "points/")  # copies used only for keys the store listed in this process
+# Copies used only for keys the store listed in this process: index objects and points
+# (deleted by GC, prune, forget) and key slots (removed by `vault key remove` or `passwd`:
+# a copy must never open a vault with a passphrase the vault no longer takes).
+LISTED = ("index/", "points/", "keys/")
 log = logging.getLogger("vmvault")
 
 

@@ -100,10 +100,12 @@ COMMANDS: tuple[tuple[str, str, str, bool], ...] = (
     ("token", "server", "token_app", True),
     ("alerts", "server", "alerts_app", True),
 )
-# Commands of a group defined in another group's module: (group, name, module, attribute).
+# Commands and groups of a group, defined in another module: (group, name, module,
+# attribute, a group or a command).
 GROUP_COMMANDS = (
-    ("vault", "immutability", "protection", "immutability"),
-    ("vault", "soft-delete", "protection", "soft_delete"),
+    ("vault", "key", "keys", "app", True),
+    ("vault", "immutability", "protection", "immutability", False),
+    ("vault", "soft-delete", "protection", "soft_delete", False),
 )
 # The app's own options that take a value (what comes before the command's name).
 VALUE_OPTIONS = ("--server", "--token", "--ca-cert")
@@ -123,9 +125,13 @@ def _register_commands(only: str | None = None) -> None:
             app.add_typer(target, name=name)
         else:
             app.command(name)(target)
-        for parent, sub, sub_module, sub_attribute in GROUP_COMMANDS:
+        for parent, sub, sub_module, sub_attribute, sub_group in GROUP_COMMANDS:
             if parent == name:
-                target.command(sub)(getattr(_module(sub_module), sub_attribute))
+                member = getattr(_module(sub_module), sub_attribute)
+                if sub_group:
+                    target.add_typer(member, name=sub)
+                else:
+                    target.command(sub)(member)
 
 
 def command_named(argv: list[str]) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 import blake3
 
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound
+from vmvault.vault import keyring
 from vmvault.vault.documents import (
     AAD_PROTECTION,
     AAD_SETTINGS,
@@ -155,7 +156,17 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
     report.chunks = len(vault.index)
     _check_points(vault, report)
     _check_state(vault, report)
+    _check_keys(vault, report)
     return report
+
+
+def _check_keys(vault: Vault, report: CheckReport) -> None:
+    """Every key slot reads: a damaged one (a recovery key's, say) is found now, not on the
+    day it is needed. A warning: the vault still opens with the others."""
+    for slot in keyring.list_slots(vault):
+        if slot.problem is not None:
+            message = f"{slot.problem}; its passphrase or recovery key no longer opens the vault"
+            report.problems.append(Problem("warning", "key_unreadable", f"keys/{slot.id}", message))
 
 
 def _check_state(vault: Vault, report: CheckReport) -> None:

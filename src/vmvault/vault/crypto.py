@@ -2,8 +2,9 @@
 
 A random 64-byte master secret is split into an encryption key (AES-256-GCM) and an id key
 (keyed BLAKE3 for chunk ids, so ids reveal nothing about the plaintext to someone without
-the key). The secret is stored wrapped by a key derived from the passphrase with scrypt, a
-memory-hard KDF, so a stolen vault cannot be brute-forced cheaply.
+the key). The secret is stored wrapped by a key derived from a passphrase with scrypt, a
+memory-hard KDF, so a stolen vault cannot be brute-forced cheaply; a vault may hold several
+such wrappings of the same secret (key slots: vault/keyslots.py).
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from vmvault.errors import CorruptObject, UnsupportedFormat, WrongPassphrase
+from vmvault.errors import CorruptObject, WrongPassphrase
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
 SEAL_OVERHEAD = NONCE_SIZE + TAG_SIZE
-KEY_FILE_VERSION = 1
-_WRAP_AAD = b"vmvault-key-v1"
 
 # scrypt cost: 2**15 * 8 * 128 bytes = 32 MiB of memory and ~0.1 s per attempt here.
 DEFAULT_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
@@ -107,8 +106,11 @@ def new_master_keys(vault_id: str) -> MasterKeys:
     return MasterKeys(os.urandom(32), os.urandom(32), vault_id)
 
 
-def wrap_keys(keys: MasterKeys, passphrase: str, scrypt: dict[str, int] | None = None) -> bytes:
-    """Serialise the key file: KDF parameters in clear, the keys sealed under the KEK."""
+def wrap_secret(
+    keys: MasterKeys, passphrase: str, scrypt: dict[str, int] | None, aad: bytes
+) -> dict[str, Any]:
+    """The master keys sealed under a key derived from ``passphrase``: the ``kdf``,
+    ``cipher`` and ``wrapped`` fields of a key slot (vault/keyslots.py)."""
     params = check_scrypt(scrypt or DEFAULT_SCRYPT)  # a vault its own reader would refuse: never
     salt = os.urandom(16)
     secret = json.dumps(
@@ -118,17 +120,25 @@ def wrap_keys(keys: MasterKeys, passphrase: str, scrypt: dict[str, int] | None =
             "vault_id": keys.vault_id,
         }
     ).encode()
-    sealed = Cipher(_kek(passphrase, salt, params)).seal(secret, _WRAP_AAD)
-    doc = {
-        "version": KEY_FILE_VERSION,
+    sealed = Cipher(_kek(passphrase, salt, params)).seal(secret, aad)
+    return {
         "kdf": {"name": "scrypt", **params, "salt": base64.b64encode(salt).decode()},
         "cipher": "aes-256-gcm",
         "wrapped": base64.b64encode(sealed).decode(),
     }
-    return json.dumps(doc, indent=2).encode()
 
 
-def _b64(value: object, field: str, size: int | None = None) -> bytes:
+def kdf_of(doc: dict[str, Any]) -> dict[str, int]:
+    """A key slot's scrypt parameters, checked (``check_scrypt``); ValueError if unusable."""
+    kdf = doc.get("kdf")
+    if not isinstance(kdf, dict):
+        raise ValueError("kdf is not an object")
+    if kdf.get("name") != "scrypt":
+        raise ValueError(f"kdf {str(kdf.get('name'))[:20]} is not supported")
+    return check_scrypt(kdf)
+
+
+def b64_field(value: object, field: str, size: int | None = None) -> bytes:
     if not isinstance(value, str):
         raise ValueError(f"{field} is not base64 text")
     data = base64.b64decode(value, validate=True)  # binascii.Error is a ValueError
@@ -137,7 +147,7 @@ def _b64(value: object, field: str, size: int | None = None) -> bytes:
     return data
 
 
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
+def json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except RecursionError:
@@ -147,36 +157,29 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def unwrap_keys(key_file: bytes, passphrase: str, vault_id: str) -> MasterKeys:
-    """The vault's keys from its key file: `WrongPassphrase` if the passphrase does not open
-    them, `CorruptObject` for a key file that is malformed (or asks for absurd scrypt work,
-    refused before any is done), `UnsupportedFormat` for another version."""
+def unwrap_secret(doc: dict[str, Any], passphrase: str, vault_id: str, aad: bytes) -> MasterKeys:
+    """The master keys from a key slot's document: `WrongPassphrase` if the passphrase does
+    not open them, `CorruptObject` for a slot that is malformed (or asks for absurd scrypt
+    work, refused before any is done)."""
     try:
-        doc = _json_object(key_file, "key file")
-        kdf = doc.get("kdf")
-        if not isinstance(kdf, dict):
-            raise ValueError("kdf is not an object")
-        if doc.get("version") != KEY_FILE_VERSION or kdf.get("name") != "scrypt":
-            version = str(doc.get("version"))[:20]
-            raise UnsupportedFormat(f"key file version {version} is not supported")
-        salt = _b64(kdf.get("salt"), "salt")
-        sealed = _b64(doc.get("wrapped"), "wrapped")
-        params = check_scrypt(kdf)
-    except ValueError as exc:  # JSON, base64, UTF-8 and the checks above
+        params = kdf_of(doc)
+        salt = b64_field(doc["kdf"].get("salt"), "salt")
+        sealed = b64_field(doc.get("wrapped"), "wrapped")
+    except ValueError as exc:  # base64, UTF-8 and the checks above
         raise CorruptObject(f"key file is malformed: {exc}") from None
     try:
-        secret = Cipher(_kek(passphrase, salt, params)).open(sealed, _WRAP_AAD, "key file")
+        secret = Cipher(_kek(passphrase, salt, params)).open(sealed, aad, "key file")
     except CorruptObject:
         raise WrongPassphrase("wrong passphrase for this vault") from None
     # The passphrase opened it: what it holds can only be damaged, never a wrong guess.
     try:
-        fields = _json_object(secret, "wrapped keys")
+        fields = json_object(secret, "wrapped keys")
         found_id = fields.get("vault_id")
         if not isinstance(found_id, str):
             raise ValueError("vault_id is not text")
         keys = MasterKeys(
-            _b64(fields.get("encryption_key"), "encryption_key", 32),
-            _b64(fields.get("id_key"), "id_key", 32),
+            b64_field(fields.get("encryption_key"), "encryption_key", 32),
+            b64_field(fields.get("id_key"), "id_key", 32),
             found_id,
         )
     except ValueError as exc:

@@ -10,10 +10,10 @@ the vault is ``locked`` (S3 COMPLIANCE, Azure Locked) or its relaxed one when it
 (GOVERNANCE, Unlocked).
 
 Why only these: they are written once and never rewritten (packs, index objects,
-manifests, points) or written at ``init`` only (``config``, ``keys/``, without which
-nothing can be decrypted). The objects rewritten in place (``settings``, ``protection/``,
-``gc/pending``, ``locks/``, ``damaged/``, ``replica``) are not: every rewrite would leave
-one more retained version behind.
+manifests, points, key slots under ``keys/``, without which nothing can be decrypted) or
+written at ``init`` only (``config``). The objects rewritten in place (``settings``,
+``protection/``, ``gc/pending``, ``locks/``, ``damaged/``, ``replica``) are not: every
+rewrite would leave one more retained version behind.
 
 Why dates are extended: a pack written a year ago may hold chunks today's points still use
 (deduplication), so a date set once at write time would expire under live data. Each

@@ -25,9 +25,9 @@ from vmvault.errors import (
     VmvaultError,
 )
 from vmvault.model.point import RecoveryPoint
-from vmvault.vault import store_retention
+from vmvault.vault import keyslots, store_retention
 from vmvault.vault.config import VaultConfig
-from vmvault.vault.crypto import MasterKeys, new_master_keys, unwrap_keys, wrap_keys
+from vmvault.vault.crypto import MasterKeys, new_master_keys
 from vmvault.vault.damage import DamageMarks
 from vmvault.vault.format import (
     AAD_INDEX,
@@ -65,7 +65,6 @@ from vmvault.vault.packs import PackWriter, index_key, pack_key
 CONFIG_KEY = "config"
 GC_PENDING_KEY = "gc/pending"
 AAD_GC = b"vmvault-gc-v1"
-DEFAULT_KEY_NAME = "keys/default"
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 DEFAULT_PACK_TARGET = 16 * 1024 * 1024
@@ -76,6 +75,27 @@ COALESCE_GAP = 256 * 1024
 # whose packs are at most this large: the first use reads the whole pack into memory.
 MAX_HELD_PACK_TARGET = 64 * 1024 * 1024
 T = TypeVar("T")
+
+
+def _put_first_key(
+    backend: Backend,
+    keys: MasterKeys,
+    passphrase: str,
+    created: str,
+    scrypt: dict[str, int] | None,
+) -> keyslots.KeySlot:
+    """A new vault's (or copy's) first key slot, ``keys/default``: written before its config."""
+    slot = keyslots.encode(
+        keys,
+        passphrase,
+        key=keyslots.DEFAULT_SLOT,
+        kind="passphrase",
+        label="",
+        created=created,
+        scrypt=scrypt,
+    )
+    backend.put(keyslots.DEFAULT_SLOT, slot)
+    return keyslots.parse(keyslots.DEFAULT_SLOT, slot)
 
 
 class Vault:
@@ -92,6 +112,8 @@ class Vault:
         self.damage = DamageMarks(backend)  # packs a read found damaged (vault/damage.py)
         # What the store retains on write (vault/store_retention.py); set when opened.
         self.store_retention: WriteRetention | None = None
+        # The key slot this vault was opened with, or made with (vault/keyslots.py).
+        self.key_slot: keyslots.KeySlot | None = None
 
     def configure_store_retention(self) -> WriteRetention | None:
         """Ask the store to retain what the vault's settings say (again, after they change)."""
@@ -126,9 +148,11 @@ class Vault:
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         keys = new_master_keys(config.vault_id)
-        backend.put(DEFAULT_KEY_NAME, wrap_keys(keys, passphrase, scrypt))
+        slot = _put_first_key(backend, keys, passphrase, config.created, scrypt)
         backend.put(CONFIG_KEY, config.to_json())  # last: a vault exists once it has a config
-        return cls(backend, config, keys)
+        vault = cls(backend, config, keys)
+        vault.key_slot = slot
+        return vault
 
     @classmethod
     def init_copy(
@@ -152,8 +176,9 @@ class Vault:
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         keys = replace(source.keys, vault_id=config.vault_id)
-        backend.put(DEFAULT_KEY_NAME, wrap_keys(keys, passphrase, scrypt))
+        slot = _put_first_key(backend, keys, passphrase, config.created, scrypt)
         copy = cls(backend, config, keys)
+        copy.key_slot = slot
         for key, (aad, doc) in (documents or {}).items():
             copy.put_document(key, doc, aad)
         copy.configure_store_retention()  # the settings it inherited may ask for it
@@ -177,8 +202,9 @@ class Vault:
                 f"no vault at {backend.describe()} (run `vmvault init` first)"
             ) from None
         config = VaultConfig.from_json(raw_config)
-        keys = unwrap_keys(backend.get(DEFAULT_KEY_NAME), passphrase, config.vault_id)
+        keys, slot = keyslots.open_keys(backend, passphrase, config.vault_id)
         vault = cls(backend, config, keys)
+        vault.key_slot = slot
         vault.configure_store_retention()  # before anything is written
         if load_index:
             vault.load_index()

@@ -24,7 +24,7 @@ from vmvault.backends.cache_files import (
 )
 from vmvault.backends.local import LocalBackend
 from vmvault.backends.metering import CountingBackend, RequestCounter
-from vmvault.errors import UsageError
+from vmvault.errors import ObjectMissing, UsageError
 
 VAULT_A, VAULT_B = "a" * 32, "b" * 32
 
@@ -48,9 +48,10 @@ class Client:
         self.backend = CachingBackend(CountingBackend(store, self.counter), self.cache)
 
     def start(self) -> None:
-        """What Vault.open and load_index read: config, the key file, the index objects."""
+        """What Vault.open and load_index read: config, the key slots, the index objects."""
         self.backend.get("config")
-        self.backend.get("keys/default")
+        for key in self.backend.list("keys/"):
+            self.backend.get(key)
         for key in self.backend.list("index/"):
             self.backend.get(key)
 
@@ -89,7 +90,7 @@ def test_a_warm_start_reads_only_what_may_have_changed(store: LocalBackend, root
     warm.start()
     assert warm.backend.get("manifests/" + "c" * 64) == b"sealed manifest"
     assert warm.gets() == 1  # config only: it says which vault, and so which copies
-    assert warm.gets("config") == 1 and warm.counter.count("list") == 1
+    assert warm.gets("config") == 1 and warm.counter.count("list") == 2  # keys/, index/
     assert [warm.backend.get(k) for k in index] == [b"index %d" % i for i in range(3)]
 
 
@@ -109,6 +110,21 @@ def test_index_copies_serve_only_keys_the_store_lists(store: LocalBackend, root:
     assert not _copy(root, VAULT_A, gone).exists()  # a key the listing lacks: dropped
     assert client.backend.get(kept) == b"kept"
     assert client.gets("index") == 1
+
+
+def test_a_removed_key_slot_is_never_read_from_its_copy(store: LocalBackend, root: Path) -> None:
+    """A removed key (``vault key remove``, ``passwd``) must not open the vault from a copy."""
+    store.put("keys/0123456789abcdef", b'{"sealed keys": "old passphrase"}')
+    Client(store, root).start()
+    assert _copy(root, VAULT_A, "keys/0123456789abcdef").is_file()
+    store.delete("keys/0123456789abcdef")
+
+    client = Client(store, root)
+    client.start()
+    assert client.gets("keys") == 0  # keys/default from its copy, listed
+    assert not _copy(root, VAULT_A, "keys/0123456789abcdef").exists()
+    with pytest.raises(ObjectMissing):
+        client.backend.get("keys/0123456789abcdef")
 
 
 def test_point_copies_follow_the_listing_and_deletions(store: LocalBackend, root: Path) -> None:

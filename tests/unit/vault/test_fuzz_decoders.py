@@ -64,8 +64,10 @@ from vmvault.errors import (
 )
 from vmvault.inventory import InventoryError, load_inventory, parse_inventory
 from vmvault.vault import format as fmt
-from vmvault.vault.crypto import MasterKeys, unwrap_keys, wrap_keys
+from vmvault.vault import keyslots, paperkey
+from vmvault.vault.crypto import MasterKeys
 from vmvault.vault.documents import SETTINGS_KEY
+from vmvault.vault.paperkey import RecoveryKeyInvalid
 from vmvault.vault.vault import AAD_GC, GC_PENDING_KEY, Vault
 
 T = TypeVar("T")
@@ -641,8 +643,21 @@ def test_sealed_plaintexts_of_the_wrong_shape(sealed: SealedVault, data: st.Data
 
 VAULT_ID = "0123456789abcdef0123456789abcdef"
 _KEYS = MasterKeys(bytes(range(32)), bytes(range(32, 64)), VAULT_ID)
-VALID_KEY_FILE = wrap_keys(_KEYS, PASSPHRASE, TINY_SCRYPT)
+VALID_KEY_FILE = keyslots.encode(
+    _KEYS,
+    PASSPHRASE,
+    key=keyslots.DEFAULT_SLOT,
+    kind="passphrase",
+    label="fuzz",
+    created="2026-01-01T00:00:00+00:00",
+    scrypt=TINY_SCRYPT,
+)
 KEY_FILE_ERRORS = (CorruptObject, WrongPassphrase, UnsupportedFormat)
+
+
+def unwrap_keys(key_file: bytes, passphrase: str, vault_id: str) -> MasterKeys:
+    """What opening a vault does with its ``keys/default``: parse it, then unlock it."""
+    return keyslots.parse(keyslots.DEFAULT_SLOT, key_file).unlock(passphrase, vault_id)
 
 
 def _b64(data: bytes) -> str:
@@ -650,8 +665,8 @@ def _b64(data: bytes) -> str:
 
 
 def key_file_wrapping(secret: bytes) -> bytes:
-    """A key file whose wrapped secret is ``secret``, sealed under the right passphrase (as
-    docs/FORMAT.md describes it), so the secret is all that is wrong with it."""
+    """A version 1 key file whose wrapped secret is ``secret``, sealed under the right
+    passphrase (as docs/FORMAT.md describes it), so the secret is all that is wrong with it."""
     salt = b"fuzz salt 16 byt"
     kek = Scrypt(salt=salt, length=32, **TINY_SCRYPT).derive(PASSPHRASE.encode())
     nonce = bytes(12)
@@ -685,6 +700,9 @@ def test_key_file_decoder(key_file: bytes) -> None:
     keys = outcome(lambda: unwrap_keys(key_file, PASSPHRASE, VAULT_ID), *KEY_FILE_ERRORS)
     if isinstance(keys, MasterKeys):
         usable_keys(keys)
+    slot = outcome(lambda: keyslots.parse(keyslots.DEFAULT_SLOT, key_file), *KEY_FILE_ERRORS)
+    if isinstance(slot, keyslots.KeySlot):  # what `vault key list` shows of it
+        outcome(lambda: slot.about(_KEYS), CorruptObject)
 
 
 @fuzz(150)
@@ -770,6 +788,25 @@ def test_a_key_file_asking_for_absurd_work_fails_in_one_line(
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: ") and "scrypt" in result.stderr, result.stderr
+
+
+# --- recovery keys on paper ------------------------------------------------------------------
+
+PRINTED_RECOVERY_KEY = paperkey.encode(bytes(range(32)), VAULT_ID, "keys/0123456789abcdef")
+
+
+@fuzz(200)
+@given(
+    hostile(PRINTED_RECOVERY_KEY.encode()).map(lambda b: b.decode("utf-8", "replace"))
+    | st.text(max_size=300)
+)
+@example("9" * 5000 + ": x\n2: y")  # a line number too long for int()
+@example("\n".join(f"{n}: " + "A" * 18 for n in range(1, 5)))
+def test_recovery_key_decoder(text: str) -> None:
+    """Whatever a passphrase file holds: a secret of 32 bytes or one named error."""
+    if paperkey.looks_like_one(text):
+        secret = outcome(lambda: paperkey.decode(text), RecoveryKeyInvalid)
+        assert isinstance(secret, RecoveryKeyInvalid) or len(secret) == 32
 
 
 # --- the scripts config ---------------------------------------------------------------------

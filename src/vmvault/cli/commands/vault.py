@@ -34,6 +34,11 @@ from vmvault.errors import EXIT_DAMAGE, UsageError
 from vmvault.inventory import load_inventory
 
 app = typer.Typer(help="Vault maintenance.", no_args_is_help=True)
+LOST_PASSPHRASE_WARNING = (
+    "Everything in the vault is encrypted under this passphrase: if it is lost and no "
+    "recovery key was made, the backups are lost too, and nobody can get them back. "
+    "Make a recovery key now and keep it offline: vmvault vault key export --paper"
+)
 
 
 def init(
@@ -60,6 +65,7 @@ def init(
             "vault_id": v.config.vault_id,
             "format_version": v.config.version,
             "compression_level": v.config.compression_level,
+            "warning": LOST_PASSPHRASE_WARNING,
         }
 
     show(guarded(json, act), json, print_created)

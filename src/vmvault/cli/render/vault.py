@@ -10,7 +10,8 @@ from vmvault.cli.output import console, human_bytes
 
 
 def print_created(doc: dict[str, Any]) -> None:
-    console.print(f"created vault {doc['vault_id']} at {doc['vault']}")
+    console.print(f"created vault {doc['vault_id']} at {escape(doc['vault'])}")
+    console.print(f"[yellow]{escape(doc['warning'])}[/]")
 
 
 def print_checked(doc: dict[str, Any], read_data: bool) -> None:
