@@ -55,7 +55,7 @@ policy = "night"
     inventory = load_inventory(path)
     before = run_plan(ctx, inventory, DAY)["estimates"]["web"]
     assert before["tonight"] == "initial" and before["data_source"] == "host"
-    assert before["initial"]["rate_source"] == "seed table"
+    assert before["initial"]["rate_source"] == "Azure's rates"
     assert before["initial"]["rate_mb_s"] == 20.0  # 160 Mbps
     assert before["incremental"]["changed_source"] == "daily change 5%"
     seed_total = before["initial"]["total_s"]  # 160 Mbps and the default 60 s snapshot
@@ -72,7 +72,7 @@ policy = "night"
     assert initial["total_s"] == pytest.approx(wall, abs=0.002)  # the whole job it measured
     assert seed_total > 10 * wall  # what the seed's table would have said
     # no incremental yet: the seed's model for that kind
-    assert estimate["incremental"]["rate_source"] == "seed table"
+    assert estimate["incremental"]["rate_source"] == "Azure's rates"
 
     testdisk.mutate_disk(disk, 3, seed=2, jobs=1)
     run_vm_backup(ctx, inventory, "web")  # incremental: reads it all, stores changes

@@ -20,7 +20,7 @@ DISK_CAP_MB_S = 60.0
 DEFAULT_DAILY_CHANGE = 0.05  # Azure sees 2-7 % daily churn on typical VMs
 DEFAULT_SNAPSHOT_SECONDS = 60.0
 RECENT = 3  # backups of a kind that make a measurement
-SEED_TABLE = "seed table"
+SEED_TABLE = "Azure's rates"
 
 
 @dataclass(frozen=True)

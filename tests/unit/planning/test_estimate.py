@@ -13,7 +13,7 @@ GB = 10**9
 def test_one_terabyte_initial_at_160_mbps() -> None:
     estimate = estimate_backup([DiskLoad("os", TB, "os")], initial=True, snapshot_seconds=0)
     assert estimate.transfer_seconds == pytest.approx(50_000)  # 10^12 B / 20 MB/s = 13.9 h
-    assert estimate.rate_source == "seed table"
+    assert estimate.rate_source == "Azure's rates"
 
 
 def test_incremental_at_640_mbps_and_default_churn() -> None:
@@ -65,4 +65,4 @@ def test_measured_history_replaces_the_table_per_kind_and_disk() -> None:
     capped = estimate_backup(disks, initial=False, measured=measure(history, initial=False))
     assert capped.disks[0].rate == pytest.approx(60e6)  # the per-disk cap still holds
     assert measure(history[:1], initial=False) is None
-    assert estimate_backup(disks, initial=False, measured=None).rate_source == "seed table"
+    assert estimate_backup(disks, initial=False, measured=None).rate_source == "Azure's rates"
