@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from vmvault import __version__
-from vmvault.errors import VmvaultError
+from vmvault.errors import NotFound, VmvaultError
 from vmvault.server.accounts import Principal, RefusalLog, Role
 from vmvault.server.api import admin, files, jobs, planning, points, vault, vms
 from vmvault.server.auth import (
@@ -275,14 +275,67 @@ def mount(app: FastAPI, server: ServerState) -> None:
     def overview(request: Request) -> Response:
         principal = session(request)
         damaged = sorted(server.damaged_points().items())
-        return render(request, "fleet.html", principal, title="Fleet", nav="fleet", damaged=damaged)
+        known = {vm.name for vm in server.inventory().vms}
+        outside = sorted({p["vm"] for p in server.points()} - known)
+        return render(
+            request,
+            "fleet.html",
+            principal,
+            title="Fleet",
+            nav="fleet",
+            damaged=damaged,
+            outside=outside,
+        )
 
     @app.get("/vms/{name}", response_class=HTMLResponse, include_in_schema=False)
     def vm_page(request: Request, name: str, offset: int = 0) -> Response:
         principal = session(request)
-        vm = found(principal, vms.get_vm, name, server, principal)
-        points = vms.vm_points(name, server, principal, bounded(offset), PAGE_SIZE)
-        return render(request, "vm.html", principal, title=name, nav="fleet", vm=vm, points=points)
+        vm: dict[str, Any] | None
+        try:
+            vm = vms.get_vm(name, server, principal)
+        except NotFound as exc:  # not in the inventory: a page still, if the vault has points
+            vm = outside_inventory(name)
+            if vm is None:
+                raise PageMissing(principal, exc.message) from None
+        listing = points.points_page(server, name, bounded(offset), PAGE_SIZE)
+        return render(request, "vm.html", principal, title=name, nav="fleet", vm=vm, points=listing)
+
+    def outside_inventory(name: str) -> dict[str, Any] | None:
+        """A VM the vault has points of but the inventory does not name: what its points say."""
+        mine = [p for p in server.points() if p["vm"] == name]
+        if not mine:
+            return None
+        newest = mine[-1]
+        return {
+            "name": name,
+            "in_inventory": False,
+            "host": NOTHING,
+            "state": "not in the inventory",
+            "policy": None,
+            "protection": None,
+            "last_backup": newest.get("completed") or newest["created"],
+            "next_run": None,
+            "active_job": None,
+            "instant_restore": None,
+            "disks": [
+                {
+                    "name": d["name"],
+                    "role": d.get("role") or NOTHING,
+                    "format": d.get("format"),
+                    "pool": None,
+                    "protected": True,
+                }
+                for d in newest["disks"]
+            ],
+        }
+
+    @app.get("/points", response_class=HTMLResponse, include_in_schema=False)
+    def all_points_page(request: Request, offset: int = 0) -> Response:
+        principal = session(request)
+        listing = points.points_page(server, None, bounded(offset), PAGE_SIZE)
+        return render(
+            request, "points.html", principal, title="Recovery points", nav="points", points=listing
+        )
 
     @app.get("/points/{point_id}", response_class=HTMLResponse, include_in_schema=False)
     def point_page(request: Request, point_id: str) -> Response:
