@@ -42,6 +42,8 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     ("GET", "/api/v1/points/POINT", "reader", None),
     ("DELETE", "/api/v1/points/nonexistent", "admin", None),
     ("POST", "/api/v1/points/POINT/verify", "operator", None),
+    ("GET", "/api/v1/points/POINT/files", "reader", None),
+    ("POST", "/api/v1/maintenance", "admin", None),
     ("POST", "/api/v1/restores", "operator", {"vm": "web01", "new_name": "role-check"}),
     ("GET", "/api/v1/plan", "reader", None),
     ("GET", "/api/v1/plan/chart.svg", "reader", None),
@@ -227,6 +229,51 @@ def test_verify_and_restore_as_a_new_vm(client: TestClient, site: Site) -> None:
     assert error["code"] == "conflict" and "'retired01' exists in the vault" in error["message"]
 
 
+def test_restore_some_disks_in_another_format_or_in_place(client: TestClient, site: Site) -> None:
+    operator = site.auth("operator")
+    point = _point(client, site)
+    queued = client.post(
+        "/api/v1/restores",
+        headers=operator,
+        json={
+            "vm": "web01",
+            "point": point,
+            "new_name": "web01-os",
+            "disks": ["os"],
+            "format": "qcow2",
+        },
+    )
+    assert queued.status_code == 202, queued.text
+    job = _wait(client, site, queued.json()["id"])
+    assert job["state"] == "succeeded", job
+    [disk] = job["details"]["disks"]  # where the disks went, as the dashboard shows it
+    assert disk["name"] == "os" and disk["path"].endswith("web01-os/web01-os-os.qcow2")
+    assert Path(disk["path"]).read_bytes()[:4] == b"QFI\xfb"
+
+    refusals = [
+        ({"disks": ["nope"], "new_name": "x1"}, 400, "no disk 'nope'"),
+        ({"in_place": True}, 400, "confirm with the VM's name"),
+        ({"in_place": True, "confirm": "web01", "format": "raw"}, 400, "keeps each disk's"),
+        ({"new_name": "x2", "format": "vmdk"}, 422, "format"),
+    ]
+    for extra, status, message in refusals:
+        answer = client.post("/api/v1/restores", headers=operator, json={"vm": "web01", **extra})
+        assert answer.status_code == status and message in answer.text, (extra, answer.text)
+
+    before = (site.root / "disks" / "web01-os.img").read_bytes()
+    (site.root / "disks" / "web01-os.img").write_bytes(b"\xee" * len(before))  # it broke
+    in_place = client.post(
+        "/api/v1/restores",
+        headers=operator,
+        json={"vm": "web01", "point": point, "in_place": True, "confirm": "web01", "disks": ["os"]},
+    )
+    assert in_place.status_code == 202, in_place.text
+    job = _wait(client, site, in_place.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert (site.root / "disks" / "web01-os.img").read_bytes() == before
+    assert job["details"]["safety_point"]  # the broken disk was backed up first
+
+
 def test_tokens_are_shown_once_work_and_can_be_revoked(client: TestClient, site: Site) -> None:
     admin = site.auth("admin")
     made = client.post("/api/v1/tokens", headers=admin, json={"name": "ci-bot", "role": "operator"})
@@ -260,7 +307,7 @@ def test_every_write_is_audited_with_who_and_outcome(client: TestClient, site: S
     assert allowed and allowed[0]["status"] == 201 and allowed[0]["at"]
     anonymous = client.post("/api/v1/vms/web01/backup")
     assert anonymous.status_code == 401
-    entries = client.get("/api/v1/audit", headers=site.auth("admin")).json()["items"]
+    entries = client.get("/api/v1/audit?limit=500", headers=site.auth("admin")).json()["items"]
     assert any(e["actor"] == "anonymous" and e["status"] == 401 for e in entries)
     assert all(
         client.get("/api/v1/vms", headers=site.auth("reader")).status_code == 200 for _ in "x"

@@ -242,15 +242,20 @@ def test_backup_restore_planner_cost_and_alerts_in_the_browser(
     watch = page.locator(".job-watch")
     expect(watch).to_contain_text("verify job")
     expect(watch.locator(".badge")).to_have_text("succeeded", timeout=JOB_TIMEOUT)
+    expect(page.locator("#restore-root")).to_contain_text(str(site.root / "restores"))
     page.fill("#new-name", "db01-copy")
     page.click("#restore button")
     expect(watch).to_contain_text("restore job")
     expect(watch.locator(".badge")).to_have_text("succeeded", timeout=JOB_TIMEOUT)
-    _shot(page, "point-restored")
     restored = site.root / "restores" / "db01-copy" / "db01-copy-os.img"
+    expect(watch.locator("ul.restored")).to_contain_text(str(restored))  # where it went
+    _shot(page, "point-restored")
     assert same_content(restored, site.root / "disks" / "db01-os.img")
     page.click("#restore button")  # the same name again: refused, and the page says why
     expect(watch.locator(".error")).to_contain_text("restored before")
+    page.check("input[name=mode][value=in_place]")  # in place needs the VM's name typed
+    page.click("#restore button")
+    expect(watch.locator(".error")).to_contain_text("confirm with the VM's name")
 
     # The planner's chart is an image the browser could load and decode.
     page.click("nav >> text=Planner")

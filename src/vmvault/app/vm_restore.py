@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context, pools_being_backed_up
@@ -40,6 +41,8 @@ def run_vm_restore(
     confirmed: bool = False,
     force: bool = False,
     confine_to: str | None = None,
+    disks: Sequence[str] | None = None,
+    disk_format: str | None = None,
     progress: ProgressCallback = no_progress,
     recorder: JobRecorder | None = None,
 ) -> dict[str, Any]:
@@ -75,6 +78,8 @@ def run_vm_restore(
             confirmed=confirmed,
             force=force,
             confine_to=confine_to,
+            disks=disks,
+            disk_format=disk_format,
             progress=progress,
         )
         job.finish(
@@ -102,8 +107,14 @@ def _vm_restore(
     confirmed: bool,
     force: bool,
     confine_to: str | None,
+    disks: Sequence[str] | None,
+    disk_format: str | None,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
+    if disk_format not in (None, "raw", "qcow2"):
+        raise UsageError(f"a restored disk is raw or qcow2, not {disk_format!r}")
+    if in_place and disk_format is not None:
+        raise UsageError("a restore in place keeps each disk's format")
     if in_place:
         point_id = _point_of(vault, vm, point_ref)
     elif not new_name or not directory:
@@ -119,7 +130,7 @@ def _vm_restore(
             f"pool {pool} is being backed up right now: the restore and the backup will "
             "slow each other down; restore to another pool or later"
         )
-    point = vault.get_point(point_id)
+    point = only_disks(vault.get_point(point_id), disks)
     if in_place:
         return _restore_in_place(ctx, inventory, vm, point, result, confirmed, progress)
     assert new_name is not None and directory is not None
@@ -134,7 +145,25 @@ def _vm_restore(
         target_pool,
         force,
         confine_to,
+        disk_format,
         progress,
+    )
+
+
+def only_disks(point: RecoveryPoint, disks: Sequence[str] | None) -> RecoveryPoint:
+    """The point with only ``disks`` (all of them for None); a name it lacks is an error."""
+    if disks is None:
+        return point
+    names = [d["name"] for d in point["disks"]]
+    unknown = [d for d in disks if d not in names]
+    if unknown or not disks:
+        raise UsageError(
+            f"point {point['id']} has no disk {unknown[0]!r} (its disks: {', '.join(names)})"
+            if unknown
+            else "choose at least one disk to restore"
+        )
+    return cast(
+        RecoveryPoint, {**point, "disks": [d for d in point["disks"] if d["name"] in disks]}
     )
 
 
@@ -241,6 +270,7 @@ def _restore_as_new_vm(
     target_pool: str | None,
     force: bool,
     confine_to: str | None,
+    disk_format: str | None,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
     point_id = point["id"]
@@ -255,7 +285,7 @@ def _restore_as_new_vm(
     with new_files_folder(target_dir, confine_to=confined) as folder:
         try:
             for disk in point["disks"]:
-                fmt = disk.get("format", "raw")
+                fmt = disk_format or disk.get("format", "raw")
                 name = f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
                 path = target_dir / name
                 existed = os.path.lexists(folder / name)

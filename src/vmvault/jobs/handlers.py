@@ -92,6 +92,10 @@ def _restore(run: JobRun) -> None:
         directory=spec.get("directory"),
         target_pool=spec.get("pool"),
         confine_to=spec.get("root"),
+        in_place=bool(spec.get("in_place")),
+        confirmed=bool(spec.get("in_place")),  # the API took the VM's name typed again
+        disks=spec.get("disks"),
+        disk_format=spec.get("format"),
         progress=run.progress,
         recorder=run.recorder,
     )

@@ -164,6 +164,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
                 "user": principal,
                 "csrf": (principal.csrf or "") if principal else "",
                 "can_operate": principal is not None and principal.may(Role.operator),
+                "can_admin": principal is not None and principal.may(Role.admin),
                 "version": __version__,
                 "cost_on": cost_on(),
                 **context,
@@ -341,8 +342,15 @@ def mount(app: FastAPI, server: ServerState) -> None:
     def point_page(request: Request, point_id: str) -> Response:
         principal = session(request)
         point = found(principal, points.get_point, point_id, server, principal)
+        root = server.config.restore_root
         return render(
-            request, "point.html", principal, title=f"Point {point_id}", nav="fleet", point=point
+            request,
+            "point.html",
+            principal,
+            title=f"Point {point_id}",
+            nav="fleet",
+            point=point,
+            restore_root=str(Path(root).resolve()) if root else None,
         )
 
     @app.get("/points/{point_id}/files", response_class=HTMLResponse, include_in_schema=False)

@@ -8,10 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from vmvault.app.point_ref import resolve_point
 from vmvault.app.points import forget_point
-from vmvault.app.vm_restore import check_new_vm_restore
-from vmvault.errors import Conflict
+from vmvault.app.vm_restore import check_new_vm_restore, only_disks
+from vmvault.errors import Conflict, UsageError
 from vmvault.fleet import point_summary
+from vmvault.inventory import Vm, VmState
 from vmvault.jobs.queue import job_doc
 from vmvault.server.api.schemas import (
     Admin,
@@ -76,17 +78,24 @@ def verify_point(point_id: str, state: State, _: Operator) -> dict[str, Any]:
 
 @router.post("/restores", tags=["points"], status_code=202)
 def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
-    """Queue the restore of a VM's point as a new VM (its disks and config) in the server's
-    restore directory; the original VM is not touched."""
+    """Queue the restore of a VM's point: as a new VM (its disks and config) in the server's
+    restore directory, the original VM not touched; or, with ``in_place`` and the VM's name
+    in ``confirm``, over the disks of the stopped VM (backed up first). ``disks`` picks some
+    of the point's disks, ``format`` converts a new VM's disks to raw or qcow2."""
+    inventory = state.inventory()
+    vm = inventory.vm(body.vm)
+    if body.in_place:
+        return _restore_in_place(body, state, vm)
     root = state.config.restore_root
     if root is None:
         raise Conflict("the server was started without --restore-root: API restores are off")
-    inventory = state.inventory()
-    vm = inventory.vm(body.vm)
+    if not body.new_name:
+        raise UsageError("name the new VM (new_name), or restore in place")
     # The worker checks the same again when the job runs (the inventory may change).
     point_id = check_new_vm_restore(
         inventory, state.vault, vm, body.point, body.new_name, body.pool
     )
+    only_disks(state.vault.get_point(point_id), body.disks)  # names checked before queueing
     # The name was checked against NAME_PATTERN: the folder stays inside the root.
     directory = Path(root).resolve() / body.new_name
     if directory.exists():
@@ -97,6 +106,27 @@ def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
         "directory": str(directory),
         "root": str(Path(root).resolve()),  # the folder is made inside it when the job runs
         "pool": body.pool,
+        "disks": body.disks,
+        "format": body.format,
     }
+    job_id = state.queue.enqueue("restore", vm.name, spec, max_attempts=1)
+    return job_doc(state.queue.get(job_id))
+
+
+def _restore_in_place(body: RestoreRequest, state: ServerState, vm: Vm) -> dict[str, Any]:
+    if body.confirm != vm.name:
+        raise UsageError(
+            f"a restore in place replaces {vm.name}'s disks: confirm with the VM's name"
+        )
+    if body.format is not None:
+        raise UsageError("a restore in place keeps each disk's format")
+    if vm.state != VmState.STOPPED:
+        raise Conflict(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
+    point_id = resolve_point(state.vault, body.point, vm.name)
+    point = state.vault.get_point(point_id)
+    if point["vm"] != vm.name:
+        raise UsageError(f"point {point_id} is of {point['vm']}, not {vm.name}")
+    only_disks(point, body.disks)
+    spec = {"point": point_id, "in_place": True, "disks": body.disks}
     job_id = state.queue.enqueue("restore", vm.name, spec, max_attempts=1)
     return job_doc(state.queue.get(job_id))

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vmvault.inventory import NEW_VM_NAME_PATTERN
 from vmvault.policy import SOFT_DELETE_RANGE
@@ -37,10 +37,30 @@ class BackupRequest(_Body):
 class RestoreRequest(_Body):
     vm: str = Field(min_length=1, max_length=255, description="The VM whose point to restore.")
     point: str = Field("latest", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:-]+$")
-    new_name: str = Field(
-        pattern=NAME_PATTERN, description="Name of the restored VM; its disks go in a folder."
+    new_name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="Name of the restored VM (its disks go in a folder); not in place.",
     )
     pool: str | None = Field(None, max_length=255, description="Pool of the restore target.")
+    disks: list[Annotated[str, Field(max_length=255)]] | None = Field(
+        None, max_length=64, description="Only these disks of the point (default: all)."
+    )
+    format: Literal["raw", "qcow2"] | None = Field(
+        None, description="Restore every disk in this format (default: each disk's own)."
+    )
+    in_place: bool = Field(
+        False, description="Replace the VM's own disks (a stopped VM; backed up first)."
+    )
+    confirm: str | None = Field(
+        None, max_length=255, description="In place: the VM's name again, as a confirmation."
+    )
+
+    @model_validator(mode="after")
+    def _new_name_or_in_place(self) -> RestoreRequest:
+        if not self.in_place and not self.new_name:
+            raise ValueError("new_name is required, unless in_place (with confirm)")
+        return self
 
 
 class ProtectionRequest(_Body):

@@ -11,6 +11,8 @@ from vmvault import __version__
 from vmvault.app.protection import set_immutability, set_soft_delete
 from vmvault.catalog.replication import copies_status
 from vmvault.errors import CorruptObject
+from vmvault.jobs.queue import job_doc
+from vmvault.model.jobs import JobKind
 from vmvault.protection import settings
 from vmvault.server.api.schemas import Admin, Reader, State, VaultSettingsRequest
 
@@ -62,3 +64,11 @@ def vault_settings(body: VaultSettingsRequest, state: State, _: Admin) -> dict[s
         value = body.immutability or settings(state.vault)["immutability"]
         set_immutability(state.ctx, value, store_days=body.store_retention_days)
     return vault_info(state, _)
+
+
+@router.post("/maintenance", tags=["vault"], status_code=202)
+def maintenance_now(state: State, _: Admin) -> dict[str, Any]:
+    """Queue the daily upkeep now: purge what soft delete no longer keeps, every VM's
+    retention (prune), instant-restore expiry, then garbage collection."""
+    job_id = state.queue.enqueue(JobKind.MAINTENANCE, "", {"manual": True}, max_attempts=1)
+    return job_doc(state.queue.get(job_id))

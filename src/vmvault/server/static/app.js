@@ -155,6 +155,12 @@ function watchJob(job, box) {
     if (current.point_id && current.kind === "backup") parts.push(" point ", pointLink(current.point_id));
     if (current.error_message) parts.push(" ", el("span", { class: "error" }, current.error_message));
     line.replaceChildren(...parts);
+    // A restore says where its disks went.
+    const disks = current.kind === "restore" ? current.details?.disks || [] : [];
+    if (disks.length) {
+      box.replaceChildren(line, el("ul", { class: "restored" },
+        ...disks.map((d) => el("li", {}, `${d.name}: `, el("code", {}, d.path)))));
+    }
   };
   draw(job);
   poll(JOBS_EVERY, async () => {
@@ -342,6 +348,34 @@ function wireActions() {
       }
     });
   }
+  const forget = document.getElementById("forget");
+  if (forget) {
+    forget.addEventListener("click", async () => {
+      const result = document.querySelector(".forget-result");
+      if (!window.confirm(`Forget recovery point ${forget.dataset.point}? This cannot be undone.`)) return;
+      forget.disabled = true;
+      try {
+        await api("DELETE", `/api/v1/points/${segment(forget.dataset.point)}`);
+        window.location.assign(`/vms/${segment(forget.dataset.vm)}`);
+      } catch (error) {
+        result.replaceChildren(el("span", { class: "error", role: "alert" }, error.message));
+        forget.disabled = false;
+      }
+    });
+  }
+  const maintenance = document.getElementById("maintenance");
+  if (maintenance) {
+    maintenance.addEventListener("click", async () => {
+      maintenance.disabled = true;
+      try {
+        watchJob(await api("POST", "/api/v1/maintenance"), box);
+      } catch (error) {
+        box.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
+      } finally {
+        maintenance.disabled = false;
+      }
+    });
+  }
   const restore = document.getElementById("restore");
   if (restore) {
     restore.addEventListener("submit", async (event) => {
@@ -349,11 +383,19 @@ function wireActions() {
       const button = restore.querySelector("button");
       button.disabled = true;
       try {
+        const form = restore.elements;
+        const inPlace = restore.querySelector('input[name="mode"]:checked')?.value === "in_place";
         const body = {
           vm: restore.dataset.vm,
           point: restore.dataset.point,
-          new_name: restore.elements.new_name.value.trim(),
+          disks: [...restore.querySelectorAll('input[name="disk"]:checked')].map((box) => box.value),
+          in_place: inPlace,
         };
+        if (inPlace) body.confirm = form.confirm.value.trim();
+        else {
+          body.new_name = form.new_name.value.trim();
+          if (form.format.value) body.format = form.format.value;
+        }
         watchJob(await api("POST", "/api/v1/restores", body), box);
       } catch (error) {
         box.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
