@@ -40,11 +40,15 @@ from vmvault.export.state import (
     ExportRecord,
     is_running,
     live_exports,
+    owner_path,
     prepare_export_dir,
+    process_start,
+    read_record,
     read_records,
     record_path,
     remove_export,
     stop_request_path,
+    write_json,
     write_record,
 )
 
@@ -360,6 +364,21 @@ def _wait_gone(record: ExportRecord, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def bind_export(export_id: str, pid: int, owner: str) -> None:
+    """Make the export live exactly as long as process ``pid`` (``owner`` says what it is,
+    for `--list`): its expiry no longer applies, and it ends once that process is gone."""
+    path = record_path(prepare_export_dir(), export_id)
+    record = read_record(path)
+    start = process_start(pid)
+    if record is None or not is_running(record):
+        raise ExportFailed(f"export {export_id} is no longer running")
+    if start is None:
+        raise ExportFailed(f"{owner} (pid {pid}) is no longer running")
+    write_json(owner_path(path), {"pid": pid, "start": start})
+    record["owner"] = f"{owner} (pid {pid})"
+    write_record(path, record)
 
 
 def list_exports() -> list[ExportRecord]:
