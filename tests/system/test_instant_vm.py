@@ -1,0 +1,235 @@
+"""`vmvault vm instant-restore`: a real guest boots from a point served over NBD, runs while
+its disks are streamed into local storage, and nothing is left behind by a failure or a
+discard.
+
+The guest (tests/support/bootguest.py) boots Debian's kernel from an ext4 disk that was
+backed up, prints the disk's marker file on its serial console and a tick every second.
+Every QEMU and nbdkit a test starts is killed at its end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import bootguest
+from support.cli import run_cli
+from vmvault.app.backup import run_backup
+from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.export.state import EXPORT_DIR_ENV, is_running, process_start, read_records
+from vmvault.model.point import RecoveryPoint
+from vmvault.recovery.instant_vm import INSTANT_DIR_ENV
+from vmvault.snapshot.qmp_client import QmpConnection
+
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("nbdkit", "qemu-img", "qemu-system-x86_64")),
+        reason="needs nbdkit and QEMU (make sysdeps)",
+    ),
+]
+
+BOOT_TIMEOUT = 120.0  # a TCG boot on 2 busy cores; about 10 s when they are idle
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Short private folders for exports and instant VMs (a socket's path must fit in 108
+    bytes); every QEMU and nbdkit recorded there is killed at the end."""
+    base = Path(tempfile.mkdtemp(prefix="vi-"))
+    monkeypatch.setenv(EXPORT_DIR_ENV, str(base / "x"))
+    monkeypatch.setenv(INSTANT_DIR_ENV, str(base / "v"))
+    try:
+        yield base
+    finally:
+        for record in (base / "v").glob("*.json"):
+            doc = json.loads(record.read_text())
+            if "pid" in doc and process_start(doc["pid"]) == doc["start"]:
+                os.kill(doc["pid"], signal.SIGKILL)
+        for _, export in read_records(base / "x") if (base / "x").exists() else []:
+            if is_running(export):
+                os.kill(export["pid"], signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def guest_point(ctx: Context, tmp_path: Path) -> tuple[str, RecoveryPoint]:
+    """A backed-up guest disk; its marker."""
+    try:
+        bootguest.assets()
+    except bootguest.dmvm.Unavailable as exc:
+        pytest.fail(f"the test guest cannot be built: {exc}")
+    marker = f"marker-{secrets.token_hex(6)}"
+    disk = bootguest.make_disk(tmp_path / "guest.img", marker)
+    point = run_backup(ctx, "guest01", [DiskSpec("os", str(disk), role="os")])
+    disk.unlink()  # the VM boots from the vault, nothing else
+    return marker, point
+
+
+def _cli(ctx: Context, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("vm", "instant-restore", *args, "--vault", ctx.vault_path, "--json")
+
+
+def _boot_args(name: str, storage: Path) -> list[str]:
+    kernel, initrd = bootguest.assets()
+    return [
+        "guest01",
+        "--as", name,
+        "--storage", str(storage),
+        "--kernel", str(kernel),
+        "--initrd", str(initrd),
+        "--append", bootguest.APPEND,
+        "--accel", "tcg",  # KVM may be offered without working nested virtualisation
+        "--memory", "256",
+    ]  # fmt: skip
+
+
+def _listed(ctx: Context) -> list[dict[str, Any]]:
+    done = run_cli("vm", "instant-restore", "--list", "--json")
+    assert done.returncode == 0, done.stderr
+    vms: list[dict[str, Any]] = json.loads(done.stdout)["vms"]
+    return vms
+
+
+def _exports() -> list[dict[str, Any]]:
+    done = run_cli("export", "--list", "--json")
+    assert done.returncode == 0, done.stderr
+    exports: list[dict[str, Any]] = json.loads(done.stdout)["exports"]
+    return exports
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def _console(doc: dict[str, Any]) -> str:
+    try:
+        return Path(doc["state"], "console.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _ticks(doc: dict[str, Any]) -> int:
+    lines = [line for line in _console(doc).splitlines() if line.startswith("guest: tick ")]
+    return int(lines[-1].split()[-1]) if lines else 0
+
+
+def _image_info(image: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(image)], capture_output=True, check=True
+    )
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
+
+
+def _vault_objects(root: str) -> dict[str, str]:
+    """The vault's files but the lock objects exports hold while they run."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(Path(root).rglob("*"))
+        if path.is_file() and not str(path.relative_to(root)).startswith("locks/")
+    }
+
+
+def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_running(
+    ctx: Context, guest_point: tuple[str, RecoveryPoint], runtime: Path, tmp_path: Path
+) -> None:
+    marker, point = guest_point
+    vault_before = _vault_objects(ctx.vault_path)
+    storage = tmp_path / "storage"
+
+    done = _cli(ctx, *_boot_args("guest01-r", storage))
+    assert done.returncode == 0, done.stdout + done.stderr
+    vm = json.loads(done.stdout)
+    assert (vm["status"], vm["point"], vm["accel"]) == ("running", point["id"], "tcg")
+    [disk] = vm["disks"]
+    overlay = Path(disk["overlay"])
+    assert overlay == storage / "guest01-r" / "os.qcow2"
+    assert _image_info(overlay)["backing-filename"] == disk["uri"]  # reads come from the export
+    [export] = _exports()
+    assert export["id"] == disk["export"] and export["owner"] == f"VM guest01-r (pid {vm['pid']})"
+
+    # The guest boots from the point and reads its marker file from the disk.
+    assert _wait_for(lambda: f"marker: {marker}" in _console(vm), BOOT_TIMEOUT), _console(vm)
+    assert [v["status"] for v in _listed(ctx)] == ["running"]
+
+    # Finish while the guest runs: the overlay becomes the whole disk, the export ends.
+    done = _cli(ctx, "--finish", "guest01-r")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["status"] == "finished"
+    assert _exports() == []
+    ticks = _ticks(vm)
+    assert _wait_for(lambda: _ticks(vm) >= ticks + 2, 60), "the guest stopped after finish"
+    assert "backing-filename" not in _image_info(overlay)
+    assert [v["status"] for v in _listed(ctx)] == ["finished"]
+
+    # Discarding a finished VM would lose its only disks: refused in one line.
+    refused = run_cli("vm", "instant-restore", "--stop", "guest01-r")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "finished" in refused.stderr
+
+    # The guest shuts down (here: over QMP, as its owner would); the disk is whole and
+    # holds the point's data and the guest's own write, and the vault is as it was.
+    with QmpConnection(str(Path(vm["state"], "qmp.sock"))) as qmp:
+        qmp.execute("quit")
+    assert _wait_for(lambda: process_start(vm["pid"]) != vm["start"], 30)
+    assert _listed(ctx) == []
+    raw = tmp_path / "finished.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(overlay), str(raw)], check=True
+    )
+    data = raw.read_bytes()
+    assert marker.encode() in data
+    assert b"UTC 20" in data  # the date the guest wrote into /boots.log
+    assert _vault_objects(ctx.vault_path) == vault_before
+
+
+def test_instant_vm_failures_and_discard_leave_nothing_behind(
+    ctx: Context, guest_point: tuple[str, RecoveryPoint], runtime: Path, tmp_path: Path
+) -> None:
+    storage = tmp_path / "storage"
+    args = _boot_args("guest01-r", storage)
+
+    # QEMU refuses the kernel after the export and the overlay were made: all undone.
+    garbage = tmp_path / "not-a-kernel"
+    garbage.write_bytes(b"\0" * 4096)
+    failed = run_cli(
+        "vm", "instant-restore", *args, "--kernel", str(garbage), "--vault", ctx.vault_path
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert failed.stderr.startswith("error: QEMU exited") and failed.stderr.count("\n") == 1
+    assert _listed(ctx) == [] and _exports() == []
+    assert not (storage / "guest01-r").exists()
+    assert list(Path(ctx.vault_path, "locks").iterdir()) == []
+
+    # A name boots once; --stop discards the VM whether it booted yet or not.
+    done = _cli(ctx, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    vm = json.loads(done.stdout)
+    again = _cli(ctx, *args)
+    assert again.returncode == 2 and json.loads(again.stdout)["error"]["code"] == "conflict"
+    stopped = _cli(ctx, "--stop", "guest01-r")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert json.loads(stopped.stdout)["status"] == "discarded"
+    assert process_start(vm["pid"]) != vm["start"]
+    assert _listed(ctx) == [] and _exports() == []
+    assert not (storage / "guest01-r").exists() and not Path(vm["state"]).exists()
+    assert _wait_for(lambda: list(Path(ctx.vault_path, "locks").iterdir()) == [], 10)
