@@ -15,7 +15,7 @@ from vmvault.errors import UsageError
 from vmvault.inventory import DEFAULT_INVENTORY, Inventory, load_inventory
 
 
-def _inventory(path: str | None) -> Inventory | None:
+def inventory_if_any(path: str | None) -> Inventory | None:
     """The inventory if one is given or the default one exists: instant recovery works
     from the vault alone (a VM gone from the inventory is what it is for)."""
     if path is None and not Path(DEFAULT_INVENTORY).exists():
@@ -90,7 +90,7 @@ def instant_restore_cmd(
             "append": append,
             "network": network,
         }
-        boot = boot_settings(ctx, _inventory(inventory), vm, point, changes)
+        boot = boot_settings(ctx, inventory_if_any(inventory), vm, point, changes)
         return instant_restore(
             ctx, vm, point=point, new_name=new_name, storage=Path(storage), boot=boot
         )

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from vmvault.cli.client import Fleet, Job, VmRestore, VmShown, get_client
+from vmvault.cli.commands.drill import drill_cmd
 from vmvault.cli.commands.instant_vm import instant_restore_cmd
 from vmvault.cli.options import (
     CatalogOpt,
@@ -161,6 +162,7 @@ def restore_vm(
 
 
 app.command("instant-restore")(instant_restore_cmd)
+app.command("drill")(drill_cmd)
 
 
 def _show_run(

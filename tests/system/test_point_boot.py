@@ -1,6 +1,8 @@
-"""`vmvault vm instant-restore`: a real guest boots from a point served over NBD, runs while
-its disks are streamed into local storage, and nothing is left behind by a failure or a
-discard.
+"""Booting recovery points under QEMU. `vmvault vm instant-restore`: a real guest boots
+from a point served over NBD, runs while its disks are streamed into local storage, and
+nothing is left behind by a failure or a discard. Restore drills: the point a backup made
+is booted in isolation and boot-verified by a text on its console, or fails, alerts and
+leaves nothing behind when the guest never gives it.
 
 The guest (tests/support/bootguest.py) boots Debian's kernel from an ext4 disk that was
 backed up, prints the disk's marker file on its serial console and a tick every second.
@@ -26,9 +28,11 @@ import pytest
 
 from support import bootguest
 from support.cli import run_cli
+from vmvault.alerts.store import list_alerts
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
+from vmvault.catalog.drills import latest_drills
 from vmvault.export.state import EXPORT_DIR_ENV, is_running, process_start, read_records
 from vmvault.model.point import RecoveryPoint
 from vmvault.recovery.instant_vm import INSTANT_DIR_ENV
@@ -52,6 +56,8 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="vi-"))
     monkeypatch.setenv(EXPORT_DIR_ENV, str(base / "x"))
     monkeypatch.setenv(INSTANT_DIR_ENV, str(base / "v"))
+    (base / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(base / "tmp"))  # a drill's overlays and sockets
     try:
         yield base
     finally:
@@ -233,3 +239,96 @@ def test_instant_vm_failures_and_discard_leave_nothing_behind(
     assert _listed(ctx) == [] and _exports() == []
     assert not (storage / "guest01-r").exists() and not Path(vm["state"]).exists()
     assert _wait_for(lambda: list(Path(ctx.vault_path, "locks").iterdir()) == [], 10)
+
+
+def _qemu_named(name: str) -> list[int]:
+    """The pids of QEMU processes started with ``-name NAME``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-system-x86_64") and name.encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+def _drill_inventory(tmp_path: Path, vm: str, disk: Path, drill: str) -> Path:
+    kernel, initrd = bootguest.assets()
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        f"""
+[[vms]]
+name = "{vm}"
+  [vms.boot]
+  accel = "tcg"
+  memory_mb = 256
+  kernel = "{kernel}"
+  initrd = "{initrd}"
+  append = "{bootguest.APPEND}"
+  [vms.drill]
+  {drill}
+  [[vms.disks]]
+  name = "os"
+  path = "{disk}"
+  role = "os"
+"""
+    )
+    return inventory
+
+
+def _left_behind(ctx: Context, runtime: Path, vm: str) -> list[str]:
+    """What a drill must not leave: its QEMU, exports, temporary files, vault locks."""
+    left = [f"QEMU pid {pid}" for pid in _qemu_named(f"drill-{vm}")]
+    left += [f"export {e['id']}" for e in _exports()]
+    left += [str(p) for p in (runtime / "tmp").iterdir()]
+    return left + [str(p) for p in Path(ctx.vault_path, "locks").iterdir()]
+
+
+def test_drill_after_backup_boot_verifies_the_point(
+    ctx: Context, runtime: Path, tmp_path: Path
+) -> None:
+    vm = f"drilled-{secrets.token_hex(3)}"
+    marker = f"marker-{secrets.token_hex(6)}"
+    disk = bootguest.make_disk(tmp_path / "guest.img", marker)
+    drill = f'console = "marker: {marker}"\n  timeout = {BOOT_TIMEOUT}'
+    inventory = _drill_inventory(tmp_path, vm, disk, drill)
+
+    done = run_cli(
+        "vm", "backup", vm, "--inventory", str(inventory), "--vault", ctx.vault_path,
+        "--catalog", str(ctx.catalog_url), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    point = json.loads(done.stdout)
+    assert point["drill"]["result"] == "boot-verified", point["drill"]
+    assert point["drill"]["point"] == point["id"] and point["drill"]["signal"] == "console"
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    recorded = latest_drills(ctx.catalog(), vault_id, [point["id"]])
+    assert recorded[point["id"]]["result"] == "boot-verified"
+    assert _left_behind(ctx, runtime, vm) == []
+
+
+def test_drill_that_never_sees_its_sign_fails_alerts_and_leaves_nothing(
+    ctx: Context, runtime: Path, tmp_path: Path
+) -> None:
+    vm = f"silent-{secrets.token_hex(3)}"
+    disk = bootguest.make_disk(tmp_path / "guest.img", "whatever")
+    point = run_backup(ctx, vm, [DiskSpec("os", str(disk), role="os")])
+    inventory = _drill_inventory(tmp_path, vm, disk, 'console = "never printed"')
+
+    began = time.monotonic()
+    done = run_cli(
+        "vm", "drill", vm, "--timeout", "4", "--inventory", str(inventory),
+        "--vault", ctx.vault_path, "--catalog", str(ctx.catalog_url), "--json",
+    )  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert time.monotonic() - began < 60
+    result = json.loads(done.stdout)
+    assert result["result"] == "failed" and result["point"] == point["id"]
+    assert "'never printed' never appeared on the serial console" in result["message"]
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    _, alerts = list_alerts(ctx.catalog(), vault_id)
+    assert [(a.kind, a.vm) for a in alerts] == [("drill_failed", vm)]
+    assert latest_drills(ctx.catalog(), vault_id, [point["id"]])[point["id"]]["result"] == "failed"
+    assert _left_behind(ctx, runtime, vm) == []
