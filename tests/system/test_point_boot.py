@@ -146,6 +146,15 @@ def _image_info(image: Path) -> dict[str, Any]:
     return info
 
 
+def _guest_sees(overlay: Path, tmp_path: Path) -> bytes:
+    """The disk's bytes as the guest reads them (through any backing file)."""
+    raw = tmp_path / "disk.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(overlay), str(raw)], check=True
+    )
+    return raw.read_bytes()
+
+
 def _vault_objects(root: str) -> dict[str, str]:
     """The vault's files but the lock objects exports hold while they run."""
     return {
@@ -198,11 +207,7 @@ def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_run
         qmp.execute("quit")
     assert _wait_for(lambda: process_start(vm["pid"]) != vm["start"], 30)
     assert _listed(ctx) == []
-    raw = tmp_path / "finished.raw"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(overlay), str(raw)], check=True
-    )
-    data = raw.read_bytes()
+    data = _guest_sees(overlay, tmp_path)
     assert marker.encode() in data
     assert b"UTC 20" in data  # the date the guest wrote into /boots.log
     assert _vault_objects(ctx.vault_path) == vault_before
@@ -239,6 +244,26 @@ def test_instant_vm_failures_and_discard_leave_nothing_behind(
     assert _listed(ctx) == [] and _exports() == []
     assert not (storage / "guest01-r").exists() and not Path(vm["state"]).exists()
     assert _wait_for(lambda: list(Path(ctx.vault_path, "locks").iterdir()) == [], 10)
+
+
+def test_instant_vm_whose_qemu_died_is_finished_offline(
+    ctx: Context, guest_point: tuple[str, RecoveryPoint], runtime: Path, tmp_path: Path
+) -> None:
+    marker, _ = guest_point
+    done = _cli(ctx, *_boot_args("guest01-r", tmp_path / "storage"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    vm = json.loads(done.stdout)
+    os.kill(vm["pid"], signal.SIGKILL)  # a crash: its exports end with it
+    assert _wait_for(lambda: _exports() == [], 30)
+    assert [v["status"] for v in _listed(ctx)] == ["stopped"]
+
+    done = _cli(ctx, "--finish", "guest01-r")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["status"] == "gone"
+    assert _listed(ctx) == [] and _exports() == []
+    overlay = Path(vm["disks"][0]["overlay"])
+    assert "backing-filename" not in _image_info(overlay)
+    assert marker.encode() in _guest_sees(overlay, tmp_path)  # the point's data, copied in
 
 
 def _qemu_named(name: str) -> list[int]:
