@@ -20,7 +20,7 @@ from typing import TypedDict
 
 from vmvault.app.context import Context
 from vmvault.app.points import resolve_point
-from vmvault.errors import NotFound, UsageError, VmvaultError
+from vmvault.errors import Conflict, NotFound, UsageError, VmvaultError
 from vmvault.export.launch import bind_export, start_export, stop_exports
 from vmvault.export.state import process_start
 from vmvault.inventory import BootSettings
@@ -86,10 +86,14 @@ def boot_point(
     if not point["disks"]:
         raise NotFound(f"point {point_id} has no disk to boot")
     with ExitStack() as undo:
-        storage.mkdir(parents=True, mode=0o700)
-        undo.callback(shutil.rmtree, storage, ignore_errors=True)
-        paths.folder.mkdir(parents=True, mode=0o700)
-        undo.callback(shutil.rmtree, paths.folder, ignore_errors=True)
+        for folder in (storage, paths.folder):
+            try:
+                folder.mkdir(parents=True, mode=0o700)
+            except FileExistsError:
+                raise Conflict(f"{folder} already exists") from None
+            except OSError as exc:
+                raise UsageError(f"cannot make {folder}: {exc.strerror}") from None
+            undo.callback(shutil.rmtree, folder, ignore_errors=True)
         disks: list[BootedDisk] = []
         for index, entry in enumerate(boot_order(point["disks"])):
             export = start_export(ctx, point_id, disk=entry["name"], expires_in=BIND_GRACE)

@@ -100,6 +100,8 @@ def instant_restore(
     if target.exists():
         raise Conflict(f"{target} already exists")
     _reserve(path, new_name)
+    # Under a name just claimed, a folder of that name is a dead VM's leftover.
+    shutil.rmtree(directory / new_name, ignore_errors=True)
     began = time.monotonic()
     try:
         booted = boot_point(
@@ -162,6 +164,7 @@ def list_instant_vms() -> list[dict[str, Any]]:
         status = _status(record)
         if status in ("gone", "failed"):
             path.unlink(missing_ok=True)
+            shutil.rmtree(path.with_suffix(""), ignore_errors=True)  # its console, sockets
             continue
         found.append({**record, "status": status})
     return found

@@ -30,8 +30,8 @@ def _disks(doc: Mapping[str, Any]) -> None:
 
 def print_instant_vm(doc: Mapping[str, Any]) -> None:
     _say(
-        f"instant VM {doc['name']}: {doc['vm']}'s point {doc['point']} running "
-        f"{doc['seconds']:.1f} s after the command ({doc['accel']}), pid {doc['pid']}"
+        f"instant VM {doc['name']}: {doc['vm']}'s point {doc['point']} running, "
+        f"started in {doc['seconds']:.1f} s ({doc['accel']}), pid {doc['pid']}"
     )
     _disks(doc)
     _where(doc)
