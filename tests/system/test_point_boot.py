@@ -33,9 +33,10 @@ from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
 from vmvault.catalog.drills import latest_drills
+from vmvault.export.launch import list_exports
 from vmvault.export.state import EXPORT_DIR_ENV, is_running, process_start, read_records
 from vmvault.model.point import RecoveryPoint
-from vmvault.recovery.instant_vm import INSTANT_DIR_ENV
+from vmvault.recovery.instant_vm import INSTANT_DIR_ENV, list_instant_vms
 from vmvault.snapshot.qmp_client import QmpConnection
 
 pytestmark = [
@@ -190,7 +191,7 @@ def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_run
     done = _cli(ctx, "--finish", "guest01-r")
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["status"] == "finished"
-    assert _exports() == []
+    assert list_exports() == []
     ticks = _ticks(vm)
     assert _wait_for(lambda: _ticks(vm) >= ticks + 2, 60), "the guest stopped after finish"
     assert "backing-filename" not in _image_info(overlay)
@@ -206,7 +207,7 @@ def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_run
     with QmpConnection(str(Path(vm["state"], "qmp.sock"))) as qmp:
         qmp.execute("quit")
     assert _wait_for(lambda: process_start(vm["pid"]) != vm["start"], 30)
-    assert _listed(ctx) == []
+    assert list_instant_vms() == []
     data = _guest_sees(overlay, tmp_path)
     assert marker.encode() in data
     assert b"UTC 20" in data  # the date the guest wrote into /boots.log
@@ -227,7 +228,7 @@ def test_instant_vm_failures_and_discard_leave_nothing_behind(
     )
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert failed.stderr.startswith("error: QEMU exited") and failed.stderr.count("\n") == 1
-    assert _listed(ctx) == [] and _exports() == []
+    assert list_instant_vms() == [] and list_exports() == []
     assert not (storage / "guest01-r").exists()
     assert list(Path(ctx.vault_path, "locks").iterdir()) == []
 
@@ -241,7 +242,7 @@ def test_instant_vm_failures_and_discard_leave_nothing_behind(
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert json.loads(stopped.stdout)["status"] == "discarded"
     assert process_start(vm["pid"]) != vm["start"]
-    assert _listed(ctx) == [] and _exports() == []
+    assert list_instant_vms() == [] and list_exports() == []
     assert not (storage / "guest01-r").exists() and not Path(vm["state"]).exists()
     assert _wait_for(lambda: list(Path(ctx.vault_path, "locks").iterdir()) == [], 10)
 
@@ -254,13 +255,13 @@ def test_instant_vm_whose_qemu_died_is_finished_offline(
     assert done.returncode == 0, done.stdout + done.stderr
     vm = json.loads(done.stdout)
     os.kill(vm["pid"], signal.SIGKILL)  # a crash: its exports end with it
-    assert _wait_for(lambda: _exports() == [], 30)
-    assert [v["status"] for v in _listed(ctx)] == ["stopped"]
+    assert _wait_for(lambda: list_exports() == [], 30)
+    assert [v["status"] for v in list_instant_vms()] == ["stopped"]
 
     done = _cli(ctx, "--finish", "guest01-r")
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["status"] == "gone"
-    assert _listed(ctx) == [] and _exports() == []
+    assert list_instant_vms() == [] and list_exports() == []
     overlay = Path(vm["disks"][0]["overlay"])
     assert "backing-filename" not in _image_info(overlay)
     assert marker.encode() in _guest_sees(overlay, tmp_path)  # the point's data, copied in
@@ -306,7 +307,7 @@ name = "{vm}"
 def _left_behind(ctx: Context, runtime: Path, vm: str) -> list[str]:
     """What a drill must not leave: its QEMU, exports, temporary files, vault locks."""
     left = [f"QEMU pid {pid}" for pid in _qemu_named(f"drill-{vm}")]
-    left += [f"export {e['id']}" for e in _exports()]
+    left += [f"export {e['id']}" for e in list_exports()]
     left += [str(p) for p in (runtime / "tmp").iterdir()]
     return left + [str(p) for p in Path(ctx.vault_path, "locks").iterdir()]
 
