@@ -82,8 +82,12 @@ def _backup(run: JobRun) -> None:
     )
     if drill := drill_settings(run.inventory, str(run.job.vm)):
         # After the job's success is recorded: its outcome is the catalog's drill row and,
-        # if it failed, an alert; the backup stands either way.
-        run_drill(run.ctx, str(run.job.vm), point["id"], *drill)
+        # if it failed, an alert. The backup stands either way: an error here must not
+        # reach the worker, which would fail (or retry) the succeeded job.
+        try:
+            run_drill(run.ctx, str(run.job.vm), point["id"], *drill)
+        except Exception as exc:
+            log.warning("warning: restore drill of %s could not run: %s", run.job.vm, exc)
 
 
 def _restore(run: JobRun) -> None:

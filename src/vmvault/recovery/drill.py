@@ -82,6 +82,8 @@ def run_drill(
         passed, message = False, str(why)
     except VmvaultError as exc:
         passed, message = False, f"the point did not boot: {exc.message}"
+    except Exception as exc:  # whatever breaks a drill is its failure, never the backup's
+        passed, message = False, f"the drill broke: {type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     seconds = time.monotonic() - began
