@@ -48,6 +48,7 @@ pytestmark = [
 ]
 
 BOOT_TIMEOUT = 120.0  # a TCG boot on 2 busy cores; about 10 s when they are idle
+DATA = (b"data disk " * (1 << 17))[: 1 << 20]  # a second disk of 1 MiB
 
 
 @pytest.fixture
@@ -72,18 +73,29 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def guest_point(ctx: Context, tmp_path: Path) -> tuple[str, RecoveryPoint]:
-    """A backed-up guest disk; its marker."""
+def _backup_guest(ctx: Context, tmp_path: Path, *, data_disk: bool) -> tuple[str, RecoveryPoint]:
+    """A backed-up guest disk (after a small data disk, if asked: the OS disk must still
+    come first to the VM); its marker."""
     try:
         bootguest.assets()
     except bootguest.dmvm.Unavailable as exc:
         pytest.fail(f"the test guest cannot be built: {exc}")
     marker = f"marker-{secrets.token_hex(6)}"
-    disk = bootguest.make_disk(tmp_path / "guest.img", marker)
-    point = run_backup(ctx, "guest01", [DiskSpec("os", str(disk), role="os")])
-    disk.unlink()  # the VM boots from the vault, nothing else
+    disks = [bootguest.make_disk(tmp_path / "guest.img", marker)]
+    specs = [DiskSpec("os", str(disks[0]), role="os")]
+    if data_disk:
+        disks.append(tmp_path / "data.img")
+        disks[-1].write_bytes(DATA)
+        specs.insert(0, DiskSpec("data", str(disks[-1])))
+    point = run_backup(ctx, "guest01", specs)
+    for disk in disks:
+        disk.unlink()  # the VM boots from the vault, nothing else
     return marker, point
+
+
+@pytest.fixture
+def guest_point(ctx: Context, tmp_path: Path) -> tuple[str, RecoveryPoint]:
+    return _backup_guest(ctx, tmp_path, data_disk=False)
 
 
 def _cli(ctx: Context, *args: str) -> subprocess.CompletedProcess[str]:
@@ -166,9 +178,10 @@ def _vault_objects(root: str) -> dict[str, str]:
 
 
 def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_running(
-    ctx: Context, guest_point: tuple[str, RecoveryPoint], runtime: Path, tmp_path: Path
+    ctx: Context, runtime: Path, tmp_path: Path
 ) -> None:
-    marker, point = guest_point
+    marker, point = _backup_guest(ctx, tmp_path, data_disk=True)
+    assert [d["name"] for d in point["disks"]] == ["data", "os"]
     vault_before = _vault_objects(ctx.vault_path)
     storage = tmp_path / "storage"
 
@@ -176,12 +189,14 @@ def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_run
     assert done.returncode == 0, done.stdout + done.stderr
     vm = json.loads(done.stdout)
     assert (vm["status"], vm["point"], vm["accel"]) == ("running", point["id"], "tcg")
-    [disk] = vm["disks"]
+    disk, data = vm["disks"]  # the OS disk first: the guest mounts /dev/vda
+    assert (disk["name"], data["name"]) == ("os", "data")
     overlay = Path(disk["overlay"])
     assert overlay == storage / "guest01-r" / "os.qcow2"
     assert _image_info(overlay)["backing-filename"] == disk["uri"]  # reads come from the export
-    [export] = _exports()
-    assert export["id"] == disk["export"] and export["owner"] == f"VM guest01-r (pid {vm['pid']})"
+    exports = {e["id"]: e for e in _exports()}
+    assert sorted(exports) == sorted([disk["export"], data["export"]])
+    assert exports[disk["export"]]["owner"] == f"VM guest01-r (pid {vm['pid']})"
 
     # The guest boots from the point and reads its marker file from the disk.
     assert _wait_for(lambda: f"marker: {marker}" in _console(vm), BOOT_TIMEOUT), _console(vm)
@@ -195,6 +210,7 @@ def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_run
     ticks = _ticks(vm)
     assert _wait_for(lambda: _ticks(vm) >= ticks + 2, 60), "the guest stopped after finish"
     assert "backing-filename" not in _image_info(overlay)
+    assert "backing-filename" not in _image_info(Path(data["overlay"]))
     assert [v["status"] for v in _listed(ctx)] == ["finished"]
 
     # Discarding a finished VM would lose its only disks: refused in one line.
@@ -208,9 +224,10 @@ def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_run
         qmp.execute("quit")
     assert _wait_for(lambda: process_start(vm["pid"]) != vm["start"], 30)
     assert list_instant_vms() == []
-    data = _guest_sees(overlay, tmp_path)
-    assert marker.encode() in data
-    assert b"UTC 20" in data  # the date the guest wrote into /boots.log
+    os_disk = _guest_sees(overlay, tmp_path)
+    assert marker.encode() in os_disk
+    assert b"UTC 20" in os_disk  # the date the guest wrote into /boots.log
+    assert _guest_sees(Path(data["overlay"]), tmp_path) == DATA
     assert _vault_objects(ctx.vault_path) == vault_before
 
 
