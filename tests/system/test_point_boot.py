@@ -47,7 +47,7 @@ pytestmark = [
     ),
 ]
 
-BOOT_TIMEOUT = 120.0  # a TCG boot on 2 busy cores; about 10 s when they are idle
+BOOT_TIMEOUT = 120.0  # a TCG boot on 2 busy cores; about 15 s when they are idle
 DATA = (b"data disk " * (1 << 17))[: 1 << 20]  # a second disk of 1 MiB
 
 

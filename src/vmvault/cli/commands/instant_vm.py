@@ -53,8 +53,7 @@ def instant_restore_cmd(
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
-    """Boot a VM from a recovery point in seconds (disks served from the vault, writes in
-    local overlays); --finish moves its disks to --storage while it runs."""
+    """Run a VM from a recovery point in seconds; --finish moves its disks off the vault."""
     # Imported here: `vmvault --help` need not load QEMU's and nbdkit's launchers.
     from vmvault.recovery.instant_vm import (
         boot_settings,
