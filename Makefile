@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 # daemonless test driver), PostgreSQL (the catalog's other database; tests start their own),
 # Redis (a fleet's broker, admission and budgets; tests start their own), nbdkit with its
 # Python plugin (`vmvault export` serves a recovery point over NBD) and libnbd's tools
-# (nbdcopy, nbdinfo: the export's clients in the tests, beside qemu-img and qemu-io).
+# (nbdcopy, nbdinfo: the export's clients in the tests, beside qemu-img and qemu-io), and
+# what makes the guest disk of the file-level restore tests: sfdisk (a GPT table), the
+# FAT and NTFS tools (mkfs.vfat, mtools, mkntfs and ntfs-3g).
 # Installed from Debian when missing.
 sysdeps:
 	@missing=""; \
@@ -45,6 +47,10 @@ sysdeps:
 	ls /usr/lib/*/nbdkit/plugins/nbdkit-python-plugin.so >/dev/null 2>&1 || \
 		missing="$$missing nbdkit-plugin-python"; \
 	command -v nbdcopy >/dev/null || missing="$$missing libnbd-bin"; \
+	command -v sfdisk >/dev/null || missing="$$missing fdisk"; \
+	command -v mkfs.vfat >/dev/null || missing="$$missing dosfstools"; \
+	command -v mcopy >/dev/null || missing="$$missing mtools"; \
+	command -v mkntfs >/dev/null || missing="$$missing ntfs-3g"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \

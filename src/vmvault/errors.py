@@ -119,6 +119,15 @@ class RestoreDamaged(VmvaultError):
         self.ranges = ranges
 
 
+COST_MODEL_OFF = "the cost model is switched off in the inventory ([pricing] enabled = false)"
+
+
+class CostModelOff(NotFound):
+    """``[pricing] enabled = false``: there is no cost report to give."""
+
+    code = "cost_model_off"
+
+
 class CostModelError(UsageError, ValueError):
     """Figures the cost model cannot price (a negative size, a duplicate VM, bad prices)."""
 

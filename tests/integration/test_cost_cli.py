@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import httpx
+
 from support.cli import PASSPHRASE, run_cli
+from support.serverkit import make_site, serving
 from vmvault import protection
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
@@ -59,3 +62,22 @@ def test_the_inventory_sets_the_price_table(tmp_path: Path, ctx: Context) -> Non
     refused = run_cli("cost", "-i", str(inventory), env=env)
     assert refused.returncode == 2 and "pricing" in refused.stderr
     assert "small_price cannot exceed instance_price" in refused.stderr
+    inventory.write_text("[pricing]\nenabled = false\n")
+    off = run_cli("cost", "-i", str(inventory), "--json", env=env)
+    assert off.returncode == 2
+    assert json.loads(off.stdout)["error"]["code"] == "cost_model_off"
+
+
+def test_a_server_with_the_cost_model_off_hides_it(tmp_path: Path) -> None:
+    site = make_site(
+        tmp_path / "site", backup=False, extra_inventory="[pricing]\nenabled = false\n"
+    )
+    with serving(site, tmp_path / "server.log") as served:
+        refused = served.get("/api/v1/cost", "reader")
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "cost_model_off"
+        with httpx.Client(base_url=served.url, timeout=30) as browser:
+            browser.post("/login", data={"token": site.tokens["reader"], "next": "/"})
+            home = browser.get("/")
+            assert home.status_code == 200 and 'href="/cost"' not in home.text
+            page = browser.get("/cost")
+            assert page.status_code == 404 and "switched off" in page.text

@@ -11,6 +11,7 @@ from typing import Any
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec, inventory_budget, open_disk
 from vmvault.app.records import JobRecorder, recorded_job, report_lost_packs
+from vmvault.app.snapshots import bound_after_backup
 from vmvault.consistency import (
     Freezer,
     FsFreezer,
@@ -159,6 +160,7 @@ def run_vm_backup(
                 live.commit()  # only now may the parent's dirty bitmap go
             elif provider.name in ("reflink", "copy") and _keeps_snapshots(inventory, vm):
                 instant.keep(point, {d.name: d.path for d in disks}, images)
+                bound_after_backup(ctx, vault, inventory, vm)
             return point
         finally:
             provider.release()

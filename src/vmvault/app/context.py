@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 PASSPHRASE_ENV = "VMVAULT_PASSPHRASE"
 PASSPHRASE_FILE_ENV = "VMVAULT_PASSPHRASE_FILE"
-READ_ONLY_KINDS = ("restore", "verify", "check", "replicate", "export")  # never write to it
+# Kinds that never write to the vault.
+READ_ONLY_KINDS = ("restore", "verify", "check", "replicate", "export", "files")
 # Jobs that exist to find out what the store holds: never answered from the local cache.
 UNCACHED_KINDS = ("verify", "check")
 log = logging.getLogger("vmvault")

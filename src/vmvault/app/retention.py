@@ -11,6 +11,7 @@ from typing import Any
 from vmvault.app.context import Context
 from vmvault.app.protection import purge_soft_deleted
 from vmvault.app.records import raise_alert
+from vmvault.app.snapshots import limits_for
 from vmvault.app.vaults import run_gc
 from vmvault.backends.base import ObjectRetained
 from vmvault.errors import VmvaultError
@@ -139,6 +140,8 @@ def run_maintenance(ctx: Context, inventory: Inventory) -> dict[str, Any]:
         if vm.policy:
             days = inventory.policy(vm.policy).retention.instant_restore_days or 0
             instant.expire([d.path for d in vm.disks], days, now)
+            if (limits := limits_for(inventory, vm)) is not None:  # caps may have changed
+                instant.bound(vm.name, [d.path for d in vm.disks], limits, now)
     report = run_gc(ctx)
     deleted = sum(len(v["prune"]) for v in pruned["vms"].values())
     log.info(

@@ -22,11 +22,12 @@ from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.points import list_points
 from vmvault.app.restore import run_verify
+from vmvault.app.snapshots import pool_usage, usage_doc
 from vmvault.app.vm_restore import run_vm_restore
 from vmvault.cli.options import context, rate_limit_bytes, remote
 from vmvault.cli.output import progress_bar
 from vmvault.cluster.settings import BROKER_ENV
-from vmvault.errors import UsageError
+from vmvault.errors import COST_MODEL_OFF, CostModelOff, UsageError
 from vmvault.fleet import point_summary
 from vmvault.inventory import Inventory, Vm, load_inventory
 from vmvault.planning.chart import render_load_chart
@@ -74,6 +75,7 @@ class VmShown(NamedTuple):
     vm: Vm
     vault_read: bool
     newest: RecoveryPoint | None
+    instant: dict[str, Any] | None = None  # its instant-restore snapshots (snapshots.usage_doc)
 
 
 class VmRestore(NamedTuple):
@@ -210,6 +212,7 @@ class LocalClient:
         ctx = self._context() if self.vault else None
         inv = load_inventory(inventory)
         result = run_plan(ctx, inv, when, stagger=stagger)
+        result["instant_restore"] = pool_usage(inv)
         if apply:
             apply_stagger(inv, result)
         if chart:
@@ -222,7 +225,10 @@ class LocalClient:
 
         prices = None
         if inventory:
-            prices = load_inventory(inventory).pricing.table()
+            pricing = load_inventory(inventory).pricing
+            if not pricing.enabled:
+                raise CostModelOff(COST_MODEL_OFF)
+            prices = pricing.table()
         ctx = self._context()
         return cost_report(ctx, currency=currency, prices=prices).to_dict()
 
@@ -230,11 +236,13 @@ class LocalClient:
         return load_inventory(inventory)
 
     def show_vm(self, name: str, inventory: str | None) -> VmShown:
-        vm = load_inventory(inventory).vm(name)
+        inv = load_inventory(inventory)
+        vm = inv.vm(name)
+        instant = usage_doc(inv, vm)
         if not self.vault:
-            return VmShown(vm, vault_read=False, newest=None)
+            return VmShown(vm, vault_read=False, newest=None, instant=instant)
         points = list_points(self._context(), vm.name).points  # oldest first
-        return VmShown(vm, vault_read=True, newest=points[-1] if points else None)
+        return VmShown(vm, True, points[-1] if points else None, instant)
 
     def vm_backup(
         self,

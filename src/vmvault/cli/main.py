@@ -14,6 +14,7 @@ from vmvault import __version__
 from vmvault.cli.commands import (
     demo,
     export,
+    files,
     jobs,
     planning,
     points,
@@ -86,6 +87,8 @@ def _register_commands() -> None:
     app.command("restore")(points.restore)
     app.command("verify")(points.verify)
     app.command("export")(export.export_cmd)
+    app.add_typer(files.app, name="files")
+    app.command("mount")(files.mount_cmd)
     app.command("check")(vault.check)
     app.command("forget")(points.forget)
     app.command("prune")(points.prune)

@@ -80,6 +80,8 @@ class StoragePool(_Strict):
     requests_per_second: float = Field(default=20000.0, ge=MIN_RATE)
     max_disks_in_flight: int = Field(default=20, ge=1)
     premium: bool = False
+    # What the instant-restore snapshots of all the pool's VMs may hold beside their disks.
+    instant_restore_max_gib: float | None = Field(default=None, gt=0)
 
 
 class Disk(_Strict):
@@ -149,6 +151,7 @@ class Vm(_Strict):
     start: str | None = None
     scripts: str | None = None  # path of a VMSnapshotScriptPluginConfig.json
     snapshot: str = "auto"  # provider: auto, in-place, reflink, copy, lvm, qemu-live
+    instant_restore_max_gib: float | None = Field(default=None, gt=0)  # its snapshots' cap
     qmp: str | None = None  # QMP socket of a live QEMU VM: live snapshots, dirty bitmaps
     # Mount points to freeze while the snapshot is taken: the host's, frozen with fsfreeze;
     # or, with guest_agent set, the guest's (none: all of the guest's file systems).
@@ -202,9 +205,11 @@ class Pricing(_Strict):
     """The cost report's price table (``[pricing]``); the defaults are Azure's list prices.
 
     Sizes are decimal GB, as Azure bills them. The storage rate depends on region and
-    redundancy: set your own.
+    redundancy: set your own. ``enabled = false`` switches the cost model off (a
+    self-hosted vault with no bill to compare against): no cost page, report or API.
     """
 
+    enabled: bool = True
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     # At most an exabyte: more is a typo (inf, 1e308), and bytes must stay a finite number.
     small_limit_gb: float = Field(default=50, gt=0, le=1e9)  # up to this: one small instance

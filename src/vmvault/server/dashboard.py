@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from vmvault import __version__
 from vmvault.errors import VmvaultError
 from vmvault.server.accounts import Principal, RefusalLog, Role
-from vmvault.server.api import admin, jobs, planning, points, vault, vms
+from vmvault.server.api import admin, files, jobs, planning, points, vault, vms
 from vmvault.server.auth import (
     SESSION_COOKIE,
     Forbidden,
@@ -98,8 +98,13 @@ def segment(value: object) -> str:
     return quote(str(value), safe="")
 
 
+def epoch(value: float | None) -> str:
+    """POSIX seconds (a file's times in a point) written as ``when`` writes ISO times."""
+    return NOTHING if value is None else when(datetime.fromtimestamp(value, UTC).isoformat())
+
+
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(bytes=size, when=when, segment=segment, duration=duration)
+templates.env.filters.update(bytes=size, when=when, segment=segment, duration=duration, epoch=epoch)
 
 
 class LoginFirst(Exception):
@@ -125,6 +130,15 @@ def local_path(target: str) -> str:
     return target if ok else "/"
 
 
+def _crumbs(path: str) -> list[tuple[str, str]]:
+    """A path's components, each with the path up to it (the file browser's breadcrumbs)."""
+    crumbs, walked = [], ""
+    for part in [p for p in path.split("/") if p]:
+        walked += "/" + part
+        crumbs.append((part, walked))
+    return crumbs
+
+
 def bounded(offset: int) -> int:
     """A page's offset within what the API accepts (pages call its functions directly)."""
     return min(max(offset, 0), 10_000_000)
@@ -132,6 +146,13 @@ def bounded(offset: int) -> int:
 
 def mount(app: FastAPI, server: ServerState) -> None:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    def cost_on() -> bool:
+        """Whether the nav shows the cost page (an unreadable inventory: as by default)."""
+        try:
+            return server.inventory().pricing.enabled
+        except VmvaultError:
+            return True
 
     def render(
         request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
@@ -144,6 +165,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
                 "csrf": (principal.csrf or "") if principal else "",
                 "can_operate": principal is not None and principal.may(Role.operator),
                 "version": __version__,
+                "cost_on": cost_on(),
                 **context,
             },
             status_code=status,
@@ -270,6 +292,27 @@ def mount(app: FastAPI, server: ServerState) -> None:
             request, "point.html", principal, title=f"Point {point_id}", nav="fleet", point=point
         )
 
+    @app.get("/points/{point_id}/files", response_class=HTMLResponse, include_in_schema=False)
+    def files_page(request: Request, point_id: str, path: str = "/", disk: str = "") -> Response:
+        principal = session(request)
+        point = found(principal, points.get_point, point_id, server, principal)
+        chosen = disk[:255] or point["detail"]["disks"][0]["name"]
+        listing = found(
+            principal, files.list_point_files, point["id"], server, principal, path[:4096], chosen
+        )
+        return render(
+            request,
+            "files.html",
+            principal,
+            title=f"Files of point {point['id']}",
+            nav="fleet",
+            point=point,
+            disk=chosen,
+            disks=[d["name"] for d in point["detail"]["disks"]],
+            listing=listing,
+            crumbs=_crumbs(listing["path"]),
+        )
+
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
     def jobs_page(request: Request, offset: int = 0, vm: str = "") -> Response:
         principal = session(request)
@@ -321,7 +364,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
     @app.get("/cost", response_class=HTMLResponse, include_in_schema=False)
     def cost_page(request: Request) -> Response:
         principal = session(request)
-        report = planning.cost(server, principal)
+        report = found(principal, planning.cost, server, principal)
         return render(request, "cost.html", principal, title="Cost", nav="cost", report=report)
 
     @app.get("/copies", response_class=HTMLResponse, include_in_schema=False)

@@ -54,6 +54,8 @@ def shown_doc(shown: VmShown) -> dict[str, Any]:
         newest = shown.newest
         doc["last_backup"] = (newest.get("completed") or newest["created"]) if newest else None
         doc["last_point"] = newest["id"] if newest else None
+    if shown.instant is not None:
+        doc["instant_restore"] = shown.instant
     return doc
 
 

@@ -50,6 +50,12 @@ def print_plan(doc: dict[str, Any]) -> None:
             f"pool {pool}: peak {load['peak_mb_s']}{budget} MB/s, "
             f"demand up to {load['demand_peak_mb_s']} MB/s"
         )
+    for pool, held in doc.get("instant_restore", {}).items():
+        if held["bytes"] or held["cap_bytes"]:
+            cap = f" of its cap {human_bytes(held['cap_bytes'])}" if held["cap_bytes"] else ""
+            console.print(
+                f"pool {pool}: instant-restore snapshots hold {human_bytes(held['bytes'])}{cap}"
+            )
     console.print(_fit(doc["summary"]))
     for f in doc["findings"]:
         console.print(f"[yellow]{f['code']}[/]: {f['message']}")
@@ -111,7 +117,7 @@ def print_cost(report: dict[str, Any], csv: bool) -> None:
     if csv:
         typer.echo(rows_to_csv(report["rows"]), nl=False)
         return
-    table = Table(title=f"monthly cost ({report['currency']})")
+    table = Table(title=f"monthly cost, Azure-equivalent price ({report['currency']})")
     for col in (
         "vm",
         "protected",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from vmvault.cli.output import console
+from vmvault.cli.output import console, human_bytes
 from vmvault.inventory import Disk, Inventory, Vm
 
 if TYPE_CHECKING:  # discovery parses XML: imported by `vm discover` alone
@@ -53,6 +53,8 @@ def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
             "no (temporary)" if d.name in doc["excluded"] else "yes",
         )
     console.print(table)
+    if instant := doc.get("instant_restore"):
+        console.print(instant_line(instant), highlight=False, soft_wrap=True)
     if "last_backup" not in doc:
         console.print("last backup: unknown (no vault given: --vault or VMVAULT_VAULT)")
     elif doc["last_backup"] is None:
@@ -60,6 +62,17 @@ def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
     else:
         when = doc["last_backup"][:19].replace("T", " ")
         console.print(f"last backup: {when} UTC (point {doc['last_point']})", highlight=False)
+
+
+def instant_line(instant: dict[str, Any]) -> str:
+    """The instant-restore snapshots a VM keeps beside its disks, and what bounds them."""
+    if not instant["keeps"]:
+        return "instant-restore snapshots: none kept (the policy keeps none)"
+    cap = f", cap {human_bytes(instant['cap_bytes'])}" if instant["cap_bytes"] else ""
+    return (
+        f"instant-restore snapshots: {instant['points']} of at most {instant['keeps']} kept, "
+        f"{human_bytes(instant['bytes'])} beside the disks{cap}"
+    )
 
 
 def _format_shown(disk: Disk) -> str:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from vmvault.errors import UsageError
+from vmvault.app.snapshots import pool_usage
+from vmvault.errors import COST_MODEL_OFF, CostModelOff, UsageError
 from vmvault.planning.chart import render_load_chart
 from vmvault.planning.runner import cost_report, run_plan
 from vmvault.server.api.schemas import Reader, State
@@ -64,6 +65,7 @@ def plan(state: State, _: Reader, day: DayQuery = None, stagger: bool = False) -
 
     inventory = state.inventory()
     result = run_plan(state.ctx, inventory, _plan_day(day), stagger=stagger)
+    result["instant_restore"] = pool_usage(inventory)  # what each pool's snapshots hold now
     budgets = _budgets(inventory)
     for name, pool in result["pools"].items():
         pool["budget_mb_s"] = budgets.get(name)
@@ -95,5 +97,8 @@ def cost(
     """This month's bill per VM: protected instances by size tier, and vault storage, with
     the inventory's ``[pricing]`` table."""
 
-    prices = state.inventory().pricing.table()
+    pricing = state.inventory().pricing
+    if not pricing.enabled:
+        raise CostModelOff(COST_MODEL_OFF)
+    prices = pricing.table()
     return cost_report(state.ctx, currency=currency, prices=prices).to_dict()

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from vmvault.app.protection import change_protection
+from vmvault.app.snapshots import usage_doc
 from vmvault.errors import CorruptObject, NotFound, UsageError
 from vmvault.fleet import fleet
 from vmvault.jobs.queue import job_doc
@@ -55,8 +56,11 @@ def list_vms(state: State, _: Reader, offset: Offset = 0, limit: Limit = 50) -> 
 
 @router.get("/vms/{name}", tags=["vms"])
 def get_vm(name: str, state: State, _: Reader) -> dict[str, Any]:
-    state.inventory().vm(name)
-    return next(row for row in _fleet(state) if row["name"] == name)
+    """One VM's fleet row, with what its instant-restore snapshots hold beside its disks."""
+    inventory = state.inventory()
+    vm = inventory.vm(name)
+    row = next(row for row in _fleet(state) if row["name"] == name)
+    return {**row, "instant_restore": usage_doc(inventory, vm)}
 
 
 @router.get("/vms/{name}/points", tags=["vms"])
