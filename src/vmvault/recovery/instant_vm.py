@@ -62,17 +62,17 @@ def boot_settings(
     """The machine: the inventory's ``boot`` table for the VM, else the one recorded in the
     point (the VM's entry at backup time), else the defaults; ``changes`` (the command's
     options) over it."""
-    chosen: BootSettings | None = None
+    chosen: dict[str, Any] | None = None
     if inventory is not None and any(v.name == vm for v in inventory.vms):
-        chosen = inventory.vm(vm).boot
+        boot = inventory.vm(vm).boot
+        chosen = boot.model_dump() if boot is not None else None
     if chosen is None:
         vault = ctx.open_vault(load_index=False)
         point = vault.get_point(resolve_point(vault, point_ref, vm))
-        recorded = point.get("vm_config", {}).get("boot")
-        chosen = BootSettings.model_validate(recorded) if recorded else BootSettings()
+        chosen = point.get("vm_config", {}).get("boot") or {}
     updates = {k: v for k, v in changes.items() if v is not None}
     try:
-        settings = BootSettings.model_validate({**chosen.model_dump(), **updates})
+        settings = BootSettings.model_validate({**chosen, **updates})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise UsageError(f"boot settings: {problems}") from None
