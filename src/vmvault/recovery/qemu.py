@@ -9,7 +9,6 @@ leaves no VM behind, and with it no export (exports end with their owner process
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -24,16 +23,10 @@ from vmvault.snapshot.qmp_client import QmpConnection, QmpError
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-PR_SET_PDEATHSIG = 1
 
 
 class QemuFailed(VmvaultError):
     code = "qemu_failed"
-
-
-def _die_with_parent() -> None:
-    """Run in the child before exec: SIGKILL when the thread that forked it ends."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def start_qemu(argv: list[str], paths: VmPaths, *, die_with_parent: bool = False) -> int:
@@ -41,6 +34,10 @@ def start_qemu(argv: list[str], paths: VmPaths, *, die_with_parent: bool = False
     it; its pid. A QEMU that exits or does not answer is ended and reported in one line
     (the last line of its log)."""
     paths.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if die_with_parent:
+        # util-linux's setpriv sets the parent-death signal and execs QEMU: the same
+        # process, without a preexec_fn (unsafe in a threaded worker, where drills run).
+        argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
     with open(paths.log, "ab") as log:
         try:
             process = subprocess.Popen(
@@ -49,7 +46,6 @@ def start_qemu(argv: list[str], paths: VmPaths, *, die_with_parent: bool = False
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent else None,
             )
         except OSError as exc:
             raise QemuFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
