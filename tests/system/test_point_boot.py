@@ -197,6 +197,10 @@ def test_instant_vm_boots_from_the_vault_and_finishes_onto_local_disks_while_run
     exports = {e["id"]: e for e in _exports()}
     assert sorted(exports) == sorted([disk["export"], data["export"]])
     assert exports[disk["export"]]["owner"] == f"VM guest01-r (pid {vm['pid']})"
+    stop_all = run_cli("export", "--stop", "all", "--json")  # never a running VM's disks
+    assert json.loads(stop_all.stdout) == {"stopped": []}, stop_all.stderr
+    refused = run_cli("export", "--stop", disk["export"])
+    assert refused.returncode == 2 and "finish or stop that VM" in refused.stderr
 
     # The guest boots from the point and reads its marker file from the disk.
     assert _wait_for(lambda: f"marker: {marker}" in _console(vm), BOOT_TIMEOUT), _console(vm)

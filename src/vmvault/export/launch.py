@@ -35,11 +35,12 @@ from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.points import resolve_point
 from vmvault.backends.url import is_directory_vault
 from vmvault.engine.restore import point_disk
-from vmvault.errors import NotFound, UsageError, VmvaultError
+from vmvault.errors import Conflict, NotFound, UsageError, VmvaultError
 from vmvault.export.state import (
     ExportRecord,
     is_running,
     live_exports,
+    owner_alive,
     owner_path,
     prepare_export_dir,
     process_start,
@@ -385,14 +386,23 @@ def list_exports() -> list[ExportRecord]:
     return [record for _, record in live_exports(prepare_export_dir())]
 
 
-def stop_exports(which: str) -> list[str]:
-    """Stop the export ``which`` (its id) or ``all``; the ids stopped."""
+def stop_exports(which: str, *, bound_too: bool = False) -> list[str]:
+    """Stop the export ``which`` (its id) or ``all``; the ids stopped. An export bound to a
+    running process (a VM's disk) is left alone, refused by its id, unless ``bound_too``
+    (what ends that VM ends its exports with it)."""
     records = read_records(prepare_export_dir())
     chosen = records if which == "all" else [(p, r) for p, r in records if r["id"] == which]
     if which != "all" and not chosen:
         raise NotFound(f"no export {which!r} (see `vmvault export --list`)")
     stopped = []
     for path, record in chosen:
+        if not bound_too and owner_alive(owner_path(path)):
+            if which != "all":
+                raise Conflict(
+                    f"export {which} is the disk of {record.get('owner', 'a running VM')}: "
+                    "finish or stop that VM (vmvault vm instant-restore --finish/--stop)"
+                )
+            continue
         if is_running(record):
             _end(record["pid"], record, path)
             stopped.append(record["id"])

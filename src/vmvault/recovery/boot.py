@@ -161,7 +161,7 @@ def end_export_ids(ids: list[str]) -> None:
     """Stop exports that may have ended already (their QEMU gone)."""
     for export_id in ids:
         with contextlib.suppress(NotFound):
-            stop_exports(export_id)
+            stop_exports(export_id, bound_too=True)
 
 
 def discard(booted: BootedVm) -> None:
