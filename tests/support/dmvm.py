@@ -93,6 +93,12 @@ def _kernel_package() -> str:
 
 def assets() -> tuple[Path, Path]:
     """The kernel and the initramfs, built once."""
+    return build_assets(INIT, MODULES)
+
+
+def build_assets(init: str, modules: tuple[str, ...]) -> tuple[Path, Path]:
+    """Debian's kernel and a busybox initramfs running ``init`` with ``modules`` loaded
+    (and what they depend on), built once per init and module list."""
     for tool in ("qemu-system-x86_64", "busybox", "apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise Unavailable(f"{tool} not found")
@@ -101,7 +107,7 @@ def assets() -> tuple[Path, Path]:
     package = _kernel_package()
     version = package.removeprefix("linux-image-")
     # A changed init or module list makes a new initramfs, not a stale one from the cache.
-    recipe = hashlib.sha256((INIT + " ".join(MODULES)).encode()).hexdigest()[:12]
+    recipe = hashlib.sha256((init + " ".join(modules)).encode()).hexdigest()[:12]
     base = CACHE / f"{version}-{recipe}"
     kernel, initrd = base / "vmlinuz", base / "initrd.gz"
     if kernel.exists() and initrd.exists():
@@ -117,7 +123,7 @@ def assets() -> tuple[Path, Path]:
         (image / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(shutil.which("busybox") or "busybox", image / "bin" / "busybox")
     order: list[str] = []
-    for module in MODULES:
+    for module in modules:
         out = _run(modprobe, "-d", str(tree), "-S", version, "--show-depends", module)
         for line in out.splitlines():
             path = Path(line.split()[1])
@@ -125,7 +131,7 @@ def assets() -> tuple[Path, Path]:
                 order.append(path.name)
                 shutil.copy2(path, image / "mods" / path.name)
     (image / "mods" / "order").write_text("\n".join(order) + "\n")
-    (image / "init").write_text(INIT)
+    (image / "init").write_text(init)
     (image / "init").chmod(0o755)
     files = subprocess.run(["find", "."], cwd=image, capture_output=True, check=True).stdout
     archive = subprocess.run(

@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "vault_damaged": "critical",
     "replication_failed": "error",
     "host_without_worker": "error",
+    "drill_failed": "error",  # a restore drill's guest gave no sign of life
     "instant_restore_space_low": "warning",
 }
 

@@ -174,3 +174,21 @@ class Alert(Base):
     deliveries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # Still to be sent somewhere (the delivery loop reads only these).
     pending: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+
+
+class BootDrill(Base):
+    """A restore drill's outcome: the point booted in an isolated QEMU, and whether the
+    guest gave its sign of life in time. History, like jobs: no foreign key to the point's
+    row, which a rebuild replaces (a forgotten point's drills stay as the record of it)."""
+
+    __tablename__ = "boot_drills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vault_id: Mapped[str] = mapped_column(String(64), index=True)
+    point_id: Mapped[str] = mapped_column(String(64), index=True)
+    vm: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    passed: Mapped[bool] = mapped_column(Boolean)
+    signal: Mapped[str] = mapped_column(String(32))  # console, guest_agent or script
+    seconds: Mapped[float] = mapped_column(Float)  # from the drill's start to its outcome
+    message: Mapped[str] = mapped_column(Text, default="")

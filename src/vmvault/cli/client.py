@@ -256,7 +256,7 @@ class LocalClient:
         inv = load_inventory(inventory)
         ctx = self._context()
         with progress_bar(self.progress) as progress:
-            return run_vm_backup(
+            point = run_vm_backup(
                 ctx,
                 inv,
                 name,
@@ -264,6 +264,13 @@ class LocalClient:
                 rate_limit=rate_limit_bytes(limit_rate),
                 progress=progress,
             )
+        # Loaded here: QEMU's and nbdkit's launchers only for a VM that asks for a drill.
+        from vmvault.recovery.drill import drill_settings, run_drill
+
+        if drill := drill_settings(inv, name):
+            # Beside the point's own fields, as the store's request counts are.
+            return {**point, "drill": run_drill(ctx, name, point["id"], *drill)}  # type: ignore[typeddict-unknown-key]
+        return point
 
     def vm_restore(self, name: str, inventory: str | None, request: VmRestore) -> JsonDoc:
         inv = load_inventory(inventory)

@@ -35,16 +35,21 @@ from vmvault.app.context import PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, Context
 from vmvault.app.point_ref import resolve_point
 from vmvault.backends.url import is_directory_vault
 from vmvault.engine.restore import point_disk
-from vmvault.errors import NotFound, UsageError, VmvaultError
+from vmvault.errors import Conflict, NotFound, UsageError, VmvaultError
 from vmvault.export.state import (
     ExportRecord,
     is_running,
     live_exports,
+    owner_alive,
+    owner_path,
     prepare_export_dir,
+    process_start,
+    read_record,
     read_records,
     record_path,
     remove_export,
     stop_request_path,
+    write_json,
     write_record,
 )
 
@@ -362,18 +367,42 @@ def _wait_gone(record: ExportRecord, timeout: float) -> bool:
     return True
 
 
+def bind_export(export_id: str, pid: int, owner: str) -> None:
+    """Make the export live exactly as long as process ``pid`` (``owner`` says what it is,
+    for `--list`): its expiry no longer applies, and it ends once that process is gone."""
+    path = record_path(prepare_export_dir(), export_id)
+    record = read_record(path)
+    start = process_start(pid)
+    if record is None or not is_running(record):
+        raise ExportFailed(f"export {export_id} is no longer running")
+    if start is None:
+        raise ExportFailed(f"{owner} (pid {pid}) is no longer running")
+    write_json(owner_path(path), {"pid": pid, "start": start})
+    record["owner"] = f"{owner} (pid {pid})"
+    write_record(path, record)
+
+
 def list_exports() -> list[ExportRecord]:
     return [record for _, record in live_exports(prepare_export_dir())]
 
 
-def stop_exports(which: str) -> list[str]:
-    """Stop the export ``which`` (its id) or ``all``; the ids stopped."""
+def stop_exports(which: str, *, bound_too: bool = False) -> list[str]:
+    """Stop the export ``which`` (its id) or ``all``; the ids stopped. An export bound to a
+    running process (a VM's disk) is left alone, refused by its id, unless ``bound_too``
+    (what ends that VM ends its exports with it)."""
     records = read_records(prepare_export_dir())
     chosen = records if which == "all" else [(p, r) for p, r in records if r["id"] == which]
     if which != "all" and not chosen:
         raise NotFound(f"no export {which!r} (see `vmvault export --list`)")
     stopped = []
     for path, record in chosen:
+        if not bound_too and owner_alive(owner_path(path)):
+            if which != "all":
+                raise Conflict(
+                    f"export {which} is the disk of {record.get('owner', 'a running VM')}: "
+                    "finish or stop that VM (vmvault vm instant-restore --finish/--stop)"
+                )
+            continue
         if is_running(record):
             _end(record["pid"], record, path)
             stopped.append(record["id"])

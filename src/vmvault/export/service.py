@@ -22,7 +22,7 @@ from vmvault.app.context import Context
 from vmvault.engine.restore import point_disk
 from vmvault.errors import UsageError, VmvaultError
 from vmvault.export.reader import MiB, PointReader
-from vmvault.export.state import remove_export, stop_request_path
+from vmvault.export.state import owner_path, remove_export, stop_request_path
 from vmvault.export.watchdog import Watchdog
 
 log = logging.getLogger("vmvault")
@@ -127,6 +127,7 @@ class ExportService:
                 self._shutdown,
                 socket_path=s.socket,
                 port=s.port,
+                owner=owner_path(Path(s.record)) if s.record else None,
             )
             watchdog.start()
             self._stack.callback(watchdog.stop)

@@ -16,8 +16,9 @@ import contextlib
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from vmvault.backends.cache_files import cache_root
 from vmvault.errors import VmvaultError
@@ -44,30 +45,35 @@ class ExportRecord(TypedDict):
     pidfile: str
     log: str  # nbdkit's log: the export's errors (damaged chunks) are named there
     vault: str
+    # The process the export lives for (an instant VM's QEMU): set once bound, when the
+    # export stops expiring and ends with that process instead (``owner_path``).
+    owner: NotRequired[str]
 
 
-def export_dir() -> Path:
-    if chosen := os.environ.get(EXPORT_DIR_ENV):
-        return Path(chosen).expanduser()
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if os.path.isabs(runtime):
-        return Path(runtime) / "vmvault" / "exports"
-    if os.geteuid() == 0:
-        return Path("/run/vmvault/exports")
-    return cache_root() / "exports"
-
-
-def prepare_export_dir() -> Path:
-    """The records' folder, made private (0700) if new; refused if someone else owns it or
-    others may enter it."""
-    directory = export_dir()
+def runtime_dir(env: str, name: str) -> Path:
+    """A private folder of this host's running things (exports, instant VMs): ``$env``,
+    else ``$XDG_RUNTIME_DIR/vmvault/NAME``, else ``/run/vmvault/NAME`` for root, else
+    ``<cache root>/NAME``; made 0700 if new, refused if someone else owns it."""
+    if chosen := os.environ.get(env):
+        directory = Path(chosen).expanduser()
+    elif os.path.isabs(runtime := os.environ.get("XDG_RUNTIME_DIR", "")):
+        directory = Path(runtime) / "vmvault" / name
+    elif os.geteuid() == 0:
+        directory = Path("/run/vmvault") / name
+    else:
+        directory = cache_root() / name
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = directory.stat()
     if info.st_uid != os.geteuid():
-        raise ExportStateError(f"export folder {directory} belongs to another user")
+        raise ExportStateError(f"folder {directory} belongs to another user")
     if stat.S_IMODE(info.st_mode) & 0o077:
         directory.chmod(0o700)
     return directory
+
+
+def prepare_export_dir() -> Path:
+    """The export records' folder (see ``runtime_dir``)."""
+    return runtime_dir(EXPORT_DIR_ENV, "exports")
 
 
 def record_path(directory: Path, export_id: str) -> Path:
@@ -80,13 +86,48 @@ def stop_request_path(path: Path) -> Path:
     return path.with_suffix(".stop")
 
 
-def write_record(path: Path, record: ExportRecord) -> None:
-    """Written whole or not at all (a reader never sees half a record), mode 0600."""
+def owner_path(path: Path) -> Path:
+    """The file naming the process the export of record ``path`` lives for: once it
+    exists, its watchdog ends the export when that process is gone, not at the expiry."""
+    return path.with_suffix(".owner")
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    """Written whole or not at all (a reader never sees half a document), mode 0600."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
+        json.dump(doc, f, indent=2)
     os.replace(tmp, path)
+
+
+def write_record(path: Path, record: ExportRecord) -> None:
+    write_json(path, record)
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, /proc/PID/stat's 22nd field),
+    or None if it is gone or a zombie: with the pid, it names one process, never a later
+    one that reuses the pid."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def owner_alive(path: Path) -> bool | None:
+    """Whether the process named in the owner file ``path`` still runs; None while there
+    is no (readable) owner file."""
+    try:
+        doc = json.loads(path.read_text())
+        pid, start = int(doc["pid"]), int(doc["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return process_start(pid) == start
 
 
 def read_record(path: Path) -> ExportRecord | None:
@@ -112,13 +153,11 @@ def is_running(record: ExportRecord) -> bool:
     pid = record.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
+    if process_start(pid) is None:  # gone, or ended and not yet reaped by its adopter
+        return False
     try:
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return False
-    state = stat_line[stat_line.rfind(b")") + 2 : stat_line.rfind(b")") + 3]
-    if state in (b"Z", b"X"):  # ended, not yet reaped by whoever adopted it
         return False
     return f"export-id={record['id']}".encode() in cmdline.split(b"\0")
 
@@ -137,6 +176,7 @@ def remove_export(path: Path) -> None:
             if name := record.get(key):
                 Path(str(name)).unlink(missing_ok=True)
     stop_request_path(path).unlink(missing_ok=True)
+    owner_path(path).unlink(missing_ok=True)
     path.unlink(missing_ok=True)
 
 

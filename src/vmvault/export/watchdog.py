@@ -8,6 +8,10 @@ come, asks nbdkit to shut down and then ends the NBD connections itself: it shut
 (``shutdown(2)``, both ways) the sockets of this process that nbdkit accepted on the
 export's address, which nbdkit's connection threads read as the client leaving. nbdkit
 then exits as usual and the plugin's cleanup releases the vault's lock.
+
+An export bound to a process (an instant VM's QEMU: ``launch.bind_export`` writes its
+owner file) no longer expires: it ends when that process is gone, so it is neither cut
+from under a running VM nor left behind by one that stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from vmvault.export.state import owner_alive
 
 log = logging.getLogger("vmvault")
 INTERVAL = 0.5  # seconds between looks at the clock and for a stop request
@@ -68,9 +74,11 @@ class Watchdog:
         *,
         socket_path: str | None,
         port: int | None,
+        owner: Path | None = None,
     ) -> None:
         self.expires = expires
         self.stop_request = stop_request
+        self.owner = owner
         self._shutdown = shutdown
         self._socket_path = socket_path
         self._port = port
@@ -84,7 +92,10 @@ class Watchdog:
     def _watch(self) -> None:
         while not self._done.wait(INTERVAL):
             if self.reason is None:
-                if time.time() >= self.expires:
+                owned = owner_alive(self.owner) if self.owner is not None else None
+                if owned is False:
+                    self.reason = "its owner process ended"
+                elif owned is None and time.time() >= self.expires:
                     self.reason = "expired"
                 elif self.stop_request is not None and self.stop_request.exists():
                     self.reason = "stop requested"

@@ -11,9 +11,11 @@ from vmvault.inventory.load import (
 )
 from vmvault.inventory.model import (
     DEFAULT_INVENTORY,
+    BootSettings,
     Disk,
     DiskFormat,
     DiskRole,
+    DrillSettings,
     Inventory,
     InventoryError,
     Limits,
@@ -34,9 +36,11 @@ __all__ = [
     "DEFAULT_INVENTORY",
     "MIN_RATE",
     "NEW_VM_NAME_PATTERN",
+    "BootSettings",
     "Disk",
     "DiskFormat",
     "DiskRole",
+    "DrillSettings",
     "Inventory",
     "InventoryError",
     "InventoryFile",

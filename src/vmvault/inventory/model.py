@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -102,6 +102,41 @@ class Disk(_Strict):
         return self
 
 
+class BootSettings(_Strict):
+    """How vmvault boots a point of this VM under QEMU (instant recovery, restore drills);
+    every field has a default, so a VM without the table boots from its first disk."""
+
+    memory_mb: int = Field(default=1024, ge=64, le=1 << 20)
+    cpus: int = Field(default=1, ge=1, le=256)
+    accel: Literal["auto", "kvm", "tcg"] = "auto"  # auto: KVM when /dev/kvm answers
+    machine: str = Field(default="q35", pattern=r"^[A-Za-z0-9._-]+$")
+    # Direct kernel boot (a guest whose kernel lives on the host), else the disk's firmware
+    # boot (SeaBIOS).
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str | None = None
+    # A user-mode NIC for an instant VM (never for a drill, which stays isolated).
+    network: bool = False
+    qemu_args: list[str] = Field(default_factory=list)  # appended as they are
+
+
+class DrillSettings(_Strict):
+    """A restore drill: the point just backed up booted in an isolated QEMU, and one sign
+    of life waited for (exactly one of ``console``, ``guest_agent``, ``script``)."""
+
+    after_backup: bool = True
+    console: str | None = Field(default=None, min_length=1)  # text on the serial console
+    guest_agent: bool = False  # the QEMU guest agent answers guest-ping
+    script: str | None = None  # exits 0: its environment names the console log and QMP
+    timeout: float = Field(default=300.0, gt=0, le=86400)  # seconds
+
+    @model_validator(mode="after")
+    def _one_signal(self) -> DrillSettings:
+        if sum((self.console is not None, self.guest_agent, self.script is not None)) != 1:
+            raise ValueError("a drill waits for exactly one of console, guest_agent, script")
+        return self
+
+
 class Vm(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     host: str = "localhost"
@@ -119,6 +154,8 @@ class Vm(_Strict):
     freeze: list[str] = Field(default_factory=list)
     guest_agent: str | None = None  # host end (unix socket) of a live guest's qemu-ga channel
     tags: dict[str, str] = Field(default_factory=dict)
+    boot: BootSettings | None = None  # how a point is booted (instant restore, drills)
+    drill: DrillSettings | None = None  # a restore drill after each backup
     disks: list[Disk] = Field(min_length=1)
 
     @field_validator("start", mode="before")

@@ -21,6 +21,7 @@ from vmvault.errors import UsageError, VmvaultError
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.model.jobs import JobKind, JobState
+from vmvault.recovery.drill import drill_settings, run_drill
 from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault")
@@ -71,7 +72,7 @@ class JobRun:
 
 
 def _backup(run: JobRun) -> None:
-    run_vm_backup(
+    point = run_vm_backup(
         run.ctx,
         run.inventory,
         str(run.job.vm),
@@ -79,6 +80,14 @@ def _backup(run: JobRun) -> None:
         progress=run.progress,
         recorder=run.recorder,
     )
+    if drill := drill_settings(run.inventory, str(run.job.vm)):
+        # After the job's success is recorded: its outcome is the catalog's drill row and,
+        # if it failed, an alert. The backup stands either way: an error here must not
+        # reach the worker, which would fail (or retry) the succeeded job.
+        try:
+            run_drill(run.ctx, str(run.job.vm), point["id"], *drill)
+        except Exception as exc:
+            log.warning("warning: restore drill of %s could not run: %s", run.job.vm, exc)
 
 
 def _restore(run: JobRun) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 import typer
 
 from vmvault.cli.client import Fleet, Job, VmRestore, VmShown, get_client
+from vmvault.cli.commands.drill import drill_cmd
+from vmvault.cli.commands.instant_vm import instant_restore_cmd
 from vmvault.cli.options import (
     CatalogOpt,
     FromOpt,
@@ -159,6 +161,10 @@ def restore_vm(
         ),
     )
     _show_run(restored, json, print_vm_restored)
+
+
+app.command("instant-restore")(instant_restore_cmd)
+app.command("drill")(drill_cmd)
 
 
 def _show_run(

@@ -22,13 +22,19 @@ def _until(expires: str | None) -> str:
     return f"{expires.replace('+00:00', 'Z')} (in {left})"
 
 
+def _lifetime(doc: Mapping[str, Any]) -> str:
+    if owner := doc.get("owner"):
+        return f"while {owner} runs"
+    return f"until {_until(doc['expires'])}"
+
+
 def print_export(doc: Mapping[str, Any]) -> None:
     """The URI alone on its first line (for scripts), then what is served until when."""
     console.print(doc["uri"], highlight=False, soft_wrap=True)
     mode = "writable (writes stay in a local overlay)" if doc["writable"] else "read-only"
     console.print(
         f"export {doc['id']}: disk {doc['disk']} of {doc['vm']}'s point {doc['point']}, "
-        f"{human_bytes(doc['size'])}, {mode}, until {_until(doc['expires'])}",
+        f"{human_bytes(doc['size'])}, {mode}, {_lifetime(doc)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -45,7 +51,7 @@ def print_exports(doc: Mapping[str, Any]) -> None:
         mode = "writable" if e["writable"] else "read-only"
         console.print(
             f"{e['id']}  {e['vm']}/{e['disk']} of point {e['point']}, {mode}, "
-            f"until {_until(e['expires'])}, pid {e['pid']}",
+            f"{_lifetime(e)}, pid {e['pid']}",
             highlight=False,
             soft_wrap=True,
         )

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
+from vmvault.cli.render.drill import print_drill
 
 
 def print_point(point: Mapping[str, Any]) -> None:
@@ -46,6 +47,8 @@ def print_point(point: Mapping[str, Any]) -> None:
             f"{human_bytes(requests['bytes_in'])} in, {human_bytes(requests['bytes_out'])} out",
             highlight=False,
         )
+    if drill := point.get("drill"):
+        print_drill(drill)
 
 
 def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]]) -> None:

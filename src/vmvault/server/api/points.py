@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from vmvault.app.point_ref import resolve_point
 from vmvault.app.points import forget_point
 from vmvault.app.vm_restore import check_new_vm_restore, only_disks
+from vmvault.catalog.drills import latest_drills
 from vmvault.errors import Conflict, UsageError
 from vmvault.fleet import point_summary
 from vmvault.inventory import Vm, VmState
@@ -34,9 +35,14 @@ def points_page(state: ServerState, vm: str | None, offset: int, limit: int) -> 
     points = [p for p in state.points() if vm is None or p["vm"] == vm]
     points.reverse()  # newest first
     damaged = [{"id": i, "error": e} for i, e in sorted(state.damaged_points().items())]
+    shown = points[offset : offset + limit]
+    drills = latest_drills(state.catalog, state.vault_id, [p["id"] for p in shown])
     return {
         **page(
-            [point_summary(p) for p in points[offset : offset + limit]], len(points), offset, limit
+            [{**point_summary(p), "drill": drills.get(p["id"])} for p in shown],
+            len(points),
+            offset,
+            limit,
         ),
         "damaged": damaged,  # unreadable point objects: their VM is unknown
     }
@@ -58,7 +64,8 @@ def get_point(point_id: str, state: State, _: Reader) -> dict[str, Any]:
     """A point whole: per disk its size, what was read, changed and stored, its checksums'
     manifest, and the consistency level reached with its reason."""
     point = state.point(point_id)
-    return {**point_summary(point), "detail": point}
+    drill = latest_drills(state.catalog, state.vault_id, [point_id]).get(point_id)
+    return {**point_summary(point), "drill": drill, "detail": point}
 
 
 @router.delete("/points/{point_id}", tags=["points"])

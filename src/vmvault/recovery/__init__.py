@@ -1,0 +1,1 @@
+"""Booting recovery points under QEMU: instant VM recovery and restore drills."""
