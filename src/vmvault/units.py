@@ -1,4 +1,7 @@
-"""Sizes as people read them, shared by the CLI and the dashboard."""
+"""Sizes, rates and durations as people read them, shared by the CLI, the planner's output,
+the scheduler's log and the dashboard (whose app.js writes the same).
+
+One convention: binary (IEC) units, 1 KiB = 1024 bytes, for sizes and for rates alike."""
 
 from __future__ import annotations
 
@@ -10,3 +13,21 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def human_rate(n_bytes: float, seconds: float) -> str:
+    """Bytes over seconds as '57.2 MiB/s'; '-' when no time passed (no rate to tell)."""
+    if seconds <= 0:
+        return "-"
+    return f"{human_bytes(n_bytes / seconds)}/s"
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people say it: 0 s, 42 min, 5.2 h, 3.1 days."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

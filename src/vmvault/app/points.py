@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from vmvault.app.context import Context
 from vmvault.app.records import raise_alert, report_damaged_points
 from vmvault.backends.base import ObjectRetained
-from vmvault.errors import PointNotFound, UsageError
+from vmvault.errors import UsageError
 from vmvault.model.point import RecoveryPoint
+from vmvault.point_refs import match_point
 from vmvault.protection import check_may_delete
 from vmvault.vault.replica import note_pruned
 from vmvault.vault.vault import Vault
@@ -17,10 +18,12 @@ from vmvault.vault.vault import Vault
 
 @dataclass
 class PointListing:
-    """The readable points of a vault (oldest first) and the damaged ones, with why."""
+    """The readable points of a vault (oldest first) and the damaged ones, with why;
+    ``all_ids``: every point id of the vault, also those a filter left out."""
 
     points: list[RecoveryPoint]
     damaged: dict[str, str]
+    all_ids: list[str]
 
     def damaged_docs(self) -> list[dict[str, str]]:
         return [{"id": pid, "error": message} for pid, message in sorted(self.damaged.items())]
@@ -28,7 +31,8 @@ class PointListing:
 
 def read_points(vault: Vault) -> PointListing:
     points, damaged = vault.read_points()
-    return PointListing(points, {pid: exc.message for pid, exc in damaged.items()})
+    ids = sorted([p["id"] for p in points] + list(damaged))
+    return PointListing(points, {pid: exc.message for pid, exc in damaged.items()}, ids)
 
 
 def list_points(ctx: Context, vm: str | None = None) -> PointListing:
@@ -38,7 +42,8 @@ def list_points(ctx: Context, vm: str | None = None) -> PointListing:
     vault = ctx.open_vault(load_index=False)
     listing = read_points(vault)
     report_damaged_points(ctx.catalog(), vault, listing.damaged)
-    return PointListing([p for p in listing.points if vm is None or p["vm"] == vm], listing.damaged)
+    mine = [p for p in listing.points if vm is None or p["vm"] == vm]
+    return PointListing(mine, listing.damaged, listing.all_ids)
 
 
 def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
@@ -54,12 +59,7 @@ def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
         if not candidates:
             raise UsageError("the vault has no recovery points" + (f" for {vm}" if vm else ""))
         return candidates[-1]
-    matches = [i for i in ids if i.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise PointNotFound(f"no recovery point {ref!r} in this vault")
-    raise UsageError(f"{ref!r} names {len(matches)} points; give more of the id")
+    return match_point(ids, ref)
 
 
 def forget_point(ctx: Context, point_ref: str) -> str:

@@ -33,7 +33,7 @@ from vmvault.server.auth import (
     same_origin,
 )
 from vmvault.server.state import ServerState
-from vmvault.units import human_bytes
+from vmvault.units import human_bytes, human_duration
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -69,15 +69,7 @@ def size(value: float | None) -> str:
 
 def duration(seconds: float | None) -> str:
     """A lag as people say it: 0 s, 42 min, 5.2 h, 3.1 days."""
-    if seconds is None:
-        return NOTHING
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    return NOTHING if seconds is None else human_duration(seconds)
 
 
 def when(value: str | None) -> str:
@@ -111,11 +103,12 @@ class LoginFirst(Exception):
 
 
 class PageMissing(Exception):
-    """A page about something that is not there (a VM, a point, a job): the 404 page."""
+    """A page about something that is not there (a VM, a point, a job): the 404 page; or
+    that its address cannot name (a point prefix several ids share): a 400 page."""
 
-    def __init__(self, principal: Principal, message: str) -> None:
+    def __init__(self, principal: Principal | None, message: str, status: int = 404) -> None:
         super().__init__(message)
-        self.principal, self.message = principal, message
+        self.principal, self.message, self.status = principal, message, status
 
 
 def local_path(target: str) -> str:
@@ -161,12 +154,13 @@ def mount(app: FastAPI, server: ServerState) -> None:
         return principal
 
     def found(principal: Principal, call: Callable[..., T], *args: Any) -> T:
-        """``call(*args)``, with the API's 'not found' turned into the 404 page."""
+        """``call(*args)``, with the API's 'not found' (and 'bad input': an ambiguous point
+        prefix) turned into a page saying so."""
         try:
             return call(*args)
         except VmvaultError as exc:
-            if exc.http_status == 404:
-                raise PageMissing(principal, exc.message) from exc
+            if exc.http_status in (400, 404):
+                raise PageMissing(principal, exc.message, exc.http_status) from exc
             raise
 
     @app.exception_handler(LoginFirst)
@@ -176,8 +170,9 @@ def mount(app: FastAPI, server: ServerState) -> None:
 
     @app.exception_handler(PageMissing)
     async def page_missing(request: Request, exc: PageMissing) -> Response:
+        title = "Not found" if exc.status == 404 else "Cannot show this"
         return render(
-            request, "missing.html", exc.principal, 404, title="Not found", message=exc.message
+            request, "missing.html", exc.principal, exc.status, title=title, message=exc.message
         )
 
     # -- login -----------------------------------------------------------------------------
@@ -266,9 +261,8 @@ def mount(app: FastAPI, server: ServerState) -> None:
     def point_page(request: Request, point_id: str) -> Response:
         principal = session(request)
         point = found(principal, points.get_point, point_id, server, principal)
-        return render(
-            request, "point.html", principal, title=f"Point {point_id}", nav="fleet", point=point
-        )
+        title = f"Point {point['id']}"  # the whole id, also when the address gave a prefix
+        return render(request, "point.html", principal, title=title, nav="fleet", point=point)
 
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
     def jobs_page(request: Request, offset: int = 0, vm: str = "") -> Response:

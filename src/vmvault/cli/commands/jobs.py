@@ -21,6 +21,7 @@ from vmvault.cli.options import (
     full_option,
     maintenance_time,
     once_option,
+    vm_option,
 )
 from vmvault.cli.output import emit_json, guarded, show
 from vmvault.cli.render.jobs import (
@@ -32,21 +33,25 @@ from vmvault.cli.render.jobs import (
 )
 from vmvault.errors import UsageError
 from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile, load_inventory
+from vmvault.model.jobs import JobState
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
 
 
 @app.command("list")
 def list_jobs(
-    limit: int = typer.Option(20, "--limit"),
+    limit: int = typer.Option(20, "--limit", min=1, max=500),
+    state: JobState | None = typer.Option(None, "--state", help="Only jobs in this state."),
+    vm: str | None = vm_option("Only this VM's jobs."),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
-    """Queued, running and finished jobs, newest first."""
+    """Queued, running and finished jobs, newest first (`jobs show ID`: one in full)."""
     client = get_client(vault, catalog, passphrase_file)
-    jobs = guarded(json, lambda: client.list_jobs(limit))
+    wanted = state.value if state else None
+    jobs = guarded(json, lambda: client.list_jobs(limit, wanted, vm))
     if json:
         emit_json({"jobs": jobs})
     else:

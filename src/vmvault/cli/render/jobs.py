@@ -2,32 +2,76 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
+from vmvault.point_refs import short_refs
+from vmvault.units import human_duration
+
+JOB_COLUMNS = ("id", "kind", "vm", "state", "queued", "took", "point", "read", "written")
+RIGHT_ALIGNED = {"id", "took", "read", "written"}
 
 
 def print_jobs(jobs: list[dict[str, Any]]) -> None:
-    """Jobs, newest first: what, for which VM, how long they waited, what they moved."""
-    table = Table(title="jobs")
-    for col in ("id", "kind", "vm", "state", "queued", "wait", "point", "read", "written", "error"):
-        table.add_column(col)
-    for j in jobs:
-        table.add_row(
+    """Jobs, newest first, a line each: what, for which VM, when, how long, what they moved.
+
+    The point is its shortest prefix unique among the jobs shown (never cut); an error
+    shows its first line, cut to the width the other columns leave (`jobs show ID` has it
+    whole)."""
+    refs = short_refs(j["point_id"] for j in jobs if j["point_id"])
+    rows = [
+        [
             str(j["id"]),
             j["kind"],
             j["vm"] or "",
             j["state"],
-            str(j["queued_at"] or j["started_at"])[:19],
-            f"{j['queue_wait'] or 0:.0f} s",
-            j["point_id"] or "",
+            _short_time(j["queued_at"] or j["started_at"] or j["created_at"]),
+            _took(j),
+            refs.get(j["point_id"] or "", ""),
             human_bytes(j["bytes_read"] or 0),
             human_bytes(j["bytes_written"] or 0),
-            j["error_message"] or "",
-        )
+        ]
+        for j in jobs
+    ]
+    # Each column as wide as its widest cell; what the terminal lacks is taken from the
+    # error (down to 5 characters: the rest is in `jobs show`), then from the VM name (it
+    # folds onto more lines), never from an id.
+    widths = [max([len(col)] + [len(r[n]) for r in rows]) for n, col in enumerate(JOB_COLUMNS)]
+    errors = [(j["error_message"] or "").partition("\n")[0] for j in jobs]
+    error_width = max([len("error")] + [len(e) for e in errors])
+    spare = console.width - sum(widths) - error_width - len(widths) - 2  # one space between
+    if spare < 0:
+        error_width = max(error_width + spare, 5)
+        spare = console.width - sum(widths) - error_width - len(widths) - 2
+    vm = JOB_COLUMNS.index("vm")
+    if spare < 0:
+        widths[vm] = max(widths[vm] + spare, 8)
+    table = Table(title="jobs", box=box.SIMPLE_HEAD, padding=0)
+    for col, width in zip(JOB_COLUMNS, widths, strict=True):
+        right = col in RIGHT_ALIGNED
+        table.add_column(col, justify="right" if right else "left", width=width, overflow="fold")
+    table.add_column("error", width=error_width, no_wrap=True, overflow="ellipsis")
+    for row, error in zip(rows, errors, strict=True):
+        table.add_row(*row, error)
     console.print(table)
+
+
+def _short_time(stamp: str | None) -> str:
+    """'2026-11-29T12:47:01.27+00:00' -> '11-29 12:47' (UTC, as stored)."""
+    return f"{stamp[5:10]} {stamp[11:16]}" if stamp else ""
+
+
+def _took(job: dict[str, Any]) -> str:
+    """How long the job ran (so far, for a running one); nothing before it started."""
+    started, finished = job["started_at"], job["finished_at"]
+    if not started:
+        return ""
+    end = datetime.fromisoformat(finished) if finished else datetime.now(UTC)
+    return human_duration((end - datetime.fromisoformat(started)).total_seconds())
 
 
 def print_job(doc: dict[str, Any]) -> None:

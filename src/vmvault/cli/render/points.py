@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
+from vmvault.point_refs import short_refs
 
 
 def print_point(point: Mapping[str, Any]) -> None:
@@ -48,14 +50,23 @@ def print_point(point: Mapping[str, Any]) -> None:
         )
 
 
-def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]]) -> None:
-    """The recovery points (their summaries), then the points that could not be read."""
-    table = Table(title="recovery points")
-    for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
-        table.add_column(col)
+def print_points(
+    summaries: list[dict[str, Any]], damaged: list[dict[str, Any]], known_ids: list[str]
+) -> None:
+    """The recovery points (their summaries), then the points that could not be read.
+
+    The id column shows each id's shortest prefix that no other of ``known_ids`` starts
+    with (what `restore` and `forget` take), never cut to fit the terminal."""
+    refs = short_refs(known_ids + [p["id"] for p in summaries])
+    table = Table(title="recovery points", box=box.SIMPLE_HEAD, padding=0)
+    table.add_column("id", no_wrap=True, min_width=max(map(len, refs.values()), default=2))
+    for col in ("vm", "type", "consistency", "disks"):
+        table.add_column(col, overflow="fold")
+    for col in ("size", "changed", "written"):
+        table.add_column(col, justify="right", no_wrap=True)
     for p in summaries:
         table.add_row(
-            p["id"],
+            refs[p["id"]],
             p["vm"],
             p["type"],
             p["consistency"],
