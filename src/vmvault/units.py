@@ -31,3 +31,19 @@ def human_duration(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+# The inventory's rates (`disk_mb_per_s`, `egress_mb_per_s`, `--limit-rate`) and the
+# planner's JSON (`*_mb_s`) stay in MB/s, 10^6 bytes a second, as the seed's figures are
+# given (60 MB/s a disk, 160 Mbps); people are shown them in the one convention above.
+MB = 1_000_000
+
+
+def mib_per_s(mb_per_s: float) -> float:
+    """A rate in MB/s (10^6 bytes) as MiB/s: 60 -> 57.2."""
+    return mb_per_s * MB / 1024**2
+
+
+def human_mb_rate(mb_per_s: float) -> str:
+    """A rate in MB/s (10^6 bytes) as people read it: 60 -> '57.2 MiB/s'."""
+    return human_rate(mb_per_s * MB, 1.0)

@@ -8,7 +8,13 @@ are one line on stderr (or ``{"error": ...}`` with --json) and a non-zero exit c
 
 from __future__ import annotations
 
+import sys
+
 import typer
+
+# typer carries its own copy of click: the errors it raises are this copy's
+from typer._click.exceptions import ClickException
+from typer.exceptions import Abort
 
 from vmvault import __version__
 from vmvault.cli.commands import (
@@ -111,4 +117,20 @@ _register_commands()
 
 
 def run() -> None:
-    app()
+    """The `vmvault` entry point. With ``--json`` a mistake on the command line (an unknown
+    option, a missing argument, a bad value) is the JSON error document too, with the
+    exit code (2) of any other bad input; without it, click's usage message as ever."""
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    try:
+        outcome = app(standalone_mode=False)
+    except ClickException as exc:
+        problem = UsageError(exc.format_message())
+        emit_json({"error": {"code": problem.code, "message": problem.message}})
+        sys.exit(exc.exit_code)
+    except Abort:
+        sys.exit(1)
+    # Without standalone mode click hands back the exit code of a typer.Exit (an int),
+    # where it would have exited with it.
+    sys.exit(outcome if isinstance(outcome, int) else 0)

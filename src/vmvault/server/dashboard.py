@@ -33,7 +33,7 @@ from vmvault.server.auth import (
     same_origin,
 )
 from vmvault.server.state import ServerState
-from vmvault.units import human_bytes, human_duration
+from vmvault.units import human_bytes, human_duration, human_mb_rate
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -91,7 +91,9 @@ def segment(value: object) -> str:
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(bytes=size, when=when, segment=segment, duration=duration)
+templates.env.filters.update(
+    bytes=size, when=when, segment=segment, duration=duration, mb_rate=human_mb_rate
+)
 
 
 class LoginFirst(Exception):

@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
 from vmvault.point_refs import short_refs
-from vmvault.units import human_duration
+from vmvault.units import human_duration, human_rate
 
 JOB_COLUMNS = ("id", "kind", "vm", "state", "queued", "took", "point", "read", "written")
 RIGHT_ALIGNED = {"id", "took", "read", "written"}
@@ -75,9 +76,74 @@ def _took(job: dict[str, Any]) -> str:
 
 
 def print_job(doc: dict[str, Any]) -> None:
-    """One job in full, a field a line."""
-    for key, value in doc.items():
-        console.print(f"{key:14} {value}")
+    """One job in full: what it is, its times, what it moved and how fast, its error whole,
+    then its details and its progress per disk, a field a line."""
+    what = f"job {doc['id']}: {doc['kind']}" + (f" of {doc['vm']}" if doc["vm"] else "")
+    console.print(f"{escape(what)}, [bold]{doc['state']}[/]", highlight=False)
+    fields: list[tuple[str, str]] = [
+        ("queued", _when(doc["queued_at"] or doc["created_at"])),
+        ("waited", human_duration(doc["queue_wait"]) if doc["queue_wait"] is not None else ""),
+        ("started", _when(doc["started_at"])),
+        ("finished", _when(doc["finished_at"])),
+        ("took", _took(doc)),
+        ("attempts", str(doc["attempts"] or "")),
+        ("worker", doc["worker"] or ""),
+        ("point", doc["point_id"] or ""),
+        ("read", _amount(doc["bytes_read"]) + _rate(doc)),
+        ("changed", _amount(doc["bytes_changed"])),
+        ("sent", _amount(doc["bytes_sent"])),
+        ("written", _amount(doc["bytes_written"])),
+        ("cancel", "asked for" if doc["cancel_requested"] else ""),
+        ("error", f"{doc['error_code']}: {doc['error_message']}" if doc["error_code"] else ""),
+    ]
+    for label, value in fields:
+        if value:
+            console.print(f"  {label:10} {escape(value)}", highlight=False, soft_wrap=True)
+    details = [(key, value) for key, value in flat_fields(doc.get("details") or {}) if value]
+    if details:
+        console.print("  details")
+    width = max((len(key) for key, _ in details), default=0)
+    for key, value in details:
+        console.print(f"    {key:{width}} {escape(value)}", highlight=False, soft_wrap=True)
+    for disk, p in sorted((doc.get("progress") or {}).items()):
+        done, total = p.get("done", 0), p.get("total", 0)
+        share = f" ({100 * done / total:.0f} %)" if total else ""
+        line = f"{p.get('operation', '')} {human_bytes(done)} of {human_bytes(total)}{share}"
+        console.print(f"  progress   {escape(disk)}: {line}", highlight=False)
+
+
+def flat_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested details as (dotted key, text) pairs: {'a': {'b': 1}} -> [('a.b', '1')]; a
+    list of plain values is one comma-separated line, a list of records numbered keys."""
+    if isinstance(value, dict):
+        pairs: list[tuple[str, str]] = []
+        for key, inner in value.items():
+            pairs += flat_fields(inner, f"{prefix}.{key}" if prefix else str(key))
+        return pairs
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return [p for n, v in enumerate(value) for p in flat_fields(v, f"{prefix}[{n}]")]
+    if isinstance(value, list):
+        return [(prefix, ", ".join(map(str, value)) or "-")]
+    return [(prefix, "" if value is None else str(value))]
+
+
+def _when(stamp: str | None) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM:SS UTC' (as the dashboard writes it)."""
+    if not stamp:
+        return ""
+    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _amount(n: int | None) -> str:
+    return human_bytes(n) if n else ""
+
+
+def _rate(job: dict[str, Any]) -> str:
+    """', 57.2 MiB/s': the bytes read over the time the job ran (a finished job)."""
+    if not (job["bytes_read"] and job["started_at"] and job["finished_at"]):
+        return ""
+    ran = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
+    return f", {human_rate(job['bytes_read'], ran.total_seconds())}"
 
 
 def print_cancelled(doc: dict[str, Any]) -> None:
