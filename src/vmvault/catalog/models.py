@@ -174,3 +174,19 @@ class Alert(Base):
     deliveries: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # Still to be sent somewhere (the delivery loop reads only these).
     pending: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+
+
+class DailyClaim(Base):
+    """Who took on a once-a-day task of a vault (its daily maintenance) for a day (UTC).
+
+    The primary key makes the claim atomic on every database: of two schedulers sharing a
+    catalog (a CLI scheduler and a server), the second insert fails, and that one leaves
+    the day's task to the first."""
+
+    __tablename__ = "daily_claims"
+
+    vault_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    claimed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    claimed_by: Mapped[str] = mapped_column(String(255))

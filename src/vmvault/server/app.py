@@ -81,16 +81,31 @@ def redact_target(target: str) -> str:
 
 
 class _RedactAccessLog(logging.Filter):
-    """uvicorn's access log line carries each request's path with its query string: the
-    values of secret-named parameters are redacted before the line is written."""
+    """uvicorn's access log: a line for what changes something or went wrong, not for the
+    successful reads an open dashboard page makes every second (each GET or HEAD answered
+    2xx or 304 is left out unless the log is at DEBUG). A line carries the request's path
+    with its query string: the values of secret-named parameters are redacted first."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                redact_target(arg) if isinstance(arg, str) and "?" in arg else arg
-                for arg in record.args
-            )
+        if not isinstance(record.args, tuple):
+            return True
+        # uvicorn's arguments: client address, method, path, HTTP version, status code
+        routine = len(record.args) == 5 and _routine_read(record.args[1], record.args[4])
+        if routine and not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.args = tuple(
+            redact_target(arg) if isinstance(arg, str) and "?" in arg else arg
+            for arg in record.args
+        )
         return True
+
+
+def _routine_read(method: object, status: object) -> bool:
+    return (
+        method in ("GET", "HEAD")
+        and isinstance(status, int)
+        and (200 <= status < 300 or status == 304)
+    )
 
 
 ACCESS_LOG_REDACTION = _RedactAccessLog()

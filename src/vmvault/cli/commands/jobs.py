@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import typer
 
@@ -36,6 +37,7 @@ from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile, load_inventory
 from vmvault.model.jobs import JobState
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
+log = logging.getLogger("vmvault.scheduler")
 
 
 @app.command("list")
@@ -195,6 +197,7 @@ def scheduler(
     # SQLAlchemy and the alert senders, slow to import: loaded when the scheduler starts.
     from vmvault.jobs.daemon import Daemon
     from vmvault.jobs.queue import JobQueue
+    from vmvault.jobs.startup import startup_summary
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -214,9 +217,24 @@ def scheduler(
         daemon = Daemon(
             ctx, opened, queue, watched, tick_seconds=interval, maintenance_time=at, fleet=fleet
         )
+        summary = startup_summary(
+            ctx.catalog(),
+            ctx.vault_path,
+            opened,
+            watched(),
+            now=datetime.now(UTC),
+            maintenance_time=at,
+            interval=interval,
+        )
+        for line in summary:
+            log.info("%s", line)
         if once:
             daemon.run_once()
-        else:
+            return
+        try:
             daemon.run()
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: a stop asked for, not a failure
+            # Daemon.run let its running jobs end or hand themselves back to the queue.
+            log.info("scheduler stopped; jobs it ran are finished or queued again")
 
     guarded(False, act)
