@@ -260,7 +260,7 @@ def test_backup_restore_planner_cost_and_alerts_in_the_browser(
     )
     pools = page.locator("table.pools tbody tr")
     expect(pools).to_contain_text("fast")
-    expect(pools).to_contain_text("200.0")
+    expect(pools).to_contain_text("190.7 MiB/s")  # the pool's 200 MB/s budget, in MiB/s
     expect(page.locator("table.plan-jobs tbody tr")).to_have_count(2)
     _shot(page, "plan")
 
