@@ -178,6 +178,9 @@ def test_backup_now_runs_with_live_progress_and_makes_a_point(
     assert (
         job["percent"] == 100.0 and job["progress"]["os"]["done"] == job["progress"]["os"]["total"]
     )
+    # what the disk's progress record says was read, and the rate of the bytes read
+    assert 0 < job["progress"]["os"]["read"] <= job["progress"]["os"]["total"]
+    assert job["live"]["elapsed"] > 0 and job["live"]["rate"] > 0 and job["live"]["eta"] is None
     points = client.get("/api/v1/vms/db01/points", headers=operator).json()
     assert points["total"] == before + 1 and points["items"][0]["id"] == job["point_id"]
     vm = client.get("/api/v1/vms/db01", headers=operator).json()

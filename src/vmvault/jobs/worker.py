@@ -141,6 +141,7 @@ class _Progress:
                 "operation": event.operation,
                 "done": event.done,
                 "total": event.total,
+                **({"read": event.read} if event.read is not None else {}),
             }
             now = time.monotonic()
             if now - self.written < PROGRESS_EVERY and event.done < event.total:

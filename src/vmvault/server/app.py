@@ -32,7 +32,7 @@ from vmvault.server.auth import (
     remote_address,
     require,
 )
-from vmvault.server.dashboard import mount
+from vmvault.server.dashboard import missing_page, mount
 from vmvault.server.metrics import render
 from vmvault.server.state import ServerConfig, ServerState
 
@@ -126,6 +126,11 @@ def error_response(exc: VmvaultError) -> JSONResponse:
     """The JSON error of ``exc``; a throttled caller is told when to come back."""
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
     return _error(exc.http_status, exc.code, exc.message, headers)
+
+
+def is_api_path(path: str) -> bool:
+    """Whether ``path`` is the API's (JSON answers, errors too) rather than the dashboard's."""
+    return path == "/api" or path.startswith("/api/") or path == "/metrics"
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -297,7 +302,9 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         return _error(422, "invalid_request", "; ".join(problems)[:2000])
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and not is_api_path(request.url.path):
+            return missing_page(request)  # an unknown dashboard address: a page says so
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 

@@ -125,26 +125,40 @@ def bounded(offset: int) -> int:
     return min(max(offset, 0), 10_000_000)
 
 
+def render(
+    request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
+) -> Response:
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {
+            "user": principal,
+            "csrf": (principal.csrf or "") if principal else "",
+            "can_operate": principal is not None and principal.may(Role.operator),
+            "version": __version__,
+            **context,
+        },
+        status_code=status,
+    )
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def missing_page(request: Request) -> Response:
+    """The 404 page for an address that is no page of the dashboard (the API's unknown
+    routes answer its JSON error instead)."""
+    try:
+        principal = principal_of(request)
+    except VmvaultError:  # a throttled token: the page is the same for everybody
+        principal = None
+    if principal is not None and principal.csrf is None:
+        principal = None  # a bearer token opens no page (see ``session``)
+    message = f"there is no page at {request.url.path}"
+    return render(request, "missing.html", principal, 404, title="Not found", message=message)
+
+
 def mount(app: FastAPI, server: ServerState) -> None:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-
-    def render(
-        request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
-    ) -> Response:
-        response = templates.TemplateResponse(
-            request,
-            name,
-            {
-                "user": principal,
-                "csrf": (principal.csrf or "") if principal else "",
-                "can_operate": principal is not None and principal.may(Role.operator),
-                "version": __version__,
-                **context,
-            },
-            status_code=status,
-        )
-        response.headers.update(SECURITY_HEADERS)
-        return response
 
     def session(request: Request) -> Principal:
         """The page's viewer, logged in through the login page (a bearer token opens the

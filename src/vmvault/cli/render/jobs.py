@@ -33,7 +33,7 @@ def print_jobs(jobs: list[dict[str, Any]]) -> None:
             _short_time(j["queued_at"] or j["started_at"] or j["created_at"]),
             _took(j),
             refs.get(j["point_id"] or "", ""),
-            human_bytes(j["bytes_read"] or 0),
+            human_bytes(_read(j)),
             human_bytes(j["bytes_written"] or 0),
         ]
         for j in jobs
@@ -90,6 +90,7 @@ def print_job(doc: dict[str, Any]) -> None:
         ("worker", doc["worker"] or ""),
         ("point", doc["point_id"] or ""),
         ("read", _amount(doc["bytes_read"]) + _rate(doc)),
+        ("so far", _pace(doc)),
         ("changed", _amount(doc["bytes_changed"])),
         ("sent", _amount(doc["bytes_sent"])),
         ("written", _amount(doc["bytes_written"])),
@@ -132,6 +133,23 @@ def _when(stamp: str | None) -> str:
     if not stamp:
         return ""
     return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _read(job: dict[str, Any]) -> int:
+    """What the job read: its row's count once it ended, its progress records' while it runs."""
+    live = job.get("live") or {}
+    return int(job["bytes_read"] or (live.get("read") if job["state"] == "running" else 0) or 0)
+
+
+def _pace(job: dict[str, Any]) -> str:
+    """A running job's figures from its progress records: read, rate, time left."""
+    live = job.get("live") or {}
+    if job["state"] != "running" or live.get("elapsed") is None:
+        return ""
+    parts = [f"{human_bytes(live['read'])} read" if live.get("read") is not None else ""]
+    parts.append(f"{human_bytes(live['rate'])}/s" if live.get("rate") else "")
+    parts.append(f"about {human_duration(live['eta'])} left" if live.get("eta") is not None else "")
+    return ", ".join(p for p in parts if p)
 
 
 def _amount(n: int | None) -> str:
