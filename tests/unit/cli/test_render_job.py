@@ -59,3 +59,22 @@ def test_one_unit_convention_for_sizes_rates_and_durations() -> None:
         "3.0 h",
         "2.0 days",
     ]
+
+
+def test_a_running_job_shows_its_pace_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
+    console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    monkeypatch.setattr(render_jobs, "console", console)
+    running = {
+        **JOB,
+        "state": "running",
+        "finished_at": None,
+        "bytes_read": None,
+        "error_code": None,
+        "error_message": None,
+        "live": {"elapsed": 20.0, "read": 2 * 2**30, "rate": 2**30 / 20, "eta": 60.0},
+    }
+    render_jobs.print_job(running)
+    render_jobs.print_jobs([running])
+    text = console.export_text()
+    assert "so far     2.0 GiB read, 51.2 MiB/s, about 1 min left" in text
+    assert "2.0 GiB" in text.splitlines()[-2]  # the list's read column: read so far
