@@ -64,6 +64,7 @@ def vm_status(
         "consistency": last["consistency"]["level"] if last else None,
         "next_run": next_run,
         "active_job": active_jobs[0].id if active_jobs else None,
+        "active_job_state": active_jobs[0].state if active_jobs else None,  # queued, running
         "disks": [
             {
                 "name": d.name,

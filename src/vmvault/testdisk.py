@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
 import time
 from array import array
@@ -157,8 +158,13 @@ _FD = -1
 
 
 def _open_worker(path: str) -> None:
-    """Pool initializer: one descriptor per worker process instead of one per task."""
+    """Pool initializer: one descriptor per worker process instead of one per task.
+
+    The workers are forked from a CLI whose SIGTERM handler unwinds the command; the pool
+    ends its workers with SIGTERM, which must simply end them (no traceback each)."""
     global _FD
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _FD = os.open(path, os.O_WRONLY)
 
 

@@ -1,5 +1,8 @@
-"""Sizes as people read them, shared by the CLI and the dashboard; and the least rate a
-limit may name (light to import: the CLI's options need it before any use case)."""
+"""Sizes, rates and durations as people read them, shared by the CLI, the planner's output,
+the scheduler's log and the dashboard (whose app.js writes the same); and the least rate a
+limit may name (light to import: the CLI's options need it before any use case).
+
+One convention: binary (IEC) units, 1 KiB = 1024 bytes, for sizes and for rates alike."""
 
 from __future__ import annotations
 
@@ -15,3 +18,37 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def human_rate(n_bytes: float, seconds: float) -> str:
+    """Bytes over seconds as '57.2 MiB/s'; '-' when no time passed (no rate to tell)."""
+    if seconds <= 0:
+        return "-"
+    return f"{human_bytes(n_bytes / seconds)}/s"
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people say it: 0 s, 42 min, 5.2 h, 3.1 days."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+# The inventory's rates (`disk_mb_per_s`, `egress_mb_per_s`, `--limit-rate`) and the
+# planner's JSON (`*_mb_s`) stay in MB/s, 10^6 bytes a second, as the seed's figures are
+# given (60 MB/s a disk, 160 Mbps); people are shown them in the one convention above.
+MB = 1_000_000
+
+
+def mib_per_s(mb_per_s: float) -> float:
+    """A rate in MB/s (10^6 bytes) as MiB/s: 60 -> 57.2."""
+    return mb_per_s * MB / 1024**2
+
+
+def human_mb_rate(mb_per_s: float) -> str:
+    """A rate in MB/s (10^6 bytes) as people read it: 60 -> '57.2 MiB/s'."""
+    return human_rate(mb_per_s * MB, 1.0)

@@ -180,6 +180,9 @@ def test_backup_now_runs_with_live_progress_and_makes_a_point(
     assert (
         job["percent"] == 100.0 and job["progress"]["os"]["done"] == job["progress"]["os"]["total"]
     )
+    # what the disk's progress record says was read, and the rate of the bytes read
+    assert 0 < job["progress"]["os"]["read"] <= job["progress"]["os"]["total"]
+    assert job["live"]["elapsed"] > 0 and job["live"]["rate"] > 0 and job["live"]["eta"] is None
     points = client.get("/api/v1/vms/db01/points", headers=operator).json()
     assert points["total"] == before + 1 and points["items"][0]["id"] == job["point_id"]
     vm = client.get("/api/v1/vms/db01", headers=operator).json()
@@ -187,6 +190,13 @@ def test_backup_now_runs_with_live_progress_and_makes_a_point(
     assert vm["next_run"] and vm["protection"] == "protected"
     page = client.get("/api/v1/jobs?limit=1&offset=0", headers=operator).json()
     assert len(page["items"]) == 1 and page["total"] >= 1 and page["limit"] == 1
+    # A unique prefix names a point; one that web01's point shares too is refused.
+    by_prefix = client.get(f"/api/v1/points/{job['point_id'][:20]}", headers=operator)
+    assert by_prefix.status_code == 200 and by_prefix.json()["id"] == job["point_id"]
+    ambiguous = client.get("/api/v1/points/2", headers=operator)
+    assert ambiguous.status_code == 400, ambiguous.text
+    assert ambiguous.json()["error"]["code"] == "ambiguous_point"
+    assert "give more of the id" in ambiguous.json()["error"]["message"]
 
 
 def test_verify_and_restore_as_a_new_vm(client: TestClient, site: Site) -> None:

@@ -24,7 +24,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_full_cycle_with_json(tmp_path: Path) -> None:
     env = _env(tmp_path)
     image = tmp_path / "d.img"
-    assert run_cli("testdisk", "create", str(image), "--size", "12M", env=env).returncode == 0
+    created = run_cli("testdisk", "create", str(image), "--size", "12M", env=env)
+    assert created.returncode == 0 and "d.img: 12.0 MiB, " in created.stdout, created.stdout
+    assert "Traceback" not in created.stderr  # its worker processes end quietly
     init = run_cli("init", "--json", env=env)
     assert init.returncode == 0, init.stderr
     assert json.loads(init.stdout)["format_version"] == 1
@@ -48,6 +50,52 @@ def test_full_cycle_with_json(tmp_path: Path) -> None:
     assert all(j["state"] == "succeeded" for j in jobs)
     text = run_cli("backup", str(image), "--vm", "web", env=env)
     assert text.returncode == 0 and "incremental" in text.stdout
+
+
+def test_list_shows_each_point_by_a_prefix_restore_takes(tmp_path: Path) -> None:
+    env = _env(tmp_path, COLUMNS="80")
+    image = tmp_path / "d.img"
+    assert run_cli("testdisk", "create", str(image), "--size", "4M", env=env).returncode == 0
+    assert run_cli("init", env=env).returncode == 0
+    ids = []
+    for vm in ("web", "db"):
+        backup = run_cli("backup", str(image), "--vm", vm, "--json", env=env)
+        ids.append(json.loads(backup.stdout)["id"])
+    listed = run_cli("list", env=env)
+    refs = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()[:1] == "2"]
+    assert all(point_id.startswith(ref) for point_id, ref in zip(ids, refs, strict=True))
+    assert all(len(ref) >= len("20261129T124701") for ref in refs) and refs[0] != refs[1]
+    out = tmp_path / "r.img"
+    assert run_cli("restore", refs[1], str(out), env=env).returncode == 0
+    assert same_content(image, out)
+    ambiguous = run_cli("forget", "2", "--json", env=env)  # the century both share
+    assert ambiguous.returncode == 2
+    assert json.loads(ambiguous.stdout)["error"]["code"] == "ambiguous_point"
+    failed = run_cli("backup", str(tmp_path / "nope.img"), "--vm", "web", env=env)
+    assert failed.returncode == 1
+    jobs = run_cli("jobs", "list", "--state", "failed", "--vm", "web", "--json", env=env)
+    assert [j["state"] for j in json.loads(jobs.stdout)["jobs"]] == ["failed"]
+    db_jobs = run_cli("jobs", "list", "--vm", "db", "--json", env=env)
+    db_kinds = [(j["kind"], j["point_id"]) for j in json.loads(db_jobs.stdout)["jobs"]]
+    assert db_kinds == [("restore", ids[1]), ("backup", ids[1])]
+
+
+def test_usage_errors_are_the_json_error_with_json(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    for args, words in (
+        (("list", "--bogus", "--json"), "No such option: --bogus"),
+        (("restore", "--json"), "Missing argument"),
+        (("jobs", "list", "--state", "nope", "--json"), "'nope' is not one of"),
+        (("jobs", "show", "seven", "--json"), "job_id"),
+    ):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        error = json.loads(result.stdout)["error"]
+        assert error["code"] == "bad_input" and words in error["message"], (args, error)
+        assert result.stderr == ""
+    plain = run_cli("list", "--bogus", env=env)  # without --json: click's usage message
+    assert plain.returncode == 2 and "No such option: --bogus" in plain.stderr
+    assert plain.stdout == ""
 
 
 def test_wrong_passphrase_is_one_clear_error(tmp_path: Path) -> None:

@@ -4,12 +4,20 @@ maintenance (retention + GC) as a job; the worker runs them all."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
 
+import pytest
+
 from vmvault.app.context import Context
+from vmvault.catalog.store import Catalog
 from vmvault.errors import NotFound
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.queue import JobQueue
@@ -62,6 +70,29 @@ name = "unprotected"
     states = {j: queue.get(j).state for j in ran}
     assert set(states.values()) == {"succeeded"}, [(j, queue.get(j).error_message) for j in ran]
     assert len(ctx.open_vault(load_index=False).point_ids()) == 2
+
+
+def test_schedulers_sharing_a_catalog_run_one_maintenance_a_day(
+    ctx: Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CLI scheduler and a server on one catalog: each remembers only its own days, the
+    catalog's claim makes the day's maintenance one job."""
+    inv = parse_inventory("", "inv.toml")
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    cli, server = SchedulerState(name="cli:1"), SchedulerState(name="server:2")
+    noon = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    [maintenance] = tick(JobQueue(ctx.catalog(), vault_id), inv, cli, noon)
+    caplog.set_level(logging.INFO, "vmvault.scheduler")
+    later = noon + timedelta(minutes=3)
+    assert tick(JobQueue(Catalog(ctx.catalog_url), vault_id), inv, server, later) == []
+    assert "today's maintenance was already taken on by cli:1" in caplog.text
+    other = JobQueue(ctx.catalog(), "another-vault")  # another vault's day is its own
+    assert tick(other, inv, SchedulerState(name="server:2"), later) != []
+    next_day = noon + timedelta(days=1, minutes=5)
+    [tomorrow] = tick(JobQueue(ctx.catalog(), vault_id), inv, server, next_day)
+    assert tick(JobQueue(ctx.catalog(), vault_id), inv, cli, next_day) == []
+    kinds = [j.kind for j in ctx.catalog().jobs(vault_id)]
+    assert kinds == ["maintenance", "maintenance"] and tomorrow > maintenance
 
 
 def test_a_vms_own_start_moves_its_scheduled_backup(tmp_path: Path, ctx: Context) -> None:
@@ -151,3 +182,43 @@ def test_the_daemon_keeps_scheduling_while_a_job_runs(tmp_path: Path, ctx: Conte
         daemon.stop()
     assert queue.get(backup).state == "succeeded", queue.get(backup).error_message
     assert queue.get(maintenance.id).state == "succeeded", queue.get(maintenance.id).error_message
+
+
+def test_the_scheduler_says_what_it_watches_logs_jobs_and_stops_cleanly(
+    tmp_path: Path, ctx: Context
+) -> None:
+    """Start-up summary, a line when a job starts and ends, and SIGTERM is a clean exit 0."""
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text(
+        '[policies.nightly]\nschedule = { kind = "daily", time = "22:30" }\n'
+        f'[[vms]]\nname = "web"\npolicy = "nightly"\n'
+        f'[[vms.disks]]\nname = "os"\npath = "{tmp_path / "web.img"}"\n'
+    )
+    env = {
+        **os.environ,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+        "VMVAULT_INVENTORY": str(inventory),
+    }
+    command = [sys.executable, "-c", "from vmvault.cli.main import run; run()", "scheduler"]
+    args = ["--interval", "1", "--maintenance-at", "00:00"]  # the day's maintenance: now
+    log = tmp_path / "scheduler.log"
+    with open(log, "w") as out:
+        scheduler = subprocess.Popen([*command, *args], env=env, stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 60
+            while "ended: maintenance" not in log.read_text():
+                assert scheduler.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            scheduler.send_signal(signal.SIGTERM)
+            assert scheduler.wait(timeout=30) == 0, log.read_text()
+        finally:
+            scheduler.kill()
+    text = log.read_text()
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    assert f"vault {vault_id} at {ctx.vault_path}" in text and "catalog sqlite:///" in text
+    assert "VM web: policy nightly, next run " in text and "22:30 UTC" in text
+    assert "watching 1 of 1 VM(s) every 1 s" in text
+    assert "started: maintenance (attempt 1" in text
+    assert "ended: maintenance succeeded after" in text and "gc freed 0 B" in text
+    assert "scheduler stopped" in text and "Traceback" not in text

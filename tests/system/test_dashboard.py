@@ -190,6 +190,24 @@ def test_a_reader_sees_the_fleet_without_actions_and_unknown_ids_get_404(
         assert answer is not None and answer.status == 404, path
         expect(page.locator("p.missing")).to_contain_text(message)
     _shot(page, "not-found")
+    # An address that is no page gets the dashboard's 404 page; the API's, its JSON error.
+    answer = page.goto("/no/such/page")
+    assert answer is not None and answer.status == 404
+    expect(page.locator("p.missing")).to_contain_text("there is no page at /no/such/page")
+    expect(page.locator("footer a")).to_have_attribute("href", "/api/openapi.json")
+    api = page.request.get("/api/v1/no-such-route")
+    assert api.status == 404 and api.json()["error"]["code"] == "not_found"
+    # A point's page by a unique prefix of its id.
+    point = page.request.get("/api/v1/vms/web01/points").json()["items"][0]["id"]
+    page.goto(f"/points/{point[:15]}")
+    expect(page.locator("h1")).to_contain_text("Recovery point")
+    assert point in page.title()
+    # The footer's link to the API's description opens it.
+    page.goto("/")
+    with page.expect_navigation():
+        page.click("footer a")
+    assert page.url.endswith("/api/openapi.json")
+    assert "openapi" in page.content()
     _close(page)
 
 
@@ -217,6 +235,9 @@ def test_backup_restore_planner_cost_and_alerts_in_the_browser(
     row.locator(f"a:text-is('#{job_id}')").click()
     expect(page.locator("#job")).to_have_attribute("data-state", "succeeded")
     expect(page.locator(".disk-progress tbody tr")).to_contain_text("os")
+    expect(page.locator("[data-field=elapsed]")).to_contain_text(" s")  # how long it ran
+    expect(page.locator("[data-field=rate]")).to_contain_text("iB/s")  # bytes read / time
+    expect(page.locator("[data-field=eta]")).to_have_text("\u2013")  # nothing left
     point_id = page.locator("[data-field=point_id] code").inner_text()
     _shot(page, "job")
 
@@ -236,6 +257,11 @@ def test_backup_restore_planner_cost_and_alerts_in_the_browser(
     expect(page.locator("table.disks")).to_contain_text("os")
     expect(page.locator("p.consistency")).to_contain_text("crash")
     _shot(page, "point")
+    # Two points now (web01's, db01's): a prefix of both is refused, saying so.
+    ambiguous = page.goto("/points/2")
+    assert ambiguous is not None and ambiguous.status == 400
+    expect(page.locator("p.missing")).to_contain_text("give more of the id")
+    page.goto(f"/points/{point_id}")
 
     # Verify, then restore as a new VM; each job is followed on the page.
     page.click("#verify")
@@ -265,7 +291,7 @@ def test_backup_restore_planner_cost_and_alerts_in_the_browser(
     )
     pools = page.locator("table.pools tbody tr")
     expect(pools).to_contain_text("fast")
-    expect(pools).to_contain_text("200.0")
+    expect(pools).to_contain_text("190.7 MiB/s")  # the pool's 200 MB/s budget, in MiB/s
     expect(page.locator("table.plan-jobs tbody tr")).to_have_count(2)
     _shot(page, "plan")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
 from vmvault.app.vaults import init_vault, reindex
+from vmvault.catalog.claims import claim_daily, claimed_by
 from vmvault.catalog.store import Catalog
 from vmvault.jobs.queue import JobQueue
 from vmvault.server.app import create_app
@@ -76,6 +78,29 @@ def test_each_job_is_claimed_once_by_concurrent_workers(pg_url: str) -> None:
     for t in threads:
         t.join()
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
+
+
+def test_a_days_maintenance_is_claimed_once_by_concurrent_schedulers(pg_url: str) -> None:
+    url = _database(pg_url, "claims")
+    Catalog(url).engine.dispose()  # the tables, made once
+    day = date(2026, 11, 20)
+    won: list[str] = []
+    start = threading.Barrier(4, timeout=30)
+
+    def scheduler(name: str) -> None:
+        catalog = Catalog(url)  # each its own connections, as separate processes would
+        start.wait()  # then all four at once
+        if claim_daily(catalog, "vault-1", "maintenance", day, name):
+            won.append(name)
+        catalog.engine.dispose()
+
+    threads = [threading.Thread(target=scheduler, args=(f"s{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    assert claimed_by(Catalog(url), "vault-1", "maintenance", day) == won[0]
 
 
 def test_alerts_are_raised_once_per_key(pg_url: str) -> None:

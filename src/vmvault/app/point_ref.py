@@ -6,7 +6,8 @@ import the protection rules and the catalog that listing and forgetting points n
 
 from __future__ import annotations
 
-from vmvault.errors import PointNotFound, UsageError
+from vmvault.errors import UsageError
+from vmvault.point_refs import match_point
 from vmvault.vault.vault import Vault
 
 
@@ -23,9 +24,4 @@ def resolve_point(vault: Vault, ref: str, vm: str | None = None) -> str:
         if not candidates:
             raise UsageError("the vault has no recovery points" + (f" for {vm}" if vm else ""))
         return candidates[-1]
-    matches = [i for i in ids if i.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise PointNotFound(f"no recovery point {ref!r} in this vault")
-    raise UsageError(f"{ref!r} names {len(matches)} points; give more of the id")
+    return match_point(ids, ref)

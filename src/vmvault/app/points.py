@@ -17,10 +17,12 @@ from vmvault.vault.vault import Vault
 
 @dataclass
 class PointListing:
-    """The readable points of a vault (oldest first) and the damaged ones, with why."""
+    """The readable points of a vault (oldest first) and the damaged ones, with why;
+    ``all_ids``: every point id of the vault, also those a filter left out."""
 
     points: list[RecoveryPoint]
     damaged: dict[str, str]
+    all_ids: list[str]
 
     def damaged_docs(self) -> list[dict[str, str]]:
         return [{"id": pid, "error": message} for pid, message in sorted(self.damaged.items())]
@@ -28,7 +30,8 @@ class PointListing:
 
 def read_points(vault: Vault) -> PointListing:
     points, damaged = vault.read_points()
-    return PointListing(points, {pid: exc.message for pid, exc in damaged.items()})
+    ids = sorted([p["id"] for p in points] + list(damaged))
+    return PointListing(points, {pid: exc.message for pid, exc in damaged.items()}, ids)
 
 
 def list_points(ctx: Context, vm: str | None = None) -> PointListing:
@@ -38,7 +41,8 @@ def list_points(ctx: Context, vm: str | None = None) -> PointListing:
     vault = ctx.open_vault(load_index=False)
     listing = read_points(vault)
     report_damaged_points(ctx.catalog(), vault, listing.damaged)
-    return PointListing([p for p in listing.points if vm is None or p["vm"] == vm], listing.damaged)
+    mine = [p for p in listing.points if vm is None or p["vm"] == vm]
+    return PointListing(mine, listing.damaged, listing.all_ids)
 
 
 def forget_point(ctx: Context, point_ref: str) -> str:

@@ -19,6 +19,7 @@ from vmvault.inventory import Inventory
 from vmvault.policy import Point, prune_plan
 from vmvault.protection import RetentionShortenedError, accept_retentions, settings, state_of
 from vmvault.snapshot import instant
+from vmvault.units import human_bytes
 from vmvault.vault.replica import note_pruned
 
 log = logging.getLogger("vmvault.scheduler")
@@ -145,9 +146,9 @@ def run_maintenance(ctx: Context, inventory: Inventory) -> dict[str, Any]:
     report = run_gc(ctx)
     deleted = sum(len(v["prune"]) for v in pruned["vms"].values())
     log.info(
-        "retention deleted %d point(s); gc freed %d bytes%s",
+        "retention deleted %d point(s); gc freed %s%s",
         deleted,
-        report.bytes_freed,
+        human_bytes(report.bytes_freed),
         f" ({report.deferred})" if report.deferred else "",
     )
     return {"purged": purged, "pruned": deleted, "gc": report.to_dict()}

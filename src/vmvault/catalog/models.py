@@ -192,3 +192,19 @@ class BootDrill(Base):
     signal: Mapped[str] = mapped_column(String(32))  # console, guest_agent or script
     seconds: Mapped[float] = mapped_column(Float)  # from the drill's start to its outcome
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class DailyClaim(Base):
+    """Who took on a once-a-day task of a vault (its daily maintenance) for a day (UTC).
+
+    The primary key makes the claim atomic on every database: of two schedulers sharing a
+    catalog (a CLI scheduler and a server), the second insert fails, and that one leaves
+    the day's task to the first."""
+
+    __tablename__ = "daily_claims"
+
+    vault_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    claimed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    claimed_by: Mapped[str] = mapped_column(String(255))

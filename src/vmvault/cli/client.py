@@ -45,11 +45,14 @@ JsonDoc = dict[str, Any]
 
 class PointList(NamedTuple):
     """Recovery points oldest first: ``points`` as ``--json`` prints them (whole points
-    locally, the server's summaries), ``summaries`` for the table, and the damaged ones."""
+    locally, the server's summaries), ``summaries`` for the table, and the damaged ones;
+    ``known_ids``, the ids a shown prefix must tell apart (the vault's, or the server's
+    answer's)."""
 
     points: Sequence[Mapping[str, Any]]  # whole points (typed dicts) or the server's JSON
     summaries: list[JsonDoc]
     damaged: list[JsonDoc]
+    known_ids: list[str]
 
 
 class Job(NamedTuple):
@@ -131,7 +134,9 @@ class Client(Protocol):
         """What was restored where, or the server's job."""
         ...
 
-    def list_jobs(self, limit: int) -> list[JsonDoc]: ...
+    def list_jobs(self, limit: int, state: str | None, vm: str | None) -> list[JsonDoc]:
+        """The newest jobs (in ``state``, of ``vm``, when given), newest first."""
+        ...
 
     def show_job(self, job_id: int) -> JsonDoc: ...
 
@@ -189,7 +194,8 @@ class LocalClient:
     def list_points(self, vm: str | None) -> PointList:
         listing = list_points(self._context(), vm)
         points = listing.points
-        return PointList(points, [point_summary(p) for p in points], listing.damaged_docs())
+        summaries = [point_summary(p) for p in points]
+        return PointList(points, summaries, listing.damaged_docs(), listing.all_ids)
 
     def verify(self, point: str, vm: str | None) -> tuple[str, list[JsonDoc]]:
         ctx = self._context()
@@ -290,11 +296,12 @@ class LocalClient:
                 progress=progress,
             )
 
-    def list_jobs(self, limit: int) -> list[JsonDoc]:
+    def list_jobs(self, limit: int, state: str | None, vm: str | None) -> list[JsonDoc]:
         from vmvault.jobs.queue import job_doc  # SQLAlchemy, as in _queue
 
         queue = self._queue()
-        return [job_doc(j) for j in queue.catalog.jobs(queue.vault_id, limit)]
+        _, rows = queue.catalog.job_page(queue.vault_id, state=state, vm=vm, limit=limit)
+        return [job_doc(j) for j in rows]
 
     def show_job(self, job_id: int) -> JsonDoc:
         from vmvault.jobs.queue import job_doc  # SQLAlchemy, as in _queue
@@ -339,7 +346,8 @@ class RemoteClient:
         page = self.server.get("/api/v1/points", vm=vm, limit=500)
         points = page["items"]
         points.reverse()  # oldest first, as locally
-        return PointList(points, points, page.get("damaged", []))
+        damaged = page.get("damaged", [])
+        return PointList(points, points, damaged, [p["id"] for p in points + damaged])
 
     def verify(self, point: str, vm: str | None) -> tuple[str, list[JsonDoc]]:
         from vmvault.cli.remote import RemoteError  # httpx: kept off the start-up path
@@ -410,8 +418,8 @@ class RemoteClient:
                 job = self.server.wait(job["id"], progress)
         return Job(job)
 
-    def list_jobs(self, limit: int) -> list[JsonDoc]:
-        return list(self.server.get("/api/v1/jobs", limit=limit)["items"])
+    def list_jobs(self, limit: int, state: str | None, vm: str | None) -> list[JsonDoc]:
+        return list(self.server.get("/api/v1/jobs", limit=limit, state=state, vm=vm)["items"])
 
     def show_job(self, job_id: int) -> JsonDoc:
         return dict(self.server.get(f"/api/v1/jobs/{job_id}"))

@@ -14,6 +14,10 @@ from typing import Any
 
 import typer
 
+# typer carries its own copy of click: the errors it raises are this copy's
+from typer._click.exceptions import ClickException
+from typer.exceptions import Abort
+
 from vmvault import __version__
 from vmvault.cli.options import JsonOpt, use_cache, use_remote
 from vmvault.cli.output import console, emit_json, fail
@@ -151,5 +155,22 @@ def command_named(argv: list[str]) -> str | None:
 
 
 def run() -> None:
+    """The `vmvault` entry point: only the command a line names is loaded (all of them for
+    help). With ``--json`` a mistake on the command line (an unknown option, a missing
+    argument, a bad value) is the JSON error document too, with the exit code (2) of any
+    other bad input; without it, click's usage message as ever."""
     _register_commands(command_named(sys.argv[1:]))
-    app()
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    try:
+        outcome = app(standalone_mode=False)
+    except ClickException as exc:
+        problem = UsageError(exc.format_message())
+        emit_json({"error": {"code": problem.code, "message": problem.message}})
+        sys.exit(exc.exit_code)
+    except Abort:
+        sys.exit(1)
+    # Without standalone mode click hands back the exit code of a typer.Exit (an int),
+    # where it would have exited with it.
+    sys.exit(outcome if isinstance(outcome, int) else 0)

@@ -176,7 +176,7 @@ class DiskBackup:
             records[index], stats = result
             total.add(stats)
             done = min(size, (index + 1) * self.block)
-            self.progress(ProgressEvent("backup", self.disk.name, done, size))
+            self.progress(ProgressEvent("backup", self.disk.name, done, size, read=total.read))
 
         map_blocks(self.executor, blocks, self._block, self.max_inflight, collect)
         total.seconds = time.perf_counter() - started

@@ -27,6 +27,7 @@ class ProgressEvent:
     disk: str
     done: int  # bytes of the disk's logical size handled so far
     total: int  # the disk's logical size
+    read: int | None = None  # bytes read from the disk so far (a backup; holes are not read)
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

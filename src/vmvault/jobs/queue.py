@@ -69,7 +69,26 @@ def job_doc(job: Job) -> dict[str, Any]:
     doc["percent"] = (
         100.0 if job.state == "succeeded" else round(100 * done / total, 1) if total else 0.0
     )
+    doc["live"] = live_figures(job, done, total, datetime.now(UTC))
     return doc
+
+
+def live_figures(job: Job, done: int, total: int, now: datetime) -> dict[str, float | None]:
+    """How long the job has run (or ran), the bytes it read so far, the rate of those bytes
+    (not of the disks' logical sizes: holes cost nothing), and for a running job the time
+    left at the pace of its progress so far; None where there is nothing to tell yet."""
+    if job.started_at is None:
+        return {"elapsed": None, "read": None, "rate": None, "eta": None}
+    end = job.finished_at or now
+    elapsed = max((end - job.started_at).total_seconds(), 0.0)
+    progress = job.progress or {}
+    counted = [d["read"] for d in progress.values() if "read" in d]
+    read = job.bytes_read if job.finished_at is not None else (sum(counted) if counted else None)
+    rate = read / elapsed if read and elapsed > 0 else None
+    eta = None
+    if job.state == "running" and 0 < done < total:
+        eta = elapsed * (total - done) / done
+    return {"elapsed": elapsed, "read": read, "rate": rate, "eta": eta}
 
 
 # job id, kind, VM, seconds before it may start: sends the job to a worker (a broker's task)

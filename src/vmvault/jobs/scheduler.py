@@ -6,17 +6,21 @@ A VM's backups start when its timetable says (its policy's schedule, delayed to 
 before its first one, the moment the scheduler first saw it. Every tick, ``missed_runs``
 of the policy gives at most one owed start since then — after downtime that is one job for
 all the missed windows, not a burst. Retention (prune) and garbage collection run once a day
-at ``maintenance_time`` (UTC), as jobs of their own, after the backups have been queued.
+at ``maintenance_time`` (UTC), as jobs of their own, after the backups have been queued;
+once a day per vault, also when several schedulers share the catalog (a claim in it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as clock_time
 
 from vmvault.catalog.backups import last_scheduled_due
+from vmvault.catalog.claims import claim_daily, claimed_by
 from vmvault.catalog.replication import replication_queued_since
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
@@ -25,6 +29,7 @@ from vmvault.protection import state_of
 from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.scheduler")
+MAINTENANCE = "maintenance"  # the daily task's name in the catalog's claims
 
 
 @dataclass
@@ -32,6 +37,7 @@ class SchedulerState:
     """What a running scheduler remembers between ticks (the rest is in the catalog)."""
 
     first_seen: dict[str, datetime] = field(default_factory=dict)
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     maintenance_done: set[str] = field(default_factory=set)  # dates (UTC) already done
     replications_done: set[str] = field(default_factory=set)  # "copy@window opened"
 
@@ -68,9 +74,15 @@ def tick(
     today = now.date().isoformat()
     if now.time() >= maintenance_time and today not in state.maintenance_done:
         state.maintenance_done.add(today)
-        job_id = queue.enqueue(JobKind.MAINTENANCE, "", {"due": now.isoformat()}, now=now)
-        log.info("queued job %d: retention and garbage collection", job_id)
-        queued.append(job_id)
+        # One maintenance a day per vault, whichever scheduler sharing the catalog gets
+        # there first (a CLI scheduler and a server each keep their own state).
+        if claim_daily(queue.catalog, queue.vault_id, MAINTENANCE, now.date(), state.name):
+            job_id = queue.enqueue(JobKind.MAINTENANCE, "", {"due": now.isoformat()}, now=now)
+            log.info("queued job %d: retention and garbage collection", job_id)
+            queued.append(job_id)
+        else:
+            taker = claimed_by(queue.catalog, queue.vault_id, MAINTENANCE, now.date())
+            log.info("today's maintenance was already taken on by %s", taker)
     return queued
 
 

@@ -19,7 +19,8 @@ from vmvault.inventory import Inventory
 from vmvault.jobs.admission import admit, job_load, limits_of
 from vmvault.jobs.handlers import JobRun, abandoned, run_job
 from vmvault.jobs.queue import JobQueue
-from vmvault.model.jobs import JobKind
+from vmvault.model.jobs import JobKind, JobState
+from vmvault.units import human_duration
 
 # Seconds a stopping worker waits for its jobs to hand themselves back (they give up any
 # wait within a fraction of a second); one still busy after that is reaped later.
@@ -140,6 +141,7 @@ class _Progress:
                 "operation": event.operation,
                 "done": event.done,
                 "total": event.total,
+                **({"read": event.read} if event.read is not None else {}),
             }
             now = time.monotonic()
             if now - self.written < PROGRESS_EVERY and event.done < event.total:
@@ -188,6 +190,8 @@ def run_claimed_job(
     watcher = threading.Thread(target=watch, name=f"heartbeat-{job.id}", daemon=True)
     watcher.start()
     outcome = None
+    started = time.monotonic()
+    log.info("job %d started: %s (attempt %d, %s)", job.id, _what(job), job.attempts, worker)
     try:
         if queue.heartbeat(job.id, worker=worker):
             raise Cancelled(f"job {job.id} was cancelled")
@@ -208,8 +212,34 @@ def run_claimed_job(
     finally:
         stop.set()
         watcher.join()
+        _log_end(queue, job, time.monotonic() - started)
     if outcome == "failed":
         alert_failure(queue, job, error)
+
+
+def _what(job: Job) -> str:
+    return f"{job.kind} of {job.vm}" if job.vm else str(job.kind)
+
+
+def _log_end(queue: JobQueue, job: Job, seconds: float) -> None:
+    """The job's outcome as its row now says (succeeded, failed, queued again for a retry,
+    cancelled), how long this run took, and the error if there is one."""
+    try:
+        row = queue.get(job.id)
+    except Exception as exc:  # the catalog away: the outcome is on the row, not here
+        log.info(
+            "job %d ended: %s after %.1f s (outcome unknown: %s)", job.id, _what(job), seconds, exc
+        )
+        return
+    state = "queued again" if row.state == JobState.QUEUED else str(row.state)
+    error = (
+        f": {row.error_code}: {row.error_message}"
+        if row.state != "succeeded" and row.error_code
+        else ""
+    )
+    log.info(
+        "job %d ended: %s %s after %s%s", job.id, _what(job), state, human_duration(seconds), error
+    )
 
 
 def _retry_or_fail(
@@ -223,7 +253,7 @@ def _retry_or_fail(
 
 
 def alert_failure(queue: JobQueue, job: Job, error: tuple[str, str]) -> None:
-    what = f"{job.kind} of {job.vm}" if job.vm else job.kind
+    what = _what(job)
     raise_alert(
         queue.catalog,
         queue.vault_id,

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vmvault.units import human_mb_rate, mib_per_s
+
 
 def render_load_chart(plan: dict[str, Any], path: str | Path, egress: dict[str, float]) -> Path:
-    """Draw ``plan["pools"]`` (MB/s per simulation step) against each pool's egress budget,
-    and with a stagger proposal the staggered load too."""
+    """Draw ``plan["pools"]`` (MB/s per simulation step, drawn as MiB/s like every rate
+    vmvault shows) against each pool's egress budget, and with a stagger proposal the
+    staggered load too."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -22,21 +25,24 @@ def render_load_chart(plan: dict[str, Any], path: str | Path, egress: dict[str, 
     step_h = plan.get("step_s", 60) / 3600
     staggered = (plan.get("stagger") or {}).get("load_after_mb_s", {})
     for ax, (pool, load) in zip(axes[:, 0], sorted(pools.items()), strict=False):
-        hours = [i * step_h for i in range(len(load["load_mb_s"]))]
-        ax.fill_between(hours, load["load_mb_s"], step="post", alpha=0.6, label="backup load")
+        values = [mib_per_s(x) for x in load["load_mb_s"]]
+        hours = [i * step_h for i in range(len(values))]
+        ax.fill_between(hours, values, step="post", alpha=0.6, label="backup load")
         # The outline keeps a short burst (a few minutes of a 24 h axis) visible as a line.
-        ax.step(hours, load["load_mb_s"], where="post", color="C0", linewidth=1.2)
-        title = f"pool {pool}: peak {load['peak_mb_s']} MB/s"
+        ax.step(hours, values, where="post", color="C0", linewidth=1.2)
+        title = f"pool {pool}: peak {human_mb_rate(load['peak_mb_s'])}"
         if pool in staggered:
-            after = [*staggered[pool], 0.0]  # back to idle once the last job is done
+            # back to idle once the last job is done
+            after = [*(mib_per_s(x) for x in staggered[pool]), 0.0]
             after_hours = [i * step_h for i in range(len(after))]
             hours += after_hours[len(hours) :]
             ax.step(after_hours, after, where="post", color="green", label="staggered")
-            title += f", staggered {max(after)} MB/s"
+            title += f", staggered {max(after):.1f} MiB/s"
         if pool in egress:
-            ax.axhline(egress[pool], color="red", linestyle="--", label="egress budget")
+            budget = mib_per_s(egress[pool])
+            ax.axhline(budget, color="red", linestyle="--", label="egress budget")
         ax.set_xlim(0, max(24.0, hours[-1] if hours else 24.0))
-        ax.set_ylabel("MB/s")
+        ax.set_ylabel("MiB/s")
         ax.set_title(title)
         ax.set_ylim(bottom=0)
         ax.legend(loc="upper left")

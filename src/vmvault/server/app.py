@@ -32,7 +32,7 @@ from vmvault.server.auth import (
     remote_address,
     require,
 )
-from vmvault.server.dashboard import mount
+from vmvault.server.dashboard import missing_page, mount
 from vmvault.server.metrics import render
 from vmvault.server.state import ServerConfig, ServerState
 
@@ -81,16 +81,31 @@ def redact_target(target: str) -> str:
 
 
 class _RedactAccessLog(logging.Filter):
-    """uvicorn's access log line carries each request's path with its query string: the
-    values of secret-named parameters are redacted before the line is written."""
+    """uvicorn's access log: a line for what changes something or went wrong, not for the
+    successful reads an open dashboard page makes every second (each GET or HEAD answered
+    2xx or 304 is left out unless the log is at DEBUG). A line carries the request's path
+    with its query string: the values of secret-named parameters are redacted first."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                redact_target(arg) if isinstance(arg, str) and "?" in arg else arg
-                for arg in record.args
-            )
+        if not isinstance(record.args, tuple):
+            return True
+        # uvicorn's arguments: client address, method, path, HTTP version, status code
+        routine = len(record.args) == 5 and _routine_read(record.args[1], record.args[4])
+        if routine and not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.args = tuple(
+            redact_target(arg) if isinstance(arg, str) and "?" in arg else arg
+            for arg in record.args
+        )
         return True
+
+
+def _routine_read(method: object, status: object) -> bool:
+    return (
+        method in ("GET", "HEAD")
+        and isinstance(status, int)
+        and (200 <= status < 300 or status == 304)
+    )
 
 
 ACCESS_LOG_REDACTION = _RedactAccessLog()
@@ -111,6 +126,11 @@ def error_response(exc: VmvaultError) -> JSONResponse:
     """The JSON error of ``exc``; a throttled caller is told when to come back."""
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
     return _error(exc.http_status, exc.code, exc.message, headers)
+
+
+def is_api_path(path: str) -> bool:
+    """Whether ``path`` is the API's (JSON answers, errors too) rather than the dashboard's."""
+    return path == "/api" or path.startswith("/api/") or path == "/metrics"
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -282,7 +302,9 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         return _error(422, "invalid_request", "; ".join(problems)[:2000])
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and not is_api_path(request.url.path):
+            return missing_page(request)  # an unknown dashboard address: a page says so
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 

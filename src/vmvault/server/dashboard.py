@@ -33,7 +33,7 @@ from vmvault.server.auth import (
     same_origin,
 )
 from vmvault.server.state import ServerState
-from vmvault.units import human_bytes
+from vmvault.units import human_bytes, human_duration, human_mb_rate
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -69,15 +69,7 @@ def size(value: float | None) -> str:
 
 def duration(seconds: float | None) -> str:
     """A lag as people say it: 0 s, 42 min, 5.2 h, 3.1 days."""
-    if seconds is None:
-        return NOTHING
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    return NOTHING if seconds is None else human_duration(seconds)
 
 
 def when(value: str | None) -> str:
@@ -104,7 +96,9 @@ def epoch(value: float | None) -> str:
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(bytes=size, when=when, segment=segment, duration=duration, epoch=epoch)
+templates.env.filters.update(
+    bytes=size, when=when, segment=segment, duration=duration, mb_rate=human_mb_rate, epoch=epoch
+)
 
 
 class LoginFirst(Exception):
@@ -116,11 +110,12 @@ class LoginFirst(Exception):
 
 
 class PageMissing(Exception):
-    """A page about something that is not there (a VM, a point, a job): the 404 page."""
+    """A page about something that is not there (a VM, a point, a job): the 404 page; or
+    that its address cannot name (a point prefix several ids share): a 400 page."""
 
-    def __init__(self, principal: Principal, message: str) -> None:
+    def __init__(self, principal: Principal | None, message: str, status: int = 404) -> None:
         super().__init__(message)
-        self.principal, self.message = principal, message
+        self.principal, self.message, self.status = principal, message, status
 
 
 def local_path(target: str) -> str:
@@ -144,35 +139,51 @@ def bounded(offset: int) -> int:
     return min(max(offset, 0), 10_000_000)
 
 
+def _cost_on(request: Request) -> bool:
+    """Whether the nav shows the cost page (no server, an unreadable inventory: it does)."""
+    server = getattr(request.app.state, "server", None)
+    try:
+        return server is None or bool(server.inventory().pricing.enabled)
+    except VmvaultError:
+        return True
+
+
+def render(
+    request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
+) -> Response:
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {
+            "user": principal,
+            "csrf": (principal.csrf or "") if principal else "",
+            "can_operate": principal is not None and principal.may(Role.operator),
+            "can_admin": principal is not None and principal.may(Role.admin),
+            "version": __version__,
+            "cost_on": _cost_on(request),
+            **context,
+        },
+        status_code=status,
+    )
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def missing_page(request: Request) -> Response:
+    """The 404 page for an address that is no page of the dashboard (the API's unknown
+    routes answer its JSON error instead)."""
+    try:
+        principal = principal_of(request)
+    except VmvaultError:  # a throttled token: the page is the same for everybody
+        principal = None
+    if principal is not None and principal.csrf is None:
+        principal = None  # a bearer token opens no page (see ``session``)
+    message = f"there is no page at {request.url.path}"
+    return render(request, "missing.html", principal, 404, title="Not found", message=message)
+
+
 def mount(app: FastAPI, server: ServerState) -> None:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-
-    def cost_on() -> bool:
-        """Whether the nav shows the cost page (an unreadable inventory: as by default)."""
-        try:
-            return server.inventory().pricing.enabled
-        except VmvaultError:
-            return True
-
-    def render(
-        request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
-    ) -> Response:
-        response = templates.TemplateResponse(
-            request,
-            name,
-            {
-                "user": principal,
-                "csrf": (principal.csrf or "") if principal else "",
-                "can_operate": principal is not None and principal.may(Role.operator),
-                "can_admin": principal is not None and principal.may(Role.admin),
-                "version": __version__,
-                "cost_on": cost_on(),
-                **context,
-            },
-            status_code=status,
-        )
-        response.headers.update(SECURITY_HEADERS)
-        return response
 
     def session(request: Request) -> Principal:
         """The page's viewer, logged in through the login page (a bearer token opens the
@@ -184,12 +195,13 @@ def mount(app: FastAPI, server: ServerState) -> None:
         return principal
 
     def found(principal: Principal, call: Callable[..., T], *args: Any) -> T:
-        """``call(*args)``, with the API's 'not found' turned into the 404 page."""
+        """``call(*args)``, with the API's 'not found' (and 'bad input': an ambiguous point
+        prefix) turned into a page saying so."""
         try:
             return call(*args)
         except VmvaultError as exc:
-            if exc.http_status == 404:
-                raise PageMissing(principal, exc.message) from exc
+            if exc.http_status in (400, 404):
+                raise PageMissing(principal, exc.message, exc.http_status) from exc
             raise
 
     @app.exception_handler(LoginFirst)
@@ -199,8 +211,9 @@ def mount(app: FastAPI, server: ServerState) -> None:
 
     @app.exception_handler(PageMissing)
     async def page_missing(request: Request, exc: PageMissing) -> Response:
+        title = "Not found" if exc.status == 404 else "Cannot show this"
         return render(
-            request, "missing.html", exc.principal, 404, title="Not found", message=exc.message
+            request, "missing.html", exc.principal, exc.status, title=title, message=exc.message
         )
 
     # -- login -----------------------------------------------------------------------------
@@ -347,7 +360,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
             request,
             "point.html",
             principal,
-            title=f"Point {point_id}",
+            title=f"Point {point['id']}",  # the whole id, also when the address gave a prefix
             nav="fleet",
             point=point,
             restore_root=str(Path(root).resolve()) if root else None,

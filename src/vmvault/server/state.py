@@ -14,7 +14,6 @@ from vmvault.app.records import report_damaged_points
 from vmvault.errors import (
     Conflict,
     CorruptObject,
-    NotFound,
     ObjectMissing,
     PointNotFound,
     VmvaultError,
@@ -23,6 +22,7 @@ from vmvault.inventory import Inventory, InventoryFile, parse_inventory, write_i
 from vmvault.jobs.daemon import LOOPS, Daemon
 from vmvault.jobs.queue import JobQueue
 from vmvault.model.point import RecoveryPoint
+from vmvault.point_refs import match_point
 from vmvault.protection import accept_retentions, record_accepted_retentions
 from vmvault.server.accounts import Accounts
 
@@ -132,12 +132,10 @@ class ServerState:
             return dict(self._damaged)
 
     def point(self, point_id: str) -> RecoveryPoint:
-        """One point by its full id, or NotFound."""
-
-        for point in self.points():
-            if point["id"] == point_id:
-                return point
-        raise NotFound(f"no recovery point {point_id!r}")
+        """One point by its id or a unique prefix of one: PointNotFound (404) or
+        AmbiguousPoint (400)."""
+        points = {p["id"]: p for p in self.points()}
+        return points[match_point(points, point_id)]
 
     def inventory(self) -> Inventory:
         """The inventory, reloaded when its file changes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import typer
 
@@ -21,6 +22,7 @@ from vmvault.cli.options import (
     full_option,
     maintenance_time,
     once_option,
+    vm_option,
 )
 from vmvault.cli.output import emit_json, guarded, show
 from vmvault.cli.render.jobs import (
@@ -32,21 +34,26 @@ from vmvault.cli.render.jobs import (
 )
 from vmvault.errors import UsageError
 from vmvault.inventory import DEFAULT_INVENTORY, InventoryFile, load_inventory
+from vmvault.model.jobs import JobState
 
 app = typer.Typer(help="The job queue and history.", no_args_is_help=True)
+log = logging.getLogger("vmvault.scheduler")
 
 
 @app.command("list")
 def list_jobs(
-    limit: int = typer.Option(20, "--limit"),
+    limit: int = typer.Option(20, "--limit", min=1, max=500),
+    state: JobState | None = typer.Option(None, "--state", help="Only jobs in this state."),
+    vm: str | None = vm_option("Only this VM's jobs."),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
-    """Queued, running and finished jobs, newest first."""
+    """Queued, running and finished jobs, newest first (`jobs show ID`: one in full)."""
     client = get_client(vault, catalog, passphrase_file)
-    jobs = guarded(json, lambda: client.list_jobs(limit))
+    wanted = state.value if state else None
+    jobs = guarded(json, lambda: client.list_jobs(limit, wanted, vm))
     if json:
         emit_json({"jobs": jobs})
     else:
@@ -190,6 +197,7 @@ def scheduler(
     # SQLAlchemy and the alert senders, slow to import: loaded when the scheduler starts.
     from vmvault.jobs.daemon import Daemon
     from vmvault.jobs.queue import JobQueue
+    from vmvault.jobs.startup import startup_summary
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -209,9 +217,24 @@ def scheduler(
         daemon = Daemon(
             ctx, opened, queue, watched, tick_seconds=interval, maintenance_time=at, fleet=fleet
         )
+        summary = startup_summary(
+            ctx.catalog(),
+            ctx.vault_path,
+            opened,
+            watched(),
+            now=datetime.now(UTC),
+            maintenance_time=at,
+            interval=interval,
+        )
+        for line in summary:
+            log.info("%s", line)
         if once:
             daemon.run_once()
-        else:
+            return
+        try:
             daemon.run()
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: a stop asked for, not a failure
+            # Daemon.run let its running jobs end or hand themselves back to the queue.
+            log.info("scheduler stopped; jobs it ran are finished or queued again")
 
     guarded(False, act)

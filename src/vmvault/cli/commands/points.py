@@ -123,7 +123,7 @@ def list_cmd(
     if json:
         emit_json({"points": listing.points, "damaged": listing.damaged})
     else:
-        print_points(listing.summaries, listing.damaged)
+        print_points(listing.summaries, listing.damaged, listing.known_ids)
 
 
 def restore(

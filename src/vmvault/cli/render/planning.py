@@ -10,6 +10,7 @@ from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
 from vmvault.planning.cost import rows_to_csv
+from vmvault.units import human_mb_rate
 
 
 def print_plan(doc: dict[str, Any]) -> None:
@@ -35,20 +36,20 @@ def print_plan(doc: dict[str, Any]) -> None:
         initial, incremental = e["initial"], e["incremental"]
         estimates.add_row(
             vm,
-            f"{_decimal_bytes(initial['data_bytes'])}\n[dim]{e['data_source']}[/]",
+            f"{human_bytes(initial['data_bytes'])}\n[dim]{e['data_source']}[/]",
             _duration(initial["total_s"]),
-            f"{initial['rate_mb_s']:g} MB/s\n[dim]{initial['rate_source']}[/]",
+            f"{human_mb_rate(initial['rate_mb_s'])}\n[dim]{initial['rate_source']}[/]",
             _duration(incremental["total_s"]),
-            f"{incremental['rate_mb_s']:g} MB/s\n[dim]{incremental['rate_source']}[/]",
-            f"{_decimal_bytes(incremental['changed_bytes'])}\n"
-            f"[dim]{incremental['changed_source']}[/]",
+            f"{human_mb_rate(incremental['rate_mb_s'])}\n[dim]{incremental['rate_source']}[/]",
+            f"{human_bytes(incremental['changed_bytes'])}\n[dim]{incremental['changed_source']}[/]",
         )
     console.print(estimates)
     for pool, load in doc["pools"].items():
-        budget = f" of {load['egress_mb_s']:g}" if load["egress_mb_s"] is not None else ""
+        budget = load["egress_mb_s"]
         console.print(
-            f"pool {pool}: peak {load['peak_mb_s']}{budget} MB/s, "
-            f"demand up to {load['demand_peak_mb_s']} MB/s"
+            f"pool {pool}: peak {human_mb_rate(load['peak_mb_s'])}"
+            + (f" of {human_mb_rate(budget)}" if budget is not None else "")
+            + f", demand up to {human_mb_rate(load['demand_peak_mb_s'])}"
         )
     for pool, held in doc.get("instant_restore", {}).items():
         if held["bytes"] or held["cap_bytes"]:
@@ -69,7 +70,10 @@ def print_plan(doc: dict[str, Any]) -> None:
             )
         for pool, before in proposal["demand_before_mb_s"].items():
             after = proposal["demand_after_mb_s"].get(pool)
-            console.print(f"pool {pool}: demand up to {before} MB/s -> {after} MB/s")
+            console.print(
+                f"pool {pool}: demand up to {human_mb_rate(before)} -> "
+                + (human_mb_rate(after) if after is not None else "-")
+            )
         console.print(f"staggered: {_fit(proposal['summary_after'])}")
         if proposal["applied"]:
             console.print(f"written to {proposal['applied']}: {len(proposal['start'])} start(s)")
@@ -98,11 +102,6 @@ def _fit(summary: dict[str, Any]) -> str:
     if summary["jobs_late"]:
         problems.append(f"{summary['jobs_late']} job(s) end after their window")
     return "[red]over-subscribed[/]: " + "; ".join(problems)
-
-
-def _decimal_bytes(count: int) -> str:
-    """GB and MB as the seed counts them (10^9, 10^6)."""
-    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def _duration(seconds: float) -> str:

@@ -5,20 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
 from vmvault.cli.render.drill import print_drill
+from vmvault.point_refs import short_refs
+from vmvault.units import human_rate
 
 
 def print_point(point: Mapping[str, Any]) -> None:
-    """A backup's summary: per disk what was read, changed, new and written, and how fast."""
-    table = Table(title=f"recovery point {point['id']} ({point['type']}, {point['vm']})")
-    for col in ("disk", "size", "read", "changed", "new", "written", "time", "MB/s"):
-        table.add_column(col, justify="left" if col == "disk" else "right")
+    """A backup's summary: per disk what was read, changed, new and written, and how fast it
+    was read (the bytes read, not the disk's size: holes and unchanged chunks cost nothing)."""
+    title = f"recovery point {point['id']} ({point['type']}, {point['vm']})"
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("disk", overflow="fold")
+    for col in ("size", "read", "changed", "new", "written", "time", "read rate"):
+        table.add_column(col, justify="right", no_wrap=True)
     for d in point["disks"]:
         st = d["stats"]
-        seconds = max(st["seconds"], 1e-9)
         table.add_row(
             d["name"],
             human_bytes(d["size"]),
@@ -27,7 +32,7 @@ def print_point(point: Mapping[str, Any]) -> None:
             human_bytes(st["new"]),
             human_bytes(st["stored"]),
             f"{st['seconds']:.2f} s",
-            f"{d['size'] / seconds / 1e6:.0f}",
+            human_rate(st["read"], st["seconds"]),
         )
     console.print(table)
     for d in point["disks"]:
@@ -51,14 +56,23 @@ def print_point(point: Mapping[str, Any]) -> None:
         print_drill(drill)
 
 
-def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]]) -> None:
-    """The recovery points (their summaries), then the points that could not be read."""
-    table = Table(title="recovery points")
-    for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
-        table.add_column(col)
+def print_points(
+    summaries: list[dict[str, Any]], damaged: list[dict[str, Any]], known_ids: list[str]
+) -> None:
+    """The recovery points (their summaries), then the points that could not be read.
+
+    The id column shows each id's shortest prefix that no other of ``known_ids`` starts
+    with (what `restore` and `forget` take), never cut to fit the terminal."""
+    refs = short_refs(known_ids + [p["id"] for p in summaries])
+    table = Table(title="recovery points", box=box.SIMPLE_HEAD, padding=0)
+    table.add_column("id", no_wrap=True, min_width=max(map(len, refs.values()), default=2))
+    for col in ("vm", "type", "consistency", "disks"):
+        table.add_column(col, overflow="fold")
+    for col in ("size", "changed", "written"):
+        table.add_column(col, justify="right", no_wrap=True)
     for p in summaries:
         table.add_row(
-            p["id"],
+            refs[p["id"]],
             p["vm"],
             p["type"],
             p["consistency"],
@@ -73,11 +87,12 @@ def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]])
 
 
 def print_restored(doc: dict[str, Any]) -> None:
-    """A disk restore: size, bytes verified, speed, and the damaged ranges it skipped."""
-    rate = doc["size"] / max(doc["seconds"], 1e-9) / 1e6
+    """A disk restore: size, bytes verified, speed (of the data read back and verified, not
+    the disk's size: holes are not read), and the damaged ranges it skipped."""
+    rate = human_rate(doc["bytes_verified"], doc["seconds"])
     console.print(
         f"restored {doc['disk']} to {doc['target']}: {human_bytes(doc['size'])}, "
-        f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate:.0f} MB/s)"
+        f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate})"
     )
     _print_damaged(doc["damaged"])
 

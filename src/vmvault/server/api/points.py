@@ -61,8 +61,9 @@ def list_points(
 
 @router.get("/points/{point_id}", tags=["points"])
 def get_point(point_id: str, state: State, _: Reader) -> dict[str, Any]:
-    """A point whole: per disk its size, what was read, changed and stored, its checksums'
-    manifest, and the consistency level reached with its reason."""
+    """A point (by its id or a unique prefix of it) whole: per disk its size, what was
+    read, changed and stored, its checksums' manifest, and the consistency level reached
+    with its reason."""
     point = state.point(point_id)
     drill = latest_drills(state.catalog, state.vault_id, [point_id]).get(point_id)
     return {**point_summary(point), "drill": drill, "detail": point}
@@ -79,7 +80,7 @@ def delete_point(point_id: str, state: State, _: Admin) -> dict[str, Any]:
 def verify_point(point_id: str, state: State, _: Operator) -> dict[str, Any]:
     """Queue a verify: every chunk of the point read, authenticated and re-hashed."""
     point = state.point(point_id)
-    job_id = state.queue.enqueue("verify", point["vm"], {"point": point_id}, max_attempts=1)
+    job_id = state.queue.enqueue("verify", point["vm"], {"point": point["id"]}, max_attempts=1)
     return job_doc(state.queue.get(job_id))
 
 

@@ -79,12 +79,22 @@ function badge(value, kind) {
   return el("span", { class: `badge ${kind}-${value || "none"}` }, value || "–");
 }
 
+// A running job's pace from its progress records (the server's ``live`` figures): the
+// rate of the bytes read so far and the time left, e.g. "57.2 MiB/s, 2 min 5 s left".
+function pace(job) {
+  const live = job.live || {};
+  if (job.state !== "running") return "";
+  const parts = [live.rate ? `${bytes(live.rate)}/s` : "", live.eta !== null && live.eta !== undefined ? `${seconds(live.eta)} left` : ""];
+  return parts.filter(Boolean).join(", ");
+}
+
 function progress(job) {
   return el(
     "span",
     { class: "progress" },
     el("progress", { max: 100, value: job.percent }),
     el("span", { class: "pct" }, `${Math.round(job.percent)} %`),
+    pace(job) ? el("span", { class: "pace" }, ` ${pace(job)}`) : "",
   );
 }
 
@@ -190,7 +200,7 @@ function fleetCells(vm, row) {
     td(vm.consistency ? badge(vm.consistency, "consistency") : "–"),
     el("td", { class: "num" }, String(vm.points)),
     td(when(vm.next_run)),
-    td(vm.active_job ? jobLink(vm.active_job) : "–"),
+    td(...(vm.active_job ? [jobLink(vm.active_job), " ", badge(vm.active_job_state, "state")] : ["–"])),
   ];
   if (canOperate()) {
     if (!row.actionCell) {
@@ -200,7 +210,8 @@ function fleetCells(vm, row) {
       button.addEventListener("click", async () => {
         try {
           const job = await backUp(vm.name, button);
-          note.replaceChildren(" queued ", jobLink(job.id));
+          // the job's link stays; its state (queued, running) is the Active job column's
+          note.replaceChildren(" job ", jobLink(job.id));
           refreshFleet();
         } catch (error) {
           note.replaceChildren(el("span", { class: "error" }, error.message));
@@ -297,10 +308,18 @@ function renderJob(section) {
     field("percent").textContent = `${Math.round(job.percent)} %`;
     for (const name of ["queued_at", "started_at", "finished_at"]) field(name).textContent = when(job[name]);
     field("queue_wait").textContent = seconds(job.queue_wait);
+    const live = job.live || {};
+    field("elapsed").textContent = seconds(live.elapsed);
+    field("rate").textContent = live.rate ? `${bytes(live.rate)}/s` : "–";
+    field("eta").textContent = job.state === "running" ? seconds(live.eta) : "–";
     field("attempts").textContent = String(job.attempts);
     field("worker").textContent = job.worker || "–";
     for (const name of ["bytes_read", "bytes_changed", "bytes_sent", "bytes_written"]) {
       field(name).textContent = bytes(job[name]);
+    }
+    // a running job's counters land on its row when it ends: meanwhile, what it read so far
+    if (job.state === "running" && live.read !== null && live.read !== undefined) {
+      field("bytes_read").textContent = `${bytes(live.read)} so far`;
     }
     field("point_id").replaceChildren(pointLink(job.point_id));
     const error = job.error_message ? `${job.error_code}: ${job.error_message}` : "";
