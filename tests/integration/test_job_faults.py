@@ -19,6 +19,7 @@ from support.cli import PASSPHRASE, run_cli
 from vmvault import testdisk
 from vmvault.alerts.store import list_alerts
 from vmvault.app.context import Context
+from vmvault.app.restore import run_restore
 from vmvault.catalog.models import Job
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.queue import JobQueue
@@ -225,12 +226,6 @@ def _time_passes(queue: JobQueue, job_id: int, **columns: datetime) -> None:
         s.execute(update(Job).where(Job.id == job_id).values(**columns))
 
 
-def _run_worker_to_end(ctx: Context, inventory: Path) -> None:
-    proc = _worker(ctx, inventory)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-
-
 def test_a_sigkilled_worker_s_backup_is_retried_and_the_lost_attempt_stays_visible(
     ctx: Context, tmp_path: Path
 ) -> None:
@@ -241,27 +236,28 @@ def test_a_sigkilled_worker_s_backup_is_retried_and_the_lost_attempt_stays_visib
     job_id = queue.enqueue("backup", "vm")  # the default: 3 attempts
     _kill_mid_backup(ctx, queue, job_id, _inventory_file(tmp_path, image, 0.2))
 
+    # The workers after it run in this process (the real `vmvault worker` is the killed
+    # one, and the two reapers of the next test).
     # A new worker within two minutes leaves the job alone: its worker may only be slow.
-    unthrottled = _inventory_file(tmp_path, image, None)
-    _run_worker_to_end(ctx, unthrottled)
+    unthrottled = parse_inventory(_inventory_file(tmp_path, image, None).read_text(), "inv.toml")
+    run_worker(ctx, unthrottled, once=True, poll=0.05)
     assert queue.get(job_id).state == "running"
 
     long_ago = datetime.now(UTC) - timedelta(minutes=3)
     _time_passes(queue, job_id, heartbeat_at=long_ago)
-    _run_worker_to_end(ctx, unthrottled)  # reaps it: queued again, after a backoff
+    run_worker(ctx, unthrottled, once=True, poll=0.05)  # reaps it: queued again, after a backoff
     job = queue.get(job_id)
     assert (job.state, job.error_code, job.attempts) == ("queued", "worker_lost", 1)
     assert job.not_before is not None and job.not_before > datetime.now(UTC)
 
     _time_passes(queue, job_id, not_before=long_ago)
-    _run_worker_to_end(ctx, unthrottled)
+    run_worker(ctx, unthrottled, once=True, poll=0.05)
     job = queue.get(job_id)
     assert (job.state, job.attempts) == ("succeeded", 2)
     assert job.error_code == "worker_lost"  # what happened to the first attempt
     assert ctx.open_vault(load_index=False).point_ids() == [job.point_id]
     target = tmp_path / "restored.img"
-    restore = run_cli("restore", str(job.point_id), str(target), env=_env(ctx))
-    assert restore.returncode == 0, restore.stderr
+    run_restore(ctx, str(job.point_id), str(target))
     assert target.read_bytes() == image.read_bytes()
     _, alerts = list_alerts(ctx.catalog(), vault_id)
     assert [a for a in alerts if a.kind == "job_failed"] == []

@@ -10,6 +10,7 @@ such wrappings of the same secret (key slots: vault/keyslots.py).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -98,8 +99,15 @@ def check_scrypt(params: dict[str, Any]) -> dict[str, int]:
 
 
 def _kek(passphrase: str, salt: bytes, params: dict[str, int]) -> bytes:
-    kdf = Scrypt(salt=salt, length=32, n=params["n"], r=params["r"], p=params["p"])
-    return kdf.derive(passphrase.encode("utf-8"))
+    """The key-encryption key, derived once per process for a passphrase, salt and
+    parameters: a server opens its vault for each request and a worker for each job, and
+    scrypt is made to be slow (0.1 s of CPU and 32 MiB of memory each time)."""
+    return _derive_kek(passphrase, salt, params["n"], params["r"], params["p"])
+
+
+@functools.lru_cache(maxsize=16)
+def _derive_kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
 
 
 def new_master_keys(vault_id: str) -> MasterKeys:
