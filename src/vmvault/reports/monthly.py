@@ -134,42 +134,50 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
     ]
 
 
+PAGE_ROWS = 45  # table rows per A4 landscape page
+HEADER = ("VM", "OK", "Failed", "Last good (UTC)", "Stored", "Changed", "Duration", "Speed")
+WIDTHS = (24, 4, 6, 16, 11, 11, 9, 13)
+
+
+def _line(cells: Sequence[str]) -> str:
+    """A table line in a monospace font: the VM name left, the figures right-aligned."""
+    first, *rest = cells
+    name = first if len(first) <= WIDTHS[0] else first[: WIDTHS[0] - 1] + "\N{HORIZONTAL ELLIPSIS}"
+    return name.ljust(WIDTHS[0]) + "".join(
+        f" {c:>{w}}" for c, w in zip(rest, WIDTHS[1:], strict=True)
+    )
+
+
 def to_pdf(month: str, rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """The report as a PDF: the table, then each VM's stored and changed bytes as bars."""
+    """The report as a PDF (A4 landscape): the table, 45 VMs a page, as monospace text (one
+    text object a page: matplotlib's cell tables take seconds), then each VM's stored and
+    changed bytes as bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
 
+    a4 = (11.69, 8.27)
+    lines = [_line(_cells(r)) for r in rows] or ["no VMs"]
     out = io.BytesIO()
     with PdfPages(out, metadata={"Title": f"vmvault backup report {month}"}) as pdf:
-        height = 1.6 + 0.3 * max(len(rows), 1)
-        fig, ax = plt.subplots(figsize=(11, max(height, 3)))
-        ax.axis("off")
-        ax.set_title(f"Backups in {month} (UTC)", loc="left")
-        header = ["VM", "OK", "Failed", "Last good", "Stored", "Changed", "Duration", "Speed"]
-        cells = [_cells(r) for r in rows] or [["no VMs"] + [""] * 7]
-        table = ax.table(cellText=cells, colLabels=header, loc="upper left", cellLoc="left")
-        table.auto_set_font_size(False)
-        table.set_fontsize(8)
-        table.scale(1, 1.3)
-        pdf.savefig(fig)
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(11, 4))
+        for first in range(0, len(lines), PAGE_ROWS):
+            fig = plt.figure(figsize=a4)
+            fig.text(0.05, 0.95, f"vmvault: backups in {month} (UTC)", fontsize=14, va="top")
+            body = [_line(HEADER), "-" * len(_line(HEADER)), *lines[first : first + PAGE_ROWS]]
+            fig.text(0.05, 0.89, "\n".join(body), family="monospace", fontsize=9, va="top")
+            pdf.savefig(fig)
+            plt.close(fig)
+        fig, ax = plt.subplots(figsize=a4)
         names = [r["vm"] for r in rows]
         places = range(len(names))
         mib = 1 << 20
-        ax.bar(
-            [i - 0.2 for i in places], [r["stored_bytes"] / mib for r in rows], 0.4, label="stored"
-        )
-        ax.bar(
-            [i + 0.2 for i in places],
-            [r["changed_bytes"] / mib for r in rows],
-            0.4,
-            label="changed",
-        )
-        ax.set_xticks(list(places), names, rotation=30, ha="right")
+        stored = [r["stored_bytes"] / mib for r in rows]
+        changed = [r["changed_bytes"] / mib for r in rows]
+        ax.bar([i - 0.2 for i in places], stored, 0.4, label="stored")
+        ax.bar([i + 0.2 for i in places], changed, 0.4, label="changed")
+        ax.set_xticks(list(places), names, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("MiB")
         ax.set_title(f"Stored and changed bytes per VM, {month}")
         ax.legend()
