@@ -45,7 +45,8 @@ def test_reports_of_a_site_with_a_good_and_a_failed_backup(tmp_path: Path) -> No
     assert monthly_files(site.ctx, inventory, datetime.now(UTC)) == []  # the hook, again
     assert written.read_text() == "kept\n"
 
-    with serving(site, tmp_path / "server.log") as served:
+    # Serving only: the scheduler's maintenance job would count among the jobs.
+    with serving(site, tmp_path / "server.log", "--no-scheduler") as served:
         assert served.api("GET", "/api/v1/reports/summary", "reader").status_code == 200
         assert httpx.get(served.url + "/api/v1/reports/summary").status_code == 401
         summary = served.get("/api/v1/reports/summary", "reader").json()

@@ -39,7 +39,12 @@ def render_chart(name: str, figures: dict[str, Any]) -> bytes:
         total.set_ylabel("MiB stored")
         total.set_ylim(bottom=0)
         ax.set_title("Stored bytes per day (UTC)")
-        fig.legend(loc="upper left")
+        ax.legend(
+            [*ax.get_legend_handles_labels()[0], *total.get_legend_handles_labels()[0]],
+            ["added that day", "vault usage"],
+            loc="upper left",
+            fontsize=8,
+        )
         return _svg(fig)
     vms = figures["per_vm"]
     names = list(vms)
