@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from vmvault.errors import UsageError
@@ -151,7 +153,12 @@ def _line(cells: Sequence[str]) -> str:
 def to_pdf(month: str, rows: Sequence[Mapping[str, Any]]) -> bytes:
     """The report as a PDF (A4 landscape): the table, 45 VMs a page, as monospace text (one
     text object a page: matplotlib's cell tables take seconds), then each VM's stored and
-    changed bytes as bars."""
+    changed bytes as bars. Drawn again only when the rows change (drawing takes a while)."""
+    return _drawn(month, json.dumps(rows, sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _drawn(month: str, shown: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,6 +166,7 @@ def to_pdf(month: str, rows: Sequence[Mapping[str, Any]]) -> bytes:
     from matplotlib.backends.backend_pdf import PdfPages
 
     a4 = (11.69, 8.27)
+    rows = json.loads(shown)
     lines = [_line(_cells(r)) for r in rows] or ["no VMs"]
     out = io.BytesIO()
     with PdfPages(out, metadata={"Title": f"vmvault backup report {month}"}) as pdf:
