@@ -17,6 +17,7 @@ from vmvault.app.backup import run_vm_backup
 from vmvault.app.retention import monthly_files, run_maintenance
 from vmvault.errors import VmvaultError
 from vmvault.inventory import load_inventory
+from vmvault.protection import stop as stop_protection
 from vmvault.reports.monthly import previous_month
 
 
@@ -88,11 +89,16 @@ def test_reports_of_a_site_with_a_good_and_a_failed_backup(tmp_path: Path) -> No
         chart = served.get("/api/v1/reports/charts/usage.svg", "reader")
         assert chart.headers["content-type"] == "image/svg+xml" and b"<svg" in chart.content
 
+        # A VM whose protection is stopped has no backups due: not scheduled, not at risk.
+        stop_protection(site.ctx.open_vault(load_index=False), "db01", delete_data=False)
+        again = served.get("/api/v1/reports/summary", "reader").json()["protection"]
+        assert again["never_backed_up"] == 0 and again["not_scheduled"] == 1
+
         with httpx.Client(base_url=served.url, timeout=30) as browser:
             browser.post("/login", data={"token": site.tokens["reader"], "next": "/"})
             home = browser.get("/").text
             assert 'id="protection-tiles"' in home and 'href="/reports"' in home
-            assert "never backed up" in home and 'href="/vms/db01"' in home
+            assert "1 not scheduled" in home and 'id="at-risk"' not in home
             page = browser.get("/reports").text
             assert f"/api/v1/reports/monthly?month={last_month}&amp;format=pdf" in page
             assert 'src="/api/v1/reports/charts/vms.svg"' in page

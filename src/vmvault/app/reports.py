@@ -10,24 +10,37 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmvault.errors import CorruptObject
 from vmvault.model.point import RecoveryPoint
+from vmvault.protection import state_of
 from vmvault.reports.monthly import month_span, monthly_rows, previous_month, to_csv, to_pdf
 from vmvault.reports.summary import summary
 
 if TYPE_CHECKING:
     from vmvault.catalog.store import Catalog
-    from vmvault.inventory import Inventory
+    from vmvault.inventory import Inventory, Vm
     from vmvault.policy import Schedule
+    from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.reports")
 JOB_COLUMNS = ("kind", "vm", "state", "started_at", "finished_at")
 
 
-def schedules(inventory: Inventory) -> dict[str, Schedule | None]:
-    """Each VM of the inventory with its policy's schedule (None: no policy)."""
-    return {
-        vm.name: inventory.policy(vm.policy).schedule if vm.policy else None for vm in inventory.vms
-    }
+def schedules(inventory: Inventory, vault: Vault | None = None) -> dict[str, Schedule | None]:
+    """Each VM of the inventory with its policy's schedule; None (not scheduled) without a
+    policy, or, given the vault, where its protection is stopped (no backups are due)."""
+
+    def scheduled(vm: Vm) -> Schedule | None:
+        if vm.policy is None:
+            return None
+        try:
+            if vault is not None and state_of(vault, vm.name).status != "protected":
+                return None
+        except CorruptObject:  # a damaged protection record: `check` names it
+            pass
+        return inventory.policy(vm.policy).schedule
+
+    return {vm.name: scheduled(vm) for vm in inventory.vms}
 
 
 def job_rows(
@@ -42,14 +55,14 @@ def job_rows(
 
 def site_summary(
     inventory: Inventory,
+    vault: Vault,
     points: Sequence[RecoveryPoint],
     catalog: Catalog,
-    vault_id: str,
     now: datetime,
 ) -> dict[str, Any]:
     """The summary over the last 30 days' jobs (the counts look back 7 days)."""
-    jobs = job_rows(catalog, vault_id, now - timedelta(days=30))
-    return summary(schedules(inventory), points, jobs, now)
+    jobs = job_rows(catalog, vault.config.vault_id, now - timedelta(days=30))
+    return summary(schedules(inventory, vault), points, jobs, now)
 
 
 def monthly_report(

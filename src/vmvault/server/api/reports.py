@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from vmvault.app.reports import monthly_report, site_summary
-from vmvault.errors import UsageError
 from vmvault.reports.charts import render_chart
 from vmvault.reports.monthly import previous_month, to_csv, to_pdf
 from vmvault.server.api.schemas import Reader, State
@@ -16,19 +15,15 @@ from vmvault.server.api.schemas import Reader, State
 router = APIRouter()
 
 
-class UnknownChart(UsageError):
-    code = "invalid_request"
-    http_status = 422
-
-
 @router.get("/reports/summary", tags=["reports"])
 def report_summary(state: State, _: Reader) -> dict[str, Any]:
     """Per VM whether its newest point is within its RPO (its schedule's longest interval
-    plus 25 %); jobs that failed and succeeded in 24 h and 7 days; the vault's usage by its
-    points and its growth in 7 days; dedup and compression ratios; stored bytes per day;
-    per VM mean duration, throughput, success rate and change rate."""
+    plus 25 %; not scheduled: no policy, or protection stopped); jobs that failed and
+    succeeded in 24 h and 7 days; the vault's usage by its points and its growth in 7 days;
+    dedup and compression ratios; stored bytes per day; per VM mean duration, throughput,
+    success rate and change rate."""
     now = datetime.now(UTC)
-    return site_summary(state.inventory(), state.points(), state.catalog, state.vault_id, now)
+    return site_summary(state.inventory(), state.vault, state.points(), state.catalog, now)
 
 
 @router.get(
