@@ -11,6 +11,7 @@ from typing import Any
 from vmvault.app.context import Context
 from vmvault.app.protection import purge_soft_deleted
 from vmvault.app.records import raise_alert
+from vmvault.app.reports import write_monthly
 from vmvault.app.snapshots import limits_for
 from vmvault.app.vaults import run_gc
 from vmvault.backends.base import ObjectRetained
@@ -144,6 +145,7 @@ def run_maintenance(ctx: Context, inventory: Inventory) -> dict[str, Any]:
             if (limits := limits_for(inventory, vm)) is not None:  # caps may have changed
                 instant.bound(vm.name, [d.path for d in vm.disks], limits, now)
     report = run_gc(ctx)
+    written = monthly_files(ctx, inventory, now)
     deleted = sum(len(v["prune"]) for v in pruned["vms"].values())
     log.info(
         "retention deleted %d point(s); gc freed %s%s",
@@ -151,4 +153,21 @@ def run_maintenance(ctx: Context, inventory: Inventory) -> dict[str, Any]:
         human_bytes(report.bytes_freed),
         f" ({report.deferred})" if report.deferred else "",
     )
-    return {"purged": purged, "pruned": deleted, "gc": report.to_dict()}
+    done: dict[str, Any] = {"purged": purged, "pruned": deleted, "gc": report.to_dict()}
+    return done | ({"reports": written} if written else {})
+
+
+def monthly_files(ctx: Context, inventory: Inventory, now: datetime) -> list[str]:
+    """Last month's report into ``[reports] monthly_dir``, if it is set and not there yet.
+    A failure is logged, not raised: the report is written at the next maintenance."""
+    directory = inventory.reports.monthly_dir
+    if directory is None:
+        return []
+    vault = ctx.open_vault(load_index=False)
+    try:
+        return write_monthly(
+            directory, inventory, vault.points(), ctx.catalog(), vault.config.vault_id, now
+        )
+    except (OSError, VmvaultError) as exc:
+        log.warning("the monthly report was not written to %s: %s", directory, exc)
+        return []

@@ -217,6 +217,16 @@ class Catalog:
             )
             return total, list(rows)
 
+    def jobs_finished(
+        self, vault_id: str, since: datetime, until: datetime | None = None
+    ) -> list[Job]:
+        """The vault's jobs that finished at or after ``since`` (and before ``until``)."""
+        where = [Job.vault_id == vault_id, Job.finished_at >= since]
+        if until is not None:
+            where.append(Job.finished_at < until)
+        with self.session() as s:
+            return list(s.scalars(select(Job).where(*where).order_by(Job.id)))
+
     def job_counts(self, vault_id: str) -> list[tuple[str, str, int]]:
         """How many of the vault's jobs there are of each kind in each state."""
         with self.session() as s:

@@ -275,6 +275,28 @@ class Replication(_Strict):
         return None
 
 
+class Reports(_Strict):
+    """Reports written by the daily maintenance (``[reports]``):
+
+        [reports]
+        monthly_dir = "/var/lib/vmvault/reports"   # last month's report, CSV and PDF
+
+    At the first maintenance of a month, last month's ``vmvault-YYYY-MM.csv`` and ``.pdf``
+    are written there (once: files already there are left alone).
+    """
+
+    monthly_dir: str | None = None
+
+    @field_validator("monthly_dir")
+    @classmethod
+    def _directory(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/") or not value.isprintable():
+            raise ValueError(f"{value!r} is not an absolute path")
+        return value
+
+
 class Inventory(_Strict):
     limits: Limits = Field(default_factory=Limits)
     pools: dict[str, StoragePool] = Field(default_factory=dict)
@@ -283,6 +305,7 @@ class Inventory(_Strict):
     replication: dict[str, Replication] = Field(default_factory=dict)
     alerts: AlertSettings = AlertSettings()
     pricing: Pricing = Pricing()
+    reports: Reports = Reports()
     source: str = ""
 
     @field_validator("pools", "policies", "replication", mode="before")

@@ -22,8 +22,9 @@ from fastapi.templating import Jinja2Templates
 
 from vmvault import __version__
 from vmvault.errors import NotFound, VmvaultError
+from vmvault.reports.monthly import previous_month
 from vmvault.server.accounts import Principal, RefusalLog, Role
-from vmvault.server.api import admin, files, jobs, planning, points, vault, vms
+from vmvault.server.api import admin, files, jobs, planning, points, reports, vault, vms
 from vmvault.server.auth import (
     SESSION_COOKIE,
     Forbidden,
@@ -299,6 +300,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
             nav="fleet",
             damaged=damaged,
             outside=outside,
+            summary=reports.report_summary(server, principal),
         )
 
     @app.get("/vms/{name}", response_class=HTMLResponse, include_in_schema=False)
@@ -440,6 +442,37 @@ def mount(app: FastAPI, server: ServerState) -> None:
         principal = session(request)
         report = found(principal, planning.cost, server, principal)
         return render(request, "cost.html", principal, title="Cost", nav="cost", report=report)
+
+    @app.get("/reports", response_class=HTMLResponse, include_in_schema=False)
+    def reports_page(request: Request) -> Response:
+        principal = session(request)
+        summary = reports.report_summary(server, principal)
+        last_month = previous_month(datetime.now(UTC))
+        return render(
+            request,
+            "reports.html",
+            principal,
+            title="Reports",
+            nav="reports",
+            summary=summary,
+            rows=per_vm_rows(summary),
+            month=last_month,
+        )
+
+    def per_vm_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+        """The reports page's table: each VM's protection with its backups' figures."""
+        status = {vm["vm"]: vm for vm in summary["vms"]}
+        empty = {"backups": 0, "duration": None, "throughput": None}
+        empty |= {"success_rate": None, "change_rate": None}
+        return [
+            {
+                "vm": name,
+                "status": status[name]["status"] if name in status else None,
+                "last_good": status[name]["last_good"] if name in status else None,
+                **summary["per_vm"].get(name, empty),
+            }
+            for name in sorted(status.keys() | summary["per_vm"].keys())
+        ]
 
     @app.get("/copies", response_class=HTMLResponse, include_in_schema=False)
     def copies_page(request: Request) -> Response:

@@ -98,6 +98,10 @@ def test_example_loads_with_defaults() -> None:
             ('path = "/mnt/resource.img"', 'path = "/r"\n  force_format = true'),
             "vms['web01'].disks['resource']: force_format needs the format to force",
         ),
+        (
+            ("[policies.daily]", '[reports]\nmonthly_dir = "reports"\n[policies.daily]'),
+            "reports.monthly_dir: 'reports' is not an absolute path",
+        ),
     ],
 )
 def test_broken_inventories_name_the_field(change: tuple[str, str], message: str) -> None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vmvault.server.api import admin, files, jobs, planning, points, vault, vms
+from vmvault.server.api import admin, files, jobs, planning, points, reports, vault, vms
 
 router = APIRouter(prefix="/api/v1")
-for _resource in (vault, vms, jobs, points, files, planning, admin):
+for _resource in (vault, vms, jobs, points, files, planning, reports, admin):
     router.include_router(_resource.router)
 
 __all__ = ["router"]

@@ -1,0 +1,1 @@
+"""Reports: whether the fleet is protected, its backups' figures, and the monthly report."""
