@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 
 from vmvault import __version__
 from vmvault.errors import NotFound, VmvaultError
+from vmvault.model.jobs import JobState
 from vmvault.reports.monthly import previous_month
 from vmvault.server.accounts import Principal, RefusalLog, Role
 from vmvault.server.api import admin, files, jobs, planning, points, reports, vault, vms
@@ -60,6 +61,7 @@ JOB_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() also takes 'Â
 # The catalog's job ids are Integer columns: int4 on PostgreSQL, where a bigger number in a
 # query is an error (a 500), not a miss.
 MAX_ROW_ID = 2**31 - 1
+JOB_STATES = tuple(s.value for s in JobState)  # the jobs page's state filter
 NOTHING = "\N{EN DASH}"  # what a table shows for a missing value
 
 
@@ -390,9 +392,11 @@ def mount(app: FastAPI, server: ServerState) -> None:
         )
 
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
-    def jobs_page(request: Request, offset: int = 0, vm: str = "") -> Response:
+    def jobs_page(request: Request, offset: int = 0, vm: str = "", state: str = "") -> Response:
         principal = session(request)
-        query = {"limit": PAGE_SIZE, "offset": bounded(offset), **({"vm": vm[:255]} if vm else {})}
+        vm, state = vm[:255], state if state in JOB_STATES else ""
+        filters = {**({"vm": vm} if vm else {}), **({"state": state} if state else {})}
+        query = {"limit": PAGE_SIZE, "offset": bounded(offset), **filters}
         return render(
             request,
             "jobs.html",
@@ -400,6 +404,8 @@ def mount(app: FastAPI, server: ServerState) -> None:
             title="Jobs",
             nav="jobs",
             vm=vm,
+            state=state,
+            states=JOB_STATES,
             offset=query["offset"],
             source="/api/v1/jobs?" + urlencode(query),
         )

@@ -273,7 +273,9 @@ function pagerLinks(nav, doc, query) {
 function renderJobs(table) {
   const box = table.parentElement.querySelector(".error");
   const nav = table.parentElement.querySelector(".pager");
-  const query = table.dataset.vm ? { vm: table.dataset.vm } : {};
+  const query = {};
+  if (table.dataset.vm) query.vm = table.dataset.vm;
+  if (table.dataset.state) query.state = table.dataset.state;
   poll(
     JOBS_EVERY,
     async () => {
