@@ -188,8 +188,12 @@ class LocalClient:
 
     def list_points(self, vm: str | None) -> PointList:
         listing = list_points(self._context(), vm)
-        points = listing.points
-        return PointList(points, [point_summary(p) for p in points], listing.damaged_docs())
+        verified = [listing.verified.get(p["id"]) for p in listing.points]
+        return PointList(
+            [{**p, "last_verified": v} for p, v in zip(listing.points, verified, strict=True)],
+            [point_summary(p, v) for p, v in zip(listing.points, verified, strict=True)],
+            listing.damaged_docs(),
+        )
 
     def verify(self, point: str, vm: str | None) -> tuple[str, list[JsonDoc]]:
         ctx = self._context()

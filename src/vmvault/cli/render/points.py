@@ -53,6 +53,7 @@ def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]])
     table = Table(title="recovery points")
     for col in ("id", "vm", "type", "consistency", "disks", "size", "changed", "written"):
         table.add_column(col)
+    table.add_column("last verified")
     for p in summaries:
         table.add_row(
             p["id"],
@@ -63,10 +64,20 @@ def print_points(summaries: list[dict[str, Any]], damaged: list[dict[str, Any]])
             human_bytes(p["size"]),
             human_bytes(p["changed"]),
             human_bytes(p["stored"]),
+            last_verified(p.get("last_verified")),
         )
     console.print(table)
     for d in damaged:
         console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
+
+
+def last_verified(doc: dict[str, Any] | None) -> str:
+    """A point's last verify in a table cell: its time (UTC, to the minute) and ok or
+    DAMAGED, or never."""
+    if doc is None:
+        return "never"
+    when = doc["at"][:16].replace("T", " ")
+    return f"{when} [green]ok[/]" if doc["ok"] else f"{when} [red]DAMAGED[/]"
 
 
 def print_restored(doc: dict[str, Any]) -> None:

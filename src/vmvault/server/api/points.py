@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from vmvault.app.points import forget_point
 from vmvault.app.vm_restore import check_new_vm_restore
+from vmvault.catalog.verifications import last_verified_docs
 from vmvault.errors import Conflict
 from vmvault.fleet import point_summary
 from vmvault.jobs.queue import job_doc
@@ -32,10 +33,10 @@ def points_page(state: ServerState, vm: str | None, offset: int, limit: int) -> 
     points = [p for p in state.points() if vm is None or p["vm"] == vm]
     points.reverse()  # newest first
     damaged = [{"id": i, "error": e} for i, e in sorted(state.damaged_points().items())]
+    verified = last_verified_docs(state.catalog, state.vault_id)
+    shown = [point_summary(p, verified.get(p["id"])) for p in points[offset : offset + limit]]
     return {
-        **page(
-            [point_summary(p) for p in points[offset : offset + limit]], len(points), offset, limit
-        ),
+        **page(shown, len(points), offset, limit),
         "damaged": damaged,  # unreadable point objects: their VM is unknown
     }
 
@@ -54,9 +55,10 @@ def list_points(
 @router.get("/points/{point_id}", tags=["points"])
 def get_point(point_id: str, state: State, _: Reader) -> dict[str, Any]:
     """A point whole: per disk its size, what was read, changed and stored, its checksums'
-    manifest, and the consistency level reached with its reason."""
+    manifest, the consistency level reached with its reason, and its last verify."""
     point = state.point(point_id)
-    return {**point_summary(point), "detail": point}
+    verified = last_verified_docs(state.catalog, state.vault_id).get(point_id)
+    return {**point_summary(point, verified), "detail": point}
 
 
 @router.delete("/points/{point_id}", tags=["points"])
