@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from vmvault.catalog.models import PointVerification
+from vmvault.catalog.models import Job, PointVerification
 from vmvault.catalog.store import Catalog
 from vmvault.model.verify import VerifyOutcome
 
@@ -48,6 +48,15 @@ def last_verified(catalog: Catalog, vault_id: str) -> dict[str, PointVerificatio
         )
         rows = s.scalars(select(PointVerification).where(PointVerification.id.in_(newest)))
         return {row.point_id: row for row in rows}
+
+
+def verifies_queued_since(catalog: Catalog, vault_id: str, since: datetime) -> set[str]:
+    """The points whose verify jobs were queued at or after ``since`` (the ids they name)."""
+    with catalog.session() as s:
+        query = select(Job.spec).where(
+            Job.vault_id == vault_id, Job.kind == "verify", Job.created_at >= since
+        )
+        return {str(spec["point"]) for spec in s.scalars(query) if (spec or {}).get("point")}
 
 
 def verified_doc(row: PointVerification) -> dict[str, Any]:
