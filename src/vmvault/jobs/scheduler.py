@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from datetime import time as clock_time
 
 from vmvault.catalog.backups import last_scheduled_due
+from vmvault.catalog.models import RecoveryPoint
 from vmvault.catalog.replication import replication_queued_since
 from vmvault.catalog.verifications import last_verified, verifies_queued_since
 from vmvault.inventory import Inventory
@@ -115,6 +116,13 @@ def _replications(
 def _verifies(queue: JobQueue, inventory: Inventory, now: datetime) -> list[int]:
     """Queue a verify for each VM whose policy asks for them and that has a point due, one
     per VM at a time, after the backups."""
+    wanted = {
+        vm.name: verify
+        for vm in inventory.vms
+        if vm.policy is not None and (verify := inventory.policy(vm.policy).verify) is not None
+    }
+    if not wanted:
+        return []
     active = queue.queued(now) + queue.running()
     if any(job.kind == JobKind.BACKUP for job in active):
         return []  # after the backups
@@ -122,26 +130,21 @@ def _verifies(queue: JobQueue, inventory: Inventory, now: datetime) -> list[int]
     catalog, vault_id = queue.catalog, queue.vault_id
     last = {pid: row.at for pid, row in last_verified(catalog, vault_id).items()}
     tried = verifies_queued_since(catalog, vault_id, now - VERIFY_RETRY_AFTER)
+    due: dict[str, list[RecoveryPoint]] = {}
+    for p in catalog.points(vault_id):
+        verify = wanted.get(p.vm)
+        if verify is None or p.vm in busy or p.id in tried:
+            continue
+        if verify.due(p.created_at, last.get(p.id), now):
+            due.setdefault(p.vm, []).append(p)
     queued: list[int] = []
-    for vm in inventory.vms:
-        if vm.policy is None or vm.name in busy:
-            continue
-        verify = inventory.policy(vm.policy).verify
-        if verify is None:
-            continue
-        due = [
-            p
-            for p in catalog.points(vault_id, vm.name)
-            if p.id not in tried and verify.due(p.created_at, last.get(p.id), now)
-        ]
-        if not due:
-            continue
+    for vm, points in due.items():
         # Never verified first, newest first; then the longest since its last verify.
         point = min(
-            due, key=lambda p: (p.id in last, last.get(p.id, now), -p.created_at.timestamp())
+            points, key=lambda p: (p.id in last, last.get(p.id, now), -p.created_at.timestamp())
         )
         spec = {"point": point.id, "scheduled": True, "due": now.isoformat()}
-        job_id = queue.enqueue(JobKind.VERIFY, vm.name, spec, max_attempts=1, now=now)
-        log.info("queued job %d: verify of %s's point %s", job_id, vm.name, point.id)
+        job_id = queue.enqueue(JobKind.VERIFY, vm, spec, max_attempts=1, now=now)
+        log.info("queued job %d: verify of %s's point %s", job_id, vm, point.id)
         queued.append(job_id)
     return queued
