@@ -10,7 +10,12 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
 
+from support.damagekit import flip_one_data_chunk
+from vmvault.alerts.store import list_alerts
+from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
+from vmvault.catalog.verifications import last_verified
 from vmvault.errors import NotFound
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.queue import JobQueue
@@ -157,9 +162,6 @@ def test_the_daemon_keeps_scheduling_while_a_job_runs(tmp_path: Path, ctx: Conte
 def test_verifies_are_queued_for_due_points_after_backups_one_per_vm(
     tmp_path: Path, ctx: Context
 ) -> None:
-    from vmvault.app.backup import run_backup
-    from vmvault.app.disks import DiskSpec
-    from vmvault.catalog.verifications import last_verified
 
     disk = tmp_path / "web.img"
     with open(disk, "wb") as f:
@@ -221,3 +223,11 @@ policy = "plain"
     [job] = [j for j in queue.queued(later + timedelta(hours=2)) if j.kind == "verify"]
     queue.cancel(job.id)
     assert verifies(later + timedelta(hours=26)) == [("web", newer)]
+    # The queued verify meets damage: recorded as such, with its job, and an alert raised.
+    flip_one_data_chunk(ctx)
+    [job_id] = run_worker(ctx, inv, once=True, poll=0.05)
+    assert queue.get(job_id).state == "failed"
+    damaged = last_verified(ctx.catalog(), queue.vault_id)[newer]
+    assert not damaged.ok and damaged.job_id == job_id
+    _, alerts = list_alerts(ctx.catalog(), queue.vault_id)
+    assert [(a.kind, a.vm) for a in alerts] == [("point_damaged", "web")]
