@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from vmvault.inventory import Inventory, Vm
 
 
-def point_summary(point: RecoveryPoint) -> dict[str, Any]:
-    """A recovery point as lists show it: when, what kind, how consistent, how big."""
+def point_summary(
+    point: RecoveryPoint, last_verified: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A recovery point as lists show it: when, what kind, how consistent, how big, and its
+    last verify (``catalog.verifications.verified_doc``; None: never verified)."""
     disks = point["disks"]
     return {
         "id": point["id"],
@@ -34,6 +37,7 @@ def point_summary(point: RecoveryPoint) -> dict[str, Any]:
         "size": sum(d["size"] for d in disks),
         "changed": sum(d["stats"]["changed"] for d in disks),
         "stored": sum(d["stats"]["stored"] for d in disks),
+        "last_verified": last_verified,
     }
 
 

@@ -4,6 +4,7 @@ restores, alerts delivered to a real webhook and SMTP server, the audit log, met
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -208,6 +209,12 @@ def test_verify_and_restore_as_a_new_vm(client: TestClient, site: Site) -> None:
     verify = client.post(f"/api/v1/points/{point}/verify", headers=operator)
     assert verify.status_code == 202
     assert _wait(client, site, verify.json()["id"])["state"] == "succeeded"
+    # The point's last verify is this job's, in its document and in the lists.
+    verified = client.get(f"/api/v1/points/{point}", headers=operator).json()["last_verified"]
+    assert verified["job"] == verify.json()["id"] and verified["ok"] is True
+    assert verified["damaged"] == 0 and verified["bytes_read"] > 0
+    listed = client.get("/api/v1/vms/web01/points", headers=operator).json()["items"]
+    assert [p["last_verified"] for p in listed if p["id"] == point] == [verified]
     queued = client.post(
         "/api/v1/restores",
         headers=operator,
@@ -240,6 +247,16 @@ def test_verify_and_restore_as_a_new_vm(client: TestClient, site: Site) -> None:
     assert retired.status_code == 409, retired.text
     error = retired.json()["error"]
     assert error["code"] == "conflict" and "'retired01' exists in the vault" in error["message"]
+    # The dashboard's point page and points table show the point's last verify too (a
+    # client outside `with`: its lifespan would stop the server's workers at its end).
+    browser = TestClient(client.app)
+    browser.post("/login", data={"token": site.tokens["reader"]})
+    shown = browser.get(f"/points/{point}").text
+    [cell] = re.findall(r'<dd class="verified">(.*?)</dd>', shown, re.S)
+    row = browser.get("/vms/web01").text.split(f'data-point="{point}"')[1].split("</tr>")[0]
+    [cell2] = re.findall(r'<td class="verified">(.*?)</td>', row, re.S)
+    assert '<span class="badge ok">ok</span>' in cell and "read in" in cell
+    assert '<span class="badge ok">ok</span>' in cell2
 
 
 def test_restore_some_disks_in_another_format_or_in_place(client: TestClient, site: Site) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import PASSPHRASE, run_cli
+from support.damagekit import flip_one_data_chunk
 from vmvault import testdisk
 from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
@@ -17,20 +18,8 @@ from vmvault.app.restore import run_restore
 from vmvault.app.vaults import reindex, run_check
 from vmvault.engine.restore import merge_damage
 from vmvault.errors import RestoreDamaged
-from vmvault.vault.format import KIND_DATA
 
 MiB = testdisk.MiB
-
-
-def _flip_one_data_chunk(ctx: Context) -> tuple[int, int]:
-    """Flip a byte inside one data blob; return the pack's path size and the blob's offset."""
-    vault = ctx.open_vault()
-    loc = next(loc for _, loc in vault.index.items() if loc.kind == KIND_DATA)
-    path = Path(ctx.vault_path) / "packs" / loc.pack_id.hex()[:2] / loc.pack_id.hex()
-    data = bytearray(path.read_bytes())
-    data[loc.offset + loc.length // 2] ^= 0x40
-    path.write_bytes(bytes(data))
-    return loc.offset, loc.length
 
 
 def test_flipped_byte_detected_by_verify_restore_and_check(
@@ -38,7 +27,7 @@ def test_flipped_byte_detected_by_verify_restore_and_check(
 ) -> None:
     image = make_image(size=16 * MiB)
     run_backup(ctx, "vm", [DiskSpec("os", str(image))])
-    _flip_one_data_chunk(ctx)
+    flip_one_data_chunk(ctx)
 
     env = {
         "VMVAULT_VAULT": ctx.vault_path,

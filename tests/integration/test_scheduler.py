@@ -1,5 +1,6 @@
 """The scheduler: due backups queued per policy, one catch-up after downtime, daily
-maintenance (retention + GC) as a job; the worker runs them all."""
+maintenance (retention + GC) as a job, verifies of the points a policy's ``verify`` makes
+due; the worker runs them all."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from support.damagekit import flip_one_data_chunk
+from vmvault.alerts.store import list_alerts
+from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
+from vmvault.app.disks import DiskSpec
 from vmvault.catalog.store import Catalog
+from vmvault.catalog.verifications import last_verified
 from vmvault.errors import NotFound
 from vmvault.inventory import parse_inventory
 from vmvault.jobs.queue import JobQueue
@@ -222,3 +228,77 @@ def test_the_scheduler_says_what_it_watches_logs_jobs_and_stops_cleanly(
     assert "started: maintenance (attempt 1" in text
     assert "ended: maintenance succeeded after" in text and "gc freed 0 B" in text
     assert "scheduler stopped" in text and "Traceback" not in text
+
+
+def test_verifies_are_queued_for_due_points_after_backups_one_per_vm(
+    tmp_path: Path, ctx: Context
+) -> None:
+
+    disk = tmp_path / "web.img"
+    with open(disk, "wb") as f:
+        f.truncate(2 << 20)
+        f.write(os.urandom(256 << 10))
+    inv = parse_inventory(
+        f"""
+[policies.checked]
+schedule = {{ kind = "daily", time = "22:30" }}
+verify = {{ every_days = 7, sample = "all" }}
+[policies.plain]
+schedule = {{ kind = "daily", time = "22:30" }}
+[[vms]]
+name = "web"
+policy = "checked"
+  [[vms.disks]]
+  name = "os"
+  path = "{disk}"
+[[vms]]
+name = "db"
+policy = "plain"
+  [[vms.disks]]
+  name = "os"
+  path = "{disk}"
+""",
+        "inv.toml",
+    )
+    older = run_backup(ctx, "web", [DiskSpec("os", str(disk))])["id"]
+    newer = run_backup(ctx, "web", [DiskSpec("os", str(disk))])["id"]
+    run_backup(ctx, "db", [DiskSpec("os", str(disk))])  # its policy verifies nothing
+    queue = JobQueue(ctx.catalog(), ctx.open_vault(load_index=False).config.vault_id)
+    t = datetime.now(UTC) + timedelta(hours=1)
+
+    def verifies(now: datetime) -> list[tuple[str, str]]:
+        # A scheduler that sees the VMs first (no backup owed) and did today's maintenance.
+        state = SchedulerState(maintenance_done={now.date().isoformat()})
+        jobs = [queue.get(j) for j in tick(queue, inv, state, now)]
+        assert all(job.kind == "verify" for job in jobs)
+        return [(str(job.vm), job.spec["point"]) for job in jobs]
+
+    backup = queue.enqueue("backup", "db", {}, now=t)
+    assert verifies(t) == []  # after the backups
+    queue.cancel(backup)
+    assert verifies(t) == [("web", newer)]  # never verified: the newest first
+    assert verifies(t + timedelta(minutes=1)) == []  # one verify per VM at a time
+    assert run_worker(ctx, inv, once=True, poll=0.05)
+    assert verifies(t + timedelta(minutes=2)) == [("web", older)]
+    assert run_worker(ctx, inv, once=True, poll=0.05)
+    verified = last_verified(ctx.catalog(), queue.vault_id)
+    assert set(verified) == {older, newer} and all(v.ok for v in verified.values())
+    assert verifies(t + timedelta(days=3)) == []  # all verified in the last 7 days
+    later = t + timedelta(days=8)
+    assert verifies(later) == [("web", newer)]  # the longest since its verify
+    assert verifies(later + timedelta(minutes=1)) == []
+    # A verify that ends without an outcome (here: cancelled) is tried again a day later.
+    [job] = [j for j in queue.queued(later) if j.kind == "verify"]
+    queue.cancel(job.id)
+    assert verifies(later + timedelta(hours=2)) == [("web", older)]
+    [job] = [j for j in queue.queued(later + timedelta(hours=2)) if j.kind == "verify"]
+    queue.cancel(job.id)
+    assert verifies(later + timedelta(hours=26)) == [("web", newer)]
+    # The queued verify meets damage: recorded as such, with its job, and an alert raised.
+    flip_one_data_chunk(ctx)
+    [job_id] = run_worker(ctx, inv, once=True, poll=0.05)
+    assert queue.get(job_id).state == "failed"
+    damaged = last_verified(ctx.catalog(), queue.vault_id)[newer]
+    assert not damaged.ok and damaged.job_id == job_id
+    _, alerts = list_alerts(ctx.catalog(), queue.vault_id)
+    assert [(a.kind, a.vm) for a in alerts] == [("point_damaged", "web")]

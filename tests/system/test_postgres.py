@@ -1,6 +1,6 @@
 """The catalog on PostgreSQL (a real server started for these tests): points, jobs, the
-queue's claims under concurrency, alert de-duplication, columns added to an old catalog,
-and the API's job flow."""
+queue's claims under concurrency, alert de-duplication, columns and tables added to an old
+catalog, verifies per point, and the API's job flow."""
 
 from __future__ import annotations
 
@@ -125,6 +125,29 @@ def test_an_old_catalog_gets_new_columns(pg_url: str) -> None:
         ).scalars()
         assert "progress" in set(columns)
     engine.dispose()
+
+
+def test_an_old_catalog_gets_the_verify_table_and_each_points_last_verify(pg_url: str) -> None:
+    from vmvault.catalog.verifications import last_verified, record_verify
+    from vmvault.model.verify import VerifyOutcome
+
+    url = _database(pg_url, "verifies")
+    Catalog(url).engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE point_verifications"))  # as a catalog made before it
+    engine.dispose()
+    catalog = Catalog(url)
+    record_verify(catalog, "v", VerifyOutcome("p1", "web", 0, None, 10, 0.5))
+    record_verify(catalog, "v", VerifyOutcome("p1", "web", 2, "os bytes 0-1: x", 10, 0.5))
+    record_verify(catalog, "v", VerifyOutcome("p2", "web", 0, None, 3 << 40, 0.5))
+    record_verify(catalog, "other", VerifyOutcome("p3", "db", 0, None, 10, 0.5))
+    newest = last_verified(catalog, "v")
+    assert sorted(newest) == ["p1", "p2"] and newest["p1"].damaged == 2
+    assert newest["p2"].ok and newest["p2"].bytes_read == 3 << 40  # BigInteger
+    catalog.forget_points("v", ["p1"])
+    assert sorted(last_verified(catalog, "v")) == ["p2"]
+    catalog.engine.dispose()
 
 
 def test_api_backup_job_on_a_postgres_catalog(tmp_path: Path, pg_url: str) -> None:

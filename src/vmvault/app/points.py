@@ -3,7 +3,8 @@ or ``latest``, and forgotten."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from vmvault.app.context import Context
 from vmvault.app.point_ref import resolve_point
@@ -23,6 +24,8 @@ class PointListing:
     points: list[RecoveryPoint]
     damaged: dict[str, str]
     all_ids: list[str]
+    # Each verified point's last verify (catalog.verifications.verified_doc), by point id.
+    verified: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def damaged_docs(self) -> list[dict[str, str]]:
         return [{"id": pid, "error": message} for pid, message in sorted(self.damaged.items())]
@@ -35,14 +38,19 @@ def read_points(vault: Vault) -> PointListing:
 
 
 def list_points(ctx: Context, vm: str | None = None) -> PointListing:
-    """Points from the vault itself (the catalog may lag a vault copied from elsewhere).
+    """Points from the vault itself (the catalog may lag a vault copied from elsewhere),
+    with their last verify from the catalog.
 
     Damaged point objects are listed apart (their VM is unknown) and raise an alert."""
+    from vmvault.catalog.verifications import last_verified_docs  # SQLAlchemy: on first use
+
     vault = ctx.open_vault(load_index=False)
     listing = read_points(vault)
-    report_damaged_points(ctx.catalog(), vault, listing.damaged)
+    catalog = ctx.catalog()
+    report_damaged_points(catalog, vault, listing.damaged)
     mine = [p for p in listing.points if vm is None or p["vm"] == vm]
-    return PointListing(mine, listing.damaged, listing.all_ids)
+    verified = last_verified_docs(catalog, vault.config.vault_id)
+    return PointListing(mine, listing.damaged, listing.all_ids, verified)
 
 
 def forget_point(ctx: Context, point_ref: str) -> str:

@@ -73,8 +73,11 @@ def raise_alert(ctx: Context, vault: Vault, kind: str, message: str, **fields: A
     return store_alert(ctx.catalog(), vault.config.vault_id, kind, message, **fields)
 
 
-def report_damaged_points(catalog: Catalog, vault: Vault, damaged: dict[str, str]) -> None:
-    """One ``point_damaged`` alert per damaged point object (raised once)."""
+def report_damaged_points(
+    catalog: Catalog, vault: Vault, damaged: dict[str, str], *, vm: str | None = None
+) -> None:
+    """One ``point_damaged`` alert per damaged point (raised once): its object unreadable,
+    or a verify found damage (then ``vm`` is known)."""
 
     for point_id, message in damaged.items():
         store_alert(
@@ -82,6 +85,7 @@ def report_damaged_points(catalog: Catalog, vault: Vault, damaged: dict[str, str
             vault.config.vault_id,
             "point_damaged",
             f"recovery point {point_id} is damaged: {message}",
+            vm=vm,
             details={"point": point_id, "error": message},
             dedupe_key=f"point_damaged:{point_id}",
         )

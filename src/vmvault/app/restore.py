@@ -11,10 +11,17 @@ from vmvault.app.point_ref import resolve_point
 from vmvault.app.records import recorded_job, report_damaged_points
 from vmvault.engine.budgets import DiskBudget
 from vmvault.engine.progress import ProgressCallback, no_progress
-from vmvault.engine.restore import RestoreReport, point_disk, restore_disk, verify_point
+from vmvault.engine.restore import (
+    RestoreReport,
+    merge_damage,
+    point_disk,
+    restore_disk,
+    verify_point,
+)
 from vmvault.engine.targets import restore_target
 from vmvault.errors import CorruptObject, DamageFound, ObjectMissing
 from vmvault.model.point import RecoveryPoint
+from vmvault.model.verify import VerifyOutcome
 from vmvault.snapshot import instant
 from vmvault.snapshot.base import SnapshotError
 from vmvault.snapshot.providers import sparse_copy
@@ -132,16 +139,53 @@ def _restore_recorded(
 
 
 def run_verify(
-    ctx: Context, point_ref: str, *, vm: str | None = None, progress: ProgressCallback = no_progress
+    ctx: Context,
+    point_ref: str,
+    *,
+    vm: str | None = None,
+    progress: ProgressCallback = no_progress,
+    job_id: int | None = None,
 ) -> tuple[str, list[RestoreReport]]:
+    """Verify a point and record the outcome in the catalog (its "last verified"); damage
+    found raises a ``point_damaged`` alert. ``job_id``: the queued job that runs it."""
     with ctx.session("verify") as vault:
         point_id = resolve_point(vault, point_ref, vm)
+        started = time.perf_counter()
+        vm_name = ""
         try:
-            vault.get_point(point_id)
-        except (CorruptObject, ObjectMissing) as exc:
-            report_damaged_points(ctx.catalog(), vault, {point_id: exc.message})
+            vm_name = vault.get_point(point_id)["vm"]
+            reports = verify_point(vault, point_id, progress=progress)
+        except (CorruptObject, ObjectMissing) as exc:  # the point or a manifest: all lost
+            seconds = time.perf_counter() - started
+            lost = VerifyOutcome(point_id, vm_name, 1, exc.message, 0, seconds)
+            _record_verify(ctx, vault, lost, job_id, exc.message)
             raise DamageFound(f"recovery point {point_id} is damaged: {exc.message}") from None
-        try:
-            return point_id, verify_point(vault, point_id, progress=progress)
-        except (CorruptObject, ObjectMissing) as exc:  # a manifest: the whole disk is lost
-            raise DamageFound(f"recovery point {point_id} is damaged: {exc.message}") from None
+        damage = [(r.disk, d) for r in reports for d in merge_damage(r.damaged)]
+        first = None
+        if damage:
+            disk, d = damage[0]
+            first = f"{disk} bytes {d.start}-{d.end}: {d.reason}"
+        outcome = VerifyOutcome(
+            point_id,
+            vm_name,
+            len(damage),
+            first,
+            sum(r.bytes_verified for r in reports),
+            time.perf_counter() - started,
+        )
+        found = f"{len(damage)} damaged range(s), first {first}"
+        _record_verify(ctx, vault, outcome, job_id, found)
+        return point_id, reports
+
+
+def _record_verify(
+    ctx: Context, vault: Vault, outcome: VerifyOutcome, job_id: int | None, damage: str
+) -> None:
+    """The outcome in the catalog; ``damage`` (what was found) in an alert if not ok."""
+    # SQLAlchemy is imported here, not at the CLI's start (see records.store_alert).
+    from vmvault.catalog.verifications import record_verify
+
+    catalog = ctx.catalog()
+    record_verify(catalog, vault.config.vault_id, outcome, job_id=job_id)
+    if not outcome.ok:
+        report_damaged_points(catalog, vault, {outcome.point_id: damage}, vm=outcome.vm or None)

@@ -81,6 +81,25 @@ class PointDisk(Base):
     point: Mapped[RecoveryPoint] = relationship(back_populates="disks")
 
 
+class PointVerification(Base):
+    """One verify of a recovery point: when, what it found, what it read. Kept apart from
+    the point rows, so a catalog rebuild from the vault (which replaces those) keeps them."""
+
+    __tablename__ = "point_verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vault_id: Mapped[str] = mapped_column(String(64), index=True)
+    point_id: Mapped[str] = mapped_column(String(64), index=True)
+    vm: Mapped[str] = mapped_column(String(255), default="")
+    at: Mapped[datetime] = mapped_column(UtcDateTime())  # when it ended
+    ok: Mapped[bool] = mapped_column(Boolean)
+    damaged: Mapped[int] = mapped_column(Integer, default=0)  # damaged byte ranges
+    first_damage: Mapped[str | None] = mapped_column(Text)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    job_id: Mapped[int | None] = mapped_column(Integer)  # the queued job that ran it, if any
+
+
 class Job(Base):
     __tablename__ = "jobs"
 

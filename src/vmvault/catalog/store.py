@@ -13,7 +13,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from vmvault.catalog.models import Alert, Base, Job, PointDisk, RecoveryPoint
+from vmvault.catalog.models import (
+    Alert,
+    Base,
+    Job,
+    PointDisk,
+    PointVerification,
+    RecoveryPoint,
+)
 from vmvault.model.point import RecoveryPoint as PointDoc
 
 
@@ -126,10 +133,15 @@ class Catalog:
             return list(s.scalars(query))
 
     def forget_points(self, vault_id: str, point_ids: Iterable[str]) -> None:
-        """Drop the rows of points deleted from the vault."""
+        """Drop the rows of points deleted from the vault, and their verifies."""
         ids = list(point_ids)
         with self.session.begin() as s:
             s.execute(delete(PointDisk).where(PointDisk.point_id.in_(ids)))
+            s.execute(
+                delete(PointVerification).where(
+                    PointVerification.vault_id == vault_id, PointVerification.point_id.in_(ids)
+                )
+            )
             s.execute(
                 delete(RecoveryPoint).where(
                     RecoveryPoint.vault_id == vault_id, RecoveryPoint.id.in_(ids)

@@ -194,8 +194,13 @@ class LocalClient:
     def list_points(self, vm: str | None) -> PointList:
         listing = list_points(self._context(), vm)
         points = listing.points
-        summaries = [point_summary(p) for p in points]
-        return PointList(points, summaries, listing.damaged_docs(), listing.all_ids)
+        verified = [listing.verified.get(p["id"]) for p in points]
+        return PointList(
+            [{**p, "last_verified": v} for p, v in zip(points, verified, strict=True)],
+            [point_summary(p, v) for p, v in zip(points, verified, strict=True)],
+            listing.damaged_docs(),
+            listing.all_ids,
+        )
 
     def verify(self, point: str, vm: str | None) -> tuple[str, list[JsonDoc]]:
         ctx = self._context()

@@ -112,7 +112,11 @@ def _restore(run: JobRun) -> None:
 
 def _verify(run: JobRun) -> None:
     point_id, reports = run_verify(
-        run.ctx, str(run.spec.get("point", "latest")), vm=run.job.vm or None, progress=run.progress
+        run.ctx,
+        str(run.spec.get("point", "latest")),
+        vm=run.job.vm or None,
+        progress=run.progress,
+        job_id=run.job.id,
     )
     damaged = sum(1 for r in reports if r.damaged)
     run.finish(

@@ -8,6 +8,12 @@ of the policy gives at most one owed start since then — after downtime that is
 all the missed windows, not a burst. Retention (prune) and garbage collection run once a day
 at ``maintenance_time`` (UTC), as jobs of their own, after the backups have been queued;
 once a day per vault, also when several schedulers share the catalog (a claim in it).
+
+A policy with ``verify`` has its VMs' points verified: when no backup is queued or running,
+each such VM without a verify queued or running gets one for its point most due (see
+``policy.model.VerifySchedule``); a point whose verify was queued in the last
+``VERIFY_RETRY_AFTER`` is left alone, so a verify that failed without an outcome (the store
+out of reach) is tried again the next day, not at every tick.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import time as clock_time
 
 from vmvault.catalog.backups import last_scheduled_due
 from vmvault.catalog.claims import claim_daily, claimed_by
+from vmvault.catalog.models import RecoveryPoint
 from vmvault.catalog.replication import replication_queued_since
+from vmvault.catalog.verifications import last_verified, verifies_queued_since
 from vmvault.inventory import Inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.model.jobs import JobKind
@@ -30,6 +38,8 @@ from vmvault.vault.vault import Vault
 
 log = logging.getLogger("vmvault.scheduler")
 MAINTENANCE = "maintenance"  # the daily task's name in the catalog's claims
+
+VERIFY_RETRY_AFTER = timedelta(days=1)
 
 
 @dataclass
@@ -71,6 +81,7 @@ def tick(
             log.info("queued job %d: backup of %s due %s", job_id, vm.name, due.isoformat())
             queued.append(job_id)
     queued += _replications(queue, inventory, state, now)
+    queued += _verifies(queue, inventory, now)
     today = now.date().isoformat()
     if now.time() >= maintenance_time and today not in state.maintenance_done:
         state.maintenance_done.add(today)
@@ -110,5 +121,42 @@ def _replications(
             JobKind.REPLICATE, "", {"copy": copy.name, "due": opened.isoformat()}, now=now
         )
         log.info("queued job %d: replication to %s (%s)", job_id, copy.name, copy.to)
+        queued.append(job_id)
+    return queued
+
+
+def _verifies(queue: JobQueue, inventory: Inventory, now: datetime) -> list[int]:
+    """Queue a verify for each VM whose policy asks for them and that has a point due, one
+    per VM at a time, after the backups."""
+    wanted = {
+        vm.name: verify
+        for vm in inventory.vms
+        if vm.policy is not None and (verify := inventory.policy(vm.policy).verify) is not None
+    }
+    if not wanted:
+        return []
+    active = queue.queued(now) + queue.running()
+    if any(job.kind == JobKind.BACKUP for job in active):
+        return []  # after the backups
+    busy = {job.vm for job in active if job.kind == JobKind.VERIFY}
+    catalog, vault_id = queue.catalog, queue.vault_id
+    last = {pid: row.at for pid, row in last_verified(catalog, vault_id).items()}
+    tried = verifies_queued_since(catalog, vault_id, now - VERIFY_RETRY_AFTER)
+    due: dict[str, list[RecoveryPoint]] = {}
+    for p in catalog.points(vault_id):
+        verify = wanted.get(p.vm)
+        if verify is None or p.vm in busy or p.id in tried:
+            continue
+        if verify.due(p.created_at, last.get(p.id), now):
+            due.setdefault(p.vm, []).append(p)
+    queued: list[int] = []
+    for vm, points in due.items():
+        # Never verified first, newest first; then the longest since its last verify.
+        point = min(
+            points, key=lambda p: (p.id in last, last.get(p.id, now), -p.created_at.timestamp())
+        )
+        spec = {"point": point.id, "scheduled": True, "due": now.isoformat()}
+        job_id = queue.enqueue(JobKind.VERIFY, vm, spec, max_attempts=1, now=now)
+        log.info("queued job %d: verify of %s's point %s", job_id, vm, point.id)
         queued.append(job_id)
     return queued

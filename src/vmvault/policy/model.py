@@ -8,6 +8,8 @@ the field. Example:
     schedule = { kind = "daily", time = "02:30", timezone = "Europe/Berlin" }
     retention = { daily_days = 30, weekly_weeks = 12, monthly_months = 12 }
 
+    verify = { every_days = 7, sample = "new" }   # optional: scheduled verifies
+
     [policies.busy-db.schedule]
     kind = "hourly"
     time = "08:00"          # the window's start
@@ -260,12 +262,38 @@ class Retention(_Strict):
         return dt.date(year, month, self.monthly_day)
 
 
+class VerifySchedule(_Strict):
+    """Which of a VM's points the scheduler verifies (reads back every chunk), one at a time
+    per VM, after the backups (Proxmox Backup Server's verify jobs):
+
+    - ``sample = "new"`` (default): each point made in the last ``every_days`` days, once
+      (Proxmox's "skip verified"); older points never verified are left alone;
+    - ``sample = "all"``: every point, and each again once its last verify is ``every_days``
+      days old (Proxmox's "re-verify after").
+
+    A verify reads the point's whole disks, not just what its backup wrote: "all" reads
+    every point of the VM every ``every_days`` days."""
+
+    every_days: int = Field(default=7, ge=1, le=MAX_DAILY_DAYS)
+    sample: Literal["new", "all"] = "new"
+
+    def due(self, created: dt.datetime, last: dt.datetime | None, now: dt.datetime) -> bool:
+        """Whether a point made at ``created``, last verified at ``last`` (None: never), is
+        due a verify at ``now``."""
+        period = dt.timedelta(days=self.every_days)
+        if self.sample == "new":
+            return last is None and now - created < period
+        return last is None or now - last >= period
+
+
 class Policy(_Strict):
-    """A named schedule and retention; ``retention`` defaults depend on ``schedule.kind``."""
+    """A named schedule and retention; ``retention`` defaults depend on ``schedule.kind``;
+    ``verify``, if given, has the scheduler verify the VM's points."""
 
     name: str = Field(min_length=1, pattern=_NAME)
     schedule: Schedule
     retention: Retention = Field(default_factory=Retention, validate_default=True)
+    verify: VerifySchedule | None = None
 
     @model_validator(mode="before")
     @classmethod

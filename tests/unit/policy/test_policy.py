@@ -778,3 +778,28 @@ def test_protection_state_invariants() -> None:
         ProtectionState("paused")  # type: ignore[arg-type]
     with pytest.raises(PolicyError, match="timezone-aware"):
         stop_protection(ProtectionState(), delete_data=False, now=datetime(2026, 1, 1))
+
+
+def test_verify_sample_new_once_for_recent_points_all_again_after_every_days() -> None:
+    from vmvault.policy.model import VerifySchedule
+
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    day = timedelta(days=1)
+    new = VerifySchedule(every_days=7)  # sample "new" is the default
+    assert new.due(now - 6 * day, None, now)  # recent, never verified
+    assert not new.due(now - 8 * day, None, now)  # older than the sample reaches
+    assert not new.due(now - 2 * day, now - 100 * day, now)  # verified once: done
+    every = VerifySchedule(every_days=7, sample="all")
+    assert every.due(now - 300 * day, None, now)
+    assert every.due(now - 300 * day, now - 7 * day, now)
+    assert not every.due(now - 300 * day, now - 6 * day, now)
+    policy = parse_policy("p", {"schedule": {"kind": "daily", "time": "01:00"}})
+    assert policy.verify is None
+    with pytest.raises(PolicyError, match=r"policies\.p\.verify\.sample"):
+        parse_policy(
+            "p", {"schedule": {"kind": "daily", "time": "01:00"}, "verify": {"sample": "some"}}
+        )
+    with pytest.raises(PolicyError, match=r"policies\.p\.verify\.every_days"):
+        parse_policy(
+            "p", {"schedule": {"kind": "daily", "time": "01:00"}, "verify": {"every_days": 0}}
+        )

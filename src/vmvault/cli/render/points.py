@@ -70,6 +70,7 @@ def print_points(
         table.add_column(col, overflow="fold")
     for col in ("size", "changed", "written"):
         table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("last verified", no_wrap=True)
     for p in summaries:
         table.add_row(
             refs[p["id"]],
@@ -80,10 +81,20 @@ def print_points(
             human_bytes(p["size"]),
             human_bytes(p["changed"]),
             human_bytes(p["stored"]),
+            last_verified(p.get("last_verified")),
         )
     console.print(table)
     for d in damaged:
         console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
+
+
+def last_verified(doc: dict[str, Any] | None) -> str:
+    """A point's last verify in a table cell: its time (UTC, to the minute) and ok or
+    DAMAGED, or never."""
+    if doc is None:
+        return "never"
+    when = doc["at"][:16].replace("T", " ")
+    return f"{when} [green]ok[/]" if doc["ok"] else f"{when} [red]DAMAGED[/]"
 
 
 def print_restored(doc: dict[str, Any]) -> None:

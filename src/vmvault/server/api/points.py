@@ -12,6 +12,7 @@ from vmvault.app.point_ref import resolve_point
 from vmvault.app.points import forget_point
 from vmvault.app.vm_restore import check_new_vm_restore, only_disks
 from vmvault.catalog.drills import latest_drills
+from vmvault.catalog.verifications import last_verified_docs
 from vmvault.errors import Conflict, UsageError
 from vmvault.fleet import point_summary
 from vmvault.inventory import Vm, VmState
@@ -37,9 +38,13 @@ def points_page(state: ServerState, vm: str | None, offset: int, limit: int) -> 
     damaged = [{"id": i, "error": e} for i, e in sorted(state.damaged_points().items())]
     shown = points[offset : offset + limit]
     drills = latest_drills(state.catalog, state.vault_id, [p["id"] for p in shown])
+    verified = last_verified_docs(state.catalog, state.vault_id)
     return {
         **page(
-            [{**point_summary(p), "drill": drills.get(p["id"])} for p in shown],
+            [
+                {**point_summary(p, verified.get(p["id"])), "drill": drills.get(p["id"])}
+                for p in shown
+            ],
             len(points),
             offset,
             limit,
@@ -62,11 +67,12 @@ def list_points(
 @router.get("/points/{point_id}", tags=["points"])
 def get_point(point_id: str, state: State, _: Reader) -> dict[str, Any]:
     """A point (by its id or a unique prefix of it) whole: per disk its size, what was
-    read, changed and stored, its checksums' manifest, and the consistency level reached
-    with its reason."""
+    read, changed and stored, its checksums' manifest, the consistency level reached with
+    its reason, its last verify and its newest restore drill."""
     point = state.point(point_id)
-    drill = latest_drills(state.catalog, state.vault_id, [point_id]).get(point_id)
-    return {**point_summary(point), "drill": drill, "detail": point}
+    drill = latest_drills(state.catalog, state.vault_id, [point["id"]]).get(point["id"])
+    verified = last_verified_docs(state.catalog, state.vault_id).get(point["id"])
+    return {**point_summary(point, verified), "drill": drill, "detail": point}
 
 
 @router.delete("/points/{point_id}", tags=["points"])
