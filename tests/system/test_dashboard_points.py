@@ -49,3 +49,39 @@ def test_points_of_a_vm_outside_the_inventory_are_reachable(tmp_path: Path) -> N
         missing = page.goto("/vms/nobody")
         assert missing is not None and missing.status == 404
         context.close()
+
+
+def test_an_admin_verifies_forgets_a_point_and_runs_the_maintenance(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site")  # web01 backed up once
+    second = run_backup(
+        site.ctx, "web01", [DiskSpec("os", str(site.root / "disks" / "web01-os.img"))]
+    )
+    with serving(site, tmp_path / "server.log") as served, chromium() as browser:
+        context = browser.new_context(base_url=served.url)
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        page.goto("/login")
+        page.fill("#token", site.tokens["admin"])
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{served.url}/")
+
+        page.goto(f"/points/{second['id']}")
+        expect(page.locator("dd.verified")).to_have_text("never")
+        page.click("#verify")
+        watch = page.locator(".job-watch")
+        expect(watch.locator(".badge")).to_have_text("succeeded", timeout=60_000)
+        page.reload()
+        expect(page.locator("dd.verified")).to_contain_text("ok")
+
+        page.on("dialog", lambda dialog: dialog.accept())  # "Forget recovery point ...?"
+        page.click("#forget")
+        page.wait_for_url(f"{served.url}/vms/web01")
+        expect(page.locator("table.points")).not_to_contain_text(second["id"])
+        gone = page.goto(f"/points/{second['id']}")
+        assert gone is not None and gone.status == 404
+
+        page.goto("/points")
+        page.click("#maintenance")
+        expect(page.locator(".job-watch")).to_contain_text("maintenance job")
+        expect(page.locator(".job-watch .badge")).to_have_text("succeeded", timeout=60_000)
+        context.close()
