@@ -76,29 +76,58 @@ _OPEN_LOCK = threading.Lock()
 _OPEN_PID = os.getpid()
 
 
+# Generations let go by the garbage collector (a LocalIndex's finalizer). A finalizer runs
+# wherever an allocation triggers a collection, also inside ``_OPEN_LOCK`` on the same
+# thread: waiting for the lock there would deadlock, and changing ``_OPEN`` there would
+# break the holder's step. So it appends here (``list.append`` is atomic) and releases only
+# if it gets the lock at once; otherwise the lock's holder, or its next taker, does.
+_LET_GO: list[Generation] = []
+
+
 def open_generation(path: Path, *, create: bool = False) -> Generation:
     global _OPEN_PID
     with _OPEN_LOCK:
         if os.getpid() != _OPEN_PID:  # a forked child must not use its parent's handles
             _OPEN.clear()
+            _LET_GO.clear()
             _OPEN_PID = os.getpid()
+        _close_let_go()  # before a load: LMDB opens a file once per process
         gen = _OPEN.get(path)
         if gen is None:
             gen = _load_generation(path, create=create)
             _OPEN[path] = gen
         gen.users += 1
-        return gen
+    return gen
 
 
 def release_generation(gen: Generation) -> None:
+    _LET_GO.append(gen)
     with _OPEN_LOCK:
+        _close_let_go()
+
+
+def release_generation_later(gen: Generation) -> None:
+    """What a finalizer calls: never waits for the lock (see ``_LET_GO``). Released now if
+    the lock is free, else by whoever holds it or takes it next."""
+    _LET_GO.append(gen)
+    if _OPEN_LOCK.acquire(blocking=False):
+        try:
+            _close_let_go()
+        finally:
+            _OPEN_LOCK.release()
+
+
+def _close_let_go() -> None:
+    """With ``_OPEN_LOCK`` held: count the let-go users off, and close the generations
+    nobody uses any more."""
+    while _LET_GO:
+        gen = _LET_GO.pop()
         gen.users -= 1
-        if gen.users > 0 or _OPEN.get(gen.path) is not gen:
-            return
-        del _OPEN[gen.path]
-    if gen.filter is not None:
-        gen.filter.close()
-    gen.env.close()
+        if gen.users <= 0 and _OPEN.get(gen.path) is gen:
+            del _OPEN[gen.path]
+            if gen.filter is not None:
+                gen.filter.close()
+            gen.env.close()
 
 
 def _load_generation(path: Path, *, create: bool) -> Generation:

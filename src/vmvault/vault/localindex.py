@@ -56,7 +56,13 @@ from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
 from vmvault.vault import indexrows
 from vmvault.vault.chunkfilter import BloomFilter, filter_bits_for, grown_filter
 from vmvault.vault.format import PackEntry
-from vmvault.vault.indexgeneration import FILTER, Generation, open_generation, release_generation
+from vmvault.vault.indexgeneration import (
+    FILTER,
+    Generation,
+    open_generation,
+    release_generation,
+    release_generation_later,
+)
 from vmvault.vault.indexrows import (
     PACK_NO,
     VALUE,
@@ -642,7 +648,7 @@ def _release_readers(
         with contextlib.suppress(lmdb.Error):
             txn.abort()
     readers.clear()
-    release_generation(gen)
+    release_generation_later(gen)  # a finalizer: no lock taken here (see indexgeneration)
 
 
 def _write_current(directory: Path, name: str) -> None:

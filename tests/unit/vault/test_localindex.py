@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -478,3 +479,35 @@ def test_the_mapped_budget_can_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
     assert mappedpages._mapped_budget() == 1 << 30
     monkeypatch.setenv("VMVAULT_INDEX_MAPPED_MB", "lots")
     assert mappedpages._mapped_budget() == mappedpages.MAPPED_BUDGET
+
+
+def test_a_collected_index_inside_the_open_lock_neither_blocks_nor_closes_a_live_one(
+    tmp_path: Path, objects: Objects
+) -> None:
+    """A LocalIndex's finalizer runs wherever the garbage collector does, also inside
+    ``open_generation``'s lock on the same thread: it must not wait for that lock, and the
+    generation it lets go stays open while another index uses it."""
+    from vmvault.vault import indexgeneration
+
+    dropped = LocalIndex(tmp_path, VAULT_ID)
+    objects.sync(dropped)
+    kept = LocalIndex(tmp_path, VAULT_ID)
+    objects.sync(kept)  # the same generation, two users
+    finalizer = dropped._finalizer
+    assert finalizer is not None and finalizer.alive
+    done = threading.Event()
+
+    def collect_inside_the_lock() -> None:
+        with indexgeneration._OPEN_LOCK:  # as when a collection runs during an open
+            finalizer()
+        done.set()
+
+    worker = threading.Thread(target=collect_inside_the_lock, daemon=True)
+    worker.start()
+    assert done.wait(10), "the finalizer waited for the lock its own thread held"
+    again = LocalIndex(tmp_path, VAULT_ID)  # the next open counts the let-go user off
+    objects.sync(again)
+    index = ChunkIndex.opened(kept, {cid("pack p1"), cid("pack p2")})
+    assert index.get(cid("c2")) is not None  # kept's generation still open
+    kept.close()
+    again.close()
