@@ -70,7 +70,7 @@ def print_points(
         table.add_column(col, overflow="fold")
     for col in ("size", "changed", "written"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("last verified", no_wrap=True)
+    table.add_column("last verified", overflow="fold")
     for p in summaries:
         table.add_row(
             refs[p["id"]],
