@@ -231,7 +231,7 @@ def test_a_damaged_chunk_costs_only_the_files_on_it(backed: Backed, tmp_path: Pa
 
 def test_mount_serves_every_volume_read_only(backed: Backed, tmp_path: Path) -> None:
     if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
-        pytest.skip("needs FUSE (fuse3)")
+        pytest.fail("FUSE is missing: `make sysdeps` installs fuse3")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     env = {**os.environ, "VMVAULT_PASSPHRASE": PASSPHRASE}

@@ -11,6 +11,7 @@ kernel's parsers), and needs no root.
 from __future__ import annotations
 
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,18 +67,18 @@ def _kind(mode: int) -> str:
     return OTHER
 
 
-class Node:
+class Node(ABC):
     """A file system object; subclasses wrap one parser's object."""
 
     entry: Entry
 
+    @abstractmethod
     def children(self) -> Iterator[Node]:
         """The directory's entries, without ``.`` and ``..``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def open(self) -> BinaryIO:
         """The file's bytes (holes read as zeros)."""
-        raise NotImplementedError
 
     def data_ranges(self) -> list[tuple[int, int]] | None:
         """(offset, length) of the file's allocated bytes, in order; None if unknown
@@ -126,11 +127,13 @@ class InodeNode(Node):
             target=inode.link if kind == SYMLINK else None,
         )
 
+    @abstractmethod
     def _mode(self) -> int:
-        raise NotImplementedError
+        """The inode's mode bits (type and permissions)."""
 
+    @abstractmethod
     def _owner(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """The inode's uid and gid."""
 
     def children(self) -> Iterator[Node]:
         for name, inode in self._inode.listdir().items():
@@ -140,8 +143,9 @@ class InodeNode(Node):
     def open(self) -> BinaryIO:
         return self._inode.open()  # type: ignore[no-any-return]
 
+    @abstractmethod
     def _runs(self) -> list[tuple[int | None, int]]:
-        raise NotImplementedError
+        """The parser's runs of the file's blocks (None: a hole)."""
 
     def data_ranges(self) -> list[tuple[int, int]] | None:
         return runs_to_ranges(self._runs(), self._block_size, self.entry.size)
