@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"  # make sysdeps installs it
 CHROMIUM_ARGS = [
@@ -32,3 +33,15 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+def logged_in(browser: Browser, url: str, token: str, **context_options: Any) -> Page:
+    """A new page of ``url``'s dashboard, logged in with ``token`` (a fresh context)."""
+    context = browser.new_context(base_url=url, **context_options)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.goto("/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/")
+    return page

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from support.browserkit import chromium
+from support.browserkit import chromium, logged_in
 from support.serverkit import make_site, serving
 from vmvault.app.backup import run_backup
 from vmvault.app.disks import DiskSpec
@@ -26,13 +26,8 @@ def test_points_of_a_vm_outside_the_inventory_are_reachable(tmp_path: Path) -> N
         f.truncate(4 << 20)
     adhoc = run_backup(site.ctx, "adhoc01", [DiskSpec("sda", str(disk))])
     with serving(site, tmp_path / "server.log") as served, chromium() as browser:
-        context = browser.new_context(base_url=served.url)
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#token", site.tokens["reader"])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{served.url}/")
+        page = logged_in(browser, served.url, site.tokens["reader"])
+        context = page.context
 
         expect(page.locator("#outside-inventory")).to_contain_text("adhoc01")
         page.click("#outside-inventory a:text-is('adhoc01')")
@@ -57,13 +52,8 @@ def test_an_admin_verifies_forgets_a_point_and_runs_the_maintenance(tmp_path: Pa
         site.ctx, "web01", [DiskSpec("os", str(site.root / "disks" / "web01-os.img"))]
     )
     with serving(site, tmp_path / "server.log") as served, chromium() as browser:
-        context = browser.new_context(base_url=served.url)
-        context.set_default_timeout(30_000)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#token", site.tokens["admin"])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{served.url}/")
+        page = logged_in(browser, served.url, site.tokens["admin"])
+        context = page.context
 
         page.goto(f"/points/{second['id']}")
         expect(page.locator("dd.verified")).to_have_text("never")

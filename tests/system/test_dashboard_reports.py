@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from support.browserkit import chromium
+from support.browserkit import chromium, logged_in
 from support.serverkit import make_site, serving
 
 pytestmark = pytest.mark.browser
@@ -17,13 +17,8 @@ pytestmark = pytest.mark.browser
 def test_tiles_and_the_reports_page_render(tmp_path: Path) -> None:
     site = make_site(tmp_path / "site")  # web01 backed up, db01 never
     with serving(site, tmp_path / "server.log") as served, chromium() as browser:
-        context = browser.new_context(base_url=served.url)
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#token", site.tokens["reader"])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{served.url}/")
+        page = logged_in(browser, served.url, site.tokens["reader"])
+        context = page.context
 
         expect(page.locator("#tile-protected .figure")).to_have_text("1")
         expect(page.locator("#tile-protected")).to_contain_text("1 never backed up")

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from support.browserkit import chromium
+from support.browserkit import chromium, logged_in
 from support.cli import PASSPHRASE, run_cli
 from support.guestdisk import MTIME, GuestDisk, build_guest_disk, tools_missing
 from support.serverkit import make_site, serving
@@ -283,13 +283,8 @@ def test_dashboard_browses_a_point_and_downloads_a_file_and_a_folder(
     site = make_site(tmp_path / "site", backup=False)
     point = run_backup(site.ctx, "guest", [DiskSpec("sda", str(backed.guest.path))])
     with serving(site, tmp_path / "server.log") as served, chromium() as browser:
-        context = browser.new_context(base_url=served.url, accept_downloads=True)
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#token", site.tokens["reader"])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{served.url}/")
+        page = logged_in(browser, served.url, site.tokens["reader"], accept_downloads=True)
+        context = page.context
 
         page.goto(f"/points/{point['id']}")
         page.click("a.browse")
