@@ -11,12 +11,13 @@ import contextlib
 import hashlib
 import json
 import os
-import select
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -237,37 +238,50 @@ def test_writable_export_keeps_writes_in_an_overlay_never_in_the_vault(
     assert _vault_files(ctx.vault_path) == before
 
 
-def _qmp(qemu: subprocess.Popen[str], command: str, **arguments: Any) -> None:
-    assert qemu.stdin is not None
-    qemu.stdin.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
-    qemu.stdin.flush()
+class _Qmp:
+    """QEMU (no guest) with QMP on its stdin and stdout. A thread reads its messages into a
+    queue: select() on a buffered pipe misses lines already read into the buffer, which
+    once left an event unseen until the deadline."""
 
+    def __init__(self, qemu: subprocess.Popen[str]) -> None:
+        self.qemu = qemu
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
 
-def _qmp_wait(
-    qemu: subprocess.Popen[str], wanted: Callable[[dict[str, Any]], bool], timeout: float = 60.0
-) -> dict[str, Any]:
-    """QMP's messages until one is ``wanted`` (an error answer fails the test)."""
-    assert qemu.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([qemu.stdout], [], [], 1.0)
-        if not ready:
-            continue
-        line = qemu.stdout.readline()
-        assert line, "QEMU ended"
-        if not line.startswith("{"):
-            continue  # what QEMU says to people on the same stream ("Formatting ...")
-        message: dict[str, Any] = json.loads(line)
-        assert "error" not in message, message
-        if wanted(message):
-            return message
-    raise AssertionError(f"QEMU did not answer within {timeout} s")
+    def _read(self) -> None:
+        assert self.qemu.stdout is not None
+        for line in self.qemu.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # QEMU ended
+
+    def send(self, command: str, **arguments: Any) -> None:
+        assert self.qemu.stdin is not None
+        self.qemu.stdin.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
+        self.qemu.stdin.flush()
+
+    def wait_for(
+        self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """QMP's messages until one is ``wanted`` (an error answer fails the test)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"QEMU did not answer within {timeout} s") from None
+            assert line, "QEMU ended"
+            if not line.startswith("{"):
+                continue  # what QEMU says to people on the same stream ("Formatting ...")
+            message: dict[str, Any] = json.loads(line)
+            assert "error" not in message, message
+            if wanted(message):
+                return message
 
 
 @contextlib.contextmanager
-def _qemu_attached(uri: str) -> Iterator[subprocess.Popen[str]]:
-    """QEMU (no guest, QMP on its stdin and stdout) with the export as read-only drive d0:
-    connected to the export until it ends or the block is left."""
+def _qemu_attached(uri: str) -> Iterator[_Qmp]:
+    """QEMU with the export as read-only drive d0: connected to the export until it ends
+    or the block is left."""
     qemu = subprocess.Popen(
         [
             "qemu-system-x86_64",
@@ -279,9 +293,10 @@ def _qemu_attached(uri: str) -> Iterator[subprocess.Popen[str]]:
         text=True,
     )
     try:
-        _qmp(qemu, "qmp_capabilities")
-        _qmp_wait(qemu, lambda m: "return" in m)  # the drive is open: QEMU is connected
-        yield qemu
+        qmp = _Qmp(qemu)
+        qmp.send("qmp_capabilities")
+        qmp.wait_for(lambda m: "return" in m)  # the drive is open: QEMU is connected
+        yield qmp
     finally:
         qemu.kill()
         qemu.wait()
@@ -302,16 +317,16 @@ def test_qemu_copies_the_export_as_a_drive_and_stop_ends_its_connection(
     image, _ = backed_up
     doc = _export(ctx, "latest")
     target = tmp_path / "from-qemu.img"
-    with _qemu_attached(doc["uri"]) as qemu:
-        _qmp(qemu, "drive-backup", device="d0", target=str(target), sync="full", format="raw")
-        done = _qmp_wait(qemu, lambda m: m.get("event") == "BLOCK_JOB_COMPLETED")
+    with _qemu_attached(doc["uri"]) as qmp:
+        qmp.send("drive-backup", device="d0", target=str(target), sync="full", format="raw")
+        done = qmp.wait_for(lambda m: m.get("event") == "BLOCK_JOB_COMPLETED")
         assert "error" not in done["data"], done
         assert same_content(image, target)
 
         stopped = run_cli("export", "--stop", doc["id"], "--json")
         assert json.loads(stopped.stdout) == {"stopped": [doc["id"]]}, stopped.stderr
         assert not is_running(doc)  # type: ignore[arg-type]
-        assert qemu.poll() is None  # the client is still there; the export is not
+        assert qmp.qemu.poll() is None  # the client is still there; the export is not
     assert list(Path(ctx.vault_path, "locks").iterdir()) == []
 
 
