@@ -137,6 +137,29 @@ def test_block_device_backup_and_restore(
         run_restore(ctx, point["id"], str(small))
 
 
+def test_device_restore_zeroes_empty_blocks_and_writes_odd_tails(
+    tmp_path: Path, ctx: Context, loop_device: Callable[[Path], Path]
+) -> None:
+    """On a device full of old bytes: all-zero blocks are zeroed by the device
+    (BLKZEROOUT), aligned runs go around its page cache (O_DIRECT), and a disk whose size
+    is no multiple of 4 KiB gets its last partial chunk through the buffered descriptor."""
+    size = 16 * MiB + 1536  # a loop device's size is a multiple of 512, not of 4096
+    image = _write(
+        tmp_path / "odd.img",
+        [(MiB, os.urandom(MiB)), (5 * MiB, _text(MiB)), (16 * MiB, os.urandom(1536))],
+        size,
+    )
+    point = run_backup(ctx, "vm1", [DiskSpec("d", str(image))])
+    target_file = _write(tmp_path / "dev.img", [(0, b"\xff" * 20 * MiB)], 20 * MiB)
+    target = loop_device(target_file)
+    run_restore(ctx, point["id"], str(target))
+    with open(target, "rb") as device:
+        restored = device.read(size)
+        assert device.read(MiB) == b"\xff" * MiB  # beyond the disk: untouched
+    assert restored == image.read_bytes()
+    assert restored[8 * MiB : 16 * MiB] == bytes(8 * MiB)  # two blocks zeroed by the device
+
+
 def test_several_disks_in_one_point(tmp_path: Path, ctx: Context) -> None:
     a = _write(tmp_path / "os.img", [(0, os.urandom(2 * MiB))], 3 * MiB)
     b = _write(tmp_path / "data.img", [(MiB, _text(3 * MiB))], 7 * MiB)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from vmvault.backends import directio
 from vmvault.backends.base import Payload, validate_key
 from vmvault.errors import CorruptObject, ObjectMissing, VmvaultError
 
@@ -78,6 +79,8 @@ class LocalBackend:
         self.fsync = fsync
         self._made_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        # Large objects (packs) go around the page cache while the file system takes it.
+        self._direct = fsync and directio.enabled()
 
     def describe(self) -> str:
         return str(self.root)
@@ -101,14 +104,16 @@ class LocalBackend:
                 raise _read_only(key, self.root, exc) from None
             raise
         tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _write_all(fd, [data] if isinstance(data, bytes | bytearray | memoryview) else data)
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            if not self._write_direct(tmp, parts):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    _write_all(fd, parts)
+                    if self.fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -120,6 +125,17 @@ class LocalBackend:
             raise
         if self.fsync:
             self._fsync_dir(path.parent)
+
+    def _write_direct(self, tmp: Path, parts: Sequence[bytes | bytearray | memoryview]) -> bool:
+        """Write and fsync a large object with O_DIRECT; False: write it buffered."""
+        if not self._direct or sum(len(p) for p in parts) < directio.DIRECT_MIN:
+            return False
+        try:
+            directio.write_direct(tmp, parts)
+        except directio.DirectUnsupported:
+            self._direct = False  # this file system refuses it: no second try
+            return False
+        return True
 
     def _fsync_dir(self, directory: Path) -> None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
