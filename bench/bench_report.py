@@ -22,8 +22,8 @@ MB, MiB = 1e6, float(1 << 20)
 STEPS = ("backup1", "backup2", "restore")
 REQUEST_KINDS = ("GET", "PUT", "HEAD", "LIST", "DELETE", "OTHER")  # countproxy.KINDS
 INCREMENTAL_REQUEST_TARGET = 100  # the issue's: an incremental makes fewer than 100 requests
-TOOL_ORDER = ("vmvault", "restic", "borg", "machine", "limit")
-OTHERS = ("restic", "borg")
+TOOL_ORDER = ("vmvault", "restic", "borg", "benji", "machine", "limit")
+OTHERS = ("restic", "borg", "benji")
 
 
 def utc_now() -> datetime:
@@ -59,7 +59,15 @@ def environment(tools: list[str]) -> dict[str, Any]:
     return {
         "machine": machine_info() | {"loadavg_start": list(os.getloadavg())},
         "versions": versions(tools),
+        "tool_notes": tool_notes(tools),
     }
+
+
+def tool_notes(tools: list[str]) -> dict[str, str]:
+    """How a tool that ran is set up, where the table alone would not say (Benji's
+    configuration is the benchmark's own choice)."""
+    note = bench_tools.benji_note() if "benji" in tools else None
+    return {"benji": note} if note else {}
 
 
 def versions(tools: list[str]) -> dict[str, str]:
@@ -246,6 +254,7 @@ def build(
         "finished": utc_now().isoformat(),
         "machine": environment["machine"] | load_end,
         "versions": environment["versions"],
+        "tool_notes": environment.get("tool_notes", {}),
         "args": args,
         "unavailable": unavailable,
         "image": image,
@@ -459,6 +468,11 @@ def _headline(report: dict[str, Any]) -> str:
     )
 
 
+def notes_lines(report: dict[str, Any]) -> list[str]:
+    """One paragraph per tool whose set-up the report states (reports from before: none)."""
+    return [f"{tool}: {note}" for tool, note in report.get("tool_notes", {}).items()]
+
+
 def sparse_line(report: dict[str, Any]) -> str:
     s = report["sparse"]
     if not s:
@@ -478,6 +492,7 @@ def text(report: dict[str, Any]) -> str:
         _headline(report),
         align(MAIN_HEADER, main_rows(report)),
         align(RATIO_HEADER, ratio_rows(report)),
+        *notes_lines(report),
     ]
     if report.get("object_stores") or report.get("stores"):
         parts.append(align(STORE_HEADER, store_rows(report)))
@@ -526,7 +541,7 @@ def markdown(report: dict[str, Any]) -> str:
     ram = m.get("ram_bytes", 0) / (1 << 30)
     speed_rows, part_rows = _limit_rows(report)
     parts = [
-        "# vmvault benchmark: vmvault vs restic vs borg, and the machine's limits",
+        "# vmvault benchmark: vmvault vs restic vs borg vs Benji, and the machine's limits",
         f"Date: {report['date']} (UTC). Command: `bench/run.py` with {report['args']}.",
         f"Machine: {m.get('nproc')} CPUs ({m.get('cpu', '?')}), {ram:.1f} GiB RAM, "
         f"kernel {m.get('kernel')}, {m.get('os', '?')}, Python {m.get('python')}. "
@@ -541,6 +556,7 @@ def markdown(report: dict[str, Any]) -> str:
         "image size / wall; CPU = user+sys of the process tree; RSS = largest process.",
         "## Results (median of successful reps)",
         markdown_table(MAIN_HEADER, main_rows(report)),
+        *notes_lines(report),
         "## Ratios",
         "Speedup = other tool's time / vmvault's time (>1: vmvault is faster). "
         "vmvault time / limit: how far vmvault is from this machine's lower bound (1.00 = at it). "

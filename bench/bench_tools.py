@@ -1,8 +1,8 @@
 """How each backup tool is driven: its commands, environment and where its restore lands.
 
 Every tool gets a fresh repository and fresh caches for each repetition, encryption on
-(restic always, borg ``repokey``, vmvault always), and a source directory holding only
-the image, so the three back up exactly the same bytes.
+(restic always, borg ``repokey``, Benji AES-256-GCM, vmvault always), and a source
+directory holding only the image, so they all back up exactly the same bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_proc
+import benji_venv
 from stores import Remote
 
 PASSPHRASE = "vmvault bench passphrase"
@@ -23,7 +24,7 @@ PASSPHRASE = "vmvault bench passphrase"
 _FOREIGN_ENV_PREFIXES = ("VMVAULT_", "RESTIC_", "BORG_", "AWS_", "AZURE_")
 _FOREIGN_ENV = {"http_proxy", "https_proxy", "no_proxy", "all_proxy", "requests_ca_bundle"}
 _APT_PACKAGES = {"restic": "restic", "borg": "borgbackup"}
-ALL_TOOLS = ("vmvault", "restic", "borg")
+ALL_TOOLS = ("vmvault", "restic", "borg", "benji")
 
 
 def clean_env() -> dict[str, str]:
@@ -65,6 +66,9 @@ class Tool:
 
     def env(self) -> dict[str, str]:
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Files the tool needs in ``home`` before its ``init`` (none for most)."""
 
     def init_cmd(self) -> list[str]:
         raise NotImplementedError
@@ -154,7 +158,72 @@ class Borg(Tool):
         return ["borg", "extract", "::b2"], target_dir  # extracts into the working directory
 
 
-TOOL_CLASSES: dict[str, type[Tool]] = {"vmvault": Vmvault, "restic": Restic, "borg": Borg}
+class Benji(Tool):
+    """Benji 0.17 from its own venv (benji_venv.py), configured in ``home/benji.yaml``.
+
+    ``repo`` holds both what Benji keeps: ``storage/`` (its ``file`` storage: the blocks,
+    and a copy of each version's metadata) and ``benji.sqlite`` (the database with the
+    block lists), so the repository size counts both. Versions get fixed names (``b1``,
+    ``b2``) so the incremental can name its base.
+    """
+
+    NOTE = (
+        "Benji {version} in its own venv (bench/work/benji-venv{loosened}): file storage, "
+        "SQLite database, zstd level 3 + AES-256-GCM (key by PBKDF2, 20000 iterations), "
+        "4 MiB blocks, BLAKE2b-256 block hashes (Benji keeps no GCM tag: a block is checked "
+        "by its hash in the database). Incremental = `backup --base-version b1` without "
+        "hints: it reads and hashes the whole image, like vmvault without a dirty bitmap. "
+        "Restore with `--sparse` (only all-zero 4 MiB blocks stay holes), each block "
+        "re-hashed. Repo MB = storage directory + SQLite database."
+    )
+
+    @property
+    def config(self) -> Path:
+        return self.home / "benji.yaml"
+
+    def env(self) -> dict[str, str]:
+        return clean_env()
+
+    def prepare(self) -> None:
+        self.repo.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            benji_venv.config_text(
+                database=self.repo / "benji.sqlite",
+                storage=self.repo / "storage",
+                passphrase=PASSPHRASE,
+            )
+        )
+
+    def _benji(self) -> list[str]:
+        return [*benji_venv.benji_command(), "-c", str(self.config)]
+
+    def init_cmd(self) -> list[str]:
+        return [*self._benji(), "database-init"]
+
+    def backup_cmd(self, number: int, image: Path) -> list[str]:
+        base = ["--base-version", f"b{number - 1}"] if number > 1 else []
+        return [
+            *self._benji(),
+            "-m",
+            "backup",
+            "--uid",
+            f"b{number}",
+            *base,
+            f"file:{image}",
+            "bench",
+        ]
+
+    def restore_cmd(self, target_dir: Path, image: Path) -> tuple[list[str], Path]:
+        target = target_dir / image.name
+        return [*self._benji(), "restore", "--sparse", "b2", f"file:{target}"], target_dir
+
+
+TOOL_CLASSES: dict[str, type[Tool]] = {
+    "vmvault": Vmvault,
+    "restic": Restic,
+    "borg": Borg,
+    "benji": Benji,
+}
 
 
 REMOTE_TOOLS = ("vmvault", "restic")  # the tools that speak S3 and Azure Blob (borg does not)
@@ -180,8 +249,19 @@ def _apt_install(packages: list[str]) -> bool:
     return False
 
 
+def benji_note() -> str | None:
+    """How Benji is installed and configured, for the report; None if it is not installed."""
+    found = benji_venv.installed()
+    if found is None:
+        return None
+    loosened = ", ".join(f"`{used}` for `{asked}`" for asked, used in found.loosened.items())
+    return Benji.NOTE.format(
+        version=found.version, loosened=f"; installed {loosened}" if loosened else ""
+    )
+
+
 def ensure_tools(wanted: list[str]) -> dict[str, str]:
-    """Install missing restic/borg with apt-get when possible.
+    """Install missing restic/borg with apt-get when possible, and Benji in its venv.
 
     Returns {tool: reason} for tools that cannot be used; the benchmark goes on without them.
     """
@@ -201,6 +281,11 @@ def ensure_tools(wanted: list[str]) -> dict[str, str]:
     for t in wanted:
         if t in _APT_PACKAGES and shutil.which(t) is None:
             unavailable[t] = "not available"
+    if "benji" in wanted:
+        try:
+            benji_venv.ensure(PASSPHRASE)
+        except (benji_venv.BenjiUnavailable, OSError) as exc:
+            unavailable["benji"] = f"not available: {exc}"
     if unavailable:
         print(f"bench: not available: {', '.join(unavailable)}", file=sys.stderr)
     return unavailable
@@ -208,6 +293,9 @@ def ensure_tools(wanted: list[str]) -> dict[str, str]:
 
 def tool_version(name: str) -> str:
     """First line of the tool's version output, for the report."""
+    if name == "benji":
+        version = benji_venv.version_info()
+        return f"benji {version}" if version else "not available"
     argv = {
         "vmvault": [*vmvault_command(), "version"],
         "restic": ["restic", "version"],

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Benchmark vmvault against restic and borgbackup on the same images, and the machine's limits.
+"""Benchmark vmvault against restic, borgbackup and Benji on the same images, and the machine's
+limits.
 
-    .venv/bin/python bench/run.py [--size 4G] [--mutate 1] [--reps 3] [--tools vmvault,restic,borg]
-                                  [--stores local,s3,azure]
+    .venv/bin/python bench/run.py [--size 4G] [--mutate 1] [--reps 3]
+                                  [--tools vmvault,restic,borg,benji] [--stores local,s3,azure]
 
 Per repetition and tool: a fresh repository, the pristine image restored byte for byte,
 a warm page cache, then timed backup1 (full), a mutation of --mutate % of the disk,
@@ -214,6 +215,13 @@ def timed_backup(
     if tool.name == "vmvault" and run.ok:
         doc = parse_json(m.stdout)
         run.extra["stats"] = doc["disks"][0]["stats"] if doc.get("disks") else {}
+    if tool.name == "benji" and run.ok:
+        # Its own count of bytes read, written, deduplicated and sparse (-m output): shows
+        # that the incremental read the whole image.
+        versions = parse_json(m.stdout).get("versions") or [{}]
+        run.extra["benji_version"] = {
+            k: v for k, v in versions[0].items() if k.startswith("bytes_")
+        }
     return run
 
 
@@ -261,6 +269,7 @@ def run_tool(
     label = f"{name} rep {rep}" if store is None else f"{where} {name} rep {rep}"
     cleanup_run(tool)
     tool.home.mkdir(parents=True)
+    tool.prepare()
     fresh_image(bench)
     take_requests(store)
     init = bench_proc.run_timed(
