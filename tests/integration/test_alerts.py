@@ -15,9 +15,9 @@ from vmvault.alerts.deliver import MAX_ATTEMPTS, deliver_pending
 from vmvault.alerts.settings import AlertSettings
 from vmvault.alerts.store import list_alerts, raise_alert
 from vmvault.app import protection as protection_changes
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.retention import run_maintenance, run_prune
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.inventory import parse_inventory
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from support.serverkit import make_site
-from vmvault.app.backup import run_vm_backup
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.catalog.drills import record_drill
 from vmvault.inventory import load_inventory
 from vmvault.server.app import create_app

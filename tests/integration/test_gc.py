@@ -13,13 +13,14 @@ from pathlib import Path
 
 from support.cli import PASSPHRASE, same_content
 from vmvault import testdisk
-from vmvault.app.backup import run_backup, run_vm_backup
+from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
 from vmvault.app.points import forget_point
 from vmvault.app.restore import run_restore
 from vmvault.app.retention import run_prune
 from vmvault.app.vaults import init_vault, run_check, run_gc
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.vault.locks import VaultLock, live_locks
 
 MiB = testdisk.MiB

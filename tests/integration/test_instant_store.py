@@ -11,8 +11,8 @@ from pathlib import Path
 
 from support.cli import run_cli
 from vmvault.alerts.store import list_alerts
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.inventory import parse_inventory
 from vmvault.snapshot import instant
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from vmvault import testdisk
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.inventory import load_inventory
 from vmvault.planning.runner import run_plan
 

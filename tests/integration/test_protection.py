@@ -11,9 +11,9 @@ import pytest
 
 from support.cli import PASSPHRASE, run_cli
 from vmvault import protection
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.retention import run_prune
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.inventory import Inventory, parse_inventory
 from vmvault.jobs.queue import JobQueue
 from vmvault.jobs.scheduler import SchedulerState, tick

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from support.serverkit import make_site, serving
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.retention import monthly_files, run_maintenance
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.errors import VmvaultError
 from vmvault.inventory import load_inventory
 from vmvault.protection import stop as stop_protection

@@ -19,10 +19,11 @@ from fastapi.testclient import TestClient
 from support.cli import PASSPHRASE, run_cli, same_content
 from support.serverkit import make_site
 from vmvault import testdisk
-from vmvault.app.backup import run_backup, run_vm_backup
+from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
 from vmvault.app.restore import run_restore
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.app.vm_restore import run_vm_restore
 from vmvault.engine.targets import TargetExists, new_files_folder, restore_target
 from vmvault.errors import UsageError, VmvaultError

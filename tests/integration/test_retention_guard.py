@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from support.cli import PASSPHRASE, run_cli
 from vmvault import protection
 from vmvault.alerts.store import list_alerts
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.protection import set_immutability
 from vmvault.app.retention import run_maintenance, run_prune
 from vmvault.app.vaults import reindex
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.inventory import parse_inventory
 from vmvault.policy.errors import ImmutableVaultError
 from vmvault.server.accounts import Accounts

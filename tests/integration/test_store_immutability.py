@@ -18,7 +18,7 @@ from support.azuritekit import AzureVault
 from support.cli import PASSPHRASE, run_cli, same_content
 from support.s3kit import S3Vault
 from vmvault import protection, testdisk
-from vmvault.app.backup import run_backup, run_vm_backup
+from vmvault.app.backup import run_backup
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec
 from vmvault.app.points import forget_point
@@ -26,6 +26,7 @@ from vmvault.app.protection import set_immutability
 from vmvault.app.restore import run_restore
 from vmvault.app.retention import run_prune
 from vmvault.app.vaults import init_vault, run_check, run_gc
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.backends.base import RETENTION_MARGIN, Backend, ObjectRetained, retaining
 from vmvault.backends.local import LocalBackend
 from vmvault.backends.retry import RetryingBackend

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from support.cli import PASSPHRASE, run_cli, same_content
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.restore import run_restore
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.app.vm_restore import run_vm_restore
 from vmvault.errors import Conflict, FormatMismatch, NotFound, UsageError
 from vmvault.inventory import parse_inventory

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 
 from support.cli import PASSPHRASE
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.vaults import init_vault
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.inventory import load_inventory
 from vmvault.server.accounts import Accounts
 from vmvault.server.state import ServerConfig

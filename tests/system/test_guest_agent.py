@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from support.freezekit import blocked, reap_writers, sigterm_while_frozen, unfreeze, writable
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.consistency import (
     Consistency,
     GuestAgent,

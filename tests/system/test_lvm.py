@@ -13,9 +13,9 @@ import pytest
 
 from support.cli import same_content
 from support.paths import ROOT
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.restore import run_restore
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.inventory import parse_inventory
 from vmvault.snapshot import choose_provider
 from vmvault.snapshot.base import SnapshotError

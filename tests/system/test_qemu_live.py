@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.restore import run_restore
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.disks.qemu import fuse_export
 from vmvault.disks.source import RawDisk
 from vmvault.engine.backup import DiskInput, DiskStats, backup

@@ -10,12 +10,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context, pools_being_backed_up
 from vmvault.app.disks import inventory_budget, pool_budget
 from vmvault.app.point_ref import resolve_point
 from vmvault.app.records import JobRecorder, recorded_job
 from vmvault.app.restore import run_restore
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.engine.progress import ProgressCallback, no_progress
 from vmvault.engine.targets import new_files_folder, restore_target, target_failure
 from vmvault.errors import Conflict, NotFound, UsageError

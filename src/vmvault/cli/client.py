@@ -18,11 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.points import list_points
 from vmvault.app.restore import run_verify
 from vmvault.app.snapshots import pool_usage, usage_doc
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.app.vm_restore import run_vm_restore
 from vmvault.cli.options import context, rate_limit_bytes, remote
 from vmvault.cli.output import progress_bar

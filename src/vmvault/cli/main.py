@@ -79,7 +79,7 @@ def version(json: bool = JsonOpt) -> None:
 # commands need, so `vmvault files ls` does not load the backup engine (start-up time).
 COMMANDS: tuple[tuple[str, str, str, bool], ...] = (
     ("init", "vault", "init", False),
-    ("backup", "points", "backup_cmd", False),
+    ("backup", "backup", "backup_cmd", False),
     ("list", "points", "list_cmd", False),
     ("restore", "points", "restore", False),
     ("verify", "points", "verify", False),

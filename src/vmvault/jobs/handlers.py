@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import Context
 from vmvault.app.replication import copy_retention_inventory, run_replicate
 from vmvault.app.restore import run_verify
 from vmvault.app.retention import run_maintenance
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.app.vm_restore import run_vm_restore
 from vmvault.catalog.models import Job
 from vmvault.catalog.store import Catalog

@@ -21,10 +21,10 @@ import blake3
 import typer
 
 from vmvault import testdisk
-from vmvault.app.backup import run_vm_backup
 from vmvault.app.context import PASSPHRASE_ENV, Context
 from vmvault.app.restore import run_restore
 from vmvault.app.vaults import init_vault, run_check
+from vmvault.app.vm_backup import run_vm_backup
 from vmvault.cli.options import JsonOpt
 from vmvault.cli.output import console, emit_json, guarded, human_bytes
 from vmvault.errors import UsageError, VmvaultError

@@ -1,28 +1,23 @@
-"""Recovery points: back up disks, list, restore, verify, forget, prune (retention)."""
+"""Recovery points: list, restore, verify, forget, prune (retention). Backing up is in
+``backup.py``, apart, so a backup loads none of what these need."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from vmvault.app.backup import run_backup
-from vmvault.app.disks import DiskSpec
 from vmvault.app.points import forget_point
 from vmvault.app.restore import run_restore
 from vmvault.app.retention import run_prune
-from vmvault.backends.url import is_directory_vault
 from vmvault.cli.client import get_client
 from vmvault.cli.options import (
     CatalogOpt,
     FromOpt,
-    FullOpt,
     InventoryOpt,
     JsonOpt,
     LatestVmOpt,
-    LimitRateOpt,
     PassFileOpt,
     VaultOpt,
     WorkersOpt,
@@ -30,84 +25,19 @@ from vmvault.cli.options import (
     force_option,
     format_option,
     point_argument,
-    rate_limit_bytes,
     restore_source,
     vm_option,
 )
 from vmvault.cli.output import emit_json, guarded, progress_bar, show
 from vmvault.cli.render.points import (
     print_forgotten,
-    print_point,
     print_points,
     print_pruned,
     print_restored,
     print_verified,
 )
-from vmvault.errors import EXIT_DAMAGE, UsageError
+from vmvault.errors import EXIT_DAMAGE
 from vmvault.inventory import load_inventory
-
-
-def _disk_specs(
-    images: list[str], names: list[str] | None, fmt: str | None, force_format: bool
-) -> list[DiskSpec]:
-    if names and len(names) != len(images):
-        raise UsageError("give one --disk-name per image, or none")
-    if force_format and fmt is None:
-        raise UsageError("--force-format needs --format: the format to read the images as")
-    if not names:
-        names = [Path(img).stem or f"disk{i}" for i, img in enumerate(images)]
-        if len(set(names)) != len(names):
-            names = [f"disk{i}" for i in range(len(images))]
-    return [
-        DiskSpec(n, img, format=fmt, force_format=force_format)
-        for n, img in zip(names, images, strict=True)
-    ]
-
-
-def backup_cmd(
-    images: list[str] = typer.Argument(..., help="Disk images or block devices of one VM."),
-    vm: str = vm_option("Name of the VM the disks belong to.", required=True),
-    disk_name: list[str] | None = typer.Option(None, "--disk-name", help="Name per disk."),
-    full: bool = FullOpt,
-    fmt: str | None = format_option(
-        "Image format: raw, qcow2, vpc (VHD) or vhdx (default: what the image's header says; "
-        "a header that says otherwise is refused).",
-        default=None,
-    ),
-    force_format: bool = typer.Option(
-        False,
-        "--force-format",
-        help="Read the images as --format says without looking at their headers (a raw "
-        "disk whose guest may write what looks like an image header).",
-    ),
-    limit_rate: float | None = LimitRateOpt,
-    workers: int | None = WorkersOpt,
-    vault: str | None = VaultOpt,
-    catalog: str | None = CatalogOpt,
-    passphrase_file: str | None = PassFileOpt,
-    json: bool = JsonOpt,
-) -> None:
-    """Back up the disks of a VM into a new recovery point (incremental after the first)."""
-
-    def act() -> dict[str, Any]:
-        ctx = context(vault, catalog, passphrase_file)
-        rate = rate_limit_bytes(limit_rate)
-        with progress_bar(not json) as progress:
-            point = run_backup(
-                ctx,
-                vm,
-                _disk_specs(images, disk_name, fmt, force_format),
-                full=full,
-                workers=workers,
-                rate_limit=rate,
-                progress=progress,
-            )
-        if is_directory_vault(ctx.vault_path):
-            return dict(point)
-        # What an object store bills: every request the command made, retries included.
-        return {**point, "requests": ctx.requests.to_dict()}
-
-    show(guarded(json, act), json, print_point)
 
 
 def list_cmd(
