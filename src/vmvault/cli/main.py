@@ -81,7 +81,7 @@ COMMANDS: tuple[tuple[str, str, str, bool], ...] = (
     ("init", "vault", "init", False),
     ("backup", "backup", "backup_cmd", False),
     ("list", "points", "list_cmd", False),
-    ("restore", "points", "restore", False),
+    ("restore", "restore", "restore", False),
     ("verify", "points", "verify", False),
     ("export", "export", "export_cmd", False),
     ("files", "files", "app", True),
