@@ -8,6 +8,7 @@ are one line on stderr (or ``{"error": ...}`` with --json) and a non-zero exit c
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from typing import Any
@@ -160,6 +161,8 @@ def run() -> None:
     argument, a bad value) is the JSON error document too, with the exit code (2) of any
     other bad input; without it, click's usage message as ever."""
     _register_commands(command_named(sys.argv[1:]))
+    gc.freeze()  # what the command needs is loaded: the collector never scans it again
+    gc.enable()  # (off while it loaded when started as the script: cli/entry.py)
     if "--json" not in sys.argv[1:]:
         app()
         return
