@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import subprocess
 import sys
@@ -121,13 +122,19 @@ def warm_cache(path: Path, *, data_only: bool = False) -> None:
                 left -= n
 
 
-def file_digest(path: Path) -> bytes:
-    """BLAKE3 of a file's bytes (holes read as zeros), to check a restore without a full copy."""
+def file_digest(path: Path, limit: int | None = None) -> bytes:
+    """BLAKE3 of a file's bytes (holes read as zeros), to check a restore without a full copy.
+
+    ``limit`` hashes only the first ``limit`` bytes: a block device restored to can be
+    larger than the disk written to it.
+    """
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    buf = bytearray(READ_SIZE)
+    view = memoryview(bytearray(READ_SIZE))
+    left: float = math.inf if limit is None else limit
     with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            hasher.update(memoryview(buf)[:n])
+        while left > 0 and (n := f.readinto(view[: int(min(left, READ_SIZE))])):
+            hasher.update(view[:n])
+            left -= n
     return bytes(hasher.digest())
 
 

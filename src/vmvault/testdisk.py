@@ -8,6 +8,8 @@ A fresh image (``create_disk``) is a sparse file made of shuffled extents of
 log-uniform length 64 KiB..16 MiB, aligned to ``align``:
 40 % holes (never written), 10 % written zeros, 25 % log-like text,
 20 % pseudo-random bytes and 5 % byte copies of other text/random extents.
+``allocated`` changes the written share (60 % by default): the written kinds keep their
+relative shares (1 : 2.5 : 2 : 0.5) and the rest is holes.
 ``mutate_disk`` simulates a day of guest writes: scattered 64 KiB writes at
 distinct 64 KiB slots (50 % text, 40 % random, 10 % zeros).
 The mix and the text's compressibility (about 3.9x with zstd -3, 2.9x with
@@ -39,6 +41,7 @@ GiB = 1024 * MiB
 MUTATION_BLOCK = 64 * KiB
 
 _MIX = (("hole", 40), ("zero", 10), ("text", 25), ("random", 20))  # percent; "dup" gets the rest
+_DEFAULT_ALLOCATED = Fraction(100 - _MIX[0][1], 100)  # the written share of the default mix
 _EXTENT_MIN, _EXTENT_MAX = 64 * KiB, 16 * MiB
 _PIECE = 1 * MiB  # unit of generation and of os.pwrite
 _TASK_BYTES = 8 * MiB  # pieces go to workers in tasks of this size, for load balancing
@@ -201,7 +204,21 @@ def _run(path: str, pieces: list[_Piece], jobs: int | None) -> int:
         return sum(pool.imap_unordered(_write_task, tasks))  # all written before the pool ends
 
 
-def _plan(size: int, seed: int, align: int) -> list[tuple[int, int, str, str, str]]:
+def _shares(allocated: Fraction) -> list[tuple[str, Fraction]]:
+    """The share of the disk each kind but "dup" gets, for a written share of ``allocated``.
+
+    The written kinds are scaled together, so they keep the proportions of ``_MIX``; at the
+    default 3/5 every share is exactly the percentage of ``_MIX`` (and so is its rounding).
+    """
+    written = 100 - _MIX[0][1]
+    return [("hole", 1 - allocated)] + [
+        (kind, allocated * percent / written) for kind, percent in _MIX[1:]
+    ]
+
+
+def _plan(
+    size: int, seed: int, align: int, allocated: Fraction = _DEFAULT_ALLOCATED
+) -> list[tuple[int, int, str, str, str]]:
     """Layout as (offset, length, kind, content kind, content key), covering size // align units.
 
     Text/random extents get unique keys (no accidental dedup); a "dup" extent reuses
@@ -212,8 +229,8 @@ def _plan(size: int, seed: int, align: int) -> list[tuple[int, int, str, str, st
     lo, hi = math.log(_EXTENT_MIN), math.log(_EXTENT_MAX)
     extents: list[tuple[int, str, str, str]] = []  # (units, kind, content kind, key)
     used = 0
-    for kind, percent in _MIX:
-        left = units * percent // 100
+    for kind, share in _shares(allocated):
+        left = math.floor(units * share)
         used += left
         while left > 0:
             n = min(left, max(1, int(math.exp(rng.uniform(lo, hi))) // align))
@@ -242,16 +259,26 @@ def create_disk(
     seed: int = 1,
     align: int = 4 * KiB,
     jobs: int | None = None,
+    allocated: float | None = None,
 ) -> DiskStats:
-    """Create (overwrite) a sparse raw image of exactly ``size`` bytes; see the module doc."""
+    """Create (overwrite) a sparse raw image of exactly ``size`` bytes; see the module doc.
+
+    ``allocated`` is the share of the disk that is written (0 < allocated <= 1; None: the
+    default mix's 60 %), the rest being holes.
+    """
     if size <= 0:
         raise ValueError(f"size must be > 0, got {size}")
+    if allocated is not None and not 0 < allocated <= 1:  # NaN fails this too
+        raise ValueError(f"allocated must be > 0 and <= 1, got {allocated}")
     if align <= 0 or align % 512:
         raise ValueError(f"align must be a positive multiple of 512, got {align}")
     if jobs is not None and jobs < 1:  # checked before the image is touched
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     start, path = time.perf_counter(), os.fspath(path)
-    layout = _plan(size, seed, align)
+    # str() first: Fraction(0.6) would be the binary float, not 3/5, and a 0.6 asked for
+    # explicitly should give the default layout's exact rounding.
+    share = _DEFAULT_ALLOCATED if allocated is None else Fraction(str(allocated))
+    layout = _plan(size, seed, align, share)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)  # everything not written below stays a hole
@@ -325,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="seed (default 1 for create, 2 for --mutate)")
     parser.add_argument("--align", default="4K", help="extent alignment (default 4K)")
     parser.add_argument("--mutate", type=float, metavar="PCT", help="rewrite PCT %% of IMAGE")
+    parser.add_argument(
+        "--allocated", type=float, metavar="PCT", help="written share of a new image (default 60)"
+    )
     parser.add_argument("-j", "--jobs", type=int, help="worker processes (default: CPU count)")
     try:
         a = parser.parse_args(argv)
@@ -337,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"({a.mutate:g} %), {kinds}, {m.seconds:.1f} s"
             )
         else:
-            d = create_disk(a.image, parse_size(a.size), seed, parse_size(a.align), a.jobs)
+            share = None if a.allocated is None else a.allocated / 100
+            d = create_disk(
+                a.image, parse_size(a.size), seed, parse_size(a.align), a.jobs, allocated=share
+            )
             mix = ", ".join(f"{k} {100 * v / d.size:.1f} %" for k, v in d.by_kind.items())
             print(
                 f"created {d.path}: {d.size} bytes, {d.extents} extents, wrote {d.written} "

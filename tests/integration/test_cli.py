@@ -144,6 +144,17 @@ def test_bad_inputs_give_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_testdisk_allocated_share(tmp_path: Path) -> None:
+    image = tmp_path / "a.img"
+    made = run_cli("testdisk", "create", str(image), "--size", "8M", "--allocated", "40")
+    assert made.returncode == 0, made.stderr
+    assert abs(image.stat().st_blocks * 512 / (8 * MiB) - 0.40) < 0.02
+    for bad in ("0", "100.5", "-5"):
+        refused = run_cli("testdisk", "create", str(tmp_path / "b.img"), "--allocated", bad)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.startswith("error: --allocated must be above 0 and at most 100")
+
+
 def test_malformed_vault_config_is_named(tmp_path: Path) -> None:
     env = _env(tmp_path)
     assert run_cli("init", env=env).returncode == 0

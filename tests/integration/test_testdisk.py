@@ -99,6 +99,40 @@ def test_mix_matches_the_baseline(image64: tuple[Path, testdisk.DiskStats]) -> N
     assert 0.049 <= repeated / len(blocks) <= 0.101
 
 
+def test_allocated_share_scales_the_written_kinds(tmp_path: Path) -> None:
+    path, size = tmp_path / "a40.img", 64 * MiB
+    stats = create_disk(path, size, seed=7, jobs=2, allocated=0.4)
+    assert path.stat().st_size == size and sum(stats.by_kind.values()) == size
+    # The written kinds keep the default mix's 10 : 25 : 20 : 5, now of 40 % instead of 60 %.
+    expected = {"hole": 0.60, "zero": 0.40 / 6, "text": 0.40 * 25 / 60}
+    expected |= {"random": 0.40 * 20 / 60, "dup": 0.40 * 5 / 60}
+    for kind, frac in expected.items():
+        assert abs(stats.by_kind[kind] - frac * size) <= 4 * BLOCK, kind  # rounding goes to dup
+    assert stats.written == size - stats.by_kind["hole"]
+    assert abs(path.stat().st_blocks * 512 / size - 0.40) < 0.01  # what the disk really holds
+    data = path.read_bytes()
+    blocks = [data[i : i + BLOCK] for i in range(0, size, BLOCK)]
+    text = sum(1 for b in blocks if b != bytes(BLOCK) and b.isascii())
+    rand = sum(1 for b in blocks if not b.isascii())
+    # Dups copy text or random, so each of those counts lies between its own share and that
+    # plus the dups' share.
+    assert 0.40 * 25 / 60 - 0.001 <= text / len(blocks) <= 0.40 * 30 / 60 + 0.001
+    assert 0.40 * 20 / 60 - 0.001 <= rand / len(blocks) <= 0.40 * 25 / 60 + 0.001
+
+
+def test_allocated_edges(tmp_path: Path) -> None:
+    default, same = tmp_path / "d.img", tmp_path / "s.img"
+    create_disk(default, 4 * MiB + 123, seed=2, jobs=1)
+    create_disk(same, 4 * MiB + 123, seed=2, jobs=1, allocated=0.6)  # the default, exactly
+    assert sha256(default) == sha256(same)
+    full = create_disk(tmp_path / "f.img", 4 * MiB, seed=2, jobs=1, allocated=1)
+    assert full.by_kind["hole"] == 0 and full.written == 4 * MiB
+    for bad in (0, -0.1, 1.01, float("nan")):
+        with pytest.raises(ValueError, match="allocated"):
+            create_disk(tmp_path / "x.img", MiB, allocated=bad)
+    assert not (tmp_path / "x.img").exists()  # refused before the image is touched
+
+
 @pytest.mark.parametrize(
     ("size", "align"),
     [
@@ -209,6 +243,8 @@ def test_bad_arguments(tmp_path: Path) -> None:
         ["x.img", "--mutate", "150"],
         ["x.img", "--bogus"],
         ["x.img", "-j", "zero"],
+        ["x.img", "--allocated", "0"],
+        ["x.img", "--allocated", "101"],
     ],
 )
 def test_main_errors_are_one_line(

@@ -25,10 +25,23 @@ def create(
     image: str = typer.Argument(..., help="Image file to write (overwritten)."),
     size: str = typer.Option("1G", "--size", help="Logical size, e.g. 512M, 4G."),
     seed: int = typer.Option(1, "--seed"),
+    allocated: float | None = typer.Option(
+        None,
+        "--allocated",
+        help="Percent of the disk written (0-100]; the rest are holes. Default 60.",
+    ),
     json: bool = json_option(None),
 ) -> None:
     """Create a sparse raw image: holes, zeros, log-like text, random data, duplicates."""
-    stats = guarded(json, lambda: testdisk.create_disk(image, _size(size), seed=seed))
+
+    def act() -> testdisk.DiskStats:
+        nbytes = _size(size)  # a bad size is named before a bad share, as typed
+        if allocated is not None and not 0 < allocated <= 100:  # NaN fails this too
+            raise UsageError(f"--allocated must be above 0 and at most 100, got {allocated:g}")
+        share = None if allocated is None else allocated / 100
+        return testdisk.create_disk(image, nbytes, seed=seed, allocated=share)
+
+    stats = guarded(json, act)
     if json:
         emit_json(stats.__dict__)
     else:
