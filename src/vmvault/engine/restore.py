@@ -152,7 +152,7 @@ class _Target:
 
     def zero(self, offset: int, length: int) -> int:
         """Make ``offset .. offset + length`` of a device read as zeros: asked of the device
-        (BLKZEROOUT: a loop device punches its file, a disk may zero without data moving),
+        (BLKZEROOUT: a loop device zeroes its file's range, a disk may zero without data moving),
         written as zeros where it cannot."""
         if offset % 512 == 0 and length % 512 == 0:
             try:
