@@ -197,3 +197,30 @@ policy = "nightly"
     assert same_content(image, out)
     now_plan = run_prune(ctx, inventory, dry_run=True)  # today: nothing expires
     assert now_plan["vms"]["web"]["prune"] == []
+
+
+def test_gc_removes_what_interrupted_writes_left_once_older_than_the_grace(
+    tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    """A writer killed mid-put leaves its temporary file (``check`` warns of it); the
+    collection removes it once untouched for the grace period, and leaves a young one,
+    whose write may still be under way."""
+    ctx = _ctx(tmp_path)
+    image = make_image("a.img", size=8 * MiB)
+    point = run_backup(ctx, "vm", [DiskSpec("os", str(image))])
+    folder = next(p for p in (Path(ctx.vault_path) / "packs").iterdir() if p.is_dir())
+    stale = folder / f".tmp-{'ab' * 32}.0123456789ab"
+    stale.write_bytes(os.urandom(300_000))  # what a killed put leaves: part of a pack
+    hour_ago = time.time() - 7200
+    os.utime(stale, (hour_ago, hour_ago))
+    young = folder / f".tmp-{'cd' * 32}.ba9876543210"
+    young.write_bytes(os.urandom(1000))
+    warned = {p.object for p in run_check(ctx).problems if p.kind == "leftover_temp"}
+    assert {Path(name).name for name in warned} == {stale.name, young.name}
+    report = run_gc(ctx)  # the default grace, an hour
+    assert [Path(name).name for name in report.leftovers_removed] == [stale.name]
+    assert not stale.exists() and young.exists()
+    assert run_check(ctx, read_data=True).ok
+    out = tmp_path / "restored.img"
+    run_restore(ctx, point["id"], str(out))
+    assert same_content(image, out)

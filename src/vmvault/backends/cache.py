@@ -227,12 +227,6 @@ class CachingBackend:
             self.cache.drop(self.vault_id, key)
         self._held.discard(key)
 
-    def list_leftovers(self) -> builtins.list[str]:
-        leftovers: Callable[[], builtins.list[str]] | None = getattr(
-            self.inner, "list_leftovers", None
-        )
-        return leftovers() if leftovers is not None else []
-
     # -- what the vault asks of a cache -------------------------------------------------
 
     def _pack_lock(self, key: str) -> threading.Lock:

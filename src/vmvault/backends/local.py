@@ -202,6 +202,19 @@ class LocalBackend:
             found += [(rel / n).as_posix() for n in filenames if n.startswith(TMP_PREFIX)]
         return sorted(found)
 
+    def remove_leftovers(self, older_than: float) -> builtins.list[str]:
+        """Remove the temporary files of writes that never finished, last written before
+        ``older_than`` (a time): a write still under way keeps touching its file. Returns
+        what went."""
+        removed: builtins.list[str] = []
+        for name in self.list_leftovers():
+            path = self.root / name
+            with contextlib.suppress(FileNotFoundError):  # its writer finished or cleaned up
+                if path.lstat().st_mtime < older_than:
+                    path.unlink()
+                    removed.append(name)
+        return removed
+
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()

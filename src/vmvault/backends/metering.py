@@ -156,12 +156,6 @@ class CountingBackend:
         self.counter.add("list", prefix, pages)
         return iter(keys)
 
-    def list_leftovers(self) -> builtins.list[str]:
-        leftovers: Callable[[], builtins.list[str]] | None = getattr(
-            self.inner, "list_leftovers", None
-        )
-        return leftovers() if leftovers is not None else []
-
 
 def request_counter(backend: object) -> RequestCounter | None:
     """The counter of a backend chain (through its wrappers' ``inner``), None if uncounted."""

@@ -206,13 +206,6 @@ class RetryingBackend:
     def modified(self, key: str) -> float:
         return self._call("modified", key, lambda: self.inner.modified(key))
 
-    def list_leftovers(self) -> builtins.list[str]:
-        """The inner backend's leftovers of interrupted writes, if it can tell (``check``)."""
-        leftovers: Callable[[], builtins.list[str]] | None = getattr(
-            self.inner, "list_leftovers", None
-        )
-        return leftovers() if leftovers is not None else []
-
     # -- store retention (forwarded when the inner backend has it) ------------------------
 
     def retaining(self) -> Retaining | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import blake3
 
+from vmvault.backends.base import innermost
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound
 from vmvault.vault import keyring
 from vmvault.vault.documents import (
@@ -95,7 +96,7 @@ def check_vault(vault: Vault, *, read_data: bool = False) -> CheckReport:
                 vault.forget_local_index()
     present = set(vault.pack_ids())
     report.packs = len(present)
-    leftovers = getattr(vault.backend, "list_leftovers", None)
+    leftovers = getattr(innermost(vault.backend), "list_leftovers", None)
     for name in leftovers() if leftovers else []:
         report.problems.append(
             Problem("warning", "leftover_temp", name, "temporary file of an interrupted write")

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmvault.backends.base import ObjectRetained
+from vmvault.backends.base import ObjectRetained, innermost
 from vmvault.engine.blobs import Compressor, encode_blob
 from vmvault.errors import CorruptObject, ObjectMissing, PointNotFound, VmvaultError
 from vmvault.vault.format import ZERO_ID, PackEntry
@@ -63,6 +63,8 @@ class GcReport:
     damaged: list[str] = field(default_factory=list)  # every damaged object skipped
     problems: list[str] = field(default_factory=list)
     retained: list[str] = field(default_factory=list)  # garbage the store would not delete yet
+    # temporary files of writes a crash interrupted, older than the grace period: removed
+    leftovers_removed: list[str] = field(default_factory=list)
     # What the maintenance did to the store's retention (vault/store_retention.py), if any.
     store_retention: dict[str, Any] | None = None
 
@@ -195,6 +197,11 @@ def collect_garbage(
 ) -> GcReport:
     now = time.time() if now is None else now
     report = GcReport()
+    # What a killed writer left half-written is no object and nothing refers to it; one
+    # untouched for the grace period has no writer left (a put rewrites it continuously).
+    remove = getattr(innermost(vault.backend), "remove_leftovers", None)
+    if remove is not None:
+        report.leftovers_removed = remove(now - grace)
     # A crashed backup's packs are garbage too, once old enough; so are those a crashed
     # sweep (or a store that refused the delete) left unindexed, which it plans again.
     vault.adopt_orphan_packs(doomed=True)

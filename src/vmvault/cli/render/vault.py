@@ -40,6 +40,8 @@ def print_collected(doc: dict[str, Any]) -> None:
         console.print(f"[red]damaged[/] {what}: skipped (--force)")
     for what in doc.get("retained", []):
         console.print(f"[yellow]retained[/] {escape(what)}: left for a later collection")
+    if leftovers := doc.get("leftovers_removed"):
+        console.print(f"{len(leftovers)} temporary file(s) of interrupted writes removed")
     store = doc.get("store_retention")
     if store:
         line = (
