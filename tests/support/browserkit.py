@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+# expect() waits 5 s by default, whatever the page's timeout: on a loaded 2-core machine a
+# chart drawn by the server took longer (the img was still "hidden"). The same 30 s as the
+# pages' own waits (logged_in).
+expect.set_options(timeout=30_000)
 
 CHROMIUM = "/usr/bin/chromium"  # make sysdeps installs it
 CHROMIUM_ARGS = [
