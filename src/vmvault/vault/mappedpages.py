@@ -2,7 +2,7 @@
 
 The index's files are mapped, not read: a process's own memory does not grow with the vault.
 But its RSS counts the pages of the mapped index it has touched (the kernel's page cache,
-shared and reclaimable, but counted). Every so often (localindex.TRIM_EVERY lookups, and
+shared and reclaimable, but counted). Every so often (indexwrite.TRIM_EVERY lookups, and
 between slices of a write) a process reads how many file pages it has mapped
 (/proc/self/statm) and, past MAPPED_BUDGET, lets go of the data file's (madvise
 MADV_DONTNEED: they stay in the page cache; a later touch is a minor fault, ~2-10 µs here).
