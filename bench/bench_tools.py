@@ -44,7 +44,7 @@ def vmvault_command() -> list[str]:
     found = shutil.which("vmvault")
     if found:
         return [found]
-    return [sys.executable, "-c", "from vmvault.cli.main import run; run()"]
+    return [sys.executable, "-c", "from vmvault.cli.entry import run; run()"]
 
 
 @dataclass
