@@ -362,7 +362,7 @@ def copy_tree(work: Path, budget: int) -> dict[str, Any]:
     scale = budget / (sum(mb for _, mb in FS_SOURCES) * MB)
     kinds: dict[str, list[int]] = {}
     sources = []
-    files = dirs = 0
+    files = dirs = links = 0
     for source, mb in FS_SOURCES:
         root = Path(source)
         if not root.is_dir():
@@ -379,6 +379,7 @@ def copy_tree(work: Path, budget: int) -> dict[str, Any]:
                 st = src.lstat()
                 if stat.S_ISLNK(st.st_mode):
                     (target / name).symlink_to(os.readlink(src))
+                    links += 1
                     continue
                 if not stat.S_ISREG(st.st_mode) or used + st.st_size > allowance:
                     continue
@@ -396,6 +397,7 @@ def copy_tree(work: Path, budget: int) -> dict[str, Any]:
         "sources": sources,
         "files": files,
         "directories": dirs,
+        "symlinks": links,
         "bytes": sum(s["bytes"] for s in sources),
         "kinds": {k: {"files": n, "bytes": b} for k, (n, b) in sorted(kinds.items())},
     }
@@ -403,7 +405,7 @@ def copy_tree(work: Path, budget: int) -> dict[str, Any]:
 
 def make_fs(work: Path, budget: int) -> tuple[Path, dict[str, Any]]:
     tree = copy_tree(work, budget)
-    entries = tree["files"] + tree["directories"] + 1000
+    entries = (tree["files"] + tree["directories"] + tree["symlinks"]) * 5 // 4 + 1000
     allocated = bench_proc.tree_size(work / "tree")
     # the files' blocks, one 4 KiB block more each (tails, directories, extents), inode
     # tables (256 bytes), journal and metadata, then 20 % free
