@@ -110,3 +110,37 @@ def test_index_scale_at_a_small_size(tmp_path: Path) -> None:
     assert report["daily_open"]["absorbed"] == 1
     assert report["daily_open"]["index_entries"] == 40_000 + 64 * 256
     assert not (tmp_path / "w").exists()  # removed unless --keep
+
+
+def test_compression_study_at_a_small_size(tmp_path: Path) -> None:
+    """bench/compression.py end to end on an 8 MiB bench-mix image: every setting has a row,
+    the default's vault is the reference, the scratch directory is removed."""
+    out = tmp_path / "out"
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/compression.py",
+            "--size",
+            "8M",
+            "--inputs",
+            "mix",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "compression.json").read_text())
+    rows = {r["setting"]: r for r in report["inputs"]["mix"]["rows"]}
+    assert len(rows) == 13 and rows["3 (default)"]["vault_vs_default"] == 1.0
+    assert all(r["out_bytes"] < r["in_bytes"] for r in rows.values() if "out_bytes" in r)
+    assert report["inputs"]["mix"]["conclusion"]["fastest_no_larger"] in rows
+    assert "## mix:" in (out / "compression.md").read_text()
+    assert not (tmp_path / "w").exists()  # removed unless --keep
