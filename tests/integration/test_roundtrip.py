@@ -140,9 +140,10 @@ def test_block_device_backup_and_restore(
 def test_device_restore_zeroes_empty_blocks_and_writes_odd_tails(
     tmp_path: Path, ctx: Context, loop_device: Callable[[Path], Path]
 ) -> None:
-    """On a device full of old bytes: all-zero blocks are zeroed by the device
-    (BLKZEROOUT), aligned runs go around its page cache (O_DIRECT), and a disk whose size
-    is no multiple of 4 KiB gets its last partial chunk through the buffered descriptor."""
+    """On a device full of old bytes: all-zero blocks are made holes by the device (a loop
+    device punches its file: a thin device stays thin), aligned runs go around its page
+    cache (O_DIRECT), and a disk whose size is no multiple of 4 KiB gets its last partial
+    chunk through the buffered descriptor."""
     size = 16 * MiB + 1536  # a loop device's size is a multiple of 512, not of 4096
     image = _write(
         tmp_path / "odd.img",
@@ -158,6 +159,8 @@ def test_device_restore_zeroes_empty_blocks_and_writes_odd_tails(
         assert device.read(MiB) == b"\xff" * MiB  # beyond the disk: untouched
     assert restored == image.read_bytes()
     assert restored[8 * MiB : 16 * MiB] == bytes(8 * MiB)  # two blocks zeroed by the device
+    # ... as holes in the loop device's file, which was full of 0xff before
+    assert target_file.stat().st_blocks * 512 <= 12 * MiB
 
 
 def test_several_disks_in_one_point(tmp_path: Path, ctx: Context) -> None:

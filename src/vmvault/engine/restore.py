@@ -13,6 +13,7 @@ errors). ``verify`` is the same walk without a target.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import stat
@@ -39,6 +40,16 @@ from vmvault.vault.vault import Vault
 
 # ioctl _IO(0x12, 127): zero a byte range of a block device (linux/fs.h)
 BLKZEROOUT = 0x127F
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02  # linux/falloc.h
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """fallocate(PUNCH_HOLE | KEEP_SIZE) (os.posix_fallocate takes no mode); False where
+    the file or device cannot."""
+    mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    return int(_libc.fallocate(fd, mode, offset, length)) == 0
 
 
 @dataclass
@@ -151,10 +162,14 @@ class _Target:
         return total
 
     def zero(self, offset: int, length: int) -> int:
-        """Make ``offset .. offset + length`` of a device read as zeros: asked of the device
-        (BLKZEROOUT: a loop device zeroes its file's range, a disk may zero without data moving),
-        written as zeros where it cannot."""
+        """Make ``offset .. offset + length`` of a device read as zeros, asked of the device
+        where it can: first as a hole (fallocate PUNCH_HOLE: zeroes guaranteed, and a thin
+        device, an LVM thin volume or a loop device's sparse file, gives the space back
+        instead of filling it), then BLKZEROOUT (zeroes, written by the device or the
+        kernel), else written as zeros."""
         if offset % 512 == 0 and length % 512 == 0:
+            if punch_hole(self.fd, offset, length):
+                return length
             try:
                 fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
                 return length
