@@ -55,14 +55,14 @@ def bytes_needed(size: int, share: float, rate: float) -> int:
     return int(allocated * (2 + VAULT_SHARE) + 2 * mutated)
 
 
-def device_bytes_needed(size: int) -> int:
-    """Disk use of the loop device's backing file after a restore: all of the disk.
+def device_bytes_needed(data: int) -> int:
+    """Disk use of the loop device's backing file after a restore: the restored data only.
 
-    The engine zeroes every block a device does not get data for, with BLKZEROOUT, which a
-    loop device turns into fallocate(ZERO_RANGE) of its file: unwritten extents, allocated
-    (measured on Linux 6.18 / ext4), not punched holes.
+    The engine makes every block a device does not get data for a hole (fallocate
+    PUNCH_HOLE), which a loop device passes to its file: it stays as sparse as the file
+    restore (``data``: that restore's allocated bytes).
     """
-    return size
+    return data
 
 
 def free_bytes(path: Path) -> int:
@@ -166,10 +166,10 @@ def _measure_row(
     }
     bench_proc.progress(label, f"restore {m.wall:.2f} s")
     # The device is checked against the digest, so neither file is needed any more: their
-    # space goes to the device's backing file, which ends as large as the disk.
+    # space goes to the device's backing file, which ends as large as the restored data.
     shutil.rmtree(target_dir)
     image.unlink()
-    lacking = device_missing or no_room(work, device_bytes_needed(size))
+    lacking = device_missing or no_room(work, device_bytes_needed(row["restore"]["allocated"]))
     if lacking:
         row["restore_device"] = {"missing": lacking}
         bench_proc.progress(label, f"restore to device skipped: {lacking}")
@@ -186,7 +186,7 @@ def restore_to_device(
     """Restore the latest point to a loop device over a sparse file of the disk's size.
 
     The engine writes a device unlike a file: aligned runs with O_DIRECT, empty blocks
-    zeroed with BLKZEROOUT (see ``device_bytes_needed``) and an fsync before it returns;
+    made holes (see ``device_bytes_needed``) and an fsync before it returns;
     the time includes all of that. Verified by the BLAKE3 of the device's first ``size``
     bytes.
     """
