@@ -15,21 +15,12 @@ import pytest
 from support.paths import ROOT
 
 
-def run_bench(tmp_path: Path, *options: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
-    out = tmp_path / "out"
-    # This tree's vmvault, in the bench and in the CLI it starts, whatever the venv points at.
+def _run_script(script: str, *options: str, timeout: float = 300) -> str:
+    """A bench script run with this tree's vmvault (in it and in the CLI it starts, whatever
+    the venv points at); its stdout."""
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
     done = subprocess.run(
-        [
-            sys.executable,
-            "bench/run.py",
-            "--quick",
-            *options,
-            "--workdir",
-            str(tmp_path / "w"),
-            "--out",
-            str(out),
-        ],
+        [sys.executable, script, *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -37,8 +28,20 @@ def run_bench(tmp_path: Path, *options: str, timeout: float = 120) -> tuple[dict
         env=os.environ | {"PYTHONPATH": path},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def run_bench(tmp_path: Path, *options: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
+    out = tmp_path / "out"
+    stdout = _run_script(
+        "bench/run.py",
+        "--quick",
+        *options,
+        *("--workdir", str(tmp_path / "w"), "--out", str(out)),
+        timeout=timeout,
+    )
     assert (out / "latest.md").exists()
-    return json.loads((out / "latest.json").read_text()), done.stdout
+    return json.loads((out / "latest.json").read_text()), stdout
 
 
 def test_bench_quick_vmvault(tmp_path: Path) -> None:
@@ -144,20 +147,6 @@ def test_compression_study_at_a_small_size(tmp_path: Path) -> None:
     assert report["inputs"]["mix"]["conclusion"]["fastest_no_larger"] in rows
     assert "## mix:" in (out / "compression.md").read_text()
     assert not (tmp_path / "w").exists()  # removed unless --keep
-
-
-def _run_script(script: str, *options: str, timeout: float = 300) -> None:
-    """A bench script run with this tree's vmvault (in it and in the CLI it starts)."""
-    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
-    done = subprocess.run(
-        [sys.executable, script, *options],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ | {"PYTHONPATH": path},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_startup_measures_every_part(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from support.cli import PASSPHRASE, same_content
 from vmvault import testdisk
 from vmvault.app.backup import run_backup
@@ -21,6 +23,7 @@ from vmvault.app.restore import run_restore
 from vmvault.app.retention import run_prune
 from vmvault.app.vaults import init_vault, run_check, run_gc
 from vmvault.app.vm_backup import run_vm_backup
+from vmvault.backends.local import BackendReadOnly
 from vmvault.vault.locks import VaultLock, live_locks
 
 MiB = testdisk.MiB
@@ -224,3 +227,27 @@ def test_gc_removes_what_interrupted_writes_left_once_older_than_the_grace(
     out = tmp_path / "restored.img"
     run_restore(ctx, point["id"], str(out))
     assert same_content(image, out)
+
+
+def test_gc_on_a_read_only_vault_with_a_stale_leftover_is_one_clear_error(
+    tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    """The leftover cannot go: the collection stops with the read-only vault's own error,
+    and nothing of the vault changes."""
+    mountpoint = tmp_path / "ro"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mountpoint)], check=True)
+    try:
+        ctx = Context(str(mountpoint / "vault"), f"sqlite:///{tmp_path / 'c.db'}")
+        init_vault(ctx, pack_target=1 * MiB)
+        run_backup(ctx, "vm", [DiskSpec("os", str(make_image("a.img", size=4 * MiB)))])
+        folder = next(p for p in (Path(ctx.vault_path) / "packs").iterdir() if p.is_dir())
+        stale = folder / f".tmp-{'ef' * 32}.0123456789ab"
+        stale.write_bytes(b"half a pack")
+        os.utime(stale, (time.time() - 7200, time.time() - 7200))
+        subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+        with pytest.raises(BackendReadOnly, match="read-only"):
+            run_gc(ctx)
+        assert stale.exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)

@@ -209,10 +209,16 @@ class LocalBackend:
         removed: builtins.list[str] = []
         for name in self.list_leftovers():
             path = self.root / name
-            with contextlib.suppress(FileNotFoundError):  # its writer finished or cleaned up
+            try:
                 if path.lstat().st_mtime < older_than:
-                    path.unlink()
+                    path.unlink()  # a symlink planted there goes itself, never its target
                     removed.append(name)
+            except FileNotFoundError:  # its writer finished or cleaned up meanwhile
+                continue
+            except OSError as exc:
+                if exc.errno in _READ_ONLY:  # one clear error, as for every other write
+                    raise _read_only(name, self.root, exc) from None
+                raise
         return removed
 
     def delete(self, key: str) -> None:
