@@ -73,6 +73,7 @@ class MutationStats:
     bytes_written: int
     by_kind: dict[str, int]
     seconds: float
+    seed: int = 2
 
 
 def _build_table() -> list[bytes]:
@@ -321,7 +322,7 @@ def mutate_disk(
         by_kind[kind] += 1
         pieces.append((slot * MUTATION_BLOCK, MUTATION_BLOCK, kind, f"mut|{seed}|{size}|{slot}"))
     written = _run(path, pieces, jobs)
-    return MutationStats(path, len(pieces), written, by_kind, time.perf_counter() - start)
+    return MutationStats(path, len(pieces), written, by_kind, time.perf_counter() - start, seed)
 
 
 def parse_size(text: str) -> int:

@@ -155,6 +155,25 @@ def test_testdisk_allocated_share(tmp_path: Path) -> None:
         assert refused.stderr.startswith("error: --allocated must be above 0 and at most 100")
 
 
+def test_testdisk_mutate_writes_a_new_day_each_run_unless_a_seed_is_repeated(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "m.img"
+    testdisk.create_disk(image, 4 * MiB, seed=3)
+
+    def mutate(*seed: str) -> tuple[bytes, dict[str, object]]:
+        done = run_cli("testdisk", "mutate", str(image), "--percent", "10", "--json", *seed)
+        assert done.returncode == 0, done.stderr
+        return image.read_bytes(), json.loads(done.stdout)
+
+    before = image.read_bytes()
+    first, first_doc = mutate()
+    second, second_doc = mutate()  # the README's "a day of guest writes", run again
+    assert before != first != second and first_doc["seed"] != second_doc["seed"]
+    again, _ = mutate("--seed", str(second_doc["seed"]))  # the same day's writes, replayed
+    assert again == second
+
+
 def test_malformed_vault_config_is_named(tmp_path: Path) -> None:
     env = _env(tmp_path)
     assert run_cli("init", env=env).returncode == 0

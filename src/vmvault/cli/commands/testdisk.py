@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import typer
 
 from vmvault import testdisk
@@ -52,14 +54,19 @@ def create(
 def mutate(
     image: str = typer.Argument(..., help="Existing image to change in place."),
     percent: float = typer.Option(1.0, "--percent", help="Share of the disk to rewrite."),
-    seed: int = typer.Option(2, "--seed"),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Repeat a mutation (its seed is printed). Default: a new one."
+    ),
     json: bool = json_option(None),
 ) -> None:
     """Rewrite PERCENT of the image in scattered 64 KiB writes (a day of guest writes)."""
 
     def act() -> testdisk.MutationStats:
+        # A fresh seed by default: a second day's writes must differ from the first's (the
+        # same seed writes the same bytes to the same places, and a backup finds no change).
+        day = secrets.randbelow(2**31) if seed is None else seed
         try:
-            return testdisk.mutate_disk(image, percent, seed=seed)
+            return testdisk.mutate_disk(image, percent, seed=day)
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
         except ValueError as exc:

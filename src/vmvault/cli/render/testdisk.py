@@ -18,7 +18,7 @@ def print_created(stats: testdisk.DiskStats) -> None:
 def print_mutated(stats: testdisk.MutationStats) -> None:
     console.print(
         f"mutated {stats.path}: {stats.writes} writes of 64 KiB "
-        f"({human_bytes(stats.bytes_written)}), {stats.seconds:.1f} s",
+        f"({human_bytes(stats.bytes_written)}), {stats.seconds:.1f} s (seed {stats.seed})",
         highlight=False,
         soft_wrap=True,
     )
