@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from support.cli import run_cli
-from support.serverkit import Site, make_site
+from support.serverkit import Site, make_site, serving
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -235,6 +236,23 @@ def test_remote_errors_are_one_line(served: tuple[Site, str, Path]) -> None:
 def test_serve_refuses_half_a_tls_setup(tmp_path: Path) -> None:
     done = run_cli("serve", "--tls-cert", str(tmp_path / "c.pem"), "--vault", str(tmp_path))
     assert done.returncode == 2 and "both --tls-cert and --tls-key" in done.stderr
+
+
+def test_serve_says_what_it_watches_logs_in_one_shape_and_stops_cleanly(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", backup=False)
+    log = tmp_path / "serve.log"
+    with serving(site, log, "--tick", "3600") as served:
+        assert served.get("/api/v1/jobs", "reader").status_code == 200
+        served.process.send_signal(signal.SIGTERM)  # a service manager's stop
+        assert served.process.wait(timeout=30) == 0  # not a death by SIGTERM (143)
+    text = log.read_text()
+    # the scheduler's start-up summary: the vault, each VM and its next run, maintenance
+    assert "INFO vmvault.server: VM web01: policy nightly, next run " in text
+    assert "daily maintenance at 12:00 UTC" in text
+    assert "INFO vmvault.server: server stopped" in text and "Traceback" not in text
+    # uvicorn's own lines in the same shape, not its "INFO:     " prefix
+    assert "INFO uvicorn: Uvicorn running on" in text and "INFO:     " not in text
+    assert "uvicorn.error" not in text  # its start and stop are not errors
 
 
 def test_security_alert_from_the_cli_is_listed(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -37,6 +38,13 @@ __all__ = ["human_bytes"]  # the CLI's commands take it from here
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
+
+
+def daemon_logging() -> None:
+    """The log format of the long-running commands (scheduler, worker, serve): one shape
+    whichever process wrote a line, the web server's own lines included."""
+    shape = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=shape)
 
 
 def emit_json(doc: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from datetime import time as clock_time
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from vmvault.errors import (
 from vmvault.inventory import Inventory, InventoryFile, parse_inventory, write_inventory
 from vmvault.jobs.daemon import LOOPS, Daemon
 from vmvault.jobs.queue import JobQueue
+from vmvault.jobs.startup import startup_summary
 from vmvault.model.point import RecoveryPoint
 from vmvault.point_refs import match_point
 from vmvault.protection import accept_retentions, record_accepted_retentions
@@ -166,6 +168,21 @@ class ServerState:
     # -- background loops (jobs/daemon.py) ----------------------------------------------
 
     def start(self) -> None:
+        c = self.config
+        if c.scheduler:  # what it will run, logged once, as `vmvault scheduler` does
+            summary = startup_summary(
+                self.catalog,
+                self.ctx.vault_path,
+                self.vault,
+                self.inventory(),
+                now=datetime.now(UTC),
+                maintenance_time=c.maintenance_time,
+                interval=c.tick_seconds,
+            )
+            for line in summary:
+                log.info("%s", line)
+        else:
+            log.info("vault %s at %s; no scheduler (--no-scheduler)", self.vault_id, c.vault)
         self.daemon.start()
 
     def stop(self) -> None:

@@ -24,7 +24,7 @@ from vmvault.cli.options import (
     once_option,
     vm_option,
 )
-from vmvault.cli.output import emit_json, guarded, show
+from vmvault.cli.output import daemon_logging, emit_json, guarded, show
 from vmvault.cli.render.jobs import (
     print_cancelled,
     print_job,
@@ -165,7 +165,7 @@ def _fleet_worker(
     passphrase_file: str | None,
 ) -> None:
     """A fleet's worker: a Celery worker on ``host``'s queue and the shared one."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    daemon_logging()
 
     def act() -> None:
         if once:
@@ -199,7 +199,7 @@ def scheduler(
     from vmvault.jobs.queue import JobQueue
     from vmvault.jobs.startup import startup_summary
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    daemon_logging()
 
     def act() -> None:
         at = maintenance_time(maintenance_at)

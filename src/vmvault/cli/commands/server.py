@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import typer
@@ -19,7 +20,7 @@ from vmvault.cli.options import (
     context,
     maintenance_time,
 )
-from vmvault.cli.output import emit_json, guarded, show
+from vmvault.cli.output import daemon_logging, emit_json, guarded, show
 from vmvault.cli.render.server import (
     print_alerts,
     print_serving,
@@ -81,10 +82,18 @@ def serve(
         )
         return create_app(config)
 
+    daemon_logging()  # before the app is built: its opening lines in the same format
+    # uvicorn logs its start and stop under "uvicorn.error": an operator reading
+    # "INFO uvicorn.error: Started server process" would look for an error that is not there
+    logging.getLogger("uvicorn.error").addFilter(_named_uvicorn)
     app = guarded(False, build)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scheme = "https" if tls_cert else "http"
     print_serving(scheme, host, port)
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again for the
+    # handler it found: a no-op one makes a requested stop exit 0, as the scheduler does
+    # (a service manager then sees a clean stop, not a death by signal).
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda *_: None)
     uvicorn.run(
         app,
         host=host,
@@ -92,9 +101,16 @@ def serve(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         log_level="info",
+        log_config=None,  # uvicorn's lines through the root logger: daemon_logging's format
         # Access logs carry query strings and never the Authorization header: safe to keep.
         access_log=True,
     )
+    logging.getLogger("vmvault.server").info("server stopped")
+
+
+def _named_uvicorn(record: logging.LogRecord) -> bool:
+    record.name = "uvicorn"
+    return True
 
 
 def _accounts(vault: str | None, catalog: str | None, passphrase_file: str | None) -> Any:
