@@ -52,3 +52,12 @@ def _common(a: str, b: str) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+def latest_is_ambiguous(vms: list[str]) -> str:
+    """Why ``latest`` was refused, given the VMs that have points."""
+    named = ", ".join(vms[:5]) + (", ..." if len(vms) > 5 else "")
+    return (
+        f"'latest' names no single point: there are recovery points of {len(vms)} VMs"
+        f" ({named}); give --vm NAME, or the point's id"
+    )

@@ -174,6 +174,26 @@ def test_testdisk_mutate_writes_a_new_day_each_run_unless_a_seed_is_repeated(
     assert again == second
 
 
+def test_latest_with_points_of_several_vms_names_no_point(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    assert run_cli("init", env=env).returncode == 0
+    for vm, seed in (("web01", 1), ("db01", 2)):
+        image = tmp_path / f"{vm}.img"
+        testdisk.create_disk(image, 2 * MiB, seed=seed)
+        assert run_cli("backup", str(image), "--vm", vm, env=env).returncode == 0
+    target = tmp_path / "out.img"
+    for argv in (("restore", "latest", str(target)), ("forget", "latest"), ("verify", "latest")):
+        refused = run_cli(*argv, env=env)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "'latest' names no single point" in refused.stderr
+        assert "2 VMs (db01, web01); give --vm NAME" in refused.stderr
+    assert not target.exists()
+    assert len(json.loads(run_cli("list", "--json", env=env).stdout)["points"]) == 2
+    mine = run_cli("restore", "latest", str(target), "--vm", "web01", "--json", env=env)
+    assert mine.returncode == 0, mine.stderr
+    assert same_content(target, tmp_path / "web01.img")
+
+
 def test_malformed_vault_config_is_named(tmp_path: Path) -> None:
     env = _env(tmp_path)
     assert run_cli("init", env=env).returncode == 0

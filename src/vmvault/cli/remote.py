@@ -16,6 +16,7 @@ import httpx
 
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.errors import VmvaultError
+from vmvault.point_refs import latest_is_ambiguous
 
 FINAL = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
 
@@ -109,6 +110,8 @@ class Remote:
         if ref == "latest":
             if not points:
                 raise RemoteError("point_not_found", "the server has no recovery points", 404)
+            if vm is None and len(vms := sorted({str(p["vm"]) for p in points})) > 1:
+                raise RemoteError("ambiguous_point", latest_is_ambiguous(vms), 400)
             return str(points[0]["id"])
         matches = [p["id"] for p in points if str(p["id"]).startswith(ref)]
         if len(matches) != 1:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from vmvault.cli.output import console, human_bytes
 from vmvault.cli.render.drill import print_drill
@@ -20,7 +21,7 @@ def print_point(point: Mapping[str, Any]) -> None:
     title = f"recovery point {point['id']} ({point['type']}, {point['vm']})"
     # no padding: the box's blank separator keeps columns apart, and eight columns of
     # sizes then fit 80 terminal columns without a figure cut short
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=0)
+    table = Table(box=box.SIMPLE_HEAD, padding=0)
     table.add_column("disk", overflow="fold")
     for col in ("size", "read", "changed", "new", "written", "time", "read rate"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -36,6 +37,8 @@ def print_point(point: Mapping[str, Any]) -> None:
             f"{st['seconds']:.2f} s",
             human_rate(st["read"], st["seconds"]),
         )
+    # a line of its own: as the table's title it wrapped to the table's width, mid-name
+    console.print(title, highlight=False, soft_wrap=True)
     console.print(table)
     for d in point["disks"]:
         name, fmt = d["name"], d.get("format", "raw")
@@ -58,6 +61,13 @@ def print_point(point: Mapping[str, Any]) -> None:
         print_drill(drill)
 
 
+# Where the full table's rows do not fit the terminal, `list` leaves out the disks' size and
+# changed bytes and abbreviates, so that a row stays one line (at 80 columns for VM and disk
+# names of up to ~15 characters) instead of splitting words and numbers.
+_SHORT_TYPES = {"incremental": "incr"}
+_SHORT_LEVELS = {"application": "app", "file-system": "fs"}
+
+
 def print_points(
     summaries: list[dict[str, Any]], damaged: list[dict[str, Any]], known_ids: list[str]
 ) -> None:
@@ -66,36 +76,56 @@ def print_points(
     The id column shows each id's shortest prefix that no other of ``known_ids`` starts
     with (what `restore` and `forget` take), never cut to fit the terminal."""
     refs = short_refs(known_ids + [p["id"] for p in summaries])
-    table = Table(title="recovery points", box=box.SIMPLE_HEAD, padding=0)
-    table.add_column("id", no_wrap=True, min_width=max(map(len, refs.values()), default=2))
-    for col in ("vm", "type", "consistency", "disks"):
-        table.add_column(col, overflow="fold")
-    for col in ("size", "changed", "written"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("last verified", overflow="fold")
-    for p in summaries:
-        table.add_row(
-            refs[p["id"]],
-            p["vm"],
-            p["type"],
-            p["consistency"],
-            ", ".join(p["disks"]),
-            human_bytes(p["size"]),
-            human_bytes(p["changed"]),
-            human_bytes(p["stored"]),
-            last_verified(p.get("last_verified")),
-        )
-    console.print(table)
+    wide = _points_table(summaries, refs, wide=True)
+    fits = _natural_width(wide) <= console.width
+    console.print(wide if fits else _points_table(summaries, refs, wide=False))
     for d in damaged:
         console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
 
 
-def last_verified(doc: dict[str, Any] | None) -> str:
-    """A point's last verify in a table cell: its time (UTC, to the minute) and ok or
-    DAMAGED, or never."""
+def _points_table(summaries: list[dict[str, Any]], refs: dict[str, str], *, wide: bool) -> Table:
+    table = Table(title="recovery points", box=box.SIMPLE_HEAD, padding=0)
+    table.add_column("id", no_wrap=True, min_width=max(map(len, refs.values()), default=2))
+    table.add_column("vm", overflow="fold")
+    table.add_column("type", no_wrap=True)
+    table.add_column("consistency" if wide else "cons.", no_wrap=True)
+    table.add_column("disks", overflow="fold")
+    for col in ("size", "changed", "written") if wide else ("written",):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("last verified" if wide else "verified", no_wrap=True)
+    for p in summaries:
+        figures = (p["size"], p["changed"], p["stored"]) if wide else (p["stored"],)
+        table.add_row(
+            refs[p["id"]],
+            p["vm"],
+            p["type"] if wide else _SHORT_TYPES.get(p["type"], p["type"]),
+            p["consistency"] if wide else _SHORT_LEVELS.get(p["consistency"], p["consistency"]),
+            ", ".join(p["disks"]),
+            *map(human_bytes, figures),
+            last_verified(p.get("last_verified"), year=wide),
+        )
+    return table
+
+
+def _natural_width(table: Table) -> int:
+    """The width ``table`` takes with no cell wrapped or cut: its widest cell per column,
+    a blank between columns and one at each edge (SIMPLE_HEAD, no padding)."""
+    widths = [
+        max(
+            [Text.from_markup(str(column.header)).cell_len]
+            + [Text.from_markup(str(cell)).cell_len for cell in column.cells]
+        )
+        for column in table.columns
+    ]
+    return sum(widths) + len(widths) + 1
+
+
+def last_verified(doc: dict[str, Any] | None, *, year: bool = True) -> str:
+    """A point's last verify in a table cell: its time (UTC, to the minute; without the
+    year for a narrow table) and ok or DAMAGED, or never."""
     if doc is None:
         return "never"
-    when = doc["at"][:16].replace("T", " ")
+    when = doc["at"][0 if year else 5 : 16].replace("T", " ")
     return f"{when} [green]ok[/]" if doc["ok"] else f"{when} [red]DAMAGED[/]"
 
 
