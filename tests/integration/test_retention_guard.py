@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from support.cli import PASSPHRASE, run_cli
+from support.cli import cli_env, run_cli
 from vmvault import protection
 from vmvault.alerts.store import list_alerts
 from vmvault.app.context import Context
@@ -60,15 +60,6 @@ def _points_on_five_days(tmp_path: Path, ctx: Context) -> list[str]:
     return vault.point_ids()
 
 
-def _env(ctx: Context, inventory: Path) -> dict[str, str]:
-    return {
-        "VMVAULT_PASSPHRASE": PASSPHRASE,
-        "VMVAULT_VAULT": ctx.vault_path,
-        "VMVAULT_CATALOG": str(ctx.catalog_url),
-        "VMVAULT_INVENTORY": str(inventory),
-    }
-
-
 def _prune(ctx: Context, inventory: Path, text: str) -> None:
     """``text`` written as the inventory, then pruned by it, as `vmvault prune` would."""
     inventory.write_text(text)
@@ -87,7 +78,7 @@ def test_renaming_the_policy_does_not_shorten_retention(
     ids = _points_on_five_days(tmp_path, ctx)
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(_inventory(tmp_path, "nightly", 30))
-    env = _env(ctx, inventory)
+    env = cli_env(ctx, inventory)
     first = run_cli("prune", "--json", env=env)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["vms"]["web"]["prune"] == []
@@ -167,7 +158,7 @@ def test_a_vault_with_per_policy_records_is_guarded_too(tmp_path: Path, ctx: Con
 def test_a_non_utf8_inventory_is_one_error_line(tmp_path: Path, ctx: Context) -> None:
     inventory = tmp_path / "inventory.toml"
     inventory.write_bytes(b"[policies.x]\nname = '\xff\xfe'\n")
-    result = run_cli("vm", "list", env=_env(ctx, inventory))
+    result = run_cli("vm", "list", env=cli_env(ctx, inventory))
     assert result.returncode == 2
     assert "not UTF-8" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -219,7 +210,7 @@ def test_an_old_vault_is_guarded_when_the_policy_is_renamed(tmp_path: Path, ctx:
     assert "nightly" in inventory.read_text()
 
     inventory.write_text(_inventory(tmp_path, "renamed", 2))
-    env = _env(ctx, inventory)
+    env = cli_env(ctx, inventory)
     prune = run_cli("prune", env=env)
     assert prune.returncode == 2, prune.stdout
     assert "web (daily_days)" in prune.stderr and len(prune.stderr.strip().splitlines()) == 1

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.cli import same_content
+from support.fskit import loop_mount, reflink_xfs
 from vmvault.snapshot.base import SnapshotError
 from vmvault.snapshot.providers import (
     FullCopy,
@@ -21,28 +21,16 @@ from vmvault.snapshot.providers import (
 MiB = 1 << 20
 
 
-def _mount(tmp_path: Path, mkfs: list[str], name: str) -> Iterator[Path]:
-    image = tmp_path / f"{name}.fs"
-    with open(image, "wb") as f:
-        f.truncate(320 * MiB)
-    subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
-    mountpoint = tmp_path / name
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
 @pytest.fixture
 def xfs(tmp_path: Path) -> Iterator[Path]:
-    yield from _mount(tmp_path, ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"], "xfs")
+    with reflink_xfs(tmp_path) as mountpoint:
+        yield mountpoint
 
 
 @pytest.fixture
 def ext4(tmp_path: Path) -> Iterator[Path]:
-    yield from _mount(tmp_path, ["mkfs.ext4", "-q", "-F"], "ext4")
+    with loop_mount(tmp_path, ["mkfs.ext4", "-q", "-F"], "ext4") as mountpoint:
+        yield mountpoint
 
 
 def _disk(directory: Path, name: str = "os.img") -> Path:

@@ -6,8 +6,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmvault.app.context import Context
 
 PASSPHRASE = "test passphrase"
+
+
+def cli_env(ctx: Context, inventory: Path | None = None) -> dict[str, str]:
+    """The environment that points `vmvault` at ``ctx``'s vault and catalog (and inventory)."""
+    env = {
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+    }
+    return env | ({"VMVAULT_INVENTORY": str(inventory)} if inventory else {})
 
 
 def run_cli(

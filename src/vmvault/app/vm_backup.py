@@ -10,7 +10,7 @@ from vmvault.app.backup import backup_and_record
 from vmvault.app.context import Context
 from vmvault.app.disks import DiskSpec, inventory_budget
 from vmvault.app.records import JobRecorder, recorded_job
-from vmvault.app.snapshots import bound_after_backup
+from vmvault.app.snapshots import bound_after_backup, make_room_for_copy
 from vmvault.consistency import (
     Freezer,
     FsFreezer,
@@ -65,6 +65,8 @@ def run_vm_backup(
     ):
         provider = choose_for_vm(vault, vm, disks, running, full)
         meta: dict[str, Any] = {"snapshot": provider.name}
+        if provider.name == "copy":  # a reflink or an in-place read needs no room
+            make_room_for_copy(ctx, vault, inventory, vm)
         try:
             with quiesce(scripts, freezer, vm_running=running, single_disk=len(disks) == 1) as q:
                 images = start_snapshot(provider, [d.path for d in disks])

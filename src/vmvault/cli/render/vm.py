@@ -69,8 +69,10 @@ def instant_line(instant: dict[str, Any]) -> str:
     if not instant["keeps"]:
         return "instant-restore snapshots: none kept (the policy keeps none)"
     cap = f", cap {human_bytes(instant['cap_bytes'])}" if instant["cap_bytes"] else ""
+    fewer = f" ({instant['why_fewer']})" if instant.get("why_fewer") else ""
     return (
-        f"instant-restore snapshots: {instant['points']} of at most {instant['keeps']} kept, "
+        f"instant-restore snapshots: {instant['points']} of at most {instant['keeps']} kept"
+        f"{fewer}, "
         f"{human_bytes(instant['bytes'])} beside the disks{cap}"
     )
 
