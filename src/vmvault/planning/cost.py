@@ -168,6 +168,12 @@ def storage_price(stored_bytes: int, table: PriceTable | None = None) -> Decimal
     return cost.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+def money(amount: Decimal) -> str:
+    """An amount as the report shows it: to the cent, always with both digits ("5.00", not
+    "5" beside "0.00")."""
+    return str(amount.quantize(CENT, rounding=ROUND_HALF_UP))
+
+
 def storage_attribution(points: Iterable[Point]) -> dict[str, int]:
     """Bytes of vault storage attributed to each VM: the sum of what its points stored.
 
@@ -238,10 +244,10 @@ class ReportRow:
             "vm": self.vm,
             "protected_instance_bytes": self.protected_instance_bytes,
             "instances": self.instances,
-            "instance_cost": str(self.instance_cost),
+            "instance_cost": money(self.instance_cost),
             "storage_bytes": self.storage_bytes,
-            "storage_cost": str(self.storage_cost),
-            "total": str(self.total),
+            "storage_cost": money(self.storage_cost),
+            "total": money(self.total),
             "billed": self.billed,
             "reason": self.reason,
         }
@@ -294,10 +300,10 @@ class Report:
             "rows": [row.to_dict() for row in self.rows],
             "totals": {
                 "instances": self.instances,
-                "instance_cost": str(self.instance_cost),
+                "instance_cost": money(self.instance_cost),
                 "storage_bytes": self.storage_bytes,
-                "storage_cost": str(self.storage_cost),
-                "total": str(self.total),
+                "storage_cost": money(self.storage_cost),
+                "total": money(self.total),
             },
         }
 

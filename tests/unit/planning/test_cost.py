@@ -21,6 +21,7 @@ from vmvault.planning.cost import (
     billing_decision,
     instance_count,
     instance_price,
+    money,
     monthly_report,
     protected_instance_size,
     storage_attribution,
@@ -172,3 +173,13 @@ def test_report_refuses_duplicate_vms() -> None:
 def test_instance_price_is_non_decreasing(a: int, b: int) -> None:
     small, large = sorted((a, b))
     assert instance_price(small) <= instance_price(large)
+
+
+def test_amounts_in_the_report_are_shown_to_the_cent() -> None:
+    assert [money(Decimal(x)) for x in ("5", "0", "20.5", "0.125", "1.004")] == [
+        "5.00",
+        "0.00",
+        "20.50",
+        "0.13",
+        "1.00",
+    ]
