@@ -38,6 +38,21 @@ def human_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _trimmed(value: float) -> str:
+    """Up to two decimals, without trailing zeros: 30, 1.25, 8.75, 2.5."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def exact_duration(seconds: float) -> str:
+    """A set duration (an RPO) exactly as configured, not rounded as ``human_duration``
+    rounds a measured one: 45 min, 1.25 h, 30 h (hours up to two days), 8.75 days."""
+    if seconds < 3600:
+        return f"{_trimmed(seconds / 60)} min"
+    if seconds < 2 * 86400:
+        return f"{_trimmed(seconds / 3600)} h"
+    return f"{_trimmed(seconds / 86400)} days"
+
+
 # The inventory's rates (`disk_mb_per_s`, `egress_mb_per_s`, `--limit-rate`) and the
 # planner's JSON (`*_mb_s`) stay in MB/s, 10^6 bytes a second, as the seed's figures are
 # given (60 MB/s a disk, 160 Mbps); people are shown them in the one convention above.

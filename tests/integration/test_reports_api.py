@@ -71,6 +71,7 @@ def test_reports_of_a_site_with_a_good_and_a_failed_backup(tmp_path: Path) -> No
             "throughput": None,
             "change_rate": None,
             "success_rate": 0.0,
+            "last_good": None,
         }
 
         month = point["created"][:7]
@@ -100,5 +101,5 @@ def test_reports_of_a_site_with_a_good_and_a_failed_backup(tmp_path: Path) -> No
             assert 'id="protection-tiles"' in home and 'href="/reports"' in home
             assert "1 not scheduled" in home and 'id="at-risk"' not in home
             page = browser.get("/reports").text
-            assert f"/api/v1/reports/monthly?month={last_month}&amp;format=pdf" in page
+            assert f"/reports/monthly?month={last_month}&amp;format=pdf" in page
             assert 'src="/api/v1/reports/charts/vms.svg"' in page

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,18 +26,27 @@ log = logging.getLogger("vmvault.reports")
 JOB_COLUMNS = ("kind", "vm", "state", "started_at", "finished_at")
 
 
-def schedules(inventory: Inventory, vault: Vault | None = None) -> dict[str, Schedule | None]:
+def protection_states(inventory: Inventory, vault: Vault) -> dict[str, str]:
+    """Each VM of the inventory's protection state in the vault (``protected``,
+    ``stopped-retain``, ...), ``unknown`` where its record is damaged (`check` names it)."""
+
+    def state(vm: str) -> str:
+        try:
+            return state_of(vault, vm).status
+        except CorruptObject:
+            return "unknown"
+
+    return {vm.name: state(vm.name) for vm in inventory.vms}
+
+
+def schedules(inventory: Inventory, states: Mapping[str, str]) -> dict[str, Schedule | None]:
     """Each VM of the inventory with its policy's schedule; None (not scheduled) without a
-    policy, or, given the vault, where its protection is stopped (no backups are due)."""
+    policy, or where its protection is stopped (``states``: ``protection_states``; no
+    backups are due). A damaged protection record keeps the schedule: it is still due."""
 
     def scheduled(vm: Vm) -> Schedule | None:
-        if vm.policy is None:
+        if vm.policy is None or states.get(vm.name, "protected") not in ("protected", "unknown"):
             return None
-        try:
-            if vault is not None and state_of(vault, vm.name).status != "protected":
-                return None
-        except CorruptObject:  # a damaged protection record: `check` names it
-            pass
         return inventory.policy(vm.policy).schedule
 
     return {vm.name: scheduled(vm) for vm in inventory.vms}
@@ -62,7 +71,7 @@ def site_summary(
 ) -> dict[str, Any]:
     """The summary over the last 30 days' jobs (the counts look back 7 days)."""
     jobs = job_rows(catalog, vault.config.vault_id, now - timedelta(days=30))
-    return summary(schedules(inventory, vault), points, jobs, now)
+    return summary(schedules(inventory, protection_states(inventory, vault)), points, jobs, now)
 
 
 def monthly_report(

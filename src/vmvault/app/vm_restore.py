@@ -52,16 +52,18 @@ def run_vm_restore(
     root) makes ``directory`` a new folder directly inside it, made at write time.
 
     As a new VM (``new_name`` in ``directory``): disks in their original formats under new
-    names, and an inventory entry for the new VM written beside them. In place: only for a
-    stopped VM and when ``confirmed``; the current disks are backed up first (as Azure
-    snapshots them before replacing), then each disk is restored to a temporary file and
-    renamed over the original, so a failed restore leaves the original disk as it was (a
-    disk on a block device, or a symlink to one such as /dev/vg/lv, is written in place).
+    names, and an inventory entry for the new VM written beside them; the VM may be one
+    the inventory does not name, if the vault has its points (``restore_source``). In
+    place: only for a stopped VM and when ``confirmed``; the current disks are backed up
+    first (as Azure snapshots them before replacing), then each disk is restored to a
+    temporary file and renamed over the original, so a failed restore leaves the original
+    disk as it was (a disk on a block device, or a symlink to one such as /dev/vg/lv, is
+    written in place).
     """
-    vm = inventory.vm(vm_name)
     vault = ctx.open_vault(load_index=False)
+    vm = inventory.vm(vm_name) if in_place else restore_source(inventory, vault, vm_name)
     with (
-        recorded_job(ctx, vault, "restore", vm.name)
+        recorded_job(ctx, vault, "restore", vm_name)
         if recorder is None
         else nullcontext(recorder) as job
     ):
@@ -84,7 +86,7 @@ def run_vm_restore(
         )
         job.finish(
             vault,
-            vm.name,
+            vm_name,
             "succeeded",
             point_id=result["point"],
             counters={"bytes_written": sum(d["bytes_written"] for d in result["disks"])},
@@ -97,7 +99,7 @@ def _vm_restore(
     ctx: Context,
     inventory: Inventory,
     vault: Vault,
-    vm: Vm,
+    vm: Vm | str,
     *,
     point_ref: str,
     new_name: str | None,
@@ -115,14 +117,17 @@ def _vm_restore(
         raise UsageError(f"a restored disk is raw or qcow2, not {disk_format!r}")
     if in_place and disk_format is not None:
         raise UsageError("a restore in place keeps each disk's format")
+    name = vm if isinstance(vm, str) else vm.name
     if in_place:
-        point_id = _point_of(vault, vm, point_ref)
+        point_id = _point_of(vault, name, point_ref)
     elif not new_name or not directory:
         raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
     else:
-        point_id = check_new_vm_restore(inventory, vault, vm, point_ref, new_name, target_pool)
-    result: dict[str, Any] = {"point": point_id, "vm": vm.name, "disks": [], "warnings": []}
-    targets = sorted({d.pool for d in vm.disks if d.pool}) if in_place else [target_pool or ""]
+        point_id = check_new_vm_restore(inventory, vault, name, point_ref, new_name, target_pool)
+    result: dict[str, Any] = {"point": point_id, "vm": name, "disks": [], "warnings": []}
+    targets = [target_pool or ""]
+    if in_place and isinstance(vm, Vm):
+        targets = sorted({d.pool for d in vm.disks if d.pool})
     for pool in pools_being_backed_up(vault, [p for p in targets if p]):
         # The seed's best practice: a restore onto a pool that is being backed up takes
         # its IOPS from the backup (and the backup's from the restore).
@@ -132,12 +137,13 @@ def _vm_restore(
         )
     point = only_disks(vault.get_point(point_id), disks)
     if in_place:
+        assert isinstance(vm, Vm)
         return _restore_in_place(ctx, inventory, vm, point, result, confirmed, progress)
     assert new_name is not None and directory is not None
     return _restore_as_new_vm(
         ctx,
         inventory,
-        vm,
+        name,
         point,
         result,
         new_name,
@@ -167,10 +173,21 @@ def only_disks(point: RecoveryPoint, disks: Sequence[str] | None) -> RecoveryPoi
     )
 
 
+def restore_source(inventory: Inventory, vault: Vault, name: str) -> str:
+    """``name`` if a restore as a new VM can read its points: a VM of the inventory, or one
+    the vault has points of that the inventory does not name (backed up from the command
+    line, or removed since): a new VM needs only the point, not the old VM's disks. Any
+    other name is the inventory's 'no VM named' error."""
+    if any(v.name == name for v in inventory.vms) or any(p["vm"] == name for p in vault.points()):
+        return name
+    inventory.vm(name)  # raises its error, naming the VMs it knows
+    return name
+
+
 def check_new_vm_restore(
     inventory: Inventory,
     vault: Vault,
-    vm: Vm,
+    vm: str,
     point_ref: str,
     new_name: str,
     pool: str | None,
@@ -203,11 +220,11 @@ def _kept_by_vault(vault: Vault, name: str) -> bool:
     return any(p["vm"] == name for p in vault.points())
 
 
-def _point_of(vault: Vault, vm: Vm, point_ref: str) -> str:
-    point_id = resolve_point(vault, point_ref, vm.name)
+def _point_of(vault: Vault, vm: str, point_ref: str) -> str:
+    point_id = resolve_point(vault, point_ref, vm)
     owner = vault.get_point(point_id)["vm"]
-    if owner != vm.name:
-        raise UsageError(f"point {point_id} belongs to {owner}, not {vm.name}")
+    if owner != vm:
+        raise UsageError(f"point {point_id} belongs to {owner}, not {vm}")
     return point_id
 
 
@@ -262,7 +279,7 @@ def _restore_in_place(
 def _restore_as_new_vm(
     ctx: Context,
     inventory: Inventory,
-    vm: Vm,
+    vm: str,
     point: RecoveryPoint,
     result: dict[str, Any],
     new_name: str,
@@ -278,7 +295,7 @@ def _restore_as_new_vm(
     budget = None
     if target_pool:
         budget = pool_budget(inventory, target_pool, inventory.limits.disk_mb_per_s)
-    config = dict(point.get("vm_config") or {"name": vm.name, "disks": []})
+    config = dict(point.get("vm_config") or {"name": vm, "disks": []})
     new_disks = []
     confined = Path(confine_to) if confine_to else None
     created: list[Path] = []  # files this restore added, removed again if it fails

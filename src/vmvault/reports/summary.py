@@ -231,12 +231,16 @@ def per_vm(
     points: Iterable[RecoveryPoint], jobs: Iterable[Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Per VM, over the given points and backup jobs: the mean ``duration``, ``throughput``
-    and ``change_rate`` of its backups (``backup_figures``), their count, and ``success_rate``:
+    and ``change_rate`` of its backups (``backup_figures``), their count, ``last_good`` (its
+    newest point's completion, also for a VM the inventory does not name), and ``success_rate``:
     backup jobs that succeeded (or partially) / those that finished (cancelled ones are not
     counted; None without such jobs, as for backups made from the command line)."""
     figures: dict[str, list[dict[str, Any]]] = {}
+    newest: dict[str, datetime] = {}
     for point in points:
         figures.setdefault(point["vm"], []).append(backup_figures(point))
+        completed = point_time(point)
+        newest[point["vm"]] = max(completed, newest.get(point["vm"], completed))
     outcomes: dict[str, list[str]] = {}
     for job in jobs:
         outcome = job_outcome(job["state"])
@@ -251,6 +255,7 @@ def per_vm(
             "throughput": _mean(f["throughput"] for f in mine),
             "change_rate": _mean(f["change_rate"] for f in mine),
             "success_rate": done.count(SUCCEEDED) / len(done) if done else None,
+            "last_good": newest[vm].isoformat() if vm in newest else None,
         }
     return result
 

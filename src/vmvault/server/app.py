@@ -32,8 +32,9 @@ from vmvault.server.auth import (
     remote_address,
     require,
 )
-from vmvault.server.dashboard import missing_page, mount
+from vmvault.server.dashboard import mount
 from vmvault.server.metrics import render
+from vmvault.server.pages import bad_value_page, missing_page
 from vmvault.server.state import ServerConfig, ServerState
 
 MiB = 1 << 20
@@ -297,7 +298,9 @@ def create_app(config: ServerConfig, state: ServerState | None = None) -> FastAP
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        if not is_api_path(request.url.path):  # a dashboard page's address: a page says so
+            return await anyio.to_thread.run_sync(bad_value_page, request, exc.errors())
         problems = [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
         return _error(422, "invalid_request", "; ".join(problems)[:2000])
 

@@ -13,18 +13,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
-from vmvault import __version__
-from vmvault.errors import NotFound, VmvaultError
+from vmvault.errors import NotFound, UsageError, VmvaultError
 from vmvault.model.jobs import JobState
-from vmvault.reports.monthly import previous_month
-from vmvault.server.accounts import Principal, RefusalLog, Role
+from vmvault.reports.monthly import month_span, previous_month
+from vmvault.server.accounts import Principal, RefusalLog
 from vmvault.server.api import admin, files, jobs, planning, points, reports, vault, vms
 from vmvault.server.auth import (
     SESSION_COOKIE,
@@ -34,21 +32,19 @@ from vmvault.server.auth import (
     remote_address,
     same_origin,
 )
+from vmvault.server.pages import (
+    HERE,
+    NOTHING,
+    LoginFirst,
+    PageMissing,
+    bounded,
+    crumbs,
+    local_path,
+    render,
+)
 from vmvault.server.state import ServerState
-from vmvault.units import human_bytes, human_duration, human_mb_rate
 
-HERE = Path(__file__).parent
 PAGE_SIZE = 50
-# Pages load scripts, styles and images from this server only and cannot be framed: an
-# escaping mistake somewhere cannot pull in or run code from elsewhere.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-        "frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 T = TypeVar("T")
 # What the login page may say, by code: ``/login?error=CODE`` shows one of these or nothing,
 # never text from the address (a link could otherwise put any message on this server's page).
@@ -62,127 +58,6 @@ JOB_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() also takes 'Â
 # query is an error (a 500), not a miss.
 MAX_ROW_ID = 2**31 - 1
 JOB_STATES = tuple(s.value for s in JobState)  # the jobs page's state filter
-NOTHING = "\N{EN DASH}"  # what a table shows for a missing value
-
-
-def size(value: float | None) -> str:
-    """A size as the CLI writes it (app.js's ``bytes`` writes the same), or a dash."""
-    return NOTHING if value is None else human_bytes(value)
-
-
-def duration(seconds: float | None) -> str:
-    """A lag as people say it: 0 s, 42 min, 5.2 h, 3.1 days."""
-    return NOTHING if seconds is None else human_duration(seconds)
-
-
-def when(value: str | None) -> str:
-    """An ISO time as 'YYYY-MM-DD HH:MM:SS UTC' (app.js's ``when`` writes the same)."""
-    if not value:
-        return NOTHING
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def segment(value: object) -> str:
-    """A value as one URL path segment (names and ids go into links)."""
-    return quote(str(value), safe="")
-
-
-def epoch(value: float | None) -> str:
-    """POSIX seconds (a file's times in a point) written as ``when`` writes ISO times."""
-    return NOTHING if value is None else when(datetime.fromtimestamp(value, UTC).isoformat())
-
-
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters.update(
-    bytes=size, when=when, segment=segment, duration=duration, mb_rate=human_mb_rate, epoch=epoch
-)
-
-
-class LoginFirst(Exception):
-    """A page was asked for without a session: the browser goes to the login page."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__(target)
-        self.target = target
-
-
-class PageMissing(Exception):
-    """A page about something that is not there (a VM, a point, a job): the 404 page; or
-    that its address cannot name (a point prefix several ids share): a 400 page."""
-
-    def __init__(self, principal: Principal | None, message: str, status: int = 404) -> None:
-        super().__init__(message)
-        self.principal, self.message, self.status = principal, message, status
-
-
-def local_path(target: str) -> str:
-    """``target`` if it is a path on this server, else '/': the login page's ``next`` can
-    only lead back here, never to another site."""
-    ok = target.startswith("/") and not target.startswith(("//", "/\\")) and target.isprintable()
-    return target if ok else "/"
-
-
-def _crumbs(path: str) -> list[tuple[str, str]]:
-    """A path's components, each with the path up to it (the file browser's breadcrumbs)."""
-    crumbs, walked = [], ""
-    for part in [p for p in path.split("/") if p]:
-        walked += "/" + part
-        crumbs.append((part, walked))
-    return crumbs
-
-
-def bounded(offset: int) -> int:
-    """A page's offset within what the API accepts (pages call its functions directly)."""
-    return min(max(offset, 0), 10_000_000)
-
-
-def _cost_on(request: Request) -> bool:
-    """Whether the nav shows the cost page (no server, an unreadable inventory: it does)."""
-    server = getattr(request.app.state, "server", None)
-    try:
-        return server is None or bool(server.inventory().pricing.enabled)
-    except VmvaultError:
-        return True
-
-
-def render(
-    request: Request, name: str, principal: Principal | None, status: int = 200, **context: Any
-) -> Response:
-    response = templates.TemplateResponse(
-        request,
-        name,
-        {
-            "user": principal,
-            "csrf": (principal.csrf or "") if principal else "",
-            "can_operate": principal is not None and principal.may(Role.operator),
-            "can_admin": principal is not None and principal.may(Role.admin),
-            "version": __version__,
-            "cost_on": _cost_on(request),
-            **context,
-        },
-        status_code=status,
-    )
-    response.headers.update(SECURITY_HEADERS)
-    return response
-
-
-def missing_page(request: Request) -> Response:
-    """The 404 page for an address that is no page of the dashboard (the API's unknown
-    routes answer its JSON error instead)."""
-    try:
-        principal = principal_of(request)
-    except VmvaultError:  # a throttled token: the page is the same for everybody
-        principal = None
-    if principal is not None and principal.csrf is None:
-        principal = None  # a bearer token opens no page (see ``session``)
-    message = f"there is no page at {request.url.path}"
-    return render(request, "missing.html", principal, 404, title="Not found", message=message)
 
 
 def mount(app: FastAPI, server: ServerState) -> None:
@@ -341,7 +216,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
                     "role": d.get("role") or NOTHING,
                     "format": d.get("format"),
                     "pool": None,
-                    "protected": True,
+                    "protected": None,  # no inventory entry says: "not in the inventory"
                 }
                 for d in newest["disks"]
             ],
@@ -368,6 +243,8 @@ def mount(app: FastAPI, server: ServerState) -> None:
             nav="fleet",
             point=point,
             restore_root=str(Path(root).resolve()) if root else None,
+            # Not in the inventory: restored as a new VM only (in place needs its disks).
+            in_inventory=any(vm.name == point["vm"] for vm in server.inventory().vms),
         )
 
     @app.get("/points/{point_id}/files", response_class=HTMLResponse, include_in_schema=False)
@@ -388,7 +265,7 @@ def mount(app: FastAPI, server: ServerState) -> None:
             disk=chosen,
             disks=[d["name"] for d in point["detail"]["disks"]],
             listing=listing,
-            crumbs=_crumbs(listing["path"]),
+            crumbs=crumbs(listing["path"]),
         )
 
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
@@ -451,32 +328,52 @@ def mount(app: FastAPI, server: ServerState) -> None:
 
     @app.get("/reports", response_class=HTMLResponse, include_in_schema=False)
     def reports_page(request: Request) -> Response:
-        principal = session(request)
+        return reports_view(request, session(request))
+
+    def reports_view(
+        request: Request, principal: Principal, error: str = "", status: int = 200
+    ) -> Response:
         summary = reports.report_summary(server, principal)
-        last_month = previous_month(datetime.now(UTC))
+        now = datetime.now(UTC)
         return render(
             request,
             "reports.html",
             principal,
+            status,
             title="Reports",
             nav="reports",
             summary=summary,
             rows=per_vm_rows(summary),
-            month=last_month,
+            month=previous_month(now),
+            this_month=now.strftime("%Y-%m"),
+            error=error,
         )
 
+    @app.get("/reports/monthly", include_in_schema=False)
+    def monthly_report(request: Request, month: str = "", format: str = "csv") -> Response:
+        """The monthly report's file (last month's without ``month``, as the API's), or the
+        reports page saying what was wrong with the month or format asked for (the API
+        would answer its JSON error)."""
+        principal = session(request)
+        month, format = month[:20] or previous_month(datetime.now(UTC)), format[:20]
+        try:
+            month_span(month)
+            if month > datetime.now(UTC).strftime("%Y-%m"):
+                raise UsageError(f"month: {month} has not begun yet")
+            if format not in ("csv", "pdf"):
+                raise UsageError(f"format: {format!r} is neither csv nor pdf")
+        except UsageError as exc:
+            return reports_view(request, principal, exc.message, 400)
+        return reports.report_monthly(server, principal, month, "pdf" if format == "pdf" else "csv")
+
     def per_vm_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-        """The reports page's table: each VM's protection with its backups' figures."""
-        status = {vm["vm"]: vm for vm in summary["vms"]}
-        empty = {"backups": 0, "duration": None, "throughput": None}
+        """The reports page's table: each VM's protection with its backups' figures (and
+        the last good backup of a VM the inventory does not name, from its points)."""
+        status = {vm["vm"]: vm["status"] for vm in summary["vms"]}
+        empty = {"backups": 0, "duration": None, "throughput": None, "last_good": None}
         empty |= {"success_rate": None, "change_rate": None}
         return [
-            {
-                "vm": name,
-                "status": status[name]["status"] if name in status else None,
-                "last_good": status[name]["last_good"] if name in status else None,
-                **summary["per_vm"].get(name, empty),
-            }
+            {"vm": name, "status": status.get(name), **summary["per_vm"].get(name, empty)}
             for name in sorted(status.keys() | summary["per_vm"].keys())
         ]
 

@@ -170,6 +170,7 @@ def test_per_vm_means_and_success_rate() -> None:
         "throughput": 20.0,  # (10 + 30) / 2
         "change_rate": 0.2,
         "success_rate": pytest.approx(2 / 3),
+        "last_good": NOW.isoformat(),  # the newer point's
     }
     assert got["b"] == {
         "backups": 0,
@@ -177,6 +178,7 @@ def test_per_vm_means_and_success_rate() -> None:
         "throughput": None,
         "change_rate": None,
         "success_rate": 0.0,
+        "last_good": None,
     }
 
 

@@ -11,6 +11,7 @@ from vmvault.backends.local import LocalBackend
 from vmvault.disks.source import RawDisk
 from vmvault.engine.throttle import TokenBucket
 from vmvault.errors import ObjectMissing, UsageError
+from vmvault.units import exact_duration, human_duration
 
 
 @pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "a/../../b", "", "a//b", "."])
@@ -65,3 +66,12 @@ def test_raw_disk_finds_holes(tmp_path: Path) -> None:
         buf = bytearray(8192)
         disk.read_into(memoryview(buf), disk.size - 4096)  # past the end reads zeros
         assert buf == bytes(8192)
+
+
+def test_an_rpo_is_written_exactly_not_rounded() -> None:
+    hour = 3600
+    got = [exact_duration(s) for s in (45 * 60, 1.25 * hour, 5 * hour, 30 * hour, 47 * hour)]
+    assert got == ["45 min", "1.25 h", "5 h", "30 h", "47 h"]  # hours up to two days
+    assert exact_duration(48 * hour) == "2 days"
+    assert exact_duration(8.75 * 24 * hour) == "8.75 days"  # weekly on one day
+    assert human_duration(30 * hour) == "1.2 days"  # a measured lag stays rounded

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from vmvault.app.point_ref import resolve_point
 from vmvault.app.points import forget_point
-from vmvault.app.vm_restore import check_new_vm_restore, only_disks
+from vmvault.app.vm_restore import check_new_vm_restore, only_disks, restore_source
 from vmvault.catalog.drills import latest_drills
 from vmvault.catalog.verifications import last_verified_docs
 from vmvault.errors import Conflict, UsageError
@@ -94,18 +94,20 @@ def verify_point(point_id: str, state: State, _: Operator) -> dict[str, Any]:
 def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
     """Queue the restore of a VM's point: as a new VM (its disks and config) in the server's
     restore directory, the original VM not touched; or, with ``in_place`` and the VM's name
-    in ``confirm``, over the disks of the stopped VM (backed up first). ``disks`` picks some
+    in ``confirm``, over the disks of the stopped VM (backed up first). As a new VM, the
+    VM may be one the inventory does not name whose points the vault has. ``disks`` picks some
     of the point's disks, ``format`` converts a new VM's disks to raw or qcow2."""
     inventory = state.inventory()
-    vm = inventory.vm(body.vm)
     if body.in_place:
-        return _restore_in_place(body, state, vm)
+        return _restore_in_place(body, state, inventory.vm(body.vm))
     root = state.config.restore_root
     if root is None:
         raise Conflict("the server was started without --restore-root: API restores are off")
     if not body.new_name:
         raise UsageError("name the new VM (new_name), or restore in place")
     # The worker checks the same again when the job runs (the inventory may change).
+    # A VM the inventory does not name is restored from its points (``restore_source``).
+    vm = restore_source(inventory, state.vault, body.vm)
     point_id = check_new_vm_restore(
         inventory, state.vault, vm, body.point, body.new_name, body.pool
     )
@@ -123,7 +125,7 @@ def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
         "disks": body.disks,
         "format": body.format,
     }
-    job_id = state.queue.enqueue("restore", vm.name, spec, max_attempts=1)
+    job_id = state.queue.enqueue("restore", vm, spec, max_attempts=1)
     return job_doc(state.queue.get(job_id))
 
 

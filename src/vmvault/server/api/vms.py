@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 
 from vmvault.app.protection import change_protection
+from vmvault.app.reports import protection_states, schedules
 from vmvault.app.snapshots import usage_doc
-from vmvault.errors import CorruptObject, NotFound, UsageError
+from vmvault.errors import NotFound, UsageError
 from vmvault.fleet import fleet
 from vmvault.jobs.queue import job_doc
-from vmvault.protection import state_of
+from vmvault.reports.summary import protection
 from vmvault.server.api.points import points_page
 from vmvault.server.api.schemas import (
     Admin,
@@ -32,19 +34,16 @@ router = APIRouter()
 
 
 def _fleet(state: ServerState) -> list[dict[str, Any]]:
-
+    """The fleet's rows, each with ``rpo_status``: protected, at risk, never backed up or
+    not scheduled, by the same rule as the reports (``reports.summary.protection``)."""
     inventory = state.inventory()
     points = state.points()
-
-    def status(vm: str) -> str:
-        try:
-            return state_of(state.vault, vm).status
-        except CorruptObject:
-            return "unknown"  # a damaged protection record: `check` names it
-
-    protection = {vm.name: status(vm.name) for vm in inventory.vms}
+    states = protection_states(inventory, state.vault)
     active = state.queue.running() + state.queue.queued()
-    return fleet(inventory, points, protection, active)
+    rows = fleet(inventory, points, states, active)
+    now = datetime.now(UTC)
+    rpo = {p.vm: p for p in protection(schedules(inventory, states), points, now)}
+    return [{**row, "rpo_status": rpo[row["name"]].status} for row in rows]
 
 
 @router.get("/vms", tags=["vms"])

@@ -79,6 +79,11 @@ function badge(value, kind) {
   return el("span", { class: `badge ${kind}-${value || "none"}` }, value || "–");
 }
 
+// A VM's protection against its RPO: protected, at risk, never backed up, not scheduled.
+function rpoBadge(status) {
+  return el("span", { class: `badge status-${status || "none"}` }, status ? status.replaceAll("_", " ") : "–");
+}
+
 // A running job's pace from its progress records (the server's ``live`` figures): the
 // rate of the bytes read so far and the time left, e.g. "57.2 MiB/s, 2 min 5 s left".
 function pace(job) {
@@ -149,6 +154,17 @@ function poll(ms, tick, box) {
   run();
 }
 
+// Where a restore job put its disks (and a new VM's configuration), as a list; null for
+// another job, or a restore that has written nothing yet.
+function restoredList(job) {
+  const details = job.kind === "restore" ? job.details || {} : {};
+  const disks = details.disks || [];
+  if (!disks.length) return null;
+  const items = disks.map((d) => el("li", {}, `${d.name}: `, el("code", {}, d.path)));
+  if (details.inventory) items.push(el("li", {}, "VM configuration: ", el("code", {}, details.inventory)));
+  return el("ul", { class: "restored" }, ...items);
+}
+
 // A job followed live in ``box``: its link, state and progress, until it ends.
 function watchJob(job, box) {
   const line = el("p", { class: "job-line" });
@@ -166,11 +182,8 @@ function watchJob(job, box) {
     if (current.error_message) parts.push(" ", el("span", { class: "error" }, current.error_message));
     line.replaceChildren(...parts);
     // A restore says where its disks went.
-    const disks = current.kind === "restore" ? current.details?.disks || [] : [];
-    if (disks.length) {
-      box.replaceChildren(line, el("ul", { class: "restored" },
-        ...disks.map((d) => el("li", {}, `${d.name}: `, el("code", {}, d.path)))));
-    }
+    const restored = restoredList(current);
+    if (restored) box.replaceChildren(line, restored);
   };
   draw(job);
   poll(JOBS_EVERY, async () => {
@@ -195,7 +208,9 @@ async function backUp(name, button) {
 function fleetCells(vm, row) {
   const cells = [
     td(el("a", { href: `/vms/${segment(vm.name)}` }, vm.name), el("span", { class: "sub" }, vm.host)),
-    td(badge(vm.protection, "protection")),
+    // Protected or at risk by the reports' rule (its RPO), as the tiles count it; a
+    // stopped protection's state beside it.
+    td(rpoBadge(vm.rpo_status), ...(vm.protection !== "protected" ? [" ", badge(vm.protection, "protection")] : [])),
     td(vm.last_point ? el("a", { href: `/points/${segment(vm.last_point)}` }, when(vm.last_backup)) : "never"),
     td(vm.consistency ? badge(vm.consistency, "consistency") : "–"),
     el("td", { class: "num" }, String(vm.points)),
@@ -336,6 +351,9 @@ function renderJob(section) {
       el("td", { class: "num" }, bytes(d.total)),
     ]);
     field("details").textContent = JSON.stringify(job.details, null, 2);
+    const restored = restoredList(job); // shown plainly, not only in the raw details
+    field("restored").hidden = !restored;
+    if (restored) field("restored").replaceChildren(el("h2", {}, "Restored to"), restored);
     if (cancel) cancel.hidden = FINAL.has(job.state) || job.cancel_requested;
     section.dataset.state = job.state;
     return !FINAL.has(job.state);
