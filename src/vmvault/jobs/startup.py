@@ -4,11 +4,13 @@ once at start, so an operator sees at a glance that it watches what they meant."
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import time as clock_time
 
+from vmvault.catalog.claims import claimed_by
 from vmvault.catalog.store import Catalog
 from vmvault.inventory import Inventory
+from vmvault.jobs.scheduler import MAINTENANCE
 from vmvault.protection import state_of
 from vmvault.vault.vault import Vault
 
@@ -47,10 +49,19 @@ def startup_summary(
         f"watching {len(runs)} of {len(inventory.vms)} VM(s) every {interval:g} s; next run "
         + (f"{_utc(first[0])} ({first[1]})" if first else "none")
         + f"; daily maintenance at {maintenance_time:%H:%M} UTC"
-        # past today's time: due now, unless another scheduler of the vault took it on
-        + (f" (next {_utc(maintenance)})" if maintenance > now else " (today's is due)")
+        + _todays_maintenance(catalog, vault, now, maintenance)
     )
     return lines
+
+
+def _todays_maintenance(catalog: Catalog, vault: Vault, now: datetime, at: datetime) -> str:
+    if at > now:
+        return f" (next {_utc(at)})"
+    # past today's time: due now, unless a process sharing the catalog has taken it on
+    taker = claimed_by(catalog, vault.config.vault_id, MAINTENANCE, now.date())
+    if taker is None:
+        return " (today's is due)"
+    return f" (today's taken on by {taker}; next {_utc(at + timedelta(days=1))})"
 
 
 def _utc(moment: datetime) -> str:
