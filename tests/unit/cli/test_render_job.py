@@ -77,4 +77,5 @@ def test_a_running_job_shows_its_pace_so_far(monkeypatch: pytest.MonkeyPatch) ->
     render_jobs.print_jobs([running])
     text = console.export_text()
     assert "so far     2.0 GiB read, 51.2 MiB/s, about 1 min left" in text
-    assert "2.0 GiB" in text.splitlines()[-2]  # the list's read column: read so far
+    listed = next(line for line in text.splitlines() if line.strip().startswith("2 backup"))
+    assert "2.0 GiB" in listed  # the list's read column: read so far
