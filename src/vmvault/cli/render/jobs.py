@@ -135,7 +135,8 @@ def print_job(doc: dict[str, Any]) -> None:
 
 def flat_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested details as (dotted key, text) pairs: {'a': {'b': 1}} -> [('a.b', '1')]; a
-    list of plain values is one comma-separated line, a list of records numbered keys."""
+    list of plain values is one comma-separated line, a list of records numbered keys; a
+    plain value as ``detail_value`` writes it for its own key (the dotted key's last part)."""
     if isinstance(value, dict):
         pairs: list[tuple[str, str]] = []
         for key, inner in value.items():
@@ -145,7 +146,26 @@ def flat_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
         return [p for n, v in enumerate(value) for p in flat_fields(v, f"{prefix}[{n}]")]
     if isinstance(value, list):
         return [(prefix, ", ".join(map(str, value)) or "-")]
-    return [(prefix, "" if value is None else str(value))]
+    return [(prefix, "" if value is None else detail_value(prefix.rpartition(".")[2], value))]
+
+
+# Keys of a job's details that count bytes besides those with "bytes" in them: a new kind
+# of job whose details name its figures so is shown in the same units.
+BYTE_KEYS = {"size", "freed", "read", "written", "stored", "sent", "changed"}
+
+
+def detail_value(key: str, value: Any) -> str:
+    """A plain detail as people read it, by its key: a byte count in IEC units
+    (``bytes_verified`` 205455360 -> '195.9 MiB'), seconds as '2.64 s'; others as they are.
+    Counts of other things (``chunks``, ``blocks_read``) stay numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    words = key.split("_")
+    if "bytes" in words or key in BYTE_KEYS or key.endswith("_size"):
+        return human_bytes(value)
+    if key == "seconds" or key.endswith("_seconds"):
+        return f"{value:.2f} s"
+    return str(value)
 
 
 def _when(stamp: str | None) -> str:
