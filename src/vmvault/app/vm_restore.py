@@ -60,6 +60,22 @@ def run_vm_restore(
     """
     vm = inventory.vm(vm_name)
     vault = ctx.open_vault(load_index=False)
+    # A request refused as it stands (a name taken, a running VM, no such point) is refused
+    # before a job is recorded: nothing ran, so the history is left alone. A queued job's
+    # row exists already (the API checked the same before queueing): it fails with them.
+    point = checked_request(
+        inventory,
+        vault,
+        vm,
+        point_ref=point_ref,
+        new_name=new_name,
+        directory=directory,
+        target_pool=target_pool,
+        in_place=in_place,
+        confirmed=confirmed,
+        disks=disks,
+        disk_format=disk_format,
+    )
     with (
         recorded_job(ctx, vault, "restore", vm.name)
         if recorder is None
@@ -70,15 +86,13 @@ def run_vm_restore(
             inventory,
             vault,
             vm,
-            point_ref=point_ref,
+            point,
             new_name=new_name,
             directory=directory,
             target_pool=target_pool,
             in_place=in_place,
-            confirmed=confirmed,
             force=force,
             confine_to=confine_to,
-            disks=disks,
             disk_format=disk_format,
             progress=progress,
         )
@@ -97,8 +111,7 @@ def run_vm_restore(
     return result
 
 
-def _vm_restore(
-    ctx: Context,
+def checked_request(
     inventory: Inventory,
     vault: Vault,
     vm: Vm,
@@ -109,23 +122,47 @@ def _vm_restore(
     target_pool: str | None,
     in_place: bool,
     confirmed: bool,
-    force: bool,
-    confine_to: str | None,
     disks: Sequence[str] | None,
     disk_format: str | None,
-    progress: ProgressCallback,
-) -> dict[str, Any]:
+) -> RecoveryPoint:
+    """What a VM restore needs before anything of it runs: its options, a stopped VM and
+    a confirmation in place, a free new name and a known pool as a new VM (see
+    ``check_new_vm_restore``), a point of the VM with the ``disks`` named. Returns the
+    point with only those disks."""
     if disk_format not in (None, "raw", "qcow2"):
         raise UsageError(f"a restored disk is raw or qcow2, not {disk_format!r}")
     if in_place and disk_format is not None:
         raise UsageError("a restore in place keeps each disk's format")
     if in_place:
+        if vm.state != VmState.STOPPED:
+            raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
+        if not confirmed:
+            raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
         point_id = _point_of(vault, vm, point_ref)
     elif not new_name or not directory:
         raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
     else:
         point_id = check_new_vm_restore(inventory, vault, vm, point_ref, new_name, target_pool)
-    result: dict[str, Any] = {"point": point_id, "vm": vm.name, "disks": [], "warnings": []}
+    return only_disks(vault.get_point(point_id), disks)
+
+
+def _vm_restore(
+    ctx: Context,
+    inventory: Inventory,
+    vault: Vault,
+    vm: Vm,
+    point: RecoveryPoint,
+    *,
+    new_name: str | None,
+    directory: str | None,
+    target_pool: str | None,
+    in_place: bool,
+    force: bool,
+    confine_to: str | None,
+    disk_format: str | None,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"point": point["id"], "vm": vm.name, "disks": [], "warnings": []}
     targets = sorted({d.pool for d in vm.disks if d.pool}) if in_place else [target_pool or ""]
     for pool in pools_being_backed_up(vault, [p for p in targets if p]):
         # The seed's best practice: a restore onto a pool that is being backed up takes
@@ -134,9 +171,8 @@ def _vm_restore(
             f"pool {pool} is being backed up right now: the restore and the backup will "
             "slow each other down; restore to another pool or later"
         )
-    point = only_disks(vault.get_point(point_id), disks)
     if in_place:
-        return _restore_in_place(ctx, inventory, vm, point, result, confirmed, progress)
+        return _restore_in_place(ctx, inventory, vm, point, result, progress)
     assert new_name is not None and directory is not None
     return _restore_as_new_vm(
         ctx,
@@ -221,14 +257,9 @@ def _restore_in_place(
     vm: Vm,
     point: RecoveryPoint,
     result: dict[str, Any],
-    confirmed: bool,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
     point_id = point["id"]
-    if vm.state != VmState.STOPPED:
-        raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
-    if not confirmed:
-        raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
     safety = run_vm_backup(ctx, inventory, vm.name, progress=progress)
     result["safety_point"] = safety["id"]
     paths = {d.name: Path(d.path) for d in vm.disks}
