@@ -227,8 +227,11 @@ name = "old01"
         )
         assert json.loads(as_json.stdout)["error"]["code"] == "conflict"
     assert not target.exists()  # no disk, no inventory entry
+    # refused before it started: no failed restore job in the history
+    assert [j.kind for j in ctx.catalog().jobs(_vault_id(ctx))] == ["backup", "backup"]
     done = run_cli("vm", "restore", "web01", "--as", "web02", "--to", str(target), env=env)
     assert done.returncode == 0, done.stderr
+    assert ctx.catalog().jobs(_vault_id(ctx))[0].kind == "restore"
 
 
 def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: Context) -> None:
@@ -271,8 +274,17 @@ def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: Context) -> None
     assert safety["vm"] == "web01"  # the broken state was kept before being replaced
 
     running = parse_inventory(text.replace('state = "stopped"', 'state = "running"'), "i.toml")
+    history = [(j.id, j.state) for j in ctx.catalog().jobs(_vault_id(ctx))]
     with pytest.raises(UsageError, match="stop it"):
         run_vm_restore(ctx, running, "web01", in_place=True, confirmed=True)
+    with pytest.raises(Conflict, match="exists already"):
+        run_vm_restore(ctx, inv, "web01", new_name="web01", directory=str(tmp_path / "c2"))
+    # requests refused as they stand leave the job history as it was
+    assert [(j.id, j.state) for j in ctx.catalog().jobs(_vault_id(ctx))] == history
+
+
+def _vault_id(ctx: Context) -> str:
+    return ctx.open_vault(load_index=False).config.vault_id
 
 
 def test_restore_onto_a_pool_being_backed_up_warns(tmp_path: Path, ctx: Context) -> None:

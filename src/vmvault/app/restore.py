@@ -10,7 +10,7 @@ from vmvault.app.context import Context
 from vmvault.app.point_ref import resolve_point
 from vmvault.app.records import recorded_job, report_damaged_points
 from vmvault.engine.budgets import DiskBudget
-from vmvault.engine.progress import ProgressCallback, no_progress
+from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
 from vmvault.engine.restore import (
     RestoreReport,
     merge_damage,
@@ -62,7 +62,9 @@ def run_restore(
             report = _instant_restore(
                 vault, point, disk, Path(target), force=force, new_file=new_file
             )
-            if report is not None:
+            if report is not None:  # one event: the copy is not read block by block
+                size = report.size
+                progress(ProgressEvent("restore", report.disk, size, size, report.bytes_verified))
                 return report
         options: dict[str, Any] = {
             "disk": disk,
@@ -132,7 +134,7 @@ def _restore_recorded(
             vm_name,
             state,
             point_id=point_id,
-            counters={"bytes_written": report.bytes_written},
+            counters={"bytes_read": report.bytes_verified, "bytes_written": report.bytes_written},
             details=report.to_dict(),
         )
     return report

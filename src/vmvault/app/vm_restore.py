@@ -62,6 +62,22 @@ def run_vm_restore(
     """
     vault = ctx.open_vault(load_index=False)
     vm = inventory.vm(vm_name) if in_place else restore_source(inventory, vault, vm_name)
+    # A request refused as it stands (a name taken, a running VM, no such point) is refused
+    # before a job is recorded: nothing ran, so the history is left alone. A queued job's
+    # row exists already (the API checked the same before queueing): it fails with them.
+    point = checked_request(
+        inventory,
+        vault,
+        vm,
+        point_ref=point_ref,
+        new_name=new_name,
+        directory=directory,
+        target_pool=target_pool,
+        in_place=in_place,
+        confirmed=confirmed,
+        disks=disks,
+        disk_format=disk_format,
+    )
     with (
         recorded_job(ctx, vault, "restore", vm_name)
         if recorder is None
@@ -72,15 +88,13 @@ def run_vm_restore(
             inventory,
             vault,
             vm,
-            point_ref=point_ref,
+            point,
             new_name=new_name,
             directory=directory,
             target_pool=target_pool,
             in_place=in_place,
-            confirmed=confirmed,
             force=force,
             confine_to=confine_to,
-            disks=disks,
             disk_format=disk_format,
             progress=progress,
         )
@@ -89,14 +103,17 @@ def run_vm_restore(
             vm_name,
             "succeeded",
             point_id=result["point"],
-            counters={"bytes_written": sum(d["bytes_written"] for d in result["disks"])},
+            counters={
+                # read: from the vault, what the restore verified (as its summary says)
+                "bytes_read": sum(d["bytes_verified"] for d in result["disks"]),
+                "bytes_written": sum(d["bytes_written"] for d in result["disks"]),
+            },
             details=result,
         )
     return result
 
 
-def _vm_restore(
-    ctx: Context,
+def checked_request(
     inventory: Inventory,
     vault: Vault,
     vm: Vm | str,
@@ -107,24 +124,50 @@ def _vm_restore(
     target_pool: str | None,
     in_place: bool,
     confirmed: bool,
-    force: bool,
-    confine_to: str | None,
     disks: Sequence[str] | None,
     disk_format: str | None,
-    progress: ProgressCallback,
-) -> dict[str, Any]:
+) -> RecoveryPoint:
+    """What a VM restore needs before anything of it runs: its options, a stopped VM and
+    a confirmation in place, a free new name and a known pool as a new VM (see
+    ``check_new_vm_restore``), a point of the VM with the ``disks`` named. Returns the
+    point with only those disks."""
     if disk_format not in (None, "raw", "qcow2"):
         raise UsageError(f"a restored disk is raw or qcow2, not {disk_format!r}")
     if in_place and disk_format is not None:
         raise UsageError("a restore in place keeps each disk's format")
     name = vm if isinstance(vm, str) else vm.name
     if in_place:
+        assert isinstance(vm, Vm)  # run_vm_restore takes it from the inventory
+        if vm.state != VmState.STOPPED:
+            raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
+        if not confirmed:
+            raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
         point_id = _point_of(vault, name, point_ref)
     elif not new_name or not directory:
         raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
     else:
         point_id = check_new_vm_restore(inventory, vault, name, point_ref, new_name, target_pool)
-    result: dict[str, Any] = {"point": point_id, "vm": name, "disks": [], "warnings": []}
+    return only_disks(vault.get_point(point_id), disks)
+
+
+def _vm_restore(
+    ctx: Context,
+    inventory: Inventory,
+    vault: Vault,
+    vm: Vm | str,
+    point: RecoveryPoint,
+    *,
+    new_name: str | None,
+    directory: str | None,
+    target_pool: str | None,
+    in_place: bool,
+    force: bool,
+    confine_to: str | None,
+    disk_format: str | None,
+    progress: ProgressCallback,
+) -> dict[str, Any]:
+    name = vm if isinstance(vm, str) else vm.name
+    result: dict[str, Any] = {"point": point["id"], "vm": name, "disks": [], "warnings": []}
     targets = [target_pool or ""]
     if in_place and isinstance(vm, Vm):
         targets = sorted({d.pool for d in vm.disks if d.pool})
@@ -135,10 +178,9 @@ def _vm_restore(
             f"pool {pool} is being backed up right now: the restore and the backup will "
             "slow each other down; restore to another pool or later"
         )
-    point = only_disks(vault.get_point(point_id), disks)
     if in_place:
         assert isinstance(vm, Vm)
-        return _restore_in_place(ctx, inventory, vm, point, result, confirmed, progress)
+        return _restore_in_place(ctx, inventory, vm, point, result, progress)
     assert new_name is not None and directory is not None
     return _restore_as_new_vm(
         ctx,
@@ -234,14 +276,9 @@ def _restore_in_place(
     vm: Vm,
     point: RecoveryPoint,
     result: dict[str, Any],
-    confirmed: bool,
     progress: ProgressCallback,
 ) -> dict[str, Any]:
     point_id = point["id"]
-    if vm.state != VmState.STOPPED:
-        raise UsageError(f"{vm.name} is {vm.state.value}: stop it before restoring in place")
-    if not confirmed:
-        raise UsageError(f"restoring {vm.name} in place replaces its disks: add --yes")
     safety = run_vm_backup(ctx, inventory, vm.name, progress=progress)
     result["safety_point"] = safety["id"]
     paths = {d.name: Path(d.path) for d in vm.disks}

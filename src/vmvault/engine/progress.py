@@ -27,7 +27,10 @@ class ProgressEvent:
     disk: str
     done: int  # bytes of the disk's logical size handled so far
     total: int  # the disk's logical size
-    read: int | None = None  # bytes read from the disk so far (a backup; holes are not read)
+    # Bytes read so far: a backup's from the disk (holes are not read), a restore's or a
+    # verify's from the vault (the bytes verified: authenticated and re-hashed; holes and
+    # all-zero chunks are not read). A job's rate and its "read" while it runs.
+    read: int | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -237,7 +237,8 @@ class DiskRestore:
             report.bytes_written += part.bytes_written
             report.damaged += part.damaged
             done = min(m.size, (index + 1) * self.group * m.block_size)
-            self.progress(ProgressEvent(self.operation, self.name, done, m.size))
+            event = ProgressEvent(self.operation, self.name, done, m.size, report.bytes_verified)
+            self.progress(event)
 
         groups = -(-m.block_count() // self.group)
         map_blocks(self.executor, groups, self._group, self.max_inflight, collect)

@@ -123,6 +123,7 @@ def _verify(run: JobRun) -> None:
         JobState.FAILED if damaged else JobState.SUCCEEDED,
         point_id=point_id,
         error=("restore_damaged", f"{damaged} disk(s) damaged") if damaged else None,
+        counters={"bytes_read": sum(r.bytes_verified for r in reports)},
         details={"disks": [r.to_dict() for r in reports]},
     )
 

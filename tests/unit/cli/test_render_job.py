@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from rich.console import Console
 
@@ -77,4 +79,51 @@ def test_a_running_job_shows_its_pace_so_far(monkeypatch: pytest.MonkeyPatch) ->
     render_jobs.print_jobs([running])
     text = console.export_text()
     assert "so far     2.0 GiB read, 51.2 MiB/s, about 1 min left" in text
-    assert "2.0 GiB" in text.splitlines()[-2]  # the list's read column: read so far
+    listed = next(line for line in text.splitlines() if line.strip().startswith("2 backup"))
+    assert "2.0 GiB" in listed  # the list's read column: read so far
+
+
+def test_byte_counts_and_seconds_in_details_are_shown_in_units(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    monkeypatch.setattr(render_jobs, "console", console)
+    restore = {
+        **JOB,
+        "kind": "restore",
+        "state": "succeeded",
+        "error_code": None,
+        "progress": {},
+        "details": {
+            "disk": "os",
+            "size": 402653184,
+            "chunks": 49,
+            "bytes_verified": 205455360,
+            "bytes_written": 205455360,
+            "seconds": 2.644,
+            "gc": {"bytes_freed": 0, "packs": 3, "deleted_packs": 1},
+            "files": {"blocks_read": 12, "stored": 3 * 2**30},
+            "replica": {"bytes": 1536, "verified_chunks": 7, "wait_seconds": 0.5},
+            "snapshot": "in-place",
+        },
+    }
+    render_jobs.print_job(restore)
+    text = console.export_text()
+    for key, shown in [
+        ("size", "384.0 MiB"),
+        ("bytes_verified", "195.9 MiB"),
+        ("bytes_written", "195.9 MiB"),
+        ("seconds", "2.64 s"),
+        ("gc.bytes_freed", "0 B"),
+        ("files.stored", "3.0 GiB"),
+        ("replica.bytes", "1.5 KiB"),
+        ("replica.wait_seconds", "0.50 s"),
+        # counts of other things stay numbers, words stay words
+        ("chunks", "49"),
+        ("gc.packs", "3"),
+        ("files.blocks_read", "12"),
+        ("replica.verified_chunks", "7"),
+        ("snapshot", "in-place"),
+    ]:
+        assert re.search(rf"^    {re.escape(key)} +{re.escape(shown)}$", text, re.M), key
+    assert "402653184" not in text and "205455360" not in text and "2.644" not in text

@@ -57,7 +57,7 @@ def list_jobs(
     if json:
         emit_json({"jobs": jobs})
     else:
-        print_jobs(jobs)
+        print_jobs(jobs, filters={"state": wanted, "vm": vm})
 
 
 @app.command("show")

@@ -13,51 +13,71 @@ from vmvault.cli.output import console, human_bytes
 from vmvault.point_refs import short_refs
 from vmvault.units import human_duration, human_rate
 
-JOB_COLUMNS = ("id", "kind", "vm", "state", "queued", "took", "point", "read", "written")
+JOB_COLUMNS = ("id", "kind", "vm", "state", "queued", "took", "point", "read", "written", "error")
 RIGHT_ALIGNED = {"id", "took", "read", "written"}
+# What a terminal too narrow for every column leaves out (`jobs show ID` and `--json` have
+# them): first the bytes written, how long the job took, what it read, in turn; then long
+# VM names are cut (with "…", to VM_MIN characters); then, if that is not enough, the
+# point and the time the job was queued. Ids, states and error codes are always shown.
+LEFT_OUT_FIRST = ("written", "took", "read")
+LEFT_OUT_LAST = ("point", "queued")
+VM_MIN = 8
 
 
-def print_jobs(jobs: list[dict[str, Any]]) -> None:
+def print_jobs(jobs: list[dict[str, Any]], *, filters: dict[str, str | None] | None = None) -> None:
     """Jobs, newest first, a line each: what, for which VM, when, how long, what they moved.
 
-    The point is its shortest prefix unique among the jobs shown (never cut); an error
-    shows its first line, cut to the width the other columns leave (`jobs show ID` has it
-    whole)."""
+    No cell is ever split over lines, no id, state or point is cut: the point is its
+    shortest prefix unique among the jobs shown, an error its code (`jobs show ID` has the
+    message). A terminal too narrow for every column leaves some out (``LEFT_OUT_FIRST``,
+    the table's caption names them) and cuts long VM names. No job at all is a line saying
+    so, with the ``filters`` that matched nothing."""
+    if not jobs:
+        wanted = ", ".join(f"{name} {value}" for name, value in (filters or {}).items() if value)
+        console.print(f"no jobs{f' ({wanted})' if wanted else ''}", highlight=False)
+        return
     refs = short_refs(j["point_id"] for j in jobs if j["point_id"])
-    rows = [
-        [
-            str(j["id"]),
-            j["kind"],
-            j["vm"] or "",
-            j["state"],
-            _short_time(j["queued_at"] or j["started_at"] or j["created_at"]),
-            _took(j),
-            refs.get(j["point_id"] or "", ""),
-            human_bytes(_read(j)),
-            human_bytes(j["bytes_written"] or 0),
-        ]
-        for j in jobs
-    ]
-    # Each column as wide as its widest cell; what the terminal lacks is taken from the
-    # error (down to 5 characters: the rest is in `jobs show`), then from the VM name (it
-    # folds onto more lines), never from an id.
-    widths = [max([len(col)] + [len(r[n]) for r in rows]) for n, col in enumerate(JOB_COLUMNS)]
-    errors = [(j["error_message"] or "").partition("\n")[0] for j in jobs]
-    error_width = max([len("error")] + [len(e) for e in errors])
-    spare = console.width - sum(widths) - error_width - len(widths) - 2  # one space between
-    if spare < 0:
-        error_width = max(error_width + spare, 5)
-        spare = console.width - sum(widths) - error_width - len(widths) - 2
-    vm = JOB_COLUMNS.index("vm")
-    if spare < 0:
-        widths[vm] = max(widths[vm] + spare, 8)
-    table = Table(title="jobs", box=box.SIMPLE_HEAD, padding=0)
-    for col, width in zip(JOB_COLUMNS, widths, strict=True):
+    cells: dict[str, list[str]] = {
+        "id": [str(j["id"]) for j in jobs],
+        "kind": [j["kind"] for j in jobs],
+        "vm": [j["vm"] or "" for j in jobs],
+        "state": [j["state"] for j in jobs],
+        "queued": [_short_time(j["queued_at"] or j["started_at"] or j["created_at"]) for j in jobs],
+        "took": [_took(j) for j in jobs],
+        "point": [refs.get(j["point_id"] or "", "") for j in jobs],
+        "read": [human_bytes(_read(j)) for j in jobs],
+        "written": [human_bytes(j["bytes_written"] or 0) for j in jobs],
+        "error": [j.get("error_code") or "" for j in jobs],
+    }
+    widths = {col: max(len(cell) for cell in [col, *cells[col]]) for col in JOB_COLUMNS}
+    vm_min = min(widths["vm"], VM_MIN)
+    shown = list(JOB_COLUMNS)
+
+    def overflow(vm: int) -> int:  # columns one space apart, no edge (show_edge=False)
+        return sum(widths[c] for c in shown if c != "vm") + vm + len(shown) - 1 - console.width
+
+    left_out = []
+    for col, vm in [(c, widths["vm"]) for c in LEFT_OUT_FIRST] + [
+        (c, vm_min) for c in LEFT_OUT_LAST
+    ]:
+        if overflow(vm) <= 0:
+            break
+        shown.remove(col)
+        left_out.append(col)
+    widths["vm"] = max(widths["vm"] - max(overflow(widths["vm"]), 0), vm_min)
+    caption = f"{', '.join(left_out)}: left out at this width (jobs show ID)" if left_out else None
+    table = Table(title="jobs", caption=caption, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for col in shown:
         right = col in RIGHT_ALIGNED
-        table.add_column(col, justify="right" if right else "left", width=width, overflow="fold")
-    table.add_column("error", width=error_width, no_wrap=True, overflow="ellipsis")
-    for row, error in zip(rows, errors, strict=True):
-        table.add_row(*row, error)
+        table.add_column(
+            col,
+            justify="right" if right else "left",
+            width=widths[col],
+            no_wrap=True,
+            overflow="ellipsis",  # only a VM name is ever narrower than its cells
+        )
+    for n in range(len(jobs)):
+        table.add_row(*(escape(cells[col][n]) for col in shown))  # a name is not markup
     console.print(table)
 
 
@@ -115,7 +135,8 @@ def print_job(doc: dict[str, Any]) -> None:
 
 def flat_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested details as (dotted key, text) pairs: {'a': {'b': 1}} -> [('a.b', '1')]; a
-    list of plain values is one comma-separated line, a list of records numbered keys."""
+    list of plain values is one comma-separated line, a list of records numbered keys; a
+    plain value as ``detail_value`` writes it for its own key (the dotted key's last part)."""
     if isinstance(value, dict):
         pairs: list[tuple[str, str]] = []
         for key, inner in value.items():
@@ -125,7 +146,26 @@ def flat_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
         return [p for n, v in enumerate(value) for p in flat_fields(v, f"{prefix}[{n}]")]
     if isinstance(value, list):
         return [(prefix, ", ".join(map(str, value)) or "-")]
-    return [(prefix, "" if value is None else str(value))]
+    return [(prefix, "" if value is None else detail_value(prefix.rpartition(".")[2], value))]
+
+
+# Keys of a job's details that count bytes besides those with "bytes" in them: a new kind
+# of job whose details name its figures so is shown in the same units.
+BYTE_KEYS = {"size", "freed", "read", "written", "stored", "sent", "changed"}
+
+
+def detail_value(key: str, value: Any) -> str:
+    """A plain detail as people read it, by its key: a byte count in IEC units
+    (``bytes_verified`` 205455360 -> '195.9 MiB'), seconds as '2.64 s'; others as they are.
+    Counts of other things (``chunks``, ``blocks_read``) stay numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    words = key.split("_")
+    if "bytes" in words or key in BYTE_KEYS or key.endswith("_size"):
+        return human_bytes(value)
+    if key == "seconds" or key.endswith("_seconds"):
+        return f"{value:.2f} s"
+    return str(value)
 
 
 def _when(stamp: str | None) -> str:
