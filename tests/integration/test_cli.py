@@ -192,6 +192,11 @@ def test_latest_with_points_of_several_vms_names_no_point(tmp_path: Path) -> Non
     mine = run_cli("restore", "latest", str(target), "--vm", "web01", "--json", env=env)
     assert mine.returncode == 0, mine.stderr
     assert same_content(target, tmp_path / "web01.img")
+    doc = json.loads(mine.stdout)  # which point `latest` was, and whose
+    assert doc["vm"] == "web01" and doc["point"].startswith("20")
+    human = run_cli("restore", "latest", str(target), "--vm", "web01", "--force", env=env)
+    said = " ".join(human.stdout.split())
+    assert f"restored disk web01 of web01 (point {doc['point']}) to {target}" in said
 
 
 def test_malformed_vault_config_is_named(tmp_path: Path) -> None:

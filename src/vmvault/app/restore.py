@@ -65,7 +65,7 @@ def run_restore(
             if report is not None:  # one event: the copy is not read block by block
                 size = report.size
                 progress(ProgressEvent("restore", report.disk, size, size, report.bytes_verified))
-                return report
+                return report.of(point_id, vm_name)
         options: dict[str, Any] = {
             "disk": disk,
             "target_format": target_format,
@@ -78,8 +78,9 @@ def run_restore(
             "progress": progress,
         }
         if not record:
-            return restore_disk(vault, point_id, target, **options)
-        return _restore_recorded(ctx, vault, point_id, vm_name, target, **options)
+            return restore_disk(vault, point_id, target, **options).of(point_id, vm_name)
+        report = _restore_recorded(ctx, vault, point_id, vm_name, target, **options)
+        return report.of(point_id, vm_name)
 
 
 def _instant_restore(

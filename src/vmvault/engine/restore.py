@@ -72,9 +72,19 @@ class RestoreReport:
     damaged: list[Damage] = field(default_factory=list)
     seconds: float = 0.0
     source: str = "vault"  # or "instant": copied from a kept snapshot, checked chunk by chunk
+    point: str = ""  # the recovery point and its VM, once the caller names them (``of``)
+    vm: str = ""
+
+    def of(self, point: str, vm: str) -> RestoreReport:
+        """This report, naming the point and VM it restored from (a reader of a restore's
+        output should not have to guess which point ``latest`` was)."""
+        self.point, self.vm = point, vm
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "point": self.point,
+            "vm": self.vm,
             "disk": self.disk,
             "size": self.size,
             "chunks": self.chunks,

@@ -133,8 +133,9 @@ def print_restored(doc: dict[str, Any]) -> None:
     """A disk restore: size, bytes verified, speed (of the data read back and verified, not
     the disk's size: holes are not read), and the damaged ranges it skipped."""
     rate = human_rate(doc["bytes_verified"], doc["seconds"])
+    source = f" of {doc['vm']} (point {doc['point']})" if doc.get("point") else ""
     console.print(
-        f"restored {doc['disk']} to {doc['target']}: {human_bytes(doc['size'])}, "
+        f"restored disk {doc['disk']}{source} to {doc['target']}: {human_bytes(doc['size'])}, "
         f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate})"
     )
     _print_damaged(doc["damaged"])
