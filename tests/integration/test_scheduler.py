@@ -95,28 +95,18 @@ def test_schedulers_sharing_a_catalog_run_one_maintenance_a_day(
     assert "today's maintenance was already taken on by cli:1" in caplog.text
     # a process starting after that says so, instead of calling today's due
     vault = ctx.open_vault(load_index=False)
-    said = startup_summary(
-        ctx.catalog(),
-        ctx.vault_path,
-        vault,
-        inv,
-        now=later,
-        maintenance_time=clock_time(12),
-        interval=5,
-    )
-    assert said[-1].endswith(
+
+    def maintenance_said(at: int) -> str:
+        lines = startup_summary(
+            ctx.catalog(), ctx.vault_path, vault, inv, now=later,
+            maintenance_time=clock_time(at), interval=5,
+        )  # fmt: skip
+        return lines[-1]
+
+    assert maintenance_said(12).endswith(
         "daily maintenance at 12:00 UTC (today's taken on by cli:1; next 2026-11-21 12:00 UTC)"
     )
-    before = startup_summary(
-        ctx.catalog(),
-        ctx.vault_path,
-        vault,
-        inv,
-        now=later,
-        maintenance_time=clock_time(13),
-        interval=5,
-    )
-    assert before[-1].endswith("(next 2026-11-20 13:00 UTC)")
+    assert maintenance_said(13).endswith("(next 2026-11-20 13:00 UTC)")
     other = JobQueue(ctx.catalog(), "another-vault")  # another vault's day is its own
     assert tick(other, inv, SchedulerState(name="server:2"), later) != []
     next_day = noon + timedelta(days=1, minutes=5)
