@@ -13,11 +13,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
+import redis
+
 from support.cli import PASSPHRASE
 from vmvault import testdisk
 from vmvault.app.context import Context
 from vmvault.catalog.models import Job
 from vmvault.cluster.broker import fleet_queue
+from vmvault.cluster.presence import WorkerPresence
 from vmvault.cluster.settings import FleetSettings
 from vmvault.inventory import InventoryFile
 from vmvault.model.jobs import FINAL_STATES
@@ -77,6 +80,16 @@ class Fleet:
 
     def worker(self, host: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.spawn(f"worker-{host}", "worker", "--host", host, *extra)
+
+    def ready(self, *hosts: str, timeout: float = 60.0) -> None:
+        """Wait until a worker of each of ``hosts`` consumes (it announces itself then): a
+        test of workers reading at once must not enqueue while one is still starting."""
+        presence = WorkerPresence(redis.Redis.from_url(self.broker), self.vault_id)
+        deadline = time.monotonic() + timeout
+        while not set(hosts) <= set(presence.live()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers of {hosts} not ready in {timeout} s\n{self.log()}")
+            time.sleep(0.2)
 
     def scheduler(self, *extra: str) -> subprocess.Popen[bytes]:
         return self.spawn("scheduler", "scheduler", "--broker", self.broker, *extra)

@@ -252,6 +252,7 @@ def test_two_workers_share_a_pool_s_egress_budget(
     f = fleet(inventory)
     f.worker("hv1")
     f.worker("hv2")
+    f.ready("hv1", "hv2")  # a worker still starting would let the other read alone
     jobs = f.wait([f.queue.enqueue("backup", f"vm{n}") for n in range(2)], timeout=90)
     assert {j.state for j in jobs} == {"succeeded"}, f.log()
     assert peak_overlap(jobs) == 2  # both read at once, from two processes

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 
 from vmvault.app.context import Context
 from vmvault.catalog.models import Job
@@ -192,7 +192,14 @@ def run_fleet_worker(
         presence.announce(host, name, ttl)
 
     reaper = threading.Thread(target=_current.reap_forever, args=(stop, announce), daemon=True)
-    reaper.start()
+
+    def ready(**_: Any) -> None:
+        # Announced once Celery consumes and handles SIGTERM itself: a stop that came
+        # earlier (the default action, no `finally`) would leave the announcement behind
+        # until it expired, a live-looking host with no worker.
+        reaper.start()
+
+    worker_ready.connect(ready, weak=False)
     slots = concurrency or limits_of(inventory()).max_vms
     log.info("worker %s: queues %s and %s", name, host_queue(host), ANY_QUEUE)
     try:
@@ -210,7 +217,9 @@ def run_fleet_worker(
         )
     finally:
         stop.set()
-        reaper.join(timeout=5)  # its last announce may not land after the withdrawal
+        worker_ready.disconnect(ready)
+        if reaper.is_alive():
+            reaper.join(timeout=5)  # its last announce may not land after the withdrawal
         with contextlib.suppress(Exception):  # the broker may be what stopped us
             presence.withdraw(host, name)
         use_pool_budget(None)
