@@ -238,6 +238,29 @@ def test_serve_refuses_half_a_tls_setup(tmp_path: Path) -> None:
     assert done.returncode == 2 and "both --tls-cert and --tls-key" in done.stderr
 
 
+def test_serve_refuses_a_restore_root_that_is_not_a_directory(tmp_path: Path) -> None:
+    """Refused at start, not as each API restore's job failing later; a symlink to a
+    directory is one."""
+    site = make_site(tmp_path / "site", backup=False)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    serve = [sys.executable, "-c", "from vmvault.cli.main import run; run()", "serve"]
+    for root, what in [(tmp_path / "nowhere", "does not exist"), (a_file, "is not a directory")]:
+        refused = subprocess.run(  # bounded: a server that starts would never return
+            [*serve, "--port", str(_free_port()), "--restore-root", str(root), *_local(site)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith(f"error: --restore-root {root} {what}: create it")
+        assert refused.stderr.count("\n") == 1
+    link = tmp_path / "restored"
+    link.symlink_to(site.root / "restores")
+    with serving(site, tmp_path / "serve.log", "--restore-root", str(link)) as served:
+        assert served.get("/api/v1/jobs", "reader").status_code == 200
+
+
 def test_serve_says_what_it_watches_logs_in_one_shape_and_stops_cleanly(tmp_path: Path) -> None:
     site = make_site(tmp_path / "site", backup=False)
     log = tmp_path / "serve.log"
