@@ -212,6 +212,17 @@ def test_cli_reads_and_runs_through_the_server(served: tuple[Site, str, Path]) -
     )
     assert restored["state"] == "succeeded"
     assert (site.root / "restores" / "web01-cli" / "web01-cli-os.img").exists()
+    as_text = _remote(served, operator, "vm", "restore", "web01", "--as", "web01-human")
+    assert as_text.returncode == 0, as_text.stderr
+    folder = (site.root / "restores" / "web01-human").resolve()
+    # the point it restored, where each disk and the new VM's entry went (the job's details)
+    assert f"restored point {points[-1]['id']} of web01\n" in as_text.stdout, as_text.stdout
+    for line in (
+        f"restored os -> {folder / 'web01-human-os.img'}",
+        f"restored data -> {folder / 'web01-human-data.img'}",
+        f"new VM web01-human: inventory entry in {folder / 'web01-human.toml'}",
+    ):
+        assert line in as_text.stdout.splitlines(), as_text.stdout
     assert _json(_remote(served, operator, "cost", "--json"))["rows"]
     assert "jobs" in _json(_remote(served, operator, "plan", "--json"))
     human = _remote(served, operator, "list")
