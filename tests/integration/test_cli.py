@@ -220,3 +220,30 @@ def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "vault" / "precious.txt").read_text() == "keep me"
     assert sorted(os.listdir(tmp_path / "vault")) == ["precious.txt"]
+
+
+def test_a_restore_refused_as_asked_leaves_no_job(tmp_path: Path) -> None:
+    """A target refused as it stands (taken without --force, in a folder that does not
+    exist) is refused before the restore starts: no failed job turns the dashboard red."""
+    env = _env(tmp_path)
+    image = tmp_path / "d.img"
+    assert run_cli("testdisk", "create", str(image), "--size", "4M", env=env).returncode == 0
+    assert run_cli("init", env=env).returncode == 0
+    assert run_cli("backup", str(image), "--vm", "web", env=env).returncode == 0
+    taken = tmp_path / "x.img"
+    taken.write_bytes(b"mine")
+    no_folder = tmp_path / "nodir" / "x.img"
+    for target, code, says in [
+        (taken, "target_exists", f"{taken} exists: give --force to replace it"),
+        (no_folder, "bad_input", f"directory {no_folder.parent} does not exist"),
+    ]:
+        refused = run_cli("restore", "latest", str(target), env=env)
+        assert refused.returncode == 2 and refused.stderr == f"error: {says}\n"
+        as_json = run_cli("restore", "latest", str(target), "--json", env=env)
+        assert json.loads(as_json.stdout)["error"] == {"code": code, "message": says}
+    assert taken.read_bytes() == b"mine" and not no_folder.parent.exists()
+    jobs = json.loads(run_cli("jobs", "list", "--json", env=env).stdout)["jobs"]
+    assert [j["kind"] for j in jobs] == ["backup"]
+    forced = run_cli("restore", "latest", str(taken), "--force", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert same_content(image, taken)

@@ -464,8 +464,9 @@ policy = "p"
 def test_a_vm_restore_that_runs_out_of_space_leaves_no_half_vm(
     tmp_path: Path, ctx: Context, make_image: Callable[..., Path]
 ) -> None:
-    """The first disk fits, the second does not: one error, and neither the first disk nor
-    the folder the restore made stays behind (the same name can be used again)."""
+    """The first disk fits, the second does not: one error naming the disk's path (also in
+    the job history: not /proc/PID/fd/N/..., the folder's descriptor), and neither the
+    first disk nor the folder the restore made stays (the same name can be used again)."""
     first = make_image("first.img", size=8 * MiB, seed=1)
     second = make_image("second.img", size=24 * MiB, seed=2)
     inventory = tmp_path / "inventory.toml"
@@ -493,6 +494,9 @@ state = "stopped"
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         error = json.loads(result.stdout)["error"]
         assert error["code"] == "target_error" and "no space" in error["message"], error
+        assert f"restore to {small / 'copy' / 'copy-b.img'}: " in error["message"], error
+        vault_id = ctx.open_vault(load_index=False).config.vault_id
+        assert ctx.catalog().jobs(vault_id)[0].error_message == error["message"]
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)

@@ -212,6 +212,17 @@ def test_cli_reads_and_runs_through_the_server(served: tuple[Site, str, Path]) -
     )
     assert restored["state"] == "succeeded"
     assert (site.root / "restores" / "web01-cli" / "web01-cli-os.img").exists()
+    as_text = _remote(served, operator, "vm", "restore", "web01", "--as", "web01-human")
+    assert as_text.returncode == 0, as_text.stderr
+    folder = (site.root / "restores" / "web01-human").resolve()
+    # the point it restored, where each disk and the new VM's entry went (the job's details)
+    assert f"restored point {points[-1]['id']} of web01\n" in as_text.stdout, as_text.stdout
+    for line in (
+        f"restored os -> {folder / 'web01-human-os.img'}",
+        f"restored data -> {folder / 'web01-human-data.img'}",
+        f"new VM web01-human: inventory entry in {folder / 'web01-human.toml'}",
+    ):
+        assert line in as_text.stdout.splitlines(), as_text.stdout
     assert _json(_remote(served, operator, "cost", "--json"))["rows"]
     assert "jobs" in _json(_remote(served, operator, "plan", "--json"))
     human = _remote(served, operator, "list")
@@ -236,6 +247,29 @@ def test_remote_errors_are_one_line(served: tuple[Site, str, Path]) -> None:
 def test_serve_refuses_half_a_tls_setup(tmp_path: Path) -> None:
     done = run_cli("serve", "--tls-cert", str(tmp_path / "c.pem"), "--vault", str(tmp_path))
     assert done.returncode == 2 and "both --tls-cert and --tls-key" in done.stderr
+
+
+def test_serve_refuses_a_restore_root_that_is_not_a_directory(tmp_path: Path) -> None:
+    """Refused at start, not as each API restore's job failing later; a symlink to a
+    directory is one."""
+    site = make_site(tmp_path / "site", backup=False)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    serve = [sys.executable, "-c", "from vmvault.cli.main import run; run()", "serve"]
+    for root, what in [(tmp_path / "nowhere", "does not exist"), (a_file, "is not a directory")]:
+        refused = subprocess.run(  # bounded: a server that starts would never return
+            [*serve, "--port", str(_free_port()), "--restore-root", str(root), *_local(site)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith(f"error: --restore-root {root} {what}: create it")
+        assert refused.stderr.count("\n") == 1
+    link = tmp_path / "restored"
+    link.symlink_to(site.root / "restores")
+    with serving(site, tmp_path / "serve.log", "--restore-root", str(link)) as served:
+        assert served.get("/api/v1/jobs", "reader").status_code == 200
 
 
 def test_serve_says_what_it_watches_logs_in_one_shape_and_stops_cleanly(tmp_path: Path) -> None:

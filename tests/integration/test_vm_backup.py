@@ -234,6 +234,59 @@ name = "old01"
     assert ctx.catalog().jobs(_vault_id(ctx))[0].kind == "restore"
 
 
+def test_restore_as_a_new_vm_refuses_files_in_its_way_before_restoring(
+    tmp_path: Path, ctx: Context
+) -> None:
+    """A file the new VM would get (its .toml, a disk's image) already in --to is refused
+    before any disk is restored, naming its real path; no job is recorded. With --force the
+    restore replaces it, and says what it restored where."""
+    inv_path = tmp_path / "inv.toml"
+    inv_path.write_text(_inventory(tmp_path, "stopped"))
+    point = run_vm_backup(ctx, parse_inventory(inv_path.read_text(), str(inv_path)), "web01")
+    env = {
+        "VMVAULT_PASSPHRASE": PASSPHRASE,
+        "VMVAULT_VAULT": ctx.vault_path,
+        "VMVAULT_CATALOG": str(ctx.catalog_url),
+        "VMVAULT_INVENTORY": str(inv_path),
+        "COLUMNS": "60",  # paths are printed whole, never wrapped
+    }
+    target = tmp_path / "restored"
+    target.mkdir()
+    args = ("vm", "restore", "web01", "--as", "db01-copy", "--to", str(target))
+    placed: list[Path] = []
+    for name in ("db01-copy.toml", "db01-copy-data.qcow2"):  # the disks' names checked first
+        in_the_way = target / name
+        in_the_way.write_text("mine\n")
+        placed.append(in_the_way)
+        refused = run_cli(*args, env=env)
+        assert refused.returncode == 2
+        assert refused.stderr == f"error: {in_the_way} exists: give --force to replace it\n"
+        as_json = json.loads(run_cli(*args, "--json", env=env).stdout)
+        assert as_json["error"]["code"] == "target_exists"
+        assert sorted(target.iterdir()) == sorted(placed)  # nothing restored, nothing lost
+        assert all(p.read_text() == "mine\n" for p in placed)
+    assert [j.kind for j in ctx.catalog().jobs(_vault_id(ctx))] == ["backup"]
+
+    forced = run_cli(*args, "--force", env=env)
+    assert forced.returncode == 0, forced.stderr
+    os_image, data_image = target / "db01-copy-os.img", target / "db01-copy-data.qcow2"
+    assert forced.stdout.splitlines() == [
+        f"restored point {point['id']} of web01",
+        f"restored os -> {os_image}",
+        f"restored data -> {data_image}",
+        f"new VM db01-copy: inventory entry in {target / 'db01-copy.toml'}",
+    ]
+    assert (target / "db01-copy.toml").read_text().splitlines()[:2] == [
+        "[[vms]]",
+        'name = "db01-copy"',  # name first; no empty table (tags = {  }) below
+    ]
+    assert "{  }" not in (target / "db01-copy.toml").read_text()
+    compare = subprocess.run(
+        ["qemu-img", "compare", str(tmp_path / "data.qcow2"), str(data_image)], check=False
+    )
+    assert compare.returncode == 0
+
+
 def test_restore_vm_as_new_vm_and_in_place(tmp_path: Path, ctx: Context) -> None:
     text = _inventory(tmp_path, "stopped")
     inv = parse_inventory(text, "inv.toml")

@@ -18,7 +18,7 @@ from vmvault.engine.restore import (
     restore_disk,
     verify_point,
 )
-from vmvault.engine.targets import restore_target
+from vmvault.engine.targets import check_target, restore_target
 from vmvault.errors import CorruptObject, DamageFound, ObjectMissing
 from vmvault.model.point import RecoveryPoint
 from vmvault.model.verify import VerifyOutcome
@@ -58,6 +58,10 @@ def run_restore(
         point_id = resolve_point(vault, point_ref, vm)
         point = vault.get_point(point_id)
         vm_name = point["vm"]
+        # A target refused as it stands (a name taken without force, no such folder) is
+        # refused before a job is recorded: nothing ran, a failed job would say otherwise.
+        # The restore checks again as it writes (the folder may change meanwhile).
+        check_target(Path(target), force=force, new_file=new_file)
         if target_format == "raw" and not ignore_errors:
             report = _instant_restore(
                 vault, point, disk, Path(target), force=force, new_file=new_file

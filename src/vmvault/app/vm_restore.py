@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
@@ -17,7 +17,12 @@ from vmvault.app.records import JobRecorder, recorded_job
 from vmvault.app.restore import run_restore
 from vmvault.app.vm_backup import run_vm_backup
 from vmvault.engine.progress import ProgressCallback, no_progress
-from vmvault.engine.targets import new_files_folder, restore_target, target_failure
+from vmvault.engine.targets import (
+    TargetExists,
+    new_files_folder,
+    restore_target,
+    target_failure,
+)
 from vmvault.errors import Conflict, NotFound, UsageError
 from vmvault.inventory import Inventory, Vm, VmState, check_new_vm_name
 from vmvault.inventory.write import vm_entry
@@ -77,6 +82,8 @@ def run_vm_restore(
         confirmed=confirmed,
         disks=disks,
         disk_format=disk_format,
+        force=force,
+        confine_to=confine_to,
     )
     with (
         recorded_job(ctx, vault, "restore", vm_name)
@@ -126,11 +133,14 @@ def checked_request(
     confirmed: bool,
     disks: Sequence[str] | None,
     disk_format: str | None,
+    force: bool = False,
+    confine_to: str | None = None,
 ) -> RecoveryPoint:
     """What a VM restore needs before anything of it runs: its options, a stopped VM and
     a confirmation in place, a free new name and a known pool as a new VM (see
-    ``check_new_vm_restore``), a point of the VM with the ``disks`` named. Returns the
-    point with only those disks."""
+    ``check_new_vm_restore``), a point of the VM with the ``disks`` named, and unless
+    ``force`` none of the files a new VM would get in ``directory`` there already. Returns
+    the point with only those disks."""
     if disk_format not in (None, "raw", "qcow2"):
         raise UsageError(f"a restored disk is raw or qcow2, not {disk_format!r}")
     if in_place and disk_format is not None:
@@ -147,7 +157,25 @@ def checked_request(
         raise UsageError("give --as NEW_NAME and --to DIR, or --in-place")
     else:
         point_id = check_new_vm_restore(inventory, vault, name, point_ref, new_name, target_pool)
-    return only_disks(vault.get_point(point_id), disks)
+    point = only_disks(vault.get_point(point_id), disks)
+    if new_name and directory and not in_place and not force and confine_to is None:
+        # Found now, not after hours of restoring disks that would then be thrown away. The
+        # write-time checks stay (through the folder's descriptor: a file may appear
+        # meanwhile). In the server's restore root the folder itself is new: one that
+        # exists is refused when it is made (``new_files_folder``).
+        folder = Path(directory).absolute()
+        names = [_disk_file(new_name, d, disk_format) for d in point["disks"]]
+        for file_name in [*names, f"{new_name}.toml"]:
+            if os.path.lexists(folder / file_name):
+                raise TargetExists(f"{folder / file_name} exists: give --force to replace it")
+    return point
+
+
+def _disk_file(new_name: str, disk: Mapping[str, Any], disk_format: str | None) -> str:
+    """The file name of ``disk`` restored for VM ``new_name`` (in ``disk_format``, else its
+    own), e.g. ``copy-os.img``."""
+    fmt = disk_format or disk.get("format", "raw")
+    return f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
 
 
 def _vm_restore(
@@ -340,7 +368,7 @@ def _restore_as_new_vm(
         try:
             for disk in point["disks"]:
                 fmt = disk_format or disk.get("format", "raw")
-                name = f"{new_name}-{disk['name']}.{_EXTENSIONS.get(fmt, 'img')}"
+                name = _disk_file(new_name, disk, disk_format)
                 path = target_dir / name
                 existed = os.path.lexists(folder / name)
                 report = run_restore(

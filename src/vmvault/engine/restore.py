@@ -31,7 +31,7 @@ from vmvault.backends import directio
 from vmvault.disks.qemu import create_image, fuse_export
 from vmvault.engine.blocks import map_blocks
 from vmvault.engine.progress import ProgressCallback, ProgressEvent, no_progress
-from vmvault.engine.targets import restore_target, target_failure
+from vmvault.engine.targets import restore_target, shown_path, target_failure
 from vmvault.engine.throttle import Bucket
 from vmvault.errors import PointNotFound, RestoreDamaged, UsageError
 from vmvault.model.point import DiskEntry, RecoveryPoint
@@ -373,8 +373,8 @@ def restore_disk(
             path, fresh = Path(prepared.path), False
             if target_format != "raw":
                 if prepared.is_device:
-                    raise UsageError(f"{target} is a block device: restore it as raw")
-                create_image(path, target_format, manifest.size, shown_as=target)
+                    raise UsageError(f"{shown_path(target)} is a block device: restore it as raw")
+                create_image(path, target_format, manifest.size, shown_as=shown_path(target))
                 path = Path(stack.enter_context(fuse_export(path, target_format, writable=True)))
                 fresh = True
             out = _Target(path, manifest.size, sync=sync, fresh=fresh, device=prepared.is_device)

@@ -37,6 +37,21 @@ class TargetError(VmvaultError):
     code = "target_error"
 
 
+# The folders ``new_files_folder`` holds open: the path through each one's descriptor
+# (``/proc/<pid>/fd/N``) -> the folder the user named, for messages (see ``shown_path``).
+_OPEN_FOLDERS: dict[str, Path] = {}
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a message names it: a file reached through a folder ``new_files_folder``
+    holds open as the folder the user gave and its name (``/proc/<pid>/fd/N/x.img`` means
+    nothing to the user, and the message stays in the job history and on the dashboard)."""
+    text = os.fspath(path)
+    parent, _, name = text.rpartition("/")
+    folder = _OPEN_FOLDERS.get(parent)
+    return text if folder is None else str(folder / name)
+
+
 def target_failure(path: str | os.PathLike[str], exc: OSError) -> TargetError:
     """An OS error met while writing ``path`` as one clear line."""
     why = {
@@ -47,7 +62,7 @@ def target_failure(path: str | os.PathLike[str], exc: OSError) -> TargetError:
         errno.EPERM: "permission denied",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return TargetError(
-        f"cannot write the restore to {os.fspath(path)}: {why}; nothing was left behind"
+        f"cannot write the restore to {shown_path(path)}: {why}; nothing was left behind"
     )
 
 
@@ -65,6 +80,60 @@ class PreparedTarget:
         self.abandoned = True
 
 
+def check_target(final: Path, *, force: bool = False, new_file: bool = False) -> bool:
+    """Refuse ``final`` as a restore target as ``restore_target`` would, before anything is
+    restored (its checks when it starts; it checks again as it writes): a name taken
+    without ``force``, a folder that is missing or not one. True for a block device written
+    in place (not ``new_file``)."""
+    if _check_name(final, force=force, new_file=new_file):
+        return True
+    os.close(_open_folder(final))
+    return False
+
+
+def _check_name(final: Path, *, force: bool, new_file: bool) -> bool:
+    """``check_target`` but for the folder: True for a device written in place."""
+    shown = shown_path(final)
+    try:
+        st = os.stat(final)  # follows a symlink: /dev/vg/lv names a device through one
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise target_failure(final, exc) from None
+    is_device = st is not None and stat.S_ISBLK(st.st_mode)
+    if is_device and not new_file:
+        return True
+    if st is None and not force:
+        try:
+            dangling = os.readlink(final)
+        except OSError:  # nothing there (or no link): a new file
+            dangling = None
+        if dangling is not None:
+            # Refused now, not when the restore is done and the link stands in its way.
+            raise TargetExists(
+                f"{shown} is a symlink to the missing {dangling}: give --force to replace "
+                "the link (it is never written through)"
+            )
+    if st is not None:
+        if not force:
+            raise TargetExists(f"{shown} exists: give --force to replace it")
+        if not (stat.S_ISREG(st.st_mode) or is_device):
+            raise UsageError(f"restore target {shown} is neither a file nor a block device")
+    return False
+
+
+def _open_folder(final: Path) -> int:
+    """A descriptor of the folder ``final`` goes in; one line if there is none."""
+    try:
+        return os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(f"directory {Path(shown_path(final)).parent} does not exist") from None
+    except NotADirectoryError:
+        raise UsageError(f"{Path(shown_path(final)).parent} is not a directory") from None
+    except OSError as exc:
+        raise target_failure(final, exc) from None
+
+
 @contextmanager
 def restore_target(
     final: Path, *, force: bool = False, new_file: bool = False
@@ -76,40 +145,10 @@ def restore_target(
     by whoever can write the folder): it is refused like a file, and with ``force`` the name
     is replaced by the new file, the device is never written.
     """
-    try:
-        st = os.stat(final)  # follows a symlink: /dev/vg/lv names a device through one
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise target_failure(final, exc) from None
-    is_device = st is not None and stat.S_ISBLK(st.st_mode)
-    if is_device and not new_file:
+    if _check_name(final, force=force, new_file=new_file):
         yield PreparedTarget(str(final), final, is_device=True)
         return
-    if st is None and not force:
-        try:
-            dangling = os.readlink(final)
-        except OSError:  # nothing there (or no link): a new file
-            dangling = None
-        if dangling is not None:
-            # Refused now, not when the restore is done and the link stands in its way.
-            raise TargetExists(
-                f"{final} is a symlink to the missing {dangling}: give --force to replace "
-                "the link (it is never written through)"
-            )
-    if st is not None:
-        if not force:
-            raise TargetExists(f"{final} exists: give --force to replace it")
-        if not (stat.S_ISREG(st.st_mode) or is_device):
-            raise UsageError(f"restore target {final} is neither a file nor a block device")
-    try:
-        folder = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise UsageError(f"directory {final.parent} does not exist") from None
-    except NotADirectoryError:
-        raise UsageError(f"{final.parent} is not a directory") from None
-    except OSError as exc:
-        raise target_failure(final, exc) from None
+    folder = _open_folder(final)
     temporary = f".{final.name}.vmvault-{secrets.token_hex(6)}"
     try:
         try:
@@ -146,7 +185,7 @@ def _put_in_place(folder: int, temporary: str, final: Path, *, force: bool) -> N
             )
     except FileExistsError:
         raise TargetExists(
-            f"{final} appeared during the restore: give --force to replace it"
+            f"{shown_path(final)} appeared during the restore: give --force to replace it"
         ) from None
     except OSError as exc:
         raise target_failure(final, exc) from None
@@ -200,14 +239,17 @@ def new_files_folder(directory: Path, *, confine_to: Path | None = None) -> Iter
                 with contextlib.suppress(OSError):
                     os.rmdir(name, dir_fd=parent)
             raise target_failure(directory, exc) from None
+        through_fd = f"/proc/{os.getpid()}/fd/{folder}"
+        _OPEN_FOLDERS[through_fd] = directory
         try:
-            yield Path(f"/proc/{os.getpid()}/fd/{folder}")
+            yield Path(through_fd)
         except BaseException:
             if made:
                 with contextlib.suppress(OSError):  # not empty: what is in it stays
                     os.rmdir(name, dir_fd=parent)
             raise
         finally:
+            del _OPEN_FOLDERS[through_fd]
             os.close(folder)
     finally:
         os.close(parent)

@@ -97,20 +97,25 @@ def vm_entry(
     comments: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
 ) -> list[str]:
-    """One ``[[vms]]`` entry as TOML lines, ready to paste into an inventory: its keys in
-    order (None left out), then each ``[[vms.disks]]``. ``comments`` go after a key's line
-    (lined up), ``notes`` as comment lines at the end."""
+    """One ``[[vms]]`` entry as TOML lines, ready to paste into an inventory: ``name`` first,
+    then its other keys in order (None and empty tables left out: ``tags = {  }`` says
+    nothing), then each ``[[vms.disks]]``. ``comments`` go after a key's line (lined up),
+    ``notes`` as comment lines at the end."""
     comments = comments or {}
 
     def line(key: str, value: Any, indent: str = "") -> str:
         text = f"{indent}{key} = {toml_value(value)}"
         return f"{text:<30}# {comment_text(comments[key])}" if key in comments else text
 
+    def shown(table: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        keys = sorted(table, key=lambda k: k != "name")  # stable: the rest keep their order
+        return [(k, table[k]) for k in keys if table[k] is not None and table[k] != {}]
+
     lines = ["[[vms]]"]
-    lines += [line(k, v) for k, v in entry.items() if k != "disks" and v is not None]
+    lines += [line(k, v) for k, v in shown(entry) if k != "disks"]
     for disk in entry.get("disks", []):
         lines += ["", "  [[vms.disks]]"]
-        lines += [line(k, v, "  ") for k, v in disk.items() if v is not None]
+        lines += [line(k, v, "  ") for k, v in shown(disk)]
     lines += [f"  # not included: {comment_text(note)}" for note in notes]
     return lines
 

@@ -197,3 +197,28 @@ def test_an_inventory_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Pa
     assert len(done.stderr.strip().splitlines()) == 1
     with pytest.raises(InventoryError, match="cannot be read: Is a directory"):
         InventoryFile(str(tmp_path))()
+
+
+def test_a_written_entry_names_its_vm_first_and_leaves_out_empty_tables() -> None:
+    from vmvault.inventory.write import vm_entry
+
+    entry = {
+        "freeze": [],
+        "tags": {},
+        "name": "copy",
+        "labels": {"tier": "gold"},
+        "state": "stopped",
+        "disks": [{"path": "/r/copy-os.img", "name": "os", "options": {}}],
+    }
+    lines = vm_entry(entry)
+    assert lines == [
+        "[[vms]]",
+        'name = "copy"',
+        "freeze = []",
+        'labels = { tier = "gold" }',
+        'state = "stopped"',
+        "",
+        "  [[vms.disks]]",
+        '  name = "os"',
+        '  path = "/r/copy-os.img"',
+    ]

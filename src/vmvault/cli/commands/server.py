@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -64,6 +65,16 @@ def serve(
     def build() -> Any:
         if bool(tls_cert) != bool(tls_key):
             raise UsageError("give both --tls-cert and --tls-key, or neither")
+        if restore_root is not None:
+            # Refused now, not as every API restore's job failing later (a symlink to a
+            # folder is one: it is resolved).
+            root = Path(restore_root).resolve()
+            if not root.is_dir():
+                what = "is not a directory" if root.exists() else "does not exist"
+                raise UsageError(
+                    f"--restore-root {restore_root} {what}: create it first "
+                    f"(install -d -m 0750 {restore_root})"
+                )
         ctx = context(vault, catalog, passphrase_file)
         config = ServerConfig(
             vault=ctx.vault_path,

@@ -30,6 +30,7 @@ from vmvault.cli.render.vm import (
     print_fleet,
     print_inventory,
     print_job_end,
+    print_restore_job_end,
     print_vm,
     print_vm_restored,
 )
@@ -160,7 +161,7 @@ def restore_vm(
             VmRestore(point, new_name, directory, pool, in_place, confirmed=yes, force=force),
         ),
     )
-    _show_run(restored, json, print_vm_restored)
+    _show_run(restored, json, print_vm_restored, print_restore_job_end)
 
 
 app.command("instant-restore")(instant_restore_cmd)
@@ -168,11 +169,15 @@ app.command("drill")(drill_cmd)
 
 
 def _show_run(
-    result: Mapping[str, Any] | Job, json: bool, human: Callable[[Mapping[str, Any]], None]
+    result: Mapping[str, Any] | Job,
+    json: bool,
+    human: Callable[[Mapping[str, Any]], None],
+    job_end: Callable[[dict[str, Any]], None] = print_job_end,
 ) -> None:
-    """A run's result; or the server's job that ran it, failing as the job failed."""
+    """A run's result; or the server's job that ran it (shown by ``job_end``), failing as
+    the job failed."""
     if isinstance(result, Job):
-        show(result.doc, json, print_job_end)
+        show(result.doc, json, job_end)
         if result.failed:
             raise typer.Exit(1)
     else:

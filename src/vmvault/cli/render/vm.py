@@ -108,15 +108,29 @@ def print_discovered(found: Discovery) -> None:
 
 
 def print_vm_restored(doc: Mapping[str, Any]) -> None:
-    """A VM restore: its warnings, where each disk went, the safety point, the new entry."""
+    """A VM restore: its warnings, the point it restored (what latest was), where each disk
+    went, the safety point, the new entry."""
     for warning in doc["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"restored point {doc['point']} of {doc['vm']}", highlight=False)
     for d in doc["disks"]:
-        console.print(f"restored {d['name']} -> {d['path']}")
+        console.print(f"restored {d['name']} -> {d['path']}", highlight=False, soft_wrap=True)
     if "safety_point" in doc:
         console.print(f"the disks as they were are kept in point {doc['safety_point']}")
     if "inventory" in doc:
-        console.print(f"new VM {doc['new_vm']}: inventory entry in {doc['inventory']}")
+        console.print(
+            f"new VM {doc['new_vm']}: inventory entry in {doc['inventory']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def print_restore_job_end(job: dict[str, Any]) -> None:
+    """A server's VM restore job at its end; when it succeeded, what it restored where (its
+    details are the local restore's document)."""
+    print_job_end(job)
+    if job["state"] == "succeeded" and "disks" in job.get("details", {}):
+        print_vm_restored({"warnings": [], **job["details"]})
 
 
 def print_job_end(job: dict[str, Any]) -> None:
