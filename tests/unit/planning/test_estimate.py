@@ -66,3 +66,32 @@ def test_measured_history_replaces_the_table_per_kind_and_disk() -> None:
     assert capped.disks[0].rate == pytest.approx(60e6)  # the per-disk cap still holds
     assert measure(history[:1], initial=False) is None
     assert estimate_backup(disks, initial=False, measured=None).rate_source == "Azure's rates"
+
+
+def test_a_snapshot_time_measured_by_the_other_kind_stands_in_for_the_default() -> None:
+    """Snapshot and commit cost the same for a full backup and an incremental one: a VM with
+    only full backups has its incremental estimate use their snapshot time, not 60 s."""
+    full = [PastBackup(True, [DiskRun("os", GB, GB, 2.0)], 2.74)]
+    disks = [DiskLoad("os", GB, "os")]
+    incremental = estimate_backup(
+        disks,
+        initial=False,
+        measured=measure(full, initial=False),
+        other_kind=measure(full, initial=True),
+    )
+    assert incremental.snapshot_seconds == pytest.approx(0.74)
+    assert incremental.snapshot_source == "measured (1 backup, initial)"
+    assert incremental.rate_source == "Azure's rates"  # only the snapshot time is borrowed
+    # a kind's own measurement wins; nothing measured anywhere: the default
+    both = [*full, PastBackup(False, [DiskRun("os", GB, GB // 50, 1.0)], 1.5)]
+    own = estimate_backup(
+        disks,
+        initial=False,
+        measured=measure(both, initial=False),
+        other_kind=measure(both, initial=True),
+    )
+    assert own.snapshot_seconds == pytest.approx(0.5)
+    assert own.snapshot_source == "measured (1 backup)"
+    unmeasured = [PastBackup(True, [DiskRun("os", GB, GB, 2.0)], None)]  # no job wall time
+    default = estimate_backup(disks, initial=False, other_kind=measure(unmeasured, initial=True))
+    assert default.snapshot_seconds == 60.0 and default.snapshot_source == "default"
