@@ -38,6 +38,16 @@ def human_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def measured_duration(seconds: float) -> str:
+    """A measured time of a job, shown as precisely as it is short: 0.26 s, 2.1 s, then as
+    ``human_duration`` (a mean of 0.26 s is not '0 s')."""
+    if 0 < seconds < 1:
+        return f"{seconds:.2f} s"
+    if 0 < seconds < 10:
+        return f"{seconds:.1f} s"
+    return human_duration(seconds)
+
+
 def _trimmed(value: float) -> str:
     """Up to two decimals, without trailing zeros: 30, 1.25, 8.75, 2.5."""
     return f"{value:.2f}".rstrip("0").rstrip(".")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +24,7 @@ from vmvault.app.backup import run_backup
 from vmvault.app.disks import DiskSpec
 from vmvault.reports.monthly import previous_month
 from vmvault.server.app import create_app
+from vmvault.units import measured_duration
 from vmvault.vault.config import new_point_id
 
 FINAL = ("succeeded", "failed", "cancelled", "partially_succeeded")
@@ -212,3 +215,51 @@ def _wait(app: TestClient, site: Site, job_id: int, timeout: float = 120) -> dic
             return dict(job)
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_an_unknown_vm_page_names_every_vm_that_has_one(app: TestClient, site: Site) -> None:
+    """The 404 of /vms/nosuch lists the VMs of the inventory and those only the vault's
+    points name (backed up from the command line), all of which have a page."""
+    page = _browser(app, site, "reader").get("/vms/nosuch")
+    assert page.status_code == 404
+    assert "no VM named 'nosuch' (known: web01, db01, cli-only)" in html.unescape(page.text)
+    assert _browser(app, site, "reader").get("/vms/cli-only").status_code == 200
+
+
+def test_seconds_have_their_unit_and_a_mean_under_a_second_is_not_0_s(
+    app: TestClient, site: Site
+) -> None:
+    reader = _browser(app, site, "reader")
+    point = reader.get(f"/points/{_web01_point(app, site)}").text
+    disks = point[point.index('<table class="disks">') :].split("</table>")[0]
+    seconds = re.findall(r'<td class="num">([^<]*)</td>\s*<td><a class="browse"', disks)
+    assert seconds and all(re.fullmatch(r"\d+\.\d\d s", s) for s in seconds), seconds
+    summary = app.get("/api/v1/reports/summary", headers=site.auth("reader")).json()
+    mean = summary["per_vm"]["web01"]["duration"]
+    reports = reader.get("/reports").text
+    row = reports[reports.index('<a href="/vms/web01">') :].split("</tr>")[0]
+    assert f'<td class="num">{measured_duration(mean)}</td>' in row
+    assert '<td class="num">0 s</td>' not in row or mean == 0
+
+
+def test_a_job_queued_on_a_server_without_worker_says_who_will_run_it(
+    app: TestClient, site: Site
+) -> None:
+    """`serve --no-scheduler` queues what the API is asked for, and its 202 says that the
+    job waits for a `vmvault worker` or `vmvault scheduler` on the same catalog."""
+    point = _web01_point(app, site)
+    auth = site.auth("operator")
+    serve_only = replace(site.config, scheduler=False, worker=False, alerts=False)
+    with TestClient(create_app(serve_only)) as no_worker:
+        queued = no_worker.post(f"/api/v1/points/{point}/verify", headers=auth)
+        backup = no_worker.post("/api/v1/vms/web01/backup", headers=auth, json={})
+    for answer in (queued, backup):
+        assert answer.status_code == 202, answer.text
+        note = answer.json()["note"]
+        assert "this server runs no worker" in note
+        assert "vmvault worker or vmvault scheduler sharing this catalog" in note
+    # the server that runs a worker says nothing more, and runs them (the queue is shared)
+    ran = app.post(f"/api/v1/points/{point}/verify", headers=auth)
+    assert ran.status_code == 202 and "note" not in ran.json()
+    for answer in (queued, backup, ran):
+        assert _wait(app, site, answer.json()["id"])["state"] == "succeeded"

@@ -71,8 +71,10 @@ policy = "night"
     assert initial["snapshot_source"] == "measured (1 backup)"
     assert initial["total_s"] == pytest.approx(wall, abs=0.002)  # the whole job it measured
     assert seed_total > 10 * wall  # what the seed's table would have said
-    # no incremental yet: the seed's model for that kind
+    # no incremental yet: the seed's model for that kind, but the snapshot time measured
     assert estimate["incremental"]["rate_source"] == "Azure's rates"
+    assert estimate["incremental"]["snapshot_source"] == "measured (1 backup, initial)"
+    assert estimate["incremental"]["snapshot_s"] == initial["snapshot_s"]
 
     testdisk.mutate_disk(disk, 3, seed=2, jobs=1)
     run_vm_backup(ctx, inventory, "web")  # incremental: reads it all, stores changes

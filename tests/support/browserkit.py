@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,10 +12,17 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from support.paths import ROOT
+
 # expect() waits 5 s by default, whatever the page's timeout: on a loaded 2-core machine a
 # chart drawn by the server took longer (the img was still "hidden"). The same 30 s as the
 # pages' own waits (logged_in).
 expect.set_options(timeout=30_000)
+
+# Screenshots of the pages the tests visit, to look at.
+ARTIFACTS = Path(
+    os.environ.get("VMVAULT_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts" / "dashboard"
+)
 
 CHROMIUM = "/usr/bin/chromium"  # make sysdeps installs it
 CHROMIUM_ARGS = [
@@ -50,3 +58,11 @@ def logged_in(browser: Browser, url: str, token: str, **context_options: Any) ->
     page.click("button[type=submit]")
     page.wait_for_url(f"{url}/")
     return page
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """The whole page, as tall as its content (not the window), saved in ARTIFACTS."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.locator("body").screenshot(path=str(path), animations="disabled")
+    return path

@@ -17,16 +17,12 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from support.browserkit import chromium
+from support.browserkit import ARTIFACTS, chromium, screenshot
 from support.cli import same_content
-from support.paths import ROOT
 from support.serverkit import Served, make_site, serving
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(
-    os.environ.get("VMVAULT_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts" / "dashboard"
-)
 JOB_TIMEOUT = 60_000  # ms: a job of the small test VMs takes about a second
 
 
@@ -104,9 +100,7 @@ def _login(browser: Browser, server: Served, role: str) -> Page:
 
 
 def _shot(page: Page, name: str) -> None:
-    """The whole page, as tall as its content (not the window)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.locator("body").screenshot(path=str(ARTIFACTS / f"{name}.png"), animations="disabled")
+    screenshot(page, name)
 
 
 def test_a_wrong_token_gets_the_login_error_and_pages_need_a_session(

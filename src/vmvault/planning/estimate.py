@@ -166,6 +166,7 @@ def estimate_backup(
     cap_mb_s: float = DISK_CAP_MB_S,
     snapshot_seconds: float | None = None,
     queue_wait_seconds: float = 0.0,
+    other_kind: Measured | None = None,
 ) -> Estimate:
     """Estimate one backup of a VM's non-temporary disks: the slowest disk decides.
 
@@ -175,7 +176,9 @@ def estimate_backup(
     what such backups read (for an incremental, a whole disk unless change tracking spared
     the rest) at its own measured rate (the VM's for a disk it has not seen), and an
     incremental expects what they found changed. An explicit ``snapshot_seconds`` wins over
-    the measured one.
+    the measured one; without one of this kind, the snapshot time ``other_kind`` (the VM's
+    backups of the other kind) measured: taking a snapshot and committing a point cost the
+    same whether the backup is full or not, and a VM's own figure beats the default.
     """
     protected = [d for d in disks if d.role != "temporary"]
     cap = cap_mb_s * 1e6
@@ -208,6 +211,10 @@ def estimate_backup(
         snapshot, snapshot_source = snapshot_seconds, "given"
     elif measured is not None and measured.overhead_seconds is not None:
         snapshot, snapshot_source = measured.overhead_seconds, measured.source
+    elif other_kind is not None and other_kind.overhead_seconds is not None:
+        other = "incremental" if initial else "initial"
+        snapshot = other_kind.overhead_seconds
+        snapshot_source = f"{other_kind.source[:-1]}, {other})"
     else:
         snapshot, snapshot_source = DEFAULT_SNAPSHOT_SECONDS, "default"
     return Estimate(

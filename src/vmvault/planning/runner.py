@@ -89,7 +89,8 @@ def run_plan(
     history where there is one (the data its last full read found), else from the
     inventory's ``used_gb``, else from the disks themselves (their allocated bytes). Rates,
     reads, changes and snapshot time come from the VM's recent backups of the same kind
-    once there are some (``planning.estimate.measure``), else from the seed's table.
+    once there are some (``planning.estimate.measure``), else from the seed's table (the
+    snapshot time from the backups of the other kind, if any measured it).
     """
 
     start = day.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -104,13 +105,15 @@ def run_plan(
         starts[vm.name] = [r.start for r in runs]
         past = history.get(vm.name, [])
         disks, data_source = _disk_loads(vm, seen.get(vm.name, {}))
+        measured = {kind: measure(past, initial=kind) for kind in (True, False)}
         initial, incremental = (
             estimate_backup(
                 disks,
                 initial=kind,
-                measured=measure(past, initial=kind),
+                measured=measured[kind],
                 daily_change=daily_change,
                 cap_mb_s=inventory.limits.disk_mb_per_s,
+                other_kind=measured[not kind],
             )
             for kind in (True, False)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -34,17 +35,24 @@ def _drawn(name: str, shown: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
+    # Its INFO lines (font cache, categorical units) are not the server's news: a few of
+    # them on every visit of the reports page.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
+    # Bars at positions 0..n-1 with the names as tick labels: given strings as x values,
+    # matplotlib logs "Using categorical units..." for every series.
     if name == "usage":
         days = json.loads(shown)
         labels = [d["day"][5:] for d in days]
+        at = range(len(labels))
         fig, ax = plt.subplots(figsize=(10, 3.2))
-        ax.bar(labels, [d["stored"] / MiB for d in days], label="added that day")
+        ax.bar(at, [d["stored"] / MiB for d in days], label="added that day")
+        ax.set_xticks(at, labels)
         ax.set_ylabel("MiB added")
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
         total = ax.twinx()
-        total.plot(labels, [d["total"] / MiB for d in days], color="C1", label="vault usage")
+        total.plot(at, [d["total"] / MiB for d in days], color="C1", label="vault usage")
         total.set_ylabel("MiB stored")
         total.set_ylim(bottom=0)
         ax.set_title("Stored bytes per day (UTC)")
@@ -65,7 +73,8 @@ def _drawn(name: str, shown: str) -> bytes:
         ("change rate (%)", "change_rate", 100.0),
     ]
     for ax, (title, key, scale) in zip(axes[0], panels, strict=True):
-        ax.bar(names, [(vms[n][key] or 0) * scale for n in names])
+        ax.bar(range(len(names)), [(vms[n][key] or 0) * scale for n in names])
+        ax.set_xticks(range(len(names)), names)
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     return _svg(fig)

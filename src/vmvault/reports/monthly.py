@@ -22,7 +22,7 @@ from vmvault.reports.summary import (
     moment,
     point_time,
 )
-from vmvault.units import human_bytes
+from vmvault.units import human_bytes, measured_duration
 
 NOTHING = "\N{EN DASH}"  # a missing value in the PDF's table
 COLUMNS = (
@@ -100,7 +100,7 @@ def monthly_rows(
                 "last_good_backup": max(good).isoformat() if good else None,
                 "stored_bytes": sum(f["stored"] for f in mine),
                 "changed_bytes": sum(f["changed"] for f in mine),
-                "mean_duration_s": round(sum(durations) / len(durations), 1) if mine else None,
+                "mean_duration_s": round(sum(durations) / len(durations), 2) if mine else None,
                 "mean_throughput_bytes_s": round(sum(speeds) / len(speeds)) if speeds else None,
             }
         )
@@ -129,7 +129,7 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
         last[:16].replace("T", " ") if last else "never",
         size(row["stored_bytes"]),
         size(row["changed_bytes"]),
-        NOTHING if row["mean_duration_s"] is None else f"{row['mean_duration_s']:.0f} s",
+        NOTHING if row["mean_duration_s"] is None else measured_duration(row["mean_duration_s"]),
         NOTHING
         if row["mean_throughput_bytes_s"] is None
         else size(row["mean_throughput_bytes_s"]) + "/s",

@@ -186,12 +186,19 @@ def mount(app: FastAPI, server: ServerState) -> None:
         vm: dict[str, Any] | None
         try:
             vm = vms.get_vm(name, server, principal)
-        except NotFound as exc:  # not in the inventory: a page still, if the vault has points
+        except NotFound:  # not in the inventory: a page still, if the vault has points
             vm = outside_inventory(name)
             if vm is None:
-                raise PageMissing(principal, exc.message) from None
+                raise PageMissing(principal, no_such_vm(name)) from None
         listing = points.points_page(server, name, bounded(offset), PAGE_SIZE)
         return render(request, "vm.html", principal, title=name, nav="fleet", vm=vm, points=listing)
+
+    def no_such_vm(name: str) -> str:
+        """The 404 page's message: every VM that has a page, those the inventory names and
+        those only the vault's points name (backed up from the command line)."""
+        known = [vm.name for vm in server.inventory().vms]
+        known += sorted({p["vm"] for p in server.points()} - set(known))
+        return f"no VM named {name!r} (known: {', '.join(known) or 'none'})"
 
     def outside_inventory(name: str) -> dict[str, Any] | None:
         """A VM the vault has points of but the inventory does not name: what its points say."""

@@ -18,7 +18,13 @@ from vmvault import __version__
 from vmvault.errors import VmvaultError
 from vmvault.server.accounts import Principal, Role
 from vmvault.server.auth import principal_of
-from vmvault.units import exact_duration, human_bytes, human_duration, human_mb_rate
+from vmvault.units import (
+    exact_duration,
+    human_bytes,
+    human_duration,
+    human_mb_rate,
+    measured_duration,
+)
 
 HERE = Path(__file__).parent
 # Pages load scripts, styles and images from this server only and cannot be framed: an
@@ -42,6 +48,11 @@ def size(value: float | None) -> str:
 def duration(seconds: float | None) -> str:
     """A lag as people say it: 0 s, 42 min, 5.2 h, 3.1 days."""
     return NOTHING if seconds is None else human_duration(seconds)
+
+
+def took(seconds: float | None) -> str:
+    """A job's measured time: 0.26 s, 2.1 s, 42 min (see ``measured_duration``)."""
+    return NOTHING if seconds is None else measured_duration(seconds)
 
 
 def rpo(seconds: float | None) -> str:
@@ -78,6 +89,7 @@ templates.env.filters.update(
     when=when,
     segment=segment,
     duration=duration,
+    took=took,
     rpo=rpo,
     mb_rate=human_mb_rate,
     epoch=epoch,

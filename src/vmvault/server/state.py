@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as clock_time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmvault.app.context import Context, PassphrasePrompt
 from vmvault.app.records import report_damaged_points
@@ -21,7 +21,7 @@ from vmvault.errors import (
 )
 from vmvault.inventory import Inventory, InventoryFile, parse_inventory, write_inventory
 from vmvault.jobs.daemon import LOOPS, Daemon
-from vmvault.jobs.queue import JobQueue
+from vmvault.jobs.queue import JobQueue, job_doc
 from vmvault.jobs.startup import startup_summary
 from vmvault.model.point import RecoveryPoint
 from vmvault.point_refs import match_point
@@ -53,6 +53,12 @@ class ServerConfig:
     # A fleet: jobs are sent through this Redis to `vmvault worker --host` processes, and
     # the worker loop here only reaps lost jobs and sends lost messages again.
     broker: str | None = None
+
+
+NO_WORKER_NOTE = (
+    "this server runs no worker (--no-scheduler): the job stays queued until a vmvault "
+    "worker or vmvault scheduler sharing this catalog runs it"
+)
 
 
 @dataclass
@@ -126,6 +132,14 @@ class ServerState:
                 report_damaged_points(self.catalog, self.vault, damaged)
             self._damaged = damaged
             return [self._points[i] for i in ids if i in self._points]
+
+    def queued(self, job_id: int) -> dict[str, Any]:
+        """A job just queued, as the API's 202 answers it; with a ``note`` when nothing here
+        will run it (`serve --no-scheduler`, no fleet): it waits for another process."""
+        doc = job_doc(self.queue.get(job_id))
+        if not self.config.worker and self.config.broker is None:
+            doc["note"] = NO_WORKER_NOTE
+        return doc
 
     def damaged_points(self) -> dict[str, str]:
         """Point objects that could not be read at the last listing, with why."""

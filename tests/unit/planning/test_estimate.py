@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from vmvault.planning.estimate import DiskLoad, DiskRun, PastBackup, estimate_backup, measure
+from vmvault.planning.estimate import (
+    DiskLoad,
+    DiskRun,
+    Estimate,
+    PastBackup,
+    estimate_backup,
+    measure,
+)
 
 TB = 10**12
 GB = 10**9
@@ -66,3 +73,31 @@ def test_measured_history_replaces_the_table_per_kind_and_disk() -> None:
     assert capped.disks[0].rate == pytest.approx(60e6)  # the per-disk cap still holds
     assert measure(history[:1], initial=False) is None
     assert estimate_backup(disks, initial=False, measured=None).rate_source == "Azure's rates"
+
+
+def test_a_snapshot_time_measured_by_the_other_kind_stands_in_for_the_default() -> None:
+    """Snapshot and commit cost the same for a full backup and an incremental one: a VM with
+    only full backups has its incremental estimate use their snapshot time, not 60 s."""
+    disks = [DiskLoad("os", GB, "os")]
+
+    def incremental_of(history: list[PastBackup]) -> Estimate:
+        return estimate_backup(
+            disks,
+            initial=False,
+            measured=measure(history, initial=False),
+            other_kind=measure(history, initial=True),
+        )
+
+    full = [PastBackup(True, [DiskRun("os", GB, GB, 2.0)], 2.74)]
+    incremental = incremental_of(full)
+    assert incremental.snapshot_seconds == pytest.approx(0.74)
+    assert incremental.snapshot_source == "measured (1 backup, initial)"
+    assert incremental.rate_source == "Azure's rates"  # only the snapshot time is borrowed
+    # a kind's own measurement wins; nothing measured anywhere: the default
+    both = [*full, PastBackup(False, [DiskRun("os", GB, GB // 50, 1.0)], 1.5)]
+    own = incremental_of(both)
+    assert own.snapshot_seconds == pytest.approx(0.5)
+    assert own.snapshot_source == "measured (1 backup)"
+    unmeasured = [PastBackup(True, [DiskRun("os", GB, GB, 2.0)], None)]  # no job wall time
+    default = estimate_backup(disks, initial=False, other_kind=measure(unmeasured, initial=True))
+    assert default.snapshot_seconds == 60.0 and default.snapshot_source == "default"

@@ -11,7 +11,7 @@ from vmvault.backends.local import LocalBackend
 from vmvault.disks.source import RawDisk
 from vmvault.engine.throttle import TokenBucket
 from vmvault.errors import ObjectMissing, UsageError
-from vmvault.units import exact_duration, human_duration
+from vmvault.units import exact_duration, human_duration, measured_duration
 
 
 @pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "a/../../b", "", "a//b", "."])
@@ -75,3 +75,9 @@ def test_an_rpo_is_written_exactly_not_rounded() -> None:
     assert exact_duration(48 * hour) == "2 days"
     assert exact_duration(8.75 * 24 * hour) == "8.75 days"  # weekly on one day
     assert human_duration(30 * hour) == "1.2 days"  # a measured lag stays rounded
+
+
+def test_a_measured_duration_under_ten_seconds_keeps_its_decimals() -> None:
+    assert measured_duration(0.26) == "0.26 s"  # a mean backup time, not "0 s"
+    assert measured_duration(0) == "0 s" and measured_duration(2.5) == "2.5 s"
+    assert measured_duration(42) == "42 s" and measured_duration(600) == "10 min"

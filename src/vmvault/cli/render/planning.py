@@ -105,9 +105,15 @@ def _fit(summary: dict[str, Any]) -> str:
 
 
 def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
+    """An estimate's duration: 2.8 s, 42 s, 17 min, then 2:05 h (an hour or more; a bare
+    0:01 h would read as an hour)."""
+    if seconds < 9.95:
         return f"{seconds:.1f} s"
+    if round(seconds) < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
     return f"{minutes // 60}:{minutes % 60:02d} h"
 
 

@@ -16,7 +16,6 @@ from vmvault.catalog.verifications import last_verified_docs
 from vmvault.errors import Conflict, UsageError
 from vmvault.fleet import point_summary
 from vmvault.inventory import Vm, VmState
-from vmvault.jobs.queue import job_doc
 from vmvault.server.api.schemas import (
     Admin,
     Limit,
@@ -87,7 +86,7 @@ def verify_point(point_id: str, state: State, _: Operator) -> dict[str, Any]:
     """Queue a verify: every chunk of the point read, authenticated and re-hashed."""
     point = state.point(point_id)
     job_id = state.queue.enqueue("verify", point["vm"], {"point": point["id"]}, max_attempts=1)
-    return job_doc(state.queue.get(job_id))
+    return state.queued(job_id)
 
 
 @router.post("/restores", tags=["points"], status_code=202)
@@ -126,7 +125,7 @@ def restore(body: RestoreRequest, state: State, _: Operator) -> dict[str, Any]:
         "format": body.format,
     }
     job_id = state.queue.enqueue("restore", vm, spec, max_attempts=1)
-    return job_doc(state.queue.get(job_id))
+    return state.queued(job_id)
 
 
 def _restore_in_place(body: RestoreRequest, state: ServerState, vm: Vm) -> dict[str, Any]:
@@ -145,4 +144,4 @@ def _restore_in_place(body: RestoreRequest, state: ServerState, vm: Vm) -> dict[
     only_disks(point, body.disks)
     spec = {"point": point_id, "in_place": True, "disks": body.disks}
     job_id = state.queue.enqueue("restore", vm.name, spec, max_attempts=1)
-    return job_doc(state.queue.get(job_id))
+    return state.queued(job_id)

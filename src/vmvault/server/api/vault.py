@@ -11,7 +11,6 @@ from vmvault import __version__
 from vmvault.app.protection import set_immutability, set_soft_delete
 from vmvault.catalog.replication import copies_status
 from vmvault.errors import CorruptObject
-from vmvault.jobs.queue import job_doc
 from vmvault.model.jobs import JobKind
 from vmvault.protection import settings
 from vmvault.server.api.schemas import Admin, Reader, State, VaultSettingsRequest
@@ -71,4 +70,4 @@ def maintenance_now(state: State, _: Admin) -> dict[str, Any]:
     """Queue the daily upkeep now: purge what soft delete no longer keeps, every VM's
     retention (prune), instant-restore expiry, then garbage collection."""
     job_id = state.queue.enqueue(JobKind.MAINTENANCE, "", {"manual": True}, max_attempts=1)
-    return job_doc(state.queue.get(job_id))
+    return state.queued(job_id)

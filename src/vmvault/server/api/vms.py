@@ -13,7 +13,6 @@ from vmvault.app.reports import protection_states, schedules
 from vmvault.app.snapshots import usage_doc
 from vmvault.errors import NotFound, UsageError
 from vmvault.fleet import fleet
-from vmvault.jobs.queue import job_doc
 from vmvault.reports.summary import protection
 from vmvault.server.api.points import points_page
 from vmvault.server.api.schemas import (
@@ -79,7 +78,7 @@ def backup_vm(
     if not vm.protected_disks():
         raise UsageError(f"{name} has no disk to back up (all are temporary)")
     job_id = state.queue.enqueue("backup", name, {"full": bool(body and body.full), "manual": True})
-    return job_doc(state.queue.get(job_id))
+    return state.queued(job_id)
 
 
 @router.post("/vms/{name}/protection", tags=["vms"])

@@ -168,6 +168,8 @@ function restoredList(job) {
 // A job followed live in ``box``: its link, state and progress, until it ends.
 function watchJob(job, box) {
   const line = el("p", { class: "job-line" });
+  // the server's word on a job nothing there will run (`serve --no-scheduler`), while queued
+  const note = job.note ? el("p", { class: "job-note" }, job.note) : null;
   box.replaceChildren(line);
   const draw = (current) => {
     const parts = [
@@ -183,7 +185,7 @@ function watchJob(job, box) {
     line.replaceChildren(...parts);
     // A restore says where its disks went.
     const restored = restoredList(current);
-    if (restored) box.replaceChildren(line, restored);
+    box.replaceChildren(...[line, current.state === "queued" && note, restored].filter(Boolean));
   };
   draw(job);
   poll(JOBS_EVERY, async () => {
@@ -257,6 +259,12 @@ function renderFleet(table) {
 
 // -- jobs ----------------------------------------------------------------------------------
 
+// A job run from the command line (`vmvault backup img`) was never queued: its row has no
+// queue time, attempts or worker. Shown as `vmvault jobs` shows it: its created time, the
+// one attempt it ran, and the command line as its worker.
+const queuedAt = (job) => job.queued_at || job.created_at;
+const ranDirectly = (job) => !job.queued_at && !job.worker;
+
 function jobCells(job) {
   return [
     td(jobLink(job.id)),
@@ -264,7 +272,7 @@ function jobCells(job) {
     td(job.vm ? el("a", { href: `/vms/${segment(job.vm)}` }, job.vm) : "–"),
     td(badge(job.state, "state")),
     td(progress(job)),
-    td(when(job.queued_at)),
+    td(when(queuedAt(job))),
     el("td", { class: "num" }, seconds(took(job))),
     td(pointLink(job.point_id)),
     el("td", { class: "error" }, job.error_message ? `${job.error_code}: ${job.error_message}` : ""),
@@ -323,19 +331,20 @@ function renderJob(section) {
     state.className = `badge state-${job.state}`;
     section.querySelector(".job-head progress").value = job.percent;
     field("percent").textContent = `${Math.round(job.percent)} %`;
-    for (const name of ["queued_at", "started_at", "finished_at"]) field(name).textContent = when(job[name]);
+    field("queued_at").textContent = when(queuedAt(job));
+    for (const name of ["started_at", "finished_at"]) field(name).textContent = when(job[name]);
     field("queue_wait").textContent = seconds(job.queue_wait);
     const live = job.live || {};
     field("elapsed").textContent = seconds(live.elapsed);
     field("rate").textContent = live.rate ? `${bytes(live.rate)}/s` : "–";
     field("eta").textContent = job.state === "running" ? seconds(live.eta) : "–";
-    field("attempts").textContent = String(job.attempts);
-    field("worker").textContent = job.worker || "–";
+    field("attempts").textContent = String(job.attempts || (job.started_at ? 1 : 0));
+    field("worker").textContent = job.worker || (ranDirectly(job) ? "command line" : "–");
     for (const name of ["bytes_read", "bytes_changed", "bytes_sent", "bytes_written"]) {
-      field(name).textContent = bytes(job[name]);
+      if (field(name)) field(name).textContent = bytes(job[name]); // those of the job's kind
     }
     // a running job's counters land on its row when it ends: meanwhile, what it read so far
-    if (job.state === "running" && live.read !== null && live.read !== undefined) {
+    if (job.state === "running" && live.read !== null && live.read !== undefined && field("bytes_read")) {
       field("bytes_read").textContent = `${bytes(live.read)} so far`;
     }
     field("point_id").replaceChildren(pointLink(job.point_id));
