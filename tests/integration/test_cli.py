@@ -43,6 +43,11 @@ def test_full_cycle_with_json(tmp_path: Path) -> None:
     assert same_content(image, out)
     verify = run_cli("verify", "latest", "--json", env=env)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
+    assert json.loads(verify.stdout)["disks"][0]["vm"] == "web"
+    said = run_cli("verify", "latest", env={**env, "COLUMNS": "80"})
+    assert said.stdout.startswith(f"{point['id']} web d: ok, "), said.stdout
+    nothing = run_cli("list", "--vm", "nosuch", env=env)
+    assert nothing.returncode == 0 and nothing.stdout == "no recovery points (vm nosuch)\n"
     check = run_cli("check", "--read-data", "--json", env=env)
     assert check.returncode == 0 and json.loads(check.stdout)["ok"] is True
     jobs = json.loads(run_cli("jobs", "list", "--json", env=env).stdout)["jobs"]
@@ -93,9 +98,23 @@ def test_usage_errors_are_the_json_error_with_json(tmp_path: Path) -> None:
         error = json.loads(result.stdout)["error"]
         assert error["code"] == "bad_input" and words in error["message"], (args, error)
         assert result.stderr == ""
-    plain = run_cli("list", "--bogus", env=env)  # without --json: click's usage message
-    assert plain.returncode == 2 and "No such option: --bogus" in plain.stderr
-    assert plain.stdout == ""
+
+
+def test_usage_errors_are_one_line_without_json(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    for args, words in (
+        (("list", "--bogus"), "No such option: --bogus"),
+        (("restore",), "Missing argument 'point'"),
+        (("jobs", "list", "--state", "bogus"), "'bogus' is not one of 'queued'"),
+        (("nosuchcmd",), "No such command 'nosuchcmd'"),
+    ):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, args
+        assert words in result.stderr, (args, result.stderr)
+    helped = run_cli("jobs", "list", "--help", env=env)  # help is click's, as ever
+    assert helped.returncode == 0 and "Usage:" in helped.stdout and "--state" in helped.stdout
 
 
 def test_wrong_passphrase_is_one_clear_error(tmp_path: Path) -> None:

@@ -207,6 +207,7 @@ def test_cli_reads_and_runs_through_the_server(served: tuple[Site, str, Path]) -
     assert job["id"] in [j["id"] for j in listed]
     verified = _json(_remote(served, operator, "verify", "latest", "--vm", "db01", "--json"))
     assert verified["ok"] and verified["point"] == job["point_id"]
+    assert {d["vm"] for d in verified["disks"]} == {"db01"}
     restored = _json(
         _remote(served, operator, "vm", "restore", "web01", "--as", "web01-cli", "--json")
     )

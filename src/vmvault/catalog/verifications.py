@@ -50,6 +50,18 @@ def last_verified(catalog: Catalog, vault_id: str) -> dict[str, PointVerificatio
         return {row.point_id: row for row in rows}
 
 
+def verified_vm(catalog: Catalog, point_id: str) -> str:
+    """The VM of a point as its newest verify recorded it ("" for a point never verified)."""
+    with catalog.session() as s:
+        query = (
+            select(PointVerification.vm)
+            .where(PointVerification.point_id == point_id)
+            .order_by(PointVerification.id.desc())
+            .limit(1)
+        )
+        return s.scalar(query) or ""
+
+
 def verifies_queued_since(catalog: Catalog, vault_id: str, since: datetime) -> set[str]:
     """The points whose verify jobs were queued at or after ``since`` (the ids they name)."""
     with catalog.session() as s:

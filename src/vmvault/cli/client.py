@@ -206,7 +206,11 @@ class LocalClient:
         ctx = self._context()
         with progress_bar(self.progress) as progress:
             point_id, reports = run_verify(ctx, point, vm=vm, progress=progress)
-        return point_id, [r.to_dict() for r in reports]
+        from vmvault.catalog.verifications import verified_vm  # SQLAlchemy: verify alone
+
+        # the reports leave their point and VM to the caller: the verify recorded them
+        named = {"point": point_id, "vm": verified_vm(ctx.catalog(), point_id)}
+        return point_id, [{**r.to_dict(), **named} for r in reports]
 
     def plan(
         self,
@@ -361,7 +365,8 @@ class RemoteClient:
         job = self.server.wait(self.server.post(f"/api/v1/points/{point_id}/verify")["id"])
         if job["state"] != "succeeded" and not job["details"].get("disks"):
             raise RemoteError(str(job["error_code"]), f"server: {job['error_message']}")
-        return point_id, job["details"]["disks"]
+        named = {"point": point_id, "vm": job["vm"] or ""}
+        return point_id, [{**disk, **named} for disk in job["details"]["disks"]]
 
     def plan(
         self,

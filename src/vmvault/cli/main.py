@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import sys
 from typing import Any
 
 import typer
 
 # typer carries its own copy of click: the errors it raises are this copy's
-from typer._click.exceptions import ClickException
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.exceptions import Abort
 
 from vmvault import __version__
 from vmvault.cli.options import JsonOpt, use_cache, use_remote
-from vmvault.cli.output import console, emit_json, fail
+from vmvault.cli.output import console, emit_json, fail, report
 from vmvault.errors import UsageError
 
 app = typer.Typer(
@@ -157,23 +158,34 @@ def command_named(argv: list[str]) -> str | None:
 
 def run() -> None:
     """The `vmvault` entry point: only the command a line names is loaded (all of them for
-    help). With ``--json`` a mistake on the command line (an unknown option, a missing
-    argument, a bad value) is the JSON error document too, with the exit code (2) of any
-    other bad input; without it, click's usage message as ever."""
+    help). A mistake on the command line (an unknown option or command, a missing argument,
+    a bad value) is one line, ``error: ...``, with exit code 2 as any other bad input, or
+    with ``--json`` the JSON error document; `--help` is click's help as ever."""
     _register_commands(command_named(sys.argv[1:]))
     gc.freeze()  # what the command needs is loaded: the collector never scans it again
     gc.enable()  # (off while it loaded when started as the script: cli/entry.py)
-    if "--json" not in sys.argv[1:]:
-        app()
-        return
+    as_json = "--json" in sys.argv[1:]
     try:
         outcome = app(standalone_mode=False)
-    except ClickException as exc:
-        problem = UsageError(exc.format_message())
-        emit_json({"error": {"code": problem.code, "message": problem.message}})
+    except NoArgsIsHelpError as exc:
+        if not as_json:  # `vmvault vm`: typer printed the group's help already
+            sys.exit(exc.exit_code)
+        report(UsageError(_one_line(exc.format_message())), as_json)
         sys.exit(exc.exit_code)
-    except Abort:
+    except ClickException as exc:
+        report(UsageError(_one_line(exc.format_message())), as_json)
+        sys.exit(exc.exit_code)
+    except Abort:  # end of input at a prompt
+        report(UsageError("aborted"), as_json)
+        sys.exit(1)
+    except BrokenPipeError:  # `vmvault list | head`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     # Without standalone mode click hands back the exit code of a typer.Exit (an int),
     # where it would have exited with it.
     sys.exit(outcome if isinstance(outcome, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    """Click's message with its line breaks (a long choice list) made blanks."""
+    return " ".join(message.split())

@@ -59,7 +59,8 @@ def show(doc: T, as_json: bool, human: Callable[[T], None]) -> None:
         human(doc)
 
 
-def fail(exc: VmvaultError, as_json: bool) -> NoReturn:
+def report(exc: VmvaultError, as_json: bool) -> None:
+    """An error as the CLI tells it: one line on stderr, or with --json the error document."""
     if as_json:
         emit_json({"error": {"code": exc.code, "message": exc.message}})
     else:
@@ -67,6 +68,10 @@ def fail(exc: VmvaultError, as_json: bool) -> NoReturn:
         err_console.print(
             f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True
         )
+
+
+def fail(exc: VmvaultError, as_json: bool) -> NoReturn:
+    report(exc, as_json)
     raise typer.Exit(exc.exit_code)
 
 

@@ -60,8 +60,10 @@ def get(
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
-    """Copy files or directories out of a point, keeping modes, owners, times, symlinks and
-    holes; only the vault blocks that hold them are read. Nothing existing is overwritten."""
+    """Copy files or directories out of a point, with their modes, owners and times.
+
+    Symlinks and holes are kept too; only the vault blocks that hold the files are read.
+    Nothing existing is overwritten."""
     from vmvault.app.files import damage_of, get_files
 
     def act() -> dict[str, Any]:
@@ -89,8 +91,9 @@ def mount_cmd(
     vault: str | None = VaultOpt,
     passphrase_file: str | None = PassFileOpt,
 ) -> None:
-    """Mount a point's disk read-only (FUSE) for browsing: one folder per volume. Runs
-    until unmounted (fusermount3 -u DIR) or Ctrl-C."""
+    """Mount a point's disk read-only (FUSE) to browse it, a folder per volume.
+
+    It runs until unmounted (fusermount3 -u DIR) or Ctrl-C."""
     from vmvault.files.mount import serve_mount
 
     def act() -> None:

@@ -142,8 +142,10 @@ def export_cmd(
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
-    """Make a recovery key: it opens the vault as a passphrase does (a passphrase file
-    holding it); `vault key import --paper` gives a new passphrase when every one is lost."""
+    """Make a recovery key: it opens the vault as a passphrase does.
+
+    A passphrase file holding it opens the vault; `vault key import --paper` gives a new
+    passphrase when every one is lost."""
 
     def act() -> dict[str, Any]:
         if not paper:

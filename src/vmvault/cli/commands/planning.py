@@ -59,7 +59,7 @@ def cost(
     ),
     csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
     inventory: str | None = inventory_option(
-        "Inventory whose [pricing] table to use (default: Azure's list prices)."
+        "Inventory whose \\[pricing] table to use (default: Azure's list prices)."
     ),
     vault: str | None = VaultOpt,
     catalog: str | None = CatalogOpt,

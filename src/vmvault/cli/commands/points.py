@@ -45,7 +45,7 @@ def list_cmd(
     if json:
         emit_json({"points": listing.points, "damaged": listing.damaged})
     else:
-        print_points(listing.summaries, listing.damaged, listing.known_ids)
+        print_points(listing.summaries, listing.damaged, listing.known_ids, vm)
 
 
 def verify(

@@ -82,8 +82,9 @@ def show_vm(
     passphrase_file: str | None = PassFileOpt,
     json: bool = JsonOpt,
 ) -> None:
-    """Show one VM: its disks, roles, formats, pools, consistency settings and, with a
-    vault, its last backup."""
+    """Show one VM: its disks, roles, formats, pools, consistency settings, last backup.
+
+    The last backup is looked up in the vault, when one is given."""
     client = get_client(vault, catalog, passphrase_file)
     shown = guarded(json, lambda: client.show_vm(name, inventory))
     if isinstance(shown, Fleet):

@@ -62,4 +62,4 @@ def print_stopped(doc: Mapping[str, Any]) -> None:
     if not doc["stopped"]:
         console.print("no export was running")
     for export_id in doc["stopped"]:
-        console.print(f"stopped export {export_id}")
+        console.print(f"stopped export {export_id}", soft_wrap=True)

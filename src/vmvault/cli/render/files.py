@@ -27,9 +27,13 @@ def print_listing(doc: Mapping[str, Any]) -> None:
     if "volumes" in doc:
         volumes = doc["volumes"]
         if not volumes:
-            console.print(f"{where}: no partition table or file system vmvault reads")
+            console.print(
+                f"{where}: no partition table or file system vmvault reads", soft_wrap=True
+            )
             return
-        console.print(f"{where}: {len(volumes)} volume{'s' if len(volumes) != 1 else ''}")
+        console.print(
+            f"{where}: {len(volumes)} volume{'s' if len(volumes) != 1 else ''}", soft_wrap=True
+        )
         for v in volumes:
             label = f"  label {v['label']!r}" if v["label"] else ""
             console.print(

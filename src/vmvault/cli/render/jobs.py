@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
+from vmvault.cli.render.tables import when
 from vmvault.point_refs import short_refs
 from vmvault.units import human_duration, human_rate
 
@@ -34,7 +35,7 @@ def print_jobs(jobs: list[dict[str, Any]], *, filters: dict[str, str | None] | N
     so, with the ``filters`` that matched nothing."""
     if not jobs:
         wanted = ", ".join(f"{name} {value}" for name, value in (filters or {}).items() if value)
-        console.print(f"no jobs{f' ({wanted})' if wanted else ''}", highlight=False)
+        console.print(f"no jobs{f' ({wanted})' if wanted else ''}", highlight=False, soft_wrap=True)
         return
     refs = short_refs(j["point_id"] for j in jobs if j["point_id"])
     cells: dict[str, list[str]] = {
@@ -99,12 +100,12 @@ def print_job(doc: dict[str, Any]) -> None:
     """One job in full: what it is, its times, what it moved and how fast, its error whole,
     then its details and its progress per disk, a field a line."""
     what = f"job {doc['id']}: {doc['kind']}" + (f" of {doc['vm']}" if doc["vm"] else "")
-    console.print(f"{escape(what)}, [bold]{doc['state']}[/]", highlight=False)
+    console.print(f"{escape(what)}, [bold]{doc['state']}[/]", highlight=False, soft_wrap=True)
     fields: list[tuple[str, str]] = [
-        ("queued", _when(doc["queued_at"] or doc["created_at"])),
+        ("queued", when(doc["queued_at"] or doc["created_at"])),
         ("waited", human_duration(doc["queue_wait"]) if doc["queue_wait"] is not None else ""),
-        ("started", _when(doc["started_at"])),
-        ("finished", _when(doc["finished_at"])),
+        ("started", when(doc["started_at"])),
+        ("finished", when(doc["finished_at"])),
         ("took", _took(doc)),
         ("attempts", str(doc["attempts"] or "")),
         ("worker", doc["worker"] or ""),
@@ -122,7 +123,7 @@ def print_job(doc: dict[str, Any]) -> None:
             console.print(f"  {label:10} {escape(value)}", highlight=False, soft_wrap=True)
     details = [(key, value) for key, value in flat_fields(doc.get("details") or {}) if value]
     if details:
-        console.print("  details")
+        console.print("  details", soft_wrap=True)
     width = max((len(key) for key, _ in details), default=0)
     for key, value in details:
         console.print(f"    {key:{width}} {escape(value)}", highlight=False, soft_wrap=True)
@@ -130,7 +131,7 @@ def print_job(doc: dict[str, Any]) -> None:
         done, total = p.get("done", 0), p.get("total", 0)
         share = f" ({100 * done / total:.0f} %)" if total else ""
         line = f"{p.get('operation', '')} {human_bytes(done)} of {human_bytes(total)}{share}"
-        console.print(f"  progress   {escape(disk)}: {line}", highlight=False)
+        console.print(f"  progress   {escape(disk)}: {line}", highlight=False, soft_wrap=True)
 
 
 def flat_fields(value: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -168,13 +169,6 @@ def detail_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def _when(stamp: str | None) -> str:
-    """An ISO time as 'YYYY-MM-DD HH:MM:SS UTC' (as the dashboard writes it)."""
-    if not stamp:
-        return ""
-    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _read(job: dict[str, Any]) -> int:
     """What the job read: its row's count once it ended, its progress records' while it runs."""
     live = job.get("live") or {}
@@ -205,12 +199,14 @@ def _rate(job: dict[str, Any]) -> str:
 
 
 def print_cancelled(doc: dict[str, Any]) -> None:
-    console.print(f"job {doc['id']}: {doc['state']}")
+    console.print(f"job {doc['id']}: {doc['state']}", soft_wrap=True)
 
 
 def print_queued(job_id: int, vm: str) -> None:
-    console.print(f"queued job {job_id}: backup of {vm}")
+    console.print(f"queued job {job_id}: backup of {vm}", soft_wrap=True)
 
 
 def print_worker_ran(started: list[int]) -> None:
-    console.print(f"ran {len(started)} job(s): {', '.join(map(str, started)) or '-'}")
+    console.print(
+        f"ran {len(started)} job(s): {', '.join(map(str, started)) or '-'}", soft_wrap=True
+    )

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
 from vmvault.cli.output import console, human_bytes
 from vmvault.cli.render.drill import print_drill
+from vmvault.cli.render.tables import SHORT_LEVELS, fitting
 from vmvault.point_refs import short_refs
 from vmvault.units import human_rate
 
@@ -43,19 +44,27 @@ def print_point(point: Mapping[str, Any]) -> None:
     for d in point["disks"]:
         name, fmt = d["name"], d.get("format", "raw")
         if d.get("format_from") == "detected" and fmt != "raw":  # raw: no header, as ever
-            console.print(f"{name}: read as {fmt}, the format its header names (none declared)")
+            console.print(
+                f"{name}: read as {fmt}, the format its header names (none declared)",
+                soft_wrap=True,
+            )
         elif d.get("format_from") == "forced":
-            console.print(f"{name}: read as {fmt}, as forced (its header not looked at)")
+            console.print(
+                f"{name}: read as {fmt}, as forced (its header not looked at)", soft_wrap=True
+            )
     for d in point.get("excluded", []):
-        console.print(f"excluded: {d['name']} ({d['reason']})")
+        console.print(f"excluded: {d['name']} ({d['reason']})", soft_wrap=True)
     level = point["consistency"]
-    console.print(f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})")
+    console.print(
+        f"consistency: [bold]{level['level']}[/] ({level.get('reason', '')})", soft_wrap=True
+    )
     if requests := point.get("requests"):
         ops = ", ".join(f"{n} {op}" for op, n in requests["ops"].items())
         console.print(
             f"requests to the store: {requests['total']} ({ops}); "
             f"{human_bytes(requests['bytes_in'])} in, {human_bytes(requests['bytes_out'])} out",
             highlight=False,
+            soft_wrap=True,
         )
     if drill := point.get("drill"):
         print_drill(drill)
@@ -65,22 +74,28 @@ def print_point(point: Mapping[str, Any]) -> None:
 # changed bytes and abbreviates, so that a row stays one line (at 80 columns for VM and disk
 # names of up to ~15 characters) instead of splitting words and numbers.
 _SHORT_TYPES = {"incremental": "incr"}
-_SHORT_LEVELS = {"application": "app", "file-system": "fs"}
 
 
 def print_points(
-    summaries: list[dict[str, Any]], damaged: list[dict[str, Any]], known_ids: list[str]
+    summaries: list[dict[str, Any]],
+    damaged: list[dict[str, Any]],
+    known_ids: list[str],
+    vm: str | None = None,
 ) -> None:
     """The recovery points (their summaries), then the points that could not be read.
 
     The id column shows each id's shortest prefix that no other of ``known_ids`` starts
-    with (what `restore` and `forget` take), never cut to fit the terminal."""
-    refs = short_refs(known_ids + [p["id"] for p in summaries])
-    wide = _points_table(summaries, refs, wide=True)
-    fits = _natural_width(wide) <= console.width
-    console.print(wide if fits else _points_table(summaries, refs, wide=False))
+    with (what `restore` and `forget` take), never cut to fit the terminal. No point at all
+    is a line saying so, naming the ``vm`` whose points were asked for."""
+    if not summaries:
+        wanted = f" (vm {escape(vm)})" if vm else ""
+        console.print(f"no recovery points{wanted}", highlight=False, soft_wrap=True)
+    else:
+        refs = short_refs(known_ids + [p["id"] for p in summaries])
+        table = fitting(lambda wide: _points_table(summaries, refs, wide=wide), console.width)
+        console.print(table)
     for d in damaged:
-        console.print(f"[red]damaged[/] point {d['id']}: {d['error']}")
+        console.print(f"[red]damaged[/] point {d['id']}: {d['error']}", soft_wrap=True)
 
 
 def _points_table(summaries: list[dict[str, Any]], refs: dict[str, str], *, wide: bool) -> Table:
@@ -99,25 +114,12 @@ def _points_table(summaries: list[dict[str, Any]], refs: dict[str, str], *, wide
             refs[p["id"]],
             p["vm"],
             p["type"] if wide else _SHORT_TYPES.get(p["type"], p["type"]),
-            p["consistency"] if wide else _SHORT_LEVELS.get(p["consistency"], p["consistency"]),
+            p["consistency"] if wide else SHORT_LEVELS.get(p["consistency"], p["consistency"]),
             ", ".join(p["disks"]),
             *map(human_bytes, figures),
             last_verified(p.get("last_verified"), year=wide),
         )
     return table
-
-
-def _natural_width(table: Table) -> int:
-    """The width ``table`` takes with no cell wrapped or cut: its widest cell per column,
-    a blank between columns and one at each edge (SIMPLE_HEAD, no padding)."""
-    widths = [
-        max(
-            [Text.from_markup(str(column.header)).cell_len]
-            + [Text.from_markup(str(cell)).cell_len for cell in column.cells]
-        )
-        for column in table.columns
-    ]
-    return sum(widths) + len(widths) + 1
 
 
 def last_verified(doc: dict[str, Any] | None, *, year: bool = True) -> str:
@@ -134,20 +136,29 @@ def print_restored(doc: dict[str, Any]) -> None:
     the disk's size: holes are not read), and the damaged ranges it skipped."""
     rate = human_rate(doc["bytes_verified"], doc["seconds"])
     source = f" of {doc['vm']} (point {doc['point']})" if doc.get("point") else ""
-    console.print(
-        f"restored disk {doc['disk']}{source} to {doc['target']}: {human_bytes(doc['size'])}, "
-        f"{human_bytes(doc['bytes_verified'])} verified, {doc['seconds']:.2f} s ({rate})"
+    console.print(  # soft_wrap: longer than the terminal, it wraps there, not mid-figure
+        escape(
+            f"restored disk {doc['disk']}{source} to {doc['target']}: "
+            f"{human_bytes(doc['size'])}, {human_bytes(doc['bytes_verified'])} verified, "
+            f"{doc['seconds']:.2f} s ({rate})"
+        ),
+        highlight=False,
+        soft_wrap=True,
     )
     _print_damaged(doc["damaged"])
 
 
 def print_verified(doc: dict[str, Any]) -> None:
-    """A verify: per disk ok or damaged (with the damaged ranges)."""
+    """A verify: per disk, named by its point and VM, ok or damaged (with the damaged
+    ranges); a line longer than the terminal is wrapped by it, the point id never cut."""
     for d in doc["disks"]:
         state = "[green]ok[/]" if not d["damaged"] else "[red]DAMAGED[/]"
+        disk = escape(" ".join(name for name in (d.get("vm"), d["disk"]) if name))
         console.print(
-            f"{doc['point']} {d['disk']}: {state}, {d['chunks']} chunks, "
-            f"{human_bytes(d['bytes_verified'])} verified"
+            f"{doc['point']} {disk}: {state}, {d['chunks']} chunks, "
+            f"{human_bytes(d['bytes_verified'])} verified",
+            highlight=False,
+            soft_wrap=True,
         )
         _print_damaged(d["damaged"], indent="  ")
 
@@ -155,11 +166,13 @@ def print_verified(doc: dict[str, Any]) -> None:
 def _print_damaged(ranges: list[dict[str, Any]], indent: str = "") -> None:
     """The byte ranges a restore or verify could not read back, one a line."""
     for r in ranges:
-        console.print(f"{indent}[red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}")
+        console.print(
+            f"{indent}[red]damaged[/] bytes {r['start']}-{r['end']}: {r['reason']}", soft_wrap=True
+        )
 
 
 def print_forgotten(doc: dict[str, Any]) -> None:
-    console.print(f"forgot {doc['forgotten']}; run `vmvault gc` to free its data")
+    console.print(f"forgot {doc['forgotten']}; run `vmvault gc` to free its data", soft_wrap=True)
 
 
 def print_pruned(doc: dict[str, Any], dry_run: bool) -> None:
@@ -168,11 +181,15 @@ def print_pruned(doc: dict[str, Any], dry_run: bool) -> None:
     for name, plan in doc["vms"].items():
         console.print(
             f"{name} (policy {plan['policy']}): keeps {len(plan['keep'])}, "
-            f"{verb} {len(plan['prune'])}"
+            f"{verb} {len(plan['prune'])}",
+            soft_wrap=True,
         )
         for point_id, reasons in plan["keep"].items():
-            console.print(f"  keep   {point_id}  {', '.join(reasons)}")
+            console.print(f"  keep   {point_id}  {', '.join(reasons)}", soft_wrap=True)
         for point_id in plan["prune"]:
-            console.print(f"  [red]delete[/] {point_id}")
+            console.print(f"  [red]delete[/] {point_id}", soft_wrap=True)
         for point_id in plan.get("retained", []):
-            console.print(f"  [yellow]kept[/]   {point_id}  the store retains it: pruned later")
+            console.print(
+                f"  [yellow]kept[/]   {point_id}  the store retains it: pruned later",
+                soft_wrap=True,
+            )

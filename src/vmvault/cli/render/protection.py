@@ -10,7 +10,7 @@ from vmvault.cli.output import console
 
 def print_protection(doc: dict[str, Any]) -> None:
     purge = f", data purged after {doc['purge_at'][:19]}" if doc["purge_at"] else ""
-    console.print(f"{doc['vm']}: {doc['status']}{purge}")
+    console.print(f"{doc['vm']}: {doc['status']}{purge}", soft_wrap=True)
 
 
 def _say(text: str) -> None:
@@ -19,7 +19,7 @@ def _say(text: str) -> None:
 
 
 def print_immutability(doc: Mapping[str, Any]) -> None:
-    console.print(f"immutability: {doc['immutability']}")
+    console.print(f"immutability: {doc['immutability']}", soft_wrap=True)
     store = doc.get("store")
     if not store or doc["immutability"] == "off":
         return
@@ -41,4 +41,4 @@ def print_immutability(doc: Mapping[str, Any]) -> None:
 
 
 def print_soft_delete(doc: Mapping[str, Any]) -> None:
-    console.print(f"soft delete keeps data {doc['soft_delete_days']} days")
+    console.print(f"soft delete keeps data {doc['soft_delete_days']} days", soft_wrap=True)

@@ -6,9 +6,18 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from vmvault.cli.output import console, human_bytes
+from vmvault.cli.render.tables import (
+    SHORT_LEVELS,
+    add_figure_column,
+    add_text_column,
+    compact_table,
+    fitting,
+    when,
+)
 from vmvault.inventory import Disk, Inventory, Vm
 
 if TYPE_CHECKING:  # discovery parses XML: imported by `vm discover` alone
@@ -16,52 +25,73 @@ if TYPE_CHECKING:  # discovery parses XML: imported by `vm discover` alone
 
 
 def print_inventory(inv: Inventory) -> None:
-    """The VMs an inventory declares, with their disks and pools."""
-    table = Table(title=f"VMs in {inv.source}")
+    """The VMs an inventory declares, with their disks and pools; a long name wraps within
+    its column, never cut."""
+    table = compact_table(f"VMs in {inv.source}")
     for col in ("name", "host", "state", "policy", "protected disks", "excluded", "pools"):
-        table.add_column(col)
+        add_text_column(table, col)
     for vm in inv.vms:
         table.add_row(
-            vm.name,
-            vm.host,
-            vm.state.value,
-            vm.policy or "-",
-            ", ".join(f"{d.name} ({d.role.value})" for d in vm.protected_disks()),
-            ", ".join(d.name for d in vm.excluded_disks()) or "-",
-            ", ".join(sorted({d.pool for d in vm.disks if d.pool})) or "-",
+            *map(
+                escape,
+                (
+                    vm.name,
+                    vm.host,
+                    vm.state.value,
+                    vm.policy or "-",
+                    ", ".join(f"{d.name} ({d.role.value})" for d in vm.protected_disks()),
+                    ", ".join(d.name for d in vm.excluded_disks()) or "-",
+                    ", ".join(sorted({d.pool for d in vm.disks if d.pool})) or "-",
+                ),
+            )
         )
     console.print(table)
 
 
 def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
-    """One VM of the inventory: its settings, then its disks (``doc``: its JSON document)."""
+    """One VM of the inventory: its settings, then its disks (``doc``: its JSON document);
+    paths wrap within their column, never cut."""
     console.print(
-        f"[bold]{vm.name}[/] on {vm.host}: {vm.state.value}, policy {vm.policy or '-'}, "
-        f"snapshot {vm.snapshot}, scripts {vm.scripts or '-'}"
-        + (f", guest agent {vm.guest_agent}" if vm.guest_agent else "")
+        escape(
+            f"{vm.name} on {vm.host}: {vm.state.value}, policy {vm.policy or '-'}, "
+            f"snapshot {vm.snapshot}, scripts {vm.scripts or '-'}"
+            + (f", guest agent {vm.guest_agent}" if vm.guest_agent else "")
+        ),
+        highlight=False,
+        soft_wrap=True,
     )
-    table = Table()
-    for col in ("disk", "role", "format", "pool", "path", "included in backups"):
-        table.add_column(col)
+    table = compact_table()
+    for col in ("disk", "role", "format", "pool", "path", "backed up"):
+        add_text_column(table, col)
     for d in vm.disks:
         table.add_row(
-            d.name,
-            d.role.value,
-            _format_shown(d),
-            d.pool or "-",
-            d.path,
-            "no (temporary)" if d.name in doc["excluded"] else "yes",
+            *map(
+                escape,
+                (
+                    d.name,
+                    d.role.value,
+                    _format_shown(d),
+                    d.pool or "-",
+                    d.path,
+                    "no (temporary)" if d.name in doc["excluded"] else "yes",
+                ),
+            )
         )
     console.print(table)
     if instant := doc.get("instant_restore"):
         console.print(instant_line(instant), highlight=False, soft_wrap=True)
     if "last_backup" not in doc:
-        console.print("last backup: unknown (no vault given: --vault or VMVAULT_VAULT)")
+        console.print(
+            "last backup: unknown (no vault given: --vault or VMVAULT_VAULT)", soft_wrap=True
+        )
     elif doc["last_backup"] is None:
-        console.print("last backup: never")
+        console.print("last backup: never", soft_wrap=True)
     else:
-        when = doc["last_backup"][:19].replace("T", " ")
-        console.print(f"last backup: {when} UTC (point {doc['last_point']})", highlight=False)
+        console.print(
+            f"last backup: {when(doc['last_backup'])} (point {doc['last_point']})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def instant_line(instant: dict[str, Any]) -> str:
@@ -85,21 +115,28 @@ def _format_shown(disk: Disk) -> str:
 
 
 def print_fleet(rows: list[dict[str, Any]]) -> None:
-    """VMs as the server sees them: protection, last backup, next run."""
-    table = Table(title="VMs")
-    for col in ("name", "state", "policy", "protection", "last backup", "consistency", "next run"):
-        table.add_column(col)
-    for vm in rows:
-        table.add_row(
-            vm["name"],
-            vm["state"],
-            vm["policy"] or "-",
-            vm["protection"],
-            (vm["last_backup"] or "never")[:19],
-            vm["consistency"] or "-",
-            (vm["next_run"] or "-")[:16],
-        )
-    console.print(table)
+    """VMs as the server sees them: protection, last backup, next run. Times are written
+    as `vm show` writes them, or (a terminal too narrow) as 'MM-DD HH:MM' in UTC; a long
+    name wraps within its column; no time is ever cut."""
+
+    def build(wide: bool) -> Table:
+        table = compact_table("VMs" if wide else "VMs (times in UTC)")
+        for col in ("name", "state", "policy", "protection"):
+            add_text_column(table, col)
+        add_figure_column(table, "last backup", right=False)
+        add_text_column(table, "consistency" if wide else "cons.")
+        add_figure_column(table, "next run", right=False)
+        for vm in rows:
+            level = vm["consistency"] or "-"
+            table.add_row(
+                *map(escape, (vm["name"], vm["state"], vm["policy"] or "-", vm["protection"])),
+                when(vm["last_backup"], short=not wide, none="never"),
+                level if wide else SHORT_LEVELS.get(level, level),
+                when(vm["next_run"], short=not wide, none="-"),
+            )
+        return table
+
+    console.print(fitting(build, console.width))
 
 
 def print_discovered(found: Discovery) -> None:
