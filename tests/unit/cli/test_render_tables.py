@@ -101,7 +101,7 @@ def test_vm_show_folds_paths(monkeypatch: pytest.MonkeyPatch, width: int) -> Non
     doc = {"excluded": [], "last_backup": "2026-11-29T19:40:06.768683+00:00", "last_point": POINT}
     render_vm.print_vm(vm, doc)
     text = console.export_text()
-    assert "…" not in text and path in column(text, "path", "backed up")
+    assert "…" not in text and path in column(text, "path", "included")
     assert f"last backup: 2026-11-29 19:40:06 UTC (point {POINT})" in text
 
 

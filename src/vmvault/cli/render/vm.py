@@ -61,7 +61,7 @@ def print_vm(vm: Vm, doc: dict[str, Any]) -> None:
         soft_wrap=True,
     )
     table = compact_table()
-    for col in ("disk", "role", "format", "pool", "path", "backed up"):
+    for col in ("disk", "role", "format", "pool", "path", "included"):
         add_text_column(table, col)
     for d in vm.disks:
         table.add_row(
