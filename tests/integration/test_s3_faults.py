@@ -14,10 +14,12 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from botocore.config import Config
+from sqlalchemy import update
 
 from support.cli import PASSPHRASE, run_cli, same_content
 from support.faultproxy import FAULTS, Seen
@@ -29,7 +31,11 @@ from vmvault.app.disks import DiskSpec
 from vmvault.app.restore import run_restore
 from vmvault.app.vaults import init_vault, run_check
 from vmvault.backends.url import open_backend
+from vmvault.catalog.models import Job
 from vmvault.errors import VmvaultError
+from vmvault.inventory import parse_inventory
+from vmvault.jobs.queue import JobQueue
+from vmvault.jobs.worker import run_worker
 
 pytestmark = pytest.mark.s3
 MiB = testdisk.MiB
@@ -198,6 +204,47 @@ def test_store_down_fails_the_backup_with_one_line(
     jobs = ctx.catalog().jobs(ctx.open_vault().config.vault_id)
     backups = [(j.state, j.error_code) for j in jobs if j.kind == "backup"]
     assert backups == [("failed", "backend_unavailable"), ("succeeded", None)]
+
+
+def test_a_queued_backup_the_store_fails_is_retried_once_it_is_back(
+    s3_proxy_vault: ProxiedS3Vault, tmp_path: Path
+) -> None:
+    """A scheduled backup that meets a store outage longer than the backend's own retries is
+    a transient failure of the job: queued again after a backoff (not failed with an
+    alert), and run again once the store answers."""
+    vault = s3_proxy_vault
+    ctx = _ctx(vault, tmp_path)
+    init_vault(ctx, pack_target=1 * MiB, scrypt=FAST_SCRYPT)
+    image = tmp_path / "disk.img"
+    testdisk.create_disk(image, 8 * MiB, seed=41, jobs=1)
+    inventory = parse_inventory(
+        f'[[vms]]\nname = "vm"\nstate = "stopped"\n[[vms.disks]]\nname = "os"\npath = "{image}"\n',
+        "inv.toml",
+    )
+    vault_id = ctx.open_vault(load_index=False).config.vault_id
+    queue = JobQueue(ctx.catalog(), vault_id)
+    job_id = queue.enqueue("backup", "vm")
+
+    def down_at_the_first_pack(seen: Seen) -> None:
+        if _pack_puts(vault.proxy.seen("PUT")):
+            vault.proxy.down()
+
+    vault.proxy.reset_counts()
+    vault.proxy.on_forwarded = down_at_the_first_pack  # the store goes away mid-job
+    run_worker(ctx, inventory, once=True, poll=0.05)
+    assert vault.proxy.is_down
+    vault.proxy.on_forwarded = None
+    job = queue.get(job_id)
+    assert (job.state, job.error_code, job.attempts) == ("queued", "backend_unavailable", 1)
+    assert job.not_before is not None and job.not_before > datetime.now(UTC)
+
+    vault.proxy.up()
+    with queue.catalog.session.begin() as s:  # the backoff is over
+        s.execute(update(Job).where(Job.id == job_id).values(not_before=datetime.now(UTC)))
+    run_worker(ctx, inventory, once=True, poll=0.05)
+    job = queue.get(job_id)
+    assert (job.state, job.attempts) == ("succeeded", 2), job.error_message
+    assert ctx.open_vault(load_index=False).point_ids() == [job.point_id]
 
 
 def test_store_killed_mid_backup_then_the_next_backup_adopts_its_packs(

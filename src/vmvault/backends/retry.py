@@ -67,6 +67,10 @@ class BackendUnavailable(VmvaultError):
     """The store kept failing with transient errors until the retries were spent."""
 
     code = "backend_unavailable"
+    # A job it ends is queued again after the queue's backoff (minutes, where these retries
+    # last a minute at most): an outage of the store is not the job's failure, and the run
+    # after it adopts the packs this one stored.
+    transient = True
 
 
 class BackendError(VmvaultError):
