@@ -20,7 +20,7 @@ import pytest
 
 from vmvault.backends.local import LocalBackend
 from vmvault.errors import CorruptObject
-from vmvault.vault import chunkfilter, indexrows, localindex, mappedpages
+from vmvault.vault import chunkfilter, indexreads, indexrows, mappedpages
 from vmvault.vault.format import PackEntry, encode_index
 from vmvault.vault.index import ChunkIndex, LocalIndexDamaged
 from vmvault.vault.indexgeneration import DATA, MAP_SIZE
@@ -403,7 +403,7 @@ def test_kill_9_in_the_middle_of_an_update_leaves_a_correct_index(tmp_path: Path
 def test_a_reader_is_not_disturbed_by_another_process_absorbing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(localindex, "READER_AGE", 0.05)  # a thread's snapshot, renewed
+    monkeypatch.setattr(indexreads, "READER_AGE", 0.05)  # a thread's snapshot, renewed
     first = child(tmp_path, 2)
     first.communicate(timeout=120)
     store = LocalIndex(tmp_path, VAULT_ID)
@@ -459,7 +459,7 @@ def test_lookups_let_go_of_mapped_pages(
 ) -> None:
     """A worker's RSS stays its own: every TRIM_EVERY lookups the mapped index pages go back
     to the page cache; the answers do not change."""
-    monkeypatch.setattr(localindex, "TRIM_EVERY", 3)
+    monkeypatch.setattr(indexreads, "TRIM_EVERY", 3)
     monkeypatch.setattr(mappedpages, "MAPPED_BUDGET", 1)  # one byte: always over
     index = opened(tmp_path, objects)
     store = index._store
