@@ -167,6 +167,27 @@ def test_vm_show_says_why_fewer_are_kept(ctx: Context, tmp_path: Path) -> None:
     assert instant.expire([str(capped / "web01.img")], 2, datetime.now(UTC)) == []
 
 
+def test_planted_notes_are_never_followed_or_read_blocking(ctx: Context, tmp_path: Path) -> None:
+    """The notes of why snapshots were cut lie in the VMs' storage folder: a symlink planted
+    under a note's name is replaced, never written through; a FIFO there is not read."""
+    text = _inventory(tmp_path, pool_cap="instant_restore_max_gib = 0.003")
+    (tmp_path / "inv.toml").write_text(text)
+    inv = parse_inventory(text, "inv.toml")
+    store = tmp_path / instant.INSTANT_DIR
+    store.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (store / ".cut-web01").symlink_to(victim)
+    os.mkfifo(store / ".cut-web02")
+    run_vm_backup(ctx, inv, "web01")
+    run_vm_backup(ctx, inv, "web02")  # the pool's cap: web01's snapshot goes, noted
+    assert victim.read_text() == "keep me"
+    assert (store / ".cut-web01").is_file() and not (store / ".cut-web01").is_symlink()
+    shown = run_cli("vm", "show", "web02", "--inventory", str(tmp_path / "inv.toml"), "--json")
+    assert shown.returncode == 0, shown.stderr  # the FIFO named .cut-web02 did not hang it
+    assert not [p for p in store.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_reflink_snapshots_count_only_the_blocks_they_hold(ctx: Context, tmp_path: Path) -> None:
     with reflink_xfs(tmp_path) as xfs:
         text = _inventory(xfs, snapshot="reflink", pool_cap="instant_restore_max_gib = 1")

@@ -24,10 +24,13 @@ the policy would keep was cut (a cap, low space) is noted in ``.cut-<vm>`` besid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -154,9 +157,20 @@ def _cuts_file(store: Path, vm: str) -> Path:
     return store / f"{CUTS_PREFIX}{vm}"
 
 
+# The notes lie in the VMs' storage folder, which others may write, and vmvault runs as
+# root: a symlink or a FIFO planted under a note's name is never followed, read or written
+# through (O_NOFOLLOW; O_NONBLOCK and a regular file only, when reading).
+_NOTE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NOTE_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _read_cuts(path: Path) -> dict[str, str]:
     try:
-        notes = json.loads(path.read_text())
+        fd = os.open(path, _NOTE_READ)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return {}
+            notes = json.loads(f.read(1 << 20))
     except (OSError, ValueError):
         return {}
     return {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {}
@@ -172,9 +186,14 @@ def _note_cut(kept: Kept, why: str, now: datetime) -> None:
         for point, reason in notes.items()
         if (created := _created(point)) is not None and now - created <= CUTS_KEPT
     }
-    scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(json.dumps(recent, sort_keys=True))
-    os.replace(scratch, path)  # a reader sees the old notes or the new, never half
+    scratch = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with os.fdopen(os.open(scratch, _NOTE_WRITE, 0o600), "w") as f:
+            f.write(json.dumps(recent, sort_keys=True))
+        os.replace(scratch, path)  # a reader sees the old notes or the new, never half
+    except OSError:  # a note is a courtesy: a full or read-only folder loses it, not the backup
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
 
 
 def cut_reasons(vm: str, disk_paths: Sequence[str], since: datetime) -> list[str]:
